@@ -1,0 +1,38 @@
+"""SAMVolSegmentLib: the engine of SAMVolSegment (click-based 3D segmentation with SAM-Med3D-compatible models).
+
+Pure Python (numpy, SimpleITK, torch); never imports Slicer or Qt, so the same code runs in Slicer's Python
+console, a terminal, a server and batch workers::
+
+    from SAMVolSegmentLib import load_model, InteractiveSession
+    session = InteractiveSession(load_model("default"))
+    session.set_volume(sitk_image)
+    update = session.add_click((x, y, z), positive=True)    # RAS mm
+
+Heavy submodules (torch) are imported on first use of the names below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": ".model",
+    "build_model": ".model",
+    "ModelConfig": ".model",
+    "InteractiveSession": ".session",
+    "LocalSession": ".session",
+    "Click": ".session",
+    "Predictor": ".predictor",
+    "MaskUpdate": ".mask_update",
+}
+
+__all__ = [*sorted(_LAZY), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

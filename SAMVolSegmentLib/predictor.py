@@ -1,0 +1,205 @@
+"""Encode a ROI once, decode every click: the predictor every front end (session, server, batch) uses.
+
+The predictor talks to a model only through the model-family interface of ``docs/ARCHITECTURE.md``:
+``encode_image`` (expensive, once per ROI, cached here) and ``decode_prompts`` (cheap, per click).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Hashable, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .errors import InvalidPromptError
+
+
+def tensor_nbytes(tensor: torch.Tensor) -> int:
+    """Bytes held by a tensor's elements (what the cache budget counts)."""
+    return int(tensor.element_size() * tensor.nelement())
+
+
+class EmbeddingCache:
+    """LRU cache of image embeddings, bounded in bytes.
+
+    Keys are hashable tuples (volume fingerprint, model id, ROI); values are embedding tensors. Inserting an
+    entry evicts least-recently-used ones until the total fits ``max_bytes``; a single entry larger than the
+    budget is not cached at all (the caller still gets its embedding).
+    """
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
+        self.max_bytes = int(max_bytes)
+        self._entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes currently held."""
+        return self._bytes
+
+    def get(self, key: Hashable) -> Optional[torch.Tensor]:
+        """The cached embedding for ``key`` (marked most recently used), or None."""
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: torch.Tensor) -> None:
+        """Store ``value`` under ``key``, evicting old entries to stay within the byte budget."""
+        size = tensor_nbytes(value)
+        with self._lock:
+            if key in self._entries:
+                self._bytes -= tensor_nbytes(self._entries.pop(key))
+            if size > self.max_bytes:
+                return
+            while self._entries and self._bytes + size > self.max_bytes:
+                _, old = self._entries.popitem(last=False)
+                self._bytes -= tensor_nbytes(old)
+            self._entries[key] = value
+            self._bytes += size
+
+    def invalidate(self, fingerprint: str) -> int:
+        """Drop every entry of one volume (first key element == fingerprint); returns how many."""
+        with self._lock:
+            stale = [k for k in self._entries if isinstance(k, tuple) and k and k[0] == fingerprint]
+            for k in stale:
+                self._bytes -= tensor_nbytes(self._entries.pop(k))
+            return len(stale)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One decoder answer for one ROI.
+
+    Attributes:
+        low_res_logits: (1, 1, L, L, L) float32 logits on the ROI's low-res grid (L = image_size // 4),
+            tensor order (R, A, S). Fed back as the next click's mask prompt.
+        iou: the model's predicted IoU (quality estimate, not a measurement).
+        decode_s: wall time of prompt encoder + mask decoder.
+    """
+
+    low_res_logits: torch.Tensor
+    iou: float
+    decode_s: float
+
+
+class Predictor:
+    """Runs a promptable model: ``embed`` once per ROI (cached), ``predict`` per click.
+
+    Args:
+        model: an ``nn.Module`` implementing ``encode_image``/``decode_prompts`` with ``config.image_size``,
+            ``config.low_res_size`` and ``model_id`` (see docs/ARCHITECTURE.md).
+        cache_bytes: budget of the embedding cache.
+    """
+
+    def __init__(self, model: torch.nn.Module, cache_bytes: int = 1 << 30) -> None:
+        self.model = model.eval()
+        self.cache = EmbeddingCache(cache_bytes)
+        self.encoder_calls = 0
+        self.last_encode_s = 0.0
+
+    @property
+    def model_id(self) -> str:
+        return str(getattr(self.model, "model_id", type(self.model).__name__))
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.image_size)
+
+    @property
+    def low_res_size(self) -> int:
+        return int(self.model.config.low_res_size)
+
+    @property
+    def device(self) -> torch.device:
+        try:
+            return next(self.model.parameters()).device
+        except StopIteration:  # a model without parameters still runs on the CPU
+            return torch.device("cpu")
+
+    def embed(self, roi_image: np.ndarray, cache_key: Optional[Hashable] = None) -> torch.Tensor:
+        """Image embedding of one ROI, from the cache when ``cache_key`` was seen before.
+
+        Args:
+            roi_image: (S, S, S) float32, normalised, tensor order (R, A, S), S = ``image_size``.
+            cache_key: hashable key, e.g. (volume fingerprint, ROI start); the model id is added here.
+        Returns:
+            the model's embedding for a batch of one (e.g. (1, 384, 8, 8, 8) for SAM-Med3D).
+        """
+        key = None if cache_key is None else (*_as_tuple(cache_key), self.model_id)
+        if key is not None:
+            cached = self.cache.get(key)
+            if cached is not None:
+                self.last_encode_s = 0.0
+                return cached
+        size = self.image_size
+        if tuple(roi_image.shape) != (size, size, size):
+            raise ValueError(f"ROI image must be {size}³, got {tuple(roi_image.shape)}")
+        start = time.perf_counter()
+        with torch.inference_mode():
+            image = torch.from_numpy(np.ascontiguousarray(roi_image, dtype=np.float32))
+            embedding = self.model.encode_image(image[None, None].to(self.device))
+        self.encoder_calls += 1
+        self.last_encode_s = time.perf_counter() - start
+        if key is not None:
+            self.cache.put(key, embedding)
+        return embedding
+
+    def predict(
+        self,
+        embedding: torch.Tensor,
+        points_roi: np.ndarray,
+        positive: np.ndarray,
+        mask_logits: Optional[torch.Tensor] = None,
+    ) -> Prediction:
+        """Decode one set of clicks on a cached embedding.
+
+        Args:
+            embedding: from :meth:`embed`.
+            points_roi: (N, 3) float, ROI voxel indices in tensor order (R, A, S); N may be 0 when a mask
+                prompt alone drives the decoder.
+            positive: (N,) bool, True for foreground clicks.
+            mask_logits: (1, 1, L, L, L) previous low-res logits (or a seed mask); zeros when None, as the
+                reference loop does at the first click.
+        """
+        points = np.asarray(points_roi, dtype=np.float32).reshape(-1, 3)
+        labels = np.asarray(positive, dtype=bool).reshape(-1)
+        if points.shape[0] != labels.shape[0]:
+            raise InvalidPromptError(f"{points.shape[0]} points but {labels.shape[0]} labels: give one label per point")
+        if not np.all(np.isfinite(points)):
+            raise InvalidPromptError("click coordinates must be finite numbers")
+        low = self.low_res_size
+        device = self.device
+        if mask_logits is None:
+            mask_logits = torch.zeros((1, 1, low, low, low), dtype=torch.float32, device=device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            points_t = torch.from_numpy(points)[None].to(device)
+            labels_t = torch.from_numpy(labels.astype(np.int64))[None].to(device)
+            logits, iou = self.model.decode_prompts(embedding, points_t, labels_t, mask_logits.to(device))
+        return Prediction(
+            low_res_logits=logits.float(), iou=float(iou.reshape(-1)[0]), decode_s=time.perf_counter() - start
+        )
+
+
+def _as_tuple(key: Hashable) -> Tuple[Hashable, ...]:
+    return key if isinstance(key, tuple) else (key,)

@@ -1,0 +1,511 @@
+"""Interactive state of one volume + one segment: clicks, ROIs, the mask, and undo/redo.
+
+Flow of a click (all positions in world RAS millimetres, as Slicer gives them):
+
+1. the click picks a ROI of the 1.5 mm model grid: the ROI whose interior contains it, else a new 128³ ROI
+   centred on it (earlier clicks that fall inside are carried over, the current mask seeds the mask prompt);
+2. the ROI's embedding comes from the cache, or the encoder runs once for it;
+3. the decoder runs on all clicks of that ROI plus the ROI's previous low-res logits;
+4. the logits are resampled onto the original voxel grid and thresholded; the changed box is returned as a
+   :class:`MaskUpdate`, and when the mask reaches a ROI face, a neighbouring ROI continues it.
+
+Every step is recorded with the box content before and after it, so undo/redo recompute nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .errors import InvalidPromptError, SessionStateError
+from .geometry import RoiWindow, VolumeGeometry
+from .mask_update import BBoxKJI, MaskUpdate, union_bbox
+from .predictor import Predictor
+from .preprocessing import (
+    ModelVolume,
+    Volume,
+    extract_roi,
+    load_volume,
+    paste_back_logits,
+    resample_to_model_grid,
+)
+
+ProgressCallback = Callable[[float, str], None]
+RoiKey = Tuple[int, int, int]
+
+#: A click this many model voxels (1.5 mm) or more inside a ROI's faces reuses that ROI's embedding.
+ROI_INTERIOR_MARGIN = 16
+#: Low-res voxels from a ROI face within which foreground counts as "touching the border".
+BORDER_TOUCH_LOWRES = 1
+#: How many neighbouring ROIs one click may open to continue a mask that reaches a ROI face.
+MAX_EXTENSIONS_PER_CLICK = 2
+#: Logit given to the seed mask prompt of a new ROI (binary mask → ±value); the CVPR-branch reference
+#: feeds the previous segmentation as a binary mask.
+SEED_MASK_LOGIT = 1.0
+
+
+@dataclass(frozen=True)
+class Click:
+    """A user click: world position (RAS mm) and sign."""
+
+    point_ras: np.ndarray
+    positive: bool
+
+
+@dataclass(frozen=True)
+class _RoiState:
+    roi: RoiWindow
+    logits: Optional[torch.Tensor]  # (1,1,L,L,L) last low-res logits of this ROI; never mutated in place
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """Everything a step changes except the label array (which is restored from stored boxes)."""
+
+    clicks: Tuple[Click, ...] = ()
+    rois: Tuple[Tuple[RoiKey, _RoiState], ...] = ()
+    active_roi: Optional[RoiKey] = None
+    box_ras: Optional[Tuple[Tuple[float, float, float], Tuple[float, float, float]]] = None
+
+
+@dataclass
+class _Step:
+    before: _Snapshot
+    after: _Snapshot
+    region_before: MaskUpdate
+    region_after: MaskUpdate
+
+
+@dataclass
+class _History:
+    undo: List[_Step] = field(default_factory=list)
+    redo: List[_Step] = field(default_factory=list)
+    max_steps: int = 100
+
+
+class InteractiveSession:
+    """Click-based segmentation of one volume, one segment at a time (the local backend).
+
+    Args:
+        model: a model from :func:`SAMVolSegmentLib.load_model` or a :class:`Predictor` (to share its
+            embedding cache between sessions).
+        cache_bytes: embedding-cache budget when a model (not a predictor) is given.
+        progress: optional ``callback(fraction, message)`` for slow stages (preprocessing, encoding).
+        max_undo: history depth.
+    """
+
+    def __init__(
+        self,
+        model: Union[torch.nn.Module, Predictor],
+        *,
+        cache_bytes: int = 1 << 30,
+        progress: Optional[ProgressCallback] = None,
+        max_undo: int = 100,
+    ) -> None:
+        self.predictor = model if isinstance(model, Predictor) else Predictor(model, cache_bytes=cache_bytes)
+        self._progress = progress
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samvolseg-preprocess")
+        self._lock = threading.RLock()
+        self._volume: Optional[Volume] = None
+        self._model_volume_future: Optional[Future] = None
+        self._label_kji: Optional[np.ndarray] = None
+        self._state = _Snapshot()
+        self._history = _History(max_steps=max_undo)
+        self.last_timing: Dict[str, float] = {}
+
+    # ------------------------------------------------------------------ volume
+    def set_volume(self, image, ijk_to_ras: Optional[np.ndarray] = None) -> None:
+        """Start a new volume: validates at once, resamples to the model grid in the background.
+
+        Args:
+            image: a ``SimpleITK.Image`` (3D scalar), or a numpy array in (k, j, i) order with ``ijk_to_ras``.
+            ijk_to_ras: 4×4 voxel-index → RAS matrix when ``image`` is an array (Slicer's ``GetIJKToRASMatrix``
+                composed with the volume's parent transform).
+        Raises:
+            InvalidImageError: the image cannot be segmented; the session keeps its previous volume.
+        """
+        volume = load_volume(image, ijk_to_ras)
+        with self._lock:
+            if self._volume is not None and self._volume.fingerprint == volume.fingerprint:
+                return  # same content and geometry: keep clicks, mask and cached embeddings
+            self._volume = volume
+            self._model_volume_future = self._executor.submit(self._prepare_model_volume, volume)
+            self._label_kji = np.zeros(volume.geometry.shape_kji, dtype=np.uint8)
+            self._state = _Snapshot()
+            self._history = _History(max_steps=self._history.max_steps)
+
+    def _prepare_model_volume(self, volume: Volume) -> ModelVolume:
+        self._report(0.0, "Resampling the volume to the model grid")
+        model_volume = resample_to_model_grid(volume)
+        self._report(1.0, "Volume ready")
+        return model_volume
+
+    def wait_until_ready(self, timeout: Optional[float] = None) -> None:
+        """Block until background preprocessing is done (re-raises its error, if any)."""
+        self._model_volume(timeout)
+
+    def _model_volume(self, timeout: Optional[float] = None) -> ModelVolume:
+        if self._model_volume_future is None:
+            raise SessionStateError("No volume yet: call set_volume(image) before clicking.")
+        return self._model_volume_future.result(timeout)
+
+    @property
+    def geometry(self) -> VolumeGeometry:
+        return self._require_volume().geometry
+
+    @property
+    def volume(self) -> Volume:
+        return self._require_volume()
+
+    def _require_volume(self) -> Volume:
+        if self._volume is None or self._label_kji is None:
+            raise SessionStateError("No volume yet: call set_volume(image) before clicking.")
+        return self._volume
+
+    # ------------------------------------------------------------------ prompts
+    @property
+    def clicks(self) -> Tuple[Click, ...]:
+        return self._state.clicks
+
+    @property
+    def box_ras(self) -> Optional[Tuple[Tuple[float, float, float], Tuple[float, float, float]]]:
+        return self._state.box_ras
+
+    def add_click(self, point_ras: Sequence[float], positive: bool = True) -> MaskUpdate:
+        """Add a positive or negative click at a world position (RAS mm) and update the mask.
+
+        Raises:
+            InvalidPromptError: the point is not three finite numbers or lies outside the volume.
+        """
+        with self._lock:
+            volume = self._require_volume()
+            point = _as_point(point_ras, "click")
+            if not volume.geometry.contains_ras(point[None])[0]:
+                raise InvalidPromptError(
+                    f"Click at RAS {np.round(point, 1).tolist()} mm is outside the volume; click inside the image "
+                    "(check the volume's parent transform if the point looks right)."
+                )
+            click = Click(point, bool(positive))
+            return self._run_step(lambda state: self._click_step(state, click))
+
+    def set_box(self, min_ras: Sequence[float], max_ras: Sequence[float]) -> MaskUpdate:
+        """Restrict the segment to an axis-aligned RAS box; with no clicks yet, click its centre.
+
+        Raises:
+            InvalidPromptError: corners not finite, the box is empty, or it misses the volume.
+        """
+        with self._lock:
+            volume = self._require_volume()
+            lo, hi = _as_point(min_ras, "box corner"), _as_point(max_ras, "box corner")
+            lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
+            if np.any(hi - lo <= 0):
+                raise InvalidPromptError("The box has zero size along an axis; drag it open in all three directions.")
+            centre = (lo + hi) / 2
+            if not volume.geometry.contains_ras(centre[None])[0]:
+                raise InvalidPromptError("The box centre lies outside the volume; place the box over the image.")
+            box = (tuple(float(v) for v in lo), tuple(float(v) for v in hi))
+            return self._run_step(lambda state: self._box_step(state, box))
+
+    def clear_box(self) -> MaskUpdate:
+        """Remove the box restriction and recompute the mask of the active ROI."""
+        with self._lock:
+            self._require_volume()
+            if self._state.box_ras is None:
+                return MaskUpdate.empty()
+            return self._run_step(lambda state: self._box_step(state, None))
+
+    def reset(self) -> MaskUpdate:
+        """Clear clicks, box and mask (undoable). Cached embeddings are kept."""
+        with self._lock:
+            self._require_volume()
+            return self._run_step(self._reset_step)
+
+    # ------------------------------------------------------------------ history
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._history.undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._history.redo)
+
+    def undo(self) -> MaskUpdate:
+        """Return to the state before the last step; recomputes nothing. Empty update when nothing to undo."""
+        with self._lock:
+            if not self._history.undo:
+                return MaskUpdate.empty()
+            step = self._history.undo.pop()
+            self._history.redo.append(step)
+            return self._restore(step.before, step.region_before)
+
+    def redo(self) -> MaskUpdate:
+        """Re-apply the last undone step; recomputes nothing. Empty update when nothing to redo."""
+        with self._lock:
+            if not self._history.redo:
+                return MaskUpdate.empty()
+            step = self._history.redo.pop()
+            self._history.undo.append(step)
+            return self._restore(step.after, step.region_after)
+
+    def _restore(self, state: _Snapshot, region: MaskUpdate) -> MaskUpdate:
+        assert self._label_kji is not None
+        region.apply_to(self._label_kji)
+        self._state = state
+        self.last_timing = {"encode_s": 0.0, "decode_s": 0.0, "paste_s": 0.0, "total_s": 0.0}
+        return region
+
+    # ------------------------------------------------------------------ outputs
+    def mask_array_kji(self) -> np.ndarray:
+        """The full label (uint8, 1 = segment) on the input grid, array order (k, j, i); a copy."""
+        self._require_volume()
+        assert self._label_kji is not None
+        return self._label_kji.copy()
+
+    def mask(self):
+        """The full label as a ``SimpleITK.Image`` (uint8) with the input volume's geometry."""
+        return self.geometry.to_sitk_image(self.mask_array_kji())
+
+    def close(self) -> None:
+        """Stop background work; the session cannot be used afterwards."""
+        self._executor.shutdown(wait=False)
+
+    def __enter__(self) -> InteractiveSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ steps
+    def _run_step(self, compute: Callable[[_Snapshot], Tuple[_Snapshot, List[MaskUpdate]]]) -> MaskUpdate:
+        """Run one step on a copy of the state; commit mask, state and history only if it succeeds."""
+        assert self._label_kji is not None
+        start = time.perf_counter()
+        self.last_timing = {"encode_s": 0.0, "decode_s": 0.0, "paste_s": 0.0}
+        before = self._state
+        new_state, updates = compute(before)
+        bbox: BBoxKJI = ((0, 0), (0, 0), (0, 0))
+        for update in updates:
+            bbox = union_bbox(bbox, update.bbox_kji)
+        region_before = MaskUpdate.covering(self._label_kji, bbox)
+        for update in updates:  # later updates (newer ROIs) win where boxes overlap
+            update.apply_to(self._label_kji)
+        region_after = MaskUpdate.covering(self._label_kji, bbox)
+        self._state = new_state
+        self._history.undo.append(_Step(before, new_state, region_before, region_after))
+        del self._history.undo[: -self._history.max_steps]
+        self._history.redo.clear()
+        self.last_timing["total_s"] = time.perf_counter() - start
+        return region_after
+
+    def _reset_step(self, state: _Snapshot) -> Tuple[_Snapshot, List[MaskUpdate]]:
+        assert self._label_kji is not None
+        nonzero = np.nonzero(self._label_kji)
+        if not nonzero[0].size:
+            return _Snapshot(), []
+        bbox = tuple((int(ax.min()), int(ax.max()) + 1) for ax in nonzero)
+        shape = tuple(hi - lo for lo, hi in bbox)
+        return _Snapshot(), [MaskUpdate(bbox, np.zeros(shape, np.uint8))]  # type: ignore[arg-type]
+
+    def _box_step(self, state: _Snapshot, box_ras) -> Tuple[_Snapshot, List[MaskUpdate]]:
+        state = replace(state, box_ras=box_ras)
+        if box_ras is not None and not any(c.positive for c in state.clicks):
+            centre = (np.asarray(box_ras[0]) + np.asarray(box_ras[1])) / 2
+            return self._click_step(state, Click(centre, True))
+        if state.active_roi is None:
+            return state, []
+        # Re-decode the active ROI so the box clip (or its removal) applies to the current prediction.
+        return self._decode_roi(state, state.active_roi, extend=False)
+
+    def _click_step(self, state: _Snapshot, click: Click) -> Tuple[_Snapshot, List[MaskUpdate]]:
+        model_volume = self._model_volume()
+        rois = dict(state.rois)
+        key = self._roi_for_point(rois, click.point_ras)
+        if key is None:
+            centre = click.point_ras
+            if not state.clicks and state.box_ras is not None:
+                centre = (np.asarray(state.box_ras[0]) + np.asarray(state.box_ras[1])) / 2
+            roi = RoiWindow.centred_at(model_volume.grid, centre, size=self.predictor.image_size)
+            key = tuple(int(v) for v in roi.start_model)
+            rois[key] = _RoiState(roi, self._seed_logits(roi, self._label_kji))
+        state = replace(state, clicks=(*state.clicks, click), rois=tuple(rois.items()), active_roi=key)
+        return self._decode_roi(state, key, extend=True)
+
+    def _roi_for_point(self, rois: Dict[RoiKey, _RoiState], point_ras: np.ndarray) -> Optional[RoiKey]:
+        """The ROI whose interior holds the point (nearest centre first), or None to open a new one."""
+        best, best_dist = None, np.inf
+        for key, roi_state in rois.items():
+            point_roi = roi_state.roi.ras_to_roi(point_ras[None])[0]
+            if roi_state.roi.contains_roi(point_roi[None], margin=ROI_INTERIOR_MARGIN)[0]:
+                dist = float(np.linalg.norm(point_roi - (roi_state.roi.size - 1) / 2))
+                if dist < best_dist:
+                    best, best_dist = key, dist
+        return best
+
+    def _decode_roi(
+        self, state: _Snapshot, key: RoiKey, *, extend: bool
+    ) -> Tuple[_Snapshot, List[MaskUpdate]]:
+        """Decode one ROI with its clicks; optionally continue into neighbouring ROIs."""
+        rois = dict(state.rois)
+        roi_state = rois[key]
+        prediction_logits = self._predict(roi_state, state.clicks)
+        rois[key] = _RoiState(roi_state.roi, prediction_logits)
+        updates = [self._paste(roi_state.roi, prediction_logits, state.box_ras)]
+        state = replace(state, rois=tuple(rois.items()))
+        if extend:
+            state, more = self._extend(state, key, prediction_logits, pending=updates)
+            updates.extend(more)
+        return state, updates
+
+    def _predict(self, roi_state: _RoiState, clicks: Sequence[Click]) -> torch.Tensor:
+        roi = roi_state.roi
+        fingerprint = self._require_volume().fingerprint
+        model_volume = self._model_volume()
+        cache_key = (fingerprint, tuple(int(v) for v in roi.start_model), roi.size)
+        if cache_key + (self.predictor.model_id,) not in self.predictor.cache:
+            self._report(0.0, "Encoding the region (once per region)")
+        roi_image, _ = extract_roi(model_volume, roi.roi_to_ras(np.full((1, 3), roi.size // 2, float))[0], roi.size)
+        embedding = self.predictor.embed(roi_image, cache_key)
+        self.last_timing["encode_s"] = self.last_timing.get("encode_s", 0.0) + self.predictor.last_encode_s
+        points_ras = np.array([c.point_ras for c in clicks], dtype=np.float64).reshape(-1, 3)
+        points_roi = roi.ras_to_roi(points_ras)
+        inside = roi.contains_roi(points_roi, margin=0)
+        prediction = self.predictor.predict(
+            embedding,
+            points_roi[inside],
+            np.array([c.positive for c in clicks], dtype=bool)[inside],
+            roi_state.logits,
+        )
+        self.last_timing["decode_s"] = self.last_timing.get("decode_s", 0.0) + prediction.decode_s
+        return prediction.low_res_logits
+
+    def _paste(self, roi: RoiWindow, logits: torch.Tensor, box_ras) -> MaskUpdate:
+        start = time.perf_counter()
+        model_volume = self._model_volume()
+        update = paste_back_logits(logits[0, 0], roi, model_volume.grid, self.geometry)
+        if box_ras is not None and not update.is_empty_box:
+            inside = self.geometry.box_mask_kji(update.bbox_kji, box_ras[0], box_ras[1])
+            update = MaskUpdate(update.bbox_kji, (update.mask & inside.astype(np.uint8)))
+        self.last_timing["paste_s"] = self.last_timing.get("paste_s", 0.0) + time.perf_counter() - start
+        return update
+
+    def _seed_logits(self, roi: RoiWindow, label_kji: Optional[np.ndarray]) -> Optional[torch.Tensor]:
+        """Mask prompt for a new ROI: ``label_kji`` sampled on the ROI's low-res grid, or None if empty."""
+        if label_kji is None or not label_kji.any():
+            return None
+        low = self.predictor.low_res_size
+        scale = roi.size / low
+        # Low-res voxel c covers ROI voxels [c*scale, (c+1)*scale): its centre is at (c + 0.5)*scale - 0.5.
+        axis = (np.arange(low) + 0.5) * scale - 0.5
+        grid_roi = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+        ijk = np.rint(self.geometry.ras_to_ijk(roi.roi_to_ras(grid_roi))).astype(np.int64)
+        shape_ijk = np.array(self.geometry.shape_kji[::-1])
+        valid = np.all((ijk >= 0) & (ijk < shape_ijk), axis=1)
+        seed = np.zeros(len(ijk), dtype=np.float32)
+        seed[valid] = label_kji[ijk[valid, 2], ijk[valid, 1], ijk[valid, 0]]
+        if not seed.any():
+            return None
+        logits = (seed * 2 - 1) * SEED_MASK_LOGIT
+        return torch.from_numpy(logits.reshape(1, 1, low, low, low))
+
+    def _extend(
+        self, state: _Snapshot, key: RoiKey, logits: torch.Tensor, pending: List[MaskUpdate]
+    ) -> Tuple[_Snapshot, List[MaskUpdate]]:
+        """Open neighbouring ROIs where the mask reaches a ROI face that is not the volume's edge.
+
+        Each new ROI overlaps the current one by half (the SAM-Med3D paper's extension rule); it gets the
+        clicks that fall inside it, a positive click at the deepest point of the current mask inside it if it
+        has none, and the current mask as its seed mask prompt.
+        """
+        roi = dict(state.rois)[key].roi
+        model_volume = self._model_volume()
+        grid_shape = np.array(model_volume.grid.shape_model)
+        fg = (logits[0, 0] > 0).cpu().numpy()
+        if not fg.any():
+            return state, []
+        updates: List[MaskUpdate] = []
+        label_kji = self._label_with(pending)  # the seed masks must include this click's own result
+        low = fg.shape[0]
+        start = np.array(roi.start_model)
+        for axis in range(3):
+            for direction in (-1, 1):
+                if len(updates) >= MAX_EXTENSIONS_PER_CLICK:
+                    break
+                face = [slice(None)] * 3
+                face[axis] = slice(0, BORDER_TOUCH_LOWRES) if direction < 0 else slice(low - BORDER_TOUCH_LOWRES, low)
+                if not fg[tuple(face)].any():
+                    continue
+                # Stop at the volume's edge: beyond it there is nothing to continue into.
+                if direction < 0 and start[axis] <= 0:
+                    continue
+                if direction > 0 and start[axis] + roi.size >= grid_shape[axis]:
+                    continue
+                new_start = start.copy()
+                new_start[axis] += direction * (roi.size // 2)
+                new_key = tuple(int(v) for v in new_start)
+                rois = dict(state.rois)
+                if new_key in rois:
+                    continue
+                new_roi = RoiWindow(tuple(int(v) for v in new_start), roi.size)
+                seed = self._seed_logits(new_roi, label_kji)
+                if seed is None:
+                    continue
+                clicks = list(state.clicks)
+                points_roi = new_roi.ras_to_roi(np.array([c.point_ras for c in clicks]).reshape(-1, 3))
+                has_positive = any(
+                    c.positive and inside for c, inside in zip(clicks, new_roi.contains_roi(points_roi, margin=0))
+                )
+                if not has_positive:
+                    deepest = _deepest_point_roi(seed.numpy()[0, 0] > 0, roi.size)
+                    if deepest is None:
+                        continue
+                    clicks.append(Click(new_roi.roi_to_ras(deepest[None])[0], True))
+                rois[new_key] = _RoiState(new_roi, seed)
+                state = replace(state, clicks=tuple(clicks), rois=tuple(rois.items()))
+                new_logits = self._predict(rois[new_key], state.clicks)
+                rois[new_key] = _RoiState(new_roi, new_logits)
+                state = replace(state, rois=tuple(rois.items()))
+                updates.append(self._paste(new_roi, new_logits, state.box_ras))
+        return state, updates
+
+    def _label_with(self, pending: List[MaskUpdate]) -> np.ndarray:
+        """A copy of the label with pending (not yet committed) updates applied."""
+        assert self._label_kji is not None
+        label = self._label_kji.copy()
+        for update in pending:
+            update.apply_to(label)
+        return label
+
+    def _report(self, fraction: float, message: str) -> None:
+        if self._progress is not None:
+            self._progress(fraction, message)
+
+
+LocalSession = InteractiveSession
+
+
+def _as_point(value: Sequence[float], what: str) -> np.ndarray:
+    try:
+        point = np.asarray(value, dtype=np.float64).reshape(3)
+    except (TypeError, ValueError) as exc:
+        raise InvalidPromptError(f"A {what} must be three numbers (R, A, S in mm), got {value!r}") from exc
+    if not np.all(np.isfinite(point)):
+        raise InvalidPromptError(f"A {what} must be finite, got {point.tolist()}")
+    return point
+
+
+def _deepest_point_roi(mask_low: np.ndarray, roi_size: int) -> Optional[np.ndarray]:
+    """ROI voxel coordinates of the low-res mask's point farthest from its border, or None if empty."""
+    if not mask_low.any():
+        return None
+    from scipy.ndimage import distance_transform_edt
+
+    distance = distance_transform_edt(np.pad(mask_low, 1))[1:-1, 1:-1, 1:-1]
+    index = np.array(np.unravel_index(int(np.argmax(distance)), mask_low.shape), dtype=np.float64)
+    scale = roi_size / mask_low.shape[0]
+    return (index + 0.5) * scale - 0.5
