@@ -27,14 +27,7 @@ from .errors import InvalidPromptError, SessionStateError
 from .geometry import RoiWindow, VolumeGeometry
 from .mask_update import BBoxKJI, MaskUpdate, union_bbox
 from .predictor import Predictor
-from .preprocessing import (
-    ModelVolume,
-    Volume,
-    extract_roi,
-    load_volume,
-    paste_back_logits,
-    resample_to_model_grid,
-)
+from .preprocessing import ModelVolume, Volume, crop_roi, load_volume, paste_back_logits, resample_to_model_grid
 
 ProgressCallback = Callable[[float, str], None]
 RoiKey = Tuple[int, int, int]
@@ -355,7 +348,7 @@ class InteractiveSession:
         roi_state = rois[key]
         prediction_logits = self._predict(roi_state, state.clicks)
         rois[key] = _RoiState(roi_state.roi, prediction_logits)
-        updates = [self._paste(roi_state.roi, prediction_logits, state.box_ras)]
+        updates = [self._paste(roi_state.roi, prediction_logits, state.box_ras, self._label_kji)]
         state = replace(state, rois=tuple(rois.items()))
         if extend:
             state, more = self._extend(state, key, prediction_logits, pending=updates)
@@ -369,7 +362,7 @@ class InteractiveSession:
         cache_key = (fingerprint, tuple(int(v) for v in roi.start_model), roi.size)
         if cache_key + (self.predictor.model_id,) not in self.predictor.cache:
             self._report(0.0, "Encoding the region (once per region)")
-        roi_image, _ = extract_roi(model_volume, roi.roi_to_ras(np.full((1, 3), roi.size // 2, float))[0], roi.size)
+        roi_image = crop_roi(model_volume, roi)
         embedding = self.predictor.embed(roi_image, cache_key)
         self.last_timing["encode_s"] = self.last_timing.get("encode_s", 0.0) + self.predictor.last_encode_s
         points_ras = np.array([c.point_ras for c in clicks], dtype=np.float64).reshape(-1, 3)
@@ -384,10 +377,10 @@ class InteractiveSession:
         self.last_timing["decode_s"] = self.last_timing.get("decode_s", 0.0) + prediction.decode_s
         return prediction.low_res_logits
 
-    def _paste(self, roi: RoiWindow, logits: torch.Tensor, box_ras) -> MaskUpdate:
+    def _paste(self, roi: RoiWindow, logits: torch.Tensor, box_ras, base_label_kji: np.ndarray) -> MaskUpdate:
+        """The ROI's mask on the original grid; voxels of the box outside the ROI keep ``base_label_kji``."""
         start = time.perf_counter()
-        model_volume = self._model_volume()
-        update = paste_back_logits(logits[0, 0], roi, model_volume.grid, self.geometry)
+        update = paste_back_logits(logits[0, 0], roi, self.geometry, base_label_kji=base_label_kji)
         if box_ras is not None and not update.is_empty_box:
             inside = self.geometry.box_mask_kji(update.bbox_kji, box_ras[0], box_ras[1])
             update = MaskUpdate(update.bbox_kji, (update.mask & inside.astype(np.uint8)))
@@ -451,7 +444,7 @@ class InteractiveSession:
                 rois = dict(state.rois)
                 if new_key in rois:
                     continue
-                new_roi = RoiWindow(tuple(int(v) for v in new_start), roi.size)
+                new_roi = roi.shifted(new_start)
                 seed = self._seed_logits(new_roi, label_kji)
                 if seed is None:
                     continue
@@ -470,7 +463,9 @@ class InteractiveSession:
                 new_logits = self._predict(rois[new_key], state.clicks)
                 rois[new_key] = _RoiState(new_roi, new_logits)
                 state = replace(state, rois=tuple(rois.items()))
-                updates.append(self._paste(new_roi, new_logits, state.box_ras))
+                update = self._paste(new_roi, new_logits, state.box_ras, label_kji)
+                update.apply_to(label_kji)
+                updates.append(update)
         return state, updates
 
     def _label_with(self, pending: List[MaskUpdate]) -> np.ndarray:

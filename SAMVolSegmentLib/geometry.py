@@ -1,0 +1,249 @@
+"""Coordinate conventions, in one place.
+
+Spaces (see docs/ARCHITECTURE.md): world ``_ras`` / ``_lps`` millimetres; original voxel indices ``_ijk``
+(SimpleITK index order) and ``_kji`` (numpy array order); the *model grid* ``_model`` (1.5 mm isotropic,
+axes along R, A, S, tensor order (dim0, dim1, dim2) = (R, A, S) — the order the reference's torchio pipeline
+gives after ``ToCanonical``); and ``_roi``, voxel indices inside one cubic window of the model grid.
+Continuous voxel coordinates put voxel centres at integers. Points are (N, 3) float64 arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+import numpy as np
+
+from .errors import InvalidImageError
+from .mask_update import BBoxKJI
+
+MODEL_SPACING_MM = 1.5
+_LPS_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def lps_to_ras(points: np.ndarray) -> np.ndarray:
+    """LPS ↔ RAS for (N, 3) points: negate the first two axes (the map is its own inverse)."""
+    return np.asarray(points, dtype=np.float64) * np.array([-1.0, -1.0, 1.0])
+
+
+ras_to_lps = lps_to_ras
+
+
+def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    return points @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+@dataclass(frozen=True)
+class VolumeGeometry:
+    """Voxel grid of an original volume.
+
+    Attributes:
+        shape_kji: array shape (K, J, I).
+        ijk_to_ras: 4×4 affine from continuous voxel index (i, j, k) to RAS mm (may be oblique, any handedness).
+    """
+
+    shape_kji: Tuple[int, int, int]
+    ijk_to_ras: np.ndarray
+
+    def __post_init__(self) -> None:
+        matrix = np.asarray(self.ijk_to_ras, dtype=np.float64)
+        if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
+            raise InvalidImageError("The voxel-to-world matrix must be a finite 4×4 matrix; check the image header.")
+        spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+        if np.any(spacing <= 0) or abs(np.linalg.det(matrix[:3, :3])) < 1e-12 * float(np.prod(spacing) or 1):
+            raise InvalidImageError(
+                f"Voxel spacing {spacing.round(4).tolist()} mm or direction is degenerate; fix the image header "
+                "(spacing must be positive and the direction matrix invertible)."
+            )
+        object.__setattr__(self, "ijk_to_ras", matrix)
+        object.__setattr__(self, "shape_kji", tuple(int(v) for v in self.shape_kji))
+
+    @staticmethod
+    def from_matrix(ijk_to_ras: np.ndarray, shape_kji: Sequence[int]) -> VolumeGeometry:
+        return VolumeGeometry(tuple(shape_kji), np.asarray(ijk_to_ras, dtype=np.float64))  # type: ignore[arg-type]
+
+    @staticmethod
+    def from_sitk(image) -> VolumeGeometry:
+        """Geometry of a 3D ``SimpleITK.Image`` (LPS origin/spacing/direction → RAS affine)."""
+        spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+        if spacing.shape != (3,):
+            raise InvalidImageError(f"Expected a 3D image, got {image.GetDimension()}D; give a 3D volume.")
+        if np.any(~np.isfinite(spacing)) or np.any(spacing <= 0):
+            raise InvalidImageError(f"Voxel spacing {spacing.tolist()} is not positive; fix the image header.")
+        direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+        ijk_to_lps = np.eye(4)
+        ijk_to_lps[:3, :3] = direction * spacing
+        ijk_to_lps[:3, 3] = image.GetOrigin()
+        ijk_to_ras = np.eye(4)
+        ijk_to_ras[:3] = _LPS_RAS @ ijk_to_lps[:3]
+        return VolumeGeometry(tuple(image.GetSize()[::-1]), ijk_to_ras)  # type: ignore[arg-type]
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size (i, j, k) in mm."""
+        return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
+
+    @property
+    def ras_to_ijk_matrix(self) -> np.ndarray:
+        return np.linalg.inv(self.ijk_to_ras)
+
+    def ras_to_ijk(self, points_ras: np.ndarray) -> np.ndarray:
+        """(N, 3) RAS mm → continuous (i, j, k)."""
+        return _apply(self.ras_to_ijk_matrix, points_ras)
+
+    def ijk_to_ras_points(self, points_ijk: np.ndarray) -> np.ndarray:
+        """(N, 3) continuous (i, j, k) → RAS mm."""
+        return _apply(self.ijk_to_ras, points_ijk)
+
+    def contains_ras(self, points_ras: np.ndarray) -> np.ndarray:
+        """(N,) bool: the point lies within the volume (voxel centres ± half a voxel)."""
+        ijk = self.ras_to_ijk(points_ras)
+        upper = np.array(self.shape_kji[::-1], dtype=np.float64) - 0.5
+        return np.all((ijk >= -0.5) & (ijk <= upper), axis=1)
+
+    def corners_ras(self) -> np.ndarray:
+        """(8, 3) RAS of the extreme voxel centres."""
+        k, j, i = (n - 1 for n in self.shape_kji)
+        corners = np.array([[a, b, c] for a in (0, i) for b in (0, j) for c in (0, k)], dtype=np.float64)
+        return self.ijk_to_ras_points(corners)
+
+    def to_sitk_image(self, array_kji: np.ndarray):
+        """A ``SimpleITK.Image`` of ``array_kji`` carrying this geometry (RAS affine → LPS header)."""
+        import SimpleITK as sitk
+
+        if tuple(array_kji.shape) != self.shape_kji:
+            raise ValueError(f"array shape {array_kji.shape} differs from the volume's {self.shape_kji}")
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array_kji))
+        ijk_to_lps = _LPS_RAS @ self.ijk_to_ras[:3]
+        spacing = self.spacing
+        image.SetSpacing(tuple(float(v) for v in spacing))
+        image.SetDirection(tuple(float(v) for v in (ijk_to_lps[:, :3] / spacing).ravel()))
+        image.SetOrigin(tuple(float(v) for v in ijk_to_lps[:, 3]))
+        return image
+
+    def box_mask_kji(self, bbox_kji: BBoxKJI, min_ras: Sequence[float], max_ras: Sequence[float]) -> np.ndarray:
+        """Bool array of the bbox's shape: voxel centres inside the axis-aligned RAS box [min_ras, max_ras]."""
+        (k0, k1), (j0, j1), (i0, i1) = bbox_kji
+        k = np.arange(k0, k1, dtype=np.float64)[:, None, None]
+        j = np.arange(j0, j1, dtype=np.float64)[None, :, None]
+        i = np.arange(i0, i1, dtype=np.float64)[None, None, :]
+        m = self.ijk_to_ras
+        inside = np.ones((k1 - k0, j1 - j0, i1 - i0), dtype=bool)
+        for axis in range(3):  # separable: RAS coordinate = m[a,0] i + m[a,1] j + m[a,2] k + t
+            coord = m[axis, 0] * i + m[axis, 1] * j + m[axis, 2] * k + m[axis, 3]
+            inside &= (coord >= min_ras[axis]) & (coord <= max_ras[axis])
+        return inside
+
+
+@dataclass(frozen=True)
+class ModelGrid:
+    """The model grid of one volume: isotropic, axes along +R, +A, +S, tensor order (R, A, S).
+
+    Attributes:
+        origin_ras: RAS of model voxel (0, 0, 0).
+        shape_model: number of voxels along (R, A, S).
+        spacing: voxel size in mm (1.5 for SAM-Med3D).
+    """
+
+    origin_ras: Tuple[float, float, float]
+    shape_model: Tuple[int, int, int]
+    spacing: float = MODEL_SPACING_MM
+
+    @staticmethod
+    def covering(geometry: VolumeGeometry, spacing: float = MODEL_SPACING_MM) -> ModelGrid:
+        """The grid the reference pipeline resamples to (torchio ``Resample`` + ``ToCanonical``).
+
+        Like torchio, the resampled grid keeps the corner of the first voxel and ceil-rounds the voxel count
+        per axis; its voxel centres are then ordered along +R, +A, +S. For axis-aligned volumes this is exactly
+        torchio's grid; oblique volumes get an axis-aligned grid covering the same extent (torchio would keep
+        the oblique grid), which is what the model saw in training.
+        """
+        shape_ijk = np.array(geometry.shape_kji[::-1], dtype=np.float64)
+        extent_mm = shape_ijk * geometry.spacing
+        new_shape_ijk = np.ceil(extent_mm / spacing - 1e-6)
+        # Corner-preserving first voxel centre: shift by half the spacing difference, in index units.
+        first_ijk = (spacing / geometry.spacing - 1.0) / 2.0
+        last_ijk = first_ijk + (new_shape_ijk - 1) * spacing / geometry.spacing
+        corners_ijk = np.array(
+            [[a, b, c] for a in (first_ijk[0], last_ijk[0]) for b in (first_ijk[1], last_ijk[1])
+             for c in (first_ijk[2], last_ijk[2])]
+        )
+        corners_ras = geometry.ijk_to_ras_points(corners_ijk)
+        lo, hi = corners_ras.min(axis=0), corners_ras.max(axis=0)
+        shape = np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1
+        return ModelGrid(tuple(float(v) for v in lo), tuple(int(v) for v in shape), float(spacing))  # type: ignore[arg-type]
+
+    @property
+    def affine_ras(self) -> np.ndarray:
+        """4×4 model index (R, A, S order) → RAS mm."""
+        affine = np.eye(4)
+        affine[:3, :3] *= self.spacing
+        affine[:3, 3] = self.origin_ras
+        return affine
+
+    def model_to_ras(self, points_model: np.ndarray) -> np.ndarray:
+        return np.asarray(points_model, dtype=np.float64).reshape(-1, 3) * self.spacing + np.asarray(self.origin_ras)
+
+    def ras_to_model(self, points_ras: np.ndarray) -> np.ndarray:
+        return (np.asarray(points_ras, dtype=np.float64).reshape(-1, 3) - np.asarray(self.origin_ras)) / self.spacing
+
+
+@dataclass(frozen=True)
+class RoiWindow:
+    """A cubic window of a model grid (may extend beyond it: outside voxels are zero padding).
+
+    Attributes:
+        start_model: model index of ROI voxel (0, 0, 0), order (R, A, S).
+        size: edge length in voxels (128 for SAM-Med3D).
+        origin_ras, spacing: of the model grid the window belongs to.
+    """
+
+    start_model: Tuple[int, int, int]
+    size: int
+    origin_ras: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    spacing: float = MODEL_SPACING_MM
+
+    @staticmethod
+    def centred_at(grid: ModelGrid, centre_ras: Sequence[float], size: int = 128) -> RoiWindow:
+        """The window whose voxel (size//2,)*3 is the model voxel nearest ``centre_ras``."""
+        centre_model = np.rint(grid.ras_to_model(np.asarray(centre_ras, dtype=np.float64))[0]).astype(int)
+        start = centre_model - size // 2
+        return RoiWindow(tuple(int(v) for v in start), int(size), grid.origin_ras, grid.spacing)  # type: ignore[arg-type]
+
+    def shifted(self, start_model: Sequence[int]) -> RoiWindow:
+        """Same grid and size, another start."""
+        return RoiWindow(tuple(int(v) for v in start_model), self.size, self.origin_ras, self.spacing)  # type: ignore[arg-type]
+
+    @property
+    def key(self) -> Tuple[int, int, int]:
+        return tuple(int(v) for v in self.start_model)  # type: ignore[return-value]
+
+    @property
+    def affine_ras(self) -> np.ndarray:
+        """4×4 ROI index → RAS mm."""
+        affine = np.eye(4)
+        affine[:3, :3] *= self.spacing
+        affine[:3, 3] = np.asarray(self.origin_ras) + np.asarray(self.start_model) * self.spacing
+        return affine
+
+    def roi_to_model(self, points_roi: np.ndarray) -> np.ndarray:
+        return np.asarray(points_roi, dtype=np.float64).reshape(-1, 3) + np.asarray(self.start_model)
+
+    def model_to_roi(self, points_model: np.ndarray) -> np.ndarray:
+        return np.asarray(points_model, dtype=np.float64).reshape(-1, 3) - np.asarray(self.start_model)
+
+    def roi_to_ras(self, points_roi: np.ndarray) -> np.ndarray:
+        return _apply(self.affine_ras, points_roi)
+
+    def ras_to_roi(self, points_ras: np.ndarray) -> np.ndarray:
+        return (np.asarray(points_ras, dtype=np.float64).reshape(-1, 3) - self.affine_ras[:3, 3]) / self.spacing
+
+    def contains_roi(self, points_roi: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        """(N,) bool: inside [margin, size - 1 - margin] on every axis."""
+        points = np.asarray(points_roi, dtype=np.float64).reshape(-1, 3)
+        return np.all((points >= margin) & (points <= self.size - 1 - margin), axis=1)
+
+    def bbox_model(self) -> Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]:
+        """Half-open model-index box of the window (unclipped)."""
+        return tuple((int(s), int(s) + self.size) for s in self.start_model)  # type: ignore[return-value]
