@@ -1,0 +1,143 @@
+"""Model registry: the bundled default model, official checkpoints downloaded on request, local files.
+
+Nothing here touches the network unless :func:`download_model` is called explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Union
+
+from .errors import ModelNotAvailableError
+
+ProgressCallback = Callable[[float, str], None]
+PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    family: str
+    filename: str
+    licence: str
+    bundled: bool = False
+    url: Optional[str] = None
+    size_bytes: Optional[int] = None
+    sha256: Optional[str] = None  # None: not published; only the size is checked
+
+
+REGISTRY: Dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="default",
+            description="Small model trained by SAMVolSegment, shipped in the package (docs/MODEL_CARD.md)",
+            family="clicknet",
+            filename="samvolseg_default.pt",
+            licence="Apache-2.0",
+            bundled=True,
+        ),
+        ModelSpec(
+            name="sam-med3d-turbo",
+            description="Official SAM-Med3D-turbo (uni-medical, vit_b_ori, 100.5 M parameters)",
+            family="sam_med3d",
+            filename="sam_med3d_turbo.pth",
+            licence="Apache-2.0",
+            url="https://huggingface.co/blueyo0/SAM-Med3D/resolve/main/sam_med3d_turbo.pth",
+            size_bytes=402_038_464,
+        ),
+    )
+}
+
+
+def list_models() -> List[ModelSpec]:
+    return list(REGISTRY.values())
+
+
+def cache_dir() -> Path:
+    """``$SAMVOLSEGMENT_MODEL_DIR``, else ``$XDG_CACHE_HOME/samvolsegment/models`` (default ``~/.cache``)."""
+    explicit = os.environ.get("SAMVOLSEGMENT_MODEL_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "samvolsegment" / "models"
+
+
+def _spec_path(spec: ModelSpec) -> Path:
+    return PACKAGE_WEIGHTS / spec.filename if spec.bundled else cache_dir() / spec.filename
+
+
+def resolve_model_path(source: Union[str, Path]) -> Path:
+    """The file for a registry name or a path. Never downloads.
+
+    Raises:
+        ModelNotAvailableError: a registered model that is not on this machine (says how to get it).
+    """
+    name = str(source)
+    spec = REGISTRY.get(name)
+    if spec is None:
+        return Path(source).expanduser()
+    path = _spec_path(spec)
+    if path.is_file():
+        return path
+    if spec.bundled:
+        raise ModelNotAvailableError(
+            f"The bundled model file {path} is missing from this installation; reinstall SAMVolSegment or "
+            "train it with `samvolseg train`."
+        )
+    raise ModelNotAvailableError(
+        f"Model {name!r} is not downloaded yet. Run `samvolseg models download {name}`, or place "
+        f"{spec.filename} ({spec.size_bytes:,} bytes, from {spec.url}) in {path.parent} "
+        "(set SAMVOLSEGMENT_MODEL_DIR to use another folder)."
+    )
+
+
+def download_model(name: str, progress: Optional[ProgressCallback] = None, timeout: float = 30.0) -> Path:
+    """Download a registered model into the cache dir (streamed to a temp file, checked, renamed)."""
+    spec = REGISTRY.get(name)
+    if spec is None or spec.url is None:
+        raise ModelNotAvailableError(f"{name!r} is not a downloadable model; known: {sorted(REGISTRY)}")
+    target = _spec_path(spec)
+    if target.is_file() and (spec.size_bytes is None or target.stat().st_size == spec.size_bytes):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=str(target.parent))
+    tmp = Path(tmp_name)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or spec.size_bytes or 0)
+            done = 0
+            while True:
+                block = response.read(1 << 20)
+                if not block:
+                    break
+                out.write(block)
+                digest.update(block)
+                done += len(block)
+                if progress is not None:
+                    progress(done / total if total else 0.0, f"{name}: {done / 2**20:.0f} MB")
+        if spec.size_bytes is not None and done != spec.size_bytes:
+            raise ModelNotAvailableError(
+                f"Download of {name} is incomplete or wrong ({done:,} of {spec.size_bytes:,} bytes); try again."
+            )
+        if spec.sha256 is not None and digest.hexdigest() != spec.sha256:
+            raise ModelNotAvailableError(f"Download of {name} has the wrong checksum; try again.")
+        shutil.move(str(tmp), str(target))
+    except (urllib.error.URLError, OSError) as exc:
+        raise ModelNotAvailableError(
+            f"Cannot download {name} from {spec.url} ({exc}). If this machine is offline, download "
+            f"{spec.filename} elsewhere and copy it to {target}."
+        ) from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return target
