@@ -18,7 +18,7 @@ TINY = dict(
     encoder_num_heads=2,
     encoder_global_attn_indexes=(1,),
     window_size=14,
-    prompt_embed_dim=24,
+    prompt_embed_dim=48,
     image_size=64,
     patch_size=16,
 )

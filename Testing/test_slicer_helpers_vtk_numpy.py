@@ -1,0 +1,92 @@
+"""vtkImageData <-> numpy region helpers of the Slicer module, with real VTK from PyPI (no Slicer)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SAMVolSegment"))
+
+pytest.importorskip("vtkmodules")
+from vtkmodules.vtkCommonDataModel import vtkImageData  # noqa: E402
+
+from SAMVolSegmentSlicerLib import vtk_numpy as vn  # noqa: E402
+
+
+def test_extent_bbox_round_trip_and_empty_extent():
+    bbox = ((2, 5), (3, 7), (4, 9))
+    assert vn.extent_from_bbox(bbox) == (4, 8, 3, 6, 2, 4)
+    assert vn.bbox_from_extent(vn.extent_from_bbox(bbox)) == bbox
+    assert vn.bbox_is_empty(vn.bbox_from_extent((0, -1, 0, -1, 0, -1)))
+
+
+def test_array_order_is_kji_with_i_fastest():
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 3, size=(4, 5, 6), dtype=np.uint8)
+    image = vn.image_from_array(array, origin_kji=(10, 20, 30))
+    assert image.GetExtent() == (30, 35, 20, 24, 10, 13)
+    assert image.GetDimensions() == (6, 5, 4)
+    # VTK's own accessor takes (i, j, k) grid indices.
+    assert image.GetScalarComponentAsDouble(30 + 5, 20 + 1, 10 + 2, 0) == array[2, 1, 5]
+    assert np.array_equal(vn.array_from_image(image), array)
+
+
+def test_read_region_zero_fills_outside_extent_and_selects_label():
+    array = np.zeros((3, 3, 3), np.uint8)
+    array[1, 1, 1] = 2
+    array[0, 0, 0] = 5
+    image = vn.image_from_array(array, origin_kji=(1, 1, 1))
+    region = vn.read_region(image, ((0, 4), (0, 4), (0, 4)))
+    assert region.shape == (4, 4, 4)
+    assert region[2, 2, 2] == 2 and region[1, 1, 1] == 5 and region.sum() == 7
+    as_label = vn.read_region(image, ((0, 4), (0, 4), (0, 4)), label_value=2)
+    assert as_label.dtype == bool and as_label.sum() == 1 and as_label[2, 2, 2]
+    # A box entirely outside reads as zeros.
+    assert not vn.read_region(image, ((10, 12), (0, 1), (0, 1))).any()
+
+
+def test_write_region_keeps_other_labels_of_a_shared_layer():
+    array = np.zeros((4, 4, 4), np.uint8)
+    array[0] = 3  # another segment sharing the layer
+    array[1, 1, 1] = 1  # this segment
+    image = vn.image_from_array(array)
+    mask = np.zeros((2, 4, 4), bool)
+    mask[1, 2, 2] = True  # k=1..2: move our voxel, and try to claim k=0? no: box starts at k=0
+    bbox = ((0, 2), (0, 4), (0, 4))
+    changed = vn.write_region(image, bbox, mask, label_value=1)
+    out = vn.array_from_image(image)
+    assert changed
+    assert out[1, 2, 2] == 1 and out[1, 1, 1] == 0
+    assert np.all(out[0] == 3)  # label 3 untouched where mask is false
+    assert not vn.write_region(image, bbox, mask, label_value=1)  # idempotent
+    with pytest.raises(ValueError, match="grow"):
+        vn.write_region(image, ((0, 5), (0, 1), (0, 1)), np.zeros((5, 1, 1), bool))
+
+
+def test_grown_image_covers_both_and_keeps_values():
+    array = np.arange(8, dtype=np.uint8).reshape(2, 2, 2)
+    image = vn.image_from_array(array, origin_kji=(5, 5, 5))
+    grown = vn.grown_image(image, ((0, 1), (6, 9), (5, 6)))
+    assert vn.bbox_from_extent(grown.GetExtent()) == ((0, 7), (5, 9), (5, 7))
+    assert np.array_equal(vn.read_region(grown, ((5, 7), (5, 7), (5, 7))), array)
+    assert vn.array_from_image(grown).sum() == array.sum()
+    # Growing an empty image gives exactly the box.
+    empty = vtkImageData()
+    empty.SetExtent(0, -1, 0, -1, 0, -1)
+    assert vn.bbox_from_extent(vn.grown_image(empty, ((1, 2), (3, 5), (0, 4))).GetExtent()) == ((1, 2), (3, 5), (0, 4))
+
+
+def test_nonzero_bbox_with_origin():
+    array = np.zeros((5, 6, 7), np.uint8)
+    array[1:3, 2, 4:6] = 1
+    assert vn.nonzero_bbox(array, (10, 0, 100)) == ((11, 13), (2, 3), (104, 106))
+    assert vn.bbox_is_empty(vn.nonzero_bbox(np.zeros((2, 2, 2))))
+
+
+def test_array_from_image_is_a_view():
+    image = vn.image_from_array(np.zeros((2, 2, 2), np.uint8))
+    vn.array_from_image(image)[1, 1, 1] = 9
+    assert image.GetScalarComponentAsDouble(1, 1, 1, 0) == 9
