@@ -54,7 +54,7 @@ def test_write_region_keeps_other_labels_of_a_shared_layer():
     array[1, 1, 1] = 1  # this segment
     image = vn.image_from_array(array)
     mask = np.zeros((2, 4, 4), bool)
-    mask[1, 2, 2] = True  # k=1..2: move our voxel, and try to claim k=0? no: box starts at k=0
+    mask[1, 2, 2] = True  # moves this segment's voxel from (1,1,1) to (1,2,2)
     bbox = ((0, 2), (0, 4), (0, 4))
     changed = vn.write_region(image, bbox, mask, label_value=1)
     out = vn.array_from_image(image)

@@ -1,0 +1,66 @@
+"""Dependency checks and safe pip plans of the Slicer module (no Slicer, no network)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "SAMVolSegment"))
+
+from SAMVolSegmentSlicerLib import dependencies as dep  # noqa: E402
+
+
+def test_missing_requirements_uses_the_injected_check():
+    missing = dep.missing_requirements(importable=lambda name: name != "torch")
+    assert [r.import_name for r in missing] == ["torch"]
+    assert missing[0].provider == "pytorch"
+    # With the real check in this environment, the engine's imports are all present.
+    assert dep.missing_requirements() == []
+
+
+def test_requirement_distribution_names():
+    assert dep.Requirement("x", "Some_Pkg.Name>=1.2", "pip").distribution == "some-pkg-name"
+    assert dep.Requirement("torch", "torch>=2.1", "pytorch").distribution == "torch"
+
+
+@pytest.mark.parametrize(
+    ("version", "minimum", "ok"),
+    [("2.6.0+cu126", "2.1", True), ("2.1", "2.1.0", True), ("2.0.1", "2.1", False), ("2.10.0", "2.9", True),
+     ("2.1.0rc1", "2.1", True), ("1.13.1", "2.1", False)],
+)
+def test_version_at_least(version, minimum, ok):
+    assert dep.version_at_least(version, minimum) is ok
+
+
+def test_pip_plan_pins_protected_packages_and_refuses_to_install_them():
+    versions = {"numpy": "1.26.4", "requests": "2.31.0", "simpleitk": None, "torch": "2.6.0"}
+    plan = dep.pip_plan([dep.Requirement("tqdm", "tqdm>=4.60", "pip")], versions)
+    assert plan.specs == ("tqdm>=4.60",)
+    assert plan.constraints == ("numpy==1.26.4", "requests==2.31.0", "torch==2.6.0")
+    # SimpleITK is importable here but has "no metadata" in this plan: pins cannot protect it.
+    assert plan.no_deps
+    args = plan.arguments("/tmp/c.txt")
+    assert args == ["tqdm>=4.60", "--constraint", "/tmp/c.txt", "--no-deps"]
+    with pytest.raises(ValueError, match="PyTorch extension"):
+        dep.pip_plan([dep.Requirement("numpy", "numpy>=2", "pip")], versions)
+    # Requirements provided by Slicer or the PyTorch extension are never handed to pip.
+    assert dep.pip_plan(list(dep.ENGINE_REQUIREMENTS), versions).specs == ()
+
+
+def test_pip_plan_with_full_metadata_keeps_dependencies():
+    versions = {"numpy": "1.26.4", "simpleitk": "2.3.1"}
+    plan = dep.pip_plan([dep.Requirement("tqdm", "tqdm", "pip")], versions)
+    assert not plan.no_deps and "simpleitk==2.3.1" in plan.constraints
+
+
+def test_engine_import_root_from_source_and_installed(tmp_path):
+    assert dep.engine_import_root(str(REPO / "SAMVolSegment")) == str(REPO)
+    installed = tmp_path / "qt-scripted-modules"
+    (installed / "SAMVolSegmentLib").mkdir(parents=True)
+    (installed / "SAMVolSegmentLib" / "__init__.py").write_text("")
+    assert dep.engine_import_root(str(installed)) is None
+    with pytest.raises(FileNotFoundError, match="Additional module paths"):
+        dep.engine_import_root(str(tmp_path / "elsewhere" / "SAMVolSegment"))
