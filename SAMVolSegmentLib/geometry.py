@@ -159,19 +159,25 @@ class ModelGrid:
         torchio's grid; oblique volumes get an axis-aligned grid covering the same extent (torchio would keep
         the oblique grid), which is what the model saw in training.
         """
-        shape_ijk = np.array(geometry.shape_kji[::-1], dtype=np.float64)
-        extent_mm = shape_ijk * geometry.spacing
-        new_shape_ijk = np.ceil(extent_mm / spacing - 1e-6)
-        # Corner-preserving first voxel centre: shift by half the spacing difference, in index units.
-        first_ijk = (spacing / geometry.spacing - 1.0) / 2.0
-        last_ijk = first_ijk + (new_shape_ijk - 1) * spacing / geometry.spacing
-        corners_ijk = np.array(
-            [[a, b, c] for a in (first_ijk[0], last_ijk[0]) for b in (first_ijk[1], last_ijk[1])
-             for c in (first_ijk[2], last_ijk[2])]
-        )
-        corners_ras = geometry.ijk_to_ras_points(corners_ijk)
-        lo, hi = corners_ras.min(axis=0), corners_ras.max(axis=0)
-        shape = np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1
+        linear = geometry.ijk_to_ras[:3, :3]
+        axis_aligned = all(np.count_nonzero(np.abs(col) > 1e-9 * np.abs(col).max()) == 1 for col in linear.T)
+        if axis_aligned:
+            shape_ijk = np.array(geometry.shape_kji[::-1], dtype=np.float64)
+            new_shape_ijk = np.ceil(shape_ijk * geometry.spacing / spacing - 1e-6)
+            # Corner-preserving first voxel centre: shift by half the spacing difference, in index units.
+            first_ijk = (spacing / geometry.spacing - 1.0) / 2.0
+            last_ijk = first_ijk + (new_shape_ijk - 1) * spacing / geometry.spacing
+            corners_ijk = np.array(
+                [[a, b, c] for a in (first_ijk[0], last_ijk[0]) for b in (first_ijk[1], last_ijk[1])
+                 for c in (first_ijk[2], last_ijk[2])]
+            )
+            corners_ras = geometry.ijk_to_ras_points(corners_ijk)
+            lo, hi = corners_ras.min(axis=0), corners_ras.max(axis=0)
+            shape = np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1
+        else:
+            corners_ras = geometry.corners_ras()
+            lo, hi = corners_ras.min(axis=0), corners_ras.max(axis=0)
+            shape = np.ceil((hi - lo) / spacing - 1e-6).astype(int) + 1
         return ModelGrid(tuple(float(v) for v in lo), tuple(int(v) for v in shape), float(spacing))  # type: ignore[arg-type]
 
     @property
