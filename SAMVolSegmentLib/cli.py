@@ -10,7 +10,7 @@ import importlib
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -96,7 +96,7 @@ def print_summary(result) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Click-segment the shipped spleen CT with simulated clicks and report Dice against its reference."""
-    from .evaluation import Case, simulate_case, write_results, EvaluationResult
+    from .evaluation import Case, EvaluationResult, simulate_case, write_results
     from .io_utils import write_image
     from .session import InteractiveSession
 

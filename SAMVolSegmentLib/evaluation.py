@@ -296,8 +296,8 @@ def plot_dice_vs_clicks(result: EvaluationResult, path: Path) -> None:
     colours = {"model": "tab:blue", "baseline": "tab:orange"}
     summary = result.summary()
     for method in result.methods:
-        colour = colours.get(method, None)
-        for case, per_method in summary["per_case_dice"].items():
+        colour = colours.get(method)
+        for per_method in summary["per_case_dice"].values():
             curve = per_method.get(method, {})
             ax.plot(list(curve), list(curve.values()), color=colour, alpha=0.25, linewidth=0.8)
         mean = result.mean_dice(method)

@@ -27,7 +27,14 @@ from .errors import InvalidPromptError, SessionStateError
 from .geometry import RoiWindow, VolumeGeometry
 from .mask_update import BBoxKJI, MaskUpdate, union_bbox
 from .predictor import Predictor
-from .preprocessing import ModelVolume, Volume, crop_roi, load_volume, paste_back_logits, resample_to_model_grid
+from .preprocessing import (
+    ModelVolume,
+    Volume,
+    crop_roi,
+    load_volume,
+    paste_back_logits,
+    resample_to_model_grid,
+)
 
 ProgressCallback = Callable[[float, str], None]
 RoiKey = Tuple[int, int, int]

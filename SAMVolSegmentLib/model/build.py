@@ -82,7 +82,7 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
             f"{path} contains Python objects other than tensors and was refused as unsafe (it was not executed). "
             "Use a checkpoint that holds only weights, e.g. re-save its 'model_state_dict' with torch.save."
         ) from exc
-    except Exception as exc:  # noqa: BLE001 - arbitrary bytes make torch.load raise almost anything
+    except Exception as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (corrupt or truncated: {reason}); "
