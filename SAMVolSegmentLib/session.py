@@ -98,6 +98,7 @@ class InteractiveSession:
         cache_bytes: embedding-cache budget when a model (not a predictor) is given.
         progress: optional ``callback(fraction, message)`` for slow stages (preprocessing, encoding).
         max_undo: history depth.
+        auto_extend: continue a mask that reaches a ROI face into neighbouring ROIs (one encoder run each).
     """
 
     def __init__(
@@ -107,7 +108,9 @@ class InteractiveSession:
         cache_bytes: int = 1 << 30,
         progress: Optional[ProgressCallback] = None,
         max_undo: int = 100,
+        auto_extend: bool = True,
     ) -> None:
+        self.auto_extend = auto_extend
         self.predictor = model if isinstance(model, Predictor) else Predictor(model, cache_bytes=cache_bytes)
         self._progress = progress
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samvolseg-preprocess")
@@ -357,7 +360,7 @@ class InteractiveSession:
         rois[key] = _RoiState(roi_state.roi, prediction_logits)
         updates = [self._paste(roi_state.roi, prediction_logits, state.box_ras, self._label_kji)]
         state = replace(state, rois=tuple(rois.items()))
-        if extend:
+        if extend and self.auto_extend:
             state, more = self._extend(state, key, prediction_logits, pending=updates)
             updates.extend(more)
         return state, updates

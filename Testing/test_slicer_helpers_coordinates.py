@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SAMVolSegment"))
 
-from SAMVolSegmentSlicerLib import coordinates as co  # noqa: E402
+from SAMVolSegmentSlicerLib import coordinates as co
 
 
 def rotation(axis: int, degrees: float) -> np.ndarray:

@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SAMVolSegment"))
 
-from SAMVolSegmentSlicerLib.segment_merge import (  # noqa: E402
+from SAMVolSegmentSlicerLib.segment_merge import (
     EditPolicy,
     MaskMode,
     OtherSegment,

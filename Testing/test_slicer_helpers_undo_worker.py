@@ -12,8 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SAMVolSegment"))
 
-from SAMVolSegmentSlicerLib.undo_stack import EditHistory, EditStep, Prompt, RegionEdit  # noqa: E402
-from SAMVolSegmentSlicerLib.worker import EngineWorker, ProgressCell, WorkerBusyError  # noqa: E402
+from SAMVolSegmentSlicerLib.undo_stack import EditHistory, EditStep, Prompt, RegionEdit
+from SAMVolSegmentSlicerLib.worker import EngineWorker, ProgressCell, WorkerBusyError
 
 
 def make_step(n: int) -> EditStep:

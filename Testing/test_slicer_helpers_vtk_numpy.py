@@ -11,9 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SAMVolSegment"))
 
 pytest.importorskip("vtkmodules")
-from vtkmodules.vtkCommonDataModel import vtkImageData  # noqa: E402
-
-from SAMVolSegmentSlicerLib import vtk_numpy as vn  # noqa: E402
+from SAMVolSegmentSlicerLib import vtk_numpy as vn
+from vtkmodules.vtkCommonDataModel import vtkImageData
 
 
 def test_extent_bbox_round_trip_and_empty_extent():

@@ -9,5 +9,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==${SAMVOLSEG_TORCH_VERSION:-2.13.0}"
-.venv/bin/python -m pip install --quiet -e ".[dev,eval,server,client,batch]"
+.venv/bin/python -m pip install --quiet -e ".[dev,eval]"
 echo "SAMVolSegment installed in $(pwd)/.venv"
