@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 "$PY" -m ruff check SAMVolSegmentLib SAMVolSegment Testing benchmarks
-"$PY" -m vermin -t=3.9- --no-tips --violations --eval-annotations SAMVolSegmentLib SAMVolSegment
+.venv/bin/vermin -t=3.9- --no-tips --violations --eval-annotations SAMVolSegmentLib SAMVolSegment
 "$PY" -m pytest -q "$@"
