@@ -193,9 +193,13 @@ def train(model, targets: List[Target], out_dir: Path, minutes: float, seed: int
     """Train until ``minutes`` of (cumulative) wall time; checkpoint + export every ``checkpoint_every_s``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
-    params = [p for name, p in model.named_parameters() if trainable == "all" or not name.startswith(("image_encoder", "stem", "down", "up"))]
+    # "decoder": only the per-click part learns (SAM-Med3D: prompt encoder + mask decoder; ClickNet: decoder).
+    frozen_prefixes = () if trainable == "all" else ("image_encoder", "stem", "down", "up")
+    params = []
     for name, p in model.named_parameters():
-        p.requires_grad_(any(p is q for q in params))
+        p.requires_grad_(not name.startswith(frozen_prefixes))
+        if p.requires_grad:
+            params.append(p)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     step, elapsed, best = 0, 0.0, 0.0
     rng = np.random.default_rng(seed)
