@@ -6,6 +6,7 @@ The predictor talks to a model only through the model-family interface of ``docs
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -136,6 +137,23 @@ class Predictor:
         except StopIteration:  # a model without parameters still runs on the CPU
             return torch.device("cpu")
 
+    def _precision(self):
+        """Autocast context when the model was loaded with precision="bf16"/"fp16" (see ``load_model``)."""
+        dtype = getattr(self.model, "autocast_dtype", None)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _full_key(self, cache_key: Hashable) -> Tuple[Hashable, ...]:
+        return (*_as_tuple(cache_key), self.model_id)
+
+    def cached_embedding(self, cache_key: Hashable) -> Optional[torch.Tensor]:
+        """The cached embedding for ``cache_key`` or None (lets callers skip cropping on a hit)."""
+        embedding = self.cache.get(self._full_key(cache_key))
+        if embedding is not None:
+            self.last_encode_s = 0.0
+        return embedding
+
     def embed(self, roi_image: np.ndarray, cache_key: Optional[Hashable] = None) -> torch.Tensor:
         """Image embedding of one ROI, from the cache when ``cache_key`` was seen before.
 
@@ -145,19 +163,18 @@ class Predictor:
         Returns:
             the model's embedding for a batch of one (e.g. (1, 384, 8, 8, 8) for SAM-Med3D).
         """
-        key = None if cache_key is None else (*_as_tuple(cache_key), self.model_id)
+        key = None if cache_key is None else self._full_key(cache_key)
         if key is not None:
-            cached = self.cache.get(key)
+            cached = self.cached_embedding(cache_key)
             if cached is not None:
-                self.last_encode_s = 0.0
                 return cached
         size = self.image_size
         if tuple(roi_image.shape) != (size, size, size):
             raise ValueError(f"ROI image must be {size}³, got {tuple(roi_image.shape)}")
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), self._precision():
             image = torch.from_numpy(np.ascontiguousarray(roi_image, dtype=np.float32))
-            embedding = self.model.encode_image(image[None, None].to(self.device))
+            embedding = self.model.encode_image(image[None, None].to(self.device)).float()
         self.encoder_calls += 1
         self.last_encode_s = time.perf_counter() - start
         if key is not None:
@@ -192,7 +209,7 @@ class Predictor:
         if mask_logits is None:
             mask_logits = torch.zeros((1, 1, low, low, low), dtype=torch.float32, device=device)
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), self._precision():
             points_t = torch.from_numpy(points)[None].to(device)
             labels_t = torch.from_numpy(labels.astype(np.int64))[None].to(device)
             logits, iou = self.model.decode_prompts(embedding, points_t, labels_t, mask_logits.to(device))

@@ -370,10 +370,10 @@ class InteractiveSession:
         fingerprint = self._require_volume().fingerprint
         model_volume = self._model_volume()
         cache_key = (fingerprint, tuple(int(v) for v in roi.start_model), roi.size)
-        if cache_key + (self.predictor.model_id,) not in self.predictor.cache:
+        embedding = self.predictor.cached_embedding(cache_key)
+        if embedding is None:  # crop and normalise only when the encoder has to run
             self._report(0.0, "Encoding the region (once per region)")
-        roi_image = crop_roi(model_volume, roi)
-        embedding = self.predictor.embed(roi_image, cache_key)
+            embedding = self.predictor.embed(crop_roi(model_volume, roi), cache_key)
         self.last_timing["encode_s"] = self.last_timing.get("encode_s", 0.0) + self.predictor.last_encode_s
         points_ras = np.array([c.point_ras for c in clicks], dtype=np.float64).reshape(-1, 3)
         points_roi = roi.ras_to_roi(points_ras)

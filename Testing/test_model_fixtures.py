@@ -93,3 +93,19 @@ def test_textbook_rel_pos_would_differ():
                   zip(("bdhwc,dkc->bdhwk", "bdhwc,hkc->bdhwk", "bdhwc,wkc->bdhwk"), tables))
     textbook = rd[..., :, None, None] + rh[..., None, :, None] + rw[..., None, None, :]
     assert (ours - textbook).abs().max() > 1.0
+
+
+def test_bf16_precision_stays_close_to_fp32(fixtures_dir):
+    """bf16 autocast is opt-in; on the fixture its click-1 mask agrees with fp32 (Dice >= 0.99)."""
+    from SAMVolSegmentLib.predictor import Predictor
+
+    ref = np.load(fixtures_dir / "small_sam_med3d_reference.npz")
+    masks = []
+    for precision in ("fp32", "bf16"):
+        predictor = Predictor(load_model(fixtures_dir / "small_sam_med3d.pth", precision=precision))
+        embedding = predictor.embed(ref["image"])
+        logits = predictor.predict(embedding, ref["points"][0, :1], ref["labels"][0, :1] == 1).low_res_logits
+        masks.append((logits > 0).numpy())
+    a, b = masks
+    assert a.sum() > 0
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.99
