@@ -13,7 +13,7 @@ Clicks use the engine's convention: ROI voxel indices in tensor order (R, A, S).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Tuple
 
 import torch
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .build import register_family
+from .config import config_from_dict, config_to_dict
 
 
 @dataclass(frozen=True)
@@ -41,18 +42,11 @@ class ClickNetConfig:
         return self.image_size // 4
 
     def to_dict(self) -> Dict[str, Any]:
-        data = asdict(self)
-        data["stem_channels"] = list(self.stem_channels)
-        data["context_channels"] = list(self.context_channels)
-        return data
+        return config_to_dict(self)
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> ClickNetConfig:
-        known = {f.name for f in fields(ClickNetConfig)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown ClickNet config keys: {sorted(unknown)}")
-        return ClickNetConfig(**dict(data))
+        return config_from_dict(ClickNetConfig, data)
 
 
 def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:

@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Tuple, Type, TypeVar
 
 import torch
+
+ConfigT = TypeVar("ConfigT")
+
+
+def config_to_dict(config: Any) -> Dict[str, Any]:
+    """A config dataclass as plain data for checkpoints (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def config_from_dict(cls: Type[ConfigT], data: Mapping[str, Any]) -> ConfigT:
+    """Rebuild a config dataclass; unknown keys are rejected so typos do not pass silently."""
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    return cls(**dict(data))
 
 
 @dataclass(frozen=True)
@@ -51,18 +66,12 @@ class ModelConfig:
         return self.image_size // 4
 
     def to_dict(self) -> Dict[str, Any]:
-        data = asdict(self)
-        data["encoder_global_attn_indexes"] = list(self.encoder_global_attn_indexes)
-        return data
+        return config_to_dict(self)
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> ModelConfig:
-        """Build from a checkpoint's ``config`` dict; unknown keys are rejected so typos do not pass silently."""
-        known = {f.name for f in fields(ModelConfig)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return ModelConfig(**dict(data))
+        """Build from a checkpoint's ``config`` dict (e.g. the fixture's small configuration)."""
+        return config_from_dict(ModelConfig, data)
 
     @staticmethod
     def infer_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> ModelConfig:
