@@ -33,6 +33,16 @@ def tiny_model() -> torch.nn.Module:
     return model
 
 
+@pytest.fixture()
+def ct_session(tiny_model):
+    """A session on the default synthetic CT (closed after the test)."""
+    image = ct_image()
+    session = InteractiveSession(tiny_model)
+    session.set_volume(image)
+    yield session, image
+    session.close()
+
+
 def ct_image(size=(70, 60, 40), spacing=(0.8, 0.8, 2.0), direction=None) -> sitk.Image:
     rng = np.random.default_rng(0)
     array = rng.normal(0, 20, size[::-1]).astype(np.float32)
@@ -50,23 +60,18 @@ def centre_ras(image: sitk.Image) -> np.ndarray:
     return np.array(image.TransformContinuousIndexToPhysicalPoint(idx)) * np.array([-1, -1, 1])
 
 
-def test_encoder_runs_once_for_clicks_inside_the_roi(tiny_model):
-    image = ct_image()
-    session = InteractiveSession(tiny_model)
-    session.set_volume(image)
+def test_encoder_runs_once_for_clicks_inside_the_roi(ct_session):
+    session, image = ct_session
     centre = centre_ras(image)
     for offset, positive in [((0, 0, 0), True), ((3, -2, 1), False), ((-4, 2, 2), True), ((1, 1, -3), True)]:
         update = session.add_click(centre + np.array(offset), positive)
         assert update.mask.dtype == np.uint8
     assert session.predictor.encoder_calls == 1
     assert len(session.clicks) == 4
-    session.close()
 
 
-def test_update_matches_full_mask_and_geometry(tiny_model):
-    image = ct_image()
-    session = InteractiveSession(tiny_model)
-    session.set_volume(image)
+def test_update_matches_full_mask_and_geometry(ct_session):
+    session, image = ct_session
     mirror = np.zeros(image.GetSize()[::-1], np.uint8)
     for offset in [(0, 0, 0), (5, 0, 0)]:
         session.add_click(centre_ras(image) + np.array(offset), True).apply_to(mirror)
@@ -76,13 +81,10 @@ def test_update_matches_full_mask_and_geometry(tiny_model):
     np.testing.assert_allclose(out.GetSpacing(), image.GetSpacing())
     np.testing.assert_allclose(out.GetOrigin(), image.GetOrigin())
     np.testing.assert_allclose(out.GetDirection(), image.GetDirection(), atol=1e-12)
-    session.close()
 
 
-def test_undo_redo_restore_exact_masks_without_recompute(tiny_model):
-    image = ct_image()
-    session = InteractiveSession(tiny_model)
-    session.set_volume(image)
+def test_undo_redo_restore_exact_masks_without_recompute(ct_session):
+    session, image = ct_session
     masks = [session.mask_array_kji()]
     for offset, positive in [((0, 0, 0), True), ((6, 3, 0), False), ((-5, 0, 2), True)]:
         session.add_click(centre_ras(image) + np.array(offset), positive)
@@ -102,13 +104,10 @@ def test_undo_redo_restore_exact_masks_without_recompute(tiny_model):
     assert session.predictor.encoder_calls == calls
     assert session.last_timing["decode_s"] == 0.0 and decode_before is not None
     assert len(session.clicks) == 3
-    session.close()
 
 
-def test_new_click_after_undo_drops_redo(tiny_model):
-    image = ct_image()
-    session = InteractiveSession(tiny_model)
-    session.set_volume(image)
+def test_new_click_after_undo_drops_redo(ct_session):
+    session, image = ct_session
     session.add_click(centre_ras(image), True)
     session.add_click(centre_ras(image) + 4, False)
     session.undo()
@@ -116,13 +115,10 @@ def test_new_click_after_undo_drops_redo(tiny_model):
     session.add_click(centre_ras(image) - 3, True)
     assert not session.can_redo
     assert [c.positive for c in session.clicks] == [True, True]
-    session.close()
 
 
-def test_reset_is_undoable(tiny_model):
-    image = ct_image()
-    session = InteractiveSession(tiny_model)
-    session.set_volume(image)
+def test_reset_is_undoable(ct_session):
+    session, image = ct_session
     session.add_click(centre_ras(image), True)
     before = session.mask_array_kji()
     session.reset()
@@ -130,7 +126,6 @@ def test_reset_is_undoable(tiny_model):
     session.undo()
     np.testing.assert_array_equal(session.mask_array_kji(), before)
     assert len(session.clicks) == 1
-    session.close()
 
 
 def test_click_far_away_opens_and_caches_a_second_roi(tiny_model):
@@ -150,10 +145,8 @@ def test_click_far_away_opens_and_caches_a_second_roi(tiny_model):
     session.close()
 
 
-def test_box_clips_the_mask(tiny_model):
-    image = ct_image()
-    session = InteractiveSession(tiny_model)
-    session.set_volume(image)
+def test_box_clips_the_mask(ct_session):
+    session, image = ct_session
     centre = centre_ras(image)
     lo, hi = centre - np.array([6.0, 5.0, 4.0]), centre + np.array([6.0, 5.0, 4.0])
     session.set_box(lo, hi)
@@ -163,7 +156,6 @@ def test_box_clips_the_mask(tiny_model):
     if len(kji):
         ras = session.geometry.ijk_to_ras_points(kji[:, ::-1].astype(float))
         assert np.all(ras >= lo - 1e-6) and np.all(ras <= hi + 1e-6)
-    session.close()
 
 
 def test_oblique_volume_click_lands_near_click(tiny_model):
@@ -183,23 +175,18 @@ def test_oblique_volume_click_lands_near_click(tiny_model):
 @pytest.mark.parametrize(
     "point", [(1e6, 0, 0), (np.nan, 0, 0), (1, 2), "abc"], ids=["outside", "nan", "two-values", "text"]
 )
-def test_bad_click_changes_nothing(tiny_model, point):
-    image = ct_image()
-    session = InteractiveSession(tiny_model)
-    session.set_volume(image)
+def test_bad_click_changes_nothing(ct_session, point):
+    session, image = ct_session
     session.add_click(centre_ras(image), True)
     before, clicks, can_undo = session.mask_array_kji(), session.clicks, session.can_undo
     with pytest.raises(InvalidPromptError):
         session.add_click(point, True)
     np.testing.assert_array_equal(session.mask_array_kji(), before)
     assert session.clicks == clicks and session.can_undo == can_undo
-    session.close()
 
 
-def test_bad_volume_keeps_previous_one(tiny_model):
-    image = ct_image()
-    session = InteractiveSession(tiny_model)
-    session.set_volume(image)
+def test_bad_volume_keeps_previous_one(ct_session):
+    session, image = ct_session
     session.add_click(centre_ras(image), True)
     before = session.mask_array_kji()
     bad = sitk.GetArrayFromImage(image)
@@ -210,7 +197,6 @@ def test_bad_volume_keeps_previous_one(tiny_model):
         session.set_volume(bad_image)
     np.testing.assert_array_equal(session.mask_array_kji(), before)
     assert len(session.clicks) == 1
-    session.close()
 
 
 def test_click_before_volume_is_a_clear_error(tiny_model):
@@ -220,16 +206,13 @@ def test_click_before_volume_is_a_clear_error(tiny_model):
     session.close()
 
 
-def test_same_volume_again_keeps_state_and_cache(tiny_model):
-    image = ct_image()
-    session = InteractiveSession(tiny_model)
-    session.set_volume(image)
+def test_same_volume_again_keeps_state_and_cache(ct_session):
+    session, image = ct_session
     session.add_click(centre_ras(image), True)
     session.set_volume(image)
     assert len(session.clicks) == 1
     session.add_click(centre_ras(image) + 2, False)
     assert session.predictor.encoder_calls == 1
-    session.close()
 
 
 def test_shared_predictor_reuses_embeddings_across_sessions(tiny_model):
