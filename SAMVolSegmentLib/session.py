@@ -74,19 +74,55 @@ class _Snapshot:
     box_ras: Optional[Tuple[Tuple[float, float, float], Tuple[float, float, float]]] = None
 
 
+@dataclass(frozen=True)
+class _PackedRegion:
+    """A MaskUpdate stored as packed bits (8× smaller) for the history."""
+
+    bbox_kji: BBoxKJI
+    bits: np.ndarray
+
+    @staticmethod
+    def pack(update: MaskUpdate) -> _PackedRegion:
+        return _PackedRegion(update.bbox_kji, np.packbits(update.mask.astype(bool), axis=None))
+
+    def unpack(self) -> MaskUpdate:
+        shape = tuple(hi - lo for lo, hi in self.bbox_kji)
+        count = int(np.prod(shape))
+        return MaskUpdate(self.bbox_kji, np.unpackbits(self.bits, count=count).reshape(shape))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.bits.nbytes)
+
+
 @dataclass
 class _Step:
     before: _Snapshot
     after: _Snapshot
-    region_before: MaskUpdate
-    region_after: MaskUpdate
+    region_before: _PackedRegion
+    region_after: _PackedRegion
+
+    @property
+    def nbytes(self) -> int:
+        return self.region_before.nbytes + self.region_after.nbytes
 
 
 @dataclass
 class _History:
+    """Undo/redo stacks, bounded in steps and in bytes of stored mask boxes (oldest steps go first)."""
+
     undo: List[_Step] = field(default_factory=list)
     redo: List[_Step] = field(default_factory=list)
     max_steps: int = 100
+    max_bytes: int = 256 << 20
+
+    def push(self, step: _Step) -> None:
+        self.undo.append(step)
+        self.redo.clear()
+        while len(self.undo) > self.max_steps or (
+            len(self.undo) > 1 and sum(s.nbytes for s in self.undo) > self.max_bytes
+        ):
+            self.undo.pop(0)
 
 
 class InteractiveSession:
@@ -98,6 +134,8 @@ class InteractiveSession:
         cache_bytes: embedding-cache budget when a model (not a predictor) is given.
         progress: optional ``callback(fraction, message)`` for slow stages (preprocessing, encoding).
         max_undo: history depth.
+        max_undo_bytes: memory bound of the history (mask boxes stored as packed bits); the oldest steps go
+            first, the last step is always kept.
         auto_extend: continue a mask that reaches a ROI face into neighbouring ROIs (one encoder run each).
     """
 
@@ -108,6 +146,7 @@ class InteractiveSession:
         cache_bytes: int = 1 << 30,
         progress: Optional[ProgressCallback] = None,
         max_undo: int = 100,
+        max_undo_bytes: int = 256 << 20,
         auto_extend: bool = True,
     ) -> None:
         self.auto_extend = auto_extend
@@ -119,7 +158,7 @@ class InteractiveSession:
         self._model_volume_future: Optional[Future] = None
         self._label_kji: Optional[np.ndarray] = None
         self._state = _Snapshot()
-        self._history = _History(max_steps=max_undo)
+        self._history = _History(max_steps=max_undo, max_bytes=max_undo_bytes)
         self.last_timing: Dict[str, float] = {}
 
     # ------------------------------------------------------------------ volume
@@ -141,7 +180,7 @@ class InteractiveSession:
             self._model_volume_future = self._executor.submit(self._prepare_model_volume, volume)
             self._label_kji = np.zeros(volume.geometry.shape_kji, dtype=np.uint8)
             self._state = _Snapshot()
-            self._history = _History(max_steps=self._history.max_steps)
+            self._history = _History(max_steps=self._history.max_steps, max_bytes=self._history.max_bytes)
 
     def _prepare_model_volume(self, volume: Volume) -> ModelVolume:
         self._report(0.0, "Resampling the volume to the model grid")
@@ -245,7 +284,7 @@ class InteractiveSession:
                 return MaskUpdate.empty()
             step = self._history.undo.pop()
             self._history.redo.append(step)
-            return self._restore(step.before, step.region_before)
+            return self._restore(step.before, step.region_before.unpack())
 
     def redo(self) -> MaskUpdate:
         """Re-apply the last undone step; recomputes nothing. Empty update when nothing to redo."""
@@ -254,7 +293,7 @@ class InteractiveSession:
                 return MaskUpdate.empty()
             step = self._history.redo.pop()
             self._history.undo.append(step)
-            return self._restore(step.after, step.region_after)
+            return self._restore(step.after, step.region_after.unpack())
 
     def _restore(self, state: _Snapshot, region: MaskUpdate) -> MaskUpdate:
         assert self._label_kji is not None
@@ -300,9 +339,7 @@ class InteractiveSession:
             update.apply_to(self._label_kji)
         region_after = MaskUpdate.covering(self._label_kji, bbox)
         self._state = new_state
-        self._history.undo.append(_Step(before, new_state, region_before, region_after))
-        del self._history.undo[: -self._history.max_steps]
-        self._history.redo.clear()
+        self._history.push(_Step(before, new_state, _PackedRegion.pack(region_before), _PackedRegion.pack(region_after)))
         self.last_timing["total_s"] = time.perf_counter() - start
         return region_after
 

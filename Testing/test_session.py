@@ -238,3 +238,16 @@ def test_embedding_cache_is_bounded_in_bytes():
     cache.put(("big", 0), torch.zeros(1000))  # larger than the budget: not cached, nothing evicted
     assert ("big", 0) not in cache and len(cache) == 3
     assert cache.invalidate("vol") == 3 and cache.nbytes == 0
+
+
+def test_undo_history_is_bounded_in_bytes(tiny_model):
+    image = ct_image()
+    with InteractiveSession(tiny_model, max_undo_bytes=1) as session:  # room for the newest step only
+        session.set_volume(image)
+        session.add_click(centre_ras(image), True)
+        session.add_click(centre_ras(image) + 2, False)
+        before_last = session.mask_array_kji()
+        session.add_click(centre_ras(image) - 2, True)
+        session.undo()
+        np.testing.assert_array_equal(session.mask_array_kji(), before_last)
+        assert not session.can_undo
