@@ -337,7 +337,8 @@ class InteractiveSession:
         region_before = MaskUpdate.covering(self._label_kji, bbox)
         for update in updates:  # later updates (newer ROIs) win where boxes overlap
             update.apply_to(self._label_kji)
-        region_after = MaskUpdate.covering(self._label_kji, bbox)
+        # One update already is the box's new content; overlapping ones need the merged result.
+        region_after = updates[0] if len(updates) == 1 else MaskUpdate.covering(self._label_kji, bbox)
         self._state = new_state
         self._history.push(_Step(before, new_state, _PackedRegion.pack(region_before), _PackedRegion.pack(region_after)))
         self.last_timing["total_s"] = time.perf_counter() - start
