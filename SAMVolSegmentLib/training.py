@@ -29,6 +29,7 @@ from .preprocessing import (
     ModelVolume,
     crop_roi,
     load_volume,
+    normalize_roi,
     read_image,
     resample_label_to_model_grid,
     resample_to_model_grid,
@@ -75,16 +76,35 @@ def load_targets(data_dir: Path, exclude: Sequence[str] = HELD_OUT_CASES) -> Lis
     return targets
 
 
-def roi_sample(target: Target, rng: np.random.Generator, size: int = ROI_SIZE) -> Tuple[np.ndarray, np.ndarray]:
+def roi_sample(target: Target, rng: np.random.Generator, size: int = ROI_SIZE,
+               augment: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """A normalised size³ ROI centred on a random voxel of the target (as a first click would centre it), and
-    the target cropped to the same ROI (uint8)."""
+    the target cropped to the same ROI (uint8). ``augment``: :func:`augment_roi` before the normalisation."""
     points = np.argwhere(target.label_model)
     centre_model = points[rng.integers(len(points))]
     roi = RoiWindow(tuple(int(c) - size // 2 for c in centre_model), size, target.volume.grid.origin_ras,
                     target.volume.grid.spacing)
-    image = crop_roi(target.volume, roi)
     label = crop_roi(ModelVolume(target.label_model.astype(np.float32), target.volume.grid), roi, normalize=False)
-    return image, (label > 0.5).astype(np.uint8)
+    label = (label > 0.5).astype(np.uint8)
+    if not augment:
+        return crop_roi(target.volume, roi), label
+    raw, label = augment_roi(crop_roi(target.volume, roi, normalize=False), label, rng)
+    return normalize_roi(raw), label
+
+
+def augment_roi(raw: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """Random flips (image and label together: the clicks are simulated from the label afterwards, so they stay
+    consistent), gamma on the ROI's intensity range and Gaussian noise, on the un-normalised ROI (the
+    z-normalisation would undo a plain scale or shift)."""
+    for axis in range(3):
+        if rng.random() < 0.5:
+            raw, label = np.flip(raw, axis), np.flip(label, axis)
+    lo, hi = float(raw.min()), float(raw.max())
+    if hi > lo and rng.random() < 0.5:
+        raw = lo + (hi - lo) * ((raw - lo) / (hi - lo)) ** rng.uniform(0.7, 1.5)
+    if rng.random() < 0.5:
+        raw = raw + rng.uniform(0, 0.1) * float(raw.std()) * rng.standard_normal(raw.shape)
+    return np.ascontiguousarray(raw, dtype=np.float32), np.ascontiguousarray(label)
 
 
 def low_res_target(label_roi: np.ndarray, low: int) -> np.ndarray:
@@ -187,10 +207,27 @@ def export_model(model, out_path: Path, meta: Optional[dict] = None) -> Path:
     return Path(out_path)
 
 
+def learning_rate(elapsed_s: float, minutes: float, base_lr: float, decay_from_minute: Optional[float] = None,
+                  final_fraction: float = 0.05) -> float:
+    """Constant ``base_lr`` until ``decay_from_minute`` (default: half the budget), then a cosine decay to
+    ``final_fraction * base_lr`` at ``minutes``. Scheduled on wall time because runs are bounded by it."""
+    start_s = 60.0 * (minutes / 2 if decay_from_minute is None else decay_from_minute)
+    end_s = 60.0 * minutes
+    if elapsed_s <= start_s or end_s <= start_s:
+        return base_lr
+    progress = min(1.0, (elapsed_s - start_s) / (end_s - start_s))
+    return base_lr * (final_fraction + (1 - final_fraction) * 0.5 * (1 + np.cos(np.pi * progress)))
+
+
 def train(model, targets: List[Target], out_dir: Path, minutes: float, seed: int = 0, batch: int = 2,
           clicks: int = 4, lr: float = 2e-3, synthetic_fraction: float = 0.4, export: Optional[Path] = None,
-          resume: bool = False, checkpoint_every_s: float = 300.0, trainable: str = "all") -> dict:
-    """Train until ``minutes`` of (cumulative) wall time; checkpoint + export every ``checkpoint_every_s``."""
+          resume: bool = False, checkpoint_every_s: float = 300.0, trainable: str = "all",
+          decay_from_minute: Optional[float] = None, augment_from_minute: Optional[float] = 0.0) -> dict:
+    """Train until ``minutes`` of (cumulative) wall time; checkpoint + export every ``checkpoint_every_s``.
+
+    The learning rate follows :func:`learning_rate` (constant, then cosine decay over the rest of the budget).
+    Real ROIs are augmented (:func:`augment_roi`) from ``augment_from_minute`` on (None: never).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
     # "decoder": only the per-click part learns (SAM-Med3D: prompt encoder + mask decoder; ClickNet: decoder).
@@ -229,10 +266,14 @@ def train(model, targets: List[Target], out_dir: Path, minutes: float, seed: int
             if not targets or rng.random() < synthetic_fraction:
                 image, label = synthetic_sample(rng, size)
             else:
-                image, label = roi_sample(targets[int(rng.integers(len(targets)))], rng, size)
+                augment = augment_from_minute is not None and time.perf_counter() - start >= 60 * augment_from_minute
+                image, label = roi_sample(targets[int(rng.integers(len(targets)))], rng, size, augment)
             images.append(image)
             lows.append(low_res_target(label, low))
         x = torch.from_numpy(np.stack(images))[:, None]
+        current_lr = learning_rate(time.perf_counter() - start, minutes, lr, decay_from_minute)
+        for group in optimizer.param_groups:
+            group["lr"] = current_lr
         loss, dices = episode_loss(model, x, np.stack(lows), clicks, rng)
         optimizer.zero_grad()
         loss.backward()
@@ -242,11 +283,10 @@ def train(model, targets: List[Target], out_dir: Path, minutes: float, seed: int
         window.append(dices[-1])
         window = window[-100:]
         log.write(json.dumps({"step": step, "t": round(time.perf_counter() - start, 1), "loss": loss.item(),
-                              "dice_per_click": [round(d, 4) for d in dices]}) + "\n")
+                              "lr": current_lr, "dice_per_click": [round(d, 4) for d in dices]}) + "\n")
         if bar is not None:
-            bar.n = int(time.perf_counter() - start)
-            bar.set_postfix(step=step, loss=f"{loss.item():.3f}", dice=f"{np.mean(window):.3f}")
-            bar.refresh()
+            bar.set_postfix(step=step, loss=f"{loss.item():.3f}", dice=f"{np.mean(window):.3f}", refresh=False)
+            bar.update(max(0, int(time.perf_counter() - start) - bar.n))  # redraws at most every 10 s
         if time.perf_counter() - last_ckpt > checkpoint_every_s:
             best = _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, best)
             last_ckpt = time.perf_counter()
@@ -276,6 +316,10 @@ def register_cli(subparsers) -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--export", type=Path, default=None, help="weights file to (re)write at every checkpoint")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--decay-from-minute", type=float, default=None,
+                   help="keep the learning rate constant until this minute, then cosine-decay it (default: half)")
+    p.add_argument("--augment-from-minute", type=float, default=0.0,
+                   help="augment real ROIs (flips, gamma, noise) from this minute on (default: from the start)")
     p.set_defaults(func=_cmd_train)
 
     sub = subparsers.add_parser("finetune", help="fine-tune a model (any checkpoint, official ones included)")
@@ -297,7 +341,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     targets = load_targets(args.data)
     print(f"{len(targets)} training targets (held out: {', '.join(HELD_OUT_CASES)})")
     result = train(ClickNet(ClickNetConfig()), targets, args.out, args.minutes, args.seed, export=args.export,
-                   resume=args.resume)
+                   resume=args.resume, decay_from_minute=args.decay_from_minute,
+                   augment_from_minute=args.augment_from_minute)
     print(json.dumps(result))
     return 0
 

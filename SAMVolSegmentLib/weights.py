@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -23,15 +22,21 @@ PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """One registered model: where its file comes from and what it is.
+
+    ``url`` is None for bundled files; ``sha256`` is None where no checksum is published (then only
+    ``size_bytes`` is checked after a download).
+    """
+
     name: str
     description: str
     family: str
+    url: Optional[str]
     filename: str
+    size_bytes: Optional[int]
+    sha256: Optional[str]
     licence: str
     bundled: bool = False
-    url: Optional[str] = None
-    size_bytes: Optional[int] = None
-    sha256: Optional[str] = None  # None: not published; only the size is checked
 
 
 REGISTRY: Dict[str, ModelSpec] = {
@@ -41,7 +46,10 @@ REGISTRY: Dict[str, ModelSpec] = {
             name="default",
             description="Small model trained by SAMVolSegment, shipped in the package (docs/MODEL_CARD.md)",
             family="clicknet",
+            url=None,
             filename="samvolseg_default.pt",
+            size_bytes=None,
+            sha256=None,
             licence="Apache-2.0",
             bundled=True,
         ),
@@ -49,16 +57,18 @@ REGISTRY: Dict[str, ModelSpec] = {
             name="sam-med3d-turbo",
             description="Official SAM-Med3D-turbo (uni-medical, vit_b_ori, 100.5 M parameters)",
             family="sam_med3d",
-            filename="sam_med3d_turbo.pth",
-            licence="Apache-2.0",
             url="https://huggingface.co/blueyo0/SAM-Med3D/resolve/main/sam_med3d_turbo.pth",
+            filename="sam_med3d_turbo.pth",
             size_bytes=402_038_464,
+            sha256=None,  # not published by the authors
+            licence="Apache-2.0",
         ),
     )
 }
 
 
 def list_models() -> List[ModelSpec]:
+    """Every registered model, in registry order."""
     return list(REGISTRY.values())
 
 
@@ -71,8 +81,12 @@ def cache_dir() -> Path:
     return Path(base) / "samvolsegment" / "models"
 
 
-def _spec_path(spec: ModelSpec) -> Path:
+def spec_path(spec: ModelSpec) -> Path:
+    """Where a registered model's file lives (package folder if bundled, else the cache dir); may not exist."""
     return PACKAGE_WEIGHTS / spec.filename if spec.bundled else cache_dir() / spec.filename
+
+
+_spec_path = spec_path  # older private name, still used by callers
 
 
 def resolve_model_path(source: Union[str, Path]) -> Path:
@@ -85,7 +99,7 @@ def resolve_model_path(source: Union[str, Path]) -> Path:
     spec = REGISTRY.get(name)
     if spec is None:
         return Path(source).expanduser()
-    path = _spec_path(spec)
+    path = spec_path(spec)
     if path.is_file():
         return path
     if spec.bundled:
@@ -101,37 +115,30 @@ def resolve_model_path(source: Union[str, Path]) -> Path:
 
 
 def download_model(name: str, progress: Optional[ProgressCallback] = None, timeout: float = 30.0) -> Path:
-    """Download a registered model into the cache dir (streamed to a temp file, checked, renamed)."""
+    """Download a registered model into the cache dir and return its path (no-op if already there).
+
+    Streams to a temporary file next to the target, checks the size (and sha256 when published) and renames
+    atomically, so an interrupted or wrong download never leaves a file that looks complete.
+
+    Args:
+        progress: ``callback(fraction in [0, 1], message)`` called per received block.
+    Raises:
+        ModelNotAvailableError: unknown name, offline, or the file received is not the expected one.
+    """
     spec = REGISTRY.get(name)
     if spec is None or spec.url is None:
-        raise ModelNotAvailableError(f"{name!r} is not a downloadable model; known: {sorted(REGISTRY)}")
-    target = _spec_path(spec)
+        downloadable = sorted(n for n, s in REGISTRY.items() if s.url)
+        raise ModelNotAvailableError(f"{name!r} is not a downloadable model; choose one of {downloadable}.")
+    target = spec_path(spec)
     if target.is_file() and (spec.size_bytes is None or target.stat().st_size == spec.size_bytes):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=str(target.parent))
     tmp = Path(tmp_name)
-    digest = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or spec.size_bytes or 0)
-            done = 0
-            while True:
-                block = response.read(1 << 20)
-                if not block:
-                    break
-                out.write(block)
-                digest.update(block)
-                done += len(block)
-                if progress is not None:
-                    progress(done / total if total else 0.0, f"{name}: {done / 2**20:.0f} MB")
-        if spec.size_bytes is not None and done != spec.size_bytes:
-            raise ModelNotAvailableError(
-                f"Download of {name} is incomplete or wrong ({done:,} of {spec.size_bytes:,} bytes); try again."
-            )
-        if spec.sha256 is not None and digest.hexdigest() != spec.sha256:
-            raise ModelNotAvailableError(f"Download of {name} has the wrong checksum; try again.")
-        shutil.move(str(tmp), str(target))
+            _stream(response, out, spec, progress)
+        os.replace(str(tmp), str(target))
     except (urllib.error.URLError, OSError) as exc:
         raise ModelNotAvailableError(
             f"Cannot download {name} from {spec.url} ({exc}). If this machine is offline, download "
@@ -141,3 +148,32 @@ def download_model(name: str, progress: Optional[ProgressCallback] = None, timeo
         if tmp.exists():
             tmp.unlink()
     return target
+
+
+def _stream(response, out, spec: ModelSpec, progress: Optional[ProgressCallback]) -> None:
+    """Copy the HTTP body to ``out`` in blocks, checking size and checksum."""
+    announced = response.headers.get("Content-Length")
+    if announced is not None and spec.size_bytes is not None and int(announced) != spec.size_bytes:
+        # refuse before transferring hundreds of MB of the wrong file
+        raise ModelNotAvailableError(
+            f"The server offers {int(announced):,} bytes for {spec.name}, expected {spec.size_bytes:,}; "
+            f"the file at {spec.url} has changed. Update SAMVolSegment or place the file manually."
+        )
+    total = spec.size_bytes or int(announced or 0)
+    digest = hashlib.sha256()
+    done = 0
+    while True:
+        block = response.read(1 << 20)
+        if not block:
+            break
+        out.write(block)
+        digest.update(block)
+        done += len(block)
+        if progress is not None:
+            progress(min(done / total, 1.0) if total else 0.0, f"{spec.name}: {done / 2**20:.0f} MB")
+    if spec.size_bytes is not None and done != spec.size_bytes:
+        raise ModelNotAvailableError(
+            f"Download of {spec.name} is incomplete or wrong ({done:,} of {spec.size_bytes:,} bytes); try again."
+        )
+    if spec.sha256 is not None and digest.hexdigest() != spec.sha256:
+        raise ModelNotAvailableError(f"Download of {spec.name} has the wrong sha256 checksum; try again.")

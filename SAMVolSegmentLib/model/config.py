@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Mapping, Tuple, Type, TypeVar
+from typing import Any, Dict, Mapping, Optional, Tuple, Type, TypeVar
 
 import torch
 
@@ -27,7 +27,9 @@ def config_from_dict(cls: Type[ConfigT], data: Mapping[str, Any]) -> ConfigT:
 class ModelConfig:
     """SAM-Med3D architecture hyper-parameters (names follow the reference's build function).
 
-    The decoder's two-way transformer is fixed by the reference (depth 2, 8 heads, MLP 2048).
+    The decoder's two-way transformer is fixed by the reference (depth 2, 8 heads, MLP 2048). Only widths
+    too narrow for 8 heads (tiny test models, e.g. ``prompt_embed_dim=24``) get fewer: ``decoder_num_heads``
+    left as None resolves to the largest count ≤ 8 that divides the cross-attention width (prompt_embed_dim / 2).
     """
 
     encoder_embed_dim: int = 768
@@ -42,13 +44,23 @@ class ModelConfig:
     mask_in_chans: int = 16
     iou_head_hidden_dim: int = 256
     num_multimask_outputs: int = 3
+    decoder_num_heads: Optional[int] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encoder_global_attn_indexes", tuple(int(i) for i in self.encoder_global_attn_indexes))
         if self.image_size % self.patch_size or self.image_size % 4:
             raise ValueError("image_size must be a multiple of patch_size and of 4")
-        if self.prompt_embed_dim % 3 or (self.prompt_embed_dim // 2) % 8:
-            raise ValueError("prompt_embed_dim must be divisible by 3 (point PE) and by 16 (decoder heads)")
+        if self.prompt_embed_dim % 3 or self.prompt_embed_dim % 8:
+            raise ValueError("prompt_embed_dim must be divisible by 3 (point PE) and by 8 (decoder upscaling)")
+        if self.encoder_embed_dim % self.encoder_num_heads:
+            raise ValueError("encoder_embed_dim must be divisible by encoder_num_heads")
+        cross_width = self.prompt_embed_dim // 2
+        heads = self.decoder_num_heads
+        if heads is None:
+            heads = max(h for h in range(1, 9) if cross_width % h == 0)
+        if heads < 1 or cross_width % heads:
+            raise ValueError(f"decoder_num_heads must divide prompt_embed_dim / 2 = {cross_width}")
+        object.__setattr__(self, "decoder_num_heads", int(heads))
 
     @staticmethod
     def vit_b_ori() -> ModelConfig:
@@ -66,6 +78,7 @@ class ModelConfig:
         return self.image_size // 4
 
     def to_dict(self) -> Dict[str, Any]:
+        """Plain data for a checkpoint's ``config`` entry (round-trips through :meth:`from_dict`)."""
         return config_to_dict(self)
 
     @staticmethod

@@ -105,47 +105,69 @@ class Attention(nn.Module):
         """Exactly what zero-padding the (B, D, H, W, C) grid to one ``window``³ window, attending over it
         unmasked and cropping back gives — computed on the real tokens only.
 
-        Every padding token has q = b_q, k = b_k, v = b_v (the qkv bias). For a real query, the padding keys'
-        summed weight is exp(scale·q·b_k) · Σ_pad exp(bias), and Σ over the padded grid factorises per axis
-        (see :func:`rel_pos_bias`): Σ_kw e^{rd[kw]} Σ_kd e^{rh[kd,kw]} Σ_kh e^{rw[kh,kw]}, over the whole
-        window minus over the real keys. That weight becomes the mask entry of one extra key (b_k, b_v).
+        Every padding token has q = b_q, k = b_k, v = b_v (the qkv bias), so all padding keys of a real query
+        share the logit scale·q·b_k and differ only in their rel-pos bias: they become ONE virtual key
+        (b_k, b_v) whose additive mask entry is log Σ_pad exp(bias) (:func:`padded_window_bias`). Only the
+        real queries are computed, since the reference crops the others away.
         """
         batch, d, h, w, _ = x.shape
-        s = window
-        q, k, v = self._qkv(x)  # (B', N, c)
-        bq, bk, bv = (self.qkv.bias.view(3, self.num_heads, -1)[i] for i in range(3))  # (heads, c)
-        heads_b = bq.repeat(batch, 1)[:, None, :]  # (B', 1, c) — matches the (B·heads) order of q
-        Rd = get_rel_pos(s, s, self.rel_pos_d)[:d]  # (d, s, c): query index, key index
-        Rh = get_rel_pos(s, s, self.rel_pos_h)[:h]
-        Rw = get_rel_pos(s, s, self.rel_pos_w)  # indexed by the query *slot* along w (0..s-1)
-        c = q.shape[-1]
-        q_grid = q.view(-1, d, h, w, c)
-        # Queries at slots (qd, qh, t) for t in 0..s-1: real for t < w, padding (= b_q) beyond.
-        pad_q = heads_b[:, :, None, None, :].expand(-1, d, h, s - w, c)
-        q_ext = torch.cat([q_grid, pad_q.to(q.dtype)], dim=3)  # (B', d, h, s, c)
-        rd = torch.einsum("bxyzc,xkc->bxyzk", q_grid, Rd)  # (B', d, h, w, s[kw])
-        rh = torch.einsum("bxytc,ykc->bxytk", q_ext, Rh)  # (B', d, h, s[kd], s[kw])
-        rw = torch.einsum("bxytc,tkc->bxytk", q_ext, Rw)  # (B', d, h, s[kh], s[kw])
-        bias_real = (
-            rd[:, :, :, :, None, None, :w] + rh[:, :, :, None, :d, None, :w] + rw[:, :, :, None, None, :h, :w]
-        ).reshape(-1, d * h * w, d * h * w)
-        rd64, rh64, rw64 = rd.double(), rh.double(), rw.double()
-        log_full = torch.logsumexp(
-            rd64 + torch.logsumexp(rh64, dim=3)[:, :, :, None, :] + torch.logsumexp(rw64, dim=3)[:, :, :, None, :],
-            dim=-1,
-        )
-        log_real = torch.logsumexp(
-            rd64[..., :w]
-            + torch.logsumexp(rh64[:, :, :, :d, :w], dim=3)[:, :, :, None, :]
-            + torch.logsumexp(rw64[:, :, :, :h, :w], dim=3)[:, :, :, None, :],
-            dim=-1,
-        )
-        log_pad = log_full + torch.log1p(-torch.exp(log_real - log_full))  # (B', d, h, w)
-        attn_mask = torch.cat([bias_real, log_pad.reshape(-1, d * h * w, 1).to(bias_real.dtype)], dim=-1)
+        if (d, h, w) == (window,) * 3:  # nothing is padded
+            return self.forward(x, "fast")
+        q, k, v = self._qkv(x)  # (B', N, c), B' = batch·heads in batch-major order
+        bq, bk, bv = self.qkv.bias.view(3, self.num_heads, -1).unbind(0)  # (heads, c)
+        tables = (self.rel_pos_d, self.rel_pos_h, self.rel_pos_w)
+        bias_real, log_pad = padded_window_bias(q, bq.repeat(batch, 1), tables, (d, h, w), window)
+        attn_mask = torch.cat([bias_real, log_pad[..., None]], dim=-1).to(q.dtype)
         k_ext = torch.cat([k, bk.repeat(batch, 1)[:, None, :].to(k.dtype)], dim=1)
         v_ext = torch.cat([v, bv.repeat(batch, 1)[:, None, :].to(v.dtype)], dim=1)
-        out = F.scaled_dot_product_attention(q[None], k_ext[None], v_ext[None], attn_mask=attn_mask[None].to(q.dtype))[0]
+        out = F.scaled_dot_product_attention(q[None], k_ext[None], v_ext[None], attn_mask=attn_mask[None])[0]
         return self._merge(out, batch, (d, h, w))
+
+
+def padded_window_bias(
+    q: torch.Tensor, q_pad: torch.Tensor, tables: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    size: Tuple[int, int, int], window: int,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The reference rel-pos bias of real queries in a zero-padded ``window``³ window, in closed form.
+
+    Args:
+        q: (B', d·h·w, c) queries of the real tokens, a (d, h, w) grid at the window's low corner.
+        q_pad: (B', c) the query every padding token has (the q part of the qkv bias).
+        tables: rel_pos_d/h/w, each (2·window − 1, c).
+    Returns:
+        bias_real (B', N, N) float32: the bias between real queries and real keys, and
+        log_pad (B', N) float32: log Σ_{padding keys} exp(bias) for each real query.
+
+    With the reference broadcast (:func:`rel_pos_bias`), bias[k] = rd[kw] + rh[kd, kw] + rw[kh, kw], where rh
+    and rw read the query at slot (qd, qh, kd) resp. (qd, qh, kh) — padding slots when kd ≥ w or kh ≥ w. So
+    Σ over keys factorises per kw: Σ_kw e^{rd[kw]} · A[kw] · B[kw] with A = Σ_kd e^{rh}, B = Σ_kh e^{rw}.
+    Padded keys are those with kw ≥ w, or kw < w and (kd ≥ d or kh ≥ h); the latter splits into disjoint
+    parts A_pad·B_all + A_real·B_pad. Every part is a sum of positive terms, so the whole weight is one
+    log-space sum, without the cancellation of "all minus real".
+    """
+    d, h, w = size
+    s = window
+    c = q.shape[-1]
+    Rd = get_rel_pos(s, s, tables[0])[:d]  # (d, s, c): query index, key index
+    Rh = get_rel_pos(s, s, tables[1])[:h]
+    Rw = get_rel_pos(s, s, tables[2])  # indexed by the query *slot* along w (0..s-1)
+    q_grid = q.reshape(-1, d, h, w, c)
+    pad_q = q_pad.to(q.dtype)[:, None, None, None, :].expand(-1, d, h, s - w, c)
+    q_slots = torch.cat([q_grid, pad_q], dim=3)  # (B', d, h, s, c): real for slot < w, padding beyond
+    rd = torch.einsum("bxyzc,xkc->bxyzk", q_grid, Rd).float()  # (B', d, h, w, s[kw])
+    rh = torch.einsum("bxytc,ykc->bxytk", q_slots, Rh).float()  # (B', d, h, s[kd], s[kw])
+    rw = torch.einsum("bxytc,tkc->bxytk", q_slots, Rw).float()  # (B', d, h, s[kh], s[kw])
+    bias_real = (
+        rd[:, :, :, :, None, None, :w] + rh[:, :, :, None, :d, None, :w] + rw[:, :, :, None, None, :h, :w]
+    ).reshape(-1, d * h * w, d * h * w)
+    a_real, a_pad = torch.logsumexp(rh[:, :, :, :d], dim=3), torch.logsumexp(rh[:, :, :, d:], dim=3)
+    b_real, b_pad = torch.logsumexp(rw[:, :, :, :h], dim=3), torch.logsumexp(rw[:, :, :, h:], dim=3)
+    a_all, b_all = torch.logaddexp(a_real, a_pad), torch.logaddexp(b_real, b_pad)  # (B', d, h, s[kw])
+    partly_real = torch.logaddexp(a_pad + b_all, a_real + b_pad)[..., :w]  # kw < w: kd or kh padded
+    all_pad = (a_all + b_all)[..., w:]  # kw ≥ w: every (kd, kh)
+    per_kw = rd + torch.cat([partly_real, all_pad], dim=-1)[:, :, :, None, :]
+    log_pad = torch.logsumexp(per_kw, dim=-1)  # (B', d, h, w)
+    return bias_real, log_pad.reshape(-1, d * h * w)
 
 
 class Block3D(nn.Module):

@@ -105,9 +105,10 @@ class MLP(nn.Module):
 
 class MaskDecoder3D(nn.Module):
     def __init__(self, transformer_dim: int, num_multimask_outputs: int = 3, iou_head_depth: int = 3,
-                 iou_head_hidden_dim: int = 256) -> None:
+                 iou_head_hidden_dim: int = 256, num_heads: int = 8) -> None:
         super().__init__()
-        self.transformer = TwoWayTransformer3D(depth=2, embedding_dim=transformer_dim, num_heads=8, mlp_dim=2048)
+        self.transformer = TwoWayTransformer3D(depth=2, embedding_dim=transformer_dim, num_heads=num_heads,
+                                               mlp_dim=2048)
         self.num_mask_tokens = num_multimask_outputs + 1
         self.iou_token = nn.Embedding(1, transformer_dim)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)

@@ -36,7 +36,7 @@ class Sam3D(nn.Module):
         )
         self.mask_decoder = MaskDecoder3D(
             transformer_dim=config.prompt_embed_dim, num_multimask_outputs=config.num_multimask_outputs,
-            iou_head_hidden_dim=config.iou_head_hidden_dim,
+            iou_head_hidden_dim=config.iou_head_hidden_dim, num_heads=config.decoder_num_heads,
         )
 
     def set_attention_impl(self, impl: str) -> None:
