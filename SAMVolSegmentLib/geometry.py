@@ -10,7 +10,7 @@ Continuous voxel coordinates put voxel centres at integers. Points are (N, 3) fl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -27,6 +27,23 @@ def lps_to_ras(points: np.ndarray) -> np.ndarray:
 
 
 ras_to_lps = lps_to_ras
+
+
+def ijk_to_kji(points_ijk: np.ndarray) -> np.ndarray:
+    """(N, 3) voxel indices (i, j, k) ↔ array order (k, j, i): reverse the columns (its own inverse)."""
+    return np.asarray(points_ijk).reshape(-1, 3)[:, ::-1]
+
+
+kji_to_ijk = ijk_to_kji
+
+
+def model_order_to_kji(array: np.ndarray) -> np.ndarray:
+    """An array in model tensor order (R, A, S) as the (k, j, i) array of the grid's
+    :meth:`ModelGrid.as_volume_geometry` (a view; the map is its own inverse)."""
+    return np.asarray(array).transpose(2, 1, 0)
+
+
+kji_to_model_order = model_order_to_kji
 
 
 def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -56,8 +73,11 @@ class VolumeGeometry:
                 f"Voxel spacing {spacing.round(4).tolist()} mm or direction is degenerate; fix the image header "
                 "(spacing must be positive and the direction matrix invertible)."
             )
+        shape = tuple(int(v) for v in self.shape_kji)
+        if len(shape) != 3 or min(shape) < 0:
+            raise InvalidImageError(f"Grid shape {shape} is not 3D; give a 3D volume.")
         object.__setattr__(self, "ijk_to_ras", matrix)
-        object.__setattr__(self, "shape_kji", tuple(int(v) for v in self.shape_kji))
+        object.__setattr__(self, "shape_kji", shape)
 
     @staticmethod
     def from_matrix(ijk_to_ras: np.ndarray, shape_kji: Sequence[int]) -> VolumeGeometry:
@@ -96,17 +116,38 @@ class VolumeGeometry:
         """(N, 3) continuous (i, j, k) → RAS mm."""
         return _apply(self.ijk_to_ras, points_ijk)
 
-    def contains_ras(self, points_ras: np.ndarray) -> np.ndarray:
-        """(N,) bool: the point lies within the volume (voxel centres ± half a voxel)."""
+    def contains_ras(self, points_ras: np.ndarray, margin_voxels: float = 0.5) -> np.ndarray:
+        """(N,) bool: the point lies within the extreme voxel centres ± ``margin_voxels`` (default: the
+        volume's outer faces)."""
         ijk = self.ras_to_ijk(points_ras)
-        upper = np.array(self.shape_kji[::-1], dtype=np.float64) - 0.5
-        return np.all((ijk >= -0.5) & (ijk <= upper), axis=1)
+        upper = np.array(self.shape_kji[::-1], dtype=np.float64) - 1.0 + margin_voxels
+        return np.all((ijk >= -margin_voxels) & (ijk <= upper), axis=1)
+
+    def bounds_ras(self) -> Tuple[np.ndarray, np.ndarray]:
+        """``(min_ras, max_ras)``: axis-aligned RAS box of the extreme voxel centres (oblique volumes: of
+        their 8 corners)."""
+        corners = self.corners_ras()
+        return corners.min(axis=0), corners.max(axis=0)
 
     def corners_ras(self) -> np.ndarray:
         """(8, 3) RAS of the extreme voxel centres."""
         k, j, i = (n - 1 for n in self.shape_kji)
         corners = np.array([[a, b, c] for a in (0, i) for b in (0, j) for c in (0, k)], dtype=np.float64)
         return self.ijk_to_ras_points(corners)
+
+    def sitk_header(self) -> Tuple[Tuple[float, ...], Tuple[float, ...], Tuple[float, ...]]:
+        """``(origin_lps, spacing, direction)`` of this grid as SimpleITK expects them (LPS world, row-major
+        3×3 direction with unit columns)."""
+        ijk_to_lps = _LPS_RAS @ self.ijk_to_ras[:3]
+        spacing = self.spacing
+        direction = ijk_to_lps[:, :3] / spacing
+        # ITK's SVD of the direction fails on subnormal entries (NaN indices): flush them; the change is < 1e-12.
+        direction[np.abs(direction) < 1e-12] = 0.0
+        return (
+            tuple(float(v) for v in ijk_to_lps[:, 3]),
+            tuple(float(v) for v in spacing),
+            tuple(float(v) for v in direction.ravel()),
+        )
 
     def to_sitk_image(self, array_kji: np.ndarray):
         """A ``SimpleITK.Image`` of ``array_kji`` carrying this geometry (RAS affine → LPS header)."""
@@ -115,12 +156,18 @@ class VolumeGeometry:
         if tuple(array_kji.shape) != self.shape_kji:
             raise ValueError(f"array shape {array_kji.shape} differs from the volume's {self.shape_kji}")
         image = sitk.GetImageFromArray(np.ascontiguousarray(array_kji))
-        ijk_to_lps = _LPS_RAS @ self.ijk_to_ras[:3]
-        spacing = self.spacing
-        image.SetSpacing(tuple(float(v) for v in spacing))
-        image.SetDirection(tuple(float(v) for v in (ijk_to_lps[:, :3] / spacing).ravel()))
-        image.SetOrigin(tuple(float(v) for v in ijk_to_lps[:, 3]))
+        origin, spacing, direction = self.sitk_header()
+        image.SetSpacing(spacing)
+        image.SetDirection(direction)
+        image.SetOrigin(origin)
         return image
+
+    def cropped(self, bbox_kji: BBoxKJI) -> VolumeGeometry:
+        """The sub-grid of a half-open (k, j, i) box: same axes and spacing, voxel (0, 0, 0) at the box start."""
+        (k0, k1), (j0, j1), (i0, i1) = bbox_kji
+        matrix = self.ijk_to_ras.copy()
+        matrix[:3, 3] = self.ijk_to_ras_points([[i0, j0, k0]])[0]
+        return VolumeGeometry((k1 - k0, j1 - j0, i1 - i0), matrix)
 
     def box_mask_kji(self, bbox_kji: BBoxKJI, min_ras: Sequence[float], max_ras: Sequence[float]) -> np.ndarray:
         """Bool array of the bbox's shape: voxel centres inside the axis-aligned RAS box [min_ras, max_ras]."""
@@ -188,6 +235,14 @@ class ModelGrid:
         affine[:3, 3] = self.origin_ras
         return affine
 
+    def as_volume_geometry(self) -> VolumeGeometry:
+        """This grid as a :class:`VolumeGeometry` whose (i, j, k) are the model's (R, A, S) axes.
+
+        An array in model tensor order (R, A, S) is the ``array_kji.transpose(2, 1, 0)`` of that geometry
+        (see :func:`model_order_to_kji`), which is how model-grid arrays go to and from SimpleITK.
+        """
+        return VolumeGeometry(tuple(int(v) for v in self.shape_model[::-1]), self.affine_ras)  # type: ignore[arg-type]
+
     def model_to_ras(self, points_model: np.ndarray) -> np.ndarray:
         return np.asarray(points_model, dtype=np.float64).reshape(-1, 3) * self.spacing + np.asarray(self.origin_ras)
 
@@ -233,6 +288,23 @@ class RoiWindow:
         affine[:3, 3] = np.asarray(self.origin_ras) + np.asarray(self.start_model) * self.spacing
         return affine
 
+    def lowres_affine_ras(self, low: int) -> np.ndarray:
+        """4×4 index on an ``low``-sample grid spanning the window → RAS mm.
+
+        The reference upsamples low-res logits with ``F.interpolate(..., align_corners=False)``: low-res sample
+        ``c`` sits at ROI coordinate ``(c + 0.5) * size / low - 0.5``, and the low-res grid's outer faces
+        (index −0.5 and ``low`` − 0.5) coincide with the ROI's (−0.5 and ``size`` − 0.5).
+        """
+        scale = self.size / float(low)
+        to_roi = np.diag([scale, scale, scale, 1.0])
+        to_roi[:3, 3] = (scale - 1.0) / 2.0
+        return self.affine_ras @ to_roi
+
+    def lowres_geometry(self, low: int) -> VolumeGeometry:
+        """The ``low``³ grid of the window as a :class:`VolumeGeometry` ((i, j, k) = (R, A, S), like
+        :meth:`ModelGrid.as_volume_geometry`)."""
+        return VolumeGeometry((int(low),) * 3, self.lowres_affine_ras(low))  # type: ignore[arg-type]
+
     def roi_to_model(self, points_roi: np.ndarray) -> np.ndarray:
         return np.asarray(points_roi, dtype=np.float64).reshape(-1, 3) + np.asarray(self.start_model)
 
@@ -250,6 +322,10 @@ class RoiWindow:
         points = np.asarray(points_roi, dtype=np.float64).reshape(-1, 3)
         return np.all((points >= margin) & (points <= self.size - 1 - margin), axis=1)
 
-    def bbox_model(self) -> Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]:
-        """Half-open model-index box of the window (unclipped)."""
-        return tuple((int(s), int(s) + self.size) for s in self.start_model)  # type: ignore[return-value]
+    def bbox_model(self, clip_to: Optional[ModelGrid] = None) -> Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]:
+        """Half-open model-index box of the window; with ``clip_to``, its overlap with that grid (an empty
+        ``(lo, lo)`` range on an axis the window misses)."""
+        box = [(int(s), int(s) + self.size) for s in self.start_model]
+        if clip_to is not None:
+            box = [(min(max(lo, 0), n), max(min(hi, n), min(max(lo, 0), n))) for (lo, hi), n in zip(box, clip_to.shape_model)]
+        return tuple(box)  # type: ignore[return-value]

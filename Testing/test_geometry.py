@@ -141,3 +141,136 @@ def test_non_finite_matrix_is_rejected():
     matrix[0, 3] = np.nan
     with pytest.raises(InvalidImageError, match="finite"):
         VolumeGeometry.from_matrix(matrix, (3, 3, 3))
+
+
+# ---------------------------------------------------------------- conventions checked against SimpleITK / torch
+
+
+@settings(max_examples=80, deadline=None)
+@given(geometries(), points)
+def test_ras_to_ijk_agrees_with_simpleitk(geometry, pts):
+    """Our RAS → continuous index equals ITK's LPS physical point → continuous index on the same image, and
+    the (k, j, i) array element of index (i, j, k) is the one SimpleITK reads at that index."""
+    image = geometry.to_sitk_image(np.arange(np.prod(geometry.shape_kji), dtype=np.float32).reshape(geometry.shape_kji))
+    ras = np.array(pts)
+    ours = geometry.ras_to_ijk(ras)
+    theirs = np.array([image.TransformPhysicalPointToContinuousIndex(tuple(p)) for p in ras_to_lps(ras)])
+    np.testing.assert_allclose(ours, theirs, atol=1e-6 * (1 + np.abs(theirs).max()))
+    i, j, k = (n - 1 for n in geometry.shape_kji[::-1])
+    assert image.GetPixel(i, j, k) == sitk.GetArrayViewFromImage(image)[k, j, i]
+
+
+@settings(max_examples=80, deadline=None)
+@given(geometries(), st.tuples(*(st.floats(-300, 300) for _ in range(3))), st.tuples(*(st.floats(1, 200) for _ in range(3))))
+def test_box_mask_matches_voxel_centres(geometry, corner, extent):
+    min_ras = np.array(corner)
+    max_ras = min_ras + np.array(extent)
+    bbox = tuple((0, n) for n in geometry.shape_kji)
+    mask = geometry.box_mask_kji(bbox, min_ras, max_ras)
+    kji = np.indices(geometry.shape_kji).reshape(3, -1).T
+    ras = geometry.ijk_to_ras_points(kji[:, ::-1].astype(float))
+    expected = np.all((ras >= min_ras) & (ras <= max_ras), axis=1).reshape(geometry.shape_kji)
+    assert mask.shape == geometry.shape_kji
+    # Ties on a box face may round either way; nothing else may differ.
+    assert np.count_nonzero(mask != expected) <= np.count_nonzero(
+        np.any(np.isclose(ras, min_ras) | np.isclose(ras, max_ras), axis=1)
+    )
+
+
+@settings(max_examples=80, deadline=None)
+@given(geometries())
+def test_contains_ras_is_the_voxel_extent(geometry):
+    shape_ijk = np.array(geometry.shape_kji[::-1], dtype=float)
+    corners = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=float)
+    inner = corners * (shape_ijk - 1)  # extreme voxel centres
+    outer = corners * (shape_ijk + 0.2) - 0.6  # 0.1 voxel beyond the half-voxel border on every axis
+    assert geometry.contains_ras(geometry.ijk_to_ras_points(inner)).all()
+    assert not geometry.contains_ras(geometry.ijk_to_ras_points(outer)).any()
+
+
+@pytest.mark.parametrize("tilt", [0.0, 1e-7], ids=["separable", "general"])
+@pytest.mark.parametrize("low", [8, 32])
+def test_paste_back_is_the_reference_upsampling_at_roi_voxels(low, tilt):
+    """On a volume whose voxels are the ROI's voxels, paste-back equals ``F.interpolate(size=S, trilinear,
+    align_corners=False) > 0`` of the low-res logits, for both the separable and the general (oblique) path."""
+    import torch
+
+    size = 32
+    grid = ModelGrid((10.0, -20.0, 30.0), (40, 40, 40))
+    roi = RoiWindow.centred_at(grid, grid.model_to_ras([[20, 20, 20]])[0], size)
+    matrix = roi.affine_ras.copy()
+    matrix[:3, :3] = rotation([0.0, 0.0, tilt]) @ matrix[:3, :3]
+    geometry = VolumeGeometry.from_matrix(matrix, (size, size, size))  # (i, j, k) = (R, A, S) of the ROI
+    logits = torch.from_numpy(np.random.default_rng(low).normal(size=(low,) * 3).astype(np.float32))
+    upsampled = torch.nn.functional.interpolate(logits[None, None], size=size, mode="trilinear", align_corners=False)
+    expected = (upsampled[0, 0].numpy() > 0).transpose(2, 1, 0)  # (R, A, S) → (k, j, i)
+    update = paste_back_logits(logits, roi, geometry)
+    assert update.bbox_kji == ((0, size),) * 3
+    near_zero = np.abs(upsampled[0, 0].numpy().transpose(2, 1, 0)) < 1e-4
+    assert np.array_equal(update.mask.astype(bool)[~near_zero], expected[~near_zero])
+
+
+def test_paste_back_of_a_roi_outside_the_volume_is_empty():
+    geometry = VolumeGeometry.from_matrix(np.diag([0.8, 0.8, 2.0, 1.0]), (10, 20, 20))
+    grid = ModelGrid.covering(geometry)
+    roi = RoiWindow((500, 500, 500), 32, grid.origin_ras, grid.spacing)
+    assert paste_back_logits(np.ones((8, 8, 8), np.float32), roi, geometry).is_empty_box
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.tuples(*(st.integers(1, 12) for _ in range(3))),
+    st.tuples(*(st.integers(-20, 20) for _ in range(3))),
+    st.sampled_from([4, 8, 16]),
+)
+def test_crop_roi_at_borders_and_outside(shape_model, start, size):
+    from SAMVolSegmentLib.preprocessing import ModelVolume, crop_roi
+
+    array = np.arange(1, np.prod(shape_model) + 1, dtype=np.float32).reshape(shape_model)
+    grid = ModelGrid((0.0, 0.0, 0.0), shape_model)
+    roi = RoiWindow(start, size, grid.origin_ras, grid.spacing)
+    crop = crop_roi(ModelVolume(array, grid), roi, normalize=False)
+    assert crop.shape == (size,) * 3 and crop.dtype == np.float32
+    index = np.indices((size,) * 3).reshape(3, -1).T + np.array(start)
+    inside = np.all((index >= 0) & (index < np.array(shape_model)), axis=1)
+    expected = np.zeros(len(index), np.float32)
+    expected[inside] = array[tuple(index[inside].T)]
+    np.testing.assert_array_equal(crop.ravel(), expected)
+    assert np.all(np.isfinite(crop_roi(ModelVolume(array, grid), roi)))
+
+
+def test_lowres_grid_faces_are_the_roi_faces():
+    roi = RoiWindow((3, -4, 5), 128, (1.0, 2.0, 3.0), 1.5)
+    low = roi.lowres_geometry(32)
+    np.testing.assert_allclose(low.ijk_to_ras_points([[-0.5] * 3, [31.5] * 3]), roi.roi_to_ras([[-0.5] * 3, [127.5] * 3]))
+    np.testing.assert_allclose(low.spacing, [6.0] * 3)
+
+
+@settings(max_examples=80, deadline=None)
+@given(geometries(), points, st.floats(0.0, 3.0))
+def test_kji_helpers_bounds_and_margin(geometry, pts, margin):
+    from SAMVolSegmentLib.geometry import ijk_to_kji, kji_to_ijk
+
+    ijk = geometry.ras_to_ijk(np.array(pts))
+    np.testing.assert_array_equal(kji_to_ijk(ijk_to_kji(ijk)), ijk)
+    np.testing.assert_array_equal(ijk_to_kji(ijk)[:, 0], ijk[:, 2])
+    lo, hi = geometry.bounds_ras()
+    centres = geometry.corners_ras()
+    assert np.all(centres >= lo - 1e-9) and np.all(centres <= hi + 1e-9)
+    # A margin of m voxels accepts exactly the points within m of the extreme voxel centres (index space).
+    upper = np.array(geometry.shape_kji[::-1]) - 1.0
+    expected = np.all((ijk >= -margin - 1e-9) & (ijk <= upper + margin + 1e-9), axis=1)
+    strict = np.all((ijk >= -margin + 1e-9) & (ijk <= upper + margin - 1e-9), axis=1)
+    got = geometry.contains_ras(np.array(pts), margin_voxels=margin)
+    assert np.all(got <= expected) and np.all(got >= strict)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.tuples(*(st.integers(1, 30) for _ in range(3))), st.tuples(*(st.integers(-50, 50) for _ in range(3))))
+def test_bbox_model_clipped_is_the_overlap(shape_model, start):
+    grid = ModelGrid((0.0, 0.0, 0.0), shape_model)
+    roi = RoiWindow(start, 16, grid.origin_ras, grid.spacing)
+    assert roi.bbox_model() == tuple((s, s + 16) for s in start)
+    for (lo, hi), s, n in zip(roi.bbox_model(clip_to=grid), start, shape_model):
+        assert 0 <= lo <= hi <= n
+        assert hi - lo == len(set(range(s, s + 16)) & set(range(n)))
