@@ -1,124 +1,204 @@
 """Click-simulation evaluation: how good is a model after 1..N clicks, next to a classical baseline.
 
-Protocol (deterministic, on the original voxel grid with its real spacing):
+Protocol (deterministic: no randomness, so every run gives the same clicks and scores):
 
-* click 1: the target's interior point farthest from its border (Euclidean distance in mm);
-* click n > 1: the deepest point (farthest from its border) of the largest connected error region, positive
-  if that region is missed foreground, negative if it is a false positive;
-* clicks go to the model as world RAS millimetres through :class:`InteractiveSession`, so the whole geometry
-  chain is exercised; the baseline gets the same clicks as voxel indices.
+* all work is on the original voxel grid, array order (k, j, i), with its real (anisotropic) spacing;
+* click 1: positive, at the target's interior point farthest (Euclidean, in mm) from its border;
+* click n > 1: the *largest error component* — the 26-connected component with the most voxels among the
+  missed foreground (``target & ~prediction``) and the false positives (``prediction & ~target``); voxels
+  all have one volume, so this is also the largest by mm³ — gets the next click at its deepest point (max
+  Euclidean distance in mm to the component's border), positive for a miss, negative for a false positive.
+  Equally deep voxels: the one nearest their centroid (mm); equal components: the first in C order. Volume
+  borders count as borders, so clicks never sit on the image's edge;
+* a method whose prediction equals the target gets no further click; its scores carry over;
+* the model gets each click as world RAS mm through :class:`~SAMVolSegmentLib.session.InteractiveSession`
+  (voxel index → RAS via the image's ``VolumeGeometry``), so the whole geometry chain is exercised;
+* the baseline (:mod:`.baseline`) gets the *same* clicks as the model by default ("shared": both see
+  identical prompts, the ones the model's errors produced), or its own clicks from its own errors ("own":
+  the same protocol applied to the baseline; also the mode when no model is given).
+
+Targets: ``label > 0`` (every labelled structure together — the rule the data README gives for BraTS) unless
+a label value is given per case (manifest) or for all cases (``label_value``); :func:`expand_label_values`
+(``--each-label``) makes every non-zero value its own target instead. Metrics: Dice, and HD95 in mm (95th percentile of the symmetric surface
+distances, computed with spacing-aware distance transforms on the two masks' bounding box only, which
+keeps it to a few ms on the development cases); an empty prediction scores Dice 0 and HD95 ``None``.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .baseline import region_grow
+from .baseline import BASELINE_NAME, RegionGrowing
 from .errors import InvalidImageError
 from .geometry import VolumeGeometry
 
 ProgressCallback = Callable[[float, str], None]
 IndexKJI = Tuple[int, int, int]
+BASELINE_MODES = ("shared", "own")
+_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
 class Case:
-    """One evaluation target: an image, its label file, and which label value is the target."""
+    """One evaluation target: an image, its label file, and which label value is the target.
+
+    ``label_value`` None means every non-zero voxel (``label > 0``).
+    """
 
     name: str
     image_path: Path
     label_path: Path
-    label_value: Optional[int] = None  # None: every non-zero voxel
+    label_value: Optional[int] = None
 
 
 @dataclass
 class ClickResult:
+    """Scores of one method on one case after ``click`` clicks (one CSV row)."""
+
     case: str
+    label: str  # "all" (label > 0) or the label value
     method: str
     click: int
-    positive: bool
-    point_ras: List[float]
+    placed: bool  # False: the prediction was already perfect, no new click (scores carried over)
+    positive: Optional[bool]
+    r: Optional[float]  # the click, RAS mm
+    a: Optional[float]
+    s: Optional[float]
     dice: float
     hd95_mm: Optional[float]
-    latency_s: float
+    latency_s: float  # wall time of the step (model: add_click; baseline: region growing)
+    encode_s: Optional[float] = None  # model only: part of latency_s spent in the image encoder
 
 
 @dataclass
 class EvaluationResult:
+    """All rows of an evaluation plus what produced them."""
+
     model: str
     num_clicks: int
+    baseline_clicks: str = "shared"
     rows: List[ClickResult] = field(default_factory=list)
-
-    def mean_dice(self, method: str) -> Dict[int, float]:
-        """Mean Dice over cases per click count for one method."""
-        by_click: Dict[int, List[float]] = {}
-        for row in self.rows:
-            if row.method == method:
-                by_click.setdefault(row.click, []).append(row.dice)
-        return {k: float(np.mean(v)) for k, v in sorted(by_click.items())}
 
     @property
     def methods(self) -> List[str]:
-        return sorted({row.method for row in self.rows})
+        return sorted({row.method for row in self.rows}, key=lambda m: (m != "model", m))
 
-    def summary(self) -> dict:
-        cases = sorted({row.case for row in self.rows})
-        per_case = {
-            case: {
-                method: {r.click: r.dice for r in self.rows if r.case == case and r.method == method}
-                for method in self.methods
+    @property
+    def cases(self) -> List[str]:
+        return list(dict.fromkeys(f"{row.case}" for row in self.rows))
+
+    def _values(self, method: str, attribute: str) -> Dict[int, List[float]]:
+        by_click: Dict[int, List[float]] = {}
+        for row in self.rows:
+            value = getattr(row, attribute)
+            if row.method == method and value is not None:
+                by_click.setdefault(row.click, []).append(float(value))
+        return dict(sorted(by_click.items()))
+
+    def mean_dice(self, method: str) -> Dict[int, float]:
+        """Mean Dice over cases per click count for one method."""
+        return {k: float(np.mean(v)) for k, v in self._values(method, "dice").items()}
+
+    def summary(self) -> Dict[str, Any]:
+        """JSON-ready summary: per method and click count mean/median Dice and HD95, latencies, per-case Dice."""
+        per_method: Dict[str, Any] = {}
+        for method in self.methods:
+            dices, hds = self._values(method, "dice"), self._values(method, "hd95_mm")
+            placed = [r for r in self.rows if r.method == method and r.placed]
+            first = [r.latency_s for r in placed if r.click == 1]
+            later = [r.latency_s for r in placed if r.click > 1]
+            per_method[method] = {
+                "mean_dice": {str(k): float(np.mean(v)) for k, v in dices.items()},
+                "median_dice": {str(k): float(np.median(v)) for k, v in dices.items()},
+                "mean_hd95_mm": {str(k): float(np.mean(v)) for k, v in hds.items()},
+                "latency_first_click_s": _percentiles(first),
+                "latency_later_clicks_s": _percentiles(later),
             }
-            for case in cases
-        }
-        latencies = [r.latency_s for r in self.rows if r.method == "model" and r.click > 1]
+        per_case: Dict[str, Dict[str, Dict[str, float]]] = {}
+        for row in self.rows:
+            per_case.setdefault(row.case, {}).setdefault(row.method, {})[str(row.click)] = row.dice
         return {
             "model": self.model,
             "num_clicks": self.num_clicks,
-            "cases": cases,
-            "mean_dice": {method: self.mean_dice(method) for method in self.methods},
+            "baseline": BASELINE_NAME,
+            "baseline_clicks": self.baseline_clicks,
+            "cases": self.cases,
+            "mean_dice": {m: v["mean_dice"] for m, v in per_method.items()},
+            "methods": per_method,
             "per_case_dice": per_case,
-            "model_latency_after_first_click_s": {
-                "p50": float(np.percentile(latencies, 50)) if latencies else None,
-                "p95": float(np.percentile(latencies, 95)) if latencies else None,
-            },
         }
+
+
+def _percentiles(values: Sequence[float]) -> Dict[str, Optional[float]]:
+    if not values:
+        return {"p50": None, "p95": None, "n": 0}
+    return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)), "n": len(values)}
 
 
 # ---------------------------------------------------------------- metrics
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two binary arrays; 1.0 when both are empty."""
-    a, b = a.astype(bool), b.astype(bool)
+    """Dice of two binary arrays of one shape; 1.0 when both are empty."""
+    a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
     total = int(a.sum()) + int(b.sum())
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
+def _bbox_slices(mask: np.ndarray, pad: int = 1) -> Tuple[slice, ...]:
+    """Slices of the mask's bounding box grown by ``pad`` voxels (clipped to the array)."""
+    nonzero = np.nonzero(mask)
+    return tuple(slice(max(int(ax.min()) - pad, 0), min(int(ax.max()) + pad + 1, n)) for ax, n in zip(nonzero, mask.shape))
+
+
 def hd95(a: np.ndarray, b: np.ndarray, spacing_kji: Sequence[float]) -> Optional[float]:
-    """95th-percentile symmetric surface distance in mm; None when either mask is empty."""
-    a, b = a.astype(bool), b.astype(bool)
+    """95th percentile of the symmetric surface distances in mm; None when either mask is empty.
+
+    Surfaces are the masks' voxels with a 6-neighbour outside (the volume border counts as outside). Every
+    surface voxel lies in the union of the two bounding boxes, so the distance transforms run on that box
+    (plus one voxel) only: exact, and cheap for targets much smaller than the volume.
+    """
+    a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
     if not a.any() or not b.any():
         return None
+    box = _bbox_slices(a | b)
+    a, b = np.pad(a[box], 1), np.pad(b[box], 1)
     surface_a = a & ~ndimage.binary_erosion(a)
     surface_b = b & ~ndimage.binary_erosion(b)
     to_b = ndimage.distance_transform_edt(~surface_b, sampling=spacing_kji)
     to_a = ndimage.distance_transform_edt(~surface_a, sampling=spacing_kji)
-    distances = np.concatenate([to_b[surface_a], to_a[surface_b]])
-    return float(np.percentile(distances, 95))
+    return float(np.percentile(np.concatenate([to_b[surface_a], to_a[surface_b]]), 95))
 
 
 # ---------------------------------------------------------------- click simulation
 def deepest_point(region: np.ndarray, spacing_kji: Sequence[float]) -> IndexKJI:
-    """Voxel of a binary region farthest (in mm) from the region's border (ties: first in C order)."""
-    distance = ndimage.distance_transform_edt(np.pad(region, 1), sampling=spacing_kji)[1:-1, 1:-1, 1:-1]
-    return tuple(int(v) for v in np.unravel_index(int(np.argmax(distance)), region.shape))  # type: ignore[return-value]
+    """Voxel (k, j, i) of a non-empty binary region farthest (mm) from the region's border.
+
+    The border includes the volume's edge. Among equally deep voxels (a plateau), the one nearest the
+    plateau's centroid (mm) wins; remaining ties go to the first in C order.
+    """
+    region = np.asarray(region).astype(bool)
+    if not region.any():
+        raise ValueError("deepest_point needs a non-empty region")
+    box = _bbox_slices(region, pad=0)
+    distance = ndimage.distance_transform_edt(np.pad(region[box], 1), sampling=spacing_kji)[1:-1, 1:-1, 1:-1]
+    # Plateaus of equal depth are common (slabs, boxes): take the plateau voxel nearest its own centroid, so
+    # the click lands in the middle rather than at the plateau's first voxel.
+    candidates = np.argwhere(distance >= distance.max() * (1 - 1e-9))
+    offsets_mm = (candidates - candidates.mean(axis=0)) * np.asarray(spacing_kji, dtype=np.float64)
+    local = candidates[int(np.argmin(np.einsum("ij,ij->i", offsets_mm, offsets_mm)))]
+    return tuple(int(v) + int(s.start) for v, s in zip(local, box))  # type: ignore[return-value]
+
+
+def first_click(target: np.ndarray, spacing_kji: Sequence[float]) -> Tuple[IndexKJI, bool]:
+    """The first simulated click: positive, at the target's deepest point."""
+    return deepest_point(target, spacing_kji), True
 
 
 def next_click(
@@ -126,182 +206,327 @@ def next_click(
 ) -> Optional[Tuple[IndexKJI, bool]]:
     """The next simulated click: the deepest point of the largest error component, and its sign.
 
-    Returns None when the prediction equals the target.
+    Returns:
+        ``((k, j, i), positive)``, or None when the prediction equals the target. On equal sizes a missed
+        region wins over a false positive.
     """
-    target, prediction = target.astype(bool), prediction.astype(bool)
-    best: Optional[Tuple[int, np.ndarray, bool]] = None
+    target, prediction = np.asarray(target).astype(bool), np.asarray(prediction).astype(bool)
+    best: Optional[Tuple[int, np.ndarray, Tuple[slice, ...], bool]] = None
     for error, positive in ((target & ~prediction, True), (prediction & ~target, False)):
         if not error.any():
             continue
-        components, count = ndimage.label(error)
+        box = _bbox_slices(error, pad=0)  # labelling only the errors' box keeps large volumes cheap
+        components, _ = ndimage.label(error[box], structure=_CONNECTIVITY_26)
         sizes = np.bincount(components.ravel())[1:]
         largest = int(np.argmax(sizes))
         if best is None or sizes[largest] > best[0]:
-            best = (int(sizes[largest]), components == largest + 1, positive)
+            best = (int(sizes[largest]), components == largest + 1, box, positive)
     if best is None:
         return None
-    return deepest_point(best[1], spacing_kji), best[2]
+    _, component, box, positive = best
+    local = deepest_point(component, spacing_kji)
+    return tuple(int(v) + int(s.start) for v, s in zip(local, box)), positive  # type: ignore[return-value]
+
+
+def index_to_ras(geometry: VolumeGeometry, index_kji: IndexKJI) -> np.ndarray:
+    """(3,) RAS mm of the centre of voxel (k, j, i)."""
+    return geometry.ijk_to_ras_points(np.array([index_kji[::-1]], dtype=np.float64))[0]
 
 
 # ---------------------------------------------------------------- cases
-def load_target(case: Case) -> Tuple[sitk.Image, np.ndarray]:
-    """The image and the binary target array (k, j, i) of a case, checked to share one grid."""
-    from .preprocessing import read_image
+def load_target(case: Case, label_value: Optional[int] = None) -> Tuple[sitk.Image, np.ndarray]:
+    """The image and the binary uint8 target (k, j, i) of a case (``label_value`` overrides the case's)."""
+    from .io_utils import read_image_label
 
-    image, label = read_image(case.image_path), read_image(case.label_path)
-    if image.GetSize() != label.GetSize():
-        raise InvalidImageError(
-            f"{case.name}: label size {label.GetSize()} differs from image size {image.GetSize()}; "
-            "the label must be on the image's voxel grid."
-        )
-    array = sitk.GetArrayFromImage(label)
-    target = array > 0 if case.label_value is None else array == case.label_value
+    image, label = read_image_label(case.image_path, case.label_path)
+    value = case.label_value if label_value is None else label_value
+    target = label > 0 if value is None else label == value
     if not target.any():
+        present = [int(v) for v in np.unique(label) if v != 0][:20]
         raise InvalidImageError(
-            f"{case.name}: the label has no voxels of value "
-            f"{'> 0' if case.label_value is None else case.label_value}; pick another --label."
+            f"{case.name}: the label has no voxels with {'value > 0' if value is None else f'value {value}'}; "
+            f"values present: {present or 'none'}. Pick one of them with --label."
         )
     return image, target.astype(np.uint8)
 
 
-def discover_cases(data: Path, names: Optional[Sequence[str]] = None, label_value: Optional[int] = None) -> List[Case]:
-    """Cases from a folder of ``<case>/image.* + label.*`` folders or a CSV manifest ``image,label[,label_value]``."""
+def discover_cases(
+    data: Union[str, Path], names: Optional[Sequence[str]] = None, label_value: Optional[int] = None
+) -> List[Case]:
+    """Cases from a folder of ``<case>/image.* + label.*`` folders, or a CSV manifest ``image,label[,label_value]``.
+
+    Manifest paths are relative to the manifest's folder; a header row and ``#`` comments are skipped; a case
+    is named after its image's folder and file. ``label_value`` applies where the manifest gives none.
+    """
     data = Path(data)
+    cases: List[Case] = []
     if data.is_file():
-        cases = []
         with data.open(newline="") as f:
-            for row in csv.reader(f):
-                if not row or row[0].strip().lower() in ("image", "#"):
+            for line, row in enumerate(csv.reader(f), start=1):
+                if not row or row[0].strip().startswith("#") or row[0].strip().lower() == "image":
                     continue
-                value = int(row[2]) if len(row) > 2 and row[2].strip() else label_value
+                if len(row) < 2:
+                    raise FileNotFoundError(f"{data}:{line}: expected 'image,label[,label_value]', got {row}")
+                try:
+                    value = int(row[2]) if len(row) > 2 and row[2].strip() else label_value
+                except ValueError:
+                    raise FileNotFoundError(f"{data}:{line}: label value {row[2]!r} is not an integer") from None
                 image = (data.parent / row[0].strip()).resolve()
-                cases.append(Case(image.parent.name + "/" + image.name, image, (data.parent / row[1].strip()).resolve(), value))
+                label = (data.parent / row[1].strip()).resolve()
+                cases.append(Case(f"{image.parent.name}/{image.name}", image, label, value))
     elif data.is_dir():
-        cases = []
         for folder in sorted(p for p in data.iterdir() if p.is_dir()):
-            images = sorted(folder.glob("image.*"))
-            labels = sorted(folder.glob("label.*"))
+            images, labels = sorted(folder.glob("image.*")), sorted(folder.glob("label.*"))
             if images and labels:
                 cases.append(Case(folder.name, images[0], labels[0], label_value))
     else:
         raise FileNotFoundError(f"{data} does not exist: give a folder of case folders or a CSV manifest.")
     if names:
-        wanted = set(names)
-        cases = [c for c in cases if c.name in wanted]
-        missing = wanted - {c.name for c in cases}
+        wanted = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+        by_name = {c.name: c for c in cases}
+        missing = [n for n in wanted if n not in by_name]
         if missing:
-            raise FileNotFoundError(f"cases not found in {data}: {', '.join(sorted(missing))}")
+            raise FileNotFoundError(f"cases not found in {data}: {', '.join(missing)}; known: {', '.join(by_name)}")
+        cases = [by_name[n] for n in wanted]
     if not cases:
         raise FileNotFoundError(f"no cases (image.* + label.* folders or manifest rows) found in {data}")
     return cases
 
 
-# ---------------------------------------------------------------- simulation
-def simulate_case(
-    session, case: Case, num_clicks: int, with_baseline: bool = True
-) -> List[ClickResult]:
-    """Run the click protocol on one case with a session (model) and the baseline."""
-    image, target = load_target(case)
-    geometry = VolumeGeometry.from_sitk(image)
-    spacing_kji = tuple(image.GetSpacing()[::-1])
-    session.set_volume(image)
-    session.wait_until_ready()
-    prediction = np.zeros_like(target)
-    clicks: List[Tuple[IndexKJI, bool]] = []
-    rows: List[ClickResult] = []
-    baseline_mask = np.zeros_like(target)
-    for n in range(1, num_clicks + 1):
-        if n == 1:
-            click: Optional[Tuple[IndexKJI, bool]] = (deepest_point(target.astype(bool), spacing_kji), True)
-        else:
-            click = next_click(target, prediction, spacing_kji)
-        if click is None:  # perfect: repeat the last scores for the remaining click counts
-            rows.extend(
-                ClickResult(r.case, r.method, n, r.positive, r.point_ras, r.dice, r.hd95_mm, 0.0)
-                for r in rows[-2 if with_baseline else -1 :]
-            )
+def expand_label_values(cases: Sequence[Case], min_voxels: int = 1) -> List[Case]:
+    """One case per non-zero label value present (``<name>:<value>``), for per-structure evaluation.
+
+    Cases that already name a label value are kept as they are; values with fewer than ``min_voxels``
+    voxels are skipped (a 1-voxel structure cannot take a meaningful click).
+    """
+    from .io_utils import read_image_label
+
+    expanded: List[Case] = []
+    for case in cases:
+        if case.label_value is not None:
+            expanded.append(case)
             continue
-        index_kji, positive = click
-        point_ras = geometry.ijk_to_ras_points(np.array([index_kji[::-1]], dtype=float))[0]
+        _, label = read_image_label(case.image_path, case.label_path)
+        values, counts = np.unique(label[label != 0], return_counts=True)
+        expanded.extend(Case(f"{case.name}:{int(v)}", case.image_path, case.label_path, int(v))
+                        for v, n in zip(values, counts) if n >= min_voxels)
+    return expanded
+
+
+# ---------------------------------------------------------------- one case
+class _ModelMethod:
+    """The model behind the public session API; clicks go in as RAS mm."""
+
+    name = "model"
+
+    def __init__(self, session, image: sitk.Image) -> None:
+        self.session = session
+        session.set_volume(image)
+        session.wait_until_ready()
+
+    def step(self, index_kji: IndexKJI, point_ras: np.ndarray, positive: bool) -> Tuple[np.ndarray, float, Optional[float]]:
         start = time.perf_counter()
-        session.add_click(point_ras, positive)
+        self.session.add_click(point_ras, positive)
         latency = time.perf_counter() - start
-        prediction = session.mask_array_kji()
-        rows.append(ClickResult(case.name, "model", n, positive, point_ras.tolist(), dice(prediction, target),
-                                hd95(prediction, target, spacing_kji), latency))
-        if with_baseline:
-            # The baseline sees the clicks the *model's* errors produced, so both get identical prompts.
-            clicks.append((index_kji, positive))
-            start = time.perf_counter()
-            baseline_mask = region_grow(image, clicks)
-            rows.append(ClickResult(case.name, "baseline", n, positive, point_ras.tolist(),
-                                    dice(baseline_mask, target), hd95(baseline_mask, target, spacing_kji),
-                                    time.perf_counter() - start))
+        return self.session.mask_array_kji(), latency, float(self.session.last_timing.get("encode_s", 0.0))
+
+
+class _BaselineMethod:
+    name = "baseline"
+
+    def __init__(self, image: sitk.Image) -> None:
+        self.grower = RegionGrowing(image)  # smoothing once per case, not per click
+        self.clicks: List[Tuple[IndexKJI, bool]] = []
+
+    def step(self, index_kji: IndexKJI, point_ras: np.ndarray, positive: bool) -> Tuple[np.ndarray, float, Optional[float]]:
+        self.clicks.append((index_kji, positive))
+        start = time.perf_counter()
+        mask = self.grower.segment(self.clicks)
+        return mask, time.perf_counter() - start, None
+
+
+def _run_protocol(
+    case_name: str, label: str, target: np.ndarray, geometry: VolumeGeometry, spacing_kji: Sequence[float],
+    driver, followers: Sequence, num_clicks: int, on_click: Optional[Callable[[int], None]] = None,
+) -> List[ClickResult]:
+    """Clicks from the driver's errors; followers get the same clicks. Returns rows of all methods."""
+    methods = [driver, *followers]
+    rows: List[ClickResult] = []
+    last: Dict[str, ClickResult] = {}
+    prediction = np.zeros_like(target)
+    for n in range(1, num_clicks + 1):
+        click = first_click(target, spacing_kji) if n == 1 else next_click(target, prediction, spacing_kji)
+        if click is None:  # the driver is perfect: no new click, every method keeps its scores
+            for method in methods:
+                rows.append(_carry_over(last[method.name], n))
+                last[method.name] = rows[-1]
+        else:
+            index_kji, positive = click
+            point_ras = index_to_ras(geometry, index_kji)
+            for method in methods:
+                mask, latency, encode_s = method.step(index_kji, point_ras, positive)
+                if method is driver:
+                    prediction = mask
+                rows.append(ClickResult(
+                    case_name, label, method.name, n, True, positive, *(float(v) for v in point_ras),
+                    dice(mask, target), hd95(mask, target, spacing_kji), latency, encode_s,
+                ))
+                last[method.name] = rows[-1]
+        if on_click is not None:
+            on_click(n)
     return rows
 
 
+def _carry_over(row: ClickResult, click: int) -> ClickResult:
+    return ClickResult(row.case, row.label, row.method, click, False, None, None, None, None, row.dice,
+                       row.hd95_mm, 0.0, None)
+
+
+def simulate_case(
+    session, case: Case, num_clicks: int, with_baseline: bool = True, baseline_clicks: str = "shared",
+    label_value: Optional[int] = None, progress: Optional[ProgressCallback] = None,
+) -> List[ClickResult]:
+    """Run the click protocol on one case.
+
+    Args:
+        session: an ``InteractiveSession`` (its volume is replaced), or None for the baseline alone.
+        case: the case; ``label_value`` overrides its target label value.
+        num_clicks: clicks per method (≥ 1).
+        with_baseline: also run the region-growing baseline.
+        baseline_clicks: "shared" (the model's clicks) or "own" (clicks from the baseline's own errors).
+        progress: ``progress(fraction_of_this_case, message)``.
+    Returns:
+        One :class:`ClickResult` per method and click count, in click order.
+    """
+    if num_clicks < 1:
+        raise ValueError("num_clicks must be at least 1")
+    if baseline_clicks not in BASELINE_MODES:
+        raise ValueError(f"baseline_clicks must be one of {BASELINE_MODES}, got {baseline_clicks!r}")
+    if session is None and not with_baseline:
+        raise ValueError("nothing to evaluate: give a session or keep the baseline")
+    image, target = load_target(case, label_value)
+    geometry = VolumeGeometry.from_sitk(image)
+    spacing_kji = tuple(float(v) for v in image.GetSpacing()[::-1])
+    value = case.label_value if label_value is None else label_value
+    label = "all" if value is None else str(value)
+    runs: List[Tuple[Any, List[Any]]] = []
+    if session is not None:
+        model = _ModelMethod(session, image)
+        shared = with_baseline and baseline_clicks == "shared"
+        runs.append((model, [_BaselineMethod(image)] if shared else []))
+    if with_baseline and (session is None or baseline_clicks == "own"):
+        runs.append((_BaselineMethod(image), []))
+    rows: List[ClickResult] = []
+    for run_index, (driver, followers) in enumerate(runs):
+        def on_click(n: int, run_index: int = run_index, name: str = driver.name) -> None:
+            if progress is not None:
+                progress((run_index + n / num_clicks) / len(runs), f"{case.name}: {name} click {n}")
+
+        rows.extend(_run_protocol(case.name, label, target, geometry, spacing_kji, driver, followers,
+                                  num_clicks, on_click))
+    rows.sort(key=lambda r: (r.click, r.method != "model"))
+    return rows
+
+
+# ---------------------------------------------------------------- many cases
 def evaluate_cases(
     cases: Sequence[Case],
-    model,
+    model_source: Any = "default",
     num_clicks: int = 10,
-    model_name: str = "model",
+    label_value: Optional[int] = None,
     progress: Optional[ProgressCallback] = None,
     with_baseline: bool = True,
+    baseline_clicks: str = "shared",
+    device: str = "cpu",
+    model_name: Optional[str] = None,
 ) -> EvaluationResult:
-    """Evaluate a model (``nn.Module`` or Predictor) on cases; one fresh session per case."""
-    from .session import InteractiveSession
+    """Evaluate a model and the baseline on labelled cases with simulated clicks.
 
-    result = EvaluationResult(model=model_name, num_clicks=num_clicks)
+    Args:
+        cases: from :func:`discover_cases` (or built directly).
+        model_source: a registry name or checkpoint path (loaded with ``load_model``), an already loaded
+            ``nn.Module`` or ``Predictor``, or None to evaluate the baseline alone (with its own clicks).
+        num_clicks: clicks per case and method.
+        label_value: target label value for every case (overrides the cases'); None keeps the cases' own
+            (default ``label > 0``).
+        progress: ``progress(fraction, message)`` over all cases.
+        baseline_clicks: "shared" or "own", see :func:`simulate_case`.
+        model_name: name recorded in the results (default: the source's name or ``model_id``).
+    """
+    if model_source is None:
+        model, name = None, "none"
+    elif isinstance(model_source, (str, Path)):
+        from .model import load_model
+
+        model, name = load_model(model_source, device=device), str(model_source)
+    else:
+        model, name = model_source, str(getattr(model_source, "model_id", type(model_source).__name__))
+    result = EvaluationResult(model=model_name or name, num_clicks=num_clicks,
+                              baseline_clicks=baseline_clicks if model is not None else "own")
+    total = max(len(cases), 1)
     for index, case in enumerate(cases):
-        if progress is not None:
-            progress(index / max(len(cases), 1), f"{case.name}")
-        with InteractiveSession(model) as session:
-            result.rows.extend(simulate_case(session, case, num_clicks, with_baseline))
+        def case_progress(fraction: float, message: str, index: int = index) -> None:
+            if progress is not None:
+                progress((index + fraction) / total, message)
+
+        case_progress(0.0, f"{case.name}: loading")
+        if model is None:
+            result.rows.extend(simulate_case(None, case, num_clicks, True, "own", label_value, case_progress))
+        else:
+            from .session import InteractiveSession
+
+            with InteractiveSession(model) as session:
+                result.rows.extend(simulate_case(session, case, num_clicks, with_baseline, baseline_clicks,
+                                                 label_value, case_progress))
     if progress is not None:
         progress(1.0, "done")
     return result
 
 
 # ---------------------------------------------------------------- writers
-def write_results(result: EvaluationResult, out_dir: Path, plot: bool = True) -> Dict[str, Path]:
-    """Write ``clicks.csv``, ``summary.json`` and (optionally) ``dice_vs_clicks.png`` atomically."""
-    from .io_utils import atomic_path
+CSV_NAME, JSON_NAME, PNG_NAME = "clicks.csv", "summary.json", "dice_vs_clicks.png"
+
+
+def write_results(result: EvaluationResult, out_dir: Union[str, Path], plot: bool = True) -> Dict[str, Path]:
+    """Write ``clicks.csv`` (one row per case × method × click), ``summary.json`` and ``dice_vs_clicks.png``.
+
+    Every file is written atomically. The plot needs matplotlib (skipped with a note in the JSON otherwise).
+    """
+    from .io_utils import write_csv, write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out_dir / "clicks.csv", "json": out_dir / "summary.json"}
-    with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(result.rows[0]).keys()) if result.rows else ["case"])
-        writer.writeheader()
-        for row in result.rows:
-            writer.writerow(asdict(row))
-    with atomic_path(paths["json"]) as tmp:
-        Path(tmp).write_text(json.dumps(result.summary(), indent=2))
+    fields = list(ClickResult.__dataclass_fields__)
+    paths = {"csv": write_csv((asdict(r) for r in result.rows), out_dir / CSV_NAME, fields)}
+    summary = result.summary()
     if plot and result.rows:
-        paths["png"] = out_dir / "dice_vs_clicks.png"
-        plot_dice_vs_clicks(result, paths["png"])
+        try:
+            paths["png"] = plot_dice_vs_clicks(result, out_dir / PNG_NAME)
+        except ImportError:
+            summary["plot"] = "skipped: matplotlib is not installed (pip install matplotlib)"
+    paths["json"] = write_json(summary, out_dir / JSON_NAME)
     return paths
 
 
-def plot_dice_vs_clicks(result: EvaluationResult, path: Path) -> None:
-    """Mean Dice per click count per method (thick), each case thin behind it."""
+def plot_dice_vs_clicks(result: EvaluationResult, path: Union[str, Path]) -> Path:
+    """Mean Dice per click count per method (thick, with markers), each case as a thin line behind it."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display needed; must precede pyplot
     import matplotlib.pyplot as plt
 
     from .io_utils import atomic_path
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     colours = {"model": "tab:blue", "baseline": "tab:orange"}
-    summary = result.summary()
+    per_case = result.summary()["per_case_dice"]
     for method in result.methods:
         colour = colours.get(method)
-        for per_method in summary["per_case_dice"].values():
-            curve = per_method.get(method, {})
-            ax.plot(list(curve), list(curve.values()), color=colour, alpha=0.25, linewidth=0.8)
+        for curves in per_case.values():
+            curve = curves.get(method, {})
+            ax.plot([int(k) for k in curve], list(curve.values()), color=colour, alpha=0.25, linewidth=0.8)
         mean = result.mean_dice(method)
-        label = result.model if method == "model" else "baseline (confidence-connected growing)"
+        label = f"model ({result.model})" if method == "model" else f"baseline ({BASELINE_NAME})"
         ax.plot(list(mean), list(mean.values()), color=colour, linewidth=2.5, marker="o", label=label)
     ax.set_xlabel("clicks")
     ax.set_ylabel("Dice")
@@ -309,8 +534,9 @@ def plot_dice_vs_clicks(result: EvaluationResult, path: Path) -> None:
     ax.set_xticks(range(1, result.num_clicks + 1))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"Dice vs clicks ({len(summary['cases'])} cases)")
+    ax.set_title(f"Dice vs clicks ({len(per_case)} cases, mean thick, cases thin)")
     fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+    return Path(path)

@@ -1,13 +1,21 @@
 """Reading click prompts from files: Slicer markups (``.mrk.json``), a simple JSON, or CSV — all in RAS mm.
 
-Sign rules:
+Formats and sign rules:
 
-* Slicer ``.mrk.json``: every point of a markup whose name starts with ``neg``, ``-`` or ``exclude`` is
-  negative (e.g. a point list named "negative"); a control point whose ``label`` or ``description`` is
-  ``negative`` (or starts with ``-``) is negative too; all other points are positive. A markup of type
-  ``ROI`` gives the box. Positions are converted from the file's ``coordinateSystem`` (``LPS`` or ``RAS``).
-* Simple JSON: ``{"points": [{"ras": [r, a, s], "positive": true}, ...], "box_ras": [[r,a,s], [r,a,s]]}``.
-* CSV: rows ``r,a,s,positive`` (``positive`` is 1/0, true/false, +/-); a header row is allowed.
+* **Slicer markups** (``.mrk.json``, any JSON with a ``"markups"`` list): every control point of every
+  point-list markup (``Fiducial``, ``PointList``...) is a click. Its position is in the markup's
+  ``coordinateSystem`` (``"LPS"``, Slicer's default for files, or ``"RAS"``; a file-level value applies when
+  a markup has none) and is converted to RAS. Points whose ``positionStatus`` is not ``"defined"`` are
+  skipped. A point is **negative** when its markup's ``name`` or the point's ``label`` or ``description``
+  starts with ``neg``, ``-``, ``exclude`` or ``background`` (case-insensitive), e.g. a point list named
+  "negative" or a point labelled "neg-1"; all other points are positive. One ``ROI`` markup (axis-aligned)
+  gives the box.
+* **Simple JSON**: ``{"points": [{"ras": [r, a, s], "positive": true}, ...], "box_ras": [[r, a, s], [r, a, s]]}``;
+  ``positive`` defaults to true and accepts true/false, 1/0, "+"/"-"; the box corners may come in any order.
+* **CSV**: rows ``r,a,s[,positive]`` with ``positive`` 1/0, true/false, +/-, pos/neg (default positive); a
+  first row that is not numeric is a header; ``#`` starts a comment row.
+
+Clicks keep the file's order (the session applies them in that order).
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -24,102 +32,154 @@ from .errors import InvalidPromptError
 from .geometry import lps_to_ras
 
 NEGATIVE_PREFIXES = ("neg", "-", "exclude", "background")
+_TRUE = ("1", "true", "+", "pos", "positive", "yes", "y")
+_FALSE = ("0", "false", "-", "neg", "negative", "no", "n")
 
 
 @dataclass(frozen=True)
 class Prompts:
-    """Clicks (RAS mm, in file order) and an optional axis-aligned RAS box."""
+    """Clicks and an optional box, all in RAS mm.
 
-    points_ras: np.ndarray  # (N, 3)
-    positive: np.ndarray  # (N,) bool
+    Attributes:
+        points_ras: (N, 3) float64, file order.
+        positive: (N,) bool.
+        box_ras: ``(min_ras (3,), max_ras (3,))`` of an axis-aligned box, or None.
+    """
+
+    points_ras: np.ndarray
+    positive: np.ndarray
     box_ras: Optional[Tuple[np.ndarray, np.ndarray]] = None
 
     def __len__(self) -> int:
         return int(self.points_ras.shape[0])
 
+    def to_json(self) -> dict:
+        """The simple-JSON form (what :func:`read_prompts` reads back)."""
+        data: dict = {"points": [{"ras": p.tolist(), "positive": bool(s)} for p, s in zip(self.points_ras, self.positive)]}
+        if self.box_ras is not None:
+            data["box_ras"] = [np.asarray(c).tolist() for c in self.box_ras]
+        return data
 
-def read_prompts(path) -> Prompts:
-    """Read prompts from ``.mrk.json``, ``.json`` or ``.csv`` (see the module docstring for the rules)."""
+
+def read_prompts(path: Union[str, Path]) -> Prompts:
+    """Read prompts from ``.mrk.json``, ``.json`` or ``.csv`` (see the module docstring for the rules).
+
+    Raises:
+        InvalidPromptError: missing or malformed file, non-finite coordinates, or neither points nor a box.
+    """
     path = Path(path)
     if not path.is_file():
-        raise InvalidPromptError(f"Prompt file {path} not found.")
-    name = path.name.lower()
+        raise InvalidPromptError(f"Prompt file {path} not found; check the path.")
     try:
-        if name.endswith(".csv"):
+        if path.name.lower().endswith(".csv"):
             prompts = _read_csv(path)
         else:
             data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("the top level must be a JSON object")
             prompts = _read_markups(data) if "markups" in data else _read_simple_json(data)
+    except InvalidPromptError:
+        raise
     except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise InvalidPromptError(f"Cannot read prompts from {path}: {exc}. See `samvolseg segment --help`.") from exc
+        raise InvalidPromptError(
+            f"Cannot read prompts from {path}: {exc}. Use a Slicer .mrk.json, JSON "
+            '{"points": [{"ras": [r, a, s], "positive": true}]} or CSV r,a,s,positive.'
+        ) from exc
     if len(prompts) == 0 and prompts.box_ras is None:
         raise InvalidPromptError(f"{path} holds no points and no box; add at least one positive point.")
     return prompts
 
 
-def _is_negative(text: str) -> bool:
-    return text.strip().lower().startswith(NEGATIVE_PREFIXES)
+def _is_negative(text: Any) -> bool:
+    return str(text or "").strip().lower().startswith(NEGATIVE_PREFIXES)
+
+
+def _parse_sign(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"positive must be true/false, 1/0 or +/-, got {value!r}")
+
+
+def _xyz(values: Any) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64).reshape(-1)
+    if array.shape != (3,):
+        raise ValueError(f"a point needs 3 coordinates, got {values!r}")
+    return array
 
 
 def _read_markups(data: dict) -> Prompts:
     points: List[np.ndarray] = []
     signs: List[bool] = []
     box = None
-    system = str(data.get("coordinateSystem", "LPS")).upper()
+    file_system = str(data.get("coordinateSystem", "LPS")).upper()
     for markup in data["markups"]:
-        markup_system = str(markup.get("coordinateSystem", system)).upper()
+        system = str(markup.get("coordinateSystem", file_system)).upper()
+        if system not in ("LPS", "RAS"):
+            raise ValueError(f"coordinateSystem must be LPS or RAS, got {system!r}")
 
-        def to_ras(values, markup_system=markup_system) -> np.ndarray:
-            xyz = np.asarray(values, dtype=np.float64).reshape(1, 3)
-            return (lps_to_ras(xyz) if markup_system == "LPS" else xyz)[0]
+        def to_ras(values: Any, system: str = system) -> np.ndarray:
+            xyz = _xyz(values)
+            return lps_to_ras(xyz.reshape(1, 3))[0] if system == "LPS" else xyz
 
         if markup.get("type") == "ROI":
-            centre = to_ras(markup["center"])
-            half = np.asarray(markup["size"], dtype=np.float64) / 2
-            if markup.get("orientation") is not None and not np.allclose(
-                np.asarray(markup["orientation"], dtype=float).reshape(3, 3), np.eye(3)
-            ):
+            if box is not None:
+                raise InvalidPromptError("The markups file holds more than one ROI; keep one box.")
+            orientation = markup.get("orientation")
+            if orientation is not None and not np.allclose(np.abs(np.asarray(orientation, float).reshape(3, 3)), np.eye(3)):
                 raise InvalidPromptError("Rotated ROI boxes are not supported; use an axis-aligned ROI.")
+            centre, half = to_ras(markup["center"]), np.abs(_xyz(markup["size"])) / 2
             box = (centre - half, centre + half)
             continue
-        markup_negative = _is_negative(str(markup.get("name", "")))
-        for point in markup.get("controlPoints", []):
-            negative = markup_negative or _is_negative(str(point.get("label", ""))) or _is_negative(
-                str(point.get("description", ""))
-            )
+        markup_negative = _is_negative(markup.get("name"))
+        for point in markup.get("controlPoints") or []:
+            if str(point.get("positionStatus", "defined")).lower() != "defined":
+                continue  # a point still being placed, or removed from the view
+            negative = markup_negative or _is_negative(point.get("label")) or _is_negative(point.get("description"))
             points.append(to_ras(point["position"]))
             signs.append(not negative)
     return _prompts(points, signs, box)
 
 
 def _read_simple_json(data: dict) -> Prompts:
-    points = [np.asarray(p["ras"], dtype=np.float64).reshape(3) for p in data.get("points", [])]
-    signs = [bool(p.get("positive", True)) for p in data.get("points", [])]
+    entries = data.get("points") or []
+    points = [_xyz(p["ras"]) for p in entries]
+    signs = [_parse_sign(p.get("positive", True)) for p in entries]
     box = None
     if data.get("box_ras") is not None:
-        lo, hi = (np.asarray(c, dtype=np.float64).reshape(3) for c in data["box_ras"])
-        box = (lo, hi)
+        corners = np.stack([_xyz(c) for c in data["box_ras"]])
+        if corners.shape != (2, 3):
+            raise ValueError("box_ras needs two corners [[r, a, s], [r, a, s]]")
+        box = (corners.min(axis=0), corners.max(axis=0))
     return _prompts(points, signs, box)
 
 
 def _read_csv(path: Path) -> Prompts:
-    points, signs = [], []
+    points: List[np.ndarray] = []
+    signs: List[bool] = []
     with path.open(newline="") as f:
-        for row in csv.reader(f):
-            if not row or row[0].strip().startswith("#"):
-                continue
-            try:
-                xyz = [float(v) for v in row[:3]]
-            except ValueError:
+        rows = [row for row in csv.reader(f) if row and not row[0].strip().startswith("#")]
+    for number, row in enumerate(rows):
+        try:
+            xyz = _xyz([float(v) for v in row[:3]])
+        except ValueError:
+            if number == 0:
                 continue  # header row
-            flag = row[3].strip().lower() if len(row) > 3 else "1"
-            points.append(np.asarray(xyz, dtype=np.float64))
-            signs.append(flag not in ("0", "false", "-", "neg", "negative", "no"))
+            raise ValueError(f"row {number + 1} ({','.join(row)}) is not r,a,s[,positive]") from None
+        points.append(xyz)
+        signs.append(_parse_sign(row[3]) if len(row) > 3 and row[3].strip() else True)
     return _prompts(points, signs, None)
 
 
-def _prompts(points, signs, box) -> Prompts:
+def _prompts(points: List[np.ndarray], signs: List[bool], box) -> Prompts:
     array = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    if not np.all(np.isfinite(array)):
-        raise InvalidPromptError("Prompt coordinates must be finite numbers.")
+    finite = np.all(np.isfinite(array)) and (box is None or all(np.all(np.isfinite(c)) for c in box))
+    if not finite:
+        raise InvalidPromptError("Prompt coordinates must be finite numbers; fix the file.")
     return Prompts(array, np.asarray(signs, dtype=bool).reshape(-1), box)

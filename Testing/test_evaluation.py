@@ -1,0 +1,283 @@
+"""Click simulator, metrics, case discovery and result writers (no model needed: the baseline drives)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+from scipy.spatial.distance import cdist
+
+from SAMVolSegmentLib.errors import InvalidImageError
+from SAMVolSegmentLib.evaluation import (
+    Case,
+    EvaluationResult,
+    _run_protocol,
+    deepest_point,
+    dice,
+    discover_cases,
+    evaluate_cases,
+    expand_label_values,
+    first_click,
+    hd95,
+    index_to_ras,
+    load_target,
+    next_click,
+    simulate_case,
+    write_results,
+)
+from SAMVolSegmentLib.geometry import VolumeGeometry
+
+
+def blob_case(tmp_path, name="blob", spacing=(0.9, 0.8, 2.5), direction=None, label_value=1):
+    """A bright ellipsoid (label ``label_value``) plus a second structure (label 2) in noise, written to disk."""
+    shape_kji = (24, 48, 44)
+    k, j, i = np.indices(shape_kji)
+    blob = ((k - 12) * spacing[2]) ** 2 / 15**2 + ((j - 22) * spacing[1]) ** 2 / 12**2 + ((i - 20) * spacing[0]) ** 2 / 10**2 <= 1
+    other = (k > 2) & (k < 6) & (j > 38) & (i > 35)
+    rng = np.random.default_rng(1)
+    image = rng.normal(0, 10, shape_kji).astype(np.float32) + 200 * blob + 100 * other
+    label = (blob * label_value + other * 2).astype(np.uint8)
+    folder = tmp_path / name
+    folder.mkdir(parents=True)
+    for array, file in ((image, "image.nii.gz"), (label, "label.nii.gz")):
+        itk = sitk.GetImageFromArray(array)
+        itk.SetSpacing(spacing)
+        itk.SetOrigin((-12.0, 30.0, 7.0))
+        if direction is not None:
+            itk.SetDirection(direction)
+        sitk.WriteImage(itk, str(folder / file))
+    return Case(name, folder / "image.nii.gz", folder / "label.nii.gz", label_value), blob
+
+
+# ------------------------------------------------------------------ metrics
+def test_dice_edge_cases():
+    a = np.zeros((4, 4, 4), bool)
+    b = a.copy()
+    b[1:3, 1:3, 1:3] = True
+    assert dice(a, a) == 1.0
+    assert dice(a, b) == 0.0
+    assert dice(b, b) == 1.0
+    c = b.copy()
+    c[1, 1, 1] = False
+    assert dice(b, c) == pytest.approx(2 * 7 / 15)
+
+
+def _surface_points_mm(mask, spacing):
+    surface = mask & ~ndimage.binary_erosion(mask)
+    return np.argwhere(surface) * np.asarray(spacing)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.tuples(*[st.sampled_from([0.5, 1.0, 3.0])] * 3))
+def test_hd95_matches_brute_force(seed, spacing):
+    rng = np.random.default_rng(seed)
+    shape = (12, 14, 10)
+    a = ndimage.binary_dilation(rng.random(shape) > 0.97, iterations=1)
+    b = ndimage.binary_dilation(rng.random(shape) > 0.97, iterations=1)
+    if not a.any() or not b.any():
+        assert hd95(a, b, spacing) is None
+        return
+    pa, pb = _surface_points_mm(a, spacing), _surface_points_mm(b, spacing)
+    d = cdist(pa, pb)
+    expected = np.percentile(np.concatenate([d.min(axis=1), d.min(axis=0)]), 95)
+    assert hd95(a, b, spacing) == pytest.approx(expected, abs=1e-9)
+
+
+def test_hd95_empty_and_identical():
+    a = np.zeros((8, 8, 8), bool)
+    a[2:6, 2:6, 2:6] = True
+    assert hd95(a, np.zeros_like(a), (1, 1, 1)) is None
+    assert hd95(a, a, (1, 1, 1)) == 0.0
+
+
+# ------------------------------------------------------------------ click simulation
+def test_deepest_point_of_a_box_is_its_centre():
+    region = np.zeros((20, 20, 20), bool)
+    region[4:11, 2:17, 5:14] = True  # odd extents: one exact centre
+    assert deepest_point(region, (1.0, 1.0, 1.0)) == (7, 9, 9)
+
+
+def test_deepest_point_uses_spacing():
+    region = np.zeros((30, 30, 60), bool)
+    region[2:7, 2:23, 2:23] = True  # thin in k: 5 slices
+    region[8:29, 24:29, 30:35] = True  # a long thin rod, 5 x 5 voxels in (j, i)
+    # Isotropic voxels: the rod (half-width 2.5 voxels) and the slab (2.5 slices) tie, the slab comes first.
+    # With 5 mm slices the slab is 25 mm thick and 21 mm wide: its centre is far deeper than the rod's 2.5 mm.
+    assert deepest_point(region, (5.0, 1.0, 1.0)) == (4, 12, 12)
+    k, j, i = deepest_point(region, (0.2, 1.0, 1.0))  # very thin slices: the slab is 1 mm thick, the rod wins
+    assert region[k, j, i] and j >= 24
+
+
+def test_next_click_signs_and_largest_error():
+    target = np.zeros((20, 20, 20), bool)
+    target[5:15, 5:15, 5:15] = True
+    prediction = target.copy()
+    prediction[5:15, 5:15, 10:15] = False  # 500 voxels missed
+    prediction[0:3, 0:3, 0:3] = True  # 27 false-positive voxels
+    (k, j, i), positive = next_click(target, prediction, (1, 1, 1))
+    assert positive and target[k, j, i] and not prediction[k, j, i] and i >= 10
+    prediction = target.copy()
+    prediction[0:4, 0:4, 0:4] = True
+    (k, j, i), positive = next_click(target, prediction, (1, 1, 1))
+    assert not positive and max(k, j, i) < 4
+    assert next_click(target, target, (1, 1, 1)) is None
+
+
+def test_first_click_is_inside_and_positive():
+    target = np.zeros((10, 30, 30), bool)
+    target[3:8, 4:20, 6:25] = True
+    (k, j, i), positive = first_click(target, (3.0, 0.7, 0.7))
+    assert positive and target[k, j, i]
+
+
+def test_click_ras_maps_back_to_its_voxel_in_an_oblique_image():
+    angle = np.deg2rad(25)
+    direction = (np.cos(angle), -np.sin(angle), 0, np.sin(angle), np.cos(angle), 0, 0, 0, 1)
+    image = sitk.Image(30, 20, 10, sitk.sitkFloat32)
+    image.SetSpacing((0.7, 1.1, 3.0))
+    image.SetOrigin((5.0, -40.0, 12.0))
+    image.SetDirection(direction)
+    geometry = VolumeGeometry.from_sitk(image)
+    for index_kji in [(0, 0, 0), (9, 19, 29), (4, 7, 13)]:
+        ras = index_to_ras(geometry, index_kji)
+        lps = image.TransformIndexToPhysicalPoint(tuple(int(v) for v in index_kji[::-1]))  # independent path
+        np.testing.assert_allclose(ras, [-lps[0], -lps[1], lps[2]], atol=1e-9)
+
+
+# ------------------------------------------------------------------ cases
+def test_discover_cases_folder_and_manifest(tmp_path):
+    case_a, _ = blob_case(tmp_path / "data", "a")
+    blob_case(tmp_path / "data", "b")
+    (tmp_path / "data" / "not_a_case").mkdir()
+    cases = discover_cases(tmp_path / "data")
+    assert [c.name for c in cases] == ["a", "b"] and all(c.label_value is None for c in cases)
+    assert [c.name for c in discover_cases(tmp_path / "data", ["b"], label_value=2)] == ["b"]
+    assert discover_cases(tmp_path / "data", ["b"], label_value=2)[0].label_value == 2
+    with pytest.raises(FileNotFoundError, match="zzz"):
+        discover_cases(tmp_path / "data", ["zzz"])
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text("image,label,label_value\n# a comment\ndata/a/image.nii.gz,data/a/label.nii.gz,2\n"
+                        "data/b/image.nii.gz,data/b/label.nii.gz\n")
+    cases = discover_cases(manifest, label_value=1)
+    assert [c.label_value for c in cases] == [2, 1]
+    assert cases[0].image_path == case_a.image_path.resolve()
+    with pytest.raises(FileNotFoundError):
+        discover_cases(tmp_path / "missing")
+
+
+def test_load_target_rules_and_errors(tmp_path):
+    case, blob = blob_case(tmp_path, label_value=1)
+    _, target = load_target(Case(case.name, case.image_path, case.label_path))  # label > 0: both structures
+    assert target.sum() > blob.sum()
+    _, target = load_target(case)
+    assert np.array_equal(target.astype(bool), blob)
+    with pytest.raises(InvalidImageError, match="values present: \\[1, 2\\]"):
+        load_target(case, label_value=7)
+    label = sitk.ReadImage(str(case.label_path))
+    label.SetOrigin((0.0, 0.0, 0.0))
+    sitk.WriteImage(label, str(case.label_path))
+    with pytest.raises(InvalidImageError, match="origin"):
+        load_target(case)
+
+
+# ------------------------------------------------------------------ protocol with the baseline alone
+def test_baseline_only_protocol_is_deterministic_and_good_on_a_clear_blob(tmp_path):
+    case, _ = blob_case(tmp_path, direction=(0, 1, 0, -1, 0, 0, 0, 0, 1))
+    rows = simulate_case(None, case, num_clicks=3)
+    again = simulate_case(None, case, num_clicks=3)
+    assert [(r.click, r.method, r.dice, r.r) for r in rows] == [(r.click, r.method, r.dice, r.r) for r in again]
+    assert [r.click for r in rows] == [1, 2, 3] and {r.method for r in rows} == {"baseline"}
+    assert rows[0].positive and rows[0].dice > 0.7  # partial-volume edges of a small blob cost the rest
+    # The first click, given in RAS, lies inside the target when mapped back with SimpleITK.
+    image = sitk.ReadImage(str(case.image_path))
+    index = image.TransformPhysicalPointToIndex((-rows[0].r, -rows[0].a, rows[0].s))
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(case.label_path)))[index[::-1]] == 1
+
+
+def test_evaluate_cases_baseline_only_and_writers(tmp_path):
+    case, _ = blob_case(tmp_path / "data", "a")
+    fractions = []
+    result = evaluate_cases([case], None, num_clicks=2, progress=lambda f, m: fractions.append(f))
+    assert result.model == "none" and result.baseline_clicks == "own"
+    assert fractions[-1] == 1.0 and fractions == sorted(fractions)
+    paths = write_results(result, tmp_path / "out")
+    with open(paths["csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and rows[0]["method"] == "baseline" and rows[0]["label"] == "1"
+    summary = json.loads(paths["json"].read_text())
+    assert set(summary["mean_dice"]["baseline"]) == {"1", "2"}
+    assert summary["per_case_dice"]["a"]["baseline"]["1"] == pytest.approx(float(rows[0]["dice"]))
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+class _ExactAfterTwoClicks:
+    """A method that is right from its second click on (exercises the protocol's stopping rule)."""
+
+    name = "model"
+
+    def __init__(self, target):
+        self.target, self.calls = target, 0
+
+    def step(self, index_kji, point_ras, positive):
+        self.calls += 1
+        mask = self.target.copy() if self.calls >= 2 else np.zeros_like(self.target)
+        if self.calls == 1:
+            mask[index_kji] = 1
+        return mask, 0.01, None
+
+
+def test_a_perfect_prediction_stops_clicking_and_carries_scores():
+    target = np.zeros((10, 12, 14), np.uint8)
+    target[2:8, 3:9, 4:10] = 1
+    geometry = VolumeGeometry.from_matrix(np.diag([0.5, 0.5, 2.0, 1.0]), target.shape)
+    method = _ExactAfterTwoClicks(target)
+    rows = _run_protocol("c", "all", target, geometry, (2.0, 0.5, 0.5), method, [], num_clicks=4)
+    assert method.calls == 2
+    assert [r.placed for r in rows] == [True, True, False, False]
+    assert [r.dice for r in rows[1:]] == [1.0, 1.0, 1.0] and rows[3].hd95_mm == 0.0
+    result = EvaluationResult("m", 4, rows=rows)
+    assert result.summary()["methods"]["model"]["latency_later_clicks_s"]["n"] == 1  # carried rows excluded
+
+
+def test_simulate_case_rejects_bad_arguments(tmp_path):
+    case, _ = blob_case(tmp_path)
+    with pytest.raises(ValueError):
+        simulate_case(None, case, num_clicks=0)
+    with pytest.raises(ValueError):
+        simulate_case(None, case, num_clicks=2, with_baseline=False)
+    with pytest.raises(ValueError):
+        simulate_case(None, case, num_clicks=2, baseline_clicks="mine")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.tuples(*[st.sampled_from([0.4, 1.0, 5.0])] * 3))
+def test_next_click_lands_in_the_largest_error_with_the_right_sign(seed, spacing):
+    rng = np.random.default_rng(seed)
+    target = ndimage.binary_dilation(rng.random((10, 12, 14)) > 0.95, iterations=2)
+    prediction = ndimage.binary_dilation(rng.random((10, 12, 14)) > 0.95, iterations=1)
+    click = next_click(target, prediction, spacing)
+    if np.array_equal(target, prediction):
+        assert click is None
+        return
+    (k, j, i), positive = click
+    error = (target & ~prediction) if positive else (prediction & ~target)
+    assert error[k, j, i]
+    sizes = [np.bincount(ndimage.label(e, structure=np.ones((3, 3, 3)))[0].ravel())[1:].max(initial=0)
+             for e in (target & ~prediction, prediction & ~target)]
+    components, _ = ndimage.label(error, structure=np.ones((3, 3, 3)))
+    assert (components == components[k, j, i]).sum() == max(sizes)
+
+
+def test_expand_label_values(tmp_path):
+    case, blob = blob_case(tmp_path, label_value=3)
+    plain = Case(case.name, case.image_path, case.label_path)
+    expanded = expand_label_values([plain, case])
+    assert [(c.name, c.label_value) for c in expanded] == [("blob:2", 2), ("blob:3", 3), ("blob", 3)]
+    assert [c.label_value for c in expand_label_values([plain], min_voxels=int(blob.sum()))] == [3]
