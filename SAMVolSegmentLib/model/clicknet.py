@@ -14,18 +14,18 @@ Clicks use the engine's convention: ROI voxel indices in tensor order (R, A, S).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Mapping, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .build import register_family
-from .config import config_from_dict, config_to_dict
+from .config import ConfigSerialization
 
 
 @dataclass(frozen=True)
-class ClickNetConfig:
+class ClickNetConfig(ConfigSerialization):
     image_size: int = 128
     stem_channels: Tuple[int, ...] = (8, 16)
     context_channels: Tuple[int, ...] = (24, 32)
@@ -43,13 +43,6 @@ class ClickNetConfig:
     @property
     def low_res_size(self) -> int:
         return self.image_size // 4
-
-    def to_dict(self) -> Dict[str, Any]:
-        return config_to_dict(self)
-
-    @staticmethod
-    def from_dict(data: Mapping[str, Any]) -> ClickNetConfig:
-        return config_from_dict(ClickNetConfig, data)
 
 
 class PaddedConv3d(nn.Conv3d):

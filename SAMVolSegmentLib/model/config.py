@@ -23,8 +23,21 @@ def config_from_dict(cls: Type[ConfigT], data: Mapping[str, Any]) -> ConfigT:
     return cls(**dict(data))
 
 
+class ConfigSerialization:
+    """``to_dict``/``from_dict`` for config dataclasses, so every family's checkpoint ``config`` looks alike."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain data for a checkpoint's ``config`` entry (round-trips through ``from_dict``)."""
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        """Rebuild from a checkpoint's ``config`` dict; unknown keys are rejected."""
+        return config_from_dict(cls, data)
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(ConfigSerialization):
     """SAM-Med3D architecture hyper-parameters (names follow the reference's build function).
 
     The decoder's two-way transformer is fixed by the reference (depth 2, 8 heads, MLP 2048). Only widths
@@ -76,15 +89,6 @@ class ModelConfig:
     def low_res_size(self) -> int:
         """Edge of the decoder's low-res logits (32 for a 128³ ROI)."""
         return self.image_size // 4
-
-    def to_dict(self) -> Dict[str, Any]:
-        """Plain data for a checkpoint's ``config`` entry (round-trips through :meth:`from_dict`)."""
-        return config_to_dict(self)
-
-    @staticmethod
-    def from_dict(data: Mapping[str, Any]) -> ModelConfig:
-        """Build from a checkpoint's ``config`` dict (e.g. the fixture's small configuration)."""
-        return config_from_dict(ModelConfig, data)
 
     @staticmethod
     def infer_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> ModelConfig:
