@@ -18,7 +18,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -101,10 +101,12 @@ class _Step:
     after: _Snapshot
     region_before: _PackedRegion
     region_after: _PackedRegion
+    annotation: Any = None  # caller data (annotate_last_step); counted in nbytes when it has one
 
     @property
     def nbytes(self) -> int:
-        return self.region_before.nbytes + self.region_after.nbytes
+        extra = int(getattr(self.annotation, "nbytes", 0) or 0)
+        return self.region_before.nbytes + self.region_after.nbytes + extra
 
 
 @dataclass
@@ -119,8 +121,12 @@ class _History:
     def push(self, step: _Step) -> None:
         self.undo.append(step)
         self.redo.clear()
+        self.trim()
+
+    def trim(self) -> None:
+        """Drop the oldest steps until both bounds hold (the newest step always stays)."""
         while len(self.undo) > self.max_steps or (
-            len(self.undo) > 1 and sum(s.nbytes for s in self.undo) > self.max_bytes
+            len(self.undo) > 1 and sum(s.nbytes for s in self.undo + self.redo) > self.max_bytes
         ):
             self.undo.pop(0)
 
@@ -157,9 +163,22 @@ class InteractiveSession:
         self._volume: Optional[Volume] = None
         self._model_volume_future: Optional[Future] = None
         self._label_kji: Optional[np.ndarray] = None
+        self._initial_kji: Optional[np.ndarray] = None  # set_initial_mask; what reset returns to (None = empty)
         self._state = _Snapshot()
         self._history = _History(max_steps=max_undo, max_bytes=max_undo_bytes)
         self.last_timing: Dict[str, float] = {}
+        self.last_annotation: Any = None
+
+    # ------------------------------------------------------------------ protocol facts
+    @property
+    def model_id(self) -> str:
+        """Identifier of the model (from the predictor), so callers never reach into ``predictor``."""
+        return self.predictor.model_id
+
+    @property
+    def is_ready(self) -> bool:
+        """True once a volume is set and its resampling to the model grid has finished (successfully or not)."""
+        return self._model_volume_future is not None and self._model_volume_future.done()
 
     # ------------------------------------------------------------------ volume
     def set_volume(self, image, ijk_to_ras: Optional[np.ndarray] = None) -> None:
@@ -179,8 +198,10 @@ class InteractiveSession:
             self._volume = volume
             self._model_volume_future = self._executor.submit(self._prepare_model_volume, volume)
             self._label_kji = np.zeros(volume.geometry.shape_kji, dtype=np.uint8)
+            self._initial_kji = None
             self._state = _Snapshot()
             self._history = _History(max_steps=self._history.max_steps, max_bytes=self._history.max_bytes)
+            self.last_annotation = None
 
     def _prepare_model_volume(self, volume: Volume) -> ModelVolume:
         self._report(0.0, "Resampling the volume to the model grid")
@@ -263,10 +284,68 @@ class InteractiveSession:
             return self._run_step(lambda state: self._box_step(state, None))
 
     def reset(self) -> MaskUpdate:
-        """Clear clicks, box and mask (undoable). Cached embeddings are kept."""
+        """Clear clicks and box; the mask returns to the initial mask (empty unless ``set_initial_mask``).
+
+        Undoable. Cached embeddings are kept.
+        """
         with self._lock:
             self._require_volume()
             return self._run_step(self._reset_step)
+
+    def set_initial_mask(self, mask_kji: Optional[np.ndarray]) -> MaskUpdate:
+        """Start from an existing mask (edit a segment that is already there); None starts from an empty one.
+
+        The mask becomes the current mask: the first click's ROI gets it as its mask prompt (as a ROI opened
+        later does), so a negative click can remove voxels it holds and a positive one extends it; voxels
+        outside every ROI keep it. Clicks, box and history are cleared (the start of an edit is not undoable),
+        and ``reset`` returns to this mask. Returns the region that changed against the previous mask.
+
+        Raises:
+            InvalidPromptError: the mask's shape is not the volume's (k, j, i) shape; nothing changes.
+        """
+        with self._lock:
+            volume = self._require_volume()
+            assert self._label_kji is not None
+            shape = tuple(volume.geometry.shape_kji)
+            if mask_kji is None:
+                initial = None
+                new_label = np.zeros(shape, np.uint8)
+            else:
+                array = np.asarray(mask_kji)
+                if array.shape != shape:
+                    raise InvalidPromptError(
+                        f"The initial mask has shape {array.shape} but the volume is {shape} (k, j, i); give the "
+                        "segment's voxels on the input volume's grid."
+                    )
+                new_label = (array != 0).astype(np.uint8)
+                initial = new_label.copy() if new_label.any() else None
+            changed = np.nonzero(new_label != self._label_kji)
+            update = MaskUpdate.empty()
+            if changed[0].size:
+                bbox = tuple((int(ax.min()), int(ax.max()) + 1) for ax in changed)
+                update = MaskUpdate.covering(new_label, bbox)  # type: ignore[arg-type]
+            self._label_kji = new_label
+            self._initial_kji = initial
+            self._state = _Snapshot()
+            self._history = _History(max_steps=self._history.max_steps, max_bytes=self._history.max_bytes)
+            self.last_annotation = None
+            return update
+
+    def annotate_last_step(self, annotation: Any) -> None:
+        """Attach caller data to the newest step; undo/redo of that step hand it back in ``last_annotation``.
+
+        The annotation counts towards ``max_undo_bytes`` through its ``nbytes`` attribute, if it has one, so a
+        caller's own per-step records are bounded together with the engine's.
+
+        Raises:
+            SessionStateError: there is no step to annotate.
+        """
+        with self._lock:
+            if not self._history.undo:
+                raise SessionStateError("No step to annotate: call it right after add_click/set_box/reset.")
+            self._history.undo[-1].annotation = annotation
+            self.last_annotation = annotation
+            self._history.trim()
 
     # ------------------------------------------------------------------ history
     @property
@@ -284,6 +363,7 @@ class InteractiveSession:
                 return MaskUpdate.empty()
             step = self._history.undo.pop()
             self._history.redo.append(step)
+            self.last_annotation = step.annotation
             return self._restore(step.before, step.region_before.unpack())
 
     def redo(self) -> MaskUpdate:
@@ -293,6 +373,7 @@ class InteractiveSession:
                 return MaskUpdate.empty()
             step = self._history.redo.pop()
             self._history.undo.append(step)
+            self.last_annotation = step.annotation
             return self._restore(step.after, step.region_after.unpack())
 
     def _restore(self, state: _Snapshot, region: MaskUpdate) -> MaskUpdate:
@@ -341,17 +422,22 @@ class InteractiveSession:
         region_after = updates[0] if len(updates) == 1 else MaskUpdate.covering(self._label_kji, bbox)
         self._state = new_state
         self._history.push(_Step(before, new_state, _PackedRegion.pack(region_before), _PackedRegion.pack(region_after)))
+        self.last_annotation = None
         self.last_timing["total_s"] = time.perf_counter() - start
         return region_after
 
     def _reset_step(self, state: _Snapshot) -> Tuple[_Snapshot, List[MaskUpdate]]:
         assert self._label_kji is not None
-        nonzero = np.nonzero(self._label_kji)
+        target = self._initial_kji
+        changed = self._label_kji != 0 if target is None else self._label_kji != target
+        nonzero = np.nonzero(changed)
         if not nonzero[0].size:
             return _Snapshot(), []
         bbox = tuple((int(ax.min()), int(ax.max()) + 1) for ax in nonzero)
-        shape = tuple(hi - lo for lo, hi in bbox)
-        return _Snapshot(), [MaskUpdate(bbox, np.zeros(shape, np.uint8))]  # type: ignore[arg-type]
+        if target is None:
+            shape = tuple(hi - lo for lo, hi in bbox)
+            return _Snapshot(), [MaskUpdate(bbox, np.zeros(shape, np.uint8))]  # type: ignore[arg-type]
+        return _Snapshot(), [MaskUpdate.covering(target, bbox)]  # type: ignore[arg-type]
 
     def _box_step(self, state: _Snapshot, box_ras) -> Tuple[_Snapshot, List[MaskUpdate]]:
         state = replace(state, box_ras=box_ras)
