@@ -21,10 +21,11 @@ Clicks keep the file's order (the session applies them in that order).
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -34,6 +35,8 @@ from .geometry import lps_to_ras
 NEGATIVE_PREFIXES = ("neg", "-", "exclude", "background")
 _TRUE = ("1", "true", "+", "pos", "positive", "yes", "y")
 _FALSE = ("0", "false", "-", "neg", "negative", "no", "n")
+_FORMATS = ('give a Slicer .mrk.json, a JSON {"points": [{"ras": [r, a, s], "positive": true}]} '
+            "or a CSV r,a,s,positive")
 
 
 @dataclass(frozen=True)
@@ -61,33 +64,64 @@ class Prompts:
         return data
 
 
-def read_prompts(path: Union[str, Path]) -> Prompts:
+def read_prompts(path: Union[str, Path], require_positive: bool = True) -> Prompts:
     """Read prompts from ``.mrk.json``, ``.json`` or ``.csv`` (see the module docstring for the rules).
 
+    Args:
+        path: the prompt file.
+        require_positive: refuse a file with neither a positive point nor a box (see :func:`check_prompts`);
+            False when the caller adds a box of its own.
     Raises:
-        InvalidPromptError: missing or malformed file, non-finite coordinates, or neither points nor a box.
+        InvalidPromptError: missing, empty or malformed file, non-finite coordinates, or no positive point
+            and no box.
     """
     path = Path(path)
     if not path.is_file():
         raise InvalidPromptError(f"Prompt file {path} not found; check the path.")
+    text = path.read_text()
+    if not text.strip():
+        raise InvalidPromptError(f"Prompt file {path} is empty; {_FORMATS}.")
     try:
         if path.name.lower().endswith(".csv"):
-            prompts = _read_csv(path)
+            prompts = _read_csv(text)
         else:
-            data = json.loads(path.read_text())
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InvalidPromptError(
+                    f"Prompt file {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+                    f"{_FORMATS} (a .csv name is read as CSV)."
+                ) from None
             if not isinstance(data, dict):
                 raise ValueError("the top level must be a JSON object")
             prompts = _read_markups(data) if "markups" in data else _read_simple_json(data)
     except InvalidPromptError:
         raise
     except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise InvalidPromptError(
-            f"Cannot read prompts from {path}: {exc}. Use a Slicer .mrk.json, JSON "
-            '{"points": [{"ras": [r, a, s], "positive": true}]} or CSV r,a,s,positive.'
-        ) from exc
-    if len(prompts) == 0 and prompts.box_ras is None:
-        raise InvalidPromptError(f"{path} holds no points and no box; add at least one positive point.")
+        raise InvalidPromptError(f"Cannot read prompts from {path}: {exc}. {_FORMATS[0].upper()}{_FORMATS[1:]}.") from exc
+    if require_positive:
+        check_prompts(prompts.positive, prompts.box_ras is not None, where=str(path))
     return prompts
+
+
+def check_prompts(positive: Sequence[bool], has_box: bool, where: str = "The prompts") -> None:
+    """A prompt set must hold at least one positive point or a box.
+
+    Negative clicks only take voxels away from a mask; without a positive point or a box there is nothing
+    to take them from, and a model would answer with an arbitrary mask.
+
+    Raises:
+        InvalidPromptError: no positive point and no box (the message says which of the two is missing).
+    """
+    signs = np.asarray(positive, dtype=bool).reshape(-1)
+    if signs.any() or has_box:
+        return
+    if signs.size == 0:
+        raise InvalidPromptError(f"{where} holds no points and no box; add at least one positive point.")
+    raise InvalidPromptError(
+        f"{where} holds only negative points ({signs.size}); add at least one positive point on the structure "
+        "(or a box): negative points only remove voxels from a mask."
+    )
 
 
 def _is_negative(text: Any) -> bool:
@@ -160,11 +194,10 @@ def _read_simple_json(data: dict) -> Prompts:
     return _prompts(points, signs, box)
 
 
-def _read_csv(path: Path) -> Prompts:
+def _read_csv(text: str) -> Prompts:
     points: List[np.ndarray] = []
     signs: List[bool] = []
-    with path.open(newline="") as f:
-        rows = [row for row in csv.reader(f) if row and not row[0].strip().startswith("#")]
+    rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row and not row[0].strip().startswith("#")]
     for number, row in enumerate(rows):
         try:
             xyz = _xyz([float(v) for v in row[:3]])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from SAMVolSegmentLib.errors import InvalidPromptError
-from SAMVolSegmentLib.prompts_io import Prompts, read_prompts
+from SAMVolSegmentLib.prompts_io import Prompts, check_prompts, read_prompts
 
 
 def write(tmp_path, name, content) -> str:
@@ -86,8 +86,15 @@ def test_csv_header_signs_and_comments(tmp_path):
         ("e.json", '{"points": [{"ras": [1, 2]}]}', "3 coordinates"),
         ("f.json", '{"points": [{"ras": [1, NaN, 3]}]}', "finite"),
         ("g.json", "[1, 2, 3]", "JSON object"),
-        ("h.json", "{not json", "Cannot read"),
+        ("h.json", "{not json", r"not valid JSON \(.* line 1, column 2\)"),
         ("i.json", '{"points": []}', "no points"),
+        ("j.json", "", "is empty"),
+        ("k.mrk.json", " \n\n", "is empty"),
+        ("l.csv", "", "is empty"),
+        ("m.json", '{"points": [{"ras": [1, 2, 3], "positive": false}]}', r"only negative points \(1\)"),
+        ("n.csv", "1,2,3,0\n4,5,6,neg\n", r"only negative points \(2\)"),
+        ("o.mrk.json", {"markups": [{"type": "Fiducial", "name": "negative",
+                                     "controlPoints": [{"position": [1, 2, 3]}]}]}, "add at least one positive"),
     ],
 )
 def test_bad_files_raise_clear_errors(tmp_path, name, content, match):
@@ -98,3 +105,19 @@ def test_bad_files_raise_clear_errors(tmp_path, name, content, match):
 def test_missing_file(tmp_path):
     with pytest.raises(InvalidPromptError, match="not found"):
         read_prompts(tmp_path / "nope.json")
+
+
+def test_negative_points_with_a_box_are_a_valid_prompt(tmp_path):
+    data = {"points": [{"ras": [1, 2, 3], "positive": False}], "box_ras": [[0, 0, 0], [5, 5, 5]]}
+    prompts = read_prompts(write(tmp_path, "p.json", data))
+    assert prompts.positive.tolist() == [False] and prompts.box_ras is not None
+
+
+def test_a_caller_with_its_own_box_can_read_negative_only_files(tmp_path):
+    path = write(tmp_path, "p.csv", "1,2,3,0\n")
+    with pytest.raises(InvalidPromptError, match="only negative"):
+        read_prompts(path)
+    assert read_prompts(path, require_positive=False).positive.tolist() == [False]
+    check_prompts([False], has_box=True)  # the CLI's --box makes it valid
+    with pytest.raises(InvalidPromptError, match="only negative"):
+        check_prompts([False, False], has_box=False)
