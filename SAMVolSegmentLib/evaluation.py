@@ -19,9 +19,13 @@ Protocol (deterministic: no randomness, so every run gives the same clicks and s
 
 Targets: ``label > 0`` (every labelled structure together — the rule the data README gives for BraTS) unless
 a label value is given per case (manifest) or for all cases (``label_value``); :func:`expand_label_values`
-(``--each-label``) makes every non-zero value its own target instead. Metrics: Dice, and HD95 in mm (95th percentile of the symmetric surface
-distances, computed with spacing-aware distance transforms on the two masks' bounding box only, which
-keeps it to a few ms on the development cases); an empty prediction scores Dice 0 and HD95 ``None``.
+(``--each-label``) makes every non-zero value its own target instead. Metrics (:mod:`.metrics`): Dice, and
+HD95 in mm (95th percentile of the symmetric surface distances, computed with spacing-aware distance
+transforms on the two masks' bounding box only, which keeps it to a few ms on the development cases); an
+empty prediction scores Dice 0 and HD95 ``None``.
+
+The CVPR 2025 challenge's protocol (box, then 5 clicks; DSC/NSD and their AUCs) lives in :mod:`.cvpr25` and
+shares this module's click placement (:func:`next_click` with :data:`CVPR25_CLICKS`), methods and cases.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from scipy import ndimage
 from .baseline import BASELINE_NAME, RegionGrowing
 from .errors import InvalidImageError
 from .geometry import VolumeGeometry
+from .metrics import bbox_slices, dice, hd95  # dice and hd95 re-exported: callers import them from here
 
 ProgressCallback = Callable[[float, str], None]
 IndexKJI = Tuple[int, int, int]
@@ -143,56 +148,85 @@ def _percentiles(values: Sequence[float]) -> Dict[str, Optional[float]]:
     return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)), "n": len(values)}
 
 
-# ---------------------------------------------------------------- metrics
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two binary arrays of one shape; 1.0 when both are empty."""
-    a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
-def _bbox_slices(mask: np.ndarray, pad: int = 1) -> Tuple[slice, ...]:
-    """Slices of the mask's bounding box grown by ``pad`` voxels (clipped to the array)."""
-    nonzero = np.nonzero(mask)
-    return tuple(slice(max(int(ax.min()) - pad, 0), min(int(ax.max()) + pad + 1, n)) for ax, n in zip(nonzero, mask.shape))
-
-
-def hd95(a: np.ndarray, b: np.ndarray, spacing_kji: Sequence[float]) -> Optional[float]:
-    """95th percentile of the symmetric surface distances in mm; None when either mask is empty.
-
-    Surfaces are the masks' voxels with a 6-neighbour outside (the volume border counts as outside). Every
-    surface voxel lies in the union of the two bounding boxes, so the distance transforms run on that box
-    (plus one voxel) only: exact, and cheap for targets much smaller than the volume.
-    """
-    a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
-    if not a.any() or not b.any():
-        return None
-    box = _bbox_slices(a | b)
-    a, b = np.pad(a[box], 1), np.pad(b[box], 1)
-    surface_a = a & ~ndimage.binary_erosion(a)
-    surface_b = b & ~ndimage.binary_erosion(b)
-    to_b = ndimage.distance_transform_edt(~surface_b, sampling=spacing_kji)
-    to_a = ndimage.distance_transform_edt(~surface_a, sampling=spacing_kji)
-    return float(np.percentile(np.concatenate([to_b[surface_a], to_a[surface_b]]), 95))
-
-
 # ---------------------------------------------------------------- click simulation
-def deepest_point(region: np.ndarray, spacing_kji: Sequence[float]) -> IndexKJI:
-    """Voxel (k, j, i) of a non-empty binary region farthest (mm) from the region's border.
+@dataclass(frozen=True)
+class ClickRule:
+    """Where the next simulated click goes in a prediction's errors; one code path, two protocols.
 
-    The border includes the volume's edge. Among equally deep voxels (a plateau), the one nearest the
-    plateau's centroid (mm) wins; remaining ties go to the first in C order.
+    Attributes:
+        name: "samvolseg" (this project's protocol) or "cvpr25" (the CVPR 2025 challenge's).
+        split_signs: True: misses (``target & ~prediction``) and false positives are separate error sets, so
+            a component is all miss or all false positive, and a miss wins a tie in size. False: one error set
+            ``target != prediction`` (the challenge's ``segs_cls != gts_cls``), whose components may mix both;
+            the click's sign is the target's value at the chosen voxel.
+        depth_in_mm: depth = distance to the component's border in mm (voxel spacing) or in voxels (the
+            challenge's ``distance_transform_edt`` without ``sampling``).
+        tie_break: among equally deep voxels, "centroid" takes the one nearest their centroid (mm; then C
+            order); "seeded" takes ``np.random.RandomState(42).choice`` over them in C order — what the
+            challenge's ``np.random.seed(42)`` + ``np.random.choice`` over ``np.argwhere`` picks.
+        downsample_above_voxels: the challenge max-pools the component's padded crop 2×2×2 before the
+            distance transform when the crop exceeds this many voxels (and repeats the depths back up); None:
+            always at full resolution.
+    """
+
+    name: str
+    split_signs: bool
+    depth_in_mm: bool
+    tie_break: str
+    downsample_above_voxels: Optional[int] = None
+
+
+SAMVOLSEG_CLICKS = ClickRule("samvolseg", split_signs=True, depth_in_mm=True, tie_break="centroid")
+#: The rule of ``CVPR25_iter_eval.py``: errors of both signs as one set, depth in voxels, seed-42 tie-break,
+#: 2× downsampling of crops above 60 M voxels (its ``compute_edt``).
+CVPR25_CLICKS = ClickRule("cvpr25", split_signs=False, depth_in_mm=False, tie_break="seeded",
+                          downsample_above_voxels=60_000_000)
+_TIE_BREAK_SEED = 42
+
+
+def _depth(region: np.ndarray, sampling: Optional[Sequence[float]], downsample_above: Optional[int]) -> np.ndarray:
+    """Distance of each voxel of a cropped region (K, J, I) to its border (the crop's outside is border)."""
+    shape = np.array(region.shape)
+    # The challenge pads a quarter of the extent (at least 1) before deciding; any padding ≥ 1 gives the same
+    # full-resolution distances, but the size test and the pooling blocks' alignment depend on it.
+    pad = np.maximum((shape * 0.25).astype(int), 1)
+    if downsample_above is None or int(np.prod(shape + 2 * pad)) <= downsample_above:
+        return ndimage.distance_transform_edt(np.pad(region, 1), sampling=sampling)[1:-1, 1:-1, 1:-1]
+    # The challenge's large-crop path: max-pool 2×2×2 (zeros fill the last partial block), distance transform
+    # in pooled voxels, repeat back up and crop the padding off.
+    padded = np.pad(region, [(int(p), int(p)) for p in pad])
+    even = np.pad(padded, [(0, n % 2) for n in padded.shape])
+    pooled = even.reshape(even.shape[0] // 2, 2, even.shape[1] // 2, 2, even.shape[2] // 2, 2).max(axis=(1, 3, 5))
+    depth = ndimage.distance_transform_edt(pooled, sampling=sampling)
+    depth = depth.repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)
+    return depth[tuple(slice(p, p + n) for p, n in zip(pad, shape))]
+
+
+def deepest_point(region: np.ndarray, spacing_kji: Sequence[float], rule: ClickRule = SAMVOLSEG_CLICKS) -> IndexKJI:
+    """Voxel (k, j, i) of a non-empty binary region farthest from the region's border.
+
+    The border includes the volume's edge. Depth and ties follow ``rule``: by default depth in mm and, among
+    equally deep voxels (a plateau), the one nearest the plateau's centroid (mm), then the first in C order.
     """
     region = np.asarray(region).astype(bool)
     if not region.any():
         raise ValueError("deepest_point needs a non-empty region")
-    box = _bbox_slices(region, pad=0)
-    distance = ndimage.distance_transform_edt(np.pad(region[box], 1), sampling=spacing_kji)[1:-1, 1:-1, 1:-1]
-    # Plateaus of equal depth are common (slabs, boxes): take the plateau voxel nearest its own centroid, so
-    # the click lands in the middle rather than at the plateau's first voxel.
-    candidates = np.argwhere(distance >= distance.max() * (1 - 1e-9))
-    offsets_mm = (candidates - candidates.mean(axis=0)) * np.asarray(spacing_kji, dtype=np.float64)
-    local = candidates[int(np.argmin(np.einsum("ij,ij->i", offsets_mm, offsets_mm)))]
+    box = bbox_slices(region, pad=0)
+    crop = region[box]
+    depth = _depth(crop, spacing_kji if rule.depth_in_mm else None, rule.downsample_above_voxels)
+    depth = depth * crop  # pooled depths can spill onto voxels outside the region
+    if not depth.any():  # only after pooling: the challenge then draws from the whole region
+        depth = crop.astype(np.float64)
+    if rule.tie_break == "seeded":
+        # Exact float equality as in the challenge; C order within the crop is C order within the volume.
+        candidates = np.argwhere(depth == depth.max())
+        local = candidates[np.random.RandomState(_TIE_BREAK_SEED).choice(len(candidates))]
+    else:
+        # Plateaus of equal depth are common (slabs, boxes): take the plateau voxel nearest its own centroid,
+        # so the click lands in the middle rather than at the plateau's first voxel.
+        candidates = np.argwhere(depth >= depth.max() * (1 - 1e-9))
+        offsets_mm = (candidates - candidates.mean(axis=0)) * np.asarray(spacing_kji, dtype=np.float64)
+        local = candidates[int(np.argmin(np.einsum("ij,ij->i", offsets_mm, offsets_mm)))]
     return tuple(int(v) + int(s.start) for v, s in zip(local, box))  # type: ignore[return-value]
 
 
@@ -202,30 +236,39 @@ def first_click(target: np.ndarray, spacing_kji: Sequence[float]) -> Tuple[Index
 
 
 def next_click(
-    target: np.ndarray, prediction: np.ndarray, spacing_kji: Sequence[float]
+    target: np.ndarray, prediction: np.ndarray, spacing_kji: Sequence[float], rule: ClickRule = SAMVOLSEG_CLICKS,
 ) -> Optional[Tuple[IndexKJI, bool]]:
     """The next simulated click: the deepest point of the largest error component, and its sign.
 
+    Components are 26-connected; the largest has the most voxels (voxels all have one volume, so also the
+    most mm³); equal sizes go to the first in C order (and, with ``rule.split_signs``, to a miss over a false
+    positive).
+
     Returns:
-        ``((k, j, i), positive)``, or None when the prediction equals the target. On equal sizes a missed
-        region wins over a false positive.
+        ``((k, j, i), positive)`` — positive where the target is foreground (a miss) — or None when the
+        prediction equals the target.
     """
     target, prediction = np.asarray(target).astype(bool), np.asarray(prediction).astype(bool)
-    best: Optional[Tuple[int, np.ndarray, Tuple[slice, ...], bool]] = None
-    for error, positive in ((target & ~prediction, True), (prediction & ~target, False)):
+    if rule.split_signs:
+        error_sets = [target & ~prediction, prediction & ~target]
+    else:
+        error_sets = [target != prediction]
+    best: Optional[Tuple[int, np.ndarray, Tuple[slice, ...]]] = None
+    for error in error_sets:
         if not error.any():
             continue
-        box = _bbox_slices(error, pad=0)  # labelling only the errors' box keeps large volumes cheap
+        box = bbox_slices(error, pad=0)  # labelling only the errors' box keeps large volumes cheap
         components, _ = ndimage.label(error[box], structure=_CONNECTIVITY_26)
         sizes = np.bincount(components.ravel())[1:]
         largest = int(np.argmax(sizes))
         if best is None or sizes[largest] > best[0]:
-            best = (int(sizes[largest]), components == largest + 1, box, positive)
+            best = (int(sizes[largest]), components == largest + 1, box)
     if best is None:
         return None
-    _, component, box, positive = best
-    local = deepest_point(component, spacing_kji)
-    return tuple(int(v) + int(s.start) for v, s in zip(local, box)), positive  # type: ignore[return-value]
+    _, component, box = best
+    local = deepest_point(component, spacing_kji, rule)
+    index = tuple(int(v) + int(s.start) for v, s in zip(local, box))
+    return index, bool(target[index])  # type: ignore[return-value]
 
 
 def index_to_ras(geometry: VolumeGeometry, index_kji: IndexKJI) -> np.ndarray:
@@ -314,8 +357,11 @@ def expand_label_values(cases: Sequence[Case], min_voxels: int = 1) -> List[Case
 
 
 # ---------------------------------------------------------------- one case
+StepOutput = Tuple[np.ndarray, float, Optional[float]]  # (mask (K, J, I) uint8, latency s, encoder s or None)
+
+
 class _ModelMethod:
-    """The model behind the public session API; clicks go in as RAS mm."""
+    """The model behind the public session API; clicks and boxes go in as RAS mm."""
 
     name = "model"
 
@@ -324,10 +370,25 @@ class _ModelMethod:
         session.set_volume(image)
         session.wait_until_ready()
 
-    def step(self, index_kji: IndexKJI, point_ras: np.ndarray, positive: bool) -> Tuple[np.ndarray, float, Optional[float]]:
+    def step(self, index_kji: IndexKJI, point_ras: np.ndarray, positive: bool) -> StepOutput:
         start = time.perf_counter()
         self.session.add_click(point_ras, positive)
+        return self._output(time.perf_counter() - start)
+
+    def box(self, min_ras: np.ndarray, max_ras: np.ndarray) -> StepOutput:
+        """The session's box prompt: it clips the segment to the box and, with no click yet, clicks its centre."""
+        start = time.perf_counter()
+        self.session.set_box(min_ras, max_ras)
+        return self._output(time.perf_counter() - start)
+
+    def release_box(self) -> Tuple[np.ndarray, float]:
+        """Lift the box's clip (the session re-decodes the active ROI without it): (mask, seconds taken)."""
+        start = time.perf_counter()
+        self.session.clear_box()
         latency = time.perf_counter() - start
+        return self.session.mask_array_kji(), latency
+
+    def _output(self, latency: float) -> StepOutput:
         return self.session.mask_array_kji(), latency, float(self.session.last_timing.get("encode_s", 0.0))
 
 
@@ -336,13 +397,39 @@ class _BaselineMethod:
 
     def __init__(self, image: sitk.Image) -> None:
         self.grower = RegionGrowing(image)  # smoothing once per case, not per click
+        self.geometry = VolumeGeometry.from_sitk(image)
         self.clicks: List[Tuple[IndexKJI, bool]] = []
+        self.clip_kji: Optional[np.ndarray] = None
 
-    def step(self, index_kji: IndexKJI, point_ras: np.ndarray, positive: bool) -> Tuple[np.ndarray, float, Optional[float]]:
+    def step(self, index_kji: IndexKJI, point_ras: np.ndarray, positive: bool) -> StepOutput:
         self.clicks.append((index_kji, positive))
         start = time.perf_counter()
         mask = self.grower.segment(self.clicks)
+        if self.clip_kji is not None:
+            mask &= self.clip_kji
         return mask, time.perf_counter() - start, None
+
+    def box(self, min_ras: np.ndarray, max_ras: np.ndarray) -> StepOutput:
+        """Region growing has no box input: it gets what the session makes of a box — a positive seed at the
+        voxel nearest the box's centre when there is no positive click yet, and the mask clipped to the box
+        (voxel centres inside it) from then on."""
+        full = tuple((0, n) for n in self.geometry.shape_kji)
+        self.clip_kji = self.geometry.box_mask_kji(full, min_ras, max_ras).astype(np.uint8)  # type: ignore[arg-type]
+        if not any(positive for _, positive in self.clicks):
+            centre_ijk = self.geometry.ras_to_ijk(((np.asarray(min_ras) + np.asarray(max_ras)) / 2)[None])[0]
+            limit = np.array(self.geometry.shape_kji[::-1]) - 1
+            centre_kji = tuple(int(v) for v in np.clip(np.rint(centre_ijk), 0, limit)[::-1])
+            self.clicks.append((centre_kji, True))  # type: ignore[arg-type]
+        start = time.perf_counter()
+        mask = self.grower.segment(self.clicks) & self.clip_kji
+        return mask, time.perf_counter() - start, None
+
+    def release_box(self) -> Tuple[np.ndarray, float]:
+        """Stop clipping to the box; the box's seed click stays: (mask, seconds taken)."""
+        self.clip_kji = None
+        start = time.perf_counter()
+        mask = self.grower.segment(self.clicks)
+        return mask, time.perf_counter() - start
 
 
 def _run_protocol(
@@ -429,6 +516,17 @@ def simulate_case(
 
 
 # ---------------------------------------------------------------- many cases
+def resolve_model(model_source: Any, device: str = "cpu") -> Tuple[Any, str]:
+    """``(model or None, name)`` from a registry name / checkpoint path (loaded), a loaded model, or None."""
+    if model_source is None:
+        return None, "none"
+    if isinstance(model_source, (str, Path)):
+        from .model import load_model
+
+        return load_model(model_source, device=device), str(model_source)
+    return model_source, str(getattr(model_source, "model_id", type(model_source).__name__))
+
+
 def evaluate_cases(
     cases: Sequence[Case],
     model_source: Any = "default",
@@ -453,14 +551,7 @@ def evaluate_cases(
         baseline_clicks: "shared" or "own", see :func:`simulate_case`.
         model_name: name recorded in the results (default: the source's name or ``model_id``).
     """
-    if model_source is None:
-        model, name = None, "none"
-    elif isinstance(model_source, (str, Path)):
-        from .model import load_model
-
-        model, name = load_model(model_source, device=device), str(model_source)
-    else:
-        model, name = model_source, str(getattr(model_source, "model_id", type(model_source).__name__))
+    model, name = resolve_model(model_source, device)
     result = EvaluationResult(model=model_name or name, num_clicks=num_clicks,
                               baseline_clicks=baseline_clicks if model is not None else "own")
     total = max(len(cases), 1)
