@@ -120,17 +120,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = None if no_model else load_model_verbose(args.model, args.device)
     rule = "each label value" if args.each_label else (
         f"label {args.label}" if args.label is not None else "label > 0 (or the manifest's value)")
-    print(f"{len(cases)} target(s), {args.clicks} simulated clicks each; target: {rule}")
-    progress, close = make_progress("evaluate")
+    print(f"{len(cases)} target(s); target: {rule}")
+    written: list[Path] = []
+    if args.protocol in ("clicks", "both"):
+        print(f"click protocol: {args.clicks} simulated clicks per target")
+        progress, close = make_progress("evaluate")
+        try:
+            result = evaluate_cases(cases, model, args.clicks, progress=progress, with_baseline=not args.no_baseline,
+                                    baseline_clicks=args.baseline_clicks or "shared",
+                                    model_name=None if no_model else args.model)
+        finally:
+            close()
+        written.extend(write_results(result, args.out, plot=not args.no_plot).values())
+        print_summary(result)
+    if args.protocol in ("cvpr25", "both"):
+        written.extend(_evaluate_cvpr25(args, cases, model, no_model))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _evaluate_cvpr25(args: argparse.Namespace, cases, model, no_model: bool) -> list[Path]:
+    """The CVPR 2025 challenge's protocol (box, then 5 clicks; DSC/NSD per step, AUCs); cvpr25_* files."""
+    from .cvpr25 import NUM_CLICKS, evaluate_cvpr25, format_table, write_cvpr25_results
+
+    print(f"CVPR25 protocol: box, then {NUM_CLICKS} clicks per target (box mode {args.box_mode})")
+    progress, close = make_progress("evaluate cvpr25")
     try:
-        result = evaluate_cases(cases, model, args.clicks, progress=progress, with_baseline=not args.no_baseline,
-                                baseline_clicks=args.baseline_clicks, model_name=None if no_model else args.model)
+        result = evaluate_cvpr25(cases, model, progress=progress, with_baseline=not args.no_baseline,
+                                 baseline_clicks=args.baseline_clicks or "own",
+                                 model_name=None if no_model else args.model, box_mode=args.box_mode)
     finally:
         close()
-    paths = write_results(result, args.out, plot=not args.no_plot)
-    print_summary(result)
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    print(format_table(result))
+    return list(write_cvpr25_results(result, args.out).values())
 
 
 def print_summary(result) -> None:
@@ -235,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path,
                    help="folder of <case>/image.* + label.* folders, or a CSV manifest image,label[,label_value]")
     p.add_argument("--model", default="default", help="registry name, checkpoint path, or 'none' (baseline only)")
-    p.add_argument("--clicks", type=int, default=10, help="clicks per case (default 10)")
+    p.add_argument("--clicks", type=int, default=10, help="clicks per case in the click protocol (default 10)")
     p.add_argument("--out", type=Path, default=Path("samvolseg-eval"), help="output folder")
     p.add_argument("--label", type=int, default=None,
                    help="target label value for cases whose manifest row gives none (default: label > 0, all "
@@ -245,8 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-voxels", type=int, default=20, help="with --each-label: skip smaller structures")
     p.add_argument("--cases", default=None, help="comma-separated case names to evaluate (default: all)")
     p.add_argument("--no-baseline", action="store_true", help="skip the region-growing baseline")
-    p.add_argument("--baseline-clicks", choices=["shared", "own"], default="shared",
-                   help="baseline gets the model's clicks (shared, default) or clicks from its own errors (own)")
+    p.add_argument("--baseline-clicks", choices=["shared", "own"], default=None,
+                   help="baseline gets the model's clicks (shared) or clicks from its own errors (own); default: "
+                        "shared for the click protocol, own for cvpr25 (the challenge scores each method on its own "
+                        "errors)")
+    p.add_argument("--protocol", choices=["clicks", "cvpr25", "both"], default="clicks",
+                   help="clicks: --clicks clicks from the target's deepest point (clicks.csv, summary.json); "
+                        "cvpr25: the CVPR 2025 interactive challenge's box + 5 clicks with DSC/NSD (2 mm) per step "
+                        "and their AUCs (cvpr25_steps.csv, cvpr25_cases.csv, cvpr25_summary.json); both: both")
+    p.add_argument("--box-mode", choices=["initial", "clip"], default="initial",
+                   help="cvpr25: the session clips the mask to the challenge's box; initial: lift the clip before "
+                        "the first click (the box is only a hint there, default), clip: keep it for every step")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.set_defaults(func=cmd_evaluate)
 
