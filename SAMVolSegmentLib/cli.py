@@ -1,29 +1,31 @@
-"""``samvolseg``: click segmentation, evaluation and model management from a terminal.
+"""``samvolseg``: click segmentation, evaluation, a self-contained demo, training and model management.
 
 Subcommands: ``segment`` (prompts from a file → mask file), ``evaluate`` (simulated clicks on labelled cases),
-``demo`` (the shipped spleen CT), ``models list`` / ``models download NAME``; modules listed in
-``EXTENSION_MODULES`` add more (``train``, ``finetune``) through ``register_cli(subparsers)``.
-Progress bars (tqdm, when installed) live only here; the engine reports ``progress(fraction, message)``.
-Exit codes: 0 success, 2 bad input or unavailable model (message on stderr), 130 interrupted.
+``demo`` (a generated CT phantom, or your own case), ``models list`` / ``models download NAME``, and
+``train`` / ``finetune`` (defined in :mod:`SAMVolSegmentLib.training`). An image argument is a file (NIfTI, NRRD, MHA...) or a DICOM series folder.
+Progress bars (tqdm) are drawn only on a terminal; elsewhere (logs, CI) progress is a few plain lines. The
+engine itself only reports ``progress(fraction, message)``.
+Exit codes: 0 success, 2 bad input or unavailable model/device (one line on stderr), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InvalidPromptError, SAMVolSegmentError
+from .errors import InvalidImageError, InvalidPromptError, ModelNotAvailableError, SAMVolSegmentError
 
-#: Modules that add subcommands via ``register_cli(subparsers)``; a missing or broken one never breaks the rest.
-EXTENSION_MODULES: List[str] = ["SAMVolSegmentLib.training"]
 MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DEMO_MASK = "demo_mask.nii.gz"
+DEMO_OVERLAY = "demo_overlay.png"
+DEVICE_HELP = "torch device: cpu (default), cuda, cuda:1, mps; also accepted before the subcommand"
+IMAGE_HELP = "image file (NIfTI, NRRD, MHA...) or a folder holding one DICOM series"
+SERIES_HELP = "DICOM series instance UID, when the image folder holds several series"
 
 
 # ---------------------------------------------------------------- helpers
@@ -37,21 +39,58 @@ def load_model_verbose(model: str, device: str):
     return loaded
 
 
-def make_progress(description: str) -> Tuple[Callable[[float, str], None], Callable[[], None]]:
-    """A ``progress(fraction, message)`` callback and a ``close()``: a tqdm bar, or plain lines without tqdm."""
+def _check_device(device: str) -> None:
+    """Refuse a torch device this machine cannot use, in one line, before any model is built.
+
+    Raises:
+        ModelNotAvailableError: not a device name, or a device that this torch build or machine lacks.
+    """
+    import torch
+
     try:
-        from tqdm import tqdm
-    except ImportError:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ModelNotAvailableError(f"--device {device!r} is not a torch device ({exc}); use cpu, cuda, cuda:N or mps.") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            built = "was built without CUDA" if torch.version.cuda is None else "finds no CUDA GPU"
+            raise ModelNotAvailableError(f"--device {device} is not available: this torch ({torch.__version__}) {built}; "
+                                         "use --device cpu, or install a CUDA build of torch on a GPU machine.")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ModelNotAvailableError(f"--device {device} is not available: this machine has "
+                                         f"{torch.cuda.device_count()} CUDA device(s), cuda:0..; pick one of them.")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelNotAvailableError(f"--device {device} is not available (MPS needs Apple silicon and a torch built "
+                                     "with MPS); use --device cpu.")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ModelNotAvailableError(f"--device {device} is not supported; use cpu, cuda, cuda:N or mps.")
+
+
+def make_progress(description: str, stream=None) -> Tuple[Callable[[float, str], None], Callable[[], None]]:
+    """A ``progress(fraction, message)`` callback and a ``close()``.
+
+    A tqdm bar when ``stream`` (default stderr) is a terminal and tqdm is installed; otherwise at most ~11
+    plain lines on stdout (one per 10 %), which read well in logs and CI output.
+    """
+    stream = sys.stderr if stream is None else stream
+    tqdm = None
+    if hasattr(stream, "isatty") and stream.isatty():
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            pass
+    if tqdm is None:
         last = [-1]
 
         def plain(fraction: float, message: str) -> None:
-            percent = int(fraction * 100)
-            if percent // 10 != last[0] // 10 or fraction >= 1.0:  # at most ~10 lines
+            percent = int(min(max(fraction, 0.0), 1.0) * 100)
+            if percent // 10 != last[0] // 10 or (fraction >= 1.0 and last[0] < 100):
                 last[0] = percent
                 print(f"{description}: {percent:3d}% {message}", flush=True)
 
         return plain, (lambda: None)
-    bar = tqdm(total=100, desc=description, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+    bar = tqdm(total=100, desc=description, file=stream,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
     def update(fraction: float, message: str) -> None:
         bar.n = min(max(fraction, 0.0), 1.0) * 100
@@ -66,22 +105,43 @@ def _check_mask_path(path: Path) -> None:
         raise InvalidPromptError(f"Output {path} needs one of the extensions {', '.join(MASK_SUFFIXES)}.")
 
 
+def read_volume(path, series: Optional[str] = None):
+    """Read an image (file or DICOM series folder) and check it is one 3D scalar volume.
+
+    Runs before any model is loaded, so a wrong image costs no model loading time.
+
+    Raises:
+        InvalidImageError: unreadable, or not a 3D scalar volume (the message says what to give instead).
+    """
+    from .preprocessing import read_image
+
+    image = read_image(path, series_uid=series)
+    if image.GetDimension() != 3:
+        raise InvalidImageError(f"{path} is a {image.GetDimension()}D image; give one 3D volume (for a 4D series, "
+                                "extract one time point first; a single 2D slice cannot be segmented in 3D).")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InvalidImageError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+                                "(vector/RGB image); extract one channel or convert it to grey first.")
+    return image
+
+
 # ---------------------------------------------------------------- segment
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment one image from a prompt file and write the mask with the image's geometry (atomically)."""
     from .io_utils import write_image
-    from .preprocessing import read_image
     from .prompts_io import read_prompts
     from .session import InteractiveSession
 
     output = Path(args.output)
     _check_mask_path(output)
-    prompts = read_prompts(args.points)
+    # A --box on the command line is a valid prompt on its own, so the file may then hold only negatives.
+    prompts = read_prompts(args.points, require_positive=args.box is None)
     box = prompts.box_ras
     if args.box is not None:
         corners = np.asarray(args.box, dtype=np.float64).reshape(2, 3)
         box = (corners.min(axis=0), corners.max(axis=0))
-    image = read_image(args.image)
+    image = read_volume(args.image, args.series)
+    _check_device(args.device)
     model = load_model_verbose(args.model, args.device)
     start = time.perf_counter()
     with InteractiveSession(model) as session:
@@ -117,6 +177,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     no_model = str(args.model).lower() == "none"
     if no_model and args.no_baseline:
         raise InvalidPromptError("--model none with --no-baseline leaves nothing to evaluate.")
+    if not no_model:
+        _check_device(args.device)
     model = None if no_model else load_model_verbose(args.model, args.device)
     rule = "each label value" if args.each_label else (
         f"label {args.label}" if args.label is not None else "label > 0 (or the manifest's value)")
@@ -131,7 +193,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                     model_name=None if no_model else args.model)
         finally:
             close()
-        written.extend(write_results(result, args.out, plot=not args.no_plot).values())
+        written.extend(write_results(result, args.output, plot=not args.no_plot).values())
         print_summary(result)
     if args.protocol in ("cvpr25", "both"):
         written.extend(_evaluate_cvpr25(args, cases, model, no_model))
@@ -152,7 +214,7 @@ def _evaluate_cvpr25(args: argparse.Namespace, cases, model, no_model: bool) -> 
     finally:
         close()
     print(format_table(result))
-    return list(write_cvpr25_results(result, args.out).values())
+    return list(write_cvpr25_results(result, args.output).values())
 
 
 def print_summary(result) -> None:
@@ -169,22 +231,26 @@ def print_summary(result) -> None:
 
 # ---------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Click-segment the shipped spleen CT with simulated clicks; print Dice against its reference."""
+    """Click-segment a generated CT phantom (or the user's case) with simulated clicks; Dice per click."""
     from .evaluation import Case, EvaluationResult, simulate_case, write_results
     from .io_utils import write_image
-    from .samples import DEMO_SAMPLE, sample_dir
     from .session import InteractiveSession
 
     if not 1 <= args.clicks <= 20:
         raise InvalidPromptError("--clicks must be between 1 and 20.")
-    folder = sample_dir(DEMO_SAMPLE)
-    case = Case(DEMO_SAMPLE, folder / "image.nii.gz", folder / "label.nii.gz")
+    if (args.image is None) != (args.label is None):
+        raise InvalidPromptError("--image and --label go together: give both (your own case) or neither (phantom).")
     out = Path(args.output)
-    print(f"Demo: {DEMO_SAMPLE} — abdominal CT with a manual spleen label (Medical Segmentation Decathlon, "
-          f"CC BY-SA 4.0; see {folder / 'README.md'}).")
-    print(f"The clicks are SIMULATED from the reference label: click 1 at the spleen's deepest point, then up to "
+    if args.image is None:
+        case = _demo_phantom_case(out, args.target, args.seed)
+    else:
+        case = Case(Path(args.image).name, Path(args.image), Path(args.label), args.label_value)
+        print(f"Demo on your case: {args.image} with reference {args.label} "
+              f"(target: {'label > 0' if args.label_value is None else f'label {args.label_value}'}).")
+    print(f"The clicks are SIMULATED from the reference label: click 1 at the target's deepest point, then up to "
           f"{args.clicks - 1} more, each at the centre of the largest error (+ for a miss, - for a false "
           "positive). The region-growing baseline gets the same clicks.")
+    _check_device(args.device)
     model = load_model_verbose(args.model, args.device)
     with InteractiveSession(model) as session:
         rows = simulate_case(session, case, args.clicks)
@@ -194,20 +260,81 @@ def cmd_demo(args: argparse.Namespace) -> int:
             base = next(r for r in rows if r.method == "baseline" and r.click == row.click)
             sign = {True: "+", False: "-", None: " "}[row.positive]
             where = f"RAS ({row.r:.1f}, {row.a:.1f}, {row.s:.1f})" if row.placed else "no click: already exact"
-            print(f"click {row.click} {sign} {where}: Dice {row.dice:.3f} ({row.latency_s * 1000:.0f} ms)   "
+            print(f"click {row.click} {sign} {where}: model Dice {row.dice:.3f} ({row.latency_s * 1000:.0f} ms)   "
                   f"baseline Dice {base.dice:.3f}")
-        write_image(session.mask(), out / DEMO_MASK)
+        mask = session.mask()
+    written = [write_image(mask, out / DEMO_MASK)]
     result = EvaluationResult(model=args.model, num_clicks=args.clicks, rows=rows)
-    paths = write_results(result, out)
+    written.extend(write_results(result, out).values())
+    overlay = _write_overlay(case, mask, out / DEMO_OVERLAY)
+    if overlay is not None:
+        written.append(overlay)
     print(f"wrote {out / DEMO_MASK} (the model's mask after the last click) and "
-          + ", ".join(str(p) for p in paths.values()))
+          + ", ".join(str(p) for p in written[1:]))
     return 0
+
+
+def _demo_phantom_case(out: Path, target: str, seed: int):
+    """Generate the phantom into ``out/phantom`` and describe it; the evaluation case for ``target``."""
+    from .evaluation import Case
+    from .phantom import DEFAULT_SPACING, PHANTOM_LABELS, write_phantom
+
+    start = time.perf_counter()
+    image_path, label_path = write_phantom(out / "phantom", seed=seed)
+    spacing = " x ".join(f"{v:g}" for v in DEFAULT_SPACING)
+    print(f"Demo data: a synthetic abdominal CT phantom (seed {seed}, {spacing} mm voxels, HU) and its reference "
+          f"label map, generated in {time.perf_counter() - start:.1f} s into {image_path.parent} - nothing is "
+          "downloaded.")
+    print(f"Target: {target} (label {PHANTOM_LABELS[target]}); the spleen touches the left kidney, the splenic "
+          "vein (both of similar brightness), a rib and the colon.")
+    return Case(f"phantom_{target}", image_path, label_path, PHANTOM_LABELS[target])
+
+
+def _write_overlay(case, mask, path: Path) -> Optional[Path]:
+    """A PNG of three axial slices through the target: reference contour green, model mask red (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: no overlay PNG (install matplotlib: pip install 'samvolsegment[eval]')")
+        return None
+    import SimpleITK as sitk
+
+    from .evaluation import load_target
+    from .io_utils import atomic_path
+
+    image, target = load_target(case)
+    hu = sitk.GetArrayViewFromImage(image)
+    predicted = sitk.GetArrayViewFromImage(mask) > 0
+    slices = np.nonzero(target.any(axis=(1, 2)))[0]
+    chosen = sorted({int(slices[int(round(q * (len(slices) - 1)))]) for q in (0.25, 0.5, 0.75)})
+    if float(hu.min()) < -500:  # CT in HU: the usual soft-tissue window (level 50, width 400)
+        level, width = 50.0, 400.0
+    else:  # MR or other units: a window around the target's intensities
+        low, high = np.percentile(hu[target > 0], [1, 99])
+        level, width = (low + high) / 2, max(high - low, 1.0) * 3
+    figure, axes = plt.subplots(1, len(chosen), figsize=(5 * len(chosen), 5), squeeze=False)
+    aspect = image.GetSpacing()[1] / image.GetSpacing()[0]
+    for axis, k in zip(axes[0], chosen):
+        axis.imshow(hu[k], cmap="gray", vmin=level - width / 2, vmax=level + width / 2, aspect=aspect)
+        if target[k].any():
+            axis.contour(target[k], levels=[0.5], colors="lime", linewidths=1.0)
+        if predicted[k].any():
+            axis.contour(predicted[k], levels=[0.5], colors="red", linewidths=1.0)
+        axis.set_title(f"slice {k}: reference (green), model (red)")
+        axis.axis("off")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=80)
+    plt.close(figure)
+    return path
 
 
 # ---------------------------------------------------------------- models
 def cmd_models(args: argparse.Namespace) -> int:
     """``models list``: registry and local availability; ``models download NAME``: fetch into the cache dir."""
-    from .errors import ModelNotAvailableError
     from .weights import cache_dir, download_model, list_models, resolve_model_path
 
     if args.action == "list":
@@ -220,6 +347,9 @@ def cmd_models(args: argparse.Namespace) -> int:
             size = f"{spec.size_bytes / 1e6:.0f} MB" if spec.size_bytes else "bundled"
             print(f"{spec.name:<18} {size:>8}  {spec.description} [{spec.licence}]\n{'':<18} {where}")
         return 0
+    downloadable = sorted(spec.name for spec in list_models() if spec.url)
+    if args.name not in downloadable:  # refuse before any progress output
+        raise ModelNotAvailableError(f"{args.name!r} is not a downloadable model; choose one of {downloadable}.")
     progress, close = make_progress(f"download {args.name}")
     try:
         path = download_model(args.name, progress=progress)
@@ -230,35 +360,65 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- parser
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where the help text already names it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a subcommand sets args.device only when the flag is given after it, so
+    # "samvolseg --device cuda segment ..." and "samvolseg segment ... --device cuda" both work.
+    parser.add_argument("--device", default=argparse.SUPPRESS, help=DEVICE_HELP)
+
+
+def _add_output(parser: argparse.ArgumentParser, default: Optional[Path], help_text: str) -> None:
+    parser.add_argument("--output", "-o", type=Path, default=default, required=default is None, help=help_text)
+    # The old spelling of the output folder flag, kept working but no longer advertised.
+    parser.add_argument("--out", dest="output", type=Path, help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The full parser, with the subcommands of the importable ``EXTENSION_MODULES``."""
-    parser = argparse.ArgumentParser(prog="samvolseg", description=__doc__.split("\n\n")[0].replace("``", ""))
-    parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps")
+    """The full parser: every subcommand with its options and help."""
+    parser = argparse.ArgumentParser(prog="samvolseg", description=__doc__.split("\n\n")[0].replace("``", ""),
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("segment", help="segment an image from clicks in a file",
-                       description="Segment IMAGE from the clicks in --points and write the mask with IMAGE's geometry.")
-    p.add_argument("image", help="image file (NIfTI, NRRD, MHA...)")
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
+
+    p = add("segment", help="segment an image from clicks in a file",
+            description="Segment IMAGE from the clicks in --points and write the mask with IMAGE's geometry.")
+    p.add_argument("image", help=IMAGE_HELP)
     p.add_argument("--points", required=True,
                    help="Slicer .mrk.json (LPS or RAS; negative = point list/label/description starting with 'neg'), "
                         "JSON {'points': [{'ras': [r,a,s], 'positive': true}], 'box_ras': [[..],[..]]} "
-                        "or CSV r,a,s,positive; RAS mm")
-    p.add_argument("--output", required=True, help=f"mask file; format from the extension ({', '.join(MASK_SUFFIXES)})")
+                        "or CSV r,a,s,positive; RAS mm; at least one positive point (or a box)")
+    _add_output(p, None, f"mask file; format from the extension ({', '.join(MASK_SUFFIXES)})")
     p.add_argument("--box", nargs=6, type=float, metavar=("R0", "A0", "S0", "R1", "A1", "S1"),
                    help="box prompt: two opposite corners in RAS mm (overrides a box in --points)")
+    p.add_argument("--series", default=None, help=SERIES_HELP)
     p.add_argument("--model", default="default", help="registry name (samvolseg models list) or checkpoint path")
+    _add_device(p)
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("evaluate", help="click-simulation evaluation on labelled cases",
-                       description="Simulated clicks (deepest point of the target, then of the largest error) on "
-                                   "labelled cases; Dice and HD95 after each click for the model and a "
-                                   "region-growing baseline; writes clicks.csv, summary.json, dice_vs_clicks.png.")
+    p = add("evaluate", help="click-simulation evaluation on labelled cases",
+            description="Simulated clicks (deepest point of the target, then of the largest error) on labelled "
+                        "cases; Dice and HD95 after each click for the model and a region-growing baseline; "
+                        "writes clicks.csv, summary.json, dice_vs_clicks.png.")
     p.add_argument("data", type=Path,
-                   help="folder of <case>/image.* + label.* folders, or a CSV manifest image,label[,label_value]")
+                   help="folder of <case>/image.* + label.* folders (image may be a DICOM series folder), or a CSV "
+                        "manifest image,label[,label_value]")
     p.add_argument("--model", default="default", help="registry name, checkpoint path, or 'none' (baseline only)")
-    p.add_argument("--clicks", type=int, default=10, help="clicks per case in the click protocol (default 10)")
-    p.add_argument("--out", type=Path, default=Path("samvolseg-eval"), help="output folder")
+    p.add_argument("--clicks", type=int, default=10, help="clicks per case in the click protocol")
+    _add_output(p, Path("samvolseg-eval"), "output folder")
     p.add_argument("--label", type=int, default=None,
                    help="target label value for cases whose manifest row gives none (default: label > 0, all "
                         "structures as one target)")
@@ -279,42 +439,57 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cvpr25: the session clips the mask to the challenge's box; initial: lift the clip before "
                         "the first click (the box is only a hint there, default), clip: keep it for every step")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    _add_device(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="segment the shipped spleen CT with simulated clicks",
-                       description="Segment the shipped spleen CT with clicks simulated from its reference label; "
-                                   "print Dice per click next to the baseline's and write the mask.")
+    from .phantom import DEFAULT_TARGET, PHANTOM_LABELS
+
+    p = add("demo", help="segment a generated CT phantom with simulated clicks (no data needed)",
+            description="Generate a CT-like abdominal phantom with its reference label map (deterministic, "
+                        "offline), segment the target with clicks simulated from the reference, print Dice per "
+                        "click next to a region-growing baseline on the same clicks, and write the mask, the "
+                        "per-click CSV/JSON, a Dice-vs-clicks plot and an overlay PNG. --image/--label run the "
+                        "same on your own case.")
     p.add_argument("--model", default="default", help="registry name or checkpoint path")
-    p.add_argument("--clicks", type=int, default=5, help="1 click, then up to this many in total (default 5)")
-    p.add_argument("--output", default="samvolseg-demo", help=f"output folder for {DEMO_MASK} and the plot")
+    p.add_argument("--clicks", type=int, default=5, help="1 click, then up to this many in total (1-20)")
+    _add_output(p, Path("samvolseg-demo"), f"output folder for the phantom, {DEMO_MASK}, the plots and tables")
+    p.add_argument("--target", choices=sorted(PHANTOM_LABELS), default=DEFAULT_TARGET,
+                   help="phantom structure to segment")
+    p.add_argument("--seed", type=int, default=0, help="phantom seed (surface shapes, bowel, noise)")
+    p.add_argument("--image", default=None, help="your own image instead of the phantom (file or DICOM folder)")
+    p.add_argument("--label", default=None, help="with --image: its reference label map on the same grid")
+    p.add_argument("--label-value", type=int, default=None,
+                   help="with --label: the target's label value (default: label > 0)")
+    _add_device(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("models", help="list or download models")
+    p = add("models", help="list or download models")
     models = p.add_subparsers(dest="action", metavar="ACTION")
     models.required = True
     models.add_parser("list", help="registered models and whether they are on this machine")
     download = models.add_parser("download", help="download a registered model into the cache dir")
-    download.add_argument("name", help="e.g. sam-med3d-turbo")
+    download.add_argument("name", help="e.g. sam-med3d-turbo (samvolseg models list)")
     p.set_defaults(func=cmd_models)
 
-    for name in EXTENSION_MODULES:
-        register_extension(name, sub)
+    # train / finetune: their options live with the training code. A plain import: if it is broken, the
+    # traceback says so instead of the commands silently disappearing.
+    from .training import register_cli
+
+    register_cli(sub)
     return parser
 
 
-def register_extension(module_name: str, subparsers) -> bool:
-    """Import ``module_name`` and let it add subcommands; False (with a note on stderr if broken) on failure."""
+def version_text() -> str:
+    """``samvolseg X (torch Y, Python Z)``; torch's version read without importing it (fast)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
     try:
-        module = importlib.import_module(module_name)
-        module.register_cli(subparsers)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            print(f"samvolseg: note: commands of {module_name} unavailable ({exc})", file=sys.stderr)
-        return False
-    except Exception as exc:  # a broken optional module must not break the other commands
-        print(f"samvolseg: note: commands of {module_name} unavailable ({type(exc).__name__}: {exc})", file=sys.stderr)
-        return False
-    return True
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "not installed"
+    return f"samvolseg {__version__} (torch {torch_version}, Python {sys.version.split()[0]})"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -44,16 +44,54 @@ class ModelVolume:
     grid: ModelGrid
 
 
-def read_image(path: Union[str, Path]) -> sitk.Image:
-    """Read an image file with SimpleITK, with an error that says what is wrong."""
+def read_image(path: Union[str, Path], series_uid: Optional[str] = None) -> sitk.Image:
+    """Read an image file, or a folder holding a DICOM series, with errors that say what is wrong.
+
+    Args:
+        path: an image file SimpleITK reads (NIfTI, NRRD, MHA, a single DICOM file...) or a folder of DICOM files.
+        series_uid: for a folder holding several series, the Series Instance UID to read.
+    Raises:
+        InvalidImageError: missing path, unreadable file, a folder without DICOM series, or a folder with several
+            series and no (or an unknown) ``series_uid`` (the message lists the series).
+    """
     path = Path(path)
+    if path.is_dir():
+        return _read_dicom_series(path, series_uid)
     if not path.is_file():
         raise InvalidImageError(f"Image file {path} not found; check the path.")
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InvalidImageError(
-            f"Cannot read {path} as an image ({str(exc).strip().splitlines()[-1]}); give a NIfTI, NRRD or MHA file."
+            f"Cannot read {path} as an image ({str(exc).strip().splitlines()[-1]}); give a NIfTI, NRRD or MHA file "
+            "or a DICOM series folder."
+        ) from exc
+
+
+def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> sitk.Image:
+    """One DICOM series of ``folder`` as a 3D image (slices sorted by position by GDCM)."""
+    series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ())
+    if not series:
+        raise InvalidImageError(
+            f"{folder} is a folder without DICOM series; give an image file, or the folder that holds the .dcm files."
+        )
+    if series_uid is None and len(series) > 1:
+        listing = "; ".join(f"{uid} ({len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))} files)"
+                            for uid in series)
+        raise InvalidImageError(
+            f"{folder} holds {len(series)} DICOM series: {listing}. Choose one (CLI: --series UID)."
+        )
+    uid = series[0] if series_uid is None else series_uid
+    if uid not in series:
+        raise InvalidImageError(f"{folder} has no DICOM series {uid!r}; its series are {', '.join(series)}.")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise InvalidImageError(
+            f"Cannot read DICOM series {uid} in {folder} ({str(exc).strip().splitlines()[-1]}); check that the "
+            "series is complete and uncompressed or in a transfer syntax GDCM reads."
         ) from exc
 
 
