@@ -181,3 +181,131 @@ def engine_import_root(module_dir: str) -> Optional[str]:
         f"SAMVolSegmentLib was not found beside {module_dir} or in its parent folder: reinstall the extension, "
         "or add the repository's SAMVolSegment folder (not a copy of it) to Additional module paths."
     )
+
+
+class InstallError(RuntimeError):
+    """A dependency is missing or failed to install; ``restartRequired`` says whether Slicer must restart."""
+
+    def __init__(self, message: str, restartRequired: bool = False) -> None:
+        super().__init__(message)
+        self.restartRequired = restartRequired
+
+
+def check_dependencies(importable: Callable[[str], bool] = is_importable) -> None:
+    """Raise :class:`InstallError` naming the fix when an engine requirement is missing."""
+    missing = missing_requirements(importable=importable)
+    if not missing:
+        return
+    names = ", ".join(req.import_name for req in missing)
+    if any(req.provider == "pytorch" for req in missing):
+        raise InstallError(
+            f"PyTorch is not installed ({names}). Click 'Install dependencies' (under 'Model and settings'), or "
+            "install the PyTorch extension from the Extensions Manager and use its module to install torch.")
+    raise InstallError(f"Missing Python packages: {names}. Reinstall Slicer: these ship with it.")
+
+
+def python_slicer_executable(which: Callable[[str], Optional[str]] = None, executable: str = "") -> str:
+    """Slicer's command-line Python (``PythonSlicer``), found as ``slicer.util`` finds it for pip.
+
+    Raises:
+        InstallError: it cannot be found.
+    """
+    import shutil
+    import sys
+
+    which = shutil.which if which is None else which
+    found = which("PythonSlicer")
+    if found:
+        return found
+    candidate = os.path.join(os.path.dirname(executable or sys.executable), "PythonSlicer")
+    for path in (candidate, candidate + ".exe"):
+        if os.path.isfile(path):
+            return path
+    raise InstallError("Slicer's PythonSlicer executable was not found: install torch from the PyTorch module "
+                       "(Extensions Manager, 'PyTorch') instead.")
+
+
+def torch_install_commands(python: str) -> List[List[str]]:
+    """The commands that install torch as the PyTorch extension does: light-the-torch picks a build that
+    matches the NVIDIA driver (or the CPU build). Mirrors ``PyTorchUtilsLogic.installTorch`` (SlicerPyTorch)."""
+    return [
+        [python, "-m", "pip", "install", "light-the-torch>=0.5"],
+        [python, "-m", "light_the_torch", "install", f"torch{TORCH_REQUIREMENT}"],
+    ]
+
+
+class TorchInstallJob:
+    """Runs the torch install commands on a background thread, so Slicer stays responsive for minutes.
+
+    The main thread polls ``done``/``lastLine``/``error``; output lines accumulate in ``lines``. A failed
+    command becomes an :class:`InstallError` holding its last output lines (never an escaping
+    ``CalledProcessError``).
+    """
+
+    def __init__(self, commands: Sequence[Sequence[str]], run: Optional[Callable] = None) -> None:
+        import threading
+
+        self.commands = [list(c) for c in commands]
+        self.lines: List[str] = []
+        self.error: Optional[BaseException] = None
+        self._done = threading.Event()
+        self._run = run or self._runCommand
+        self._thread = threading.Thread(target=self._main, name="SAMVolSegment-install", daemon=True)
+
+    @classmethod
+    def fromSlicer(cls, confirm: Callable[[str], bool]) -> Optional[TorchInstallJob]:
+        """A job for this Slicer after the user confirms; None when they decline.
+
+        Raises:
+            InstallError: the PyTorch extension is missing (restart required after installing it).
+        """
+        if not is_importable("PyTorchUtils"):
+            raise InstallError("The PyTorch extension is required: install 'PyTorch' from the Extensions Manager, "
+                               "restart Slicer, then click 'Install dependencies' again.", restartRequired=True)
+        commands = torch_install_commands(python_slicer_executable())
+        if not confirm("PyTorch will be downloaded and installed (this can take several minutes):\n\n"
+                       + "\n".join(" ".join(c) for c in commands)):
+            return None
+        return cls(commands)
+
+    @property
+    def done(self) -> bool:
+        """True once every command finished or one failed."""
+        return self._done.is_set()
+
+    @property
+    def lastLine(self) -> str:
+        """The latest output line (for the status line)."""
+        return self.lines[-1] if self.lines else ""
+
+    def start(self) -> None:
+        """Start the background thread."""
+        self._thread.start()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until done (tests and scripts); returns ``done``."""
+        return self._done.wait(timeout)
+
+    def _main(self) -> None:
+        try:
+            for command in self.commands:
+                code = self._run(command, self.lines.append)
+                if code != 0:
+                    tail = "\n".join(self.lines[-5:])
+                    raise InstallError(f"Installing PyTorch failed ({' '.join(command)} exited with {code}). "
+                                       f"Check the network connection and disk space, then try again.\n\n{tail}")
+        except BaseException as exc:  # delivered to the main thread through ``error``
+            self.error = exc if isinstance(exc, InstallError) else InstallError(f"Installing PyTorch failed: {exc}")
+        finally:
+            self._done.set()
+
+    @staticmethod
+    def _runCommand(command: Sequence[str], onLine: Callable[[str], None]) -> int:
+        import subprocess
+
+        process = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   errors="replace")
+        assert process.stdout is not None
+        for line in process.stdout:
+            onLine(line.rstrip())
+        return process.wait()

@@ -1,24 +1,21 @@
-"""Undo/redo bookkeeping of what the module wrote into the segmentation, one entry per engine step.
+"""What one engine step wrote into the segmentation, kept on that engine step for undo/redo.
 
 The engine undoes its own state (clicks, logits, its mask), but the segmentation can differ from the engine's
-mask: masking, protected or overwritten segments, and pre-existing voxels all shape what was written. So every
-write records the exact before/after content of each box of each segment it touched, and undo/redo restore
-those bytes instead of re-deriving them. One entry here always matches one engine step: the logic pushes only
-after the engine step succeeded and calls ``session.undo()`` / ``session.redo()`` alongside ``undo`` /
-``redo`` here.
+mask: masking, protected or overwritten segments all shape what was written. So every write records the exact
+before/after content of each box of each segment it touched, and undo/redo restore those bytes instead of
+re-deriving them. There is one history, the engine's: the Logic attaches each :class:`EditStep` to the engine
+step it came from (``session.annotate_last_step``), gets it back from ``session.last_annotation`` after
+``undo``/``redo``, and the engine's byte bound counts it (``EditStep.nbytes``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Tuple
 
 import numpy as np
 
 from SAMVolSegmentLib.mask_update import BBoxKJI
-
-#: Entries kept; the engine's own history (``InteractiveSession(max_undo=100)``) is at least this deep.
-DEFAULT_MAX_STEPS = 100
 
 
 @dataclass(frozen=True)
@@ -58,9 +55,13 @@ class Prompt:
     marker_id: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass
 class EditStep:
-    """A prompt and every region it changed."""
+    """A prompt and every region it changed.
+
+    Mutable on purpose: redo shows the prompt's marker again as a new control point, whose ID Slicer
+    generates (``vtkMRMLMarkupsNode::GenerateUniqueControlPointID``), and the next undo must find that one.
+    """
 
     prompt: Prompt
     edits: Tuple[RegionEdit, ...] = ()
@@ -69,67 +70,3 @@ class EditStep:
     def nbytes(self) -> int:
         """Memory held by this step."""
         return sum(edit.nbytes for edit in self.edits)
-
-
-@dataclass
-class EditHistory:
-    """Linear undo/redo of :class:`EditStep` s, bounded in count."""
-
-    max_steps: int = DEFAULT_MAX_STEPS
-    _undo: List[EditStep] = field(default_factory=list)
-    _redo: List[EditStep] = field(default_factory=list)
-
-    @property
-    def can_undo(self) -> bool:
-        """True when there is a step to undo."""
-        return bool(self._undo)
-
-    @property
-    def can_redo(self) -> bool:
-        """True when there is an undone step to redo."""
-        return bool(self._redo)
-
-    @property
-    def steps(self) -> Tuple[EditStep, ...]:
-        """Done steps, oldest first."""
-        return tuple(self._undo)
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by all recorded regions."""
-        return sum(step.nbytes for step in self._undo + self._redo)
-
-    def push(self, step: EditStep) -> int:
-        """Record a new step (drops the redo branch); returns how many of the oldest steps were dropped."""
-        self._undo.append(step)
-        self._redo.clear()
-        dropped = max(0, len(self._undo) - self.max_steps)
-        del self._undo[:dropped]
-        return dropped
-
-    def undo(self) -> Optional[EditStep]:
-        """Move the last step to the redo branch and return it (restore its ``before`` arrays), or None."""
-        if not self._undo:
-            return None
-        step = self._undo.pop()
-        self._redo.append(step)
-        return step
-
-    def redo(self) -> Optional[EditStep]:
-        """Move the last undone step back and return it (write its ``after`` arrays), or None."""
-        if not self._redo:
-            return None
-        step = self._redo.pop()
-        self._undo.append(step)
-        return step
-
-    def undo_all(self) -> List[EditStep]:
-        """Undo every step, newest first (restore their ``before`` arrays in this order); clears redo too."""
-        steps = list(reversed(self._undo))
-        self.clear()
-        return steps
-
-    def clear(self) -> None:
-        """Forget everything (accepting a segment makes its history final)."""
-        self._undo.clear()
-        self._redo.clear()

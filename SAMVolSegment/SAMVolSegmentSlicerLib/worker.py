@@ -114,8 +114,11 @@ class EngineWorker:
                     # On Python < 3.11 this TimeoutError is not the builtin one.
                     return future.result(timeout=poll_s)
                 except FutureTimeoutError:
-                    if future.done():  # fn itself raised a TimeoutError
-                        raise
+                    # Either the wait timed out or fn raised a TimeoutError of its own. The future may also
+                    # have finished between the timeout and this line: then its own outcome is the answer
+                    # (a result, or fn's exception), never the wait's timeout.
+                    if future.done():
+                        return future.result()
                 if process_events is not None:
                     process_events()
                 elapsed = time.monotonic() - start

@@ -1,0 +1,152 @@
+"""In-Slicer self-test: click → segment → undo → redo → box → edit an existing segment → console.
+
+Runs in a real Slicer (ctest ``py_SAMVolSegmentSelfTest``, or *Reload and Test*). Skips itself where torch is
+missing, as SlicerTotalSegmentator's test does, so a CI Slicer without the PyTorch extension stays green.
+Each test runs once: ctest registers this file only.
+"""
+
+from __future__ import annotations
+
+import unittest
+
+import numpy as np
+import slicer
+import vtk
+
+
+def _torchMissing() -> bool:
+    from SAMVolSegmentSlicerLib import dependencies
+
+    return any(req.provider == "pytorch" for req in dependencies.missing_requirements())
+
+
+class SAMVolSegmentSelfTest(unittest.TestCase):
+    """The bundled model on an oblique, parent-transformed phantom with a bright ball."""
+
+    def setUp(self) -> None:
+        if _torchMissing():
+            self.skipTest("PyTorch is not installed: install the PyTorch extension to run this test.")
+        slicer.mrmlScene.Clear()
+        from SAMVolSegment import SAMVolSegmentLogic
+
+        self.logic = SAMVolSegmentLogic()
+        self.logic.processEvents = slicer.app.processEvents
+        self.logic.loadModel("default", "cpu")
+
+    def tearDown(self) -> None:
+        logic = getattr(self, "logic", None)
+        if logic is not None:
+            logic.cleanup()
+
+    @staticmethod
+    def _phantom():
+        """Oblique 1.0×1.2×2.0 mm volume with a bright ball under a rotating + translating parent transform.
+
+        Returns (volumeNode, ball centre in world RAS, ball centre (k, j, i)).
+        """
+        from SAMVolSegment import SAMVolSegmentLogic
+
+        shape_kji = (48, 96, 96)
+        spacing_ijk = np.array([1.0, 1.2, 2.0])
+        k, j, i = np.mgrid[: shape_kji[0], : shape_kji[1], : shape_kji[2]]
+        centre_ijk = np.array([50.0, 44.0, 22.0])
+        dist = np.sqrt(sum(((g - c) * s) ** 2 for g, c, s in zip((i, j, k), centre_ijk, spacing_ijk)))
+        rng = np.random.default_rng(0)
+        voxels = np.where(dist < 18.0, 300.0, 20.0) + rng.normal(0, 5, shape_kji)
+        volumeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "phantom")
+        slicer.util.updateVolumeFromArray(volumeNode, voxels.astype(np.int16))
+        volumeNode.SetSpacing(*spacing_ijk)
+        volumeNode.SetOrigin(-40.0, 25.0, -30.0)
+        angle = np.deg2rad(25.0)
+        rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+        rotation = rotation @ np.array([[1, 0, 0], [0, np.cos(angle / 2), -np.sin(angle / 2)],
+                                        [0, np.sin(angle / 2), np.cos(angle / 2)]])
+        directions = vtk.vtkMatrix4x4()
+        for r in range(3):
+            for c in range(3):
+                directions.SetElement(r, c, rotation[r, c])
+        volumeNode.SetIJKToRASDirectionMatrix(directions)
+        volumeNode.CreateDefaultDisplayNodes()
+        transformNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "parent")
+        transform = vtk.vtkTransform()
+        transform.Translate(12.0, -7.0, 30.0)
+        transform.RotateX(-15.0)
+        transformNode.SetMatrixTransformToParent(transform.GetMatrix())
+        volumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
+        ijkToWorld = SAMVolSegmentLogic.volumeIjkToWorld(volumeNode)
+        centreWorld = (ijkToWorld @ np.append(centre_ijk, 1.0))[:3]
+        return volumeNode, centreWorld, (22, 44, 50)
+
+    def _label(self, segmentationNode, segmentID, volumeNode) -> np.ndarray:
+        return slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentID, volumeNode) > 0
+
+    def test_click_undo_redo_box_and_protect(self) -> None:
+        volumeNode, centreWorld, centreKji = self._phantom()
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+        logic = self.logic
+        segmentID = logic.setTarget(volumeNode, segmentationNode, "")
+
+        # The ball centre in world, computed by Slicer itself, matches the logic's matrix.
+        ijkToRas = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(ijkToRas)
+        localRas = ijkToRas.MultiplyPoint((50.0, 44.0, 22.0, 1.0))[:3]
+        slicerWorld = volumeNode.GetParentTransformNode().GetTransformToParent().TransformPoint(localRas)
+        self.assertTrue(np.allclose(slicerWorld, centreWorld, atol=1e-4))
+
+        logic.addPoint(centreWorld, positive=True)
+        inside = self._label(segmentationNode, segmentID, volumeNode)
+        self.assertTrue(inside[centreKji], "the clicked voxel must be inside the segment")
+        voxels = slicer.util.arrayFromVolume(volumeNode)
+        self.assertGreater(inside.sum(), 100)
+        self.assertGreater(float(np.mean(voxels[inside] > 160)), 0.8)
+        self.assertTrue(logic.canUndo)
+        self.assertTrue({"total_s", "write_s"} <= set(logic.lastTiming))
+
+        logic.undo()
+        self.assertEqual(int(self._label(segmentationNode, segmentID, volumeNode).sum()), 0)
+        logic.redo()
+        self.assertTrue(np.array_equal(self._label(segmentationNode, segmentID, volumeNode), inside))
+
+        # A box around the lower half limits the segment to it.
+        lo, hi = centreWorld - 30.0, centreWorld + 30.0
+        hi[2] = centreWorld[2]
+        logic.setBox(lo, hi)
+        boxed = self._label(segmentationNode, segmentID, volumeNode)
+        self.assertLess(boxed.sum(), inside.sum())
+
+        # Next segment under Protect: the first one never changes, the second does not take its voxels.
+        logic.acceptSegment()
+        secondID = logic.setTarget(volumeNode, segmentationNode, "")
+        self.assertNotEqual(secondID, segmentID)
+        logic.addPoint(centreWorld, positive=True)
+        self.assertTrue(np.array_equal(self._label(segmentationNode, segmentID, volumeNode), boxed))
+        second = self._label(segmentationNode, secondID, volumeNode)
+        self.assertFalse(np.any(second & boxed))
+
+    def test_edit_existing_segment_negative_click_removes_voxels(self) -> None:
+        volumeNode, centreWorld, centreKji = self._phantom()
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "existing")
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        existing = np.zeros(slicer.util.arrayFromVolume(volumeNode).shape, np.uint8)
+        k, j, i = centreKji
+        existing[k - 4:k + 4, j - 10:j + 10, i - 10:i + 10] = 1
+        segmentID = segmentationNode.GetSegmentation().AddEmptySegment("existing")
+        slicer.util.updateSegmentBinaryLabelmapFromArray(existing, segmentationNode, segmentID, volumeNode)
+        self.logic.setTarget(volumeNode, segmentationNode, segmentID)
+        self.logic.addPoint(centreWorld, positive=False)
+        after = self._label(segmentationNode, segmentID, volumeNode)
+        self.assertFalse(after[centreKji], "a negative click on an existing segment removes its voxels there")
+        self.logic.undo()
+        self.assertTrue(np.array_equal(self._label(segmentationNode, segmentID, volumeNode), existing > 0))
+
+    def test_console_segment_volume(self) -> None:
+        volumeNode, centreWorld, centreKji = self._phantom()
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "console")
+        segmentID = self.logic.segmentVolume(volumeNode, segmentationNode, [centreWorld], [1], segmentName="ball")
+        self.assertEqual(segmentationNode.GetSegmentation().GetSegment(segmentID).GetName(), "ball")
+        self.assertTrue(self._label(segmentationNode, segmentID, volumeNode)[centreKji])
+
+
+def runTest() -> None:
+    """Entry point for Slicer's ``--python-code`` style runners."""
+    unittest.main(module=__name__, exit=False)

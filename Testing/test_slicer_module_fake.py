@@ -1,0 +1,343 @@
+"""SAMVolSegment.py's Widget and Logic against a stand-in of the Slicer API (``slicer_fake``), on the real engine.
+
+The engine is a real ``InteractiveSession`` with a transparent model (mask prompt ± balls around clicks), so
+these tests cover the Logic ↔ session-protocol path too. Each of the six definite bugs of issue 9 has a test
+here that fails on the module as it was (SAMVolSegment.py before the Logic owned a step).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import types
+import unittest
+
+import numpy as np
+import pytest
+import slicer_fake
+from test_session_initial_mask import BallModel
+
+from SAMVolSegmentLib.session import InteractiveSession
+
+SHAPE = (30, 30, 30)
+
+
+def ijk_to_ras(offset: float = -15.0) -> np.ndarray:
+    matrix = np.eye(4)
+    matrix[:3, 3] = offset
+    return matrix
+
+
+def ball_session(*_args) -> InteractiveSession:
+    return InteractiveSession(BallModel(), auto_extend=False)
+
+
+@pytest.fixture
+def env():
+    slicer = slicer_fake.install()
+    import SAMVolSegment as module
+
+    env = types.SimpleNamespace(slicer=slicer, module=module, scene=slicer.mrmlScene, widgets=[])
+    env.volume = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
+    env.volume.setArray(np.random.default_rng(0).normal(100, 10, SHAPE).astype(np.float32), ijk_to_ras())
+
+    def make_widget(factory=ball_session):
+        widget = module.SAMVolSegmentWidget()
+        widget.setup()
+        widget.enter()
+        widget.logic.sessionFactory = factory
+        env.widgets.append(widget)
+        return widget
+
+    env.make_widget = make_widget
+    yield env
+    for widget in env.widgets:
+        widget.cleanup()
+
+
+def state():
+    return slicer_fake.state()
+
+
+def segment_array(env, pn) -> np.ndarray:
+    return pn.segmentationNode.segmentArray(pn.segmentID, SHAPE)
+
+
+CENTRE = np.array([0.0, 0.0, 0.0])  # voxel (15, 15, 15)
+
+
+def assert_clean():
+    assert state().errorsInCallbacks == [], "an exception escaped into a VTK observer or Qt slot"
+    assert state().overrideCursorDepth == 0, "the busy cursor was not restored"
+
+
+# ------------------------------------------------------------------------------------------ bug 1
+def test_failed_click_shows_one_dialog_removes_its_marker_and_escapes_nowhere(env):
+    """tryWithErrorDisplay re-raises (Base/Python/slicer/util.py): the old handlers leaked the exception into
+    the VTK observer, left the locked marker and the progress bar."""
+
+    class FailingSession(InteractiveSession):
+        def add_click(self, point_ras, positive=True):
+            raise RuntimeError("engine failed")
+
+    widget = env.make_widget(lambda *a: FailingSession(BallModel(), auto_extend=False))
+    pn = widget.logic.getParameterNode()
+    widget.onAction("positive")
+    widget.ui.progressBar.show()
+    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    assert_clean()
+    assert len(state().errorDialogs) == 1 and "engine failed" in state().errorDialogs[0]
+    assert pn.positivePoints.GetNumberOfControlPoints() == 0
+    assert not widget.ui.progressBar.visible and not widget.logic.busy and not widget.logic.canUndo
+
+
+def test_model_load_failure_shows_one_dialog(env):
+    def broken(*_args):
+        raise RuntimeError("checkpoint is corrupt")
+
+    widget = env.make_widget(broken)
+    widget.onLoadModel()
+    slicer_fake.placePoint(widget.logic.getParameterNode().positivePoints, CENTRE)
+    assert_clean()
+    assert len(state().errorDialogs) == 2  # one per user action, never two for one
+    assert all("checkpoint is corrupt" in text for text in state().errorDialogs)
+
+
+# ------------------------------------------------------------------------------------------ bug 2
+def test_box_is_sent_only_when_both_corners_are_placed(env):
+    """vtkMRMLMarkupsROINode: two control points, PointPositionDefinedEvent per corner; the first corner
+    leaves a zero size, which the old guard sent ("The ROI box has no volume")."""
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    widget.onAction("box")
+    slicer_fake.placePoint(pn.boxROI, [-6.0, -6.0, -6.0])
+    assert_clean()
+    assert state().errorDialogs == [] and not widget.logic.canUndo
+    slicer_fake.placePoint(pn.boxROI, [6.0, 6.0, 6.0])
+    assert_clean()
+    assert state().errorDialogs == []
+    assert widget.logic.canUndo
+    mask = segment_array(env, pn)
+    assert mask[15, 15, 15] and not mask[2, 2, 2], "the box's centre click segments inside the box only"
+
+
+# ------------------------------------------------------------------------------------------ bug 3
+@pytest.mark.parametrize("existing_segment", [False, True])
+def test_first_click_with_selector_on_none_keeps_its_marker(env, existing_segment):
+    """noneEnabled selector on None: creating and selecting the target emits currentSegmentChanged
+    (qMRMLSegmentSelectorWidget.cxx); the old onSegmentChanged then deleted the point being placed."""
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    if existing_segment:
+        segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+        segmentation.GetSegmentation().AddEmptySegment("", "other")
+        widget.ui.segmentSelector.setCurrentNode(segmentation)
+        assert widget.ui.segmentSelector.currentSegmentID() == ""  # None
+    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    assert_clean()
+    assert state().errorDialogs == []
+    assert pn.positivePoints.GetNumberOfControlPoints() == 1
+    assert pn.positivePoints.GetNthControlPointLocked(0)
+    assert pn.segmentID and widget.ui.segmentSelector.currentSegmentID() == pn.segmentID
+    assert segment_array(env, pn)[15, 15, 15]
+
+
+# ------------------------------------------------------------------------------------------ bug 4
+def test_undo_after_redo_removes_the_recreated_marker(env):
+    """Redo re-creates the control point with a new ID (vtkMRMLMarkupsNode::GenerateUniqueControlPointID)."""
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    widget.onAction("undo")
+    assert pn.positivePoints.GetNumberOfControlPoints() == 0 and not segment_array(env, pn).any()
+    widget.onAction("redo")
+    assert pn.positivePoints.GetNumberOfControlPoints() == 1 and segment_array(env, pn)[15, 15, 15]
+    widget.onAction("undo")
+    assert_clean()
+    assert pn.positivePoints.GetNumberOfControlPoints() == 0
+    assert not segment_array(env, pn).any()
+
+
+# ------------------------------------------------------------------------------------------ bug 5
+def test_volume_change_prepares_the_volume_just_selected(env):
+    """Qt runs slots in connection order: connectGui's handler (which updates the parameter node) runs after
+    the widget's, so the old handler read the previous volume from the parameter node."""
+    widget = env.make_widget()
+    widget.onLoadModel()
+    other = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mr")
+    other.setArray(np.random.default_rng(1).normal(50, 5, (12, 20, 24)).astype(np.float32), ijk_to_ras(-5.0))
+    widget.ui.inputVolumeSelector.setCurrentNode(other)
+    assert_clean()
+    assert widget.logic.session.mask_array_kji().shape == (12, 20, 24)
+
+
+# ------------------------------------------------------------------------------------------ bug 6
+def load_self_test():
+    path = slicer_fake.MODULE_DIR / "Testing" / "Python" / "SAMVolSegmentSelfTest.py"
+    spec = importlib.util.spec_from_file_location("SAMVolSegmentSelfTest", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_self_test_skips_without_torch_and_is_registered_once(env, monkeypatch):
+    from SAMVolSegmentSlicerLib import dependencies
+
+    torch_req = next(r for r in dependencies.ENGINE_REQUIREMENTS if r.provider == "pytorch")
+    monkeypatch.setattr(dependencies, "missing_requirements", lambda *a, **k: [torch_req])
+    module = load_self_test()
+    result = unittest.TestResult()
+    unittest.defaultTestLoader.loadTestsFromTestCase(module.SAMVolSegmentSelfTest).run(result)
+    assert result.testsRun >= 3 and len(result.skipped) == result.testsRun
+    assert not result.errors and not result.failures
+    cmake = "".join(p.read_text() for p in slicer_fake.MODULE_DIR.rglob("CMakeLists.txt"))
+    registered = re.findall(r"slicer_add_python_unittest\(\s*SCRIPT\s+(\S+?)\)", cmake)
+    assert registered == ["SAMVolSegmentSelfTest.py"], registered
+
+
+# ------------------------------------------------------------------------------------------ workflow
+def test_editing_an_existing_segment_negative_click_removes_its_voxels(env):
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentID = segmentation.GetSegmentation().AddEmptySegment("", "liver")
+    cube = np.zeros(SHAPE, np.uint8)
+    cube[4:26, 4:26, 4:26] = 1
+    from SAMVolSegmentSlicerLib import vtk_numpy
+
+    image = vtk_numpy.image_from_array(cube, (0, 0, 0), slicer_fake.vtkOrientedImageData())
+    image.SetImageToWorldMatrix(slicer_fake.vtkMatrixFromArray(ijk_to_ras()))
+    slicer_fake.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(image, segmentation, segmentID, 0)
+    widget.ui.segmentSelector.setCurrentNode(segmentation)
+    widget.ui.segmentSelector.userSelects(segmentID)
+    assert pn.segmentID == segmentID
+    slicer_fake.placePoint(pn.negativePoints, CENTRE)
+    assert_clean()
+    mask = segment_array(env, pn)
+    assert not mask[15, 15, 15] and mask[6, 6, 6], "the click removes voxels there and keeps the rest"
+    widget.onAction("undo")
+    np.testing.assert_array_equal(segment_array(env, pn), cube > 0)
+
+
+def test_in_flight_guard_drops_clicks_and_shortcuts_during_a_step(env):
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    widget.onLoadModel()
+    reentered = []
+
+    def pump():  # the user keeps clicking and pressing keys while the step runs
+        if not reentered:
+            reentered.append(True)
+            slicer_fake.placePoint(pn.positivePoints, [5.0, 5.0, 5.0])
+            widget.onAction("undo")
+            widget.onAction("accept")
+
+    widget.logic.processEvents = pump
+    widget.logic.worker.run  # noqa: B018 - the step below pumps at least once while the worker runs
+    original = widget.logic.session.add_click
+
+    def slow_click(*args, **kwargs):
+        import time
+
+        time.sleep(0.1)
+        return original(*args, **kwargs)
+
+    widget.logic.session.add_click = slow_click
+    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    assert_clean()
+    assert reentered and state().errorDialogs == []
+    assert pn.positivePoints.GetNumberOfControlPoints() == 1, "the click placed during the step is removed"
+    assert widget.logic.canUndo and pn.segmentID  # the first step stands, no accept happened
+    assert segment_array(env, pn)[15, 15, 15]
+
+
+def test_t_toggles_polarity_and_v_toggles_visibility(env):
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    widget.onAction("positive")
+    assert widget.logic.placingKind() == "positive"
+    widget.onAction("togglePolarity")
+    assert widget.logic.placingKind() == "negative"
+    assert "negative" in widget._placingText()
+    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    display = pn.segmentationNode.GetDisplayNode()
+    widget.onAction("toggleVisibility")
+    assert display.GetSegmentVisibility(pn.segmentID) is False
+    widget.onAction("toggleVisibility")
+    assert display.GetSegmentVisibility(pn.segmentID) is True
+    assert_clean()
+
+
+def test_deleted_segmentation_and_point_list_are_recovered(env):
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    old = pn.segmentationNode
+    env.scene.RemoveNode(old)
+    env.scene.RemoveNode(pn.negativePoints)
+    assert pn.negativePoints is not None, "a deleted point list is re-created"
+    slicer_fake.placePoint(pn.positivePoints, [3.0, 0.0, 0.0])
+    assert_clean()
+    assert state().errorDialogs == []
+    assert pn.segmentationNode is not None and pn.segmentationNode is not old
+    assert segment_array(env, pn)[15, 15, 18]
+
+
+def test_progress_dialog_appears_after_two_seconds_and_closes(env):
+    widget = env.make_widget()
+    widget._onSlow(0.6, None, "Encoding")
+    assert widget.ui.progressBar.visible and not state().progressDialogs
+    widget._onSlow(2.1, 0.5, "Encoding")
+    assert state().progressDialogs and state().progressDialogs[0].visible
+    widget._hideProgress()
+    assert not state().progressDialogs[0].visible and not widget.ui.progressBar.visible
+
+
+def test_refused_write_leaves_the_segment_unchanged_and_the_step_undoable(env):
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    slicer_fake.vtkSlicerSegmentationsModuleLogic.refuseWrites = True
+    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    assert_clean()
+    assert len(state().errorDialogs) == 1 and "undo" in state().errorDialogs[0].lower()
+    assert not segment_array(env, pn).any()
+    slicer_fake.vtkSlicerSegmentationsModuleLogic.refuseWrites = False
+    widget.onAction("undo")
+    assert not widget.logic.canUndo and pn.positivePoints.GetNumberOfControlPoints() == 0
+
+
+def test_loaded_segmentation_keeps_its_reference_geometry(env):
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "loaded")
+    segmentation.GetSegmentation().SetConversionParameter("ReferenceImageGeometry", "from the .seg.nrrd")
+    pn.segmentationNode = segmentation
+    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    assert segmentation.GetSegmentation().GetConversionParameter("ReferenceImageGeometry") == "from the .seg.nrrd"
+
+
+def test_default_volume_is_a_scalar_volume_not_a_labelmap(env):
+    env.scene.RemoveNode(env.volume)
+    env.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels").setArray(np.zeros(SHAPE), ijk_to_ras())
+    scalar = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct2")
+    assert env.module.firstScalarVolume(env.scene) is scalar
+
+
+def test_reset_and_accept(env):
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    slicer_fake.placePoint(pn.negativePoints, [6.0, 6.0, 6.0])
+    first = pn.segmentID
+    widget.onAction("reset")
+    assert not segment_array(env, pn).any() and pn.positivePoints.GetNumberOfControlPoints() == 0
+    widget.onAction("redo")
+    assert segment_array(env, pn)[15, 15, 15]
+    widget.onAction("accept")
+    assert pn.segmentID != first and widget.ui.segmentSelector.currentSegmentID() == pn.segmentID
+    assert pn.segmentationNode.GetSegmentation().GetSegment(first).status == \
+        slicer_fake.vtkSlicerSegmentationsModuleLogic.Completed
+    slicer_fake.placePoint(pn.positivePoints, [6.0, 0.0, 0.0])
+    assert_clean()
+    first_mask = pn.segmentationNode.segmentArray(first, SHAPE)
+    assert first_mask[15, 15, 15], "Protect: the accepted segment keeps its voxels"
