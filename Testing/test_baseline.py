@@ -82,12 +82,15 @@ def test_click_outside_the_volume_is_refused():
         region_grow(make_image(array), [((10, 20, 60), True)])
 
 
-def test_spleen_sample_one_click(tmp_path):
+def test_phantom_spleen_one_click(tmp_path):
     from SAMVolSegmentLib.evaluation import Case, first_click, load_target
-    from SAMVolSegmentLib.samples import sample_dir
+    from SAMVolSegmentLib.phantom import PHANTOM_LABELS, write_phantom
 
-    folder = sample_dir()
-    image, target = load_target(Case("spleen", folder / "image.nii.gz", folder / "label.nii.gz"))
+    image_path, label_path = write_phantom(tmp_path, spacing=(1.6, 1.6, 5.0))
+    image, target = load_target(Case("spleen", image_path, label_path, PHANTOM_LABELS["spleen"]))
     spacing_kji = image.GetSpacing()[::-1]
     mask = region_grow(image, [first_click(target, spacing_kji)])
-    assert dice(mask, target) > 0.6  # a soft floor: the spleen is homogeneous, growing should find most of it
+    # The spleen is homogeneous, so growing finds nearly all of it; its splenic vein and kidney have similar
+    # intensities and touch it, so growing also leaks (that is what the demo's phantom is built to show).
+    assert (mask & (target > 0)).sum() / target.sum() > 0.9
+    assert dice(mask, target) < 0.8
