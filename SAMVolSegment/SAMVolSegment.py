@@ -45,8 +45,9 @@ _ENGINE_ROOT = dependencies.engine_import_root(os.path.dirname(os.path.abspath(_
 if _ENGINE_ROOT is not None and _ENGINE_ROOT not in sys.path:
     sys.path.insert(0, _ENGINE_ROOT)
 
-from SAMVolSegmentSlicerLib import coordinates, segment_io  # noqa: E402
+from SAMVolSegmentSlicerLib import coordinates, local_session, segment_io  # noqa: E402
 from SAMVolSegmentSlicerLib.dependencies import InstallError  # noqa: E402
+from SAMVolSegmentSlicerLib.markers import PromptMarkers  # noqa: E402
 from SAMVolSegmentSlicerLib.segment_merge import OtherSegments  # noqa: E402
 from SAMVolSegmentSlicerLib.undo_stack import EditStep, Prompt  # noqa: E402
 from SAMVolSegmentSlicerLib.worker import EngineWorker, WorkerBusyError  # noqa: E402
@@ -124,16 +125,6 @@ class BusyError(WorkerBusyError):
     """A user action arrived while another one is still running (events are pumped meanwhile); it is dropped."""
 
 
-def firstScalarVolume(scene) -> Optional[vtkMRMLScalarVolumeNode]:
-    """The first plain scalar volume of the scene: ``GetFirstNodeByClass`` would also return labelmap and
-    vector volumes, which are subclasses of vtkMRMLScalarVolumeNode."""
-    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
-        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
-        if node.GetClassName() == "vtkMRMLScalarVolumeNode":
-            return node
-    return None
-
-
 #
 # Logic
 #
@@ -155,14 +146,14 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         self.modelSource = SETTING_DEFAULTS["model"]
         self.device = SETTING_DEFAULTS["device"]
         #: ``factory(source, device, download, progress) -> session``; tests and a remote backend replace it.
-        self.sessionFactory: Callable[..., SegmentationSession] = self._localSession
+        self.sessionFactory: Callable[..., SegmentationSession] = local_session.localSession
         self.statusCallback: Optional[Callable[[str], None]] = None
         self.slowCallback: Optional[Callable[[float, Optional[float], str], None]] = None
         self.confirmCallback: Optional[Callable[[str], bool]] = None
         self.processEvents: Optional[Callable[[], None]] = slicer.app.processEvents if slicer.app else None
         self.lastTiming: Dict[str, float] = {}
         self._busy = False
-        self._addingMarker = False  # the Logic's own AddControlPoint fires PointPositionDefinedEvent too
+        self.markers = PromptMarkers(self.getParameterNode)
         self._io: Optional[segment_io.SegmentIO] = None
         self._segmentID = ""
         self._volumeFingerprint = None
@@ -197,19 +188,6 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
             self.statusCallback(text)
 
     # ------------------------------------------------------------------ model
-    def _localSession(self, source: str, device: str, download: bool, progress) -> SegmentationSession:
-        """The local engine (runs on the worker thread: importing torch and loading weights take seconds)."""
-        import torch
-
-        from SAMVolSegmentLib import InteractiveSession, load_model, weights
-
-        resolved = device
-        if device == "auto":
-            resolved = "cuda" if torch.cuda.is_available() else "cpu"
-        if download and str(source) in weights.REGISTRY and not weights.REGISTRY[str(source)].bundled:
-            weights.download_model(str(source), progress=progress)
-        return InteractiveSession(load_model(source, device=resolved), progress=progress)
-
     def loadModel(self, source: Optional[str] = None, device: Optional[str] = None, download: bool = False) -> str:
         """Load a model (registry name or file path) on the worker and start a new session; returns its id.
 
@@ -223,7 +201,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         key = (source, device)
         if self.session is not None and key == self.modelKey:
             return self.session.model_id
-        if self.sessionFactory == self._localSession:
+        if self.sessionFactory is local_session.localSession:
             dependencies.check_dependencies()
         self._status(_("Loading model {source}...").format(source=source))
         try:
@@ -325,7 +303,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
     def onTargetSelected(self) -> None:
         """The user picked another target: its prompts start fresh (the session re-seeds on the next step)."""
         self._sessionHasTarget = False
-        self.clearMarkers()
+        self.markers.clear()
 
     def onNodeRemoved(self, node) -> None:
         """A node was deleted: forget a target that used it, so the next step starts on what is selected."""
@@ -343,12 +321,12 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         On failure the point is removed and the error raised: nothing changed. While another action runs the
         point is removed and None returned (the widget shows no dialog for that).
         """
-        if self._addingMarker or index < 0 or index >= markupsNode.GetNumberOfControlPoints():
+        if self.markers.adding or index < 0 or index >= markupsNode.GetNumberOfControlPoints():
             return None
         controlPointID = markupsNode.GetNthControlPointID(index)
         markerID = f"{markupsNode.GetID()}:{controlPointID}"
         if self._busy:
-            self._removeMarker(markerID)
+            self.markers.remove(markerID)
             return None
         positive = markupsNode is not self.getParameterNode().negativePoints
         markupsNode.SetNthControlPointLocked(index, True)
@@ -359,7 +337,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
                 self._ensureTargetFromParameterNode()
                 return self._pointStep(pointWorld, positive, markerID)
         except Exception:
-            self._removeMarker(markerID)
+            self.markers.remove(markerID)
             raise
 
     def setBoxFromROI(self, roiNode) -> Optional[MaskUpdate]:
@@ -450,7 +428,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
             if not isinstance(step, EditStep):
                 return None
             self._io.writeStep(step, after=False)
-            self._removeMarker(step.prompt.marker_id)
+            self.markers.remove(step.prompt.marker_id)
             return step.prompt
 
     def redo(self) -> Optional[Prompt]:
@@ -463,7 +441,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
             if not isinstance(step, EditStep):
                 return None
             self._io.writeStep(step, after=True)
-            step.prompt = self._restoreMarker(step.prompt)
+            step.prompt = self.markers.restore(step.prompt)
             return step.prompt
 
     def reset(self) -> List[Prompt]:
@@ -484,7 +462,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
             for step in steps:
                 if isinstance(step, EditStep):
                     self._io.writeStep(step, after=False)
-            self.clearMarkers()
+            self.markers.clear()
             return [step.prompt for step in steps if isinstance(step, EditStep)]
 
     def acceptSegment(self) -> str:
@@ -492,7 +470,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         with self._action():
             pn = self.getParameterNode()
             segmentationNode = pn.segmentationNode or (self._io.segmentationNode if self._io else None)
-            self.clearMarkers()
+            self.markers.clear()
             self._sessionHasTarget = False
             if segmentationNode is None:
                 return ""
@@ -515,97 +493,14 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         displayNode.SetSegmentVisibility(segmentID, visible)
         return visible
 
-    # ------------------------------------------------------------------ markers
-    def ensurePromptNodes(self) -> None:
-        """Point lists and the box ROI of the parameter node, created when missing (or deleted)."""
-        pn = self.getParameterNode()
-        if pn.positivePoints is None:
-            pn.positivePoints = self._newPointList(_("SAMVolSegment positive"), (0.2, 0.9, 0.2))
-        if pn.negativePoints is None:
-            pn.negativePoints = self._newPointList(_("SAMVolSegment negative"), (0.95, 0.25, 0.2))
-        if pn.boxROI is None:
-            roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", _("SAMVolSegment box"))
-            roi.CreateDefaultDisplayNodes()
-            pn.boxROI = roi
-
-    @staticmethod
-    def _newPointList(name: str, color) -> vtkMRMLMarkupsFiducialNode:
-        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
-        node.CreateDefaultDisplayNodes()
-        node.GetDisplayNode().SetSelectedColor(color)
-        node.GetDisplayNode().SetPointLabelsVisibility(False)
-        return node
-
+    # ------------------------------------------------------------------ markers (user actions)
     def startPlacing(self, kind: str) -> None:
         """Enter place mode: ``"positive"``/``"negative"`` points (persistent) or a new ``"box"``."""
-        self.ensurePromptNodes()
-        pn = self.getParameterNode()
-        node = {"positive": pn.positivePoints, "negative": pn.negativePoints, "box": pn.boxROI}[kind]
-        if kind == "box":
-            node.RemoveAllControlPoints()
-        selectionNode = slicer.app.applicationLogic().GetSelectionNode()
-        selectionNode.SetReferenceActivePlaceNodeClassName(node.GetClassName())
-        selectionNode.SetActivePlaceNodeID(node.GetID())
-        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
-        interactionNode.SetPlaceModePersistence(0 if kind == "box" else 1)
-        interactionNode.SetCurrentInteractionMode(interactionNode.Place)
-
-    def placingKind(self) -> str:
-        """``"positive"``, ``"negative"``, ``"box"`` or ``""``: what a click in a view places now."""
-        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
-        if interactionNode.GetCurrentInteractionMode() != interactionNode.Place:
-            return ""
-        activeID = slicer.app.applicationLogic().GetSelectionNode().GetActivePlaceNodeID()
-        pn = self.getParameterNode()
-        for kind, node in (("positive", pn.positivePoints), ("negative", pn.negativePoints), ("box", pn.boxROI)):
-            if node is not None and node.GetID() == activeID:
-                return kind
-        return ""
+        self.markers.startPlacing(kind)
 
     def togglePolarity(self) -> str:
         """Switch between placing positive and negative points (T); returns the kind now placed."""
-        kind = "negative" if self.placingKind() == "positive" else "positive"
-        self.startPlacing(kind)
-        return kind
-
-    def _removeMarker(self, markerID: str) -> None:
-        """Delete a point's marker (``"<nodeID>:<controlPointID>"``) or clear the box ROI."""
-        if not markerID:
-            return
-        nodeID, _sep, pointID = markerID.partition(":")
-        node = slicer.mrmlScene.GetNodeByID(nodeID)
-        if node is None:
-            return
-        if pointID:
-            index = node.GetNthControlPointIndexByID(pointID)
-            if index >= 0:
-                node.RemoveNthControlPoint(index)
-        else:
-            node.RemoveAllControlPoints()
-
-    def _restoreMarker(self, prompt: Prompt) -> Prompt:
-        """Show a redone point again; Slicer gives the new control point a new ID, which the prompt takes."""
-        if prompt.kind != "point" or not prompt.marker_id:
-            return prompt
-        pn = self.getParameterNode()
-        node = pn.positivePoints if prompt.positive else pn.negativePoints
-        if node is None:
-            return prompt
-        self._addingMarker = True
-        try:  # AddControlPoint fires PointPositionDefinedEvent (vtkMRMLMarkupsNode.cxx); it is not a new click
-            index = node.AddControlPointWorld(vtk.vtkVector3d(*prompt.position_ras))
-        finally:
-            self._addingMarker = False
-        node.SetNthControlPointLocked(index, True)
-        return Prompt(prompt.kind, prompt.positive, prompt.position_ras,
-                      f"{node.GetID()}:{node.GetNthControlPointID(index)}")
-
-    def clearMarkers(self) -> None:
-        """Remove every prompt marker (a new target starts without them)."""
-        pn = self.getParameterNode()
-        for node in (pn.positivePoints, pn.negativePoints, pn.boxROI):
-            if node is not None:
-                node.RemoveAllControlPoints()
+        return self.markers.togglePolarity()
 
     # ------------------------------------------------------------------ console
     def segmentVolume(self, volumeNode, segmentationNode, points_ras, labels, box=None,
@@ -755,7 +650,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Ensure the parameter node exists, with prompt nodes and a default volume."""
         pn = self.logic.getParameterNode()
         if not pn.inputVolume:
-            pn.inputVolume = firstScalarVolume(slicer.mrmlScene)
+            pn.inputVolume = segment_io.firstScalarVolume(slicer.mrmlScene)
         self.setParameterNode(pn)
 
     def setParameterNode(self, parameterNode: Optional[SAMVolSegmentParameterNode]) -> None:
@@ -766,7 +661,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._unobserveMarkups()
         self._parameterNode = parameterNode
         if self._parameterNode:
-            self.logic.ensurePromptNodes()
+            self.logic.markers.ensureNodes()
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.ui.otherSegmentsComboBox.setCurrentIndex(
                 self.ui.otherSegmentsComboBox.findData(self._parameterNode.otherSegments.value))
@@ -879,7 +774,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                           placing=self._placingText()))
 
     def _placingText(self) -> str:
-        kind = self.logic.placingKind() if self.logic else ""
+        kind = self.logic.markers.placingKind() if self.logic else ""
         return {"positive": _("Placing positive points (T: negative)."),
                 "negative": _("Placing negative points (T: positive)."),
                 "box": _("Placing a box.")}.get(kind, "")

@@ -255,9 +255,9 @@ def test_t_toggles_polarity_and_v_toggles_visibility(env):
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
     widget.onAction("positive")
-    assert widget.logic.placingKind() == "positive"
+    assert widget.logic.markers.placingKind() == "positive"
     widget.onAction("togglePolarity")
-    assert widget.logic.placingKind() == "negative"
+    assert widget.logic.markers.placingKind() == "negative"
     assert "negative" in widget._placingText()
     slicer_fake.placePoint(pn.positivePoints, CENTRE)
     display = pn.segmentationNode.GetDisplayNode()
@@ -320,7 +320,7 @@ def test_default_volume_is_a_scalar_volume_not_a_labelmap(env):
     env.scene.RemoveNode(env.volume)
     env.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels").setArray(np.zeros(SHAPE), ijk_to_ras())
     scalar = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct2")
-    assert env.module.firstScalarVolume(env.scene) is scalar
+    assert __import__("SAMVolSegmentSlicerLib.segment_io").segment_io.firstScalarVolume(env.scene) is scalar
 
 
 def test_reset_and_accept(env):

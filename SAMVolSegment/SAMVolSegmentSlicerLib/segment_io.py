@@ -239,3 +239,13 @@ def boxFromROI(roiNode) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     roiNode.GetCenter(center)
     return coordinates.roi_box_world(center, size, slicer.util.arrayFromVTKMatrix(roiNode.GetObjectToNodeMatrix()),
                                      nodeToWorldMatrix(roiNode))
+
+
+def firstScalarVolume(scene):
+    """The first plain scalar volume of the scene: ``GetFirstNodeByClass`` would also return labelmap and
+    vector volumes, which are subclasses of vtkMRMLScalarVolumeNode."""
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        if node.GetClassName() == "vtkMRMLScalarVolumeNode":
+            return node
+    return None
