@@ -142,8 +142,9 @@ def nsd(a: np.ndarray, b: np.ndarray, spacing_kji: Sequence[float], tolerance_mm
     surface_b, area_b = corner_surface(b[box], spacing_kji)
     to_b = ndimage.distance_transform_edt(~surface_b, sampling=spacing_kji)
     to_a = ndimage.distance_transform_edt(~surface_a, sampling=spacing_kji)
-    within = float(area_a[surface_a & (to_b <= tolerance_mm)].sum() + area_b[surface_b & (to_a <= tolerance_mm)].sum())
-    return within / float(area_a.sum() + area_b.sum())
+    # Summing the area *outside* the tolerance keeps identical masks at exactly 1.0 (summation order varies).
+    outside = float(area_a[surface_a & (to_b > tolerance_mm)].sum() + area_b[surface_b & (to_a > tolerance_mm)].sum())
+    return min(max(1.0 - outside / float(area_a.sum() + area_b.sum()), 0.0), 1.0)
 
 
 def interaction_auc(scores: Sequence[float], num_steps: int) -> float:

@@ -15,7 +15,9 @@ from scipy.spatial.distance import cdist
 
 from SAMVolSegmentLib.errors import InvalidImageError
 from SAMVolSegmentLib.evaluation import (
+    CVPR25_CLICKS,
     Case,
+    ClickRule,
     EvaluationResult,
     _run_protocol,
     deepest_point,
@@ -281,3 +283,71 @@ def test_expand_label_values(tmp_path):
     expanded = expand_label_values([plain, case])
     assert [(c.name, c.label_value) for c in expanded] == [("blob:2", 2), ("blob:3", 3), ("blob", 3)]
     assert [c.label_value for c in expand_label_values([plain], min_voxels=int(blob.sum()))] == [3]
+
+
+# ------------------------------------------------------------------ the CVPR25 click rule (same function)
+def test_cvpr25_rule_merges_misses_and_false_positives_into_one_component():
+    target = np.zeros((12, 12, 20), bool)
+    target[3:9, 3:9, 2:10] = True
+    prediction = np.roll(target, 5, axis=2)  # a shifted prediction: a 6x6x5 miss touching a 6x6x5 false positive
+    prediction[0, 0, 19] = True  # plus a stray false-positive voxel
+    # Our rule: the miss and the false positive are separate 180-voxel components; the miss wins the tie.
+    (_, _, i), positive = next_click(target, prediction, (1, 1, 1))
+    assert positive and i < 7
+    # The challenge's rule: target != prediction is one component (they touch across i = 7 / 8).
+    (k, j, i), positive = next_click(target, prediction, (1, 1, 1), CVPR25_CLICKS)
+    assert positive == bool(target[k, j, i]) and (target != prediction)[k, j, i]
+    assert 2 <= i <= 14 and 3 <= k <= 8 and 3 <= j <= 8
+
+
+def test_cvpr25_rule_measures_depth_in_voxels_and_breaks_ties_with_seed_42():
+    region = np.zeros((30, 30, 60), bool)
+    region[2:9, 2:23, 2:23] = True  # 7 slices: 3 voxels deep at its centre
+    region[10:29, 24:27, 30:33] = True  # a 3 x 3 rod
+    # In mm with 5 mm slices the slab is far deeper than anything else; our rule takes its centre.
+    assert deepest_point(region, (5.0, 1.0, 1.0)) == (5, 12, 12)
+    # In voxels the slab's centre slice is 4 voxels deep wherever it is 4 voxels from the slab's sides: a
+    # plateau, and the challenge draws from it exactly as CVPR25_iter_eval.py's sample_coord does.
+    depth = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1, 1:-1]
+    plateau = np.argwhere(depth == depth.max())
+    np.random.seed(42)
+    expected = tuple(int(v) for v in plateau[np.random.choice(len(plateau))])
+    assert len(plateau) > 1 and deepest_point(region, (5.0, 1.0, 1.0), CVPR25_CLICKS) == expected
+
+
+def test_cvpr25_rule_pools_large_crops_like_the_challenge():
+    region = np.zeros((40, 40, 40), bool)
+    region[5:31, 8:36, 4:33] = True
+    pooled = ClickRule("pooled", split_signs=False, depth_in_mm=False, tie_break="seeded",
+                       downsample_above_voxels=1000)
+    k, j, i = deepest_point(region, (1.0, 1.0, 1.0), pooled)
+    # Pooled depths are in 2-voxel units and blocky, so the click is near, not at, the box's centre.
+    assert region[k, j, i] and abs(k - 17.5) <= 3 and abs(j - 21.5) <= 3 and abs(i - 18) <= 3
+    full = deepest_point(region, (1.0, 1.0, 1.0), CVPR25_CLICKS)
+    assert region[full] and abs(full[0] - 17.5) <= 1.5
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.tuples(*[st.sampled_from([0.4, 1.0, 5.0])] * 3))
+def test_cvpr25_click_is_deepest_in_voxels_in_the_largest_error(seed, spacing):
+    rng = np.random.default_rng(seed)
+    target = ndimage.binary_dilation(rng.random((8, 9, 10)) > 0.95, iterations=2)
+    prediction = ndimage.binary_dilation(rng.random((8, 9, 10)) > 0.95, iterations=1)
+    click = next_click(target, prediction, spacing, CVPR25_CLICKS)
+    error = target != prediction
+    if not error.any():
+        assert click is None
+        return
+    index, positive = click
+    assert error[index] and positive == bool(target[index])
+    components, _ = ndimage.label(error, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(components.ravel())[1:]
+    component = components == components[index]
+    assert component.sum() == sizes.max()
+    # Brute force: distance in voxels from each component voxel to the nearest voxel outside the component,
+    # the volume's outside included (a one-voxel frame around the array).
+    frame = np.pad(~component, 1, constant_values=True)
+    outside = np.argwhere(frame) - 1
+    inside = np.argwhere(component)
+    depth = cdist(inside, outside).min(axis=1)
+    assert cdist([index], outside).min() == pytest.approx(depth.max())
