@@ -64,3 +64,53 @@ def test_engine_import_root_from_source_and_installed(tmp_path):
     assert dep.engine_import_root(str(installed)) is None
     with pytest.raises(FileNotFoundError, match="Additional module paths"):
         dep.engine_import_root(str(tmp_path / "elsewhere" / "SAMVolSegment"))
+
+
+def test_check_dependencies_names_the_fix():
+    from SAMVolSegmentSlicerLib.dependencies import InstallError, check_dependencies
+
+    check_dependencies(importable=lambda name: True)
+    with pytest.raises(InstallError, match="Install dependencies"):
+        check_dependencies(importable=lambda name: name != "torch")
+
+
+def test_torch_install_job_runs_off_the_calling_thread_and_reports_failure():
+    import threading
+
+    from SAMVolSegmentSlicerLib.dependencies import InstallError, TorchInstallJob, torch_install_commands
+
+    commands = torch_install_commands("/opt/slicer/bin/PythonSlicer")
+    assert commands[-1][1:] == ["-m", "light_the_torch", "install", "torch>=2.1"]
+    threads = []
+
+    def fake_run(command, on_line):
+        threads.append(threading.current_thread())
+        on_line(f"running {command[2]}")
+        return 0 if command[2] == "pip" else 1
+
+    job = TorchInstallJob(commands, run=fake_run)
+    job.start()
+    assert job.wait(5)
+    assert threads and all(t is not threading.current_thread() for t in threads)
+    assert isinstance(job.error, InstallError) and "exited with 1" in str(job.error)
+    assert job.lastLine == "running light_the_torch"
+
+
+def test_torch_install_job_turns_an_exception_into_an_install_error():
+    from SAMVolSegmentSlicerLib.dependencies import InstallError, TorchInstallJob
+
+    def boom(command, on_line):
+        raise OSError("no such file")
+
+    job = TorchInstallJob([["python", "-m", "pip"]], run=boom)
+    job.start()
+    job.wait(5)
+    assert isinstance(job.error, InstallError) and "no such file" in str(job.error)
+
+
+def test_python_slicer_executable_is_found_or_named():
+    from SAMVolSegmentSlicerLib.dependencies import InstallError, python_slicer_executable
+
+    assert python_slicer_executable(which=lambda name: "/x/PythonSlicer") == "/x/PythonSlicer"
+    with pytest.raises(InstallError, match="PyTorch module"):
+        python_slicer_executable(which=lambda name: None, executable="/nonexistent/bin/SlicerApp")
