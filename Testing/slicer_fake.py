@@ -386,6 +386,13 @@ class vtkMRMLSegmentationNode(vtkMRMLNode):
     def SetReferenceImageGeometryParameterFromVolumeNode(self, volumeNode) -> None:
         self.segmentation.SetConversionParameter("ReferenceImageGeometry", f"geometry of {volumeNode.GetID()}")
 
+    @staticmethod
+    def GetReferenceImageGeometryReferenceRole() -> str:
+        return "referenceImageGeometryRef"
+
+    def GetNodeReference(self, role: str):
+        return None  # the module never sets node references; the geometry lives in the conversion parameter
+
     def GetBinaryLabelmapInternalRepresentation(self, segmentID: str):
         segment = self.segmentation.GetSegment(segmentID)
         return None if segment is None else segment.labelmap
