@@ -271,12 +271,12 @@ def test_cli_evaluate_protocol_cvpr25_and_both(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "CVPR25 protocol" in printed and "AUC" in printed
     assert (out / "cvpr25_cases.csv").exists() and not (out / "clicks.csv").exists()
-    assert json.loads((out / "cvpr25_summary.json").read_text())["box_mode"] == "initial"
+    assert json.loads((out / "cvpr25_summary.json").read_text())["box_mode"] == "clip"
     both = tmp_path / "both"
     assert main(["evaluate", str(tmp_path / "data"), "--model", "none", "--protocol", "both", "--clicks", "2",
-                 "--box-mode", "clip", "--out", str(both), "--no-plot"]) == 0
+                 "--box-mode", "initial", "--out", str(both), "--no-plot"]) == 0
     assert (both / "clicks.csv").exists() and (both / "cvpr25_steps.csv").exists()
-    assert json.loads((both / "cvpr25_summary.json").read_text())["box_mode"] == "clip"
+    assert json.loads((both / "cvpr25_summary.json").read_text())["box_mode"] == "initial"
 
 
 def test_spinal_cord_development_case(shared_data_dir):
