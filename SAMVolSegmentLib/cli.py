@@ -435,9 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clicks: --clicks clicks from the target's deepest point (clicks.csv, summary.json); "
                         "cvpr25: the CVPR 2025 interactive challenge's box + 5 clicks with DSC/NSD (2 mm) per step "
                         "and their AUCs (cvpr25_steps.csv, cvpr25_cases.csv, cvpr25_summary.json); both: both")
-    p.add_argument("--box-mode", choices=["initial", "clip"], default="initial",
-                   help="cvpr25: the session clips the mask to the challenge's box; initial: lift the clip before "
-                        "the first click (the box is only a hint there, default), clip: keep it for every step")
+    p.add_argument("--box-mode", choices=["clip", "initial"], default="clip",
+                   help="cvpr25: the session clips the mask to the challenge's box; clip: for every step (default; "
+                        "the challenge keeps its box in the input), initial: lift the clip before the first click")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     _add_device(p)
     p.set_defaults(func=cmd_evaluate)
