@@ -11,17 +11,29 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Hashable, Optional, Tuple
+from typing import Hashable, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from .errors import InvalidPromptError
 
+#: What a model's ``encode_image`` returns: one tensor (SAM-Med3D) or a tuple of tensors (ClickNet2 caches
+#: features at two resolutions and the image).
+Embedding = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
 
-def tensor_nbytes(tensor: torch.Tensor) -> int:
-    """Bytes held by a tensor's elements (what the cache budget counts)."""
-    return int(tensor.element_size() * tensor.nelement())
+
+def tensor_nbytes(embedding: Embedding) -> int:
+    """Bytes held by an embedding's elements, all tensors of a tuple together (what the cache budget counts)."""
+    if isinstance(embedding, torch.Tensor):
+        return int(embedding.element_size() * embedding.nelement())
+    return sum(tensor_nbytes(t) for t in embedding)
+
+
+def _as_float(embedding: Embedding) -> Embedding:
+    if isinstance(embedding, torch.Tensor):
+        return embedding.float()
+    return tuple(t.float() for t in embedding)
 
 
 class EmbeddingCache:
@@ -36,7 +48,7 @@ class EmbeddingCache:
         if max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
         self.max_bytes = int(max_bytes)
-        self._entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self._entries: OrderedDict[Hashable, Embedding] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -51,7 +63,7 @@ class EmbeddingCache:
         """Bytes currently held."""
         return self._bytes
 
-    def get(self, key: Hashable) -> Optional[torch.Tensor]:
+    def get(self, key: Hashable) -> Optional[Embedding]:
         """The cached embedding for ``key`` (marked most recently used), or None."""
         with self._lock:
             value = self._entries.get(key)
@@ -59,7 +71,7 @@ class EmbeddingCache:
                 self._entries.move_to_end(key)
             return value
 
-    def put(self, key: Hashable, value: torch.Tensor) -> None:
+    def put(self, key: Hashable, value: Embedding) -> None:
         """Store ``value`` under ``key``, evicting old entries to stay within the byte budget."""
         size = tensor_nbytes(value)
         with self._lock:
@@ -147,14 +159,14 @@ class Predictor:
     def _full_key(self, cache_key: Hashable) -> Tuple[Hashable, ...]:
         return (*_as_tuple(cache_key), self.model_id)
 
-    def cached_embedding(self, cache_key: Hashable) -> Optional[torch.Tensor]:
+    def cached_embedding(self, cache_key: Hashable) -> Optional[Embedding]:
         """The cached embedding for ``cache_key`` or None (lets callers skip cropping on a hit)."""
         embedding = self.cache.get(self._full_key(cache_key))
         if embedding is not None:
             self.last_encode_s = 0.0
         return embedding
 
-    def embed(self, roi_image: np.ndarray, cache_key: Optional[Hashable] = None) -> torch.Tensor:
+    def embed(self, roi_image: np.ndarray, cache_key: Optional[Hashable] = None) -> Embedding:
         """Image embedding of one ROI, from the cache when ``cache_key`` was seen before.
 
         Args:
@@ -174,7 +186,7 @@ class Predictor:
         start = time.perf_counter()
         with torch.inference_mode(), self._precision():
             image = torch.from_numpy(np.ascontiguousarray(roi_image, dtype=np.float32))
-            embedding = self.model.encode_image(image[None, None].to(self.device)).float()
+            embedding = _as_float(self.model.encode_image(image[None, None].to(self.device)))
         self.encoder_calls += 1
         self.last_encode_s = time.perf_counter() - start
         if key is not None:
@@ -183,7 +195,7 @@ class Predictor:
 
     def predict(
         self,
-        embedding: torch.Tensor,
+        embedding: Embedding,
         points_roi: np.ndarray,
         positive: np.ndarray,
         mask_logits: Optional[torch.Tensor] = None,

@@ -32,7 +32,13 @@ def blob(rng: np.random.Generator, size: int, centre: np.ndarray, radius_vox: fl
 
 
 def synthetic_sample(rng: np.random.Generator, size: int = 128) -> Tuple[np.ndarray, np.ndarray]:
-    """A normalised ROI (size³ float32) whose target contains the ROI centre, and its label (uint8).
+    """A normalised ROI (size³ float32) whose target contains the ROI centre, and its label (uint8)."""
+    image, target = synthetic_raw_sample(rng, size)
+    return normalize_roi(image), target
+
+
+def synthetic_raw_sample(rng: np.random.Generator, size: int = 128) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`synthetic_sample` before the normalisation (size must be even).
 
     Shapes are drawn at half resolution (8× cheaper) and upsampled; voxel noise is added at full resolution.
     """
@@ -44,7 +50,7 @@ def synthetic_sample(rng: np.random.Generator, size: int = 128) -> Tuple[np.ndar
     image = image + rng.uniform(1, 30) * rng.standard_normal(image.shape).astype(np.float32)
     if rng.random() < 0.3:  # MR-like: air at 0 (the normalisation ignores voxels <= 0)
         image = np.maximum(image, 0)
-    return normalize_roi(image.astype(np.float32)), target.astype(np.uint8)
+    return image.astype(np.float32), target.astype(np.uint8)
 
 
 def _half_resolution_sample(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,12 @@
 """Training the bundled default model and fine-tuning any model on labelled cases.
 
-Samples go through the inference preprocessing (1.5 mm RAS model grid, 128³ ROI centred on a point of the
-target, reference z-normalisation). Each episode encodes the ROI once and simulates several clicks: the
-first at the target's deepest point (sometimes a random interior point), each next one at the deepest point
-of the largest error region, with the previous logits fed back — the loop the session runs. The loss
-(BCE + soft Dice on the 32³ low-res grid) is summed over the clicks. Runs are bounded in wall-clock minutes,
+Samples come from :mod:`SAMVolSegmentLib.training_data` (real ROIs on the inference model grid, balanced by
+source, augmented; label-map re-synthesis; synthetic blobs). Each episode encodes the ROI once and simulates
+several clicks: the first at the target's deepest point (sometimes a random interior point), each next one at
+the deepest point of the largest error region, with the previous logits fed back — the loop the session runs.
+As in RITM, only two of the clicks carry gradients (the first, and one drawn from the rest); the others run
+without autograd, which makes an episode about twice as cheap. The loss is BCE + soft Dice on the model's
+low-res grid (+ the coarse logits and the IoU head for ClickNet2). Runs are bounded in wall-clock minutes,
 checkpoint atomically, resume exactly, and export the weights file the package ships.
 """
 
@@ -14,97 +16,25 @@ import argparse
 import json
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .geometry import RoiWindow
 from .io_utils import atomic_path
-from .preprocessing import (
-    ModelVolume,
-    crop_roi,
-    load_volume,
-    normalize_roi,
-    read_image,
-    resample_label_to_model_grid,
-    resample_to_model_grid,
-)
-from .synthetic import synthetic_sample
+from .preprocessing import normalize_roi
+from .training_data import SampleSource, load_cases
 
-#: Development cases never used for training (manual labels, reported in docs/MODEL_CARD.md). The demo
-#: sample is among them so the demo's Dice is a held-out number.
-HELD_OUT_CASES = ("ct_msd_spleen2_spleen", "mr_sct_t2_spinalcord", "mr_ibsi_sts010_t1_sarcoma",
-                  "mr_pyradiomics_brain1_lesion")
-MIN_TARGET_VOXELS_MODEL = 20  # targets smaller than this on the 1.5 mm grid (~70 mm³) are skipped
-ROI_SIZE = 128
-
-
-@dataclass
-class Target:
-    """One training target: a case's model-grid image and a binary label on the same grid."""
-
-    name: str
-    volume: ModelVolume
-    label_model: np.ndarray  # uint8, (R, A, S)
-
-
-def load_targets(data_dir: Path, exclude: Sequence[str] = HELD_OUT_CASES) -> List[Target]:
-    """Every label value (and, for multi-label cases, the union) of every case folder not excluded."""
-    targets: List[Target] = []
-    for folder in sorted(p for p in Path(data_dir).iterdir() if p.is_dir() and p.name not in exclude):
-        images, labels = sorted(folder.glob("image.*")), sorted(folder.glob("label.*"))
-        if not images or not labels:
-            continue
-        volume = load_volume(read_image(images[0]))
-        model_volume = resample_to_model_grid(volume)
-        import SimpleITK as sitk
-
-        label_kji = sitk.GetArrayFromImage(read_image(labels[0]))
-        values = [int(v) for v in np.unique(label_kji) if v != 0]
-        selections = [(f"{folder.name}:{v}", label_kji == v) for v in values]
-        if len(values) > 1:
-            selections.append((f"{folder.name}:all", label_kji > 0))
-        for name, mask in selections:
-            label_model = resample_label_to_model_grid(mask.astype(np.uint8), volume.geometry, model_volume.grid)
-            if int(label_model.sum()) >= MIN_TARGET_VOXELS_MODEL:
-                targets.append(Target(name, model_volume, label_model))
-    return targets
-
-
-def roi_sample(target: Target, rng: np.random.Generator, size: int = ROI_SIZE,
-               augment: bool = False) -> Tuple[np.ndarray, np.ndarray]:
-    """A normalised size³ ROI centred on a random voxel of the target (as a first click would centre it), and
-    the target cropped to the same ROI (uint8). ``augment``: :func:`augment_roi` before the normalisation."""
-    points = np.argwhere(target.label_model)
-    centre_model = points[rng.integers(len(points))]
-    roi = RoiWindow(tuple(int(c) - size // 2 for c in centre_model), size, target.volume.grid.origin_ras,
-                    target.volume.grid.spacing)
-    label = crop_roi(ModelVolume(target.label_model.astype(np.float32), target.volume.grid), roi, normalize=False)
-    label = (label > 0.5).astype(np.uint8)
-    if not augment:
-        return crop_roi(target.volume, roi), label
-    raw, label = augment_roi(crop_roi(target.volume, roi, normalize=False), label, rng)
-    return normalize_roi(raw), label
-
-
-def augment_roi(raw: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
-    """Random flips (image and label together: the clicks are simulated from the label afterwards, so they stay
-    consistent), gamma on the ROI's intensity range and Gaussian noise, on the un-normalised ROI (the
-    z-normalisation would undo a plain scale or shift)."""
-    for axis in range(3):
-        if rng.random() < 0.5:
-            raw, label = np.flip(raw, axis), np.flip(label, axis)
-    lo, hi = float(raw.min()), float(raw.max())
-    if hi > lo and rng.random() < 0.5:
-        raw = lo + (hi - lo) * ((raw - lo) / (hi - lo)) ** rng.uniform(0.7, 1.5)
-    if rng.random() < 0.5:
-        raw = raw + rng.uniform(0, 0.1) * float(raw.std()) * rng.standard_normal(raw.shape)
-    return np.ascontiguousarray(raw, dtype=np.float32), np.ascontiguousarray(label)
+#: Development cases of ../shared/data with expert labels: the report set, never trained on.
+REPORT_CASES = ("ct_deeplesion_000001_lesion", "ct_ibsi_sts003_sarcoma", "ct_msd_spleen2_spleen",
+                "mr_brats2013_pat0001_flair_glioma", "mr_ibsi_sts010_t1_sarcoma", "mr_msd_hippocampus_003",
+                "mr_pyradiomics_brain1_lesion", "mr_sct_t2_spinalcord")
+#: ROI edges (model voxels) drawn for ClickNet2 training, with their probabilities: mostly 96³ (2.4× cheaper
+#: than 128³; the network is fully convolutional), some 128³ so the inference size is seen too.
+TRAIN_ROI_SIZES = ((96, 0.8), (128, 0.2))
 
 
 def low_res_target(label_roi: np.ndarray, low: int) -> np.ndarray:
@@ -114,8 +44,12 @@ def low_res_target(label_roi: np.ndarray, low: int) -> np.ndarray:
 
 
 def _deepest(region: np.ndarray) -> np.ndarray:
-    distance = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1, 1:-1]
-    return np.array(np.unravel_index(int(np.argmax(distance)), region.shape))
+    """Index of the voxel of ``region`` farthest from its border (EDT on the region's bounding box only)."""
+    points = np.argwhere(region)
+    lo, hi = points.min(axis=0), points.max(axis=0) + 1
+    crop = region[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    distance = ndimage.distance_transform_edt(np.pad(crop, 1))[1:-1, 1:-1, 1:-1]
+    return lo + np.array(np.unravel_index(int(np.argmax(distance)), crop.shape))
 
 
 def simulate_click(target_low: np.ndarray, prediction_low: Optional[np.ndarray], rng: np.random.Generator,
@@ -146,39 +80,69 @@ def simulate_click(target_low: np.ndarray, prediction_low: Optional[np.ndarray],
     return point.astype(np.float32), int(label)
 
 
-def episode_loss(model, images: torch.Tensor, targets_low: np.ndarray, clicks: int, rng: np.random.Generator,
-                 pos_weight: float = 3.0) -> Tuple[torch.Tensor, List[float]]:
-    """Encode once, simulate ``clicks`` clicks, sum BCE + soft Dice over the steps; returns per-step Dice."""
-    batch = images.shape[0]
-    low = targets_low.shape[-1]
-    image_size = images.shape[-1]
+def _bce_dice(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> torch.Tensor:
+    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(pos_weight))
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).flatten(1).sum(1)
+    soft_dice = (2 * inter + 1) / (prob.flatten(1).sum(1) + target.flatten(1).sum(1) + 1)
+    return bce + (1 - soft_dice).mean()
+
+
+def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: int, rng: np.random.Generator,
+                 pos_weight: float = 3.0, grad_clicks: Optional[Sequence[int]] = None) -> Tuple[torch.Tensor, List[float]]:
+    """Encode once, simulate ``clicks`` clicks; returns the mean loss over the clicks that carry gradients and
+    the Dice (low-res grid) after every click.
+
+    Args:
+        images: (B, 1, S, S, S) normalised ROIs.
+        labels_roi: (B, S, S, S) binary targets.
+        grad_clicks: 0-based click steps whose loss is back-propagated (default: all); the others run under
+            ``torch.no_grad`` and only move the episode forward.
+    """
+    batch, image_size = images.shape[0], images.shape[-1]
     embedding = model.encode_image(images)
+    low = model.config.low_res_size * image_size // model.config.image_size
+    targets_low = np.stack([low_res_target(label, low) for label in labels_roi])
     target_t = torch.from_numpy(targets_low)[:, None]
+    has_coarse = getattr(model, "family", "") == "clicknet2"
+    if has_coarse:
+        coarse_size = low // 2
+        target_coarse = torch.from_numpy(np.stack([low_res_target(label, coarse_size) for label in labels_roi]))[:, None]
     previous = torch.zeros((batch, 1, low, low, low))
     points: List[List[np.ndarray]] = [[] for _ in range(batch)]
     labels: List[List[int]] = [[] for _ in range(batch)]
     predictions: List[Optional[np.ndarray]] = [None] * batch
+    grad_steps = set(range(clicks) if grad_clicks is None else grad_clicks)
     total = torch.zeros(())
     dices = []
-    for _ in range(clicks):
+    truth = targets_low >= 0.5
+    for step in range(clicks):
         for b in range(batch):
             p, lab = simulate_click(targets_low[b], predictions[b], rng, image_size)
             points[b].append(p)
             labels[b].append(lab)
         pts = torch.from_numpy(np.stack([np.stack(p) for p in points]))
         labs = torch.tensor(labels, dtype=torch.int64)
-        logits, _ = model.decode_prompts(embedding, pts, labs, previous)
-        bce = F.binary_cross_entropy_with_logits(logits, target_t, pos_weight=torch.tensor(pos_weight))
-        prob = torch.sigmoid(logits)
-        inter = (prob * target_t).flatten(1).sum(1)
-        soft_dice = (2 * inter + 1) / (prob.flatten(1).sum(1) + target_t.flatten(1).sum(1) + 1)
-        total = total + bce + (1 - soft_dice).mean()
+        with torch.set_grad_enabled(step in grad_steps and torch.is_grad_enabled()):
+            if has_coarse:
+                logits, iou, logits_coarse = model.decode_prompts(embedding, pts, labs, previous, return_coarse=True)
+            else:
+                logits, iou = model.decode_prompts(embedding, pts, labs, previous)
+            hard = (logits.detach() > 0).numpy()[:, 0]
+            inter = (hard & truth).reshape(batch, -1).sum(1)
+            union = (hard | truth).reshape(batch, -1).sum(1)
+            if step in grad_steps:
+                loss = _bce_dice(logits, target_t, pos_weight)
+                if has_coarse:
+                    actual_iou = torch.from_numpy((inter / np.maximum(union, 1)).astype(np.float32))[:, None]
+                    loss = loss + 0.5 * _bce_dice(logits_coarse, target_coarse, pos_weight) + \
+                        F.mse_loss(iou.float(), actual_iou)
+                total = total + loss
         previous = logits.detach()
-        hard = (logits.detach() > 0).numpy()[:, 0]
         predictions = list(hard)
-        truth = targets_low >= 0.5
-        dices.append(float(np.mean([2 * (h & t).sum() / max(h.sum() + t.sum(), 1) for h, t in zip(hard, truth)])))
-    return total / clicks, dices
+        dices.append(float(np.mean(2 * inter / np.maximum(hard.reshape(batch, -1).sum(1)
+                                                          + truth.reshape(batch, -1).sum(1), 1))))
+    return total / max(len(grad_steps), 1), dices
 
 
 def save_checkpoint(path: Path, model, optimizer, step: int, elapsed_s: float, rng_state: dict, best: float) -> None:
@@ -219,19 +183,23 @@ def learning_rate(elapsed_s: float, minutes: float, base_lr: float, decay_from_m
     return base_lr * (final_fraction + (1 - final_fraction) * 0.5 * (1 + np.cos(np.pi * progress)))
 
 
-def train(model, targets: List[Target], out_dir: Path, minutes: float, seed: int = 0, batch: int = 2,
-          clicks: int = 4, lr: float = 2e-3, synthetic_fraction: float = 0.4, export: Optional[Path] = None,
-          resume: bool = False, checkpoint_every_s: float = 300.0, trainable: str = "all",
-          decay_from_minute: Optional[float] = None, augment_from_minute: Optional[float] = 0.0) -> dict:
+def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int = 0, batch: int = 2,
+          clicks: int = 5, lr: float = 2e-3, export: Optional[Path] = None, resume: bool = False,
+          checkpoint_every_s: float = 300.0, trainable: str = "all", decay_from_minute: Optional[float] = None,
+          roi_sizes: Optional[Sequence[Tuple[int, float]]] = None, augment: bool = True) -> dict:
     """Train until ``minutes`` of (cumulative) wall time; checkpoint + export every ``checkpoint_every_s``.
 
+    Args:
+        source: where samples come from (:class:`~SAMVolSegmentLib.training_data.SampleSource`).
+        clicks: simulated clicks per episode; the first and one random later click carry gradients.
+        trainable: "all", or "decoder" (SAM-Med3D: prompt encoder + mask decoder; ClickNet: the per-click part).
+        roi_sizes: ((edge, probability), ...) ROI sizes to draw per step; default: the model's own size
+            (ClickNet2: :data:`TRAIN_ROI_SIZES`).
     The learning rate follows :func:`learning_rate` (constant, then cosine decay over the rest of the budget).
-    Real ROIs are augmented (:func:`augment_roi`) from ``augment_from_minute`` on (None: never).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
-    # "decoder": only the per-click part learns (SAM-Med3D: prompt encoder + mask decoder; ClickNet: decoder).
-    frozen_prefixes = () if trainable == "all" else ("image_encoder", "stem", "down", "up")
+    frozen_prefixes = () if trainable == "all" else ("image_encoder", "stem", "down", "up", "enc", "refine_image")
     params = []
     for name, p in model.named_parameters():
         p.requires_grad_(not name.startswith(frozen_prefixes))
@@ -249,32 +217,29 @@ def train(model, targets: List[Target], out_dir: Path, minutes: float, seed: int
         step, elapsed, best = state["step"], state["elapsed_s"], state["best_train_dice"]
         rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])
+    if roi_sizes is None:
+        roi_sizes = TRAIN_ROI_SIZES if getattr(model, "family", "") == "clicknet2" else ((model.config.image_size, 1.0),)
+    sizes = [size for size, _ in roi_sizes]
+    size_p = np.array([p for _, p in roi_sizes], dtype=np.float64)
     log = (out_dir / "log.jsonl").open("a")
-    try:
-        from tqdm import tqdm
-
-        bar = tqdm(total=int(minutes * 60), initial=int(elapsed), unit="s", desc="training", mininterval=10)
-    except ImportError:
-        bar = None
+    bar = _progress(minutes, elapsed)
     model.train()
     start, last_ckpt = time.perf_counter() - elapsed, time.perf_counter()
     window: List[float] = []
-    low, size = model.config.low_res_size, model.config.image_size
     while time.perf_counter() - start < minutes * 60:
-        images, lows = [], []
+        size = sizes[int(rng.choice(len(sizes), p=size_p / size_p.sum()))]
+        images, labels_roi, kinds = [], [], []
         for _ in range(batch):
-            if not targets or rng.random() < synthetic_fraction:
-                image, label = synthetic_sample(rng, size)
-            else:
-                augment = augment_from_minute is not None and time.perf_counter() - start >= 60 * augment_from_minute
-                image, label = roi_sample(targets[int(rng.integers(len(targets)))], rng, size, augment)
-            images.append(image)
-            lows.append(low_res_target(label, low))
+            raw, label, kind = source.draw(rng, size, augment=augment)
+            images.append(normalize_roi(raw))
+            labels_roi.append(label)
+            kinds.append(kind)
         x = torch.from_numpy(np.stack(images))[:, None]
         current_lr = learning_rate(time.perf_counter() - start, minutes, lr, decay_from_minute)
         for group in optimizer.param_groups:
             group["lr"] = current_lr
-        loss, dices = episode_loss(model, x, np.stack(lows), clicks, rng)
+        grad_clicks = (0, int(rng.integers(1, clicks))) if clicks > 1 else (0,)
+        loss, dices = episode_loss(model, x, np.stack(labels_roi), clicks, rng, grad_clicks=grad_clicks)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -283,7 +248,9 @@ def train(model, targets: List[Target], out_dir: Path, minutes: float, seed: int
         window.append(dices[-1])
         window = window[-100:]
         log.write(json.dumps({"step": step, "t": round(time.perf_counter() - start, 1), "loss": loss.item(),
-                              "lr": current_lr, "dice_per_click": [round(d, 4) for d in dices]}) + "\n")
+                              "lr": current_lr, "size": size, "kinds": kinds,
+                              "dice_per_click": [round(d, 4) for d in dices]}) + "\n")
+        log.flush()
         if bar is not None:
             bar.set_postfix(step=step, loss=f"{loss.item():.3f}", dice=f"{np.mean(window):.3f}", refresh=False)
             bar.update(max(0, int(time.perf_counter() - start) - bar.n))  # redraws at most every 10 s
@@ -297,6 +264,14 @@ def train(model, targets: List[Target], out_dir: Path, minutes: float, seed: int
     return {"steps": step, "minutes": (time.perf_counter() - start) / 60, "train_dice_last100": float(np.mean(window or [0]))}
 
 
+def _progress(minutes: float, elapsed: float):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=int(minutes * 60), initial=int(elapsed), unit="s", desc="training", mininterval=10)
+
+
 def _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, best) -> float:
     elapsed = time.perf_counter() - start
     rng_state = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
@@ -308,41 +283,52 @@ def _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, b
 
 
 def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train the small default model (ClickNet) on labelled cases + synthetic data")
-    p.add_argument("--data", type=Path, required=True, help="folder of <case>/image.* + label.* folders")
-    p.add_argument("--out", type=Path, default=Path("runs/default"))
+    p = subparsers.add_parser("train", help="train the small default model (ClickNet2) on labelled cases + synthetic data")
+    p.add_argument("--data", type=Path, action="append", required=True,
+                   help="a folder of <case>/image.* + label.* folders, or one case folder; repeat for several")
+    p.add_argument("--exclude", default="", help="comma-separated case names to leave out")
+    p.add_argument("--allow-non-commercial", action="store_true",
+                   help="also train on cases whose meta.json licence is non-commercial (the weights inherit it)")
+    p.add_argument("--family", choices=["clicknet2", "clicknet"], default="clicknet2", help="model family")
+    p.add_argument("--out", type=Path, default=Path("runs/default"), help="checkpoint and log folder")
     p.add_argument("--minutes", type=float, default=90.0, help="wall-clock budget (cumulative over resumes)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (samples, clicks, init)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--export", type=Path, default=None, help="weights file to (re)write at every checkpoint")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--clicks", type=int, default=5, help="simulated clicks per episode")
     p.add_argument("--decay-from-minute", type=float, default=None,
                    help="keep the learning rate constant until this minute, then cosine-decay it (default: half)")
-    p.add_argument("--augment-from-minute", type=float, default=0.0,
-                   help="augment real ROIs (flips, gamma, noise) from this minute on (default: from the start)")
     p.set_defaults(func=_cmd_train)
 
     sub = subparsers.add_parser("finetune", help="fine-tune a model (any checkpoint, official ones included)")
     sub.add_argument("model", help="registry name or checkpoint path")
-    sub.add_argument("--data", type=Path, required=True)
-    sub.add_argument("--out", type=Path, default=Path("runs/finetune"))
-    sub.add_argument("--minutes", type=float, default=30.0)
+    sub.add_argument("--data", type=Path, action="append", required=True,
+                     help="a folder of <case>/image.* + label.* folders, or one case folder; repeat for several")
+    sub.add_argument("--out", type=Path, default=Path("runs/finetune"), help="checkpoint, log and finetuned.pt")
+    sub.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget (cumulative over resumes)")
     sub.add_argument("--trainable", choices=["all", "decoder"], default="decoder",
                      help="decoder = prompt encoder + mask decoder only (the image encoder stays frozen)")
-    sub.add_argument("--seed", type=int, default=0)
-    sub.add_argument("--resume", action="store_true")
+    sub.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamW)")
+    sub.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    sub.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     sub.set_defaults(func=_cmd_finetune)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .model.clicknet import ClickNet, ClickNetConfig
+    from .model.clicknet2 import ClickNet2, ClickNet2Config
 
     torch.set_num_threads(args.threads)
-    targets = load_targets(args.data)
-    print(f"{len(targets)} training targets (held out: {', '.join(HELD_OUT_CASES)})")
-    result = train(ClickNet(ClickNetConfig()), targets, args.out, args.minutes, args.seed, export=args.export,
-                   resume=args.resume, decay_from_minute=args.decay_from_minute,
-                   augment_from_minute=args.augment_from_minute)
+    exclude = [name for name in args.exclude.split(",") if name]
+    cases = load_cases(args.data, exclude=exclude, allow_non_commercial=args.allow_non_commercial)
+    source = SampleSource(cases)
+    print(f"{len(cases)} training cases, {sum(len(c.targets) for c in cases)} targets in {len(source.groups)} "
+          f"groups: {', '.join(f'{g} ({len(v)})' for g, v in sorted(source.groups.items()))}", flush=True)
+    model = ClickNet2(ClickNet2Config()) if args.family == "clicknet2" else ClickNet(ClickNetConfig())
+    result = train(model, source, args.out, args.minutes, args.seed, export=args.export, resume=args.resume,
+                   decay_from_minute=args.decay_from_minute, lr=args.lr, clicks=args.clicks)
     print(json.dumps(result))
     return 0
 
@@ -351,12 +337,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from .model import load_model
 
     model = load_model(args.model)
-    targets = load_targets(args.data, exclude=())
-    result = train(model, targets, args.out, args.minutes, args.seed, export=args.out / "finetuned.pt",
-                   resume=args.resume, synthetic_fraction=0.0, trainable=args.trainable, lr=1e-4)
+    cases = load_cases(args.data, allow_non_commercial=True)  # the user's own data, the user's own weights
+    source = SampleSource(cases, synthesis_fraction=0.0, blob_fraction=0.0)
+    result = train(model, source, args.out, args.minutes, args.seed, export=args.out / "finetuned.pt",
+                   resume=args.resume, trainable=args.trainable, lr=args.lr)
     print(json.dumps(result))
     return 0
-
-
-def stats(targets: List[Target]) -> Dict[str, int]:
-    return {t.name: int(t.label_model.sum()) for t in targets}

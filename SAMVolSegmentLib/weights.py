@@ -44,10 +44,21 @@ REGISTRY: Dict[str, ModelSpec] = {
     for spec in (
         ModelSpec(
             name="default",
-            description="Small model trained by SAMVolSegment, shipped in the package (docs/MODEL_CARD.md)",
-            family="clicknet",
+            description="ClickNet2, trained by SAMVolSegment on CPU, shipped in the package (docs/MODEL_CARD.md)",
+            family="clicknet2",
             url=None,
             filename="samvolseg_default.pt",
+            size_bytes=None,
+            sha256=None,
+            licence="Apache-2.0 code; weights trained on CC BY / CC BY-SA / Apache data (docs/MODEL_CARD.md)",
+            bundled=True,
+        ),
+        ModelSpec(
+            name="clicknet-v1",
+            description="The previous default (ClickNet, 32³ output, 46 min of training); kept for comparison",
+            family="clicknet",
+            url=None,
+            filename="samvolseg_clicknet_v1.pt",
             size_bytes=None,
             sha256=None,
             licence="Apache-2.0",

@@ -10,35 +10,39 @@ import torch
 
 from SAMVolSegmentLib.model import ModelConfig, build_model, load_model
 from SAMVolSegmentLib.model.clicknet import ClickNet, ClickNetConfig
+from SAMVolSegmentLib.model.clicknet2 import ClickNet2, ClickNet2Config
 from SAMVolSegmentLib.predictor import Predictor
 from SAMVolSegmentLib.synthetic import synthetic_sample
 from SAMVolSegmentLib.training import (
-    HELD_OUT_CASES,
-    augment_roi,
+    REPORT_CASES,
     episode_loss,
     export_model,
     learning_rate,
-    load_targets,
     low_res_target,
-    roi_sample,
+    simulate_click,
     train,
 )
+from SAMVolSegmentLib.training_data import SampleSource
 
 TINY_CLICKNET = ClickNetConfig(image_size=32, stem_channels=(4, 8), context_channels=(8, 8), embed_dim=8,
                                decoder_channels=8)
+TINY_CLICKNET2 = ClickNet2Config(image_size=32, encoder_channels=(4, 8, 8, 8), embed_dim=8,
+                                 decoder_channels=(8, 8, 8), refine_channels=4)
+BLOBS_ONLY = SampleSource([])
 
 
-def test_episode_loss_falls_when_fitting_one_sample():
+@pytest.mark.parametrize("make_model", [lambda: ClickNet(TINY_CLICKNET), lambda: ClickNet2(TINY_CLICKNET2)],
+                         ids=["clicknet", "clicknet2"])
+def test_episode_loss_falls_when_fitting_one_sample(make_model):
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    model = ClickNet(TINY_CLICKNET)
+    model = make_model()
     image, label = synthetic_sample(rng, 32)
     x = torch.from_numpy(image)[None, None]
-    target = low_res_target(label, 8)[None]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(40):
-        loss, _ = episode_loss(model, x, target, clicks=2, rng=np.random.default_rng(1))
+        loss, _ = episode_loss(model, x, label[None], clicks=2, rng=np.random.default_rng(1))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -49,11 +53,11 @@ def test_episode_loss_falls_when_fitting_one_sample():
 def test_resume_continues_the_same_run(tmp_path):
     torch.manual_seed(0)
     model = ClickNet(TINY_CLICKNET)
-    first = train(model, [], tmp_path, minutes=0.02, seed=0, batch=1, clicks=2)
+    first = train(model, BLOBS_ONLY, tmp_path, minutes=0.02, seed=0, batch=1, clicks=2)
     assert first["steps"] > 0
     resumed_model = ClickNet(TINY_CLICKNET)
     # The budget is cumulative: the resumed run gets ~1 s beyond what the first one used (however slow it was).
-    second = train(resumed_model, [], tmp_path, minutes=first["minutes"] + 0.02, seed=0, batch=1, clicks=2,
+    second = train(resumed_model, BLOBS_ONLY, tmp_path, minutes=first["minutes"] + 0.02, seed=0, batch=1, clicks=2,
                    resume=True)
     assert second["steps"] > first["steps"]
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -66,7 +70,7 @@ def test_finetune_decoder_only_keeps_the_image_encoder(tmp_path):
                                     encoder_global_attn_indexes=(1,), prompt_embed_dim=48, image_size=32))
     encoder_before = {k: v.clone() for k, v in model.image_encoder.state_dict().items()}
     decoder_before = {k: v.clone() for k, v in model.mask_decoder.state_dict().items()}
-    train(model, [], tmp_path, minutes=0.03, seed=0, batch=1, clicks=2, trainable="decoder", lr=1e-3)
+    train(model, BLOBS_ONLY, tmp_path, minutes=0.03, seed=0, batch=1, clicks=2, trainable="decoder", lr=1e-3)
     for k, v in model.image_encoder.state_dict().items():
         assert torch.equal(v, encoder_before[k]), k
     assert any(not torch.equal(v, decoder_before[k]) for k, v in model.mask_decoder.state_dict().items())
@@ -94,32 +98,28 @@ def test_learning_rate_is_constant_then_decays_to_the_floor():
     assert learning_rate(55 * 60, 95, 1e-3, decay_from_minute=50) < 1e-3 == learning_rate(49 * 60, 95, 1e-3, 50)
 
 
-def test_real_training_rois_are_the_inference_rois(shared_data_dir):
-    from SAMVolSegmentLib.preprocessing import extract_roi
-
-    keep = "mr_msd_hippocampus_003"
-    others = [p.name for p in shared_data_dir.iterdir() if p.is_dir() and p.name != keep]
-    targets = load_targets(shared_data_dir, exclude=others)
-    assert sorted(t.name for t in targets) == [f"{keep}:1", f"{keep}:2", f"{keep}:all"]
-    assert all(name in [p.name for p in shared_data_dir.iterdir()] for name in HELD_OUT_CASES)
-    target = targets[0]
-    image, label = roi_sample(target, np.random.default_rng(0))
-    assert image.shape == label.shape == (128, 128, 128) and label[64, 64, 64] == 1  # centred on the target
-    centre_model = np.argwhere(target.label_model)[np.random.default_rng(0).integers(int(target.label_model.sum()))]
-    centre_ras = target.volume.grid.origin_ras + centre_model * target.volume.grid.spacing
-    expected, _ = extract_roi(target.volume, centre_ras)
-    np.testing.assert_array_equal(image, expected)
+def test_only_the_gradient_clicks_carry_gradients():
+    """RITM-style episodes: the loss of a no-gradient click does not reach the weights."""
+    torch.manual_seed(0)
+    model = ClickNet2(TINY_CLICKNET2)
+    image, label = synthetic_sample(np.random.default_rng(0), 32)
+    x = torch.from_numpy(image)[None, None]
+    loss, dices = episode_loss(model, x, label[None], clicks=3, rng=np.random.default_rng(0), grad_clicks=(0,))
+    assert len(dices) == 3 and loss.requires_grad
+    loss.backward()
+    assert model.coarse_head.weight.grad is not None
 
 
-def test_augmentation_moves_image_and_label_together():
+def test_simulated_clicks_start_inside_and_then_fix_the_largest_error():
+    target = np.zeros((16, 16, 16), np.float32)
+    target[2:10, 2:10, 2:10] = 1.0
     rng = np.random.default_rng(0)
-    raw = np.zeros((16, 16, 16), np.float32)
-    raw[2:6, 3:8, 9:14] = 100.0
-    label = (raw > 0).astype(np.uint8)
-    flipped_any = False
-    for _ in range(8):
-        image, mask = augment_roi(raw, label, rng)
-        assert image.shape == raw.shape and mask.dtype == np.uint8 and int(mask.sum()) == int(label.sum())
-        assert image[mask > 0].mean() > image[mask == 0].mean() + 50  # the bright block is still the label
-        flipped_any |= not np.array_equal(mask, label)
-    assert flipped_any
+    for _ in range(5):
+        point, label = simulate_click(target, None, rng, 32)
+        index = np.floor((point + 0.5) / 2).astype(int)
+        assert label == 1 and target[tuple(index)] == 1
+    leak = target > 0.5
+    leak[10:16, 2:10, 2:10] = True  # a false-positive slab bigger than any missing part
+    point, label = simulate_click(target, leak, rng, 32)
+    assert label == 0 and 10 <= np.floor((point[0] + 0.5) / 2) < 16
+    assert REPORT_CASES and len(set(REPORT_CASES)) == len(REPORT_CASES)

@@ -74,7 +74,9 @@ def _closed_port() -> int:
 
 def test_registry_entries():
     names = [spec.name for spec in list_models()]
-    assert names[:2] == ["default", "sam-med3d-turbo"]
+    assert names[0] == "default" and {"sam-med3d-turbo", "clicknet-v1"} <= set(names)
+    assert REGISTRY["default"].family == "clicknet2" and REGISTRY["default"].bundled
+    assert REGISTRY["clicknet-v1"].family == "clicknet" and REGISTRY["clicknet-v1"].bundled
     turbo = REGISTRY["sam-med3d-turbo"]
     assert turbo.size_bytes == 402_038_464 and turbo.url.startswith("https://huggingface.co/blueyo0/SAM-Med3D/")
     assert turbo.sha256 is None and not turbo.bundled and turbo.family == "sam_med3d"

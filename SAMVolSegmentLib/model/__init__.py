@@ -12,7 +12,7 @@ from .build import build_model, load_model, read_checkpoint, register_family
 from .config import ModelConfig
 from .sam3d import Sam3D
 
-for _module in ("clicknet",):  # optional families register themselves on import
+for _module in ("clicknet", "clicknet2"):  # optional families register themselves on import
     try:
         importlib.import_module(f"{__name__}.{_module}")
     except ImportError:

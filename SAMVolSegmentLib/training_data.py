@@ -1,0 +1,256 @@
+"""Training samples for the default model: real cases, balanced by source, augmented, and re-synthesised.
+
+Three kinds of sample, all returned as a raw (un-normalised) ROI in model-grid order (R, A, S) and its binary
+target, then normalised with the inference rule (:func:`~SAMVolSegmentLib.preprocessing.normalize_roi`):
+
+* **real**: a ROI of a real case on the 1.5 mm model grid, centred (with jitter) on the target's deepest
+  point or a random target voxel, as the session centres a ROI on the first click; flips, axis permutations,
+  zoom, gamma and noise;
+* **label-map synthesis** (SynthSeg-like, contrast-agnostic): the same real ROI's anatomy, re-painted — the
+  case's labelled structures and intensity clusters of its image become classes, each gets a random mean and
+  texture, then blur, bias field and noise. The shapes are real, the contrast is not, so the model learns to
+  follow edges and regions rather than one scanner's intensities;
+* **synthetic blobs** (:mod:`SAMVolSegmentLib.synthetic`): deformed ellipsoids with distractors.
+
+Real targets are drawn balanced: first a source group (sarcoma CT, sarcoma MR, hippocampus, lesions, spinal
+cord, each multi-organ case), then a case of the group, then a target of the case, so 45 hippocampus crops do
+not drown four lesions and one case with 41 structures does not drown everything.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from .geometry import RoiWindow
+from .preprocessing import (
+    ModelVolume,
+    crop_roi,
+    load_volume,
+    read_image,
+    resample_label_to_model_grid,
+    resample_to_model_grid,
+)
+from .synthetic import smooth_noise, synthetic_raw_sample
+
+MIN_TARGET_VOXELS_MODEL = 20  # targets smaller than this on the 1.5 mm grid (~70 mm³) are skipped
+#: Licence strings (from each case's meta.json) whose data may not train the shipped weights.
+NON_COMMERCIAL_MARKERS = ("NC-", "non-commercial", "NON-COMMERCIAL")
+
+
+@dataclass
+class Case:
+    """One case on the model grid: image, its label map (all values) and the targets drawn from it."""
+
+    name: str
+    group: str
+    licence: str
+    volume: ModelVolume
+    labels_model: np.ndarray  # uint8/uint16 label map, (R, A, S)
+    targets: List[Tuple[str, Tuple[int, ...]]] = field(default_factory=list)  # (name, label values)
+    _centres: Dict[Tuple[int, ...], Tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def centres(self, values: Tuple[int, ...]) -> Tuple[np.ndarray, np.ndarray]:
+        """(deepest voxel (3,), all voxels (N, 3)) of the target made of ``values``, model grid; cached."""
+        if values not in self._centres:
+            target = np.isin(self.labels_model, values)
+            distance = ndimage.distance_transform_edt(np.pad(target, 1))[1:-1, 1:-1, 1:-1]
+            deepest = np.array(np.unravel_index(int(np.argmax(distance)), target.shape))
+            self._centres[values] = (deepest, np.argwhere(target))
+        return self._centres[values]
+
+
+def case_group(name: str, meta: Dict[str, object]) -> str:
+    """Source group used for balanced sampling: modality + structure with case ids removed
+    (``ct_ibsi_sts003_sarcoma`` → ``ct_ibsi_sts_sarcoma``); lesions of any source form one group and every
+    multi-organ case is its own group."""
+    if "totalseg" in name:
+        return name
+    if name.endswith("_lesion"):
+        return "lesion"
+    if "spinalcord" in name:
+        return "spinalcord"
+    return re.sub(r"\d+", "", name.split("_t1")[0]).rstrip("_")
+
+
+def is_non_commercial(licence: str) -> bool:
+    return any(marker.lower() in licence.lower() for marker in NON_COMMERCIAL_MARKERS)
+
+
+def load_cases(data_dirs: Sequence[Path], include: Optional[Sequence[str]] = None,
+               exclude: Sequence[str] = (), allow_non_commercial: bool = False) -> List[Case]:
+    """Every case folder (``<case>/image.* + label.*``) of ``data_dirs`` on the model grid; an entry of
+    ``data_dirs`` may also be one case folder.
+
+    Args:
+        include: if given, only these case names (e.g. the two TotalSegmentator cases of ../shared/data).
+        exclude: case names to leave out.
+        allow_non_commercial: keep cases whose meta.json licence is non-commercial (their weights inherit it).
+    Each label value is a target, and for a case with several values their union is one too.
+    """
+    cases: List[Case] = []
+    for data_dir in data_dirs:
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
+            raise FileNotFoundError(f"training data folder {data_dir} does not exist: give a folder of case folders "
+                                    "(each with image.* and label.*) or one case folder")
+        is_case = any(data_dir.glob("image.*"))
+        for folder in [data_dir] if is_case else sorted(p for p in data_dir.iterdir() if p.is_dir()):
+            if folder.name in exclude or (include is not None and folder.name not in include):
+                continue
+            images, labels = sorted(folder.glob("image.*")), sorted(folder.glob("label.*"))
+            if not images or not labels:
+                continue
+            meta_path = folder / "meta.json"
+            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+            licence = str(meta.get("license", "unknown"))
+            if is_non_commercial(licence) and not allow_non_commercial:
+                continue
+            volume = load_volume(read_image(images[0]))
+            model_volume = resample_to_model_grid(volume)
+            label_kji = sitk.GetArrayFromImage(read_image(labels[0])).astype(np.uint16)
+            values = [int(v) for v in np.unique(label_kji) if v != 0]
+            labels_model = np.zeros(model_volume.array_model.shape, dtype=np.uint16)
+            case = Case(folder.name, case_group(folder.name, meta), licence, model_volume, labels_model)
+            for v in values:
+                mask = resample_label_to_model_grid((label_kji == v).astype(np.uint8), volume.geometry,
+                                                    model_volume.grid)
+                labels_model[mask > 0] = v
+                if int(mask.sum()) >= MIN_TARGET_VOXELS_MODEL:
+                    case.targets.append((f"{folder.name}:{v}", (v,)))
+            if len(values) > 1 and len(case.targets) > 0:
+                case.targets.append((f"{folder.name}:all", tuple(values)))
+            if case.targets:
+                cases.append(case)
+    return cases
+
+
+class SampleSource:
+    """Draws training ROIs; see the module docstring for the mix.
+
+    Args:
+        cases: from :func:`load_cases`.
+        size: ROI edge in model voxels (training may use a smaller ROI than inference: the model is fully
+            convolutional).
+        synthesis_fraction / blob_fraction: shares of label-map synthesis and synthetic blobs; the rest real.
+    """
+
+    def __init__(self, cases: List[Case], synthesis_fraction: float = 0.3, blob_fraction: float = 0.2) -> None:
+        self.cases = cases
+        self.synthesis_fraction = synthesis_fraction
+        self.blob_fraction = blob_fraction if cases else 1.0
+        self.groups: Dict[str, List[Case]] = {}
+        for case in cases:
+            self.groups.setdefault(case.group, []).append(case)
+        self.group_names = sorted(self.groups)
+
+    def pick_target(self, rng: np.random.Generator) -> Tuple[Case, Tuple[int, ...]]:
+        """A real target, balanced: a group uniformly, then a case of it, then a target of the case."""
+        group = self.groups[self.group_names[int(rng.integers(len(self.group_names)))]]
+        case = group[int(rng.integers(len(group)))]
+        _, values = case.targets[int(rng.integers(len(case.targets)))]
+        return case, values
+
+    def draw(self, rng: np.random.Generator, size: int, augment: bool = True) -> Tuple[np.ndarray, np.ndarray, str]:
+        """(raw ROI float32 (size³), target uint8 (size³), kind) — the ROI is not normalised yet."""
+        u = rng.random()
+        if u < self.blob_fraction:
+            image, label = synthetic_raw_sample(rng, size)
+            return image, label, "blob"
+        case, values = self.pick_target(rng)
+        raw, labels = real_roi(case, values, rng, size)
+        target = np.isin(labels, values).astype(np.uint8)
+        if u < self.blob_fraction + self.synthesis_fraction:
+            raw = synthesise_from_labels(raw, labels, rng)
+            kind = "synthesis"
+        else:
+            kind = "real"
+        if augment:
+            raw, target = augment_roi(raw, target, rng)
+        return raw, target, kind
+
+
+def real_roi(case: Case, values: Tuple[int, ...], rng: np.random.Generator,
+             size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """A raw size³ ROI of ``case`` and its label map (values as in the case), centred near the target: on its
+    deepest point (half the time) or a random voxel of it, with a jitter of up to 8 voxels."""
+    deepest, points = case.centres(values)
+    centre = deepest if rng.random() < 0.5 else points[rng.integers(len(points))]
+    centre = centre + rng.integers(-8, 9, 3)
+    roi = RoiWindow(tuple(int(c) - size // 2 for c in centre), size, case.volume.grid.origin_ras,
+                    case.volume.grid.spacing)
+    raw = crop_roi(case.volume, roi, normalize=False)
+    labels = crop_roi(ModelVolume(case.labels_model, case.volume.grid), roi, normalize=False)
+    return raw, np.rint(labels).astype(np.uint16)
+
+
+def synthesise_from_labels(raw: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Re-paint a ROI: classes = its labelled structures + 3–7 intensity clusters of the (smoothed) image;
+    every class gets a random mean and texture; then blur, bias field and noise. Voxels outside the image
+    (the zero padding beyond the volume) stay 0, as they are at inference."""
+    inside = raw != 0
+    smooth = ndimage.gaussian_filter(raw, 1.0)
+    n_clusters = int(rng.integers(3, 8))
+    values = smooth[inside]
+    classes = np.zeros(raw.shape, dtype=np.int32)
+    if values.size:
+        edges = np.quantile(values, np.sort(rng.uniform(0.02, 0.98, n_clusters - 1)))
+        classes = np.searchsorted(edges, smooth).astype(np.int32) + 1
+    for k, v in enumerate(np.unique(labels[labels > 0])):
+        classes[labels == v] = n_clusters + 1 + k
+    n_classes = int(classes.max()) + 1
+    means = rng.uniform(20, 1000, n_classes).astype(np.float32)
+    stds = (means * rng.uniform(0.0, 0.15, n_classes)).astype(np.float32)
+    size = raw.shape[0]
+    texture = smooth_noise(rng, size, int(rng.integers(6, 20)))
+    image = means[classes] + stds[classes] * texture
+    sigma = rng.uniform(0, 1.2)
+    if sigma > 0.3:
+        image = ndimage.gaussian_filter(image, sigma)
+    image = image * (1 + 0.25 * smooth_noise(rng, size, 3))
+    image = image + rng.uniform(0, 0.08) * float(means.mean()) * rng.standard_normal(image.shape).astype(np.float32)
+    image = np.maximum(image, 1.0)  # positive inside the image, so the z-normalisation sees it all
+    image[~inside] = 0
+    return image.astype(np.float32)
+
+
+def augment_roi(raw: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """Flips, axis permutations, zoom (0.8–1.25, about the centre), gamma and noise, applied to image and target
+    together (the clicks are simulated from the target afterwards, so they stay consistent); the intensity
+    changes act on the raw ROI because the z-normalisation would undo a plain scale or shift."""
+    if rng.random() < 0.3:
+        order = rng.permutation(3)
+        raw, target = raw.transpose(order), target.transpose(order)
+    for axis in range(3):
+        if rng.random() < 0.5:
+            raw, target = np.flip(raw, axis), np.flip(target, axis)
+    if rng.random() < 0.3:
+        raw, target = _zoom(raw, target, float(np.exp(rng.uniform(np.log(0.8), np.log(1.25)))))
+    inside = raw != 0
+    lo, hi = (float(raw[inside].min()), float(raw[inside].max())) if inside.any() else (0.0, 0.0)
+    if hi > lo and rng.random() < 0.5:
+        unit = np.clip((raw - lo) / (hi - lo), 0, 1)
+        raw = np.where(inside, lo + (hi - lo) * unit ** rng.uniform(0.7, 1.5), 0)
+    if rng.random() < 0.5:
+        raw = raw + rng.uniform(0, 0.1) * float(raw.std()) * rng.standard_normal(raw.shape) * inside
+    return np.ascontiguousarray(raw, dtype=np.float32), np.ascontiguousarray(target, dtype=np.uint8)
+
+
+def _zoom(raw: np.ndarray, target: np.ndarray, scale: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Scale content by ``scale`` about the ROI centre, keeping the ROI size (trilinear image, soft target)."""
+    size = raw.shape[0]
+    theta = torch.zeros((1, 3, 4))
+    theta[0, :, :3] = torch.eye(3) / scale
+    grid = F.affine_grid(theta, [1, 1, size, size, size], align_corners=False)
+    stacked = torch.from_numpy(np.stack([raw, target.astype(np.float32)]))[None]
+    out = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0].numpy()
+    return out[0], (out[1] > 0.5).astype(np.uint8)

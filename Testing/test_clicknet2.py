@@ -1,0 +1,117 @@
+"""ClickNet2 (the default family since v2): the predictor contract with a tuple embedding, click features,
+the session end to end, loading from an exported file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from SAMVolSegmentLib.model import load_model
+from SAMVolSegmentLib.model.clicknet2 import CLICK_FEATURES, ClickNet2, ClickNet2Config, _grown_region
+from SAMVolSegmentLib.predictor import Predictor, tensor_nbytes
+from SAMVolSegmentLib.session import InteractiveSession
+from SAMVolSegmentLib.training import export_model
+
+TINY = ClickNet2Config(image_size=32, encoder_channels=(4, 8, 8, 8), embed_dim=8, decoder_channels=(8, 8, 8),
+                       refine_channels=4)
+
+
+@pytest.fixture()
+def model() -> ClickNet2:
+    torch.manual_seed(0)
+    return ClickNet2(TINY).eval()
+
+
+def test_embedding_shapes_and_logits_at_half_the_roi(model):
+    with torch.inference_mode():
+        coarse, fine, images = model.encode_image(torch.randn(2, 1, 32, 32, 32))
+        assert coarse.shape == (2, 8, 8, 8, 8) and fine.shape == (2, 4, 16, 16, 16) and images.shape == (2, 2, 16, 16, 16)
+        points = torch.tensor([[[16.0, 16.0, 16.0]], [[4.0, 8.0, 20.0]]])
+        logits, iou = model.decode_prompts((coarse, fine, images), points, torch.ones(2, 1, dtype=torch.int64),
+                                           torch.zeros(2, 1, 16, 16, 16))
+    assert logits.shape == (2, 1, 16, 16, 16) and iou.shape == (2, 1)
+    assert torch.all((iou > 0) & (iou < 1))
+    assert TINY.low_res_size == 16 and ClickNet2Config().low_res_size == 64
+
+
+def test_the_image_channels_are_the_pooled_roi(model):
+    image = torch.randn(1, 1, 32, 32, 32)
+    with torch.inference_mode():
+        _, _, images = model.encode_image(image)
+    torch.testing.assert_close(images[:, :1], torch.nn.functional.avg_pool3d(image, 2))
+
+
+def test_a_positive_click_raises_its_own_logit_more_than_a_far_voxel(model):
+    with torch.inference_mode():
+        embedding = model.encode_image(torch.zeros(1, 1, 32, 32, 32))
+        logits, _ = model.decode_prompts(embedding, torch.tensor([[[8.0, 8.0, 8.0]]]), torch.ones(1, 1, dtype=torch.int64),
+                                         torch.zeros(1, 1, 16, 16, 16))
+    assert logits[0, 0, 4, 4, 4] > logits[0, 0, 14, 14, 14] + 1.0  # the click prior at initialisation
+
+
+def test_click_features_follow_the_image():
+    """Similarity and grown regions: a bright cube clicked inside is found, a dark gap stops the growing."""
+    model = ClickNet2(TINY)
+    image = torch.zeros(1, 1, 16, 16, 16)
+    image[0, 0, 2:8, 2:8, 2:8] = 3.0
+    image[0, 0, 10:14, 2:8, 2:8] = 3.0  # same intensity, not connected
+    images = torch.cat([image, image], 1)
+    features = model.click_features(images, torch.tensor([[[9.0, 9.0, 9.0]]]), torch.tensor([[1]]))  # S grid 32
+    names = {name: features[0, i] for i, name in enumerate(CLICK_FEATURES)}
+    assert names["heat_positive"][4, 4, 4] == names["heat_positive"].max()
+    assert names["heat_negative"].abs().max() == 0
+    assert names["similar_positive"][3, 3, 3] == pytest.approx(1.0) and names["similar_positive"][0, 0, 0] < 1e-6
+    grown = names["grown_tight"].numpy() > 0
+    assert grown[2:8, 2:8, 2:8].all() and not grown[10:14].any() and grown.sum() == 6**3
+
+
+def test_labels_other_than_zero_or_one_are_padding(model):
+    with torch.inference_mode():
+        embedding = model.encode_image(torch.randn(1, 1, 32, 32, 32))
+        prev = torch.zeros(1, 1, 16, 16, 16)
+        one, _ = model.decode_prompts(embedding, torch.tensor([[[10.0, 10.0, 10.0]]]), torch.tensor([[1]]), prev)
+        padded, _ = model.decode_prompts(embedding, torch.tensor([[[10.0, 10.0, 10.0], [3.0, 3.0, 3.0]]]),
+                                         torch.tensor([[1, -1]]), prev)
+    torch.testing.assert_close(one, padded)
+
+
+def test_grown_region_keeps_only_seeded_components():
+    similar = np.zeros((6, 6, 6), bool)
+    similar[0:2, 0:2, 0:2] = True
+    similar[4:6, 4:6, 4:6] = True
+    out = _grown_region(similar, [(0, 0, 0)])
+    assert out[0:2, 0:2, 0:2].all() and not out[4:6].any()
+    assert not _grown_region(similar, [(3, 3, 3)]).any()
+
+
+def test_predictor_caches_the_tuple_embedding_and_counts_all_its_bytes(model):
+    predictor = Predictor(model)
+    embedding = predictor.embed(np.zeros((32, 32, 32), np.float32), ("volume", 0))
+    assert isinstance(embedding, tuple) and predictor.encoder_calls == 1
+    assert predictor.cache.nbytes == tensor_nbytes(embedding) == sum(t.nelement() * 4 for t in embedding)
+    assert predictor.embed(np.zeros((32, 32, 32), np.float32), ("volume", 0)) is embedding
+    assert predictor.encoder_calls == 1
+    prediction = predictor.predict(embedding, np.array([[16.0, 16.0, 16.0]]), np.array([True]))
+    assert prediction.low_res_logits.shape == (1, 1, 16, 16, 16) and 0 < prediction.iou < 1
+
+
+def test_exported_default_family_runs_a_session(tmp_path):
+    """The whole path a user takes: export → load by path → session on a real SimpleITK image → undo."""
+    torch.manual_seed(0)
+    path = export_model(ClickNet2(ClickNet2Config()), tmp_path / "v2.pt", {"step": 1})
+    model = load_model(path)
+    assert isinstance(model, ClickNet2) and model.model_id.startswith("clicknet2:")
+    array = np.zeros((40, 60, 60), np.float32)
+    array[10:30, 20:40, 20:40] = 100.0
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.5, 1.5, 2.0))
+    session = InteractiveSession(Predictor(model))
+    session.set_volume(image)
+    centre_ras = np.array([-45.0, -45.0, 40.0])  # LPS (45, 45, 40) → RAS
+    update = session.add_click(centre_ras, positive=True)
+    assert update.mask.any()
+    assert session.mask_array_kji().shape == array.shape
+    session.undo()
+    assert not session.mask_array_kji().any()
