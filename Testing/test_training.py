@@ -18,7 +18,6 @@ from SAMVolSegmentLib.training import (
     episode_loss,
     export_model,
     learning_rate,
-    low_res_target,
     simulate_click,
     train,
 )
