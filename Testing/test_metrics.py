@@ -29,6 +29,11 @@ def test_nsd_of_two_single_voxels():
     assert nsd(a, b, (1.0, 1.0, 0.6)) == pytest.approx(1.0)  # 1.8 mm passes too
     assert nsd(a, b, (1.0, 1.0, 1.0), tolerance_mm=1.9) == pytest.approx(0.0)
     assert nsd(a, _voxel((3, 3, 8), (1, 1, 2)), (1.0, 1.0, 1.0)) == pytest.approx(1.0)
+    # Exactly at the tolerance counts as within, whatever the rounding: the far corners are 3 x 0.2 mm apart,
+    # which the distance transform returns as 0.6000000000000001.
+    c, d = _voxel((3, 9, 3), (1, 0, 1)), _voxel((3, 9, 3), (1, 3, 1))
+    assert nsd(c, d, (1.0, 0.2, 1.0), tolerance_mm=0.6) == 1.0
+    assert nsd(c, d, (1.0, 0.2, 1.0), tolerance_mm=0.59) == pytest.approx(0.5)
     # Two slices apart along k at 5 mm: the nearest corners are 5 mm apart.
     assert nsd(_voxel((4, 3, 3), (0, 1, 1)), _voxel((4, 3, 3), (2, 1, 1)), (5.0, 1.0, 1.0)) == 0.0
 
@@ -107,7 +112,8 @@ def test_nsd_matches_brute_force(seed, spacing, tolerance):
     points_a, area_a = _brute_force_surface(a, spacing)
     points_b, area_b = _brute_force_surface(b, spacing)
     distances = cdist(points_a, points_b)
-    within = area_a[distances.min(axis=1) <= tolerance].sum() + area_b[distances.min(axis=0) <= tolerance].sum()
+    limit = tolerance + 1e-9  # exact ties (5 x 0.4 mm = 2 mm) count as within, whatever the rounding
+    within = area_a[distances.min(axis=1) <= limit].sum() + area_b[distances.min(axis=0) <= limit].sum()
     expected = within / (area_a.sum() + area_b.sum())
     assert nsd(a, b, spacing, tolerance) == pytest.approx(expected, abs=1e-12)
 
