@@ -1,0 +1,150 @@
+"""``samvolseg serve``: run the inference server (registered by :func:`register_cli`).
+
+Safe defaults: binds 127.0.0.1; any other address needs a token (``--token-file`` or the
+``SAMVOLSEG_SERVER_TOKEN`` variable keep it out of the process list, unlike ``--token``); TLS with
+``--ssl-certfile``/``--ssl-keyfile``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from ..errors import ServerConfigError
+
+DEFAULT_PORT = 8765
+TOKEN_ENV = "SAMVOLSEG_SERVER_TOKEN"
+MIN_TOKEN_CHARS = 16
+TOKEN_HINT = "make one with: python -c \"import secrets; print(secrets.token_urlsafe(32))\""
+
+
+def register_cli(subparsers) -> None:
+    """Add the ``serve`` subcommand to ``samvolseg``'s subparsers."""
+    p = subparsers.add_parser(
+        "serve", help="serve a model to remote clients (Slicer, RemoteSession) over HTTP(S)",
+        description="Run the inference server: clients upload each volume once and send clicks as small JSON "
+                    "requests; replies carry only the changed part of the mask. Binds 127.0.0.1 unless --host "
+                    "says otherwise; any other address needs a token. Needs: pip install 'samvolsegment[server]'.")
+    p.add_argument("--model", default="default", help="registry name (samvolseg models list) or checkpoint path")
+    p.add_argument("--device", default=argparse.SUPPRESS,
+                   help="torch device: cpu (default), cuda, cuda:1, mps; also accepted before the subcommand")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0: every interface, needs "
+                        "a token)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port")
+    p.add_argument("--token", default=None,
+                   help=f"bearer token clients must send (visible in the process list: prefer --token-file or "
+                        f"${TOKEN_ENV}); at least {MIN_TOKEN_CHARS} characters")
+    p.add_argument("--token-file", type=Path, default=None, help="file whose first line is the token")
+    p.add_argument("--ssl-certfile", type=Path, default=None, help="TLS certificate (PEM); enables HTTPS")
+    p.add_argument("--ssl-keyfile", type=Path, default=None, help="TLS private key (PEM) of --ssl-certfile")
+    p.add_argument("--lease-minutes", type=float, default=30.0,
+                   help="a session idle this long expires (the client restores it by itself)")
+    p.add_argument("--max-memory-gb", type=float, default=8.0,
+                   help="memory for uploaded volumes and sessions; least recently used go first")
+    p.add_argument("--cache-gb", type=float, default=2.0, help="memory for cached image embeddings")
+    p.add_argument("--max-upload-mb", type=float, default=2048.0, help="largest compressed volume upload")
+    p.add_argument("--max-voxels", type=int, default=512 * 512 * 1024, help="largest volume, in voxels")
+    p.add_argument("--queue", type=int, default=32, help="requests that may wait for the model; more get 503")
+    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",
+                   help="server log level")
+    p.set_defaults(func=cmd_serve)
+
+
+def resolve_token(token: Optional[str], token_file: Optional[Path]) -> Optional[str]:
+    """The token from --token, --token-file or the environment (in that order), checked.
+
+    Raises:
+        ServerConfigError: both options given, an unreadable or empty file, or a token that is too short.
+    """
+    if token is not None and token_file is not None:
+        raise ServerConfigError("Give --token or --token-file, not both.")
+    if token_file is not None:
+        try:
+            lines = token_file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ServerConfigError(f"Cannot read --token-file {token_file}: {exc.strerror}.") from None
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ServerConfigError(f"--token-file {token_file} is empty; write the token on its first line "
+                                    f"({TOKEN_HINT}).")
+    if token is None:
+        token = os.environ.get(TOKEN_ENV) or None
+    if token is not None:
+        token = token.strip()
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ServerConfigError(f"The token has {len(token)} characters; use at least {MIN_TOKEN_CHARS} "
+                                    f"({TOKEN_HINT}).")
+    return token
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1): only this machine can connect."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_serve_options(args: argparse.Namespace) -> Optional[str]:
+    """Validate the options before any model is loaded; the token.
+
+    Raises:
+        ServerConfigError: the message says which option to fix.
+    """
+    token = resolve_token(args.token, args.token_file)
+    if token is None and not is_loopback_host(args.host):
+        raise ServerConfigError(f"--host {args.host} lets other machines connect: give a token with --token-file, "
+                                f"--token or ${TOKEN_ENV} ({TOKEN_HINT}), or bind 127.0.0.1.")
+    if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
+        raise ServerConfigError("TLS needs both --ssl-certfile and --ssl-keyfile.")
+    for name, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile)):
+        if path is not None and not path.is_file():
+            raise ServerConfigError(f"{name} {path} is not a file.")
+    if not 0 < args.port < 65536:
+        raise ServerConfigError(f"--port {args.port} is not a TCP port (1-65535).")
+    for name in ("lease_minutes", "max_memory_gb", "cache_gb", "max_upload_mb", "max_voxels", "queue"):
+        if not getattr(args, name) > 0:
+            raise ServerConfigError(f"--{name.replace('_', '-')} must be positive.")
+    return token
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Check the options, load the model, serve until interrupted."""
+    token = check_serve_options(args)
+    try:
+        import uvicorn
+
+        from .server import ServerConfig, create_app
+    except ImportError as exc:
+        raise ServerConfigError(f"The server needs FastAPI and uvicorn ({exc}); install them with: "
+                                "pip install 'samvolsegment[server]'.") from None
+    from ..cli import _check_device, load_model_verbose
+
+    device = getattr(args, "device", "cpu")
+    _check_device(device)
+    model = load_model_verbose(args.model, device)
+    config = ServerConfig(
+        token=token, device=device, lease_s=args.lease_minutes * 60, max_memory_bytes=int(args.max_memory_gb * 2**30),
+        cache_bytes=int(args.cache_gb * 2**30), max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_voxels=args.max_voxels, queue_size=args.queue)
+    app = create_app(model, config)
+    tls = args.ssl_certfile is not None
+    scheme = "https" if tls else "http"
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"serving {getattr(model, 'model_id', '?')} on {scheme}://{host}:{args.port} "
+          f"({'token required' if token else 'no token: this machine only'}"
+          f"{'' if tls else ', no TLS'}); Ctrl+C stops")
+    if not tls and not is_loopback_host(args.host):
+        print("warning: without TLS the token and the images cross the network in clear text; use "
+              "--ssl-certfile/--ssl-keyfile or a TLS reverse proxy", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                ssl_certfile=str(args.ssl_certfile) if tls else None,
+                ssl_keyfile=str(args.ssl_keyfile) if tls else None, timeout_keep_alive=30)
+    return 0

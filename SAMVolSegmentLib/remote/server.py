@@ -1,0 +1,643 @@
+"""The inference server: one model on one device, many clients, each click a small JSON request.
+
+Endpoints (``/health`` and ``/info`` are open; everything under ``/v1`` needs ``Authorization: Bearer TOKEN``
+when the server has a token):
+
+===========================================  =====================================================================
+``GET /health``                              ``{"ok": true}`` (load balancers, "Test connection")
+``GET /info``                                model id, device, protocol version, limits
+``GET /v1/volumes/{fp}``                     200 when the server holds the volume with content id ``fp``, else 404
+``PUT /v1/volumes/{fp}``                     upload (body: :func:`protocol.encode_volume`; skipped if held)
+``POST /v1/sessions``                        ``{"volume": fp}`` → ``{"session": id, "lease_s": ...}``
+``GET /v1/sessions/{id}?wait=S``             readiness and undo/redo state (waits up to S s for readiness)
+``DELETE /v1/sessions/{id}``                 close the session
+``POST /v1/sessions/{id}/click``             ``{"point_ras": [r, a, s], "positive": true}`` → the changed box
+``POST /v1/sessions/{id}/box``               ``{"min_ras": [...], "max_ras": [...]}``
+``POST /v1/sessions/{id}/{op}``              ``clear_box``, ``undo``, ``redo``, ``reset``
+``PUT /v1/sessions/{id}/initial_mask``       body: :func:`protocol.encode_bits` of the full mask; empty = none
+``GET /v1/sessions/{id}/mask``               the full mask (packed bits)
+``GET /v1/stats``                            memory, sessions, queue depth
+===========================================  =====================================================================
+
+Design:
+
+* **One worker thread owns the model.** Every step (and session creation) is a job in a bounded queue; a full
+  queue answers 503 with ``Retry-After`` at once instead of letting requests pile up until clients time out.
+  Uploads are decoded and validated outside the worker, so a large upload does not stall other users' clicks.
+* **Memory is bounded in bytes.** Uploaded volumes and sessions share one LRU budget (``max_memory_bytes``);
+  the least recently used go first. Embeddings live in the predictor's own byte-bounded cache. An evicted or
+  expired session answers 410 with the reason; the client recreates it and replays its steps.
+* **Leases.** A session not used for ``lease_s`` seconds expires (410).
+* **Errors.** Bad input is a 4xx with ``{"error": class name, "detail": the fix}``; an unexpected failure is a
+  500 with a generic message (the traceback goes to the server log only). Nothing in a reply names a server
+  file path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import queue
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..errors import (
+    AuthenticationError,
+    InvalidPromptError,
+    SAMVolSegmentError,
+    ServerBusyError,
+    SessionStateError,
+)
+from ..mask_update import MaskUpdate
+from .protocol import (
+    API_PREFIX,
+    META_HEADER,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+    WireFormatError,
+    check_volume_meta,
+    content_id,
+    decode_bits,
+    decode_volume,
+    encode_update,
+    error_body,
+    parse_json,
+)
+
+LOG = logging.getLogger("samvolseg.server")
+#: Annotation the server hangs on every history step it creates (see ``run_step``).
+_STEP_TAG = "samvolseg-remote-step"
+
+
+@dataclass
+class ServerConfig:
+    """Limits and policies of a server (every size in bytes).
+
+    Attributes:
+        token: bearer token every ``/v1`` request must carry; None = no authentication (loopback only; the
+            CLI refuses to bind another address without one).
+        device: the torch device the model runs on (reported by ``/info``).
+        lease_s: a session idle this long expires.
+        max_memory_bytes: volumes + sessions (each session counted as its float32 volume, its model-grid copy,
+            its label and ``history_bytes``); least recently used go first.
+        cache_bytes: embedding cache (shared by all sessions; same volume → same embeddings).
+        history_bytes: undo history bound of each session.
+        max_undo: undo depth of each session.
+        max_upload_bytes: largest compressed volume upload.
+        max_voxels: largest volume (voxels).
+        max_json_bytes: largest JSON request body.
+        queue_size: model jobs that may wait; one more gets 503.
+        retry_after_s: what a 503 tells the client to wait.
+        max_wait_s: longest ``?wait=`` a readiness query may block.
+    """
+
+    token: Optional[str] = None
+    device: str = "cpu"
+    lease_s: float = 1800.0
+    max_memory_bytes: int = 8 << 30
+    cache_bytes: int = 2 << 30
+    history_bytes: int = 64 << 20
+    max_undo: int = 100
+    max_upload_bytes: int = 2 << 30
+    max_voxels: int = 512 * 512 * 1024
+    max_json_bytes: int = 64 << 10
+    queue_size: int = 32
+    retry_after_s: int = 1
+    max_wait_s: float = 30.0
+
+
+class HTTPReplyError(Exception):
+    """An error reply: status, error name, a message that names the fix, optional headers."""
+
+    def __init__(self, status: int, error: str, detail: str, headers: Optional[Dict[str, str]] = None) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers or {}
+
+
+# ---------------------------------------------------------------- the model worker
+class ModelWorker:
+    """One thread that runs every model job, fed by a bounded queue (torch on one device is not worth sharing)."""
+
+    def __init__(self, queue_size: int, retry_after_s: int) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        self._retry_after_s = retry_after_s
+        self._thread = threading.Thread(target=self._run, name="samvolseg-model-worker", daemon=True)
+        self._thread.start()
+        self.jobs_done = 0
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting (not counting the one running)."""
+        return self._queue.qsize()
+
+    def submit(self, job: Callable[[], Any]) -> Future:
+        """Queue a job; its result (or exception) arrives in the returned future.
+
+        Raises:
+            HTTPReplyError: 503 when the queue is full (the job did not run and will not).
+        """
+        future: Future = Future()
+        try:
+            self._queue.put_nowait((job, future))
+        except queue.Full:
+            raise HTTPReplyError(503, ServerBusyError.__name__,
+                              f"The server is busy ({self._queue.maxsize} requests waiting); retry in "
+                              f"{self._retry_after_s} s.", {"Retry-After": str(self._retry_after_s)}) from None
+        return future
+
+    async def run(self, job: Callable[[], Any]) -> Any:
+        """Run ``job`` on the worker and await its result."""
+        return await asyncio.wrap_future(self.submit(job))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            job, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(job())
+            except BaseException as exc:  # delivered to the request that queued it
+                future.set_exception(exc)
+            self.jobs_done += 1
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Let queued jobs finish, then stop the thread."""
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self._thread.join(timeout)
+
+
+# ---------------------------------------------------------------- volumes and sessions
+@dataclass
+class _StoredVolume:
+    array_kji: np.ndarray  # original dtype, read-only
+    ijk_to_ras: np.ndarray
+    nbytes: int
+
+
+@dataclass
+class _ServerSession:
+    sid: str
+    session: Any  # InteractiveSession
+    volume_id: str
+    nbytes: int
+    last_used: float
+
+
+class ResourceStore:
+    """Volumes and sessions under one LRU byte budget, with session leases.
+
+    Thread-safe: the event loop looks sessions up, the worker adds them.
+    """
+
+    #: How many ended sessions are remembered, to answer 410 (with the reason) instead of 404.
+    GONE_MEMORY = 4096
+
+    def __init__(self, max_bytes: int, lease_s: float) -> None:
+        self.max_bytes = int(max_bytes)
+        self.lease_s = float(lease_s)
+        self._lock = threading.Lock()
+        self._entries: OrderedDict = OrderedDict()  # ("volume"|"session", key) → _StoredVolume | _ServerSession
+        self._gone: OrderedDict = OrderedDict()  # session id → why it ended
+        self.nbytes = 0
+        self.evicted = 0
+        self.expired = 0
+
+    # volumes
+    def volume(self, volume_id: str) -> Optional[_StoredVolume]:
+        with self._lock:
+            entry = self._entries.get(("volume", volume_id))
+            if entry is not None:
+                self._entries.move_to_end(("volume", volume_id))
+            return entry
+
+    def add_volume(self, volume_id: str, volume: _StoredVolume) -> None:
+        self._add(("volume", volume_id), volume, volume.nbytes, "volume")
+
+    # sessions
+    def add_session(self, entry: _ServerSession) -> None:
+        self._add(("session", entry.sid), entry, entry.nbytes, "session")
+
+    def session(self, sid: str) -> _ServerSession:
+        """The live session ``sid`` (its lease renewed).
+
+        Raises:
+            HTTPReplyError: 410 for an expired or evicted session (with the reason), 404 for an unknown one.
+        """
+        self.reap()
+        with self._lock:
+            entry = self._entries.get(("session", sid))
+            if entry is not None:
+                entry.last_used = time.monotonic()
+                self._entries.move_to_end(("session", sid))
+                return entry
+            reason = self._gone.get(sid)
+        if reason is not None:
+            raise HTTPReplyError(410, "SessionExpiredError",
+                              f"Session {sid} {reason}; create a new session and replay the steps "
+                              "(RemoteSession does this by itself).")
+        raise HTTPReplyError(404, "SessionNotFound",
+                          f"No session {sid} on this server (it may have restarted); create a new session.")
+
+    def remove_session(self, sid: str, reason: str = "was closed by its client") -> bool:
+        with self._lock:
+            entry = self._entries.pop(("session", sid), None)
+            if entry is None:
+                return False
+            self._forget(entry, reason)
+        entry.session.close()
+        return True
+
+    def reap(self) -> int:
+        """Expire sessions idle past their lease; how many ended."""
+        now = time.monotonic()
+        ended: List[_ServerSession] = []
+        with self._lock:
+            for key, entry in list(self._entries.items()):
+                if key[0] == "session" and now - entry.last_used > self.lease_s:
+                    del self._entries[key]
+                    self._forget(entry, f"expired after {self.lease_s:g} s without a request")
+                    self.expired += 1
+                    ended.append(entry)
+        for entry in ended:
+            entry.session.close()
+        return len(ended)
+
+    def counts(self) -> Dict[str, int]:
+        with self._lock:
+            sessions = sum(1 for key in self._entries if key[0] == "session")
+            return {"sessions": sessions, "volumes": len(self._entries) - sessions, "bytes": self.nbytes,
+                    "max_bytes": self.max_bytes, "evicted": self.evicted, "expired": self.expired}
+
+    def close_all(self) -> None:
+        with self._lock:
+            entries = [e for k, e in self._entries.items() if k[0] == "session"]
+            self._entries.clear()
+            self.nbytes = 0
+        for entry in entries:
+            entry.session.close()
+
+    # internals
+    def _add(self, key: Tuple[str, str], value: Any, nbytes: int, what: str) -> None:
+        if nbytes > self.max_bytes:
+            raise HTTPReplyError(413, "InsufficientMemory",
+                              f"This {what} needs about {nbytes / 1e6:.0f} MB, more than the server's whole memory "
+                              f"budget ({self.max_bytes / 1e6:.0f} MB); crop or resample the volume, or start the "
+                              "server with a larger --max-memory.")
+        ended: List[_ServerSession] = []
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.nbytes -= old.nbytes
+            self._entries[key] = value
+            self.nbytes += nbytes
+            while self.nbytes > self.max_bytes:
+                oldest_key = next(iter(self._entries))
+                oldest = self._entries.pop(oldest_key)
+                self.nbytes -= oldest.nbytes
+                self.evicted += 1
+                if oldest_key[0] == "session":
+                    self._forget(oldest, "was closed to free memory for other work (the server's memory "
+                                         "budget was reached)")
+                    ended.append(oldest)
+        for entry in ended:
+            entry.session.close()
+
+    def _forget(self, entry: Any, reason: str) -> None:
+        """Book-keeping of an entry just removed from ``_entries`` (lock held)."""
+        self.nbytes -= entry.nbytes
+        self._gone[entry.sid] = reason
+        while len(self._gone) > self.GONE_MEMORY:
+            self._gone.popitem(last=False)
+
+
+# ---------------------------------------------------------------- the app
+def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
+    """The FastAPI app serving ``model`` (a loaded model or a :class:`~SAMVolSegmentLib.predictor.Predictor`).
+
+    The app owns a worker thread and a store; both stop when the app shuts down (uvicorn's lifespan).
+    """
+    from contextlib import asynccontextmanager
+
+    from ..predictor import Predictor
+    from ..session import InteractiveSession
+
+    cfg = config or ServerConfig()
+    predictor = model if isinstance(model, Predictor) else Predictor(model, cache_bytes=cfg.cache_bytes)
+    worker = ModelWorker(cfg.queue_size, cfg.retry_after_s)
+    store = ResourceStore(cfg.max_memory_bytes, cfg.lease_s)
+    token = cfg.token.encode("utf-8") if cfg.token else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async def reaper() -> None:
+            while True:
+                await asyncio.sleep(max(1.0, min(30.0, cfg.lease_s / 4)))
+                store.reap()
+
+        task = asyncio.ensure_future(reaper())
+        try:
+            yield
+        finally:
+            task.cancel()
+            worker.close()
+            store.close_all()
+
+    app = FastAPI(title="SAMVolSegment inference server", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.store, app.state.worker, app.state.predictor, app.state.config = store, worker, predictor, cfg
+
+    # ---------------------------------------------------------------- errors: always JSON, never a traceback
+    @app.exception_handler(HTTPReplyError)
+    async def _problem(request: Request, exc: HTTPReplyError) -> JSONResponse:
+        return JSONResponse(error_body(exc.error, exc.detail), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(SAMVolSegmentError)
+    async def _engine_error(request: Request, exc: SAMVolSegmentError) -> JSONResponse:
+        status = 409 if isinstance(exc, SessionStateError) else 422
+        return JSONResponse(error_body(type(exc).__name__, str(exc)), status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return JSONResponse(error_body("WireFormatError", f"Malformed request ({fields})."), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        name = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        detail = (f"No endpoint {request.method} {request.url.path}; this server speaks protocol "
+                  f"{PROTOCOL_VERSION} (GET /info)." if exc.status_code in (404, 405) else str(exc.detail))
+        return JSONResponse(error_body(name, detail), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        LOG.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(error_body("InternalError", "The server failed on this request (the details are in "
+                                                        "its log); try again, and report it if it persists."),
+                            status_code=500)
+
+    # ---------------------------------------------------------------- open endpoints
+    @app.get("/health")
+    async def health() -> Dict[str, Any]:
+        return {"ok": True}
+
+    @app.get("/info")
+    async def info() -> Dict[str, Any]:
+        return {"service": "samvolseg", "version": __version__, "protocol": PROTOCOL_VERSION,
+                "model_id": predictor.model_id, "device": cfg.device, "auth_required": token is not None,
+                "lease_s": cfg.lease_s,
+                "limits": {"max_upload_bytes": cfg.max_upload_bytes, "max_voxels": cfg.max_voxels,
+                           "max_json_bytes": cfg.max_json_bytes}}
+
+    # ---------------------------------------------------------------- authenticated API
+    async def authorize(request: Request) -> None:
+        version = request.headers.get(PROTOCOL_HEADER)
+        if version is not None and version != str(PROTOCOL_VERSION):
+            raise HTTPReplyError(400, "ProtocolMismatchError",
+                              f"The client speaks protocol {version}, this server {PROTOCOL_VERSION}; install the "
+                              "same SAMVolSegment version on both sides.")
+        if token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        # compare_digest: the time taken does not reveal how many leading characters were right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"), token):
+            raise HTTPReplyError(401, AuthenticationError.__name__,
+                              "Missing or wrong token: send 'Authorization: Bearer <token>' with the token the "
+                              "server was started with (--token / --token-file).",
+                              {"WWW-Authenticate": 'Bearer realm="samvolseg"'})
+
+    api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorize)])
+
+    async def read_body(request: Request, limit: int, what: str) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                if int(declared) > limit:
+                    raise HTTPReplyError(413, "PayloadTooLarge", f"The {what} is {int(declared)} bytes; this server "
+                                                              f"accepts at most {limit}.")
+            except ValueError:
+                raise HTTPReplyError(400, "WireFormatError", "Content-Length is not a number.") from None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPReplyError(413, "PayloadTooLarge", f"The {what} exceeds {limit} bytes, this server's limit.")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def read_json(request: Request, what: str) -> Dict[str, Any]:
+        return parse_json(await read_body(request, cfg.max_json_bytes, what), what)
+
+    def session_state(entry: _ServerSession) -> Dict[str, Any]:
+        session = entry.session
+        return {"can_undo": session.can_undo, "can_redo": session.can_redo,
+                "clicks": [[*(float(v) for v in c.point_ras), bool(c.positive)] for c in session.clicks]}
+
+    async def run_step(sid: str, step: Callable[[Any], MaskUpdate], kind: str = "step") -> Dict[str, Any]:
+        """Run a step on the worker; the reply says whether it created a history step (``pushed``) or moved
+        one (``moved``), so the client keeps its callers' annotations aligned with the server's history."""
+        entry = store.session(sid)
+
+        def job() -> Dict[str, Any]:
+            session = entry.session
+            moved = session.can_undo if kind == "undo" else session.can_redo if kind == "redo" else False
+            update = step(session)
+            # Every step this server creates is tagged below, so an untagged newest step is one just created
+            # (a no-op such as clear_box without a box leaves the previous tag in last_annotation).
+            pushed = kind == "step" and session.can_undo and session.last_annotation is None
+            if pushed:
+                session.annotate_last_step(_STEP_TAG)
+            return {"update": encode_update(update), "timing": dict(session.last_timing),
+                    "pushed": pushed, "moved": moved, "state": session_state(entry)}
+
+        reply = await worker.run(job)
+        entry.last_used = time.monotonic()  # a long step must not count as idle time
+        return reply
+
+    # volumes
+    @api.get("/volumes/{volume_id}")
+    async def volume_status(volume_id: str) -> Dict[str, Any]:
+        stored = store.volume(_check_id(volume_id))
+        if stored is None:
+            raise HTTPReplyError(404, "VolumeNotFound", "The server does not hold this volume; upload it "
+                                                     f"(PUT {API_PREFIX}/volumes/{volume_id}).")
+        return {"volume": volume_id, "shape": list(stored.array_kji.shape)}
+
+    @api.put("/volumes/{volume_id}")
+    async def upload_volume(volume_id: str, request: Request) -> Response:
+        _check_id(volume_id)
+        if store.volume(volume_id) is not None:  # uploaded before (by anyone): nothing to do
+            return JSONResponse({"volume": volume_id, "stored": False}, status_code=200)
+        meta = _header_json(request)
+        shape, dtype, matrix = check_volume_meta(meta, cfg.max_voxels)
+        body = await read_body(request, cfg.max_upload_bytes, "volume upload")
+
+        def decode() -> _StoredVolume:
+            from ..preprocessing import load_volume
+
+            array = decode_volume(body, shape, dtype)
+            if content_id(array, matrix) != volume_id:
+                raise WireFormatError("The uploaded volume does not match its content id (corrupted in transit, or "
+                                      "the client computed it differently); upload it again.")
+            load_volume(array, matrix)  # the engine's validation (NaN, constant, degenerate geometry) now
+            array.setflags(write=False)
+            return _StoredVolume(array, matrix, int(array.nbytes))
+
+        stored = await run_in_threadpool(decode)  # outside the model worker: clicks go on meanwhile
+        store.add_volume(volume_id, stored)
+        return JSONResponse({"volume": volume_id, "stored": True}, status_code=201)
+
+    # sessions
+    @api.post("/sessions")
+    async def create_session(request: Request) -> Response:
+        data = await read_json(request, "session")
+        volume_id = data.get("volume")
+        if not isinstance(volume_id, str):
+            raise WireFormatError('Send {"volume": "<content id>"} to create a session.')
+        stored = store.volume(_check_id(volume_id))
+        if stored is None:
+            raise HTTPReplyError(404, "VolumeNotFound", "The server does not hold this volume (never uploaded, or "
+                                                     "evicted to free memory); upload it again.")
+
+        def job() -> _ServerSession:
+            session = InteractiveSession(predictor, max_undo=cfg.max_undo, max_undo_bytes=cfg.history_bytes)
+            try:
+                session.set_volume(stored.array_kji, stored.ijk_to_ras)
+            except BaseException:
+                session.close()
+                raise
+            voxels = int(stored.array_kji.size)
+            # float32 copy + its model-grid copy (at most about as big) + uint8 label + the history bound.
+            nbytes = voxels * 4 * 2 + voxels + cfg.history_bytes
+            entry = _ServerSession(secrets.token_urlsafe(16), session, volume_id, nbytes, time.monotonic())
+            try:
+                store.add_session(entry)
+            except BaseException:
+                session.close()
+                raise
+            return entry
+
+        entry = await worker.run(job)
+        return JSONResponse({"session": entry.sid, "lease_s": cfg.lease_s, "model_id": predictor.model_id,
+                             "max_undo": cfg.max_undo, "state": session_state(entry)}, status_code=201)
+
+    @api.get("/sessions/{sid}")
+    async def get_session(sid: str, wait: float = 0.0) -> Dict[str, Any]:
+        entry = store.session(sid)
+        if not math.isfinite(wait) or wait < 0:
+            raise WireFormatError("wait must be a number of seconds ≥ 0.")
+        if wait > 0:
+            try:
+                await run_in_threadpool(entry.session.wait_until_ready, min(wait, cfg.max_wait_s))
+            except FutureTimeout:
+                pass
+        elif entry.session.is_ready:
+            entry.session.wait_until_ready(0)  # re-raises a preprocessing error as a 4xx
+        return {"session": sid, "ready": entry.session.is_ready, "state": session_state(entry)}
+
+    @api.delete("/sessions/{sid}")
+    async def delete_session(sid: str) -> Dict[str, Any]:
+        store.session(sid)  # 404/410 for an unknown one
+        return {"session": sid, "closed": store.remove_session(sid)}
+
+    @api.post("/sessions/{sid}/click")
+    async def click(sid: str, request: Request) -> Dict[str, Any]:
+        data = await read_json(request, "click")
+        point = _point(data.get("point_ras"), "point_ras")
+        positive = data.get("positive", True)
+        if not isinstance(positive, bool):
+            raise InvalidPromptError("positive must be true or false.")
+        return await run_step(sid, lambda s: s.add_click(point, positive))
+
+    @api.post("/sessions/{sid}/box")
+    async def box(sid: str, request: Request) -> Dict[str, Any]:
+        data = await read_json(request, "box")
+        low, high = _point(data.get("min_ras"), "min_ras"), _point(data.get("max_ras"), "max_ras")
+        return await run_step(sid, lambda s: s.set_box(low, high))
+
+    steps = {"clear_box": lambda s: s.clear_box(), "undo": lambda s: s.undo(), "redo": lambda s: s.redo(),
+             "reset": lambda s: s.reset()}
+    kinds = {"undo": "undo", "redo": "redo"}
+
+    @api.post("/sessions/{sid}/{op}")
+    async def simple_step(sid: str, op: str, request: Request) -> Dict[str, Any]:
+        if op not in steps:
+            raise HTTPReplyError(404, "NotFound", f"No step {op!r}; use click, box, {', '.join(steps)}.")
+        await read_json(request, op)  # bounded and well-formed even when empty
+        return await run_step(sid, steps[op], kinds.get(op, "step"))
+
+    @api.put("/sessions/{sid}/initial_mask")
+    async def initial_mask(sid: str, request: Request) -> Dict[str, Any]:
+        entry = store.session(sid)
+        shape = tuple(int(v) for v in entry.session.geometry.shape_kji)
+        limit = min(cfg.max_upload_bytes, int(np.prod(shape)) // 8 + (1 << 20))  # ≥ packed bits, incompressible
+        body = await read_body(request, limit, "initial mask")
+        mask = await run_in_threadpool(decode_bits, body, shape) if body else None
+        return await run_step(sid, lambda s: s.set_initial_mask(mask), "initial")
+
+    @api.get("/sessions/{sid}/mask")
+    async def full_mask(sid: str) -> Dict[str, Any]:
+        entry = store.session(sid)
+        mask = entry.session.mask_array_kji()  # a copy taken now; encoded outside the event loop
+        update = MaskUpdate(tuple((0, int(n)) for n in mask.shape), mask)  # type: ignore[arg-type]
+        return {"update": await run_in_threadpool(encode_update, update), "state": session_state(entry)}
+
+    @api.get("/stats")
+    async def stats() -> Dict[str, Any]:
+        store.reap()
+        cache = predictor.cache
+        return {"store": store.counts(), "queue_depth": worker.depth, "jobs_done": worker.jobs_done,
+                "embedding_cache": {"entries": len(cache), "bytes": cache.nbytes, "max_bytes": cache.max_bytes}}
+
+    app.include_router(api)
+    return app
+
+
+# ---------------------------------------------------------------- helpers
+def _check_id(volume_id: str) -> str:
+    if len(volume_id) != 32 or any(c not in "0123456789abcdef" for c in volume_id):
+        raise HTTPReplyError(400, "WireFormatError", "A volume id is 32 lowercase hex digits (protocol.content_id).")
+    return volume_id
+
+
+def _header_json(request: Request) -> Any:
+    import json
+
+    raw = request.headers.get(META_HEADER)
+    if raw is None:
+        raise WireFormatError(f"The upload needs its {META_HEADER} header (shape, dtype, codec, ijk_to_ras).")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise WireFormatError(f"The {META_HEADER} header is not valid JSON ({exc}).") from None
+
+
+def _point(value: Any, name: str) -> List[float]:
+    if (not isinstance(value, list) or len(value) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise InvalidPromptError(f"{name} must be three numbers (R, A, S in mm), got {value!r}.")
+    if not all(math.isfinite(v) for v in value):
+        raise InvalidPromptError(f"{name} must be finite, got {value!r}.")
+    return [float(v) for v in value]
