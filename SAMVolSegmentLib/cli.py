@@ -476,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .training import register_cli
 
     register_cli(sub)
+    from .remote.cli import register_cli as register_serve  # serve: options live with the server code
+
+    register_serve(sub)
     return parser
 
 

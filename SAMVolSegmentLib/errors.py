@@ -29,3 +29,31 @@ class ModelNotAvailableError(SAMVolSegmentError):
 
 class SessionStateError(SAMVolSegmentError, RuntimeError):
     """An operation came in the wrong order (e.g. a click before ``set_volume``)."""
+
+
+class RemoteError(SAMVolSegmentError):
+    """A remote inference server could not do what was asked (base of the client's server errors)."""
+
+
+class ServerUnavailableError(RemoteError, ConnectionError):
+    """The server cannot be reached: refused, timed out, unknown host, or a TLS certificate not trusted."""
+
+
+class AuthenticationError(RemoteError, PermissionError):
+    """The server refused the token (missing, wrong, or the server requires one)."""
+
+
+class SessionExpiredError(RemoteError):
+    """A server session expired (idle past its lease) or was evicted to free memory, and could not be restored."""
+
+
+class ServerBusyError(RemoteError):
+    """The server's work queue stayed full; try again in a moment or use a less busy server."""
+
+
+class ProtocolMismatchError(RemoteError):
+    """Client and server speak different protocol versions; update the older side."""
+
+
+class ServerConfigError(RemoteError, ValueError):
+    """A server cannot start as configured (no token on a non-loopback address, half a TLS key pair...)."""
