@@ -271,7 +271,9 @@ def _grown_region(similar: np.ndarray, seeds) -> np.ndarray:
     keep = {int(components[s]) for s in seeds} - {0}
     if not keep:
         return np.zeros(similar.shape, dtype=np.float32)
-    return np.isin(components, sorted(keep)).astype(np.float32)
+    lookup = np.zeros(int(components.max()) + 1, dtype=np.float32)
+    lookup[sorted(keep)] = 1.0
+    return lookup[components]  # a table lookup: several times faster than np.isin on 64³
 
 
 def _config_from_checkpoint(checkpoint: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> ClickNet2Config:
