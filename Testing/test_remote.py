@@ -419,6 +419,9 @@ def test_memory_is_bounded_and_evicted_sessions_come_back(model):
         assert stats["bytes"] <= stats["max_bytes"]
         a.close()
         b.close()
+        # Both sessions gone (one closed, one evicted earlier): only a's re-uploaded int16 volume is counted.
+        assert api(url, "GET", "/v1/stats").json()["store"] == {**stats, "bytes": voxels * 2, "sessions": 0,
+                                                                 "volumes": 1}
 
 
 def test_eight_clients_twenty_clicks_each_get_their_own_answers(model):

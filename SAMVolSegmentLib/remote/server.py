@@ -315,9 +315,10 @@ class ResourceStore:
             while self.nbytes > self.max_bytes:
                 oldest_key = next(iter(self._entries))
                 oldest = self._entries.pop(oldest_key)
-                self.nbytes -= oldest.nbytes
                 self.evicted += 1
-                if oldest_key[0] == "session":
+                if oldest_key[0] == "volume":
+                    self.nbytes -= oldest.nbytes
+                else:  # _forget does the byte count of a session
                     self._forget(oldest, "was closed to free memory for other work (the server's memory "
                                          "budget was reached)")
                     ended.append(oldest)
@@ -600,9 +601,13 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
     @api.get("/sessions/{sid}/mask")
     async def full_mask(sid: str) -> Dict[str, Any]:
         entry = store.session(sid)
-        mask = entry.session.mask_array_kji()  # a copy taken now; encoded outside the event loop
-        update = MaskUpdate(tuple((0, int(n)) for n in mask.shape), mask)  # type: ignore[arg-type]
-        return {"update": await run_in_threadpool(encode_update, update), "state": session_state(entry)}
+
+        def job() -> Dict[str, Any]:  # on the worker: never a copy torn by a step running at the same time
+            mask = entry.session.mask_array_kji()
+            update = MaskUpdate(tuple((0, int(n)) for n in mask.shape), mask)  # type: ignore[arg-type]
+            return {"update": encode_update(update), "state": session_state(entry)}
+
+        return await worker.run(job)
 
     @api.get("/stats")
     async def stats() -> Dict[str, Any]:
