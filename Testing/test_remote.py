@@ -331,6 +331,24 @@ def test_bad_requests_get_clear_4xx_errors(server):
     session.close()
 
 
+def test_an_unexpected_failure_is_a_500_without_traceback_or_paths(model, monkeypatch):
+    def broken(self, point_ras, positive=True):
+        raise RuntimeError("CUDA exploded in /opt/secret/model.py")
+
+    image = ct_image(seed=6)
+    with running_server(model, ServerConfig(token=TOKEN)) as url:
+        session = RemoteSession(url, token=TOKEN)
+        session.set_volume(image)
+        monkeypatch.setattr(InteractiveSession, "add_click", broken)
+        response = api(url, "POST", f"/v1/sessions/{session._sid}/click", json={"point_ras": [0.0, 0.0, 0.0]})
+        assert response.status_code == 500 and response.json()["error"] == "InternalError"
+        assert "Traceback" not in response.text and "/opt/secret" not in response.text
+        assert "CUDA" not in response.text
+        monkeypatch.undo()
+        assert session.add_click(centre_ras(image), True).mask.any()  # the server keeps serving
+        session.close()
+
+
 def _upload(url: str, array: np.ndarray, matrix: np.ndarray, meta_patch=None, body=None) -> requests.Response:
     encoded, meta = encode_volume(array, matrix)
     meta.update(meta_patch or {})
