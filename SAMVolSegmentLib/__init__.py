@@ -8,6 +8,11 @@ console, a terminal, a server and batch workers::
     session.set_volume(sitk_image)
     update = session.add_click((x, y, z), positive=True)    # RAS mm
 
+    from SAMVolSegmentLib import segment, segment_cases
+    mask = segment("ct.nii.gz", [(x, y, z)], [True])          # one case: a mask with the image's geometry
+    for result in segment_cases("manifest.csv", workers=2):  # many: image,prompts,output rows
+        print(result.name, result.status, result.error)
+
 Heavy submodules (torch) are imported on first use of the names below.
 """
 
@@ -27,6 +32,10 @@ _LAZY = {
     "Click": ".session",
     "Predictor": ".predictor",
     "MaskUpdate": ".mask_update",
+    "segment": ".batch",
+    "segment_cases": ".batch",
+    "BatchCase": ".batch",
+    "CaseResult": ".batch",
 }
 
 __all__ = [*sorted(_LAZY), "__version__"]

@@ -1,11 +1,12 @@
 """``samvolseg``: click segmentation, evaluation, a self-contained demo, training and model management.
 
-Subcommands: ``segment`` (prompts from a file → mask file), ``evaluate`` (simulated clicks on labelled cases),
+Subcommands: ``segment`` (prompts from a file → mask file), ``batch`` (a manifest of cases), ``evaluate`` (simulated clicks on labelled cases),
 ``demo`` (a generated CT phantom, or your own case), ``models list`` / ``models download NAME``, and
 ``train`` / ``finetune`` (defined in :mod:`SAMVolSegmentLib.training`). An image argument is a file (NIfTI, NRRD, MHA...) or a DICOM series folder.
 Progress bars (tqdm) are drawn only on a terminal; elsewhere (logs, CI) progress is a few plain lines. The
 engine itself only reports ``progress(fraction, message)``.
-Exit codes: 0 success, 2 bad input or unavailable model/device (one line on stderr), 130 interrupted.
+Exit codes: 0 success, 1 some batch cases failed (see its report), 2 bad input or unavailable model/device (one line
+on stderr), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InvalidImageError, InvalidPromptError, ModelNotAvailableError, SAMVolSegmentError
+from .batch import MASK_SUFFIXES
+from .errors import InvalidPromptError, ModelNotAvailableError, SAMVolSegmentError
 
-MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DEMO_MASK = "demo_mask.nii.gz"
 DEMO_OVERLAY = "demo_overlay.png"
 DEVICE_HELP = "torch device: cpu (default), cuda, cuda:1, mps; also accepted before the subcommand"
@@ -100,68 +101,72 @@ def make_progress(description: str, stream=None) -> Tuple[Callable[[float, str],
     return update, bar.close
 
 
-def _check_mask_path(path: Path) -> None:
-    if not str(path).lower().endswith(MASK_SUFFIXES):
-        raise InvalidPromptError(f"Output {path} needs one of the extensions {', '.join(MASK_SUFFIXES)}.")
-
-
-def read_volume(path, series: Optional[str] = None):
-    """Read an image (file or DICOM series folder) and check it is one 3D scalar volume.
-
-    Runs before any model is loaded, so a wrong image costs no model loading time.
-
-    Raises:
-        InvalidImageError: unreadable, or not a 3D scalar volume (the message says what to give instead).
-    """
-    from .preprocessing import read_image
-
-    image = read_image(path, series_uid=series)
-    if image.GetDimension() != 3:
-        raise InvalidImageError(f"{path} is a {image.GetDimension()}D image; give one 3D volume (for a 4D series, "
-                                "extract one time point first; a single 2D slice cannot be segmented in 3D).")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InvalidImageError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
-                                "(vector/RGB image); extract one channel or convert it to grey first.")
-    return image
-
-
 # ---------------------------------------------------------------- segment
 def cmd_segment(args: argparse.Namespace) -> int:
-    """Segment one image from a prompt file and write the mask with the image's geometry (atomically)."""
-    from .io_utils import write_image
-    from .prompts_io import read_prompts
-    from .session import InteractiveSession
+    """Segment one image from a prompt file and write the mask with the image's geometry (atomically).
 
-    output = Path(args.output)
-    _check_mask_path(output)
-    # A --box on the command line is a valid prompt on its own, so the file may then hold only negatives.
-    prompts = read_prompts(args.points, require_positive=args.box is None)
-    box = prompts.box_ras
-    if args.box is not None:
-        corners = np.asarray(args.box, dtype=np.float64).reshape(2, 3)
-        box = (corners.min(axis=0), corners.max(axis=0))
-    image = read_volume(args.image, args.series)
-    _check_device(args.device)
-    model = load_model_verbose(args.model, args.device)
-    start = time.perf_counter()
-    with InteractiveSession(model) as session:
-        session.set_volume(image)
-        session.wait_until_ready()
-        print(f"volume {image.GetSize()} ready in {time.perf_counter() - start:.2f} s")
-        if box is not None:
-            session.set_box(box[0], box[1])
-            print(f"box RAS {np.round(box[0], 1).tolist()}..{np.round(box[1], 1).tolist()}: "
-                  f"{session.last_timing.get('total_s', 0.0) * 1000:.0f} ms")
-        for point, positive in zip(prompts.points_ras, prompts.positive):
-            session.add_click(point, bool(positive))
-            timing = session.last_timing
-            print(f"{'+' if positive else '-'} click at RAS {np.round(point, 1).tolist()}: "
+    The same code path as every batch case (:func:`SAMVolSegmentLib.batch.run_case`); the model is loaded
+    only once the prompts and the image have been read and checked.
+    """
+    from .batch import BatchCase, DeferredModel, run_case
+
+    box = None if args.box is None else tuple(tuple(c) for c in np.asarray(args.box, float).reshape(2, 3))
+    case = BatchCase(str(args.image), str(args.points), str(args.output), series=args.series, box_ras=box)
+
+    def load():
+        _check_device(args.device)
+        return load_model_verbose(args.model, args.device)
+
+    def report(kind: str, info: dict) -> None:
+        timing = info.get("timing", {})
+        if kind == "ready":
+            print(f"volume {tuple(info['shape_kji'][::-1])} ready in {info['seconds']:.2f} s")
+        elif kind == "box":
+            print(f"box RAS {np.round(info['min_ras'], 1).tolist()}..{np.round(info['max_ras'], 1).tolist()}: "
+                  f"{timing.get('total_s', 0.0) * 1000:.0f} ms")
+        else:
+            print(f"{'+' if info['positive'] else '-'} click at RAS {np.round(info['point_ras'], 1).tolist()}: "
                   f"{timing.get('total_s', 0.0) * 1000:.0f} ms (encoder {timing.get('encode_s', 0.0) * 1000:.0f} ms)")
-        mask = session.mask()
-        voxels = int(np.count_nonzero(session.mask_array_kji()))
-    write_image(mask, output)
-    print(f"wrote {output} ({voxels} voxels) in {time.perf_counter() - start:.2f} s total")
+
+    result = run_case(case, DeferredModel(load), on_event=report)
+    print(f"wrote {args.output} ({result.voxels} voxels) in {result.seconds:.2f} s total")
     return 0
+
+
+# ---------------------------------------------------------------- batch
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Segment every case of a manifest; JSON report, resumable, failures recorded (exit 1 if any)."""
+    import os
+
+    from .batch import read_manifest, run_batch, summary_line
+
+    if args.workers < 1:
+        raise InvalidPromptError("--workers must be at least 1.")
+    cases = read_manifest(args.manifest)  # a bad manifest is one line, before any worker starts
+    if args.scheduler is None:
+        _check_device(args.device)  # a cluster's workers may have devices this machine lacks
+    threads = args.threads
+    if threads is None and args.workers > 1 and args.scheduler is None:
+        threads = max(1, (os.cpu_count() or 1) // args.workers)  # equal total threads: no oversubscription
+    mode = f"Dask scheduler {args.scheduler}" if args.scheduler else (
+        f"{args.workers} local processes" if args.workers > 1 else "serial")
+    print(f"batch: {len(cases)} cases from {args.manifest} ({mode}, model {args.model})", flush=True)
+    progress, close = make_progress("batch")
+
+    def on_result(result) -> None:
+        if result.model_load_s > 0:
+            print(f"model {args.model} loaded on {result.worker} in {result.model_load_s:.1f} s", flush=True)
+        if result.status == "failed":
+            print(f"batch: {result.name} failed: {result.error}", flush=True)
+
+    try:
+        summary = run_batch(args.manifest, args.report, progress=progress, on_result=on_result, model=args.model,
+                            device=args.device, workers=args.workers, scheduler=args.scheduler, threads=threads,
+                            overwrite=args.overwrite)
+    finally:
+        close()
+    print(summary_line(summary))
+    return 1 if summary["failed"] else 0
 
 
 # ---------------------------------------------------------------- evaluate
@@ -408,6 +413,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="registry name (samvolseg models list) or checkpoint path")
     _add_device(p)
     p.set_defaults(func=cmd_segment)
+
+    p = add("batch", help="segment many cases from saved prompts (resumable; local processes or Dask)",
+            description="Segment every row of MANIFEST (CSV: image,prompts,output[,label,label_value]; relative "
+                        "paths from the manifest's folder; an image may be a DICOM series folder). Outputs that "
+                        "exist are skipped, so rerunning resumes; masks are written atomically; a failing case is "
+                        "recorded and the others go on. Writes a JSON report (per-case status, error, seconds, "
+                        "stage timings, Dice with a label) and ends with a summary line; exit 1 if a case failed.")
+    p.add_argument("manifest", type=Path, help="CSV manifest with the columns image,prompts,output[,label,label_value]")
+    p.add_argument("--model", default="default", help="registry name or checkpoint path (loaded once per worker)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (1: serial in this process)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on an existing Dask distributed cluster (e.g. tcp://host:8786; needs "
+                        "pip install 'samvolsegment[batch]'); the workers must see the same paths")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per worker process (default: CPU cores // --workers with local workers, "
+                        "torch's own default otherwise)")
+    p.add_argument("--report", type=Path, default=None,
+                   help="JSON report path (default: <manifest name>.report.json beside the manifest)")
+    p.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
+    _add_device(p)
+    p.set_defaults(func=cmd_batch)
 
     p = add("evaluate", help="click-simulation evaluation on labelled cases",
             description="Simulated clicks (deepest point of the target, then of the largest error) on labelled "

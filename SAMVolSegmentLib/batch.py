@@ -1,0 +1,718 @@
+"""Segmentation from saved prompts: one case (``segment``), many cases (``segment_cases``), and ``run_batch``.
+
+One code path for every caller: :func:`run_case` reads a case's prompts and image, runs an
+:class:`~SAMVolSegmentLib.session.InteractiveSession` (:func:`segment_volume`), writes the mask atomically and
+optionally scores it; ``samvolseg segment`` (one case), ``samvolseg batch`` (a manifest) and the Python API
+:func:`segment` all go through it.
+
+Execution modes of :func:`segment_cases`, which give identical masks (each case runs alone in one session
+on the same model, so nothing depends on which process ran it):
+
+* serial, in this process (``workers=1``);
+* ``workers=N`` local processes (``spawn``, so no torch state is forked);
+* ``scheduler=ADDRESS`` (or a ``distributed.Client``): an existing Dask distributed cluster.
+
+In the last two each worker process loads the model once, on its first case, and keeps it in
+:data:`_WORKER_MODELS`; a case never loads a model. Resumable: a case whose output exists is skipped
+(outputs are only ever renamed into place when complete, see :mod:`SAMVolSegmentLib.io_utils`), and a
+failing case (bad prompts, missing file...) is recorded and never stops the others.
+
+Manifest: CSV with a header row and the columns ``image,prompts,output`` (required) and ``label``,
+``label_value`` (optional: score the mask against ``label == label_value``, or ``label > 0`` when the value
+is empty). Relative paths are relative to the manifest's folder. ``image`` is a file or a DICOM series
+folder; ``prompts`` is any format :func:`SAMVolSegmentLib.prompts_io.read_prompts` reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import (
+    CheckpointError,
+    InvalidImageError,
+    InvalidPromptError,
+    ModelNotAvailableError,
+    SAMVolSegmentError,
+)
+
+PathLike = Union[str, Path]
+BoxRAS = Tuple[np.ndarray, np.ndarray]
+#: ``on_event(kind, info)``: ``"ready"`` (volume resampled), ``"box"`` and ``"click"`` (one per prompt step).
+EventCallback = Callable[[str, Dict[str, Any]], None]
+ProgressCallback = Callable[[float, str], None]
+
+MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+MANIFEST_REQUIRED = ("image", "prompts", "output")
+MANIFEST_OPTIONAL = ("label", "label_value")
+#: Errors that concern the model, not a case: every other case would fail the same way, so they stop a batch.
+FATAL_ERRORS = (ModelNotAvailableError, CheckpointError)
+#: Times a local process pool is restarted after a worker died (killed, out of memory) before the cases still
+#: pending are reported as failed; a case that kills its worker each time cannot loop forever.
+MAX_POOL_RESTARTS = 2
+
+
+class ManifestError(SAMVolSegmentError, ValueError):
+    """A batch manifest cannot be used (missing columns, empty, duplicate outputs, bad values)."""
+
+
+# ---------------------------------------------------------------- cases and results
+@dataclass(frozen=True)
+class BatchCase:
+    """One case to segment. Paths are as given (absolute once read from a manifest).
+
+    Attributes:
+        image: image file or DICOM series folder.
+        prompts: prompt file (``.mrk.json``, simple JSON or CSV; RAS mm).
+        output: mask file to write (NIfTI/NRRD/MHA; the format follows the extension).
+        label: optional reference label map on the image's grid, to score the mask (Dice).
+        label_value: the label's target value (None: ``label > 0``).
+        row: the manifest line (the header is line 1), 0 when the case does not come from a manifest.
+        series: DICOM series UID when ``image`` is a folder holding several series.
+        box_ras: a box ``(min_ras (3,), max_ras (3,))`` that replaces the prompt file's box (``segment --box``).
+    """
+
+    image: str
+    prompts: str
+    output: str
+    label: Optional[str] = None
+    label_value: Optional[int] = None
+    row: int = 0
+    series: Optional[str] = None
+    box_ras: Optional[Tuple[Tuple[float, float, float], Tuple[float, float, float]]] = None
+
+    @property
+    def name(self) -> str:
+        """A short name for messages: the manifest row and the output's file name."""
+        where = f"row {self.row} " if self.row else ""
+        return f"{where}({Path(self.output).name})"
+
+
+@dataclass
+class CaseResult:
+    """What happened to one case.
+
+    Attributes:
+        status: ``"done"`` (mask written), ``"skipped"`` (the output already existed) or ``"failed"``.
+        error: one line naming the problem and the fix, when failed.
+        error_type: the exception's class name, when failed.
+        seconds: wall time of the case in its worker (model loading excluded).
+        timings: seconds per stage: ``read_s`` (prompts + image), ``resample_s`` (to the model grid),
+            ``encode_s``, ``decode_s``, ``paste_s`` (logits back onto the input grid), ``write_s``, ``score_s``.
+        voxels: mask voxels (None unless done).
+        dice: Dice against the manifest's label (None without one).
+        worker: ``host:pid`` of the process that ran it.
+        model_load_s: seconds spent loading the model for this case: > 0 only for a worker's first case.
+    """
+
+    row: int
+    image: str
+    prompts: str
+    output: str
+    status: str
+    error: Optional[str] = None
+    error_type: Optional[str] = None
+    seconds: float = 0.0
+    timings: Dict[str, float] = field(default_factory=dict)
+    voxels: Optional[int] = None
+    dice: Optional[float] = None
+    worker: str = ""
+    model_load_s: float = 0.0
+
+    @staticmethod
+    def of(case: BatchCase, status: str, **kwargs: Any) -> CaseResult:
+        return CaseResult(case.row, case.image, case.prompts, case.output, status, **kwargs)
+
+    @property
+    def name(self) -> str:
+        return f"row {self.row} ({Path(self.output).name})" if self.row else Path(self.output).name
+
+    def to_json(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- manifest
+def read_manifest(path: PathLike) -> List[BatchCase]:
+    """Read a batch manifest (see the module docstring); relative paths become absolute from its folder.
+
+    Only the manifest itself is checked here; a missing image or prompt file fails its own case later, so one
+    wrong row never stops the others.
+
+    Raises:
+        ManifestError: not found, no header/rows, missing columns, an empty required cell, a ``label_value``
+            that is not an integer, an output without a mask extension, or two rows with one output.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"Manifest {path} not found; give a CSV with the columns {','.join(MANIFEST_REQUIRED)}.")
+    base = path.resolve().parent
+    with open(path, newline="") as f:
+        lines = [line for line in f if line.strip() and not line.lstrip().startswith("#")]
+    reader = csv.DictReader(lines)
+    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    missing = [c for c in MANIFEST_REQUIRED if c not in header]
+    if missing:
+        raise ManifestError(f"Manifest {path} lacks the column(s) {', '.join(missing)} (header: "
+                            f"{','.join(header) or 'none'}); the first row must name image,prompts,output"
+                            "[,label,label_value].")
+    reader.fieldnames = header
+    cases: List[BatchCase] = []
+    seen: Dict[str, int] = {}
+    for number, raw in enumerate(reader, start=2):
+        row = {k: (v or "").strip() for k, v in raw.items() if k is not None}
+        empty = [c for c in MANIFEST_REQUIRED if not row.get(c)]
+        if empty:
+            raise ManifestError(f"Manifest {path} row {number}: empty {', '.join(empty)}; fill it in or delete the row.")
+        output = str(_absolute(row["output"], base))
+        if not output.lower().endswith(MASK_SUFFIXES):
+            raise ManifestError(f"Manifest {path} row {number}: output {row['output']} needs one of the extensions "
+                                f"{', '.join(MASK_SUFFIXES)}.")
+        if output in seen:
+            raise ManifestError(f"Manifest {path} rows {seen[output]} and {number} both write {row['output']}; give "
+                                "each case its own output.")
+        seen[output] = number
+        value = row.get("label_value") or None
+        if value is not None:
+            try:
+                value = int(value)
+            except ValueError:
+                raise ManifestError(f"Manifest {path} row {number}: label_value {value!r} is not an integer; give "
+                                    "the target's label value or leave it empty (label > 0).") from None
+            if not row.get("label"):
+                raise ManifestError(f"Manifest {path} row {number}: label_value without a label; add the label "
+                                    "file or drop the value.")
+        label = str(_absolute(row["label"], base)) if row.get("label") else None
+        cases.append(BatchCase(str(_absolute(row["image"], base)), str(_absolute(row["prompts"], base)), output,
+                               label, value, number))
+    if not cases:
+        raise ManifestError(f"Manifest {path} has no cases; add rows image,prompts,output below the header.")
+    return cases
+
+
+def _absolute(value: str, base: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def write_manifest(cases: Iterable[BatchCase], path: PathLike) -> Path:
+    """Write cases as a manifest :func:`read_manifest` reads back (absolute paths), atomically."""
+    from .io_utils import write_csv
+
+    rows = [{"image": c.image, "prompts": c.prompts, "output": c.output, "label": c.label or "",
+             "label_value": "" if c.label_value is None else c.label_value} for c in cases]
+    return write_csv(rows, path, [*MANIFEST_REQUIRED, *MANIFEST_OPTIONAL])
+
+
+# ---------------------------------------------------------------- one case
+def check_output_path(path: PathLike) -> None:
+    """Refuse an output name whose extension is not a mask format (before any work is done).
+
+    Raises:
+        InvalidPromptError: the name does not end in one of :data:`MASK_SUFFIXES`.
+    """
+    if not str(path).lower().endswith(MASK_SUFFIXES):
+        raise InvalidPromptError(f"Output {path} needs one of the extensions {', '.join(MASK_SUFFIXES)}.")
+
+
+def read_case_prompts(case: BatchCase):
+    """The case's :class:`~SAMVolSegmentLib.prompts_io.Prompts`, with ``case.box_ras`` replacing the file's box.
+
+    Raises:
+        InvalidPromptError: missing or malformed file, or neither a positive point nor a box.
+    """
+    from .prompts_io import Prompts, check_prompts, read_prompts
+
+    # A box given with the case is a valid prompt on its own, so the file may then hold only negatives.
+    prompts = read_prompts(case.prompts, require_positive=case.box_ras is None)
+    if case.box_ras is None:
+        return prompts
+    corners = np.asarray(case.box_ras, dtype=np.float64).reshape(2, 3)
+    box = (corners.min(axis=0), corners.max(axis=0))
+    check_prompts(prompts.positive, True)
+    return Prompts(prompts.points_ras, prompts.positive, box)
+
+
+def segment_volume(
+    model: Any,
+    image: Any,
+    points_ras: np.ndarray,
+    positive: np.ndarray,
+    box_ras: Optional[BoxRAS] = None,
+    *,
+    ijk_to_ras: Optional[np.ndarray] = None,
+    timings: Optional[Dict[str, float]] = None,
+    on_event: Optional[EventCallback] = None,
+) -> Tuple[np.ndarray, Any]:
+    """Run one session: box first (if any), then the clicks in order; the mask on the input grid.
+
+    Args:
+        model: a loaded model or a :class:`~SAMVolSegmentLib.predictor.Predictor`.
+        image: ``SimpleITK.Image`` (3D scalar) or a (k, j, i) numpy array with ``ijk_to_ras``.
+        points_ras: (N, 3) clicks in RAS mm, applied in this order.
+        positive: (N,) bool.
+        box_ras: optional ``(min_ras (3,), max_ras (3,))``.
+        ijk_to_ras: (4, 4) voxel (i, j, k) → RAS matrix, for an array image.
+        timings: filled with ``resample_s``, ``encode_s``, ``decode_s``, ``paste_s`` (summed over steps).
+        on_event: ``on_event(kind, info)`` after the volume is ready and after each box/click step.
+    Returns:
+        The uint8 (k, j, i) mask (1 = segment) on the input image's voxel grid, and that grid's
+        :class:`~SAMVolSegmentLib.geometry.VolumeGeometry` (``to_sitk_image`` gives the mask file's header).
+    Raises:
+        InvalidImageError, InvalidPromptError: the session refused the image or a prompt.
+    """
+    from .session import InteractiveSession
+
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
+    with InteractiveSession(model) as session:
+        session.set_volume(image, ijk_to_ras)
+        session.wait_until_ready()
+        timings["resample_s"] = time.perf_counter() - start
+        if on_event is not None:
+            on_event("ready", {"shape_kji": session.geometry.shape_kji, "seconds": timings["resample_s"]})
+        steps: List[Tuple[str, Callable[[], Any], Dict[str, Any]]] = []
+        if box_ras is not None:
+            lo, hi = np.asarray(box_ras[0], dtype=np.float64), np.asarray(box_ras[1], dtype=np.float64)
+            steps.append(("box", lambda lo=lo, hi=hi: session.set_box(lo, hi), {"min_ras": lo, "max_ras": hi}))
+        for point, sign in zip(np.asarray(points_ras, dtype=np.float64).reshape(-1, 3),
+                               np.asarray(positive, dtype=bool).reshape(-1)):
+            steps.append(("click", lambda p=point, s=sign: session.add_click(p, bool(s)),
+                          {"point_ras": point, "positive": bool(sign)}))
+        for kind, run, info in steps:
+            run()
+            for key in ("encode_s", "decode_s", "paste_s"):
+                timings[key] = timings.get(key, 0.0) + session.last_timing.get(key, 0.0)
+            if on_event is not None:
+                on_event(kind, {**info, "timing": dict(session.last_timing)})
+        return session.mask_array_kji(), session.geometry
+
+
+@dataclass(frozen=True)
+class DeferredModel:
+    """A model that :func:`run_case` loads only once the case's inputs have been read and checked."""
+
+    load: Callable[[], Any]
+
+
+def run_case(case: BatchCase, model: Any, on_event: Optional[EventCallback] = None, score: bool = True) -> CaseResult:
+    """Segment one case and write its mask: read prompts and image, run the session, write, score.
+
+    Args:
+        case: what to read and where to write.
+        model: a loaded model / Predictor, or a :class:`DeferredModel`, loaded only once the case's inputs have
+            been read and checked (a bad image or prompt file then costs no model loading).
+        on_event: passed to :func:`segment_volume`.
+        score: compute Dice when the case has a label.
+    Returns:
+        A ``"done"`` :class:`CaseResult` with per-stage timings.
+    Raises:
+        SAMVolSegmentError, FileNotFoundError: the case cannot be done; nothing is written.
+    """
+    from .io_utils import write_image
+
+    start = time.perf_counter()
+    timings: Dict[str, float] = {}
+    check_output_path(case.output)
+    prompts = read_case_prompts(case)  # prompts first: a wrong prompt file costs no image reading
+    image = read_volume(case.image, case.series)
+    timings["read_s"] = time.perf_counter() - start
+    load_s = 0.0
+    if isinstance(model, DeferredModel):
+        loaded_at = time.perf_counter()
+        model = model.load()
+        load_s = time.perf_counter() - loaded_at
+    mask_kji, geometry = segment_volume(model, image, prompts.points_ras, prompts.positive, prompts.box_ras,
+                                        timings=timings, on_event=on_event)
+    written_at = time.perf_counter()
+    write_image(geometry.to_sitk_image(mask_kji), case.output)
+    timings["write_s"] = time.perf_counter() - written_at
+    dice = None
+    if score and case.label:
+        scored_at = time.perf_counter()
+        dice = score_mask(case, mask_kji)
+        timings["score_s"] = time.perf_counter() - scored_at
+    seconds = time.perf_counter() - start - load_s
+    return CaseResult.of(case, "done", seconds=seconds, timings=timings, voxels=int(np.count_nonzero(mask_kji)),
+                         dice=dice, worker=_worker_name(), model_load_s=load_s)
+
+
+def read_volume(path: PathLike, series: Optional[str] = None):
+    """Read an image (file or DICOM series folder) and check it is one 3D scalar volume.
+
+    Runs before any model is loaded, so a wrong image costs no model loading time.
+
+    Raises:
+        InvalidImageError: unreadable, or not a 3D scalar volume (the message says what to give instead).
+    """
+    from .preprocessing import read_image
+
+    image = read_image(path, series_uid=series)
+    if image.GetDimension() != 3:
+        raise InvalidImageError(f"{path} is a {image.GetDimension()}D image; give one 3D volume (for a 4D series, "
+                                "extract one time point first; a single 2D slice cannot be segmented in 3D).")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InvalidImageError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+                                "(vector/RGB image); extract one channel or convert it to grey first.")
+    return image
+
+
+def score_mask(case: BatchCase, mask_kji: np.ndarray) -> float:
+    """Dice of a (k, j, i) mask against the case's label (``== label_value``, or ``> 0``).
+
+    Raises:
+        InvalidImageError: the label is unreadable, off the image's grid, or has no target voxels.
+    """
+    from .evaluation import Case, load_target
+    from .metrics import dice
+
+    assert case.label is not None
+    _, target = load_target(Case(Path(case.output).name, Path(case.image), Path(case.label), case.label_value))
+    return float(dice(mask_kji > 0, target > 0))
+
+
+# ---------------------------------------------------------------- models, once per process
+_WORKER_MODELS: Dict[Tuple[str, str], Any] = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def worker_model(model: PathLike, device: str = "cpu", threads: Optional[int] = None) -> Any:
+    """The model ``(model, device)`` of this process, loaded on first use and then kept.
+
+    Batch workers (local processes, Dask workers) call this for each case, so the model is loaded once per
+    worker process. ``threads`` sets torch's intra-op threads of the process (None leaves them).
+
+    Raises:
+        ModelNotAvailableError, CheckpointError: the model cannot be loaded.
+    """
+    key = (str(model), str(device))
+    with _WORKER_LOCK:  # a Dask worker with several threads must not load the same model twice
+        if threads is not None:
+            import torch
+
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(int(threads))
+        if key not in _WORKER_MODELS:
+            from .model import load_model
+
+            _WORKER_MODELS[key] = load_model(str(model), device=device)
+        return _WORKER_MODELS[key]
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _run_case_safely(case: BatchCase, model: Any, device: str, threads: Optional[int], score: bool) -> CaseResult:
+    """:func:`run_case` in a worker: the model from the process's cache; every error becomes a result.
+
+    A result with a :data:`FATAL_ERRORS` type stops the batch (the model itself is unusable).
+    """
+    start = time.perf_counter()
+    try:
+        if isinstance(model, (str, Path)):
+            name = model
+            cached = (str(name), str(device)) in _WORKER_MODELS
+            result = run_case(case, DeferredModel(lambda: worker_model(name, device, threads)), score=score)
+            # Only the load that really happened counts (a cached lookup is not a model load).
+            return result if not cached else replace(result, model_load_s=0.0)
+        return run_case(case, model, score=score)
+    except (SAMVolSegmentError, OSError, RuntimeError, ValueError, MemoryError) as exc:
+        # One line per failure: the engine's messages already name the fix; others get their type.
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, SAMVolSegmentError):
+            message = f"{type(exc).__name__}: {message}"
+            if not isinstance(exc, (OSError, MemoryError)):
+                message += f" ({_last_frame(exc)})"
+        return CaseResult.of(case, "failed", error=message, error_type=type(exc).__name__,
+                             seconds=time.perf_counter() - start, worker=_worker_name())
+
+
+def _last_frame(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "no traceback"
+
+
+# ---------------------------------------------------------------- many cases
+def segment_cases(
+    manifest: Union[PathLike, Sequence[BatchCase]],
+    model: Any = "default",
+    *,
+    device: str = "cpu",
+    workers: int = 1,
+    scheduler: Any = None,
+    threads: Optional[int] = None,
+    overwrite: bool = False,
+    score: bool = True,
+) -> Iterator[CaseResult]:
+    """Segment many cases; yields one :class:`CaseResult` per case as each finishes (skipped ones first).
+
+    Args:
+        manifest: a manifest CSV path, or :class:`BatchCase` objects.
+        model: registry name or checkpoint path (loaded once per process); in serial mode also a loaded model.
+        device: torch device of every worker.
+        workers: local worker processes (1 = serial in this process).
+        scheduler: a Dask scheduler address (``tcp://host:8786``) or a ``distributed.Client``; overrides
+            ``workers``.
+        threads: torch threads per worker process (None: leave torch's default; for equal total threads on a
+            machine with C cores give C // workers).
+        overwrite: redo cases whose output exists (default: skip them; that is how a batch resumes).
+        score: Dice against the manifest's labels.
+    Raises:
+        ManifestError: the manifest is unusable (before any case runs).
+        ModelNotAvailableError, CheckpointError: the model cannot be loaded (the batch stops).
+    """
+    cases = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
+    if workers < 1:
+        raise ManifestError(f"workers must be at least 1, got {workers}.")
+    todo = []
+    for case in cases:
+        if not overwrite and Path(case.output).is_file():
+            yield CaseResult.of(case, "skipped")
+        else:
+            todo.append(case)
+    if not todo:
+        return
+    if scheduler is not None:
+        if not isinstance(model, (str, Path)):
+            raise ManifestError("With a Dask scheduler, give the model by registry name or checkpoint path: each "
+                                "worker loads it once.")
+        results: Iterable[CaseResult] = _run_dask(todo, scheduler, str(model), device, threads, score)
+    elif workers > 1:
+        if not isinstance(model, (str, Path)):
+            raise ManifestError("With workers > 1, give the model by registry name or checkpoint path: each worker "
+                                "process loads it once.")
+        results = _run_processes(todo, workers, str(model), device, threads, score)
+    else:
+        results = (_run_case_safely(case, model, device, threads, score) for case in todo)
+    for result in results:
+        if result.error_type in {e.__name__ for e in FATAL_ERRORS}:
+            error_class = next(e for e in FATAL_ERRORS if e.__name__ == result.error_type)
+            raise error_class(result.error or "the model cannot be loaded")
+        yield result
+
+
+def _run_processes(cases: List[BatchCase], workers: int, model: str, device: str, threads: Optional[int],
+                   score: bool) -> Iterator[CaseResult]:
+    """Cases on a pool of ``spawn`` processes; a pool whose worker died is restarted for the pending cases."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    pending = list(cases)
+    restarts = 0
+    while pending:
+        # spawn: a forked child would inherit torch's thread pools and locks mid-state.
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)),
+                                   mp_context=multiprocessing.get_context("spawn"))
+        futures = {pool.submit(_run_case_safely, case, model, device, threads, score): case for case in pending}
+        finished: List[BatchCase] = []
+        broken = False
+        try:
+            for future in as_completed(futures):
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    break
+                finished.append(futures[future])
+                yield result
+        finally:
+            pool.shutdown(wait=not broken, cancel_futures=True)
+        done = {id(c) for c in finished}
+        pending = [c for c in pending if id(c) not in done]
+        if not broken:
+            return
+        restarts += 1
+        if restarts > MAX_POOL_RESTARTS:
+            for case in pending:
+                yield CaseResult.of(case, "failed", error_type="WorkerDied", worker="",
+                                    error=f"a worker process died {restarts} times (killed, or out of memory) while "
+                                          "this case was pending; rerun the batch to finish it (or run it alone "
+                                          "with samvolseg segment to see whether it is the cause).")
+            return
+
+
+def _run_dask(cases: List[BatchCase], scheduler: Any, model: str, device: str, threads: Optional[int],
+              score: bool) -> Iterator[CaseResult]:
+    """Cases as Dask tasks; a task whose worker died is rescheduled by Dask, then reported as failed."""
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise ModelNotAvailableError("--scheduler needs Dask distributed: pip install 'samvolsegment[batch]'.") from None
+    own_client = not isinstance(scheduler, Client)
+    try:
+        client = Client(scheduler, timeout="20s") if own_client else scheduler
+    except (OSError, TimeoutError) as exc:
+        raise ModelNotAvailableError(f"Cannot reach the Dask scheduler {scheduler} ({exc}); check the address "
+                                     "(tcp://host:8786) and that the scheduler runs.") from None
+    try:
+        futures = {client.submit(_run_case_safely, case, model, device, threads, score, pure=False): case
+                   for case in cases}
+        for future in as_completed(futures):
+            case = futures[future]
+            try:
+                yield future.result()
+            except Exception as exc:  # KilledWorker, lost connection...: this case only; the others go on
+                yield CaseResult.of(case, "failed", error_type=type(exc).__name__,
+                                    error=f"Dask could not run the case ({type(exc).__name__}: "
+                                          f"{str(exc).splitlines()[0] if str(exc) else ''}); rerun the batch to "
+                                          "finish it.")
+    finally:
+        if own_client:
+            client.close()
+
+
+# ---------------------------------------------------------------- report
+def run_batch(
+    manifest: PathLike,
+    report: Optional[PathLike] = None,
+    *,
+    progress: Optional[ProgressCallback] = None,
+    on_result: Optional[Callable[[CaseResult], None]] = None,
+    **options: Any,
+) -> Dict[str, Any]:
+    """:func:`segment_cases` with a JSON report rewritten (atomically) after every case; returns the summary.
+
+    The report holds the summary and one entry per case (status, error, seconds, stage timings, Dice...). A
+    case skipped because an earlier run wrote it keeps that run's entry, marked ``"skipped"``.
+
+    Args:
+        manifest: the manifest CSV.
+        report: report path (default ``<manifest without .csv>.report.json`` beside the manifest).
+        progress: ``progress(fraction, message)`` after each case.
+        on_result: called with each result (e.g. to print failures).
+        options: passed to :func:`segment_cases` (model, device, workers, scheduler, threads, overwrite).
+    """
+    from .io_utils import write_json
+
+    manifest = Path(manifest)
+    cases = read_manifest(manifest)
+    report_path = Path(report) if report is not None else manifest.with_name(manifest.stem + ".report.json")
+    previous = _previous_entries(report_path)
+    entries: Dict[int, Dict[str, Any]] = {}
+    start = time.perf_counter()
+    mode = ("dask " + str(options["scheduler"])) if options.get("scheduler") is not None else (
+        f"{options.get('workers', 1)} local processes" if options.get("workers", 1) > 1 else "serial")
+    summary: Dict[str, Any] = {}
+
+    def write() -> None:
+        summary.update(summarise(entries.values(), len(cases), time.perf_counter() - start))
+        summary.update(manifest=str(manifest), mode=mode, model=str(options.get("model", "default")))
+        ordered = [entries[c.row] for c in cases if c.row in entries]
+        write_json({"summary": summary, "cases": ordered}, report_path)
+
+    for result in segment_cases(cases, **options):
+        entry = result.to_json()
+        if result.status == "skipped" and result.output in previous:
+            entry = {**previous[result.output], "status": "skipped"}
+        entries[result.row] = entry
+        write()
+        if on_result is not None:
+            on_result(result)
+        if progress is not None:
+            progress(len(entries) / len(cases), f"{result.name} {result.status}")
+    write()
+    summary["report"] = str(report_path)
+    return summary
+
+
+def _previous_entries(path: Path) -> Dict[str, Dict[str, Any]]:
+    """Entries of finished cases in an earlier report, by output path (unreadable report: none)."""
+    try:
+        data = json.loads(path.read_text())
+        return {e["output"]: e for e in data.get("cases", []) if e.get("status") in ("done", "skipped")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def summarise(entries: Iterable[Dict[str, Any]], total: int, wall_s: float) -> Dict[str, Any]:
+    """Counts per status, wall time, throughput of the cases run now, mean stage timings and Dice."""
+    entries = list(entries)
+    counts = {s: sum(1 for e in entries if e["status"] == s) for s in ("done", "skipped", "failed")}
+    done_now = [e for e in entries if e["status"] == "done"]
+    stages: Dict[str, float] = {}
+    for e in done_now:
+        for key, value in e.get("timings", {}).items():
+            stages[key] = stages.get(key, 0.0) + value / len(done_now)
+    dices = [e["dice"] for e in entries if e.get("dice") is not None and e["status"] in ("done", "skipped")]
+    return {
+        "cases": total, **counts, "wall_s": wall_s,
+        "cases_per_minute": (60.0 * len(done_now) / wall_s) if done_now and wall_s > 0 else None,
+        "mean_stage_s": stages, "mean_dice": float(np.mean(dices)) if dices else None,
+        "failed_rows": [e["row"] for e in entries if e["status"] == "failed"],
+    }
+
+
+def summary_line(summary: Dict[str, Any]) -> str:
+    """``batch: 10 cases: 7 done, 2 skipped, 1 failed in 42.1 s (10.0 cases/min); report X``."""
+    rate = summary.get("cases_per_minute")
+    line = (f"batch: {summary['cases']} cases: {summary['done']} done, {summary['skipped']} skipped (already "
+            f"written), {summary['failed']} failed in {summary['wall_s']:.1f} s")
+    if rate:
+        line += f" ({rate:.1f} cases/min)"
+    if summary.get("mean_dice") is not None:
+        line += f"; mean Dice {summary['mean_dice']:.3f}"
+    if summary.get("failed_rows"):
+        line += f"; failed rows {', '.join(str(r) for r in summary['failed_rows'][:20])}"
+    return line + (f"; report {summary['report']}" if summary.get("report") else "")
+
+
+# ---------------------------------------------------------------- Python API
+def segment(
+    image: Any,
+    points_ras: Sequence[Sequence[float]],
+    positive: Sequence[bool],
+    box_ras: Optional[Tuple[Sequence[float], Sequence[float]]] = None,
+    model: Any = "default",
+    *,
+    device: str = "cpu",
+    ijk_to_ras: Optional[np.ndarray] = None,
+    series: Optional[str] = None,
+) -> Any:
+    """Segment one structure from prompts; the mask on the input geometry.
+
+    Args:
+        image: ``SimpleITK.Image``; a path to an image file or a DICOM series folder; or a (k, j, i) numpy
+            array with ``ijk_to_ras`` (e.g. Slicer's ``arrayFromVolume`` and the volume's IJK→world matrix).
+        points_ras: (N, 3) clicks in RAS mm (world), applied in this order.
+        positive: (N,) bools, True = on the structure.
+        box_ras: optional ``(min_ras (3,), max_ras (3,))`` box (corners in any order).
+        model: registry name or checkpoint path (loaded once per process and kept), a loaded model, or a
+            :class:`~SAMVolSegmentLib.predictor.Predictor`.
+        device: torch device when ``model`` is a name or path.
+        ijk_to_ras: (4, 4) voxel (i, j, k) → RAS matrix, for an array image.
+        series: DICOM series UID when a folder holds several series.
+    Returns:
+        A uint8 ``SimpleITK.Image`` (1 = structure) with the image's geometry, or for an array image a uint8
+        (k, j, i) array.
+    Raises:
+        InvalidPromptError: points and signs disagree in number, or no positive point and no box.
+        InvalidImageError: the image cannot be read or segmented.
+    """
+    from .prompts_io import check_prompts
+
+    points = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
+    signs = np.asarray(positive, dtype=bool).reshape(-1)
+    if len(points) != len(signs):
+        raise InvalidPromptError(f"Give one sign per point: {len(points)} points but {len(signs)} positive flags.")
+    box = None
+    if box_ras is not None:
+        corners = np.asarray(box_ras, dtype=np.float64).reshape(2, 3)
+        box = (corners.min(axis=0), corners.max(axis=0))
+    check_prompts(signs, box is not None, where="The prompts")
+    if isinstance(image, (str, Path)):
+        image = read_volume(image, series)
+    if isinstance(model, (str, Path)):
+        model = worker_model(model, device)  # kept: a loop over many volumes loads it once
+    mask_kji, geometry = segment_volume(model, image, points, signs, box, ijk_to_ras=ijk_to_ras)
+    return mask_kji if isinstance(image, np.ndarray) else geometry.to_sitk_image(mask_kji)
