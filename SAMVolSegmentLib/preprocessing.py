@@ -95,6 +95,31 @@ def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> sitk.Image:
         ) from exc
 
 
+#: Most voxels a volume's model grid (1.5 mm) may have: ~640 MB as float32 (≈1.5 GB at the peak of the
+#: resampling). A 500 mm × 500 mm × 2 m whole-body CT needs 148 M; a coarse volume with a huge field of view
+#: (48³ voxels of 20 mm: a 640³ grid, 2.4 GB and 11 s) would exhaust memory instead.
+MAX_MODEL_GRID_VOXELS = 160_000_000
+
+
+def check_model_grid(geometry: VolumeGeometry) -> ModelGrid:
+    """The volume's covering model grid, refused when it exceeds :data:`MAX_MODEL_GRID_VOXELS`.
+
+    Raises:
+        InvalidImageError: the grid is too large (the message gives its size, the limit and the fix).
+    """
+    grid = ModelGrid.covering(geometry)
+    voxels = int(np.prod(np.asarray(grid.shape_model, dtype=np.float64)))
+    if voxels > MAX_MODEL_GRID_VOXELS:
+        extent = np.asarray(grid.shape_model, dtype=np.float64) * grid.spacing
+        raise InvalidImageError(
+            f"The volume spans {' x '.join(f'{v:.0f}' for v in extent)} mm, a model grid of "
+            f"{' x '.join(str(v) for v in grid.shape_model)} voxels at {grid.spacing} mm ({voxels / 1e6:.0f} M), "
+            f"more than the limit of {MAX_MODEL_GRID_VOXELS / 1e6:.0f} M voxels; crop the volume to the region "
+            "to segment (or check its voxel spacing in the header)."
+        )
+    return grid
+
+
 def load_volume(image: Union[sitk.Image, np.ndarray], ijk_to_ras: Optional[np.ndarray] = None) -> Volume:
     """Validate a volume and wrap it with its geometry.
 
@@ -104,7 +129,8 @@ def load_volume(image: Union[sitk.Image, np.ndarray], ijk_to_ras: Optional[np.nd
     Returns:
         a :class:`Volume` holding a read-only float32 copy of the voxels.
     Raises:
-        InvalidImageError: not 3D/scalar, empty, constant, NaN/inf voxels, degenerate spacing or direction.
+        InvalidImageError: not 3D/scalar, empty, constant, NaN/inf voxels, degenerate spacing or direction,
+            a model grid larger than :data:`MAX_MODEL_GRID_VOXELS`.
     """
     if isinstance(image, sitk.Image):
         if image.GetDimension() != 3:
@@ -130,6 +156,7 @@ def load_volume(image: Union[sitk.Image, np.ndarray], ijk_to_ras: Optional[np.nd
                 "A numpy volume needs its 4×4 ijk_to_ras matrix; pass ijk_to_ras (Slicer: GetIJKToRASMatrix)."
             )
         geometry = VolumeGeometry.from_matrix(ijk_to_ras, array.shape)
+    check_model_grid(geometry)  # before the float32 copy: an oversized volume costs nothing
     if array.size == 0:
         raise InvalidImageError(f"The volume is empty (shape {array.shape}); load an image that has voxels.")
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
