@@ -157,19 +157,19 @@ def read_manifest(path: PathLike) -> List[BatchCase]:
         raise ManifestError(f"Manifest {path} not found; give a CSV with the columns {','.join(MANIFEST_REQUIRED)}.")
     base = path.resolve().parent
     with open(path, newline="") as f:
-        lines = [line for line in f if line.strip() and not line.lstrip().startswith("#")]
-    reader = csv.DictReader(lines)
-    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+        # Line numbers are the file's (comments and blank lines included), so a message points at the right row.
+        numbered = [(n, line) for n, line in enumerate(f, start=1) if line.strip() and not line.lstrip().startswith("#")]
+    parsed = list(csv.reader(line for _, line in numbered))
+    header = [h.strip().lower() for h in (parsed[0] if parsed else [])]
     missing = [c for c in MANIFEST_REQUIRED if c not in header]
     if missing:
         raise ManifestError(f"Manifest {path} lacks the column(s) {', '.join(missing)} (header: "
                             f"{','.join(header) or 'none'}); the first row must name image,prompts,output"
                             "[,label,label_value].")
-    reader.fieldnames = header
     cases: List[BatchCase] = []
     seen: Dict[str, int] = {}
-    for number, raw in enumerate(reader, start=2):
-        row = {k: (v or "").strip() for k, v in raw.items() if k is not None}
+    for (number, _), values in zip(numbered[1:], parsed[1:]):
+        row = dict(zip(header, (v.strip() for v in values)))
         empty = [c for c in MANIFEST_REQUIRED if not row.get(c)]
         if empty:
             raise ManifestError(f"Manifest {path} row {number}: empty {', '.join(empty)}; fill it in or delete the row.")
