@@ -18,6 +18,9 @@ from .errors import InvalidImageError
 from .mask_update import BBoxKJI
 
 MODEL_SPACING_MM = 1.5
+#: Direction columns whose length differs from 1 by more than this are refused (DICOM direction cosines
+#: written with 6 decimals stay well within it; the header of the mask changes by at most this much).
+DIRECTION_UNIT_TOLERANCE = 1e-4
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -92,6 +95,14 @@ class VolumeGeometry:
         if np.any(~np.isfinite(spacing)) or np.any(spacing <= 0):
             raise InvalidImageError(f"Voxel spacing {spacing.tolist()} is not positive; fix the image header.")
         direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+        # The affine keeps only direction × spacing: a column of length 2 would come back as spacing × 2 and
+        # a unit direction, so the mask's header would differ from the image's. ITK expects unit columns.
+        lengths = np.linalg.norm(direction, axis=0)
+        if np.any(np.abs(lengths - 1.0) > DIRECTION_UNIT_TOLERANCE):
+            raise InvalidImageError(
+                f"The image's direction matrix has columns of length {np.round(lengths, 6).tolist()} instead of 1; "
+                "fix the header (direction columns are unit vectors; scale belongs in the spacing)."
+            )
         ijk_to_lps = np.eye(4)
         ijk_to_lps[:3, :3] = direction * spacing
         ijk_to_lps[:3, 3] = image.GetOrigin()

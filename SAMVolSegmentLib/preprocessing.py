@@ -168,17 +168,39 @@ def load_volume(image: Union[sitk.Image, np.ndarray], ijk_to_ras: Optional[np.nd
     # One float64 sum finds NaN/inf (it propagates them) and feeds the fingerprint; counting is for errors only.
     total = float(data.sum(dtype=np.float64))
     if not np.isfinite(total):
-        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-        raise InvalidImageError(
-            f"The volume has {bad} NaN/inf voxels; replace them (e.g. with the background value) before segmenting."
-        )
+        _raise_not_finite(array, data)
     low, high = float(data.min()), float(data.max())
     if low == high:
+        # The float32 copy may have merged values the input tells apart (1e9 and 1e9 + 1).
+        source_low, source_high = np.min(array), np.max(array)
+        if source_low != source_high:
+            raise InvalidImageError(
+                f"The voxel values ({source_low:.10g} to {source_high:.10g}) differ by less than float32 precision "
+                f"at their magnitude (they would all become one value); subtract an offset or rescale the intensities "
+                "before segmenting."
+            )
         raise InvalidImageError(
             f"The volume is constant (every voxel = {low}); load the intended image (nothing here to segment)."
         )
     data.setflags(write=False)
     return Volume(data, geometry, _fingerprint(data, geometry, total))
+
+
+def _raise_not_finite(source: np.ndarray, data: np.ndarray) -> None:
+    """Name why the float32 copy ``data`` of ``source`` holds NaN/inf: in the input, or too large for float32."""
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    source_finite = np.isfinite(source) if np.issubdtype(source.dtype, np.floating) else np.ones(source.shape, bool)
+    not_finite = int(source.size - np.count_nonzero(source_finite))
+    if not_finite:
+        raise InvalidImageError(
+            f"The volume has {not_finite} NaN/inf voxels; replace them (e.g. with the background value) before "
+            "segmenting."
+        )
+    largest = float(np.max(np.abs(source)))
+    raise InvalidImageError(
+        f"The volume has {bad} voxels beyond the float32 range (up to {largest:.4g}, float32 ends at "
+        f"{float(np.finfo(np.float32).max):.4g}); rescale the intensities or clip the outliers before segmenting."
+    )
 
 
 def _fingerprint(array_kji: np.ndarray, geometry: VolumeGeometry, total: float) -> str:
