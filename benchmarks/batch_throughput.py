@@ -1,0 +1,192 @@
+"""Batch throughput (not a test): serial vs 2 local worker processes vs a 2-worker Dask LocalCluster.
+
+At equal total torch threads (``--threads T``: serial runs T threads in one process, the two parallel modes
+run 2 processes × T/2 threads), on the development cases of ``../shared/data`` with one positive click at
+each target's deepest point (prompt files written to a temporary folder, masks to a fresh folder per mode):
+
+* cases/minute per mode (wall time from the first case submitted to the last mask written; process start
+  and model loading inside it, the Dask cluster's own start-up reported apart);
+* model-load seconds per worker against seconds per case (the model is loaded once per worker);
+* where a case's time goes: read (prompts + image), resample (to the model grid), encode, decode, paste
+  (logits back onto the image grid), write, score (Dice), as means over the serial run;
+* whether every mode wrote identical masks.
+
+The default model is a snapshot copy (it may be retrained while this runs). The machine's load average is
+recorded with the results: numbers from a shared machine are distorted and are marked so. Writes
+``benchmarks/results/batch_throughput.json`` and ``.md``. Run::
+
+    python benchmarks/batch_throughput.py --threads 2 [--cases mr_sct_t2_spinalcord,...] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from SAMVolSegmentLib.batch import BatchCase, CaseResult, segment_cases
+from SAMVolSegmentLib.evaluation import deepest_point, index_to_ras
+from SAMVolSegmentLib.geometry import VolumeGeometry
+from SAMVolSegmentLib.io_utils import write_json
+from SAMVolSegmentLib.weights import resolve_model_path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+RESULTS = REPO / "benchmarks" / "results"
+STAGES = ("read_s", "resample_s", "encode_s", "decode_s", "paste_s", "write_s", "score_s")
+
+
+def target_value(label: np.ndarray) -> Optional[int]:
+    """The target: label > 0 for one-structure cases; the largest structure of a multi-label map."""
+    values, counts = np.unique(label[label > 0], return_counts=True)
+    return None if len(values) <= 1 else int(values[int(np.argmax(counts))])
+
+
+def make_cases(names: List[str], repeat: int, work: Path) -> List[BatchCase]:
+    """Prompt files (one click at the target's deepest point) and cases writing into ``work/<mode>/``."""
+    cases = []
+    for name in names:
+        image = sitk.ReadImage(str(DATA / name / "image.nii.gz"))
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / name / "label.nii.gz")))
+        value = target_value(label)
+        index = deepest_point(label > 0 if value is None else label == value, image.GetSpacing()[::-1])
+        ras = index_to_ras(VolumeGeometry.from_sitk(image), index)
+        prompts = work / f"{name}.json"
+        prompts.write_text(json.dumps({"points": [{"ras": ras.tolist(), "positive": True}]}))
+        for copy in range(repeat):
+            cases.append(BatchCase(str(DATA / name / "image.nii.gz"), str(prompts), f"{name}_{copy}.nii.gz",
+                                   str(DATA / name / "label.nii.gz"), value))
+    return cases
+
+
+def run_mode(mode: str, cases: List[BatchCase], out: Path, model: str, threads: int, scheduler=None) -> Dict:
+    out.mkdir(parents=True)
+    placed = [BatchCase(c.image, c.prompts, str(out / c.output), c.label, c.label_value, n + 2)
+              for n, c in enumerate(cases)]
+    workers = 1 if mode == "serial" else 2
+    per_worker = threads if mode == "serial" else max(1, threads // 2)
+    start = time.perf_counter()
+    results: List[CaseResult] = list(segment_cases(placed, model, workers=workers, scheduler=scheduler,
+                                                   threads=per_worker))
+    wall = time.perf_counter() - start
+    failed = [f"{r.name}: {r.error}" for r in results if r.status != "done"]
+    done = [r for r in results if r.status == "done"]
+    loads = [r.model_load_s for r in results if r.model_load_s > 0]
+    return {
+        "mode": mode, "processes": workers, "threads_per_process": per_worker, "cases": len(placed),
+        "done": len(done), "failed": failed, "wall_s": wall,
+        "cases_per_minute": 60.0 * len(done) / wall if wall > 0 else None,
+        "mean_case_s": float(np.mean([r.seconds for r in done])) if done else None,
+        "model_loads": len(loads), "model_load_s_per_worker": float(np.mean(loads)) if loads else None,
+        "stage_mean_s": {s: float(np.mean([r.timings.get(s, 0.0) for r in done])) for s in STAGES} if done else {},
+        "workers_seen": len({r.worker for r in done}),
+    }
+
+
+def masks_identical(folders: List[Path]) -> bool:
+    names = sorted(p.name for p in folders[0].glob("*.nii.gz"))
+    for name in names:
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(str(folders[0] / name)))
+        for folder in folders[1:]:
+            if not np.array_equal(reference, sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name)))):
+                return False
+    return all(sorted(p.name for p in f.glob("*.nii.gz")) == names for f in folders)
+
+
+def markdown(report: Dict) -> str:
+    lines = ["# Batch throughput", "",
+             f"{report['cases']} cases ({', '.join(report['case_names'])}; ×{report['repeat']}), "
+             f"{report['threads']} torch threads in total per mode, model `{report['model_id']}`, "
+             f"{report['machine']['cpus']} CPUs, load average at start {report['machine']['loadavg_start']}, "
+             f"at end {report['machine']['loadavg_end']}.", ""]
+    if report["note"]:
+        lines += [f"**{report['note']}**", ""]
+    lines += ["| mode | processes × threads | cases/min | × serial | wall s | mean case s | model loads | "
+              "load s per worker |", "|---|---|---|---|---|---|---|---|"]
+    serial = report["modes"][0]["cases_per_minute"] or 0.0
+    for m in report["modes"]:
+        rate = m["cases_per_minute"] or 0.0
+        load = f"{m['model_load_s_per_worker']:.2f}" if m["model_load_s_per_worker"] is not None else "-"
+        lines.append(f"| {m['mode']} | {m['processes']} × {m['threads_per_process']} | {rate:.1f} | "
+                     f"{rate / serial if serial else 0:.2f} | {m['wall_s']:.1f} | {m['mean_case_s'] or 0:.2f} | "
+                     f"{m['model_loads']} | {load} |")
+    lines += ["", f"Dask cluster start-up (not in its wall time): {report['dask_cluster_start_s']:.1f} s. "
+              f"Dask overhead vs local processes: {report['dask_overhead_vs_processes'] * 100:+.1f} % of wall time.",
+              f"Identical masks in every mode: {report['identical_masks']}.", "",
+              "Where a serial case's time goes (mean seconds):", "", "| " + " | ".join(STAGES) + " |",
+              "|" + "---|" * len(STAGES),
+              "| " + " | ".join(f"{report['modes'][0]['stage_mean_s'].get(s, 0.0):.3f}" for s in STAGES) + " |", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2, help="total torch threads per mode")
+    parser.add_argument("--cases", default=None, help="comma-separated case names (default: every case)")
+    parser.add_argument("--repeat", type=int, default=1, help="run each case this many times (more work per mode)")
+    parser.add_argument("--model", default="default", help="registry name or checkpoint path (snapshot-copied)")
+    parser.add_argument("--modes", default="serial,processes,dask", help="comma-separated subset of the modes")
+    parser.add_argument("--note", default="", help="a remark stored with the results (e.g. the machine was shared)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    args = parser.parse_args(argv)
+    names = args.cases.split(",") if args.cases else sorted(p.name for p in DATA.iterdir() if (p / "label.nii.gz").is_file())
+    modes = args.modes.split(",")
+    loadavg_start = [round(v, 2) for v in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="samvolseg-batch-bench-") as tmp:
+        work = Path(tmp)
+        model = work / "model_snapshot.pt"
+        shutil.copyfile(resolve_model_path(args.model), model)
+        from SAMVolSegmentLib.model import load_model
+
+        model_id = getattr(load_model(str(model)), "model_id", "?")
+        cases = make_cases(names, args.repeat, work)
+        results, folders, cluster_start = [], [], 0.0
+        for mode in modes:
+            print(f"{mode}: {len(cases)} cases ...", flush=True)
+            if mode == "dask":
+                from distributed import LocalCluster
+
+                started = time.perf_counter()
+                with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+                    cluster_start = time.perf_counter() - started
+                    results.append(run_mode(mode, cases, work / mode, str(model), args.threads,
+                                            scheduler=cluster.scheduler_address))
+            else:
+                results.append(run_mode(mode, cases, work / mode, str(model), args.threads))
+            folders.append(work / mode)
+            print(f"  {results[-1]['cases_per_minute'] or 0:.1f} cases/min, wall {results[-1]['wall_s']:.1f} s, "
+                  f"failed {len(results[-1]['failed'])}", flush=True)
+        identical = masks_identical(folders)
+    by_mode = {r["mode"]: r for r in results}
+    overhead = None
+    if "dask" in by_mode and "processes" in by_mode:
+        overhead = by_mode["dask"]["wall_s"] / by_mode["processes"]["wall_s"] - 1.0
+    report = {
+        "benchmark": "batch_throughput", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "model_id": model_id,
+        "threads": args.threads, "case_names": names, "repeat": args.repeat, "cases": len(cases),
+        "note": args.note, "modes": results, "identical_masks": identical,
+        "dask_cluster_start_s": cluster_start, "dask_overhead_vs_processes": overhead or 0.0,
+        "speedup_processes": (by_mode["processes"]["cases_per_minute"] / by_mode["serial"]["cases_per_minute"])
+        if {"serial", "processes"} <= set(by_mode) and by_mode["serial"]["cases_per_minute"] else None,
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform(),
+                    "loadavg_start": loadavg_start, "loadavg_end": [round(v, 2) for v in os.getloadavg()]},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(report, args.out / "batch_throughput.json")
+    (args.out / "batch_throughput.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
