@@ -115,3 +115,17 @@ def test_exported_default_family_runs_a_session(tmp_path):
     assert session.mask_array_kji().shape == array.shape
     session.undo()
     assert not session.mask_array_kji().any()
+
+
+def test_fast_inference_paths_equal_the_training_paths():
+    """PointwiseConv3d (matmul without autograd) and the reshape pooling give the convolution's / avg_pool3d's
+    results, so the speed-ups change nothing a trained model computes."""
+    from SAMVolSegmentLib.model.clicknet2 import PointwiseConv3d, _pool2
+
+    torch.manual_seed(0)
+    conv = PointwiseConv3d(7, 5, 1)
+    x = torch.randn(2, 7, 8, 6, 4)
+    with torch.inference_mode():
+        fast = conv(x)
+    torch.testing.assert_close(fast, torch.nn.functional.conv3d(x, conv.weight, conv.bias), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_pool2(x), torch.nn.functional.avg_pool3d(x, 2), rtol=1e-6, atol=1e-6)
