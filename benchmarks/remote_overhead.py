@@ -48,8 +48,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def deepest_ras(mask: np.ndarray, image: sitk.Image) -> np.ndarray:
     """RAS of the voxel farthest from the mask's border (the simulated click)."""
-    distance = ndimage.distance_transform_edt(mask)
-    k, j, i = np.unravel_index(int(np.argmax(distance)), mask.shape)
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]  # the transform on the box only: 35 M voxels are slow
+    distance = ndimage.distance_transform_edt(np.pad(mask[box], 1))[1:-1, 1:-1, 1:-1]
+    k, j, i = (int(v) + s.start for v, s in zip(np.unravel_index(int(np.argmax(distance)), distance.shape), box))
     lps = image.TransformIndexToPhysicalPoint((int(i), int(j), int(k)))
     return np.array(lps) * np.array([-1, -1, 1])
 
@@ -57,10 +58,15 @@ def deepest_ras(mask: np.ndarray, image: sitk.Image) -> np.ndarray:
 def simulate_clicks(session, image, target: np.ndarray, count: int):
     """Clicks at the deepest point of the target, then of the largest error; returns [(ras, positive)]."""
     clicks = [(deepest_ras(target, image), True)]
+    target_box = np.zeros_like(target)
+    target_box[tuple(slice(max(0, s.start - 10), s.stop + 10) for s in ndimage.find_objects(target.astype(np.uint8))[0])] = True
     session.add_click(*clicks[0])
     for _ in range(count - 1):
         mask = session.mask_array_kji().astype(bool)
         missed, extra = target & ~mask, mask & ~target
+        if len(clicks) >= 2:  # later clicks only refine the target's neighbourhood (keeps the labelling cheap)
+            missed &= target_box
+            extra &= target_box
         labels, n = ndimage.label(missed | extra)
         if n == 0:
             break
