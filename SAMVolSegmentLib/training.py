@@ -81,7 +81,7 @@ def simulate_click(target_low: np.ndarray, prediction_low: Optional[np.ndarray],
 
 
 def _bce_dice(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> torch.Tensor:
-    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(pos_weight))
+    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(pos_weight, device=logits.device))
     prob = torch.sigmoid(logits)
     inter = (prob * target).flatten(1).sum(1)
     soft_dice = (2 * inter + 1) / (prob.flatten(1).sum(1) + target.flatten(1).sum(1) + 1)
@@ -100,15 +100,17 @@ def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: in
             ``torch.no_grad`` and only move the episode forward.
     """
     batch, image_size = images.shape[0], images.shape[-1]
+    device = images.device
     embedding = model.encode_image(images)
     low = model.config.low_res_size * image_size // model.config.image_size
     targets_low = np.stack([low_res_target(label, low) for label in labels_roi])
-    target_t = torch.from_numpy(targets_low)[:, None]
+    target_t = torch.from_numpy(targets_low)[:, None].to(device)
     has_coarse = getattr(model, "family", "") == "clicknet2"
     if has_coarse:
         coarse_size = low // 2
-        target_coarse = torch.from_numpy(np.stack([low_res_target(label, coarse_size) for label in labels_roi]))[:, None]
-    previous = torch.zeros((batch, 1, low, low, low))
+        target_coarse = torch.from_numpy(np.stack([low_res_target(label, coarse_size)
+                                                   for label in labels_roi]))[:, None].to(device)
+    previous = torch.zeros((batch, 1, low, low, low), device=device)
     points: List[List[np.ndarray]] = [[] for _ in range(batch)]
     labels: List[List[int]] = [[] for _ in range(batch)]
     predictions: List[Optional[np.ndarray]] = [None] * batch
@@ -121,20 +123,20 @@ def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: in
             p, lab = simulate_click(targets_low[b], predictions[b], rng, image_size)
             points[b].append(p)
             labels[b].append(lab)
-        pts = torch.from_numpy(np.stack([np.stack(p) for p in points]))
-        labs = torch.tensor(labels, dtype=torch.int64)
+        pts = torch.from_numpy(np.stack([np.stack(p) for p in points])).to(device)
+        labs = torch.tensor(labels, dtype=torch.int64, device=device)
         with torch.set_grad_enabled(step in grad_steps and torch.is_grad_enabled()):
             if has_coarse:
                 logits, iou, logits_coarse = model.decode_prompts(embedding, pts, labs, previous, return_coarse=True)
             else:
                 logits, iou = model.decode_prompts(embedding, pts, labs, previous)
-            hard = (logits.detach() > 0).numpy()[:, 0]
+            hard = (logits.detach() > 0).cpu().numpy()[:, 0]
             inter = (hard & truth).reshape(batch, -1).sum(1)
             union = (hard | truth).reshape(batch, -1).sum(1)
             if step in grad_steps:
                 loss = _bce_dice(logits, target_t, pos_weight)
                 if has_coarse:
-                    actual_iou = torch.from_numpy((inter / np.maximum(union, 1)).astype(np.float32))[:, None]
+                    actual_iou = torch.from_numpy((inter / np.maximum(union, 1)).astype(np.float32))[:, None].to(device)
                     loss = loss + 0.5 * _bce_dice(logits_coarse, target_coarse, pos_weight) + \
                         F.mse_loss(iou.float(), actual_iou)
                 total = total + loss
@@ -186,7 +188,8 @@ def learning_rate(elapsed_s: float, minutes: float, base_lr: float, decay_from_m
 def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int = 0, batch: int = 2,
           clicks: int = 5, lr: float = 2e-3, export: Optional[Path] = None, resume: bool = False,
           checkpoint_every_s: float = 300.0, trainable: str = "all", decay_from_minute: Optional[float] = None,
-          roi_sizes: Optional[Sequence[Tuple[int, float]]] = None, augment: bool = True) -> dict:
+          roi_sizes: Optional[Sequence[Tuple[int, float]]] = None, augment: bool = True,
+          device: str = "cpu") -> dict:
     """Train until ``minutes`` of (cumulative) wall time; checkpoint + export every ``checkpoint_every_s``.
 
     Args:
@@ -195,10 +198,12 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
         trainable: "all", or "decoder" (SAM-Med3D: prompt encoder + mask decoder; ClickNet: the per-click part).
         roi_sizes: ((edge, probability), ...) ROI sizes to draw per step; default: the model's own size
             (ClickNet2: :data:`TRAIN_ROI_SIZES`).
+        device: torch device for the model and the episodes (sampling and click simulation stay on the CPU).
     The learning rate follows :func:`learning_rate` (constant, then cosine decay over the rest of the budget).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
+    model.to(device)
     frozen_prefixes = () if trainable == "all" else ("image_encoder", "stem", "down", "up", "enc", "refine_image")
     params = []
     for name, p in model.named_parameters():
@@ -211,12 +216,12 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
     random.seed(seed)
     torch.manual_seed(seed)
     if resume and ckpt_path.is_file():
-        state = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)  # our own file: has RNG state
+        state = torch.load(str(ckpt_path), map_location=device, weights_only=False)  # our own file: has RNG state
         model.load_state_dict(state["model_state_dict"])
         optimizer.load_state_dict(state["optimizer_state_dict"])
         step, elapsed, best = state["step"], state["elapsed_s"], state["best_train_dice"]
         rng.bit_generator.state = state["rng"]["numpy"]
-        torch.set_rng_state(state["rng"]["torch"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
     if roi_sizes is None:
         roi_sizes = TRAIN_ROI_SIZES if getattr(model, "family", "") == "clicknet2" else ((model.config.image_size, 1.0),)
     sizes = [size for size, _ in roi_sizes]
@@ -234,7 +239,7 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
             images.append(normalize_roi(raw))
             labels_roi.append(label)
             kinds.append(kind)
-        x = torch.from_numpy(np.stack(images))[:, None]
+        x = torch.from_numpy(np.stack(images))[:, None].to(device)
         current_lr = learning_rate(time.perf_counter() - start, minutes, lr, decay_from_minute)
         for group in optimizer.param_groups:
             group["lr"] = current_lr
@@ -283,6 +288,8 @@ def _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, b
 
 
 def register_cli(subparsers) -> None:
+    from .cli import _add_device, _add_output  # cli.py calls this function, so it is loaded by now
+
     p = subparsers.add_parser("train", help="train the small default model (ClickNet2) on labelled cases + synthetic data")
     p.add_argument("--data", type=Path, action="append", required=True,
                    help="a folder of <case>/image.* + label.* folders, or one case folder; repeat for several")
@@ -290,12 +297,14 @@ def register_cli(subparsers) -> None:
     p.add_argument("--allow-non-commercial", action="store_true",
                    help="also train on cases whose meta.json licence is non-commercial (the weights inherit it)")
     p.add_argument("--family", choices=["clicknet2", "clicknet"], default="clicknet2", help="model family")
-    p.add_argument("--out", type=Path, default=Path("runs/default"), help="checkpoint and log folder")
+    _add_output(p, Path("runs/default"), "checkpoint and log folder")
     p.add_argument("--minutes", type=float, default=90.0, help="wall-clock budget (cumulative over resumes)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (samples, clicks, init)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
     p.add_argument("--export", type=Path, default=None, help="weights file to (re)write at every checkpoint")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1 is faster on a shared machine: OpenMP threads wait for each other)")
+    _add_device(p)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
     p.add_argument("--clicks", type=int, default=5, help="simulated clicks per episode")
     p.add_argument("--decay-from-minute", type=float, default=None,
@@ -306,14 +315,22 @@ def register_cli(subparsers) -> None:
     sub.add_argument("model", help="registry name or checkpoint path")
     sub.add_argument("--data", type=Path, action="append", required=True,
                      help="a folder of <case>/image.* + label.* folders, or one case folder; repeat for several")
-    sub.add_argument("--out", type=Path, default=Path("runs/finetune"), help="checkpoint, log and finetuned.pt")
+    _add_output(sub, Path("runs/finetune"), "checkpoint, log and finetuned.pt")
+    _add_device(sub)
     sub.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget (cumulative over resumes)")
     sub.add_argument("--trainable", choices=["all", "decoder"], default="decoder",
                      help="decoder = prompt encoder + mask decoder only (the image encoder stays frozen)")
     sub.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamW)")
     sub.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    sub.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    sub.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
     sub.set_defaults(func=_cmd_finetune)
+
+
+def _checked_device(args: argparse.Namespace) -> str:
+    from .cli import _check_device
+
+    _check_device(args.device)
+    return args.device
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -327,8 +344,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"{len(cases)} training cases, {sum(len(c.targets) for c in cases)} targets in {len(source.groups)} "
           f"groups: {', '.join(f'{g} ({len(v)})' for g, v in sorted(source.groups.items()))}", flush=True)
     model = ClickNet2(ClickNet2Config()) if args.family == "clicknet2" else ClickNet(ClickNetConfig())
-    result = train(model, source, args.out, args.minutes, args.seed, export=args.export, resume=args.resume,
-                   decay_from_minute=args.decay_from_minute, lr=args.lr, clicks=args.clicks)
+    result = train(model, source, args.output, args.minutes, args.seed, export=args.export, resume=args.resume,
+                   decay_from_minute=args.decay_from_minute, lr=args.lr, clicks=args.clicks,
+                   device=_checked_device(args))
     print(json.dumps(result))
     return 0
 
@@ -339,7 +357,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     cases = load_cases(args.data, allow_non_commercial=True)  # the user's own data, the user's own weights
     source = SampleSource(cases, synthesis_fraction=0.0, blob_fraction=0.0)
-    result = train(model, source, args.out, args.minutes, args.seed, export=args.out / "finetuned.pt",
-                   resume=args.resume, trainable=args.trainable, lr=args.lr)
+    result = train(model, source, args.output, args.minutes, args.seed, export=args.output / "finetuned.pt",
+                   resume=args.resume, trainable=args.trainable, lr=args.lr, device=_checked_device(args))
     print(json.dumps(result))
     return 0
