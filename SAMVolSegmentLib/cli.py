@@ -21,6 +21,7 @@ import numpy as np
 
 from .batch import MASK_SUFFIXES
 from .errors import InvalidPromptError, ModelNotAvailableError, SAMVolSegmentError
+from .prompts_io import MAX_CLICKS
 
 DEMO_MASK = "demo_mask.nii.gz"
 DEMO_OVERLAY = "demo_overlay.png"
@@ -109,7 +110,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     only once the prompts and the image have been read and checked.
     """
     from .batch import BatchCase, DeferredModel, run_case
+    from .io_utils import check_output_file
 
+    # Before any work: never write over the input, and an unwritable output fails now, not after the clicks.
+    check_output_file(args.output, inputs=[args.image, args.points], suffixes=MASK_SUFFIXES)
     box = None if args.box is None else tuple(tuple(c) for c in np.asarray(args.box, float).reshape(2, 3))
     case = BatchCase(str(args.image), str(args.points), str(args.output), series=args.series, box_ras=box)
 
@@ -405,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points", required=True,
                    help="Slicer .mrk.json (LPS or RAS; negative = point list/label/description starting with 'neg'), "
                         "JSON {'points': [{'ras': [r,a,s], 'positive': true}], 'box_ras': [[..],[..]]} "
-                        "or CSV r,a,s,positive; RAS mm; at least one positive point (or a box)")
+                        "or CSV r,a,s,positive; RAS mm; at least one positive point (or a box); at most "
+                        f"{MAX_CLICKS} points")
     _add_output(p, None, f"mask file; format from the extension ({', '.join(MASK_SUFFIXES)})")
     p.add_argument("--box", nargs=6, type=float, metavar=("R0", "A0", "S0", "R1", "A1", "S1"),
                    help="box prompt: two opposite corners in RAS mm (overrides a box in --points)")
@@ -522,16 +527,45 @@ def version_text() -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the CLI; returns the exit code (0 success, 2 error with a message on stderr, 130 interrupted)."""
-    args = build_parser().parse_args(argv)
+    """Run the CLI; returns the exit code (0 success, 2 error with a message on stderr, 130 interrupted).
+
+    Called without ``argv`` (the ``samvolseg`` program), an interrupt ends the process at once with exit code
+    130 and one line, also during start-up and after the work: the interpreter would otherwise wait for
+    background threads at exit, or print a traceback for a Ctrl-C that lands while it shuts down.
+    """
+    program = argv is None
     try:
+        args = build_parser().parse_args(argv)  # inside the try: it imports torch, the slowest start-up step
         return int(args.func(args) or 0)
-    except (SAMVolSegmentError, FileNotFoundError) as exc:
+    except (SAMVolSegmentError, OSError) as exc:  # OSError: a file vanished or a disk filled up meanwhile
         print(f"samvolseg: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if program:
+            _exit_interrupted()
         print("samvolseg: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if program:
+            import signal
+
+            # From here on the work is done or refused; a Ctrl-C during the interpreter's exit is one line.
+            signal.signal(signal.SIGINT, lambda signum, frame: _exit_interrupted())
+
+
+def _exit_interrupted() -> None:
+    """One line on stderr and exit 130 now, without waiting for threads (the program only, never a caller)."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more to say on it
+            pass
+    try:
+        print("samvolseg: interrupted", file=sys.stderr, flush=True)
+    finally:
+        os._exit(130)
 
 
 if __name__ == "__main__":

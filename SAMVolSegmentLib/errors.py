@@ -31,6 +31,10 @@ class SessionStateError(SAMVolSegmentError, RuntimeError):
     """An operation came in the wrong order (e.g. a click before ``set_volume``)."""
 
 
+class OutputPathError(SAMVolSegmentError, ValueError):
+    """An output cannot be written where asked (it is the input, a folder, under a file, not writable...)."""
+
+
 class RemoteError(SAMVolSegmentError):
     """A remote inference server could not do what was asked (base of the client's server errors)."""
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InvalidImageError
+from .errors import InvalidImageError, OutputPathError
 
 PathLike = Union[str, Path]
 
@@ -49,6 +49,55 @@ def atomic_path(path: PathLike) -> Iterator[str]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_output_file(
+    path: PathLike, inputs: Sequence[PathLike] = (), suffixes: Sequence[str] = ()
+) -> Path:
+    """Refuse, before any work, an output file that cannot or must not be written.
+
+    Args:
+        path: the output file.
+        inputs: files the job reads; the output may not be one of them (resolved: links and ``..`` count).
+        suffixes: accepted lower-case extensions (e.g. ``.nii.gz``); an upper-case spelling is refused because
+            ITK picks its writer (and reader) from the extension, case-sensitively.
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    Raises:
+        OutputPathError: the output is an input, an existing folder, lies under a file, sits in a folder that
+            cannot be written, or spells a known extension in upper case.
+    """
+    path = Path(path)
+    name = path.name
+    if suffixes and not name.endswith(tuple(suffixes)) and name.lower().endswith(tuple(suffixes)):
+        raise OutputPathError(f"Output {path}: write the extension in lower case ({', '.join(suffixes)}); image "
+                              "readers and writers recognise only that spelling.")
+    resolved = path.resolve()
+    for source in inputs:
+        source = Path(source)
+        same = source.resolve() == resolved or (path.exists() and source.exists() and _same_file(source, path))
+        if same:
+            raise OutputPathError(f"Output {path} is the input image {source}; give another output name so the input "
+                                  "is not overwritten.")
+    if path.is_dir():
+        raise OutputPathError(f"Output {path} is a folder; give a file name (e.g. {path / 'mask.nii.gz'}).")
+    parent = resolved.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(f"Output {path} cannot be written: {parent} is a file, not a folder; choose another "
+                              "output folder.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"Output {path}: cannot write into {parent} (permission denied); choose a folder "
+                              "you can write to.")
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def write_image(image: sitk.Image, path: PathLike) -> Path:

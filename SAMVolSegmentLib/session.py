@@ -36,6 +36,7 @@ from .preprocessing import (
     paste_back_logits,
     resample_to_model_grid,
 )
+from .prompts_io import MAX_CLICKS  # one limit for the session and prompt files (the reason is there)
 
 ProgressCallback = Callable[[float, str], None]
 RoiKey = Tuple[int, int, int]
@@ -49,11 +50,6 @@ MAX_EXTENSIONS_PER_CLICK = 2
 #: Logit given to the seed mask prompt of a new ROI (binary mask → ±value); the CVPR-branch reference
 #: feeds the previous segmentation as a binary mask.
 SEED_MASK_LOGIT = 1.0
-#: Most clicks one mask may hold (until ``reset``/``set_volume``). The decoder attends to every click of a
-#: ROI, so a click costs more the more clicks came before it (about 30 ms at click 100, 130 ms at 1,400 on a
-#: CPU); past this many clicks a session would be slow for no gain, and a prompt file holding thousands of
-#: points would run for an hour.
-MAX_CLICKS = 500
 
 
 @dataclass(frozen=True)

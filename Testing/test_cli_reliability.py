@@ -1,0 +1,214 @@
+"""``samvolseg`` and the prompt reader under misuse (issue 14: 1, 7-10, 12-15).
+
+Output paths are checked before any work (these tests name a model that does not exist: an output error
+must come first); signals go to a real child process running the console entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SAMVolSegmentLib.cli import build_parser, main
+from SAMVolSegmentLib.errors import InvalidPromptError
+from SAMVolSegmentLib.prompts_io import read_prompts
+from SAMVolSegmentLib.session import MAX_CLICKS
+
+REPO = Path(__file__).resolve().parents[1]
+NO_MODEL = ["--model", "no-such-model-file.pt"]
+
+
+@pytest.fixture()
+def image(tmp_path) -> Path:
+    array = np.random.default_rng(0).normal(0, 1, (10, 11, 12)).astype(np.float32)
+    path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    return path
+
+
+@pytest.fixture()
+def points(tmp_path) -> Path:
+    path = tmp_path / "p.csv"
+    path.write_text("-5,-5,5,1\n")
+    return path
+
+
+def run_segment(capsys, image, points, output, *extra):
+    code = main(["segment", str(image), "--points", str(points), "--output", str(output), *NO_MODEL, *extra])
+    return code, capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 1: the output is the input
+@pytest.mark.parametrize("spelling", ["same", "dotted", "symlink"])
+def test_the_input_image_is_never_the_output(tmp_path, capsys, image, points, spelling):
+    before = image.read_bytes()
+    output = {"same": image, "dotted": tmp_path / "." / "sub" / ".." / image.name, "symlink": tmp_path / "link.nii.gz"}[
+        spelling]
+    if spelling == "symlink":
+        output.symlink_to(image)
+    (tmp_path / "sub").mkdir()
+    code, err = run_segment(capsys, image, points, output)
+    assert code == 2 and "is the input image" in err and len(err.strip().splitlines()) == 1
+    assert image.read_bytes() == before
+
+
+# ---------------------------------------------------------------- 8: output paths checked first
+def test_output_path_errors_are_one_line_before_the_work(tmp_path, capsys, image, points):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "x.nii.gz").mkdir()
+    cases = {tmp_path / "afile" / "m.nii.gz": "not a folder", tmp_path / "x.nii.gz": "is a folder"}
+    for output, message in cases.items():
+        code, err = run_segment(capsys, image, points, output)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert "no-such-model" not in err  # refused before the model was looked up
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
+def test_an_unwritable_output_folder_is_one_line_before_the_work(tmp_path, capsys, image, points):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code, err = run_segment(capsys, image, points, locked / "m.nii.gz")
+    finally:
+        locked.chmod(0o700)
+    assert code == 2 and "cannot write" in err and "no-such-model" not in err
+
+
+# ---------------------------------------------------------------- 9: upper-case extensions
+@pytest.mark.parametrize("name", ["m.NII.GZ", "m.Nii.Gz", "m.NRRD"])
+def test_upper_case_extensions_are_refused_up_front(tmp_path, capsys, image, points, name):
+    code, err = run_segment(capsys, image, points, tmp_path / name)
+    assert code == 2 and "lower case" in err and "no-such-model" not in err
+    assert not (tmp_path / name).exists()
+
+
+# ---------------------------------------------------------------- 7: bounded model grid in the CLI
+def test_a_volume_with_a_huge_model_grid_is_one_line_under_a_4_gb_limit(tmp_path, points):
+    coarse = sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 1, (48, 48, 48)).astype(np.float32))
+    coarse.SetSpacing((20.0, 20.0, 20.0))
+    path = tmp_path / "coarse.nii.gz"
+    sitk.WriteImage(coarse, str(path))
+    script = textwrap.dedent(f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+        from SAMVolSegmentLib.cli import main
+        sys.exit(main(["segment", {str(path)!r}, "--points", {str(points)!r}, "--output",
+                       {str(tmp_path / "m.nii.gz")!r}, "--model", "clicknet-v1"]))
+    """)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2, done.stderr
+    assert "model grid" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert time.perf_counter() - start < 60
+
+
+# ---------------------------------------------------------------- 10, 14: prompt files
+@pytest.mark.parametrize("markups", [[{"type": "Fiducial", "controlPoints": [{"position": [1, 2, 3]}]}, 5], {},
+                                     [{"type": "Fiducial", "controlPoints": [None]}],
+                                     [{"type": "Fiducial", "controlPoints": {"a": 1}}], "abc"],
+                         ids=["number-markup", "object", "null-point", "points-object", "string"])
+def test_malformed_markups_are_a_prompt_error(tmp_path, markups):
+    path = tmp_path / "p.mrk.json"
+    path.write_text(json.dumps({"markups": markups}))
+    with pytest.raises(InvalidPromptError, match="Cannot read prompts from"):
+        read_prompts(path)
+
+
+def test_a_folder_given_as_prompt_file_is_called_a_folder(tmp_path):
+    with pytest.raises(InvalidPromptError, match="is a folder"):
+        read_prompts(tmp_path)
+
+
+# ---------------------------------------------------------------- 12: bounded prompt files
+def test_a_prompt_file_beyond_the_click_limit_is_refused_at_once(tmp_path, capsys, image):
+    many = tmp_path / "many.csv"
+    many.write_text("".join(f"{i % 5},0,0,1\n" for i in range(10_000)))
+    start = time.perf_counter()
+    code, err = run_segment(capsys, image, many, tmp_path / "m.nii.gz")
+    assert code == 2 and f"at most {MAX_CLICKS}" in err and "10000 points" in err
+    assert time.perf_counter() - start < 10
+    segment = build_parser()._subparsers._group_actions[0].choices["segment"]
+    assert f"at most {MAX_CLICKS}" in " ".join(segment.format_help().split())
+
+
+# ---------------------------------------------------------------- 13, 15: Ctrl-C
+def start_cli(tmp_path, image, points, patch: str) -> subprocess.Popen:
+    """The console entry point (``sys.exit(main())``) in a child, after ``patch`` (which prints READY)."""
+    argv = ["samvolseg", "segment", str(image), "--points", str(points), "--output", str(tmp_path / "m.nii.gz"),
+            "--model", "clicknet-v1"]
+    script = (f"import sys, threading, time\nimport SAMVolSegmentLib.cli as cli\n{patch}\n"
+              f"sys.argv = {argv!r}\nsys.exit(cli.main())\n")
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO)
+
+
+def interrupt_when_ready(child: subprocess.Popen, timeout: float = 120.0):
+    """Wait for READY on the child's stdout, send SIGINT, return (exit code, seconds to exit, stderr)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = child.stdout.readline()
+        if "READY" in line or not line:
+            break
+    child.send_signal(signal.SIGINT)
+    sent = time.perf_counter()
+    try:
+        _, err = child.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        _, err = child.communicate()
+    return child.returncode, time.perf_counter() - sent, err
+
+
+def test_ctrl_c_during_resampling_exits_at_once(tmp_path, image, points):
+    patch = """
+import SAMVolSegmentLib.session as session
+def slow_resample(volume):
+    print("READY", flush=True)
+    time.sleep(20)  # a long resampling
+session.resample_to_model_grid = slow_resample
+"""
+    code, seconds, err = interrupt_when_ready(start_cli(tmp_path, image, points, patch))
+    assert code == 130 and err.strip().splitlines() == ["samvolseg: interrupted"], err
+    assert seconds < 5
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_130(tmp_path, image, points):
+    patch = """
+real_build_parser = cli.build_parser
+def slow_build_parser():
+    print("READY", flush=True)
+    time.sleep(20)  # importing torch and the subcommands
+    return real_build_parser()
+cli.build_parser = slow_build_parser
+"""
+    code, seconds, err = interrupt_when_ready(start_cli(tmp_path, image, points, patch))
+    assert code == 130 and err.strip().splitlines() == ["samvolseg: interrupted"], err
+
+
+def test_ctrl_c_after_the_write_is_one_line_and_130(tmp_path, image, points):
+    patch = """
+import SAMVolSegmentLib.io_utils as io_utils
+real_write = io_utils.write_image
+def write_then_linger(image, path):
+    out = real_write(image, path)
+    # Something still running at exit (a library's helper thread): the interpreter joins it after main().
+    threading.Thread(target=time.sleep, args=(20,)).start()
+    print("READY", flush=True)
+    return out
+io_utils.write_image = write_then_linger
+"""
+    code, seconds, err = interrupt_when_ready(start_cli(tmp_path, image, points, patch))
+    assert code == 130 and err.strip().splitlines() == ["samvolseg: interrupted"], err
+    assert (tmp_path / "m.nii.gz").is_file()
+    assert seconds < 5
