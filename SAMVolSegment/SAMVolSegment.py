@@ -45,10 +45,11 @@ _ENGINE_ROOT = dependencies.engine_import_root(os.path.dirname(os.path.abspath(_
 if _ENGINE_ROOT is not None and _ENGINE_ROOT not in sys.path:
     sys.path.insert(0, _ENGINE_ROOT)
 
-from SAMVolSegmentSlicerLib import coordinates, local_session, segment_io  # noqa: E402
+from SAMVolSegmentSlicerLib import backend, coordinates, local_session, segment_io  # noqa: E402
 from SAMVolSegmentSlicerLib.dependencies import InstallError  # noqa: E402
 from SAMVolSegmentSlicerLib.markers import PromptMarkers  # noqa: E402
 from SAMVolSegmentSlicerLib.segment_merge import OtherSegments  # noqa: E402
+from SAMVolSegmentSlicerLib.settings_panel import SettingsPanel  # noqa: E402
 from SAMVolSegmentSlicerLib.undo_stack import EditStep, Prompt  # noqa: E402
 from SAMVolSegmentSlicerLib.worker import EngineWorker, WorkerBusyError  # noqa: E402
 
@@ -57,13 +58,6 @@ from SAMVolSegmentLib.session_protocol import SegmentationSession, check_session
 
 logger = logging.getLogger(__name__)
 
-#: QSettings keys and defaults (user preferences; scene state lives in the parameter node).
-SETTINGS_PREFIX = "SAMVolSegment/"
-SETTING_DEFAULTS = {"model": "default", "modelPath": "", "device": "auto"}
-#: Registry names of SAMVolSegmentLib.weights, in combo-box order; the last entry is "a file".
-MODEL_CHOICES = (("default", "Bundled default (offline)"), ("sam-med3d-turbo", "SAM-Med3D-turbo (download, 402 MB)"),
-                 ("file", "From file..."))
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 #: Shortcuts, active only while the module is shown. A/S/X/N match no Segment Editor effect key and avoid the
 #: slice views' own keys (b/f step slices, r resets the view). T and V shadow the views' layer toggles while
 #: the module is shown, as in SlicerNNInteractive, whose users expect them.
@@ -143,9 +137,11 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         self.worker = EngineWorker()
         self.session: Optional[SegmentationSession] = None
         self.modelKey: Optional[Tuple[str, str]] = None
-        self.modelSource = SETTING_DEFAULTS["model"]
-        self.device = SETTING_DEFAULTS["device"]
-        #: ``factory(source, device, download, progress) -> session``; tests and a remote backend replace it.
+        self.modelSource = backend.SETTING_DEFAULTS["model"]
+        self.device = backend.SETTING_DEFAULTS["device"]
+        #: Where sessions run (``setBackend``); the token is kept here and in QSettings, never in the scene.
+        self.backend = backend.Backend()
+        #: The local backend's ``factory(source, device, download, progress) -> session``; tests replace it.
         self.sessionFactory: Callable[..., SegmentationSession] = local_session.localSession
         self.statusCallback: Optional[Callable[[str], None]] = None
         self.slowCallback: Optional[Callable[[float, Optional[float], str], None]] = None
@@ -198,24 +194,55 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
 
         source = self.modelSource if source is None else str(source)
         device = self.device if device is None else str(device)
-        key = (source, device)
+        key = self.backend.sessionKey(source, device)
         if self.session is not None and key == self.modelKey:
             return self.session.model_id
-        if self.sessionFactory is local_session.localSession:
+        factory = backend.sessionFactory(self.backend, self.sessionFactory)
+        if factory is local_session.localSession:
             dependencies.check_dependencies()
-        self._status(_("Loading model {source}...").format(source=source))
+        self._status(_("Connecting to {url}...").format(url=self.backend.url) if self.backend.isRemote
+                     else _("Loading model {source}...").format(source=source))
         try:
-            session = self._runOnWorker(self.sessionFactory, source, device, download, self.worker.progress)
+            session = self._runOnWorker(factory, source, device, download, self.worker.progress)
         except ModelNotAvailableError as exc:
             question = _("{error}\n\nDownload it now?").format(error=exc)
             if download or self.confirmCallback is None or not self.confirmCallback(question):
                 raise
-            session = self._runOnWorker(self.sessionFactory, source, device, True, self.worker.progress)
+            session = self._runOnWorker(factory, source, device, True, self.worker.progress)
         check_session(session)
         self.closeSession()
         self.session, self.modelKey = session, key
         self._status(_("Model {id} ready.").format(id=session.model_id))
         return session.model_id
+
+    def setBackend(self, newBackend: backend.Backend) -> bool:
+        """Use another backend from the next step on; returns True when a session was closed for it.
+
+        Switching mid-segment is handled, not refused: the session closes now (a remote one ends on the server),
+        the segment keeps its voxels and seeds the next backend's session (as editing an existing segment), and
+        the prompt markers are removed because their undo history belonged to the closed session.
+        """
+        with self._action():
+            if newBackend == self.backend:
+                return False
+            self.backend = newBackend
+            if self.session is None:
+                return False
+            self.closeSession()
+            self.markers.clear()
+            self._status(_("Backend changed to {where}: the segment keeps its voxels; earlier prompts can no "
+                           "longer be undone.").format(where=newBackend.describe()))
+            return True
+
+    def testConnection(self, candidate: Optional[backend.Backend] = None) -> str:
+        """Check that the remote server (``candidate`` or the current backend) answers and accepts the token."""
+        candidate = self.backend if candidate is None else candidate
+        if not candidate.isRemote:
+            raise ValueError(_("Choose Remote server as the backend to test a connection."))
+        with self._action():
+            message = self._runOnWorker(backend.testConnection, candidate)
+        self._status(message)
+        return message
 
     def closeSession(self) -> None:
         """Stop the current session's background work (the worker thread stays)."""
@@ -551,7 +578,6 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observedMarkups: List = []
         self._syncingSelector = False
         self._progressDialog = None
-        self._installJob = None
 
     def setup(self) -> None:
         """Called when the module is first opened."""
@@ -567,32 +593,18 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.confirmCallback = lambda question: slicer.util.confirmOkCancelDisplay(
             question, windowTitle=_("Model download"))
 
-        for name, label in MODEL_CHOICES:
-            self.ui.modelComboBox.addItem(_(label), name)
-        for device in DEVICE_CHOICES:
-            self.ui.deviceComboBox.addItem(device, device)
         for choice, label in ((OtherSegments.PROTECT, "Protect (never change them)"),
                               (OtherSegments.OVERLAP, "Allow overlap"),
                               (OtherSegments.OVERWRITE, "Overwrite (Segment Editor setting)")):
             self.ui.otherSegmentsComboBox.addItem(_(label), choice.value)
-        settings = qt.QSettings()
-        self.ui.modelComboBox.setCurrentIndex(max(0, self.ui.modelComboBox.findData(
-            settings.value(SETTINGS_PREFIX + "model", SETTING_DEFAULTS["model"]))))
-        self.ui.modelPathLineEdit.currentPath = settings.value(SETTINGS_PREFIX + "modelPath", "")
-        self.ui.deviceComboBox.setCurrentIndex(max(0, self.ui.deviceComboBox.findData(
-            settings.value(SETTINGS_PREFIX + "device", SETTING_DEFAULTS["device"]))))
         self.ui.progressBar.hide()
-        self._applyModelSettings()
+        self.settingsPanel = SettingsPanel(self.ui, self.logic, self._run, self._updateGUI, self._hideProgress)
 
         self.ui.segmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
         self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.onSegmentChanged)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
-        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSettingsChanged)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onModelSettingsChanged)
-        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelSettingsChanged)
         self.ui.otherSegmentsComboBox.connect("currentIndexChanged(int)", self.onOtherSegmentsChanged)
         self.ui.loadModelButton.connect("clicked(bool)", self.onLoadModel)
-        self.ui.installButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.positiveButton.connect("clicked(bool)", lambda: self.onAction("positive"))
         self.ui.negativeButton.connect("clicked(bool)", lambda: self.onAction("negative"))
         self.ui.boxButton.connect("clicked(bool)", lambda: self.onAction("box"))
@@ -794,20 +806,6 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shortcuts = []
 
     # ------------------------------------------------------------------ settings and model
-    def _applyModelSettings(self) -> None:
-        choice = self.ui.modelComboBox.currentData
-        self.ui.modelPathLineEdit.setVisible(choice == "file")
-        self.logic.modelSource = self.ui.modelPathLineEdit.currentPath if choice == "file" else choice
-        self.logic.device = self.ui.deviceComboBox.currentData
-
-    def onModelSettingsChanged(self, *_args) -> None:
-        """Store the preferences; the model is (re)loaded on the next click or 'Load model'."""
-        settings = qt.QSettings()
-        settings.setValue(SETTINGS_PREFIX + "model", self.ui.modelComboBox.currentData)
-        settings.setValue(SETTINGS_PREFIX + "modelPath", self.ui.modelPathLineEdit.currentPath)
-        settings.setValue(SETTINGS_PREFIX + "device", self.ui.deviceComboBox.currentData)
-        self._applyModelSettings()
-
     def onOtherSegmentsChanged(self, *_args) -> None:
         """Store the other-segments rule in the scene."""
         if self._parameterNode:
@@ -816,43 +814,6 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onLoadModel(self) -> None:
         """Load the chosen model (downloading SAM-Med3D-turbo after confirmation)."""
         self._run(_("Failed to load the model."), self.logic.loadModel)
-
-    def onInstallDependencies(self) -> None:
-        """Install torch through the PyTorch extension's installer on a background thread, with progress."""
-        if self._installJob is not None:
-            return
-        try:
-            job = dependencies.TorchInstallJob.fromSlicer(confirm=slicer.util.confirmOkCancelDisplay)
-        except InstallError as exc:
-            if exc.restartRequired and slicer.util.confirmYesNoDisplay(
-                    _("{error}\n\nOpen the Extensions Manager now?").format(error=exc)):
-                slicer.app.openExtensionsManagerDialog()
-            else:
-                slicer.util.errorDisplay(str(exc))
-            return
-        if job is None:
-            return
-        self._installJob = job
-        self.ui.installButton.enabled = False
-        self.ui.progressBar.show()
-        self.ui.progressBar.setRange(0, 0)
-        job.start()
-        self._pollInstall()
-
-    def _pollInstall(self) -> None:
-        job = self._installJob
-        if not job.done:
-            self.ui.statusLabel.setText(job.lastLine or _("Installing PyTorch..."))
-            qt.QTimer.singleShot(200, self._pollInstall)
-            return
-        self._installJob = None
-        self.ui.installButton.enabled = True
-        self._hideProgress()
-        if job.error is not None:
-            slicer.util.errorDisplay(str(job.error), detailedText="\n".join(job.lines[-200:]))
-        else:
-            self.ui.statusLabel.setText(_("PyTorch is installed."))
-        self._updateGUI()
 
     # ------------------------------------------------------------------ target
     def onInputVolumeChanged(self, node) -> None:
@@ -915,7 +876,8 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoButton.enabled = bool(self.logic and self.logic.canUndo)
         self.ui.redoButton.enabled = bool(self.logic and self.logic.canRedo)
         missing = dependencies.missing_requirements()
-        self.ui.installButton.setVisible(bool(missing))
+        # A remote server needs no torch here.
+        self.ui.installButton.setVisible(bool(missing) and not (self.logic and self.logic.backend.isRemote))
 
 
 #

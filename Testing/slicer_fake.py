@@ -695,11 +695,48 @@ class qMRMLSegmentSelectorWidget(FakeWidget):
 
 
 class ctkPathLineEdit(FakeWidget):
+    """``currentPath`` only; a test that plays the user choosing a file also emits ``currentPathChanged``."""
+
     currentPath = ""
+
+    def userChooses(self, path: str) -> None:
+        """Test helper: the user picks a file (the widget then emits currentPathChanged, ctkPathLineEdit.h)."""
+        self.currentPath = path
+        self.emit("currentPathChanged(QString)", path)
+
+
+class QLineEdit(FakeWidget):
+    """``setText`` emits ``textChanged`` when the text changes, for the user and for code alike (qlineedit.cpp;
+    ``textEdited`` would be the user-only signal)."""
+
+    def setText(self, text: str) -> None:
+        if text != self.text:
+            self.text = text
+            self.emit("textChanged(QString)", text)
+
+
+class QCheckBox(FakeWidget):
+    """Setting ``checked`` (PythonQt maps the property to ``setChecked``) emits ``toggled`` on a change
+    (QAbstractButton::setChecked)."""
+
+    @property
+    def checked(self) -> bool:
+        return self.__dict__.get("_checked", False)
+
+    @checked.setter
+    def checked(self, value: bool) -> None:
+        changed = bool(value) != self.__dict__.get("_checked", False)
+        self.__dict__["_checked"] = bool(value)
+        if changed:
+            self.emit("toggled(bool)", bool(value))
+
+    def setChecked(self, value: bool) -> None:
+        self.checked = value
 
 
 WIDGET_CLASSES = {"QComboBox": QComboBox, "qMRMLNodeComboBox": qMRMLNodeComboBox,
-                  "qMRMLSegmentSelectorWidget": qMRMLSegmentSelectorWidget, "ctkPathLineEdit": ctkPathLineEdit}
+                  "qMRMLSegmentSelectorWidget": qMRMLSegmentSelectorWidget, "ctkPathLineEdit": ctkPathLineEdit,
+                  "QLineEdit": QLineEdit, "QCheckBox": QCheckBox}
 
 
 def _propertyValue(prop: ET.Element):
@@ -935,11 +972,21 @@ class Qt:
 
 
 class QSettings:
+    """Values as Slicer's .ini file gives them back after a restart: a bool is stored as "true"/"false" and read
+    back as that string (QSettingsPrivate::variantToString in Qt's qsettings.cpp; the reason
+    ``slicer.util.toBool`` exists, Base/Python/slicer/util.py)."""
+
     def value(self, key, default=None):
         return STATE.settings.get(key, default)
 
     def setValue(self, key, value) -> None:
-        STATE.settings[key] = value
+        STATE.settings[key] = ("true" if value else "false") if isinstance(value, bool) else value
+
+    def contains(self, key) -> bool:
+        return key in STATE.settings
+
+    def remove(self, key) -> None:
+        STATE.settings.pop(key, None)
 
 
 class QProgressDialog:

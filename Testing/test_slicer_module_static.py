@@ -23,12 +23,22 @@ def ui_widgets() -> dict:
     return {w.get("name"): w.get("class") for w in root.iter("widget")}
 
 
-def test_ui_parses_and_has_every_widget_the_module_uses():
+@pytest.mark.parametrize("path", [MODULE_FILE, MODULE_DIR / "SAMVolSegmentSlicerLib" / "settings_panel.py"],
+                         ids=lambda p: p.name)
+def test_ui_parses_and_has_every_widget_the_module_uses(path):
     widgets = ui_widgets()
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
-    assert used, "the module looks up no widget: the regex is wrong"
+    used = set(re.findall(r"\bui\.(\w+)", path.read_text()))
+    assert used, "the file looks up no widget: the regex is wrong"
     missing = sorted(used - set(widgets))
-    assert not missing, f"widgets used by SAMVolSegment.py but absent from the .ui: {missing}"
+    assert not missing, f"widgets used by {path.name} but absent from the .ui: {missing}"
+
+
+def test_token_field_hides_its_text_and_is_not_a_scene_parameter():
+    root = ET.parse(UI_FILE).getroot()
+    token = next(w for w in root.iter("widget") if w.get("name") == "serverTokenLineEdit")
+    props = {p.get("name"): p for p in token.findall("property")}
+    assert props["echoMode"].find("enum").text == "QLineEdit::Password"
+    assert "SlicerParameterName" not in props, "the token must never be bound to the parameter node"
 
 
 def test_parameter_bindings_name_real_parameters():
