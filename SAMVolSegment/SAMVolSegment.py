@@ -48,6 +48,7 @@ if _ENGINE_ROOT is not None and _ENGINE_ROOT not in sys.path:
 from SAMVolSegmentSlicerLib import backend, coordinates, local_session, segment_io  # noqa: E402
 from SAMVolSegmentSlicerLib.dependencies import InstallError  # noqa: E402
 from SAMVolSegmentSlicerLib.markers import PromptMarkers  # noqa: E402
+from SAMVolSegmentSlicerLib.progress_display import ProgressDisplay  # noqa: E402
 from SAMVolSegmentSlicerLib.segment_merge import OtherSegments  # noqa: E402
 from SAMVolSegmentSlicerLib.settings_panel import SettingsPanel  # noqa: E402
 from SAMVolSegmentSlicerLib.undo_stack import EditStep, Prompt  # noqa: E402
@@ -73,8 +74,6 @@ SHORTCUTS = (
     ("N", "accept"),
     ("Shift+R", "reset"),
 )
-#: A step running longer than this shows a modal progress dialog (the status line reports from 0.5 s).
-PROGRESS_DIALOG_AFTER_S = 2.0
 
 
 class SAMVolSegment(ScriptedLoadableModule):
@@ -136,7 +135,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.worker = EngineWorker()
         self.session: Optional[SegmentationSession] = None
-        self.modelKey: Optional[Tuple[str, str]] = None
+        self.modelKey: Optional[Tuple[str, ...]] = None
         self.modelSource = backend.SETTING_DEFAULTS["model"]
         self.device = backend.SETTING_DEFAULTS["device"]
         #: Where sessions run (``setBackend``); the token is kept here and in QSettings, never in the scene.
@@ -577,7 +576,6 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shortcuts: List = []
         self._observedMarkups: List = []
         self._syncingSelector = False
-        self._progressDialog = None
 
     def setup(self) -> None:
         """Called when the module is first opened."""
@@ -589,7 +587,8 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic = SAMVolSegmentLogic()
         self.logic.statusCallback = self.ui.statusLabel.setText
-        self.logic.slowCallback = self._onSlow
+        self.progress = ProgressDisplay(self.ui.progressBar, self.ui.statusLabel)
+        self.logic.slowCallback = self.progress.onSlow
         self.logic.confirmCallback = lambda question: slicer.util.confirmOkCancelDisplay(
             question, windowTitle=_("Model download"))
 
@@ -598,7 +597,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                               (OtherSegments.OVERWRITE, "Overwrite (Segment Editor setting)")):
             self.ui.otherSegmentsComboBox.addItem(_(label), choice.value)
         self.ui.progressBar.hide()
-        self.settingsPanel = SettingsPanel(self.ui, self.logic, self._run, self._updateGUI, self._hideProgress)
+        self.settingsPanel = SettingsPanel(self.ui, self.logic, self._run, self._updateGUI, self.progress.hide)
 
         self.ui.segmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
         self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.onSegmentChanged)
@@ -731,7 +730,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             slicer.app.restoreOverrideCursor()
             self._setInputsEnabled(True)
-            self._hideProgress()
+            self.progress.hide()
             self._syncSegmentSelector()
             self._updateGUI()
 
@@ -842,35 +841,6 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         pn.segmentID = segmentID or ""
         self.logic.onTargetSelected()
         self._updateGUI()
-
-    # ------------------------------------------------------------------ progress
-    def _onSlow(self, elapsed: float, fraction: Optional[float], message: str) -> None:
-        self.ui.progressBar.show()
-        if fraction is None:
-            self.ui.progressBar.setRange(0, 0)  # busy indicator
-        else:
-            self.ui.progressBar.setRange(0, 100)
-            self.ui.progressBar.setValue(int(100 * fraction))
-        text = _("{message} ({elapsed:.1f} s)").format(message=message or _("Working..."), elapsed=elapsed)
-        self.ui.statusLabel.setText(text)
-        if elapsed >= PROGRESS_DIALOG_AFTER_S:
-            if self._progressDialog is None:
-                # No cancel button: the engine step cannot be interrupted safely mid-way.
-                self._progressDialog = qt.QProgressDialog(text, "", 0, 0, slicer.util.mainWindow())
-                self._progressDialog.setCancelButton(None)
-                self._progressDialog.setWindowModality(qt.Qt.WindowModal)
-                self._progressDialog.setWindowTitle(_("SAMVolSegment"))
-                self._progressDialog.show()
-            self._progressDialog.setLabelText(text)
-            if fraction is not None:
-                self._progressDialog.setRange(0, 100)
-                self._progressDialog.setValue(int(100 * fraction))
-
-    def _hideProgress(self) -> None:
-        self.ui.progressBar.hide()
-        if self._progressDialog is not None:
-            self._progressDialog.close()
-            self._progressDialog = None
 
     def _updateGUI(self) -> None:
         self.ui.undoButton.enabled = bool(self.logic and self.logic.canUndo)

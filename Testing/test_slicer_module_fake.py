@@ -285,11 +285,11 @@ def test_deleted_segmentation_and_point_list_are_recovered(env):
 
 def test_progress_dialog_appears_after_two_seconds_and_closes(env):
     widget = env.make_widget()
-    widget._onSlow(0.6, None, "Encoding")
+    widget.progress.onSlow(0.6, None, "Encoding")
     assert widget.ui.progressBar.visible and not state().progressDialogs
-    widget._onSlow(2.1, 0.5, "Encoding")
+    widget.progress.onSlow(2.1, 0.5, "Encoding")
     assert state().progressDialogs and state().progressDialogs[0].visible
-    widget._hideProgress()
+    widget.progress.hide()
     assert not state().progressDialogs[0].visible and not widget.ui.progressBar.visible
 
 

@@ -1,0 +1,276 @@
+"""The module's backend choice (local model / remote server) against a REAL uvicorn server on 127.0.0.1.
+
+The Widget and Logic run on the Slicer stand-in (``slicer_fake``); the server is ``samvolseg serve``'s app with
+a tiny model (as in ``test_remote.py``). Covers: the UI's URL/token/CA file reach ``RemoteSession``; the token
+never lands in the scene and reaches QSettings only when remembered; Test connection's messages; switching
+backend in the middle of a segment.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import types
+from typing import List
+
+import numpy as np
+import pytest
+import slicer_fake
+from test_slicer_module_fake import (
+    CENTRE,
+    SHAPE,
+    assert_clean,
+    ball_session,
+    ijk_to_ras,
+    segment_array,
+    state,
+)
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+torch = pytest.importorskip("torch")
+
+from test_remote import TINY, running_server  # noqa: E402
+
+from SAMVolSegmentLib.model import load_model  # noqa: E402
+from SAMVolSegmentLib.model.clicknet import ClickNet  # noqa: E402
+from SAMVolSegmentLib.remote import ServerConfig  # noqa: E402
+from SAMVolSegmentLib.remote import client as remote_client  # noqa: E402
+from SAMVolSegmentLib.session import InteractiveSession  # noqa: E402
+from SAMVolSegmentLib.training import export_model  # noqa: E402
+
+TOKEN = "slicer-test-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    return load_model(export_model(ClickNet(TINY).eval(), tmp_path_factory.mktemp("model") / "tiny.pt", {"step": 0}))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    with running_server(tiny_model, ServerConfig(token=TOKEN)) as url:
+        yield url
+
+
+@pytest.fixture
+def env(monkeypatch):
+    """A fresh fake Slicer, a volume, and a record of every RemoteSession the module builds."""
+    slicer = slicer_fake.install()
+    import SAMVolSegment as module
+
+    env = types.SimpleNamespace(module=module, scene=slicer.mrmlScene, widgets=[], remote=[])
+    env.volume = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
+    env.volume.setArray(np.random.default_rng(0).normal(100, 10, SHAPE).astype(np.float32), ijk_to_ras())
+
+    class RecordedRemoteSession(remote_client.RemoteSession):
+        def __init__(self, url, token=None, **kwargs):
+            super().__init__(url, token, **kwargs)
+            self.args = {"url": url, "token": token, "verify": kwargs.get("verify")}
+            self.initialMasks: List = []
+            env.remote.append(self)
+
+        def set_initial_mask(self, mask_kji):
+            self.initialMasks.append(None if mask_kji is None else np.array(mask_kji, copy=True))
+            return super().set_initial_mask(mask_kji)
+
+    # backend.py imports the class from this module when it connects, so the record sees every construction.
+    monkeypatch.setattr(remote_client, "RemoteSession", RecordedRemoteSession)
+
+    def make_widget():
+        widget = module.SAMVolSegmentWidget()
+        widget.setup()
+        widget.enter()
+        widget.logic.sessionFactory = ball_session  # the local backend, when chosen
+        env.widgets.append(widget)
+        return widget
+
+    env.make_widget = make_widget
+    yield env
+    for widget in env.widgets:
+        widget.cleanup()
+
+
+def choose_remote(widget, url: str, token: str = "", caFile: str = "") -> None:
+    """What the user does in Model and settings: pick Remote server, type URL and token, choose a CA file."""
+    ui = widget.ui
+    ui.backendComboBox.setCurrentIndex(ui.backendComboBox.findData("remote"))
+    ui.serverURLLineEdit.setText(url)
+    ui.serverTokenLineEdit.setText(token)
+    if caFile:
+        ui.serverCAFileLineEdit.userChooses(caFile)
+
+
+def refused_url() -> str:
+    """A loopback port nobody listens on (bound, then closed)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return f"http://127.0.0.1:{port}"
+
+
+def scene_text(env) -> str:
+    """Everything the scene's nodes hold, as text (the parameter node's values included)."""
+    return repr([vars(node) for node in env.scene.nodes.values()])
+
+
+# ------------------------------------------------------------------------------------------ remote session
+def test_remote_backend_segments_through_the_server_with_the_ui_settings(env, server, tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not used for http:// (requests verifies only https), but passed through\n")
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    choose_remote(widget, server, TOKEN, str(ca))
+    assert widget.ui.serverGroupBox.visible and not widget.ui.deviceComboBox.enabled
+
+    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    assert_clean()
+    assert state().errorDialogs == []
+    assert [s.args for s in env.remote] == [{"url": server, "token": TOKEN, "verify": str(ca)}]
+    session = widget.logic.session
+    assert session is env.remote[0] and widget.logic.canUndo
+    segment = segment_array(env, pn)
+    np.testing.assert_array_equal(segment, session.server_mask_array_kji() > 0)  # the server's mask, written
+
+    widget.onAction("undo")
+    assert_clean()
+    assert not segment_array(env, pn).any() and not session.server_mask_array_kji().any()
+    assert TOKEN not in scene_text(env), "the token must never be stored in the scene"
+    assert TOKEN not in repr(state().settings), "not remembered: the token stays in memory"
+
+
+def test_token_is_stored_only_when_remembered_and_settings_survive_a_restart(env, tmp_path):
+    ca = tmp_path / "server-cert.pem"
+    ca.write_text("certificate\n")
+    widget = env.make_widget()
+    choose_remote(widget, "https://gpu-box:8765", TOKEN, str(ca))
+    assert TOKEN not in repr(state().settings)
+    widget.ui.rememberTokenCheckBox.checked = True
+    assert state().settings["SAMVolSegment/serverToken"] == TOKEN
+
+    restarted = env.make_widget()  # a new widget reads what the .ini holds (bools as "true"/"false")
+    assert restarted.ui.backendComboBox.currentData == "remote" and restarted.ui.serverGroupBox.visible
+    assert restarted.ui.serverURLLineEdit.text == "https://gpu-box:8765"
+    assert restarted.ui.serverCAFileLineEdit.currentPath == str(ca)
+    assert restarted.ui.rememberTokenCheckBox.checked and restarted.ui.serverTokenLineEdit.text == TOKEN
+    assert restarted.logic.backend.token == TOKEN and restarted.logic.backend.caFile == str(ca)
+    assert TOKEN not in repr(restarted.logic.backend), "the token is kept out of reprs (logs, tracebacks)"
+
+    restarted.ui.rememberTokenCheckBox.checked = False
+    assert "SAMVolSegment/serverToken" not in state().settings, "un-ticking removes the stored token"
+    again = env.make_widget()
+    assert again.ui.serverTokenLineEdit.text == "" and again.ui.serverURLLineEdit.text == "https://gpu-box:8765"
+    assert TOKEN not in scene_text(env)
+
+
+# ------------------------------------------------------------------------------------------ Test connection
+def test_connection_reports_success_refused_and_wrong_token_once_each(env, server):
+    widget = env.make_widget()
+    choose_remote(widget, server, TOKEN)
+    widget.settingsPanel.onTestConnection()
+    assert_clean()
+    assert state().errorDialogs == []
+    status = widget.ui.statusLabel.text
+    assert status.startswith(f"Connected to {server}") and "token accepted" in status, status
+    assert widget.logic.session is None, "a test connects and disconnects; it loads nothing"
+
+    widget.ui.serverTokenLineEdit.setText("wrong-token")
+    widget.settingsPanel.onTestConnection()
+    assert len(state().errorDialogs) == 1
+    assert "refused the token" in state().errorDialogs[0] and "Model and settings > Token" in state().errorDialogs[0]
+
+    widget.ui.serverTokenLineEdit.setText("")
+    widget.settingsPanel.onTestConnection()
+    assert len(state().errorDialogs) == 2 and "requires a token" in state().errorDialogs[1]
+
+    url = refused_url()
+    widget.ui.serverURLLineEdit.setText(url)
+    widget.ui.serverTokenLineEdit.setText(TOKEN)
+    widget.settingsPanel.onTestConnection()
+    assert_clean()
+    assert len(state().errorDialogs) == 3
+    assert "cannot be reached" in state().errorDialogs[2] and url in state().errorDialogs[2]
+
+
+def test_missing_url_or_certificate_file_names_the_fix_without_network(env, tmp_path):
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    choose_remote(widget, "")
+    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    assert "Enter the server URL" in state().errorDialogs[-1]
+    assert pn.positivePoints.GetNumberOfControlPoints() == 0, "the failed click's marker is removed"
+    choose_remote(widget, "https://gpu-box:8765", TOKEN, str(tmp_path / "missing.pem"))
+    widget.settingsPanel.onTestConnection()
+    assert len(state().errorDialogs) == 2 and "missing.pem does not exist" in state().errorDialogs[-1]
+    assert env.remote == []
+    assert_clean()
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl not found (needed to make a test certificate)")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls_needs_the_chosen_certificate(env, tiny_model, self_signed):
+    cert, key = self_signed
+    with running_server(tiny_model, ServerConfig(token=TOKEN), ssl=(str(cert), str(key))) as url:
+        widget = env.make_widget()
+        choose_remote(widget, url, TOKEN)
+        widget.settingsPanel.onTestConnection()
+        assert len(state().errorDialogs) == 1 and "CA / certificate" in state().errorDialogs[0]
+        widget.ui.serverCAFileLineEdit.userChooses(str(cert))
+        widget.settingsPanel.onTestConnection()
+        assert len(state().errorDialogs) == 1, state().errorDialogs
+        assert widget.ui.statusLabel.text.startswith(f"Connected to {url}")
+    assert_clean()
+
+
+# ------------------------------------------------------------------------------------------ switching
+def test_switching_backend_mid_segment_keeps_the_voxels_and_seeds_the_server(env, server):
+    """Decision (docs/SLICER.md): handled, not refused. The old session closes at once, its markers go (their
+    undo history went with it), the segment keeps its voxels and seeds the new backend's session."""
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    before = segment_array(env, pn).copy()
+    assert before.any() and widget.logic.canUndo
+
+    choose_remote(widget, server, TOKEN)
+    assert_clean()
+    assert widget.logic.session is None and not widget.logic.canUndo and not widget.ui.undoButton.enabled
+    assert pn.positivePoints.GetNumberOfControlPoints() == 0
+    assert "Backend changed" in widget.ui.statusLabel.text
+    np.testing.assert_array_equal(segment_array(env, pn), before)
+
+    slicer_fake.placePoint(pn.negativePoints, [9.0, 9.0, 9.0])
+    assert_clean()
+    assert state().errorDialogs == []
+    (session,) = env.remote
+    assert len(session.initialMasks) == 1
+    np.testing.assert_array_equal(session.initialMasks[0] > 0, before)  # the segment seeds the server session
+
+    widget.logic._busy = True  # a step is running: the panel is disabled; the console is refused
+    with pytest.raises(env.module.BusyError):
+        widget.logic.setBackend(env.module.backend.Backend())
+    widget.logic._busy = False
+    assert widget.logic.session is session
+
+
+def test_local_backend_still_uses_the_local_factory(env):
+    widget = env.make_widget()
+    assert not widget.ui.serverGroupBox.visible and widget.ui.deviceComboBox.enabled
+    slicer_fake.placePoint(widget.logic.getParameterNode().positivePoints, CENTRE)
+    assert_clean()
+    assert env.remote == [] and widget.logic.session is not None
+    assert isinstance(widget.logic.session, InteractiveSession)
