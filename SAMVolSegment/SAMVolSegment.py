@@ -3,7 +3,8 @@
 Layers: the widget (``.ui`` + shortcuts) makes one Logic call per user action (``addPointFromMarkup``,
 ``setBoxFromROI``, ``undo``, ``redo``, ``reset``, ``acceptSegment``, ...). The Logic reads model, target and
 masking settings from the parameter node and owns the whole step: engine call on one persistent worker thread
-(only through the session protocol, ``SAMVolSegmentLib.session_protocol``), segment write
+(only through the session protocol, ``SAMVolSegmentLib.session_protocol``, on the local engine or a remote
+server: ``SAMVolSegmentSlicerLib.backend``; secrets and preferences stay in QSettings), segment write
 (``SAMVolSegmentSlicerLib.segment_io``), markers, and one history (its segment edits hang on the engine's
 steps). Everything that is not MRML/Qt glue lives in ``SAMVolSegmentSlicerLib`` and is tested with pytest
 outside Slicer; ``Testing/test_slicer_module_*.py`` runs this file against a stand-in of the Slicer API.

@@ -2,9 +2,10 @@
 
 Most of it is plain Python + numpy (``vtk_numpy`` also uses ``vtkmodules``), tested with pytest outside Slicer,
 and named like the engine (snake_case, coordinate suffixes ``_ras``/``_ijk``/``_kji``) because it is
-numpy-facing. Two modules are MRML glue moved out of ``SAMVolSegment.py`` and use Slicer's camelCase:
-``segment_io`` (segment read/write) and ``markers`` (prompt markups); they are tested against the Slicer
-stand-in ``Testing/slicer_fake.py``.
+numpy-facing. The MRML/Qt glue moved out of ``SAMVolSegment.py`` uses Slicer's camelCase: ``segment_io``
+(segment read/write), ``markers`` (prompt markups), ``settings_panel`` (Model and settings panel),
+``progress_display`` (progress bar and dialog), and ``backend`` (local or remote session, QSettings; no Qt
+import); they are tested against the Slicer stand-in ``Testing/slicer_fake.py``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The local engine session the Slicer Logic uses by default (a remote backend would provide another factory).
+"""The local engine session the Slicer Logic uses by default (``backend.py`` swaps in a remote one).
 
 Runs on the Logic's worker thread: importing torch and loading weights take seconds. No Slicer imports.
 """
