@@ -63,7 +63,8 @@ class PaddedConv3d(nn.Conv3d):
                         self.bias, self.stride, self.padding, self.dilation)
 
 
-def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+def norm_conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    """3×3×3 convolution (no bias) → GroupNorm → ReLU: the encoder block of both ClickNet families."""
     return nn.Sequential(
         PaddedConv3d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
         nn.GroupNorm(min(4, cout), cout),
@@ -80,11 +81,11 @@ class ClickNet(nn.Module):
         self.model_id = "clicknet:random"
         s1, s2 = config.stem_channels
         c1, c2 = config.context_channels
-        self.stem = nn.Sequential(_conv(1, s1, stride=2), _conv(s1, s2, stride=2), _conv(s2, s2))  # → 32³
-        self.down1 = nn.Sequential(_conv(s2, c1, stride=2), _conv(c1, c1))  # → 16³
-        self.down2 = nn.Sequential(_conv(c1, c2, stride=2), _conv(c2, c2, dilation=2))  # → 8³
-        self.up1 = _conv(c2 + c1, c1)
-        self.up2 = _conv(c1 + s2, config.embed_dim)
+        self.stem = nn.Sequential(norm_conv(1, s1, stride=2), norm_conv(s1, s2, stride=2), norm_conv(s2, s2))  # → 32³
+        self.down1 = nn.Sequential(norm_conv(s2, c1, stride=2), norm_conv(c1, c1))  # → 16³
+        self.down2 = nn.Sequential(norm_conv(c1, c2, stride=2), norm_conv(c2, c2, dilation=2))  # → 8³
+        self.up1 = norm_conv(c2 + c1, c1)
+        self.up2 = norm_conv(c1 + s2, config.embed_dim)
         d = config.decoder_channels
         # Per-click cost budget (≤ ~25 ms on 2 CPU threads): mix the inputs with a 1×1×1 conv, then two thin
         # 3×3×3 convs (one dilated) for spatial context.

@@ -32,7 +32,7 @@ from scipy import ndimage
 from torch import nn
 
 from .build import register_family
-from .clicknet import PaddedConv3d
+from .clicknet import PaddedConv3d, norm_conv
 from .config import ConfigSerialization
 
 #: Half-widths (in z-normalised intensity units) below which a voxel counts as "similar" to a positive click
@@ -63,14 +63,6 @@ class ClickNet2Config(ConfigSerialization):
     @property
     def coarse_size(self) -> int:
         return self.image_size // 4
-
-
-def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        PaddedConv3d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
-        nn.GroupNorm(min(4, cout), cout),
-        nn.ReLU(inplace=True),
-    )
 
 
 class PointwiseConv3d(nn.Conv3d):
@@ -129,12 +121,12 @@ class ClickNet2(nn.Module):
         c0, c1, c2, c3 = config.encoder_channels
         d0, d1, d2 = config.decoder_channels
         r = config.refine_channels
-        self.enc64 = nn.Sequential(_conv(1, c0, stride=2), _conv(c0, c0))
-        self.enc32 = nn.Sequential(_conv(c0, c1, stride=2), _conv(c1, c1))
-        self.enc16 = nn.Sequential(_conv(c1, c2, stride=2), _conv(c2, c2))
-        self.enc8 = nn.Sequential(_conv(c2, c3, stride=2), _conv(c3, c3, dilation=2))
-        self.enc_up16 = _conv(c3 + c2, c2)
-        self.enc_up32 = _conv(c2 + c1, config.embed_dim)
+        self.enc64 = nn.Sequential(norm_conv(1, c0, stride=2), norm_conv(c0, c0))
+        self.enc32 = nn.Sequential(norm_conv(c0, c1, stride=2), norm_conv(c1, c1))
+        self.enc16 = nn.Sequential(norm_conv(c1, c2, stride=2), norm_conv(c2, c2))
+        self.enc8 = nn.Sequential(norm_conv(c2, c3, stride=2), norm_conv(c3, c3, dilation=2))
+        self.enc_up16 = norm_conv(c3 + c2, c2)
+        self.enc_up32 = norm_conv(c2 + c1, config.embed_dim)
 
         n_click = len(CLICK_FEATURES)
         # Part of the 64³ refinement's first (linear) layer that depends only on the image: computed once per
