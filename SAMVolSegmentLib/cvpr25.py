@@ -83,8 +83,8 @@ from .evaluation import (
     _BaselineMethod,
     _ModelMethod,
     index_to_ras,
-    load_target,
     next_click,
+    prepared_target,
     resolve_model,
 )
 from .geometry import VolumeGeometry
@@ -388,11 +388,7 @@ def run_case(
         raise ValueError(f"box_mode must be one of {BOX_MODES}, got {box_mode!r}")
     if session is None and not with_baseline:
         raise ValueError("nothing to evaluate: give a session or keep the baseline")
-    image, target = load_target(case, label_value)
-    geometry = VolumeGeometry.from_sitk(image)
-    spacing_kji = tuple(float(v) for v in image.GetSpacing()[::-1])
-    value = case.label_value if label_value is None else label_value
-    label = "all" if value is None else str(value)
+    image, target, geometry, spacing_kji, label = prepared_target(case, label_value)
     box = challenge_box(target, box_shift(f"{case.name}|{label}", box_seed))
     centre_ijk = geometry.ras_to_ijk(np.mean(box.corners_ras(geometry), axis=0)[None])[0]
     centre_kji: IndexKJI = tuple(int(v) for v in np.rint(centre_ijk)[::-1])  # type: ignore[assignment]

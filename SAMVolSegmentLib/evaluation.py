@@ -277,6 +277,15 @@ def index_to_ras(geometry: VolumeGeometry, index_kji: IndexKJI) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- cases
+def prepared_target(case: Case, label_value: Optional[int] = None):
+    """What both click protocols start from: (image, binary uint8 target (k, j, i), the image's
+    :class:`VolumeGeometry`, spacing (k, j, i) in mm, label name — "all" for ``label > 0`` or the value)."""
+    image, target = load_target(case, label_value)
+    value = case.label_value if label_value is None else label_value
+    spacing_kji = tuple(float(v) for v in image.GetSpacing()[::-1])
+    return image, target, VolumeGeometry.from_sitk(image), spacing_kji, "all" if value is None else str(value)
+
+
 def load_target(case: Case, label_value: Optional[int] = None) -> Tuple[sitk.Image, np.ndarray]:
     """The image and the binary uint8 target (k, j, i) of a case (``label_value`` overrides the case's)."""
     from .io_utils import read_image_label
@@ -491,11 +500,7 @@ def simulate_case(
         raise ValueError(f"baseline_clicks must be one of {BASELINE_MODES}, got {baseline_clicks!r}")
     if session is None and not with_baseline:
         raise ValueError("nothing to evaluate: give a session or keep the baseline")
-    image, target = load_target(case, label_value)
-    geometry = VolumeGeometry.from_sitk(image)
-    spacing_kji = tuple(float(v) for v in image.GetSpacing()[::-1])
-    value = case.label_value if label_value is None else label_value
-    label = "all" if value is None else str(value)
+    image, target, geometry, spacing_kji, label = prepared_target(case, label_value)
     runs: List[Tuple[Any, List[Any]]] = []
     if session is not None:
         model = _ModelMethod(session, image)
