@@ -177,9 +177,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Simulated clicks on labelled cases; writes clicks.csv, summary.json and dice_vs_clicks.png."""
     from .evaluation import discover_cases, evaluate_cases, expand_label_values, write_results
+    from .io_utils import check_output_folder
 
     if args.clicks < 1:
         raise InvalidPromptError("--clicks must be at least 1.")
+    check_output_folder(args.output)  # before the work, not as a traceback after it
     cases = discover_cases(args.data, args.cases.split(",") if args.cases else None, args.label)
     if args.each_label:
         cases = expand_label_values(cases, min_voxels=args.min_voxels)
@@ -242,11 +244,12 @@ def print_summary(result) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Click-segment a generated CT phantom (or the user's case) with simulated clicks; Dice per click."""
     from .evaluation import Case, EvaluationResult, simulate_case, write_results
-    from .io_utils import write_image
+    from .io_utils import check_output_folder, write_image
     from .session import InteractiveSession
 
     if not 1 <= args.clicks <= 20:
         raise InvalidPromptError("--clicks must be between 1 and 20.")
+    check_output_folder(args.output)  # before the phantom and the clicks, not as a traceback after them
     if (args.image is None) != (args.label is None):
         raise InvalidPromptError("--image and --label go together: give both (your own case) or neither (phantom).")
     out = Path(args.output)

@@ -93,6 +93,26 @@ def check_output_file(
     return path
 
 
+def check_output_folder(path: PathLike) -> Path:
+    """Refuse, before any work, an output folder that cannot be created or written.
+
+    Raises:
+        OutputPathError: the path is a file, lies under a file, or its nearest existing folder is not writable.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"Output folder {path} is a file; give a folder (it is created if missing).")
+    existing = path.resolve()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"Output folder {path} cannot be created: {existing} is a file, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"Output folder {path}: cannot write into {existing} (permission denied); choose a "
+                              "folder you can write to.")
+    return path
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)

@@ -439,8 +439,9 @@ class InteractiveSession:
         A resampling still running is abandoned, not waited for: its thread is a daemon, so neither this
         call nor the interpreter's exit (e.g. after Ctrl-C in the CLI) waits for it.
         """
-        with self._lock:
-            self._closed = True
+        # No lock: closing must not wait for a running step (a server closes evicted sessions from its loop);
+        # a set_volume past its check then fails in submit() before it changes anything.
+        self._closed = True
         self._executor.shutdown()
 
     def __enter__(self) -> InteractiveSession:

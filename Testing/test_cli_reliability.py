@@ -26,6 +26,10 @@ from SAMVolSegmentLib.session import MAX_CLICKS
 
 REPO = Path(__file__).resolve().parents[1]
 NO_MODEL = ["--model", "no-such-model-file.pt"]
+#: Child processes load the transparent test model instead of a bundled one (its weights change while it trains).
+TRANSPARENT_MODEL = (f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                     "from test_session_initial_mask import BallModel\n"
+                     "cli.load_model_verbose = lambda model, device: BallModel()\n")
 
 
 @pytest.fixture()
@@ -73,6 +77,16 @@ def test_output_path_errors_are_one_line_before_the_work(tmp_path, capsys, image
         assert "no-such-model" not in err  # refused before the model was looked up
 
 
+@pytest.mark.parametrize("command", [["evaluate", "data-that-is-never-read", "--model", "none"], ["demo"]])
+def test_an_output_folder_that_is_a_file_is_one_line_before_the_work(tmp_path, capsys, command):
+    (tmp_path / "afile").write_text("x")
+    for output in (tmp_path / "afile", tmp_path / "afile" / "out"):
+        code = main([*command, "--output", str(output)])
+        err = capsys.readouterr().err
+        assert code == 2 and "is a file" in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "afile").read_text() == "x"
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
 def test_an_unwritable_output_folder_is_one_line_before_the_work(tmp_path, capsys, image, points):
     locked = tmp_path / "locked"
@@ -102,10 +116,11 @@ def test_a_volume_with_a_huge_model_grid_is_one_line_under_a_4_gb_limit(tmp_path
     script = textwrap.dedent(f"""
         import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-        from SAMVolSegmentLib.cli import main
-        sys.exit(main(["segment", {str(path)!r}, "--points", {str(points)!r}, "--output",
+        import SAMVolSegmentLib.cli as cli
+        {{transparent}}
+        sys.exit(cli.main(["segment", {str(path)!r}, "--points", {str(points)!r}, "--output",
                        {str(tmp_path / "m.nii.gz")!r}, "--model", "clicknet-v1"]))
-    """)
+    """).replace("{transparent}", TRANSPARENT_MODEL)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 2, done.stderr
@@ -147,7 +162,7 @@ def start_cli(tmp_path, image, points, patch: str) -> subprocess.Popen:
     """The console entry point (``sys.exit(main())``) in a child, after ``patch`` (which prints READY)."""
     argv = ["samvolseg", "segment", str(image), "--points", str(points), "--output", str(tmp_path / "m.nii.gz"),
             "--model", "clicknet-v1"]
-    script = (f"import sys, threading, time\nimport SAMVolSegmentLib.cli as cli\n{patch}\n"
+    script = (f"import sys, threading, time\nimport SAMVolSegmentLib.cli as cli\n{TRANSPARENT_MODEL}\n{patch}\n"
               f"sys.argv = {argv!r}\nsys.exit(cli.main())\n")
     return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=REPO)
