@@ -44,6 +44,7 @@ from .errors import (
     InvalidPromptError,
     ModelNotAvailableError,
     SAMVolSegmentError,
+    ServerUnavailableError,
 )
 
 PathLike = Union[str, Path]
@@ -426,8 +427,8 @@ def _run_case_safely(case: BatchCase, model: Any, device: str, threads: Optional
             # Only the load that really happened counts (a cached lookup is not a model load).
             return result if not cached else replace(result, model_load_s=0.0)
         return run_case(case, model, score=score)
-    except (SAMVolSegmentError, OSError, RuntimeError, ValueError, MemoryError) as exc:
-        # One line per failure: the engine's messages already name the fix; others get their type.
+    except Exception as exc:  # any failure is this case's alone: recorded, and the batch goes on
+        # One line per failure: the engine's messages already name the fix; others get their type and place.
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if not isinstance(exc, SAMVolSegmentError):
             message = f"{type(exc).__name__}: {message}"
@@ -548,12 +549,13 @@ def _run_dask(cases: List[BatchCase], scheduler: Any, model: str, device: str, t
     try:
         from distributed import Client, as_completed
     except ImportError:
-        raise ModelNotAvailableError("--scheduler needs Dask distributed: pip install 'samvolsegment[batch]'.") from None
+        raise SAMVolSegmentError("A Dask scheduler needs Dask distributed: pip install 'samvolsegment[batch]' "
+                                 "(or dask[distributed]).") from None
     own_client = not isinstance(scheduler, Client)
     try:
         client = Client(scheduler, timeout="20s") if own_client else scheduler
     except (OSError, TimeoutError) as exc:
-        raise ModelNotAvailableError(f"Cannot reach the Dask scheduler {scheduler} ({exc}); check the address "
+        raise ServerUnavailableError(f"Cannot reach the Dask scheduler {scheduler} ({exc}); check the address "
                                      "(tcp://host:8786) and that the scheduler runs.") from None
     try:
         futures = {client.submit(_run_case_safely, case, model, device, threads, score, pure=False): case
