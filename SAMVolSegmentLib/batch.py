@@ -215,14 +215,20 @@ def write_manifest(cases: Iterable[BatchCase], path: PathLike) -> Path:
 
 
 # ---------------------------------------------------------------- one case
-def check_output_path(path: PathLike) -> None:
-    """Refuse an output name whose extension is not a mask format (before any work is done).
+def check_output_path(case: BatchCase) -> None:
+    """Refuse, before any work, an output that is one of the case's inputs, an existing folder, lies under a
+    file, has no mask extension, or spells it in upper case (:func:`~SAMVolSegmentLib.io_utils.check_output_file`).
 
     Raises:
         InvalidPromptError: the name does not end in one of :data:`MASK_SUFFIXES`.
+        OutputPathError: see :func:`~SAMVolSegmentLib.io_utils.check_output_file`.
     """
+    from .io_utils import check_output_file
+
+    path = case.output
     if not str(path).lower().endswith(MASK_SUFFIXES):
         raise InvalidPromptError(f"Output {path} needs one of the extensions {', '.join(MASK_SUFFIXES)}.")
+    check_output_file(path, inputs=[p for p in (case.image, case.prompts) if p], suffixes=MASK_SUFFIXES)
 
 
 def read_case_prompts(case: BatchCase):
@@ -323,7 +329,7 @@ def run_case(case: BatchCase, model: Any, on_event: Optional[EventCallback] = No
 
     start = time.perf_counter()
     timings: Dict[str, float] = {}
-    check_output_path(case.output)
+    check_output_path(case)
     prompts = read_case_prompts(case)  # prompts first: a wrong prompt file costs no image reading
     image = read_volume(case.image, case.series)
     timings["read_s"] = time.perf_counter() - start

@@ -351,3 +351,20 @@ def test_throughput_benchmark_writes_json_and_markdown(shared_data_dir, tmp_path
     assert report["mask_differences_vs_serial"]["processes"]["mask_voxels"] > 0
     markdown = (tmp_path / "batch_throughput.md").read_text(encoding="utf-8")
     assert "**test run**" in markdown and "| processes | 2 × 1 |" in markdown
+
+
+def test_a_manifest_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path):
+    """Issue 14 bug 1 for batch rows: the output may not be the row's image or prompt file (resolved paths)."""
+    from SAMVolSegmentLib.batch import check_output_path
+    from SAMVolSegmentLib.errors import OutputPathError
+
+    image = tmp_path / "ct.nii.gz"
+    image.write_bytes(b"not really an image")
+    prompts = tmp_path / "p.json"
+    prompts.write_text("{}")
+    for output in (image, tmp_path / "sub" / ".." / "ct.nii.gz"):
+        with pytest.raises(OutputPathError):
+            check_output_path(BatchCase(str(image), str(prompts), str(output)))
+    with pytest.raises(OutputPathError, match="lower case"):
+        check_output_path(BatchCase(str(image), str(prompts), str(tmp_path / "mask.NII.GZ")))
+    assert image.read_bytes() == b"not really an image"
