@@ -78,17 +78,20 @@ class PointwiseConv3d(nn.Conv3d):
             return super().forward(x)
         weight = self.weight.reshape(self.out_channels, self.in_channels)
         flat = x.reshape(x.shape[0], self.in_channels, -1)
-        out = torch.stack([weight @ item for item in flat])
-        if self.bias is not None:
-            out += self.bias[:, None]
+        if self.bias is None:
+            items = [torch.mm(weight, item) for item in flat]
+        else:
+            items = [torch.addmm(self.bias[:, None], weight, item) for item in flat]
+        out = items[0][None] if len(items) == 1 else torch.stack(items)  # one ROI at inference: no copy
         return out.reshape(x.shape[0], self.out_channels, *x.shape[2:])
 
 
 def _pool2(x: torch.Tensor) -> torch.Tensor:
-    """2× average pooling of (B, C, D, H, W) with even sizes: ``F.avg_pool3d(x, 2)`` as a reshape + mean, which
-    is several times faster on the CPU."""
-    b, c, d, h, w = x.shape
-    return x.reshape(b, c, d // 2, 2, h // 2, 2, w // 2, 2).mean(dim=(3, 5, 7))
+    """2× average pooling of (B, C, D, H, W) with even sizes, as three strided pairwise sums: the same result as
+    ``F.avg_pool3d(x, 2)``, several times faster on the CPU than it or a reshape-mean."""
+    x = x[..., 0::2] + x[..., 1::2]
+    x = x[..., 0::2, :] + x[..., 1::2, :]
+    return (x[:, :, 0::2] + x[:, :, 1::2]) * 0.125
 
 
 def _plain_conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -275,9 +278,11 @@ class ClickNet2(nn.Module):
         logits32 = self.coarse_head(y32) + self.click_gain * (pooled[:, :1] - pooled[:, 1:2])
         up_logits = _up(logits32, fine)
         logits = up_logits + self.refine(fine + self.refine_clicks(torch.cat([clicks, prev, up_logits / 4], 1)))
-        weights = torch.sigmoid(logits32).flatten(2)
-        inside = (y32.flatten(2) * weights).sum(-1) / weights.sum(-1).clamp_min(1e-3)
-        iou = torch.sigmoid(self.iou_head(torch.cat([inside, y32.flatten(2).mean(-1), weights.mean(-1)], 1)))
+        weights = torch.sigmoid(logits32).flatten(2)  # (B, 1, N)
+        features = y32.flatten(2)  # (B, C, N)
+        # Weighted sums as matrix products: an elementwise product + sum over 32³ costs ~10× more on a CPU.
+        inside = torch.bmm(features, weights.transpose(1, 2))[..., 0] / weights.sum(-1).clamp_min(1e-3)
+        iou = torch.sigmoid(self.iou_head(torch.cat([inside, features.mean(-1), weights.mean(-1)], 1)))
         if return_coarse:
             return logits, iou, logits32
         return logits, iou
