@@ -394,6 +394,20 @@ def _paste_separable(logits: torch.Tensor, ijk_to_low: np.ndarray, bbox: BBoxKJI
         f = np.floor(c).astype(np.intp)
         taps.append((f, np.minimum(f + 1, low - 1), (c - f).astype(np.float32)))
         axes_low.append(r)
+    # Only voxels whose interpolation taps reach a low-res plane holding a logit above the threshold can be
+    # foreground (a linear interpolation never exceeds its largest tap): interpolate that sub-box only and
+    # leave the rest of the (full) box 0. Exact, and most clicks touch a small part of the ROI.
+    above = (logits > threshold).numpy().transpose(axes_low)
+    mask = np.zeros(tuple(len(t[0]) for t in taps), dtype=np.uint8)
+    if not above.any():
+        return MaskUpdate(tuple(new_bbox), mask)  # type: ignore[arg-type]
+    sub = []
+    for dim in range(3):
+        planes = np.nonzero(above.any(axis=tuple(a for a in range(3) if a != dim)))[0]
+        f0, f1, w = taps[dim]
+        touching = np.nonzero((f1 >= planes[0]) & (f0 <= planes[-1]))[0]  # contiguous: taps are monotonic
+        sub.append(slice(int(touching[0]), int(touching[-1]) + 1))
+        taps[dim] = (f0[sub[-1]], f1[sub[-1]], w[sub[-1]])
     values = logits.numpy().transpose(axes_low)  # dims follow voxel axes (k, j, i)
     for dim in (2, 1):
         f0, f1, w = taps[dim]
@@ -404,13 +418,13 @@ def _paste_separable(logits: torch.Tensor, ijk_to_low: np.ndarray, bbox: BBoxKJI
     # The last axis (k: the largest output) slice by slice, in place: interpolation and threshold stay in
     # cache and no full-size float array is built (~10× faster than whole-volume operations on 2 cores).
     f0, f1, w = taps[0]
-    mask = np.empty((len(f0),) + values.shape[1:], dtype=np.uint8)
+    inner = mask[tuple(sub)]  # a view: written in place
     work = np.empty(values.shape[1:], dtype=np.float32)
     for k in range(len(f0)):
         np.subtract(values[f1[k]], values[f0[k]], out=work)
         work *= w[k]
         work += values[f0[k]]
-        np.greater(work, threshold, out=mask[k].view(np.bool_))
+        np.greater(work, threshold, out=inner[k].view(np.bool_))
     return MaskUpdate(tuple(new_bbox), mask)  # type: ignore[arg-type]
 
 

@@ -124,6 +124,35 @@ def test_separable_and_general_paste_back_agree():
     assert (a.mask != b.mask).mean() < 1e-3
 
 
+@pytest.mark.parametrize("flip", [False, True], ids=["straight", "flipped-axes"])
+def test_sparse_foreground_paste_back_equals_the_general_path(flip):
+    """The separable path interpolates only the sub-box whose taps reach a foreground low-res plane; the rest of
+    the box must still come back 0 (clearing an earlier mask) and match the general path everywhere."""
+    rng = np.random.default_rng(5)
+    logits = np.full((16, 16, 16), -5.0, np.float32)
+    logits[7:10, 6:9, 7:9] = rng.uniform(-1, 4, (3, 3, 2))  # near the ROI centre, off-centre per axis
+    base = np.diag([0.8, 0.9, 2.0, 1.0])
+    if flip:
+        base[:3, :3] = np.diag([-0.8, 0.9, -2.0])
+    base[:3, 3] = [5, -3, 7]
+    straight = VolumeGeometry.from_matrix(base, (20, 40, 30))
+    tilted_matrix = base.copy()
+    tilted_matrix[:3, :3] = rotation([0.0, 0.0, 1e-7]) @ base[:3, :3] + 1e-12
+    tilted = VolumeGeometry.from_matrix(tilted_matrix, (20, 40, 30))
+    roi = RoiWindow.centred_at(ModelGrid.covering(straight), straight.ijk_to_ras_points([[10, 20, 15]])[0], 32)
+    def full(update):
+        volume = np.zeros(straight.shape_kji, np.uint8)
+        volume[tuple(slice(lo, hi) for lo, hi in update.bbox_kji)] = update.mask
+        return volume
+
+    a = paste_back_logits(logits, roi, straight)
+    b = paste_back_logits(logits, roi, tilted)
+    assert a.mask.any()
+    assert (full(a) != full(b)).sum() <= 2  # the general path's 1e-7 rad tilt may flip a voxel on the threshold
+    empty = paste_back_logits(np.full((16, 16, 16), -1.0, np.float32), roi, straight)
+    assert empty.bbox_kji == a.bbox_kji and not empty.mask.any()
+
+
 def test_zero_spacing_is_rejected():
     with pytest.raises(InvalidImageError, match="spacing"):
         VolumeGeometry.from_matrix(np.diag([1.0, 0.0, 1.0, 1.0]), (3, 3, 3))
