@@ -107,6 +107,8 @@ def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=like.shape[2:], mode="trilinear", align_corners=False)
 
 
+#: Half-width, in standard deviations, of the window in which a click's Gaussian heatmap is written.
+HEATMAP_REACH_SIGMAS = 6.0
 #: Image channels at the end of the cached fine features: the image at 64³ and its 3³ box-smoothed copy.
 FINE_IMAGE_CHANNELS = 2
 #: Channels of the per-click feature maps computed by :meth:`ClickNet2.click_features`.
@@ -200,14 +202,23 @@ class ClickNet2(nn.Module):
         axis = torch.arange(size, device=device, dtype=torch.float32)
         centres = (points_roi.float() + 0.5) * size / image_size - 0.5
         g = torch.exp(-((axis[None, None, None, :] - centres[..., None]) ** 2) / (2 * sigma**2))  # (B, N, 3, size)
+        # Each blob is written within ±HEATMAP_REACH_SIGMAS σ of its click only: beyond, it is below 2e-8 (and
+        # a click's cost no longer grows with the grid).
+        reach = HEATMAP_REACH_SIGMAS * sigma
+        lows = torch.clamp(torch.floor(centres - reach), 0, size).long().tolist()
+        highs = torch.clamp(torch.ceil(centres + reach) + 1, 0, size).long().tolist()
         for b in range(batch):
             for k in range(n):
                 label = int(labels[b, k])
                 if label not in (0, 1):
                     continue
-                blob = g[b, k, 0][:, None, None] * g[b, k, 1][None, :, None] * g[b, k, 2][None, None, :]
-                channel = 0 if label == 1 else 1
-                maps[b, channel] = torch.maximum(maps[b, channel], blob)
+                (i0, j0, k0), (i1, j1, k1) = lows[b][k], highs[b][k]
+                if i1 <= i0 or j1 <= j0 or k1 <= k0:
+                    continue
+                blob = (g[b, k, 0, i0:i1][:, None, None] * g[b, k, 1, j0:j1][None, :, None]
+                        * g[b, k, 2, k0:k1][None, None, :])
+                window = maps[b, 0 if label == 1 else 1, i0:i1, j0:j1, k0:k1]
+                torch.maximum(window, blob, out=window)
         return maps
 
     def click_features(self, images: torch.Tensor, points_roi: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -230,19 +241,17 @@ class ClickNet2(nn.Module):
         index = torch.clamp(torch.round((points_roi.float() + 0.5) * low / image_size - 0.5), 0, low - 1).long()
         for b in range(batch):
             image = image_low[b, 0]
-            best_distance = [None, None]  # smallest |I − I_click| over positive / negative clicks
+            click_values: Tuple[list, list] = ([], [])  # smoothed intensity at the positive / negative clicks
             seeds = []
             for k in range(labels.shape[1]):
                 label = int(labels[b, k])
                 if label not in (0, 1):
                     continue
                 i, j, m = (int(v) for v in index[b, k])
-                distance = (image - smooth[b, 0, i, j, m]).abs()
-                slot = 0 if label == 1 else 1
-                best = best_distance[slot]
-                best_distance[slot] = distance if best is None else torch.minimum(best, distance)
+                click_values[0 if label == 1 else 1].append(smooth[b, 0, i, j, m])
                 if label == 1:
                     seeds.append((i, j, m))
+            best_distance = [_nearest_value_distance(image, values) if values else None for values in click_values]
             for slot in (0, 1):
                 if best_distance[slot] is not None:
                     out[b, 2 + slot] = torch.exp(-best_distance[slot] ** 2 / (2 * config.similarity_width**2))
@@ -286,6 +295,17 @@ class ClickNet2(nn.Module):
         if return_coarse:
             return logits, iou, logits32
         return logits, iou
+
+
+def _nearest_value_distance(image: torch.Tensor, values: list) -> torch.Tensor:
+    """min_k |image − values[k]| for every voxel: the distance to the nearest of the sorted values, found by
+    binary search (the same numbers as a running minimum over the values, at a cost independent of their count)."""
+    ordered = torch.sort(torch.stack(values).to(image.dtype))[0]
+    position = torch.searchsorted(ordered, image.reshape(-1))
+    below = ordered[torch.clamp(position - 1, min=0)]
+    above = ordered[torch.clamp(position, max=len(ordered) - 1)]
+    flat = image.reshape(-1)
+    return torch.minimum((flat - below).abs(), (flat - above).abs()).reshape(image.shape)
 
 
 def _grown_region(similar: np.ndarray, seeds) -> np.ndarray:
