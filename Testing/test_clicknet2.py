@@ -129,3 +129,26 @@ def test_fast_inference_paths_equal_the_training_paths():
         fast = conv(x)
     torch.testing.assert_close(fast, torch.nn.functional.conv3d(x, conv.weight, conv.bias), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(_pool2(x), torch.nn.functional.avg_pool3d(x, 2), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("count", [1, 5, 40])
+def test_nearest_value_distance_is_the_minimum_over_values(count):
+    from SAMVolSegmentLib.model.clicknet2 import _nearest_value_distance
+
+    torch.manual_seed(count)
+    image = torch.randn(6, 7, 8)
+    values = list(torch.randn(count))
+    expected = torch.stack([(image - v).abs() for v in values]).min(0)[0]
+    assert torch.equal(_nearest_value_distance(image, values), expected)
+
+
+def test_heatmaps_match_full_gaussians_within_their_cutoff():
+    points = torch.tensor([[[3.0, 60.0, 31.5], [20.0, 20.0, 20.0]]])
+    labels = torch.tensor([[1, 0]])
+    maps = ClickNet2.heatmaps(points, labels, 32, 64, 1.5)
+    axis = torch.arange(32.0)
+    for k, channel in ((0, 0), (1, 1)):
+        c = (points[0, k] + 0.5) * 32 / 64 - 0.5
+        g = [torch.exp(-((axis - c[d]) ** 2) / (2 * 1.5**2)) for d in range(3)]
+        full = g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :]
+        torch.testing.assert_close(maps[0, channel], full, atol=1e-7, rtol=0)

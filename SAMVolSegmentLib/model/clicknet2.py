@@ -298,13 +298,19 @@ class ClickNet2(nn.Module):
 
 
 def _nearest_value_distance(image: torch.Tensor, values: list) -> torch.Tensor:
-    """min_k |image − values[k]| for every voxel: the distance to the nearest of the sorted values, found by
-    binary search (the same numbers as a running minimum over the values, at a cost independent of their count)."""
+    """min_k |image − values[k]| for every voxel. Up to 16 values as a running minimum; beyond, as the distance
+    to the nearest of the sorted values found by binary search (the same numbers at a cost that no longer grows
+    with the number of clicks; for a few clicks the running minimum is faster on a CPU)."""
+    if len(values) <= 16:
+        best = (image - values[0]).abs()
+        for value in values[1:]:
+            torch.minimum(best, (image - value).abs(), out=best)
+        return best
     ordered = torch.sort(torch.stack(values).to(image.dtype))[0]
-    position = torch.searchsorted(ordered, image.reshape(-1))
+    flat = image.reshape(-1)
+    position = torch.searchsorted(ordered, flat)
     below = ordered[torch.clamp(position - 1, min=0)]
     above = ordered[torch.clamp(position, max=len(ordered) - 1)]
-    flat = image.reshape(-1)
     return torch.minimum((flat - below).abs(), (flat - above).abs()).reshape(image.shape)
 
 
