@@ -760,12 +760,12 @@ def _as_point(value: Sequence[float], what: str) -> np.ndarray:
 
 
 def _deepest_point_roi(mask_low: np.ndarray, roi_size: int) -> Optional[np.ndarray]:
-    """ROI voxel coordinates of the low-res mask's point farthest from its border, or None if empty."""
+    """ROI voxel coordinates of the low-res mask's point farthest from its border (the evaluation's click
+    placement, :func:`~SAMVolSegmentLib.evaluation.deepest_point`), or None if empty."""
     if not mask_low.any():
         return None
-    from scipy.ndimage import distance_transform_edt
+    from .evaluation import deepest_point
 
-    distance = distance_transform_edt(np.pad(mask_low, 1))[1:-1, 1:-1, 1:-1]
-    index = np.array(np.unravel_index(int(np.argmax(distance)), mask_low.shape), dtype=np.float64)
+    index = np.array(deepest_point(mask_low, (1.0, 1.0, 1.0)), dtype=np.float64)
     scale = roi_size / mask_low.shape[0]
     return (index + 0.5) * scale - 0.5

@@ -22,7 +22,6 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from .io_utils import atomic_path
 from .preprocessing import normalize_roi
@@ -43,40 +42,32 @@ def low_res_target(label_roi: np.ndarray, low: int) -> np.ndarray:
     return label_roi.reshape(low, factor, low, factor, low, factor).mean(axis=(1, 3, 5)).astype(np.float32)
 
 
-def _deepest(region: np.ndarray) -> np.ndarray:
-    """Index of the voxel of ``region`` farthest from its border (EDT on the region's bounding box only)."""
-    points = np.argwhere(region)
-    lo, hi = points.min(axis=0), points.max(axis=0) + 1
-    crop = region[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    distance = ndimage.distance_transform_edt(np.pad(crop, 1))[1:-1, 1:-1, 1:-1]
-    return lo + np.array(np.unravel_index(int(np.argmax(distance)), crop.shape))
-
-
 def simulate_click(target_low: np.ndarray, prediction_low: Optional[np.ndarray], rng: np.random.Generator,
                    image_size: int) -> Tuple[np.ndarray, int]:
-    """Next click in ROI voxel coordinates (R, A, S) and its label (1/0), from low-res masks."""
+    """Next click in ROI voxel coordinates (R, A, S) and its label (1/0), from low-res masks.
+
+    The evaluation's click placement (:func:`~SAMVolSegmentLib.evaluation.next_click`: the deepest point of the
+    largest error component, on the low-res grid), with training's randomness on top: the first click is at the
+    target's deepest point 70 % of the time and at a random target voxel otherwise, and every click moves by up
+    to half a low-res voxel.
+    """
+    from .evaluation import deepest_point, next_click
+
     low = target_low.shape[0]
     truth = target_low >= 0.5
     if not truth.any():
         truth = target_low > 0
-    if prediction_low is None:
-        index, label = _deepest(truth) if rng.random() < 0.7 else np.argwhere(truth)[rng.integers(truth.sum())], 1
+    unit = (1.0, 1.0, 1.0)
+    click = None if prediction_low is None else next_click(truth, prediction_low, unit)
+    if prediction_low is not None and click is None:  # perfect already: confirm the target
+        click = (deepest_point(truth, unit), True)
+    if click is None:
+        index = deepest_point(truth, unit) if rng.random() < 0.7 else tuple(np.argwhere(truth)[rng.integers(truth.sum())])
+        label = 1
     else:
-        fn, fp = truth & ~prediction_low, prediction_low & ~truth
-        best = None
-        for error, label in ((fn, 1), (fp, 0)):
-            if error.any():
-                components, _ = ndimage.label(error)
-                sizes = np.bincount(components.ravel())[1:]
-                k = int(np.argmax(sizes))
-                if best is None or sizes[k] > best[0]:
-                    best = (sizes[k], components == k + 1, label)
-        if best is None:
-            index, label = _deepest(truth), 1
-        else:
-            index, label = _deepest(best[1]), best[2]
+        index, label = click[0], int(click[1])
     scale = image_size / low
-    point = (index + 0.5) * scale - 0.5 + rng.uniform(-scale / 2, scale / 2, 3)
+    point = (np.asarray(index) + 0.5) * scale - 0.5 + rng.uniform(-scale / 2, scale / 2, 3)
     return point.astype(np.float32), int(label)
 
 
