@@ -53,11 +53,6 @@ def test_identity_parent_equals_no_parent():
     assert np.array_equal(co.ijk_to_world(m, None), co.ijk_to_world(m, np.eye(4)))
 
 
-def test_ijk_to_kji_rounds_to_nearest_voxel_and_reverses_axes():
-    assert co.ijk_to_kji((1.49, 2.5, 3.51)) == (4, 3, 1)
-    assert co.ijk_to_kji((-0.4, 0, 0)) == (0, 0, 0)
-
-
 def test_inside_volume_uses_half_voxel_margin():
     shape_kji = (10, 20, 30)
     assert co.is_inside_volume((29.4, 19.4, 9.4), shape_kji)

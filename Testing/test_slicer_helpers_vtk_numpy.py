@@ -12,7 +12,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SAMVolSegment"))
 
 pytest.importorskip("vtkmodules")
 from SAMVolSegmentSlicerLib import vtk_numpy as vn
-from vtkmodules.vtkCommonDataModel import vtkImageData
 
 
 def test_extent_bbox_round_trip_and_empty_extent():
@@ -46,36 +45,6 @@ def test_read_region_zero_fills_outside_extent_and_selects_label():
     # A box entirely outside reads as zeros.
     assert not vn.read_region(image, ((10, 12), (0, 1), (0, 1))).any()
 
-
-def test_write_region_keeps_other_labels_of_a_shared_layer():
-    array = np.zeros((4, 4, 4), np.uint8)
-    array[0] = 3  # another segment sharing the layer
-    array[1, 1, 1] = 1  # this segment
-    image = vn.image_from_array(array)
-    mask = np.zeros((2, 4, 4), bool)
-    mask[1, 2, 2] = True  # moves this segment's voxel from (1,1,1) to (1,2,2)
-    bbox = ((0, 2), (0, 4), (0, 4))
-    changed = vn.write_region(image, bbox, mask, label_value=1)
-    out = vn.array_from_image(image)
-    assert changed
-    assert out[1, 2, 2] == 1 and out[1, 1, 1] == 0
-    assert np.all(out[0] == 3)  # label 3 untouched where mask is false
-    assert not vn.write_region(image, bbox, mask, label_value=1)  # idempotent
-    with pytest.raises(ValueError, match="grow"):
-        vn.write_region(image, ((0, 5), (0, 1), (0, 1)), np.zeros((5, 1, 1), bool))
-
-
-def test_grown_image_covers_both_and_keeps_values():
-    array = np.arange(8, dtype=np.uint8).reshape(2, 2, 2)
-    image = vn.image_from_array(array, origin_kji=(5, 5, 5))
-    grown = vn.grown_image(image, ((0, 1), (6, 9), (5, 6)))
-    assert vn.bbox_from_extent(grown.GetExtent()) == ((0, 7), (5, 9), (5, 7))
-    assert np.array_equal(vn.read_region(grown, ((5, 7), (5, 7), (5, 7))), array)
-    assert vn.array_from_image(grown).sum() == array.sum()
-    # Growing an empty image gives exactly the box.
-    empty = vtkImageData()
-    empty.SetExtent(0, -1, 0, -1, 0, -1)
-    assert vn.bbox_from_extent(vn.grown_image(empty, ((1, 2), (3, 5), (0, 4))).GetExtent()) == ((1, 2), (3, 5), (0, 4))
 
 
 def test_nonzero_bbox_with_origin():

@@ -59,12 +59,6 @@ def world_to_ijk(points_world: Sequence, ijk_to_ras: Sequence, volume_to_world: 
     return transform_points(np.linalg.inv(ijk_to_world(ijk_to_ras, volume_to_world)), points_world)
 
 
-def ijk_to_kji(point_ijk: Sequence) -> Tuple[int, int, int]:
-    """Nearest voxel of a continuous (i, j, k) index, returned in numpy array order (k, j, i)."""
-    i, j, k = (int(np.floor(float(v) + 0.5)) for v in np.asarray(point_ijk, dtype=np.float64).reshape(3))
-    return k, j, i
-
-
 def is_inside_volume(point_ijk: Sequence, shape_kji: Sequence[int]) -> bool:
     """True when a continuous (i, j, k) index lies inside the volume's voxels (half a voxel beyond centres)."""
     ijk = np.asarray(point_ijk, dtype=np.float64).reshape(3)

@@ -12,14 +12,14 @@ from Slicer, so the functions take the image objects as arguments and are tested
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from vtkmodules.util import numpy_support
 from vtkmodules.vtkCommonCore import VTK_UNSIGNED_CHAR
 from vtkmodules.vtkCommonDataModel import vtkImageData
 
-from SAMVolSegmentLib.mask_update import BBoxKJI, union_bbox
+from SAMVolSegmentLib.mask_update import BBoxKJI
 
 Extent = Tuple[int, int, int, int, int, int]
 
@@ -52,12 +52,6 @@ def bbox_intersection(a: BBoxKJI, b: BBoxKJI) -> BBoxKJI:
         out.append((lo, max(lo, hi)))
     return tuple(out)  # type: ignore[return-value]
 
-
-def bbox_contains(outer: BBoxKJI, inner: BBoxKJI) -> bool:
-    """True when ``inner`` lies inside ``outer`` (an empty ``inner`` always does)."""
-    if bbox_is_empty(inner):
-        return True
-    return all(int(lo) <= int(li) and int(hi) <= int(ho) for (lo, ho), (li, hi) in zip(outer, inner))
 
 
 def array_from_image(image: vtkImageData) -> np.ndarray:
@@ -116,45 +110,6 @@ def read_region(image: vtkImageData, bbox_kji: BBoxKJI, label_value: Optional[in
         dst = tuple(slice(lo - int(b[0]), hi - int(b[0])) for (lo, hi), b in zip(overlap, bbox_kji))
         out[dst] = values[src]
     return out == label_value if label_value is not None else out
-
-
-def write_region(image: vtkImageData, bbox_kji: BBoxKJI, mask: np.ndarray, label_value: int = 1) -> bool:
-    """Write a bool region into a label image *in place*; returns True when any voxel changed.
-
-    Inside the box, ``label_value`` is set where ``mask`` is true and *only this label's own* voxels are
-    cleared (to 0) where ``mask`` is false, so other labels sharing the layer are untouched. The box must lie
-    inside the image's extent (grow the image first with :func:`grown_image`).
-    """
-    image_bbox = bbox_from_extent(image.GetExtent())
-    if not bbox_contains(image_bbox, bbox_kji):
-        raise ValueError(f"Box {bbox_kji} is outside the image extent {image_bbox}; grow the image first.")
-    if bbox_is_empty(bbox_kji):
-        return False
-    values = array_from_image(image)
-    sl = tuple(slice(int(lo) - ib[0], int(hi) - ib[0]) for (lo, hi), ib in zip(bbox_kji, image_bbox))
-    region = values[sl]
-    mask = np.asarray(mask, dtype=bool)
-    new = np.where(mask, label_value, np.where(region == label_value, 0, region)).astype(region.dtype)
-    changed = bool(np.any(new != region))
-    if changed:
-        region[...] = new
-        image.Modified()
-    return changed
-
-
-def grown_image(
-    image: vtkImageData,
-    bbox_kji: BBoxKJI,
-    factory: Callable[[], vtkImageData] = vtkImageData,
-) -> vtkImageData:
-    """A new uint8 image whose extent covers both ``image``'s extent and ``bbox_kji``, with the old voxels.
-
-    ``factory`` builds the new image (``slicer.vtkOrientedImageData`` in Slicer; copy the ImageToWorld matrix
-    onto it afterwards). Values are copied as they are, so a shared layer keeps all its labels.
-    """
-    union = union_bbox(bbox_from_extent(image.GetExtent()), bbox_kji)
-    grown = read_region(image, union)
-    return image_from_array(grown, origin_kji=tuple(lo for lo, _ in union), image=factory())
 
 
 def nonzero_bbox(array_kji: np.ndarray, origin_kji: Sequence[int] = (0, 0, 0)) -> BBoxKJI:
