@@ -76,8 +76,32 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report_set.json").write_text(json.dumps(report, indent=2))
     (args.out / "report_set.md").write_text(markdown(report))
+    plot(report, args.out / "report_set.png")
     print(markdown(report))
     return 0
+
+
+def plot(report: dict, path: Path) -> None:
+    """Mean Dice over the targets after each click: every model and the baseline (on that model's clicks)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in report["models"].items():
+        clicks = np.arange(1, len(r["mean"]["model"]) + 1)
+        line, = ax.plot(clicks, r["mean"]["model"], "-o", label=f"{name}")
+        ax.plot(clicks, r["mean"]["baseline"], "--", color=line.get_color(), alpha=0.6,
+                label=f"region growing on {name}'s clicks")
+    ax.set_xlabel("clicks")
+    ax.set_ylabel(f"mean Dice over {report['targets']} targets")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def markdown(report: dict) -> str:
