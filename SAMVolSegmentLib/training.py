@@ -24,6 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from .io_utils import atomic_path
+from .model.adapters import (
+    has_adapters,
+    inject_adapters,
+    is_adapter_parameter,
+    load_adapter_state_dict,
+    save_adapters,
+)
 from .preprocessing import normalize_roi
 from .training_data import SampleSource, load_cases
 
@@ -139,10 +146,13 @@ def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: in
 
 
 def save_checkpoint(path: Path, model, optimizer, step: int, elapsed_s: float, rng_state: dict, best: float) -> None:
+    # An adapted model's base is frozen and named by its file: only the adapters need saving to resume.
+    state = {k: v for k, v in model.state_dict().items() if is_adapter_parameter(k)} if has_adapters(model) \
+        else model.state_dict()
     payload = {
         "family": model.family,
         "config": model.config.to_dict(),
-        "model_state_dict": model.state_dict(),
+        "model_state_dict": state,
         "optimizer_state_dict": optimizer.state_dict(),
         "step": step,
         "elapsed_s": elapsed_s,
@@ -154,7 +164,10 @@ def save_checkpoint(path: Path, model, optimizer, step: int, elapsed_s: float, r
 
 
 def export_model(model, out_path: Path, meta: Optional[dict] = None) -> Path:
-    """Write a weights-only checkpoint the package can ship (family + config + state dict)."""
+    """Write a weights-only checkpoint the package can ship (family + config + state dict); for a model with
+    adapters, the small adapter file (:func:`~SAMVolSegmentLib.model.adapters.save_adapters`)."""
+    if has_adapters(model):
+        return save_adapters(model, out_path, meta)
     payload = {"family": model.family, "config": model.config.to_dict(),
                "model_state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
     if meta:
@@ -186,7 +199,9 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
     Args:
         source: where samples come from (:class:`~SAMVolSegmentLib.training_data.SampleSource`).
         clicks: simulated clicks per episode; the first and one random later click carry gradients.
-        trainable: "all", or "decoder" (SAM-Med3D: prompt encoder + mask decoder; ClickNet: the per-click part).
+        trainable: "all", or "decoder" (SAM-Med3D: prompt encoder + mask decoder; ClickNet: the per-click part),
+            or "adapters" (only adapters; injected first if the model has none, :mod:`~SAMVolSegmentLib.model.adapters`;
+            ``export`` then writes the small adapter file).
         roi_sizes: ((edge, probability), ...) ROI sizes to draw per step; default: the model's own size
             (ClickNet2: :data:`TRAIN_ROI_SIZES`).
         device: torch device for the model and the episodes (sampling and click simulation stay on the CPU).
@@ -194,11 +209,13 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
+    if trainable == "adapters" and not has_adapters(model):
+        inject_adapters(model)
     model.to(device)
     frozen_prefixes = () if trainable == "all" else ("image_encoder", "stem", "down", "up", "enc", "refine_image")
     params = []
     for name, p in model.named_parameters():
-        p.requires_grad_(not name.startswith(frozen_prefixes))
+        p.requires_grad_(is_adapter_parameter(name) if trainable == "adapters" else not name.startswith(frozen_prefixes))
         if p.requires_grad:
             params.append(p)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -208,7 +225,10 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
     torch.manual_seed(seed)
     if resume and ckpt_path.is_file():
         state = torch.load(str(ckpt_path), map_location=device, weights_only=False)  # our own file: has RNG state
-        model.load_state_dict(state["model_state_dict"])
+        if has_adapters(model):
+            load_adapter_state_dict(model, state["model_state_dict"])
+        else:
+            model.load_state_dict(state["model_state_dict"])
         optimizer.load_state_dict(state["optimizer_state_dict"])
         step, elapsed, best = state["step"], state["elapsed_s"], state["best_train_dice"]
         rng.bit_generator.state = state["rng"]["numpy"]
@@ -309,8 +329,10 @@ def register_cli(subparsers) -> None:
     _add_output(sub, Path("runs/finetune"), "checkpoint, log and finetuned.pt")
     _add_device(sub)
     sub.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget (cumulative over resumes)")
-    sub.add_argument("--trainable", choices=["all", "decoder"], default="decoder",
-                     help="decoder = prompt encoder + mask decoder only (the image encoder stays frozen)")
+    sub.add_argument("--trainable", choices=["all", "decoder", "adapters"], default="decoder",
+                     help="decoder = prompt encoder + mask decoder only (the image encoder stays frozen); "
+                          "adapters = small zero-initialised adapters on a frozen base, finetuned.pt is then "
+                          "an adapter file naming its base (load it with load_model / --model as usual)")
     sub.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamW)")
     sub.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     sub.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")

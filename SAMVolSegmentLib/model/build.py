@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .adapters import compose, is_adapter_file
 from .config import ModelConfig
 from .sam3d import Sam3D
 
@@ -69,6 +70,8 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     """Load a checkpoint file safely (tensors only) and normalise it to ``{"model_state_dict": ..., ...}``.
 
+    An adapter file (:mod:`.adapters`) is returned as it is (``{"format": "samvolseg-adapters", ...}``).
+
     Raises:
         CheckpointError: missing, truncated/corrupt, unsafe (pickled code) or not a model checkpoint.
     """
@@ -90,6 +93,8 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
         ) from exc
     if isinstance(raw, Mapping) and isinstance(raw.get("model_state_dict"), Mapping):
         checkpoint = dict(raw)
+    elif isinstance(raw, Mapping) and is_adapter_file(raw) and isinstance(raw.get("adapter_state_dict"), Mapping):
+        checkpoint = dict(raw)  # adapters only: load_model composes them with their base
     elif isinstance(raw, Mapping) and raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
         checkpoint = {"model_state_dict": raw}
     else:
@@ -146,22 +151,39 @@ def load_model(
     device: Union[str, torch.device] = "cpu",
     precision: str = "fp32",
     attention_impl: str = "fast",
+    base: Optional[Union[str, Path]] = None,
 ) -> nn.Module:
     """Load a model by registry name (``"default"``, ``"sam-med3d-turbo"``) or checkpoint path.
 
+    An adapter file (``samvolseg finetune MODEL --trainable adapters``) loads as its base model + the adapters:
+    the base is the registry name or path the file names, checked against the SHA-256 the file records
+    (:func:`.adapters.compose`).
+
     Args:
         source: registry name or file path (never downloads; see ``weights.download_model``).
+        base: only with an adapter file: where its base model is, when not where the file says (a registry
+            name or path); a file with another SHA-256 is still refused.
         device: "cpu", "cuda", ...
         precision: "fp32" (default) or "bf16"/"fp16" autocast for encoder and decoder (small numeric drift).
         attention_impl: "fast" (exact closed form) or "reference" (plain computation, for comparison).
     """
-    from ..weights import resolve_model_path
+    from ..weights import REGISTRY, resolve_model_path
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     path = resolve_model_path(source)
     checkpoint = read_checkpoint(path)
-    family = str(checkpoint.get("family", "sam_med3d"))
-    model = model_from_checkpoint(checkpoint, f"{family}:{file_sha256(path)[:12]}", attention_impl)
+    if is_adapter_file(checkpoint):
+        model = compose(checkpoint, path, base, attention_impl)
+    elif base is not None:
+        raise CheckpointError(f"{path} is a complete model, not an adapter file; load it without base=.")
+    else:
+        family = str(checkpoint.get("family", "sam_med3d"))
+        digest = file_sha256(path)
+        model = model_from_checkpoint(checkpoint, f"{family}:{digest[:12]}", attention_impl)
+        # What adapters trained on this model name as their base: a registry name as given, else the
+        # absolute path (the adapter file may be loaded from another folder).
+        model.checkpoint_source = str(source) if str(source) in REGISTRY else str(path.resolve())
+        model.checkpoint_sha256 = digest
     model.autocast_dtype = PRECISIONS[precision]
     return model.to(device)

@@ -23,7 +23,7 @@ Clicks use the engine's convention: ROI voxel indices (S = 128 grid) in tensor o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -166,6 +166,9 @@ class ClickNet2(nn.Module):
         # a negative background instead of collapsing to background.
         self.click_gain = nn.Parameter(torch.tensor(4.0))
         nn.init.constant_(self.coarse_head.bias, -3.0)
+        # Optional residual adapter on the coarse features (:mod:`.adapters`), None unless injected (a plain
+        # attribute then: state-dict names unchanged).
+        self.adapter: Optional[nn.Module] = None
 
     # ------------------------------------------------------------------ image side (once per ROI)
     def encode_image(self, image_roi: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -182,6 +185,8 @@ class ClickNet2(nn.Module):
         x8 = self.enc8(x16)
         u16 = self.enc_up16(torch.cat([_up(x8, x16), x16], 1))
         coarse = self.enc_up32(torch.cat([_up(u16, x32), x32], 1))
+        if self.adapter is not None:  # in the cached embedding, so a click pays nothing for it
+            coarse = coarse + self.adapter(coarse)
         image_low = F.avg_pool3d(image_roi, 2)
         smooth_low = F.avg_pool3d(image_low, 3, stride=1, padding=1, count_include_pad=False)
         images = torch.cat([image_low, smooth_low], 1)

@@ -182,6 +182,9 @@ class Block3D(nn.Module):
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), nn.GELU)
         self.window_size = window_size
         self.attention_impl = attention_impl
+        # Optional spatial adapter (:mod:`.adapters`), None unless injected: a plain attribute then, so the
+        # state-dict names of official checkpoints are unchanged.
+        self.adapter: Optional[nn.Module] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -191,7 +194,11 @@ class Block3D(nn.Module):
         else:
             x = self.attn(x, self.attention_impl)
         x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        h = self.norm2(x)
+        out = x + self.mlp(h)
+        if self.adapter is not None:  # parallel to the MLP, on the same normalised tokens
+            out = out + self.adapter(h)
+        return out
 
     def _windowed(self, x: torch.Tensor) -> torch.Tensor:
         batch, d, h, w, channels = x.shape

@@ -4,7 +4,7 @@ transposed-conv upscaling to the low-res (32³) logits. Reference names, depths 
 from __future__ import annotations
 
 import math
-from typing import List, Tuple, Type
+from typing import List, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,9 @@ class TwoWayAttentionBlock3D(nn.Module):
         self.norm4 = nn.LayerNorm(embedding_dim)
         self.cross_attn_image_to_token = DecoderAttention(embedding_dim, num_heads, downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
+        # Optional token adapter (:mod:`.adapters`), None unless injected (a plain attribute: official
+        # state-dict names unchanged).
+        self.adapter: Optional[nn.Module] = None
 
     def forward(self, queries, keys, query_pe, key_pe):
         if self.skip_first_layer_pe:
@@ -61,7 +64,10 @@ class TwoWayAttentionBlock3D(nn.Module):
         queries = self.norm1(queries)
         q, k = queries + query_pe, keys + key_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
-        queries = self.norm3(queries + self.mlp(queries))
+        out = queries + self.mlp(queries)
+        if self.adapter is not None:  # parallel to the token MLP
+            out = out + self.adapter(queries)
+        queries = self.norm3(out)
         q, k = queries + query_pe, keys + key_pe
         keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
         return queries, keys
