@@ -211,6 +211,10 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
     ckpt_path = out_dir / "checkpoint.pt"
     if trainable == "adapters" and not has_adapters(model):
         inject_adapters(model)
+    elif has_adapters(model) and trainable != "adapters":
+        # Its checkpoints and export hold only the adapters: base weights trained here would be lost.
+        raise ValueError(f"This model has adapters, so only trainable='adapters' can be saved; to fine-tune "
+                         f"'{trainable}' load the base model ({model.checkpoint_source}) instead.")
     model.to(device)
     frozen_prefixes = () if trainable == "all" else ("image_encoder", "stem", "down", "up", "enc", "refine_image")
     params = []

@@ -163,3 +163,11 @@ def test_families_without_adapters_are_refused_with_the_alternative():
     with pytest.raises(CheckpointError, match="--trainable decoder"):
         inject_adapters(ClickNet(ClickNetConfig(image_size=32, stem_channels=(4, 8), context_channels=(8, 8),
                                                 embed_dim=8, decoder_channels=8)))
+
+
+def test_training_base_weights_of_an_adapted_model_is_refused(tmp_path):
+    """Its exports hold only adapters, so base weights trained with trainable='decoder' would be lost."""
+    base_file = export_model(ClickNet2(TINY_CLICKNET2), tmp_path / "base.pt")
+    model = inject_adapters(load_model(base_file))
+    with pytest.raises(ValueError, match="load the base model"):
+        train(model, BLOBS_ONLY, tmp_path / "run", minutes=0.01, trainable="decoder", roi_sizes=((32, 1.0),))
