@@ -60,6 +60,11 @@ def main(argv=None) -> int:
     report = {"machine": {"python": sys.version.split()[0], "torch": torch.__version__,
                           "platform": platform.platform(), "threads": args.threads},
               "targets": len(targets), "clicks": args.clicks, "models": {}}
+    # The baseline also with its own clicks (each next click at its own largest error), so that the comparison
+    # on the model's clicks can be read against what region growing does when it drives the clicks itself.
+    own = per_target(evaluate_cases(targets, None, args.clicks).rows)
+    report["baseline_own_clicks"] = {"per_target": {t: v["baseline"] for t, v in own.items()},
+                                     "mean": np.mean([v["baseline"] for v in own.values()], axis=0).tolist()}
     for name in args.models.split(","):
         start = time.perf_counter()
         result = evaluate_cases(targets, name, args.clicks, model_name=name)
@@ -94,6 +99,9 @@ def plot(report: dict, path: Path) -> None:
         line, = ax.plot(clicks, r["mean"]["model"], "-o", label=f"{name}")
         ax.plot(clicks, r["mean"]["baseline"], "--", color=line.get_color(), alpha=0.6,
                 label=f"region growing on {name}'s clicks")
+    if "baseline_own_clicks" in report:
+        own = report["baseline_own_clicks"]["mean"]
+        ax.plot(np.arange(1, len(own) + 1), own, ":", color="gray", label="region growing, its own clicks")
     ax.set_xlabel("clicks")
     ax.set_ylabel(f"mean Dice over {report['targets']} targets")
     ax.set_ylim(0, 1)
@@ -107,6 +115,10 @@ def plot(report: dict, path: Path) -> None:
 def markdown(report: dict) -> str:
     lines = [f"Report set: {report['targets']} targets, {report['clicks']} clicks, baseline on the same clicks; "
              f"{report['machine']['threads']} threads, torch {report['machine']['torch']}.", ""]
+    own = report.get("baseline_own_clicks")
+    if own:
+        lines += ["Region growing with its own clicks (mean over targets after each click): " + ", ".join(
+            f"{k + 1}: {v:.3f}" for k, v in enumerate(own["mean"])), ""]
     for name, r in report["models"].items():
         clicks = len(r["mean"]["model"])
         lines += [f"### `{name}`", "", "| target | " + " | ".join(f"@{k}" for k in (1, 2, 3, 5, 10) if k <= clicks)
