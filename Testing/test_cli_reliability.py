@@ -162,7 +162,10 @@ def start_cli(tmp_path, image, points, patch: str) -> subprocess.Popen:
     """The console entry point (``sys.exit(main())``) in a child, after ``patch`` (which prints READY)."""
     argv = ["samvolseg", "segment", str(image), "--points", str(points), "--output", str(tmp_path / "m.nii.gz"),
             "--model", "clicknet-v1"]
-    script = (f"import sys, threading, time\nimport SAMVolSegmentLib.cli as cli\n{TRANSPARENT_MODEL}\n{patch}\n"
+    # A shell starts the program with Ctrl-C at its default action; the test process may not (an ignored signal
+    # is inherited by children, and libraries loaded by earlier tests can set it), so the child restores it.
+    script = (f"import signal, sys, threading, time\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              f"import SAMVolSegmentLib.cli as cli\n{TRANSPARENT_MODEL}\n{patch}\n"
               f"sys.argv = {argv!r}\nsys.exit(cli.main())\n")
     return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=REPO)
