@@ -177,6 +177,43 @@ def export_model(model, out_path: Path, meta: Optional[dict] = None) -> Path:
     return Path(out_path)
 
 
+def average_exports(paths: Sequence[Path], out_path: Path) -> Path:
+    """Uniform average of the weights of several exports of one run (stochastic weight averaging over the tail
+    of the learning-rate decay): the same family and configuration, floating-point tensors averaged, others
+    taken from the last file. The result's ``meta`` lists what was averaged.
+
+    Raises:
+        CheckpointError: fewer than two files, or files of different families, configurations or keys.
+    """
+    from .errors import CheckpointError
+    from .model import read_checkpoint
+
+    if len(paths) < 2:
+        raise CheckpointError("Give at least two exports to average.")
+    checkpoints = [read_checkpoint(path) for path in paths]
+    first = checkpoints[0]
+    for path, checkpoint in zip(paths, checkpoints):
+        same = (checkpoint.get("family") == first.get("family") and checkpoint.get("config") == first.get("config")
+                and checkpoint["model_state_dict"].keys() == first["model_state_dict"].keys())
+        if not same:
+            raise CheckpointError(f"{path} is not an export of the same model as {paths[0]} (family, configuration "
+                                  "and parameter names must match); average exports of one training run.")
+    averaged = {}
+    for key, last in checkpoints[-1]["model_state_dict"].items():
+        if last.is_floating_point():
+            averaged[key] = torch.stack([c["model_state_dict"][key].float() for c in checkpoints]).mean(0).to(last.dtype)
+        else:
+            averaged[key] = last.clone()
+    metas = [c.get("meta", {}) for c in checkpoints]
+    payload = {"family": first.get("family"), "config": first.get("config"), "model_state_dict": averaged,
+               "meta": {"averaged_exports": float(len(paths)),
+                        "steps": " ".join(str(int(float(m.get("step", -1)))) for m in metas),
+                        "minutes": " ".join(f"{float(m.get('minutes', -1)):.1f}" for m in metas)}}
+    with atomic_path(out_path) as tmp:
+        torch.save(payload, tmp)
+    return Path(out_path)
+
+
 def learning_rate(elapsed_s: float, minutes: float, base_lr: float, decay_from_minute: Optional[float] = None,
                   final_fraction: float = 0.05) -> float:
     """Constant ``base_lr`` until ``decay_from_minute`` (default: half the budget), then a cosine decay to
@@ -326,6 +363,11 @@ def register_cli(subparsers) -> None:
                    help="keep the learning rate constant until this minute, then cosine-decay it (default: half)")
     p.set_defaults(func=_cmd_train)
 
+    avg = subparsers.add_parser("average", help="average the weights of several exports of one training run (SWA)")
+    avg.add_argument("exports", type=Path, nargs="+", help="exported weight files of one run, e.g. its last checkpoints")
+    _add_output(avg, None, "averaged weights file")
+    avg.set_defaults(func=_cmd_average)
+
     sub = subparsers.add_parser("finetune", help="fine-tune a model (any checkpoint, official ones included)")
     sub.add_argument("model", help="registry name or checkpoint path")
     sub.add_argument("--data", type=Path, action="append", required=True,
@@ -365,6 +407,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
                    decay_from_minute=args.decay_from_minute, lr=args.lr, clicks=args.clicks,
                    device=_checked_device(args))
     print(json.dumps(result))
+    return 0
+
+
+def _cmd_average(args: argparse.Namespace) -> int:
+    out = average_exports(args.exports, args.output)
+    print(f"averaged {len(args.exports)} exports into {out}")
     return 0
 
 

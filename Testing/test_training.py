@@ -143,3 +143,24 @@ def test_finetune_the_official_format_fixture_through_the_cli(fixtures_dir, shar
     decoder_changed = any(not torch.equal(before[k], after[k]) for k in before if k.startswith("mask_decoder"))
     assert decoder_changed
     assert encoder_same == (trainable == "decoder")
+
+
+def test_average_of_exports_is_the_mean_of_their_weights_and_loads(tmp_path):
+    """`samvolseg average`: the uniform average of a run's exports, loadable; other models are refused."""
+    from SAMVolSegmentLib.cli import main
+    from SAMVolSegmentLib.errors import CheckpointError
+    from SAMVolSegmentLib.training import average_exports
+
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        paths.append(export_model(ClickNet2(TINY_CLICKNET2), tmp_path / f"e{seed}.pt", {"step": seed, "minutes": seed}))
+    assert main(["average", *map(str, paths), "--output", str(tmp_path / "avg.pt")]) == 0
+    averaged = load_model(tmp_path / "avg.pt")
+    singles = [load_model(p).state_dict() for p in paths]
+    for key, value in averaged.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, sum(s[key] for s in singles) / 3)
+    other = export_model(ClickNet(TINY_CLICKNET), tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="same model"):
+        average_exports([paths[0], other], tmp_path / "bad.pt")
