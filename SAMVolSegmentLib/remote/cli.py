@@ -8,13 +8,13 @@ Safe defaults: binds 127.0.0.1; any other address needs a token (``--token-file`
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 from ..errors import ServerConfigError
+from .protocol import is_loopback_host
 
 DEFAULT_PORT = 8765
 TOKEN_ENV = "SAMVOLSEG_SERVER_TOKEN"
@@ -80,16 +80,6 @@ def resolve_token(token: Optional[str], token_file: Optional[Path]) -> Optional[
             raise ServerConfigError(f"The token has {len(token)} characters; use at least {MIN_TOKEN_CHARS} "
                                     f"({TOKEN_HINT}).")
     return token
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for localhost and loopback addresses (127.0.0.0/8, ::1): only this machine can connect."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_serve_options(args: argparse.Namespace) -> Optional[str]:

@@ -22,7 +22,6 @@ have run); the error says so.
 from __future__ import annotations
 
 import concurrent.futures
-import ipaddress
 import threading
 import time
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from .protocol import (
     decode_update,
     encode_bits,
     encode_volume,
+    is_loopback_host,
 )
 
 ProgressCallback = Callable[[float, str], None]
@@ -121,7 +121,7 @@ class RemoteSession:
         self._http.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
         if token:
             self._http.headers["Authorization"] = f"Bearer {token.strip()}"
-        if _is_loopback(parsed.hostname):
+        if is_loopback_host(parsed.hostname):
             # A proxy from the environment (HTTP_PROXY without NO_PROXY) would otherwise get loopback requests.
             self._http.trust_env = False
         self._lock = threading.RLock()
@@ -598,15 +598,6 @@ def _as_point(value: Sequence[float], what: str) -> List[float]:
     if not np.all(np.isfinite(point)):
         raise InvalidPromptError(f"A {what} must be finite, got {point.tolist()}")
     return [float(v) for v in point]
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _retry_after(response: requests.Response) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import zlib
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -261,3 +262,14 @@ def _inflate(body: bytes, expected: int, what: str) -> bytes:
         raise WireFormatError(f"The {what} data does not match its header: expected {expected} bytes after "
                               "decompression; the upload was truncated or the header is wrong.")
     return raw
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1): only this machine can connect. The server
+    CLI asks it (a token is required otherwise) and so does the client (plain HTTP is refused otherwise)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
