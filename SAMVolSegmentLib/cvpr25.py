@@ -82,6 +82,7 @@ from .evaluation import (
     ProgressCallback,
     _BaselineMethod,
     _ModelMethod,
+    for_each_case,
     index_to_ras,
     next_click,
     prepared_target,
@@ -433,26 +434,12 @@ def evaluate_cvpr25(
     model, name = resolve_model(model_source, device)
     result = Cvpr25Result(model=model_name or name, num_clicks=num_clicks, box_mode=box_mode,
                           baseline_clicks=baseline_clicks if model is not None else "own")
-    total = max(len(cases), 1)
-    for index, case in enumerate(cases):
-        def case_progress(fraction: float, message: str, index: int = index) -> None:
-            if progress is not None:
-                progress((index + fraction) / total, message)
-
-        case_progress(0.0, f"{case.name}: loading")
-        if model is None:
-            steps, per_case = run_case(None, case, True, "own", label_value, num_clicks, box_mode,
-                                       progress=case_progress)
-        else:
-            from .session import InteractiveSession
-
-            with InteractiveSession(model) as session:
-                steps, per_case = run_case(session, case, with_baseline, baseline_clicks, label_value,
-                                           num_clicks, box_mode, progress=case_progress)
+    for steps, per_case in for_each_case(cases, model, progress, lambda session, case, case_progress: run_case(
+            session, case, with_baseline if session is not None else True,
+            baseline_clicks if session is not None else "own", label_value, num_clicks, box_mode,
+            progress=case_progress)):
         result.steps.extend(steps)
         result.cases.extend(per_case)
-    if progress is not None:
-        progress(1.0, "done")
     return result
 
 

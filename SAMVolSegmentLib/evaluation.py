@@ -34,7 +34,7 @@ import csv
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -559,6 +559,18 @@ def evaluate_cases(
     model, name = resolve_model(model_source, device)
     result = EvaluationResult(model=model_name or name, num_clicks=num_clicks,
                               baseline_clicks=baseline_clicks if model is not None else "own")
+    for rows in for_each_case(cases, model, progress, lambda session, case, case_progress: simulate_case(
+            session, case, num_clicks, with_baseline if session is not None else True,
+            baseline_clicks if session is not None else "own", label_value, case_progress)):
+        result.rows.extend(rows)
+    return result
+
+
+def for_each_case(cases: Sequence[Case], model: Any, progress: Optional[ProgressCallback],
+                  run_one: Callable[[Any, Case, ProgressCallback], Any]) -> Iterator[Any]:
+    """Yield ``run_one(session, case, case_progress)`` for every case — a fresh
+    :class:`~SAMVolSegmentLib.session.InteractiveSession` per case, or None when ``model`` is None (baseline
+    only) — with ``progress(fraction, message)`` over all cases; the loop both click protocols share."""
     total = max(len(cases), 1)
     for index, case in enumerate(cases):
         def case_progress(fraction: float, message: str, index: int = index) -> None:
@@ -567,16 +579,14 @@ def evaluate_cases(
 
         case_progress(0.0, f"{case.name}: loading")
         if model is None:
-            result.rows.extend(simulate_case(None, case, num_clicks, True, "own", label_value, case_progress))
+            yield run_one(None, case, case_progress)
         else:
             from .session import InteractiveSession
 
             with InteractiveSession(model) as session:
-                result.rows.extend(simulate_case(session, case, num_clicks, with_baseline, baseline_clicks,
-                                                 label_value, case_progress))
+                yield run_one(session, case, case_progress)
     if progress is not None:
         progress(1.0, "done")
-    return result
 
 
 # ---------------------------------------------------------------- writers
