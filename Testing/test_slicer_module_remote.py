@@ -8,9 +8,7 @@ backend in the middle of a segment.
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
 import types
 from typing import List
 
@@ -207,19 +205,6 @@ def test_missing_url_or_certificate_file_names_the_fix_without_network(env, tmp_
     assert len(state().errorDialogs) == 2 and "missing.pem does not exist" in state().errorDialogs[-1]
     assert env.remote == []
     assert_clean()
-
-
-@pytest.fixture(scope="module")
-def self_signed(tmp_path_factory):
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl not found (needed to make a test certificate)")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    return cert, key
 
 
 def test_tls_needs_the_chosen_certificate(env, tiny_model, self_signed):
