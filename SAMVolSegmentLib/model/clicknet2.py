@@ -60,10 +60,6 @@ class ClickNet2Config(ConfigSerialization):
         """Size of the returned logits (64 for a 128³ ROI: 3 mm voxels on the 1.5 mm model grid)."""
         return self.image_size // 2
 
-    @property
-    def coarse_size(self) -> int:
-        return self.image_size // 4
-
 
 class PointwiseConv3d(nn.Conv3d):
     """A 1×1×1 ``nn.Conv3d`` (same parameters, state-dict keys and result) that runs as a matrix product per
