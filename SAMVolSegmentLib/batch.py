@@ -478,6 +478,8 @@ def segment_cases(
         ManifestError: the manifest is unusable (before any case runs).
         ModelNotAvailableError, CheckpointError: the model cannot be loaded (the batch stops).
     """
+    from .io_utils import remove_stale_temporaries
+
     cases = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
     if workers < 1:
         raise ManifestError(f"workers must be at least 1, got {workers}.")
@@ -486,6 +488,7 @@ def segment_cases(
         if not overwrite and Path(case.output).is_file():
             yield CaseResult.of(case, "skipped")
         else:
+            remove_stale_temporaries(case.output)  # a killed earlier run's half-written mask; nothing runs yet
             todo.append(case)
     if not todo:
         return

@@ -36,8 +36,8 @@ def atomic_path(path: PathLike) -> Iterator[str]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=str(path.parent))
+    prefix, suffix = _temporary_affixes(path)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=str(path.parent))
     os.close(fd)
     try:
         yield tmp
@@ -49,6 +49,29 @@ def atomic_path(path: PathLike) -> Iterator[str]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _temporary_affixes(path: Path) -> Tuple[str, str]:
+    """Prefix and suffix of :func:`atomic_path`'s temporary names for ``path`` (hidden, ``.tmp`` + suffixes)."""
+    return f".{path.name}.", f".tmp{''.join(path.suffixes)}"
+
+
+def remove_stale_temporaries(path: PathLike) -> int:
+    """Delete temporaries that an :func:`atomic_path` write of ``path`` left when its process was killed.
+
+    Call it only when no other writer of ``path`` is running (a batch does, before its cases start).
+    Returns the number of files removed.
+    """
+    path = Path(path)
+    prefix, suffix = _temporary_affixes(path)
+    if not path.parent.is_dir():
+        return 0
+    stale = [p for p in path.parent.iterdir()
+             if p.name.startswith(prefix) and p.name.endswith(suffix) and p.is_file()]
+    for leftover in stale:
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+    return len(stale)
 
 
 def check_output_file(

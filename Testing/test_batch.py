@@ -223,9 +223,14 @@ def _batch_process(manifest: Path, model_path: Path, *extra: str) -> subprocess.
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def _finished_outputs(folder: Path) -> list[Path]:
+    """Outputs under their final names (atomic writes keep hidden ``.NAME.XXXX.tmp.nii.gz`` files until done)."""
+    return sorted(p for p in folder.glob("*.nii.gz") if not p.name.startswith("."))
+
+
 def _wait_for_outputs(folder: Path, count: int, process: subprocess.Popen, timeout: float = 240.0) -> None:
     deadline = time.monotonic() + timeout
-    while len(list(folder.glob("*.nii.gz"))) < count:
+    while len(_finished_outputs(folder)) < count:
         assert process.poll() is None, process.stdout.read()
         assert time.monotonic() < deadline, "no outputs appeared"
         time.sleep(0.05)
@@ -247,7 +252,7 @@ def test_a_killed_batch_loses_nothing_and_a_rerun_finishes_the_rest(cohort, mode
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the whole batch dies at once, mid-case
         process.wait()
-    written = sorted((tmp_path / "out").glob("*.nii.gz"))
+    written = _finished_outputs(tmp_path / "out")
     assert 2 <= len(written) < 8
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(written[0])))
     for path in written:  # every output under its final name is complete
@@ -256,6 +261,7 @@ def test_a_killed_batch_loses_nothing_and_a_rerun_finishes_the_rest(cohort, mode
     summary = run_batch(manifest, model=str(model_path), threads=1)
     assert summary["skipped"] == len(written) and summary["done"] == 8 - len(written) and summary["failed"] == 0
     assert {p.name: p.stat().st_mtime_ns for p in written} == mtimes
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"case{n:02d}.nii.gz" for n in range(8)]
     for path in (tmp_path / "out").glob("*.nii.gz"):
         np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), reference)
 
