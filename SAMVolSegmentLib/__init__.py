@@ -36,6 +36,8 @@ _LAZY = {
     "segment_cases": ".batch",
     "BatchCase": ".batch",
     "CaseResult": ".batch",
+    "lps_to_ras": ".geometry",
+    "ras_to_lps": ".geometry",
 }
 
 __all__ = [*sorted(_LAZY), "__version__"]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import InvalidPromptError, SessionStateError
-from .geometry import RoiWindow, VolumeGeometry
+from .geometry import RoiWindow, VolumeGeometry, lps_to_ras
 from .mask_update import BBoxKJI, MaskUpdate, union_bbox
 from .predictor import Predictor
 from .preprocessing import (
@@ -269,10 +269,7 @@ class InteractiveSession:
                     f"A click's sign must be True or False (positive / negative), got {positive!r}."
                 )
             if not volume.geometry.contains_ras(point[None])[0]:
-                raise InvalidPromptError(
-                    f"Click at RAS {_format_point(point)} mm is outside the volume; click inside the image "
-                    "(check the volume's parent transform if the point looks right)."
-                )
+                raise InvalidPromptError(_outside_message(point, volume.geometry))
             # Every click of the state counts (also those a ROI extension added): each one costs decoder time.
             if len(self._state.clicks) >= MAX_CLICKS:
                 raise InvalidPromptError(
@@ -742,6 +739,23 @@ class _DaemonWorker:
                 future.set_exception(exc)
             else:
                 future.set_result(result)
+
+
+def _outside_message(point_ras: np.ndarray, geometry: VolumeGeometry) -> str:
+    """Why a click is outside: which way and how far, and the two usual causes (an LPS point, a transform)."""
+    low_ras, high_ras = geometry.bounds_ras()
+    below, above = low_ras - point_ras, point_ras - high_ras
+    names = (("L", "R"), ("P", "A"), ("I", "S"))  # RAS: the low side of x is Left, of y Posterior, of z Inferior
+    ways = [f"{d:.1f} mm beyond its {names[axis][0] if below[axis] > 0 else names[axis][1]} side"
+            for axis, d in enumerate(np.maximum(below, above)) if d > 0]
+    where = ", ".join(ways) if ways else "inside its RAS bounding box but off its oblique voxel grid"
+    flipped = lps_to_ras(point_ras[None])[0]
+    hint = (" The point with x and y negated lies inside: it is probably LPS (SimpleITK, ITK, DICOM); convert "
+            "it with SAMVolSegmentLib.lps_to_ras." if geometry.contains_ras(flipped[None])[0] else
+            " Check that the point is RAS (not LPS: SAMVolSegmentLib.lps_to_ras converts) and the volume's "
+            "parent transform.")
+    return (f"Click at RAS {_format_point(point_ras)} mm is outside the volume ({where}; the volume spans RAS "
+            f"{_format_point(low_ras)} to {_format_point(high_ras)} mm).{hint}")
 
 
 def _format_point(point: np.ndarray) -> str:

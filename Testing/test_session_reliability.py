@@ -222,3 +222,17 @@ def test_a_far_click_is_reported_with_its_real_coordinates(session):
     with pytest.raises(InvalidPromptError) as info:
         session.add_click((1e308, 0.0, 0.0), True)
     assert "inf" not in str(info.value) and "1e+308" in str(info.value)
+
+
+def test_an_lps_click_is_named_as_probably_lps_and_a_far_one_says_which_way(session):
+    array, matrix = volume()
+    matrix[:3, 3] += (40.0, 50.0, 0.0)  # off the origin so that negating x and y leaves the volume
+    session.set_volume(array, matrix)
+    inside_ras = voxel_ras(matrix, (15, 15, 15))
+    with pytest.raises(InvalidPromptError, match="probably LPS") as info:
+        session.add_click(inside_ras * (-1.0, -1.0, 1.0), True)
+    assert "beyond its L side" in str(info.value) and "beyond its P side" in str(info.value)
+    with pytest.raises(InvalidPromptError, match="beyond its S side") as info:
+        session.add_click(inside_ras + (0.0, 0.0, 100.0), True)
+    assert "LPS" in str(info.value) and "probably" not in str(info.value)
+    assert session.clicks == ()
