@@ -510,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .training import register_cli
 
     register_cli(sub)
+    from .teach import register_cli as register_teach  # teach: adapters + proposals for one structure
+
+    register_teach(sub)
     from .remote.cli import register_cli as register_serve  # serve: options live with the server code
 
     register_serve(sub)

@@ -317,6 +317,32 @@ class InteractiveSession:
             self._require_volume()
             return self._run_step(self._reset_step)
 
+    def propose(self, class_name: str) -> MaskUpdate:
+        """Replace the mask with the model's prompt-free proposal for ``class_name`` (one undoable step).
+
+        The proposal then behaves like any mask: clicks correct it (it is the ROI's mask prompt, with one
+        positive click at its deepest point, listed in :attr:`clicks`), undo returns to the mask before it.
+        Only models with a proposal head can propose (:func:`~SAMVolSegmentLib.proposals.proposal_classes`,
+        trained with ``samvolseg teach``).
+
+        Raises:
+            InvalidPromptError: the model does not know ``class_name`` (the message lists what it knows), or
+                found nothing of it in the volume; nothing changes.
+        """
+        from .proposals import class_index
+
+        with self._lock:
+            self._require_open()
+            self._require_volume()
+            class_index(self.predictor.model, class_name)  # refuse an unknown class before any work
+            return self._run_step(lambda state: self._propose_step(class_name))
+
+    def proposal_classes(self) -> Tuple[str, ...]:
+        """Class names :meth:`propose` accepts with this session's model (empty: it cannot propose)."""
+        from .proposals import proposal_classes
+
+        return proposal_classes(self.predictor.model)
+
     def set_initial_mask(self, mask_kji: Optional[np.ndarray]) -> MaskUpdate:
         """Start from an existing mask (edit a segment that is already there); None starts from an empty one.
 
@@ -481,6 +507,30 @@ class InteractiveSession:
             shape = tuple(hi - lo for lo, hi in bbox)
             return _Snapshot(), [MaskUpdate(bbox, np.zeros(shape, np.uint8))]  # type: ignore[arg-type]
         return _Snapshot(), [MaskUpdate.covering(target, bbox)]  # type: ignore[arg-type]
+
+    def _propose_step(self, class_name: str) -> Tuple[_Snapshot, List[MaskUpdate]]:
+        """Clear the mask, paste the proposal's ROI, add its deepest-point click, continue into neighbours."""
+        from .proposals import propose_logits
+
+        assert self._label_kji is not None
+        roi, logits, timing = propose_logits(self.predictor, self._require_volume(), self._model_volume(),
+                                             class_name, self._report)
+        self.last_timing["encode_s"] += timing["encode_s"]
+        self.last_timing["propose_s"] = timing["propose_s"]
+        nonzero = np.nonzero(self._label_kji)
+        clear: List[MaskUpdate] = []
+        if nonzero[0].size:
+            bbox = tuple((int(ax.min()), int(ax.max()) + 1) for ax in nonzero)
+            clear = [MaskUpdate(bbox, np.zeros(tuple(hi - lo for lo, hi in bbox), np.uint8))]  # type: ignore[arg-type]
+        deepest = _deepest_point_roi((logits[0, 0] > 0).cpu().numpy(), roi.size)
+        assert deepest is not None  # propose_logits refuses an empty proposal
+        state = _Snapshot(clicks=(Click(roi.roi_to_ras(deepest[None])[0], True),),
+                          rois=((roi.key, _RoiState(roi, logits)),), active_roi=roi.key)
+        updates = [*clear, self._paste(roi, logits, None, self._label_with(clear))]
+        if self.auto_extend:
+            state, more = self._extend(state, roi.key, logits, pending=updates)
+            updates.extend(more)
+        return state, updates
 
     def _box_step(self, state: _Snapshot, box_ras) -> Tuple[_Snapshot, List[MaskUpdate]]:
         state = replace(state, box_ras=box_ras)

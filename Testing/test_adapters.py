@@ -71,7 +71,7 @@ def test_sam_adapter_finetune_trains_only_adapters_and_the_file_composes(fixture
     base_logits = _sam_logits(model, ref)
     base_state = _snapshot(model)
     adapter_file = tmp_path / "finetuned.pt"
-    result = train(model, BLOBS_ONLY, tmp_path, minutes=0.04, seed=0, batch=1, clicks=2, lr=1e-2,
+    result = train(model, BLOBS_ONLY, tmp_path, minutes=0.1, seed=0, batch=1, clicks=2, lr=1e-2,
                    trainable="adapters", export=adapter_file)
     assert result["steps"] >= 2
     state = model.state_dict()

@@ -16,8 +16,12 @@ checkpoints still load with ``strict=True``.
 
 Adapter file (``torch.save`` of plain data and tensors, read with ``weights_only=True``)::
 
-    {"format": "samvolseg-adapters", "version": 1, "family": ..., "base_model": registry name or path,
-     "base_sha256": sha256 of the base file, "adapter_config": {...}, "adapter_state_dict": {...}, "meta": {...}}
+    {"format": "samvolseg-adapters", "version": 2, "family": ..., "base_model": registry name or path,
+     "base_sha256": sha256 of the base file, "adapter_config": {...} or None, "adapter_state_dict": {...},
+     "proposal": None or {"config": {...}, "state_dict": {...}}, "meta": {...}}
+
+Version 2 added the optional prompt-free proposal head (:mod:`SAMVolSegmentLib.proposals`) and allows a file
+with a head but no adapters; version 1 files still load.
 
 API: ``load_model(adapter_file)`` (:func:`~SAMVolSegmentLib.model.build.load_model`) finds the base the file
 names (a registry name through :mod:`SAMVolSegmentLib.weights`, else the stored path; ``base=`` overrides
@@ -38,7 +42,9 @@ from ..errors import CheckpointError
 from .config import ConfigSerialization
 
 ADAPTER_FORMAT = "samvolseg-adapters"
-ADAPTER_FORMAT_VERSION = 1
+ADAPTER_FORMAT_VERSION = 2
+#: Versions this code reads.
+READABLE_VERSIONS = (1, 2)
 #: Families adapters can be injected into.
 ADAPTER_FAMILIES = ("sam_med3d", "clicknet2")
 
@@ -178,15 +184,20 @@ def load_adapter_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor])
 
 
 def save_adapters(model: nn.Module, path: Union[str, Path], meta: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write the adapter file for an adapted model (only adapter tensors + the base's name and SHA-256).
+    """Write the adapter file of a model: its adapter tensors and proposal head (whichever it has) + the base's
+    name and SHA-256.
 
     Raises:
-        CheckpointError: the model has no adapters, or was not loaded from a file (no base to name).
+        CheckpointError: the model has neither adapters nor a proposal head, or was not loaded from a file (no
+            base to name).
     """
     from ..io_utils import atomic_path
+    from ..proposals import proposal_payload
 
-    if not has_adapters(model):
-        raise CheckpointError("This model has no adapters to save; call inject_adapters(model) before training.")
+    proposal = proposal_payload(model)
+    if not has_adapters(model) and proposal is None:
+        raise CheckpointError("This model has no adapters or proposal head to save; call inject_adapters(model) "
+                              "(or attach_proposal_head) before training.")
     base_sha = getattr(model, "checkpoint_sha256", None)
     base_source = getattr(model, "checkpoint_source", None)
     if not base_sha or not base_source:
@@ -200,8 +211,9 @@ def save_adapters(model: nn.Module, path: Union[str, Path], meta: Optional[Mappi
         "family": model.family,
         "base_model": str(base_source),
         "base_sha256": str(base_sha),
-        "adapter_config": model.adapter_config.to_dict(),
+        "adapter_config": model.adapter_config.to_dict() if has_adapters(model) else None,
         "adapter_state_dict": adapter_state_dict(model),
+        "proposal": proposal,
     }
     if meta:
         payload["meta"] = {k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in meta.items()}
@@ -222,12 +234,13 @@ def compose(checkpoint: Mapping[str, Any], adapter_path: Path, base: Optional[Un
         ModelNotAvailableError: the named registry base is not on this machine (says how to download it).
         CheckpointError: the base file is missing or not the one the adapters were trained on.
     """
+    from ..proposals import load_proposal_payload
     from ..weights import REGISTRY, resolve_model_path
     from .build import file_sha256, model_from_checkpoint, read_checkpoint
 
-    if int(checkpoint.get("version", 0)) != ADAPTER_FORMAT_VERSION:
+    if int(checkpoint.get("version", 0)) not in READABLE_VERSIONS:
         raise CheckpointError(f"{adapter_path} is adapter format version {checkpoint.get('version')!r}; this "
-                              f"SAMVolSegment reads version {ADAPTER_FORMAT_VERSION}. Update SAMVolSegment.")
+                              f"SAMVolSegment reads versions {READABLE_VERSIONS}. Update SAMVolSegment.")
     base_name, base_sha = str(checkpoint["base_model"]), str(checkpoint["base_sha256"])
     how_to_get = (f"download it with `samvolseg models download {base_name}`" if base_name in REGISTRY
                   and REGISTRY[base_name].url else f"use {base_name} or pass load_model(..., base=PATH) for its copy")
@@ -251,11 +264,16 @@ def compose(checkpoint: Mapping[str, Any], adapter_path: Path, base: Optional[Un
                               f"{family} model; {how_to_get}.")
     model = model_from_checkpoint(base_checkpoint, f"{family}:{base_sha[:12]}", attention_impl)
     model.checkpoint_source, model.checkpoint_sha256 = base_name, base_sha
-    try:
-        config = AdapterConfig.from_dict(checkpoint.get("adapter_config") or {})
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{adapter_path} has an unreadable adapter_config ({exc}); update SAMVolSegment.") from exc
-    inject_adapters(model, config)
-    load_adapter_state_dict(model, checkpoint["adapter_state_dict"])
+    # Version 1 files always hold adapters; from version 2 a file may hold only a proposal head.
+    if checkpoint.get("adapter_config") is not None or int(checkpoint.get("version", 0)) == 1:
+        try:
+            config = AdapterConfig.from_dict(checkpoint.get("adapter_config") or {})
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{adapter_path} has an unreadable adapter_config ({exc}); update "
+                                  "SAMVolSegment.") from exc
+        inject_adapters(model, config)
+        load_adapter_state_dict(model, checkpoint["adapter_state_dict"])
+    if checkpoint.get("proposal") is not None:
+        load_proposal_payload(model, checkpoint["proposal"], adapter_path)
     model.model_id = f"{family}:{base_sha[:12]}+adapters:{file_sha256(adapter_path)[:12]}"
     return model.eval()

@@ -1,0 +1,365 @@
+"""Prompt-free proposals (MaskSAM-style): a small head that reads the cached image embedding and proposes a
+first mask of a named class, which the user then corrects with clicks like any other mask.
+
+Flow (:func:`propose_logits`, used by :meth:`InteractiveSession.propose`):
+
+1. Where to look. If the volume's model grid (1.5 mm) fits in one model ROI, that ROI is centred on the volume.
+   Otherwise the whole volume is first resampled isotropically to fit one ROI (a coarse grid), encoded, and the
+   head's answer there gives the centre of the structure's largest component; the model ROI is centred on it.
+2. The head reads the ROI's embedding (computed once per ROI and cached, exactly as for clicks) and returns
+   low-res logits (1, 1, L, L, L) on the ROI's low-res grid (tensor order R, A, S), the same thing a click
+   returns. The session stores them as the ROI's mask prompt and adds one positive click at the proposal's
+   deepest point, so corrective clicks refine the proposal the way the model refines its own last answer.
+
+The head (:class:`ProposalHead`, ClickNet2 embeddings) has two parts: dilated convolutions on the coarse
+features (pooled to 16³, plus 3 coordinate channels so it can learn where in the ROI a structure usually lies)
+give a coarse mask per class; a per-voxel layer on the 64³ image features sharpens it. About 20k parameters.
+
+Training (:func:`train_proposal_head`): the embeddings of the training cases' proposal ROIs (with the same ROI
+rule, jittered) are computed once with the frozen model, then the head alone is trained on them (Dice + BCE),
+which takes minutes on a CPU. The head is saved in the adapter file (:mod:`.model.adapters`), so one small file
+holds everything a structure adds to its base model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+from .errors import CheckpointError, InvalidPromptError
+from .geometry import ModelGrid, RoiWindow
+from .model.config import ConfigSerialization
+from .preprocessing import ModelVolume, Volume, crop_roi, resample_to_model_grid, soft_label_to_model_grid
+
+#: Model families whose embedding the head reads.
+PROPOSAL_FAMILIES = ("clicknet2",)
+#: Half-width (mm) of the random shift of training ROIs: the head must not depend on exact centring.
+TRAIN_JITTER_MM = 12.0
+
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class ProposalConfig(ConfigSerialization):
+    """``classes``: the names the head proposes (one output channel each); ``width``: channels of the coarse
+    part; ``fine_width``: hidden channels of the 64³ per-voxel part."""
+
+    classes: Tuple[str, ...] = ()
+    width: int = 16
+    fine_width: int = 16
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"A proposal head needs distinct class names, got {list(self.classes)}.")
+
+
+def _coordinates(like: torch.Tensor) -> torch.Tensor:
+    """(B, 3, D, H, W) voxel-centre coordinates in [-1, 1] along each axis of ``like``."""
+    axes = [torch.linspace(-1.0, 1.0, n, dtype=like.dtype, device=like.device) for n in like.shape[2:]]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), 0)
+    return grid[None].expand(like.shape[0], -1, -1, -1, -1)
+
+
+class ProposalHead(nn.Module):
+    """ClickNet2 embedding (coarse (B, E, L/2³), fine (B, F, L³), images (B, 2, L³)) → class logits.
+
+    ``forward`` returns (coarse logits (B, C, L/4, L/4, L/4), logits (B, C, L, L, L)); L = image_size / 2.
+    The context part runs at L/4 (16³ for a 128³ ROI: 12 mm voxels), where four dilated 3×3×3 convolutions see
+    the whole ROI at a cost a CPU trains quickly; the per-voxel part at L sharpens the boundary from the image
+    features.
+    """
+
+    def __init__(self, config: ProposalConfig, coarse_channels: int, fine_channels: int, image_channels: int = 2):
+        super().__init__()
+        self.config = config
+        w, classes = config.width, len(config.classes)
+        layers: List[nn.Module] = []
+        for index, dilation in enumerate((1, 2, 4, 4)):  # receptive field 23 context voxels: the whole ROI
+            layers += [nn.Conv3d(coarse_channels + 3 if index == 0 else w, w, 3, padding=dilation, dilation=dilation),
+                       nn.ReLU(inplace=True)]
+        self.context = nn.Sequential(*layers)
+        self.coarse_logits = nn.Conv3d(w, classes, 1)
+        self.fine = nn.Sequential(nn.Conv3d(w + fine_channels + image_channels, config.fine_width, 1),
+                                  nn.ReLU(inplace=True), nn.Conv3d(config.fine_width, classes, 1))
+        nn.init.constant_(self.coarse_logits.bias, -2.0)  # start from "mostly background"
+
+    def forward(self, embedding: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        coarse, fine, images = embedding
+        pooled = F.avg_pool3d(coarse, 2)
+        hidden = self.context(torch.cat([pooled, _coordinates(pooled)], 1))
+        coarse_logits = self.coarse_logits(hidden)
+        size = fine.shape[2:]
+        upsampled = F.interpolate(coarse_logits, size=size, mode="trilinear", align_corners=False)
+        detail = self.fine(torch.cat([F.interpolate(hidden, size=size, mode="trilinear", align_corners=False),
+                                      fine, images], 1))
+        return coarse_logits, upsampled + detail
+
+
+# ---------------------------------------------------------------- the model side
+def attach_proposal_head(model: nn.Module, config: ProposalConfig) -> ProposalHead:
+    """Give ``model`` a fresh :class:`ProposalHead` (``model.proposal_head``) and return it.
+
+    Raises:
+        CheckpointError: the model's family has no proposal support.
+    """
+    family = getattr(model, "family", "sam_med3d")
+    if family not in PROPOSAL_FAMILIES:
+        raise CheckpointError(f"Proposals read the embedding of the {', '.join(PROPOSAL_FAMILIES)} family; this "
+                              f"model is {family}. Use the bundled default model (or another clicknet2 model).")
+    head = ProposalHead(config, model.config.embed_dim, model.config.refine_channels)
+    model.proposal_head = head.to(next(model.parameters()).device)
+    return head
+
+
+def proposal_classes(model: nn.Module) -> Tuple[str, ...]:
+    """The class names ``model`` can propose (empty when it has no proposal head)."""
+    head = getattr(model, "proposal_head", None)
+    return tuple(head.config.classes) if head is not None else ()
+
+
+def class_index(model: nn.Module, class_name: str) -> int:
+    """Output channel of ``class_name``.
+
+    Raises:
+        InvalidPromptError: the model does not know the class (the message lists the ones it knows).
+    """
+    classes = proposal_classes(model)
+    if class_name not in classes:
+        known = ", ".join(repr(c) for c in classes)
+        raise InvalidPromptError(
+            f"This model cannot propose {class_name!r}: " + (f"it knows {known}." if classes else
+                                                             "it has no proposal head. Train one with "
+                                                             "`samvolseg teach` and load that file as the model."))
+    return classes.index(class_name)
+
+
+# ---------------------------------------------------------------- where to look
+def coarse_grid(volume: Volume, size: int, spacing_mm: float) -> Optional[ModelGrid]:
+    """An isotropic grid covering the whole volume inside one ``size``³ ROI, or None when the model grid
+    (``spacing_mm``) already fits."""
+    fine = ModelGrid.covering(volume.geometry, spacing_mm)
+    if max(fine.shape_model) <= size:
+        return None
+    low, high = volume.geometry.bounds_ras()
+    spacing = float(np.max(high - low)) / (size - 2) + 1e-6  # covering() may add a voxel: keep one spare
+    return ModelGrid.covering(volume.geometry, max(spacing, spacing_mm))
+
+
+def volume_centre_ras(volume: Volume) -> np.ndarray:
+    low, high = volume.geometry.bounds_ras()
+    return (low + high) / 2
+
+
+def largest_component_centre_ras(logits: torch.Tensor, roi: RoiWindow) -> Optional[np.ndarray]:
+    """RAS centre of the largest foreground component of (L, L, L) low-res logits, or None if empty."""
+    foreground = (logits > 0).cpu().numpy()
+    components, count = ndimage.label(foreground)
+    if count == 0:
+        return None
+    largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
+    centre_low = np.argwhere(components == largest).mean(axis=0)
+    affine = roi.lowres_affine_ras(foreground.shape[0])
+    return affine[:3, :3] @ centre_low + affine[:3, 3]
+
+
+def keep_largest_component(logits: torch.Tensor) -> torch.Tensor:
+    """(L, L, L) logits with every foreground voxel outside the largest component pushed below zero."""
+    foreground = (logits > 0).cpu().numpy()
+    components, count = ndimage.label(foreground)
+    if count <= 1:
+        return logits
+    largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
+    drop = torch.from_numpy((components > 0) & (components != largest)).to(logits.device)
+    return torch.where(drop, -logits.abs(), logits)
+
+
+def propose_logits(
+    predictor, volume: Volume, model_volume: ModelVolume, class_name: str,
+    progress: Optional[ProgressFn] = None,
+) -> Tuple[RoiWindow, torch.Tensor, Dict[str, float]]:
+    """The proposal for one class: (model ROI, its (1, 1, L, L, L) logits, timings).
+
+    ``predictor``: a :class:`~SAMVolSegmentLib.predictor.Predictor` whose model has a proposal head; its
+    embedding cache is used for both the coarse and the model ROI. Timings: ``encode_s`` (encoder runs, 0 on
+    cache hits), ``propose_s`` (the head and the component analysis).
+
+    Raises:
+        InvalidPromptError: unknown class, or nothing of the class found in the volume.
+    """
+    model = predictor.model
+    channel = class_index(model, class_name)
+    size, spacing = predictor.image_size, model_volume.grid.spacing
+    timings = {"encode_s": 0.0, "propose_s": 0.0}
+
+    def head_logits(roi: RoiWindow, grid_volume: ModelVolume, key_tag: str) -> torch.Tensor:
+        key = (volume.fingerprint, key_tag, *roi.key, roi.size, grid_volume.grid.spacing)
+        embedding = predictor.cached_embedding(key)
+        if embedding is None:
+            if progress is not None:
+                progress(0.0, "Encoding the region (once per region)")
+            embedding = predictor.embed(crop_roi(grid_volume, roi), key)
+            timings["encode_s"] += predictor.last_encode_s
+        start = time.perf_counter()
+        with torch.inference_mode():
+            logits = model.proposal_head(embedding)[1][:, channel:channel + 1].float()
+        timings["propose_s"] += time.perf_counter() - start
+        return logits
+
+    centre = volume_centre_ras(volume)
+    coarse = coarse_grid(volume, size, spacing)
+    if coarse is not None:  # find the structure on the whole volume first, then look closely
+        coarse_volume = resample_to_model_grid(volume, coarse)
+        coarse_roi = RoiWindow.centred_at(coarse, centre, size)
+        found = largest_component_centre_ras(head_logits(coarse_roi, coarse_volume, "coarse")[0, 0], coarse_roi)
+        if found is None:
+            raise InvalidPromptError(f"No {class_name} was found in this volume; place a click on it instead.")
+        centre = found
+    roi = RoiWindow.centred_at(model_volume.grid, centre, size)
+    logits = head_logits(roi, model_volume, "proposal")
+    start = time.perf_counter()
+    logits = keep_largest_component(logits[0, 0])[None, None]
+    timings["propose_s"] += time.perf_counter() - start
+    if not bool((logits > 0).any()):
+        raise InvalidPromptError(f"No {class_name} was found in this volume; place a click on it instead.")
+    return roi, logits, timings
+
+
+# ---------------------------------------------------------------- training
+@dataclass
+class ProposalSample:
+    """One training ROI: its cached embedding (float16 to halve memory) and low-res target (L, L, L)."""
+
+    embedding: Tuple[torch.Tensor, ...]
+    target: torch.Tensor
+
+
+def training_rois(volume: Volume, model_volume: ModelVolume, label_kji: np.ndarray, size: int,
+                  rng: np.random.Generator) -> List[Tuple[ModelVolume, RoiWindow]]:
+    """The ROIs :func:`propose_logits` would look at for this volume, each shifted by a random offset
+    (±:data:`TRAIN_JITTER_MM`): the model ROI, and for volumes larger than one ROI also the coarse one.
+    For a large volume the model ROI is centred on the label (where a good coarse stage would centre it)."""
+    spacing = model_volume.grid.spacing
+    coarse = coarse_grid(volume, size, spacing)
+    if coarse is None:
+        centre = volume_centre_ras(volume)
+        rois = []
+    else:
+        coarse_volume = resample_to_model_grid(volume, coarse)
+        jitter = rng.uniform(-1, 1, 3) * TRAIN_JITTER_MM * coarse.spacing / spacing
+        rois = [(coarse_volume, RoiWindow.centred_at(coarse, volume_centre_ras(volume) + jitter, size))]
+        centre_ijk = np.argwhere(label_kji > 0).mean(axis=0)[::-1]
+        centre = volume.geometry.ijk_to_ras_points(centre_ijk[None])[0]
+    jitter = rng.uniform(-1, 1, 3) * TRAIN_JITTER_MM
+    rois.append((model_volume, RoiWindow.centred_at(model_volume.grid, centre + jitter, size)))
+    return rois
+
+
+def lowres_target(label_kji: np.ndarray, volume: Volume, roi: RoiWindow, low: int) -> np.ndarray:
+    """The binary label's fraction per low-res voxel of ``roi`` ((low,)*3 float32, tensor order R, A, S)."""
+    affine = roi.lowres_affine_ras(low)
+    grid = ModelGrid(tuple(float(v) for v in affine[:3, 3]), (low, low, low), float(affine[0, 0]))  # type: ignore[arg-type]
+    return soft_label_to_model_grid(label_kji.astype(np.uint8), volume.geometry, grid).astype(np.float32)
+
+
+def build_samples(model: nn.Module, cases: Sequence[Tuple[Volume, np.ndarray]], repeats: int,
+                  rng: np.random.Generator, progress: Optional[ProgressFn] = None) -> List[ProposalSample]:
+    """Embeddings and targets of ``repeats`` jittered proposal ROIs per case (label_kji: binary (k, j, i))."""
+    from .predictor import Predictor
+
+    predictor = Predictor(model, cache_bytes=0)
+    size, low = predictor.image_size, predictor.low_res_size
+    samples: List[ProposalSample] = []
+    for index, (volume, label_kji) in enumerate(cases):
+        model_volume = resample_to_model_grid(volume)
+        for _ in range(repeats):
+            for grid_volume, roi in training_rois(volume, model_volume, label_kji, size, rng):
+                embedding = predictor.embed(crop_roi(grid_volume, roi))
+                target = lowres_target(label_kji, volume, roi, low)
+                samples.append(ProposalSample(tuple(t.to(torch.float16) for t in embedding),
+                                              torch.from_numpy(target)[None, None]))
+        if progress is not None:
+            progress((index + 1) / len(cases), f"embedded case {index + 1}/{len(cases)}")
+    return samples
+
+
+def proposal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice + BCE of (B, 1, L, L, L) logits against a soft target in [0, 1]."""
+    probability = torch.sigmoid(logits)
+    dims = (1, 2, 3, 4)
+    intersection = (probability * target).sum(dims)
+    dice = 1 - (2 * intersection + 1) / (probability.sum(dims) + target.sum(dims) + 1)
+    return dice.mean() + F.binary_cross_entropy_with_logits(logits, target)
+
+
+def train_proposal_head(model: nn.Module, samples: Sequence[ProposalSample], class_name: str, *,
+                        minutes: float, seed: int = 0, lr: float = 1e-2,
+                        progress: Optional[ProgressFn] = None) -> Dict[str, float]:
+    """Attach a one-class head to ``model`` and train it on ``samples`` for ``minutes`` (the model is frozen).
+
+    Flips are not used: left and right structures differ in position and users name them. Returns
+    ``{"steps", "minutes", "train_loss_last50"}``.
+    """
+    if not samples:
+        raise ValueError("No training samples: give at least one labelled case.")
+    torch.manual_seed(seed)
+    head = attach_proposal_head(model, ProposalConfig(classes=(class_name,)))
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    head.train()
+    losses: List[float] = []
+    start, step = time.perf_counter(), 0
+    budget = minutes * 60.0
+    while time.perf_counter() - start < budget:
+        sample = samples[int(rng.integers(len(samples)))]
+        embedding = tuple(t.float() for t in sample.embedding)
+        coarse_logits, logits = head(embedding)
+        coarse_target = F.adaptive_avg_pool3d(sample.target, coarse_logits.shape[2:])
+        loss = proposal_loss(logits, sample.target) + 0.5 * proposal_loss(coarse_logits, coarse_target)
+        progress_fraction = (time.perf_counter() - start) / budget
+        for group in optimizer.param_groups:  # cosine decay over the budget
+            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(1.0, progress_fraction))))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        step += 1
+        if progress is not None and step % 20 == 0:
+            progress(min(1.0, progress_fraction), f"proposal head step {step}, loss {np.mean(losses[-50:]):.3f}")
+    head.eval()
+    return {"steps": float(step), "minutes": (time.perf_counter() - start) / 60.0,
+            "train_loss_last50": float(np.mean(losses[-50:]))}
+
+
+# ---------------------------------------------------------------- file format (inside the adapter file)
+def proposal_payload(model: nn.Module) -> Optional[Dict[str, object]]:
+    """What the adapter file stores for the model's head (None without one)."""
+    head = getattr(model, "proposal_head", None)
+    if head is None:
+        return None
+    return {"config": head.config.to_dict(),
+            "state_dict": {k: v.detach().clone().cpu() for k, v in head.state_dict().items()}}
+
+
+def load_proposal_payload(model: nn.Module, payload: Dict[str, object], source: Union[str, Path]) -> None:
+    """Attach the head stored in an adapter file.
+
+    Raises:
+        CheckpointError: unreadable config or tensors that do not fit the model.
+    """
+    try:
+        config = ProposalConfig.from_dict(payload["config"])  # type: ignore[arg-type]
+        head = attach_proposal_head(model, config)
+        head.load_state_dict(payload["state_dict"])  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{source}: the proposal head cannot be read ({exc}); the file was made for "
+                              "another model or a newer SAMVolSegment.") from exc
+    head.eval()

@@ -1,0 +1,148 @@
+"""Prompt-free proposals: the head's file round trip, InteractiveSession.propose as an undoable step that clicks
+then refine, the coarse-then-fine search on large volumes, clear refusals, and a head that really learns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from SAMVolSegmentLib.errors import CheckpointError, InvalidPromptError
+from SAMVolSegmentLib.model import load_model
+from SAMVolSegmentLib.model.adapters import inject_adapters, save_adapters
+from SAMVolSegmentLib.model.clicknet2 import ClickNet2, ClickNet2Config
+from SAMVolSegmentLib.preprocessing import load_volume
+from SAMVolSegmentLib.proposals import (
+    ProposalConfig,
+    attach_proposal_head,
+    build_samples,
+    proposal_classes,
+    train_proposal_head,
+)
+from SAMVolSegmentLib.session import InteractiveSession
+from SAMVolSegmentLib.training import export_model
+
+TINY = ClickNet2Config(image_size=32, encoder_channels=(4, 8, 8, 8), embed_dim=8, decoder_channels=(8, 8, 8),
+                       refine_channels=4)
+
+
+@pytest.fixture()
+def tiny_file(tmp_path):
+    torch.manual_seed(0)
+    return export_model(ClickNet2(TINY), tmp_path / "tiny.pt")
+
+
+def _constant_head(model, logit: float, classes=("blob",)):
+    """A head whose every output is ``logit`` (all weights zero): it proposes everything or nothing."""
+    head = attach_proposal_head(model, ProposalConfig(classes=classes))
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.zero_()
+        head.coarse_logits.bias.fill_(logit)
+    return head.eval()
+
+
+def _volume(shape_kji=(20, 20, 20), spacing=1.5):
+    array = np.random.default_rng(0).normal(0, 1, shape_kji).astype(np.float32)
+    matrix = np.diag([spacing, spacing, spacing, 1.0])
+    return array, matrix
+
+
+def test_a_head_only_file_round_trips_and_adapters_plus_head_too(tiny_file, tmp_path):
+    model = load_model(tiny_file)
+    head = attach_proposal_head(model, ProposalConfig(classes=("liver", "spleen")))
+    embedding = model.encode_image(torch.randn(1, 1, 32, 32, 32))
+    save_adapters(model, tmp_path / "head.pt")
+    loaded = load_model(tmp_path / "head.pt")
+    assert proposal_classes(loaded) == ("liver", "spleen")
+    with torch.no_grad():
+        for expected, actual in zip(head(embedding), loaded.proposal_head(embedding)):
+            assert expected.shape[1] == 2
+            torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    inject_adapters(model)
+    save_adapters(model, tmp_path / "both.pt")
+    both = load_model(tmp_path / "both.pt")
+    assert proposal_classes(both) == ("liver", "spleen") and getattr(both, "adapter_config", None) is not None
+
+
+def test_propose_is_one_undoable_step_that_clicks_then_refine(tiny_file):
+    model = load_model(tiny_file)
+    _constant_head(model, 5.0)
+    array, matrix = _volume()
+    with InteractiveSession(model) as session:
+        session.set_volume(array, matrix)
+        session.propose("blob")
+        assert session.mask_array_kji().all()  # the volume fits in the ROI, which is all foreground
+        assert len(session.clicks) == 1 and session.clicks[0].positive
+        assert session.last_timing["propose_s"] >= 0
+        session.add_click(session.clicks[0].point_ras, False)  # a correction on top of the proposal
+        assert len(session.clicks) == 2
+        session.undo()
+        assert session.mask_array_kji().all()
+        session.undo()
+        assert not session.mask_array_kji().any() and session.clicks == ()
+        session.redo()
+        assert session.mask_array_kji().all()
+
+
+def test_a_large_volume_is_searched_coarse_first_then_at_model_resolution(tiny_file):
+    model = load_model(tiny_file)
+    _constant_head(model, 5.0)
+    array, matrix = _volume((60, 60, 60), spacing=1.5)  # 90 mm: more than the tiny model's 48 mm ROI
+    # Without extension: an all-foreground proposal would otherwise (rightly) continue into neighbour ROIs.
+    with InteractiveSession(model, auto_extend=False) as session:
+        session.set_volume(array, matrix)
+        session.propose("blob")
+        assert session.predictor.encoder_calls == 2  # whole volume (coarse grid), then the model ROI
+        mask = session.mask_array_kji()
+        assert 0 < mask.sum() < mask.size
+        span = [np.ptp(np.nonzero(mask)[axis]) + 1 for axis in range(3)]
+        assert max(span) <= 33  # one 48 mm ROI at 1.5 mm (+ the paste's half-voxel rounding)
+
+
+def test_nothing_found_unknown_class_and_no_head_are_refused_and_change_nothing(tiny_file, fixtures_dir):
+    model = load_model(tiny_file)
+    array, matrix = _volume()
+    with InteractiveSession(model) as session:
+        session.set_volume(array, matrix)
+        with pytest.raises(InvalidPromptError, match="samvolseg teach"):
+            session.propose("blob")
+        _constant_head(model, -5.0, classes=("blob", "cyst"))
+        with pytest.raises(InvalidPromptError, match="No blob was found"):
+            session.propose("blob")
+        with pytest.raises(InvalidPromptError, match="it knows 'blob', 'cyst'"):
+            session.propose("liver")
+        assert not session.can_undo and not session.mask_array_kji().any()
+    with pytest.raises(CheckpointError, match="clicknet2"):
+        attach_proposal_head(load_model(fixtures_dir / "small_sam_med3d.pth"), ProposalConfig(classes=("x",)))
+
+
+def _bright_ellipsoid_case(seed: int):
+    """A 60³ (1.5 mm) noise volume with a bright ellipsoid off-centre; (Volume, label (k, j, i))."""
+    rng = np.random.default_rng(seed)
+    k, j, i = np.mgrid[:60, :60, :60].astype(np.float32)
+    centre = 30 + rng.uniform(-8, 8, 3)
+    radii = rng.uniform(6, 10, 3)
+    label = ((k - centre[0]) / radii[0]) ** 2 + ((j - centre[1]) / radii[1]) ** 2 + ((i - centre[2]) / radii[2]) ** 2 < 1
+    array = rng.normal(100, 20, label.shape).astype(np.float32) + 150 * label
+    matrix = np.diag([1.5, 1.5, 1.5, 1.0])
+    return load_volume(array, matrix), label
+
+
+@pytest.mark.slow
+def test_a_trained_head_proposes_an_unseen_case_with_the_bundled_model():
+    torch.set_num_threads(1)
+    model = load_model("default")
+    rng = np.random.default_rng(0)
+    samples = build_samples(model, [_bright_ellipsoid_case(seed) for seed in range(6)], 2, rng)
+    result = train_proposal_head(model, samples, "ellipsoid", minutes=0.3, seed=0)
+    assert result["steps"] > 10
+    dices = []
+    for seed in (100, 101):
+        volume, label = _bright_ellipsoid_case(seed)
+        with InteractiveSession(model) as session:
+            session.set_volume(volume.array_kji, volume.geometry.ijk_to_ras)
+            session.propose("ellipsoid")
+            mask = session.mask_array_kji() > 0
+        dices.append(2 * (mask & label).sum() / (mask.sum() + label.sum()))
+    assert min(dices) > 0.6, dices
