@@ -90,6 +90,15 @@ class SegmentationSession(Protocol):
         """Add a positive or negative click and update the mask."""
         ...
 
+    def proposal_classes(self) -> Tuple[str, ...]:
+        """Class names :meth:`propose` accepts (empty when the model has no proposal head)."""
+        ...
+
+    def propose(self, class_name: str) -> MaskUpdate:
+        """Replace the mask with the model's prompt-free proposal for ``class_name`` (an undoable step that
+        clicks then refine)."""
+        ...
+
     def set_box(self, min_ras: Sequence[float], max_ras: Sequence[float]) -> MaskUpdate:
         """Limit the mask to an axis-aligned box (world RAS corners)."""
         ...
@@ -126,7 +135,7 @@ class SegmentationSession(Protocol):
 #: Every member a backend must have; used by tests and by callers that want a clear error for a wrong object.
 REQUIRED_MEMBERS = (
     "model_id", "is_ready", "can_undo", "can_redo", "clicks", "last_timing", "last_annotation", "set_volume",
-    "wait_until_ready", "set_initial_mask", "add_click", "set_box", "clear_box", "undo", "redo", "reset",
+    "wait_until_ready", "set_initial_mask", "add_click", "proposal_classes", "propose", "set_box", "clear_box", "undo", "redo", "reset",
     "annotate_last_step", "mask_array_kji", "close",
 )
 

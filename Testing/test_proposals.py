@@ -146,3 +146,27 @@ def test_a_trained_head_proposes_an_unseen_case_with_the_bundled_model():
             mask = session.mask_array_kji() > 0
         dices.append(2 * (mask & label).sum() / (mask.sum() + label.sum()))
     assert min(dices) > 0.6, dices
+
+
+def test_a_remote_session_proposes_what_a_local_one_does(tiny_file):
+    remote_tests = pytest.importorskip("test_remote")  # skips where the server extras are not installed
+    from SAMVolSegmentLib.remote import RemoteSession, ServerConfig
+
+    model = load_model(tiny_file)
+    _constant_head(model, 5.0, classes=("blob", "cyst"))
+    array, matrix = _volume((40, 30, 30))
+    with InteractiveSession(model) as local:
+        local.set_volume(array, matrix)
+        local.propose("cyst")
+        expected = local.mask_array_kji()
+    with remote_tests.running_server(model, ServerConfig(token=remote_tests.TOKEN)) as url:
+        with RemoteSession(url, token=remote_tests.TOKEN) as remote:
+            assert remote.proposal_classes() == ("blob", "cyst")
+            remote.set_volume(array, matrix)
+            remote.wait_until_ready()
+            remote.propose("cyst")
+            np.testing.assert_array_equal(remote.mask_array_kji(), expected)
+            with pytest.raises(InvalidPromptError, match="cannot propose 'liver'"):
+                remote.propose("liver")
+            remote.undo()
+            assert not remote.mask_array_kji().any() and remote.can_redo

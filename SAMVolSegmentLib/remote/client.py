@@ -249,6 +249,18 @@ class RemoteSession:
         """
         return self._step("click", {"point_ras": _as_point(point_ras, "click"), "positive": bool(positive)})
 
+    def proposal_classes(self) -> Tuple[str, ...]:
+        """Class names the server's model can propose (from ``/info``)."""
+        return tuple(str(c) for c in self.info.get("proposal_classes", ()))
+
+    def propose(self, class_name: str) -> MaskUpdate:
+        """The server model's prompt-free proposal for ``class_name`` (see ``InteractiveSession.propose``).
+
+        Raises:
+            InvalidPromptError: the server's model does not know the class, or found nothing of it.
+        """
+        return self._step("propose", {"class": str(class_name)})
+
     def set_box(self, min_ras: Sequence[float], max_ras: Sequence[float]) -> MaskUpdate:
         """Limit the mask to an axis-aligned RAS box (see ``InteractiveSession.set_box``)."""
         return self._step("box", {"min_ras": _as_point(min_ras, "box corner"),

@@ -65,6 +65,7 @@ from ..errors import (
     SessionStateError,
 )
 from ..mask_update import MaskUpdate
+from ..proposals import proposal_classes
 from .protocol import (
     API_PREFIX,
     META_HEADER,
@@ -407,6 +408,7 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
     async def info() -> Dict[str, Any]:
         return {"service": "samvolseg", "version": __version__, "protocol": PROTOCOL_VERSION,
                 "model_id": predictor.model_id, "device": cfg.device, "auth_required": token is not None,
+                "proposal_classes": list(proposal_classes(predictor.model)),
                 "lease_s": cfg.lease_s,
                 "limits": {"max_upload_bytes": cfg.max_upload_bytes, "max_voxels": cfg.max_voxels,
                            "max_json_bytes": cfg.max_json_bytes}}
@@ -577,6 +579,14 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
         data = await read_json(request, "box")
         low, high = _point(data.get("min_ras"), "min_ras"), _point(data.get("max_ras"), "max_ras")
         return await run_step(sid, lambda s: s.set_box(low, high))
+
+    @api.post("/sessions/{sid}/propose")
+    async def propose(sid: str, request: Request) -> Dict[str, Any]:
+        data = await read_json(request, "propose")
+        class_name = data.get("class")
+        if not isinstance(class_name, str) or not class_name:
+            raise InvalidPromptError("propose needs {\"class\": NAME}, one of the classes /info lists.")
+        return await run_step(sid, lambda s: s.propose(class_name))
 
     steps = {"clear_box": lambda s: s.clear_box(), "undo": lambda s: s.undo(), "redo": lambda s: s.redo(),
              "reset": lambda s: s.reset()}
