@@ -13,7 +13,7 @@ Matched (array order (k, j, i) = the challenge's (z, y, x); "z" is array axis 0 
   ``int(s * H / 256)`` rows for a shift s drawn uniformly from 0..5, clipped to the image (:func:`challenge_box`).
 * **Steps**: a box prediction, then 5 clicks, each placed in the errors of the method's own current
   prediction (``baseline_clicks="own"``); DSC and NSD after every step (6 values per target).
-* **Click** (:data:`~.evaluation.CVPR25_CLICKS` in :func:`~.evaluation.next_click`): errors =
+* **Click** (:data:`~.clicks.CVPR25_CLICKS` in :func:`~.clicks.next_click`): errors =
   ``prediction != target`` as one set; its largest 26-connected component (most voxels); the Euclidean
   distance transform of that component in *voxel* units with everything else (including outside the volume)
   as background; among the deepest voxels, ``np.random.RandomState(42).choice`` over them in C order (the
@@ -74,21 +74,18 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .clicks import CVPR25_CLICKS, next_click
 from .evaluation import (
     BASELINE_MODES,
-    CVPR25_CLICKS,
     Case,
-    IndexKJI,
     ProgressCallback,
     _BaselineMethod,
     _ModelMethod,
     for_each_case,
-    index_to_ras,
-    next_click,
     prepared_target,
     resolve_model,
 )
-from .geometry import VolumeGeometry
+from .geometry import VolumeGeometry, box_centre, box_corners, ordered_box
 from .metrics import NSD_TOLERANCE_MM, dice, interaction_auc, nsd
 
 #: Refinement clicks after the box (``n_clicks = 5`` in the script).
@@ -133,10 +130,7 @@ class ChallengeBox:
         """
         lo = np.array([self.i_min, self.j_min, self.k_min], dtype=np.float64) - 0.5
         hi = np.array([self.i_max, self.j_max, self.k_max], dtype=np.float64) + 0.5
-        corners_ijk = np.array([[hi[0] if a else lo[0], hi[1] if b else lo[1], hi[2] if c else lo[2]]
-                                for a in (0, 1) for b in (0, 1) for c in (0, 1)])
-        corners_ras = geometry.ijk_to_ras_points(corners_ijk)
-        return corners_ras.min(axis=0), corners_ras.max(axis=0)
+        return ordered_box(geometry.ijk_to_ras_points(box_corners(lo, hi)))
 
     def as_challenge_dict(self) -> Dict[str, int]:
         """The box under the challenge's key names (x = i, y = j, z = k)."""
@@ -299,7 +293,7 @@ def _run(
     """Box, then clicks from the driver's errors (followers get the same prompts). Rows of all methods."""
     methods = [driver, *followers]
     min_ras, max_ras = box.corners_ras(geometry)
-    centre_ras = (min_ras + max_ras) / 2
+    centre_ras = box_centre((min_ras, max_ras))
     rows: List[StepResult] = []
     last: Dict[str, StepResult] = {}
     prediction = np.zeros_like(target)
@@ -331,7 +325,7 @@ def _run(
                     prompt, point = "none", (None, None, None)
                 else:
                     index_kji, positive = click
-                    point_ras = index_to_ras(geometry, index_kji)
+                    point_ras = geometry.index_to_ras(index_kji)
                     mask, latency, encode_s = method.step(index_kji, point_ras, positive)
                     prompt, point = ("+" if positive else "-"), tuple(float(v) for v in point_ras)
                 if method is driver:
@@ -391,9 +385,8 @@ def run_case(
         raise ValueError("nothing to evaluate: give a session or keep the baseline")
     image, target, geometry, spacing_kji, label = prepared_target(case, label_value)
     box = challenge_box(target, box_shift(f"{case.name}|{label}", box_seed))
-    centre_ijk = geometry.ras_to_ijk(np.mean(box.corners_ras(geometry), axis=0)[None])[0]
-    centre_kji: IndexKJI = tuple(int(v) for v in np.rint(centre_ijk)[::-1])  # type: ignore[assignment]
-    centre_in_target = all(0 <= v < n for v, n in zip(centre_kji, target.shape)) and bool(target[centre_kji])
+    # The box lies inside the volume, so its centre's nearest voxel needs no clamping to be the session's seed.
+    centre_in_target = bool(target[geometry.nearest_index_kji(box_centre(box.corners_ras(geometry)))])
     runs: List[Tuple[Any, List[Any]]] = []
     if session is not None:
         follow = with_baseline and baseline_clicks == "shared"

@@ -24,8 +24,9 @@ HD95 in mm (95th percentile of the symmetric surface distances, computed with sp
 transforms on the two masks' bounding box only, which keeps it to a few ms on the development cases); an
 empty prediction scores Dice 0 and HD95 ``None``.
 
-The CVPR 2025 challenge's protocol (box, then 5 clicks; DSC/NSD and their AUCs) lives in :mod:`.cvpr25` and
-shares this module's click placement (:func:`next_click` with :data:`CVPR25_CLICKS`), methods and cases.
+Click placement is :mod:`.clicks` (:func:`~.clicks.first_click`, :func:`~.clicks.next_click`). The CVPR 2025
+challenge's protocol (box, then 5 clicks; DSC/NSD and their AUCs) lives in :mod:`.cvpr25` and shares the click
+placement (with :data:`~.clicks.CVPR25_CLICKS`), this module's methods and its cases.
 """
 
 from __future__ import annotations
@@ -38,17 +39,20 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from .baseline import BASELINE_NAME, RegionGrowing
+
+# Click simulation lives in .clicks; deepest_point, the rules and index_to_ras are re-exported for the callers
+# (tests, benchmarks, teach) that still import them from here.
+from .clicks import CVPR25_CLICKS, SAMVOLSEG_CLICKS, ClickRule, deepest_point, first_click, next_click  # noqa: F401
 from .errors import InvalidImageError
-from .geometry import VolumeGeometry
-from .metrics import bbox_slices, dice, hd95  # dice and hd95 re-exported: callers import them from here
+from .geometry import IndexKJI, VolumeGeometry, box_centre
+from .metrics import dice, hd95  # dice and hd95 re-exported: callers import them from here
+
+index_to_ras = VolumeGeometry.index_to_ras  # index_to_ras(geometry, index_kji): (3,) RAS of the voxel's centre
 
 ProgressCallback = Callable[[float, str], None]
-IndexKJI = Tuple[int, int, int]
 BASELINE_MODES = ("shared", "own")
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -146,134 +150,6 @@ def _percentiles(values: Sequence[float]) -> Dict[str, Optional[float]]:
     if not values:
         return {"p50": None, "p95": None, "n": 0}
     return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)), "n": len(values)}
-
-
-# ---------------------------------------------------------------- click simulation
-@dataclass(frozen=True)
-class ClickRule:
-    """Where the next simulated click goes in a prediction's errors; one code path, two protocols.
-
-    Attributes:
-        name: "samvolseg" (this project's protocol) or "cvpr25" (the CVPR 2025 challenge's).
-        split_signs: True: misses (``target & ~prediction``) and false positives are separate error sets, so
-            a component is all miss or all false positive, and a miss wins a tie in size. False: one error set
-            ``target != prediction`` (the challenge's ``segs_cls != gts_cls``), whose components may mix both;
-            the click's sign is the target's value at the chosen voxel.
-        depth_in_mm: depth = distance to the component's border in mm (voxel spacing) or in voxels (the
-            challenge's ``distance_transform_edt`` without ``sampling``).
-        tie_break: among equally deep voxels, "centroid" takes the one nearest their centroid (mm; then C
-            order); "seeded" takes ``np.random.RandomState(42).choice`` over them in C order — what the
-            challenge's ``np.random.seed(42)`` + ``np.random.choice`` over ``np.argwhere`` picks.
-        downsample_above_voxels: the challenge max-pools the component's padded crop 2×2×2 before the
-            distance transform when the crop exceeds this many voxels (and repeats the depths back up); None:
-            always at full resolution.
-    """
-
-    name: str
-    split_signs: bool
-    depth_in_mm: bool
-    tie_break: str
-    downsample_above_voxels: Optional[int] = None
-
-
-SAMVOLSEG_CLICKS = ClickRule("samvolseg", split_signs=True, depth_in_mm=True, tie_break="centroid")
-#: The rule of ``CVPR25_iter_eval.py``: errors of both signs as one set, depth in voxels, seed-42 tie-break,
-#: 2× downsampling of crops above 60 M voxels (its ``compute_edt``).
-CVPR25_CLICKS = ClickRule("cvpr25", split_signs=False, depth_in_mm=False, tie_break="seeded",
-                          downsample_above_voxels=60_000_000)
-_TIE_BREAK_SEED = 42
-
-
-def _depth(region: np.ndarray, sampling: Optional[Sequence[float]], downsample_above: Optional[int]) -> np.ndarray:
-    """Distance of each voxel of a cropped region (K, J, I) to its border (the crop's outside is border)."""
-    shape = np.array(region.shape)
-    # The challenge pads a quarter of the extent (at least 1) before deciding; any padding ≥ 1 gives the same
-    # full-resolution distances, but the size test and the pooling blocks' alignment depend on it.
-    pad = np.maximum((shape * 0.25).astype(int), 1)
-    if downsample_above is None or int(np.prod(shape + 2 * pad)) <= downsample_above:
-        return ndimage.distance_transform_edt(np.pad(region, 1), sampling=sampling)[1:-1, 1:-1, 1:-1]
-    # The challenge's large-crop path: max-pool 2×2×2 (zeros fill the last partial block), distance transform
-    # in pooled voxels, repeat back up and crop the padding off.
-    padded = np.pad(region, [(int(p), int(p)) for p in pad])
-    even = np.pad(padded, [(0, n % 2) for n in padded.shape])
-    pooled = even.reshape(even.shape[0] // 2, 2, even.shape[1] // 2, 2, even.shape[2] // 2, 2).max(axis=(1, 3, 5))
-    depth = ndimage.distance_transform_edt(pooled, sampling=sampling)
-    depth = depth.repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)
-    return depth[tuple(slice(p, p + n) for p, n in zip(pad, shape))]
-
-
-def deepest_point(region: np.ndarray, spacing_kji: Sequence[float], rule: ClickRule = SAMVOLSEG_CLICKS) -> IndexKJI:
-    """Voxel (k, j, i) of a non-empty binary region farthest from the region's border.
-
-    The border includes the volume's edge. Depth and ties follow ``rule``: by default depth in mm and, among
-    equally deep voxels (a plateau), the one nearest the plateau's centroid (mm), then the first in C order.
-    """
-    region = np.asarray(region).astype(bool)
-    if not region.any():
-        raise ValueError("deepest_point needs a non-empty region")
-    box = bbox_slices(region, pad=0)
-    crop = region[box]
-    depth = _depth(crop, spacing_kji if rule.depth_in_mm else None, rule.downsample_above_voxels)
-    depth = depth * crop  # pooled depths can spill onto voxels outside the region
-    if not depth.any():  # only after pooling: the challenge then draws from the whole region
-        depth = crop.astype(np.float64)
-    if rule.tie_break == "seeded":
-        # Exact float equality as in the challenge; C order within the crop is C order within the volume.
-        candidates = np.argwhere(depth == depth.max())
-        local = candidates[np.random.RandomState(_TIE_BREAK_SEED).choice(len(candidates))]
-    else:
-        # Plateaus of equal depth are common (slabs, boxes): take the plateau voxel nearest its own centroid,
-        # so the click lands in the middle rather than at the plateau's first voxel.
-        candidates = np.argwhere(depth >= depth.max() * (1 - 1e-9))
-        offsets_mm = (candidates - candidates.mean(axis=0)) * np.asarray(spacing_kji, dtype=np.float64)
-        local = candidates[int(np.argmin(np.einsum("ij,ij->i", offsets_mm, offsets_mm)))]
-    return tuple(int(v) + int(s.start) for v, s in zip(local, box))  # type: ignore[return-value]
-
-
-def first_click(target: np.ndarray, spacing_kji: Sequence[float]) -> Tuple[IndexKJI, bool]:
-    """The first simulated click: positive, at the target's deepest point."""
-    return deepest_point(target, spacing_kji), True
-
-
-def next_click(
-    target: np.ndarray, prediction: np.ndarray, spacing_kji: Sequence[float], rule: ClickRule = SAMVOLSEG_CLICKS,
-) -> Optional[Tuple[IndexKJI, bool]]:
-    """The next simulated click: the deepest point of the largest error component, and its sign.
-
-    Components are 26-connected; the largest has the most voxels (voxels all have one volume, so also the
-    most mm³); equal sizes go to the first in C order (and, with ``rule.split_signs``, to a miss over a false
-    positive).
-
-    Returns:
-        ``((k, j, i), positive)`` — positive where the target is foreground (a miss) — or None when the
-        prediction equals the target.
-    """
-    target, prediction = np.asarray(target).astype(bool), np.asarray(prediction).astype(bool)
-    if rule.split_signs:
-        error_sets = [target & ~prediction, prediction & ~target]
-    else:
-        error_sets = [target != prediction]
-    best: Optional[Tuple[int, np.ndarray, Tuple[slice, ...]]] = None
-    for error in error_sets:
-        if not error.any():
-            continue
-        box = bbox_slices(error, pad=0)  # labelling only the errors' box keeps large volumes cheap
-        components, _ = ndimage.label(error[box], structure=_CONNECTIVITY_26)
-        sizes = np.bincount(components.ravel())[1:]
-        largest = int(np.argmax(sizes))
-        if best is None or sizes[largest] > best[0]:
-            best = (int(sizes[largest]), components == largest + 1, box)
-    if best is None:
-        return None
-    _, component, box = best
-    local = deepest_point(component, spacing_kji, rule)
-    index = tuple(int(v) + int(s.start) for v, s in zip(local, box))
-    return index, bool(target[index])  # type: ignore[return-value]
-
-
-def index_to_ras(geometry: VolumeGeometry, index_kji: IndexKJI) -> np.ndarray:
-    """(3,) RAS mm of the centre of voxel (k, j, i)."""
-    return geometry.ijk_to_ras_points(np.array([index_kji[::-1]], dtype=np.float64))[0]
 
 
 # ---------------------------------------------------------------- cases
@@ -425,10 +301,7 @@ class _BaselineMethod:
         full = tuple((0, n) for n in self.geometry.shape_kji)
         self.clip_kji = self.geometry.box_mask_kji(full, min_ras, max_ras).astype(np.uint8)  # type: ignore[arg-type]
         if not any(positive for _, positive in self.clicks):
-            centre_ijk = self.geometry.ras_to_ijk(((np.asarray(min_ras) + np.asarray(max_ras)) / 2)[None])[0]
-            limit = np.array(self.geometry.shape_kji[::-1]) - 1
-            centre_kji = tuple(int(v) for v in np.clip(np.rint(centre_ijk), 0, limit)[::-1])
-            self.clicks.append((centre_kji, True))  # type: ignore[arg-type]
+            self.clicks.append((self.geometry.nearest_index_kji(box_centre((min_ras, max_ras))), True))
         start = time.perf_counter()
         mask = self.grower.segment(self.clicks) & self.clip_kji
         return mask, time.perf_counter() - start, None
@@ -458,7 +331,7 @@ def _run_protocol(
                 last[method.name] = rows[-1]
         else:
             index_kji, positive = click
-            point_ras = index_to_ras(geometry, index_kji)
+            point_ras = geometry.index_to_ras(index_kji)
             for method in methods:
                 mask, latency, encode_s = method.step(index_kji, point_ras, positive)
                 if method is driver:

@@ -5,17 +5,24 @@ Spaces (see docs/ARCHITECTURE.md): world ``_ras`` / ``_lps`` millimetres; origin
 axes along R, A, S, tensor order (dim0, dim1, dim2) = (R, A, S) — the order the reference's torchio pipeline
 gives after ``ToCanonical``); and ``_roi``, voxel indices inside one cubic window of the model grid.
 Continuous voxel coordinates put voxel centres at integers. Points are (N, 3) float64 arrays.
+
+Boxes, also in one place here: an index box is half-open ``((lo0, hi0), (lo1, hi1), (lo2, hi2))`` in the space
+of its suffix (``BBoxKJI``: original voxels, array order); a world box ``BoxRAS`` is ``(min_ras, max_ras)``,
+two (3,) corners with min ≤ max on every axis, closed (voxel centres on a face are inside).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import InvalidImageError
-from .mask_update import BBoxKJI
+
+BBoxKJI = Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]
+BoxRAS = Tuple[np.ndarray, np.ndarray]
+IndexKJI = Tuple[int, int, int]
 
 MODEL_SPACING_MM = 1.5
 #: Direction columns whose length differs from 1 by more than this are refused (DICOM direction cosines
@@ -32,14 +39,6 @@ def lps_to_ras(points: np.ndarray) -> np.ndarray:
 ras_to_lps = lps_to_ras
 
 
-def ijk_to_kji(points_ijk: np.ndarray) -> np.ndarray:
-    """(N, 3) voxel indices (i, j, k) ↔ array order (k, j, i): reverse the columns (its own inverse)."""
-    return np.asarray(points_ijk).reshape(-1, 3)[:, ::-1]
-
-
-kji_to_ijk = ijk_to_kji
-
-
 def model_order_to_kji(array: np.ndarray) -> np.ndarray:
     """An array in model tensor order (R, A, S) as the (k, j, i) array of the grid's
     :meth:`ModelGrid.as_volume_geometry` (a view; the map is its own inverse)."""
@@ -47,6 +46,81 @@ def model_order_to_kji(array: np.ndarray) -> np.ndarray:
 
 
 kji_to_model_order = model_order_to_kji
+
+
+# ---------------------------------------------------------------- boxes
+def ordered_box(points: Sequence) -> BoxRAS:
+    """``(min, max)``, (3,) float64 each: the axis-aligned box around points (N, 3) — two opposite corners in
+    any order, or all corners of a tilted box mapped into this space."""
+    array = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    return array.min(axis=0), array.max(axis=0)
+
+
+def box_corners(low: Sequence[float], high: Sequence[float]) -> np.ndarray:
+    """(8, 3) float64: the corners of the axis-aligned box [low, high] (any space)."""
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    return np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
+
+
+def box_centre(box: BoxRAS) -> np.ndarray:
+    """(3,) float64 centre of a ``(min, max)`` box."""
+    return (np.asarray(box[0], dtype=np.float64) + np.asarray(box[1], dtype=np.float64)) / 2
+
+
+def bbox_shape(bbox: BBoxKJI) -> Tuple[int, ...]:
+    """Voxels per axis of a half-open index box (negative for a reversed range)."""
+    return tuple(int(hi) - int(lo) for lo, hi in bbox)
+
+
+def bbox_is_empty(bbox: BBoxKJI) -> bool:
+    """True when a half-open index box holds no voxel (some axis has ``hi <= lo``)."""
+    return any(int(hi) <= int(lo) for lo, hi in bbox)
+
+
+def bbox_slices(bbox: BBoxKJI) -> Tuple[slice, ...]:
+    """Numpy slices selecting a half-open index box of an array in the box's axis order."""
+    return tuple(slice(int(lo), int(hi)) for lo, hi in bbox)
+
+
+def clip_bbox(bbox: BBoxKJI, shape: Sequence[int]) -> BBoxKJI:
+    """The part of a half-open index box inside an array of ``shape``; an axis it misses becomes an empty
+    ``(c, c)`` range at the nearer edge."""
+    clipped = []
+    for (lo, hi), n in zip(bbox, shape):
+        low = min(max(int(lo), 0), int(n))
+        clipped.append((low, max(min(int(hi), int(n)), low)))
+    return tuple(clipped)  # type: ignore[return-value]
+
+
+def mask_bbox(mask: np.ndarray, pad: Union[int, Sequence[int]] = 0) -> Optional[BBoxKJI]:
+    """Half-open index box of a mask's non-zero voxels grown by ``pad`` voxels (one number, or one per axis)
+    and clipped to the array (in the mask's axis order), or None when the mask is empty."""
+    nonzero = np.nonzero(mask)
+    if not nonzero[0].size:
+        return None
+    pads = np.broadcast_to(np.asarray(pad, dtype=int), (len(nonzero),))
+    box = tuple((int(axis.min()) - int(p), int(axis.max()) + 1 + int(p)) for axis, p in zip(nonzero, pads))
+    return clip_bbox(box, np.shape(mask))  # type: ignore[arg-type]
+
+
+def bbox_around(index: Sequence[int], radius: Sequence[int], shape: Sequence[int]) -> BBoxKJI:
+    """Half-open index box of the voxels at most ``radius`` (per axis) from ``index``, clipped to ``shape``."""
+    box = tuple((int(c) - int(r), int(c) + int(r) + 1) for c, r in zip(index, radius))
+    return clip_bbox(box, shape)  # type: ignore[arg-type]
+
+
+def union_bbox(a: BBoxKJI, b: BBoxKJI) -> BBoxKJI:
+    """Smallest half-open index box containing both ``a`` and ``b`` (an empty box is ignored)."""
+    if bbox_is_empty(a):
+        return b
+    if bbox_is_empty(b):
+        return a
+    return tuple((min(la, lb), max(ha, hb)) for (la, ha), (lb, hb) in zip(a, b))  # type: ignore[return-value]
+
+
+def index_in_shape(index: Sequence[int], shape: Sequence[int]) -> bool:
+    """True when an integer voxel index lies inside an array of ``shape`` (same axis order)."""
+    return all(0 <= int(v) < int(n) for v, n in zip(index, shape))
 
 
 def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -127,6 +201,16 @@ class VolumeGeometry:
         """(N, 3) continuous (i, j, k) → RAS mm."""
         return _apply(self.ijk_to_ras, points_ijk)
 
+    def index_to_ras(self, index_kji: Sequence[int]) -> np.ndarray:
+        """(3,) RAS mm of the centre of voxel (k, j, i) (array order, e.g. a simulated click)."""
+        return self.ijk_to_ras_points(np.asarray(index_kji, dtype=np.float64)[::-1])[0]
+
+    def nearest_index_kji(self, point_ras: Sequence[float]) -> IndexKJI:
+        """The voxel (k, j, i) whose centre is nearest a RAS point, clamped into the volume."""
+        ijk = np.rint(self.ras_to_ijk(np.asarray(point_ras, dtype=np.float64))[0])
+        ijk = np.clip(ijk, 0, np.array(self.shape_kji[::-1]) - 1)
+        return tuple(int(v) for v in ijk[::-1])  # type: ignore[return-value]
+
     def contains_ras(self, points_ras: np.ndarray, margin_voxels: float = 0.5) -> np.ndarray:
         """(N,) bool: the point lies within the extreme voxel centres ± ``margin_voxels`` (default: the
         volume's outer faces)."""
@@ -137,14 +221,11 @@ class VolumeGeometry:
     def bounds_ras(self) -> Tuple[np.ndarray, np.ndarray]:
         """``(min_ras, max_ras)``: axis-aligned RAS box of the extreme voxel centres (oblique volumes: of
         their 8 corners)."""
-        corners = self.corners_ras()
-        return corners.min(axis=0), corners.max(axis=0)
+        return ordered_box(self.corners_ras())
 
     def corners_ras(self) -> np.ndarray:
         """(8, 3) RAS of the extreme voxel centres."""
-        k, j, i = (n - 1 for n in self.shape_kji)
-        corners = np.array([[a, b, c] for a in (0, i) for b in (0, j) for c in (0, k)], dtype=np.float64)
-        return self.ijk_to_ras_points(corners)
+        return self.ijk_to_ras_points(box_corners((0, 0, 0), np.array(self.shape_kji[::-1]) - 1))
 
     def sitk_header(self) -> Tuple[Tuple[float, ...], Tuple[float, ...], Tuple[float, ...]]:
         """``(origin_lps, spacing, direction)`` of this grid as SimpleITK expects them (LPS world, row-major
@@ -225,16 +306,10 @@ class ModelGrid:
             # Corner-preserving first voxel centre: shift by half the spacing difference, in index units.
             first_ijk = (spacing / geometry.spacing - 1.0) / 2.0
             last_ijk = first_ijk + (new_shape_ijk - 1) * spacing / geometry.spacing
-            corners_ijk = np.array(
-                [[a, b, c] for a in (first_ijk[0], last_ijk[0]) for b in (first_ijk[1], last_ijk[1])
-                 for c in (first_ijk[2], last_ijk[2])]
-            )
-            corners_ras = geometry.ijk_to_ras_points(corners_ijk)
-            lo, hi = corners_ras.min(axis=0), corners_ras.max(axis=0)
+            lo, hi = ordered_box(geometry.ijk_to_ras_points(box_corners(first_ijk, last_ijk)))
             shape = np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1
         else:
-            corners_ras = geometry.corners_ras()
-            lo, hi = corners_ras.min(axis=0), corners_ras.max(axis=0)
+            lo, hi = geometry.bounds_ras()
             shape = np.ceil((hi - lo) / spacing - 1e-6).astype(int) + 1
         return ModelGrid(tuple(float(v) for v in lo), tuple(int(v) for v in shape), float(spacing))  # type: ignore[arg-type]
 
@@ -319,9 +394,6 @@ class RoiWindow:
     def roi_to_model(self, points_roi: np.ndarray) -> np.ndarray:
         return np.asarray(points_roi, dtype=np.float64).reshape(-1, 3) + np.asarray(self.start_model)
 
-    def model_to_roi(self, points_model: np.ndarray) -> np.ndarray:
-        return np.asarray(points_model, dtype=np.float64).reshape(-1, 3) - np.asarray(self.start_model)
-
     def roi_to_ras(self, points_roi: np.ndarray) -> np.ndarray:
         return _apply(self.affine_ras, points_roi)
 
@@ -335,8 +407,6 @@ class RoiWindow:
 
     def bbox_model(self, clip_to: Optional[ModelGrid] = None) -> Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]:
         """Half-open model-index box of the window; with ``clip_to``, its overlap with that grid (an empty
-        ``(lo, lo)`` range on an axis the window misses)."""
-        box = [(int(s), int(s) + self.size) for s in self.start_model]
-        if clip_to is not None:
-            box = [(min(max(lo, 0), n), max(min(hi, n), min(max(lo, 0), n))) for (lo, hi), n in zip(box, clip_to.shape_model)]
-        return tuple(box)  # type: ignore[return-value]
+        ``(lo, lo)`` range on an axis the window misses, see :func:`clip_bbox`)."""
+        box = tuple((int(s), int(s) + self.size) for s in self.start_model)
+        return box if clip_to is None else clip_bbox(box, clip_to.shape_model)  # type: ignore[return-value]

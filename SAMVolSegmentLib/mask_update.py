@@ -11,7 +11,11 @@ from typing import Tuple
 
 import numpy as np
 
-BBoxKJI = Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]
+# BBoxKJI and union_bbox live with the other box helpers in geometry; imported here also for the modules that
+# still take them from this one (session, remote, the Slicer helpers).
+from .geometry import BBoxKJI, bbox_shape, bbox_slices, union_bbox
+
+__all__ = ["BBoxKJI", "MaskUpdate", "union_bbox"]
 
 
 @dataclass(frozen=True)
@@ -28,14 +32,14 @@ class MaskUpdate:
     mask: np.ndarray
 
     def __post_init__(self) -> None:
-        expected = tuple(int(hi) - int(lo) for lo, hi in self.bbox_kji)
+        expected = bbox_shape(self.bbox_kji)
         if tuple(self.mask.shape) != expected or any(n < 0 for n in expected):
             raise ValueError(f"MaskUpdate mask shape {self.mask.shape} does not match bbox {self.bbox_kji}")
 
     @property
     def slices(self) -> Tuple[slice, slice, slice]:
         """Numpy slices selecting the box in a (k, j, i) array."""
-        return tuple(slice(int(lo), int(hi)) for lo, hi in self.bbox_kji)  # type: ignore[return-value]
+        return bbox_slices(self.bbox_kji)  # type: ignore[return-value]
 
     @property
     def is_empty_box(self) -> bool:
@@ -55,14 +59,4 @@ class MaskUpdate:
     @staticmethod
     def covering(label_kji: np.ndarray, bbox_kji: BBoxKJI) -> MaskUpdate:
         """The update that sets ``bbox_kji`` to its current content in ``label_kji`` (a copy)."""
-        sl = tuple(slice(int(lo), int(hi)) for lo, hi in bbox_kji)
-        return MaskUpdate(bbox_kji, np.ascontiguousarray(label_kji[sl], dtype=np.uint8).copy())
-
-
-def union_bbox(a: BBoxKJI, b: BBoxKJI) -> BBoxKJI:
-    """Smallest half-open box containing both ``a`` and ``b`` (an empty box is ignored)."""
-    if all(hi <= lo for lo, hi in a):
-        return b
-    if all(hi <= lo for lo, hi in b):
-        return a
-    return tuple((min(la, lb), max(ha, hb)) for (la, ha), (lb, hb) in zip(a, b))  # type: ignore[return-value]
+        return MaskUpdate(bbox_kji, np.ascontiguousarray(label_kji[bbox_slices(bbox_kji)], dtype=np.uint8).copy())

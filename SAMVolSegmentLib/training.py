@@ -53,12 +53,12 @@ def simulate_click(target_low: np.ndarray, prediction_low: Optional[np.ndarray],
                    image_size: int) -> Tuple[np.ndarray, int]:
     """Next click in ROI voxel coordinates (R, A, S) and its label (1/0), from low-res masks.
 
-    The evaluation's click placement (:func:`~SAMVolSegmentLib.evaluation.next_click`: the deepest point of the
+    The evaluation's click placement (:func:`~SAMVolSegmentLib.clicks.next_click`: the deepest point of the
     largest error component, on the low-res grid), with training's randomness on top: the first click is at the
     target's deepest point 70 % of the time and at a random target voxel otherwise, and every click moves by up
     to half a low-res voxel.
     """
-    from .evaluation import deepest_point, next_click
+    from .clicks import deepest_point, next_click
 
     low = target_low.shape[0]
     truth = target_low >= 0.5

@@ -13,23 +13,18 @@ from hypothesis import strategies as st
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
+from SAMVolSegmentLib.clicks import CVPR25_CLICKS, ClickRule, deepest_point, first_click, next_click
 from SAMVolSegmentLib.errors import InvalidImageError
 from SAMVolSegmentLib.evaluation import (
-    CVPR25_CLICKS,
     Case,
-    ClickRule,
     EvaluationResult,
     _run_protocol,
-    deepest_point,
     dice,
     discover_cases,
     evaluate_cases,
     expand_label_values,
-    first_click,
     hd95,
-    index_to_ras,
     load_target,
-    next_click,
     simulate_case,
     write_results,
 )
@@ -147,7 +142,7 @@ def test_click_ras_maps_back_to_its_voxel_in_an_oblique_image():
     image.SetDirection(direction)
     geometry = VolumeGeometry.from_sitk(image)
     for index_kji in [(0, 0, 0), (9, 19, 29), (4, 7, 13)]:
-        ras = index_to_ras(geometry, index_kji)
+        ras = geometry.index_to_ras(index_kji)
         lps = image.TransformIndexToPhysicalPoint(tuple(int(v) for v in index_kji[::-1]))  # independent path
         np.testing.assert_allclose(ras, [-lps[0], -lps[1], lps[2]], atol=1e-9)
 
