@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .errors import InvalidPromptError
+from .geometry import IndexKJI, bbox_around, bbox_shape, bbox_slices, index_in_shape, mask_bbox
 
 #: Name used in reports and plots.
 BASELINE_NAME = "SimpleITK connected-threshold region growing"
@@ -36,8 +37,6 @@ MAX_HALF_WIDTH = 0.10
 OPENING_RADIUS_MM = 2.0
 WINDOW_MM = 192.0
 EDGE_WIDTH_FACTOR = 2.0
-
-IndexKJI = Tuple[int, int, int]
 
 
 class RegionGrowing:
@@ -61,8 +60,7 @@ class RegionGrowing:
     def interval(self, seed_kji: IndexKJI) -> Tuple[float, float]:
         """(lower, upper) smoothed intensity accepted for the region grown from ``seed_kji``."""
         radius = [max(int(round(SEED_RADIUS_MM / s)), 0) for s in self.spacing_kji]
-        box = tuple(slice(max(c - r, 0), c + r + 1) for c, r in zip(seed_kji, radius))
-        values = np.asarray(self.smooth_kji[box], dtype=np.float64)
+        values = np.asarray(self.smooth_kji[bbox_slices(bbox_around(seed_kji, radius, self.shape_kji))], np.float64)
         half = min(max(K_STD * float(values.std()), self.min_half_width), self.max_half_width)
         centre = float(self.smooth_kji[seed_kji])
         return centre - half, centre + half
@@ -72,7 +70,7 @@ class RegionGrowing:
         if seed_kji in self._regions:
             return self._regions[seed_kji]
         half = [int(round(WINDOW_MM / 2 / s)) for s in self.spacing_kji]
-        window = tuple(slice(max(c - h, 0), min(c + h + 1, n)) for c, h, n in zip(seed_kji, half, self.shape_kji))
+        window = bbox_slices(bbox_around(seed_kji, half, self.shape_kji))
         lower, upper = self.interval(seed_kji)
         inside = sitk.BinaryThreshold(_crop(self.smooth, window), lower, upper, 1, 0)
         seed_ijk = [int(c - w.start) for c, w in zip(seed_kji, window)][::-1]
@@ -80,9 +78,7 @@ class RegionGrowing:
         # The opening's result around the seed depends only on the seed's own component, so it runs on that
         # component's bounding box (plus the kernel) instead of the whole window: same mask, far less work.
         radius_kji = [int(round(OPENING_RADIUS_MM / s)) for s in self.spacing_kji]
-        nonzero = np.nonzero(sitk.GetArrayViewFromImage(component))
-        box = tuple(slice(max(int(a.min()) - r - 1, 0), min(int(a.max()) + r + 2, w.stop - w.start))
-                    for a, r, w in zip(nonzero, radius_kji, window))
+        box = bbox_slices(mask_bbox(sitk.GetArrayViewFromImage(component), [r + 1 for r in radius_kji]))  # type: ignore[arg-type]
         component = _crop(component, box)
         window = tuple(slice(w.start + b.start, w.start + b.stop) for w, b in zip(window, box))
         seed_ijk = [int(c - w.start) for c, w in zip(seed_kji, window)][::-1]
@@ -104,7 +100,7 @@ class RegionGrowing:
         """uint8 (K, J, I) mask from ``((k, j, i), positive)`` clicks; empty without a positive click."""
         clicks = [(tuple(int(v) for v in idx), bool(positive)) for idx, positive in clicks_kji]
         for idx, _ in clicks:
-            if not all(0 <= v < n for v, n in zip(idx, self.shape_kji)):
+            if not index_in_shape(idx, self.shape_kji):
                 raise InvalidPromptError(f"Click {idx} (k, j, i) lies outside the volume {self.shape_kji}.")
         positives = list(dict.fromkeys(idx for idx, positive in clicks if positive))
         negatives = list(dict.fromkeys(idx for idx, positive in clicks if not positive))
@@ -115,19 +111,19 @@ class RegionGrowing:
         if negatives and mask.any():
             mask = self._cut_by_nearest_click(mask, positives, negatives)
         if mask.any():
-            box = tuple(slice(max(int(a.min()) - 1, 0), int(a.max()) + 2) for a in np.nonzero(mask))
+            box = bbox_slices(mask_bbox(mask, pad=1))  # type: ignore[arg-type]
             mask[box] = ndimage.binary_fill_holes(mask[box])
         return mask
 
     def _cut_by_nearest_click(self, mask: np.ndarray, positives: List[IndexKJI], negatives: List[IndexKJI]) -> np.ndarray:
         """Keep the voxels of ``mask`` whose nearest click (mm) is positive; works on the mask's bounding box."""
-        nonzero = np.nonzero(mask)
-        box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nonzero)
-        seeds = np.zeros(tuple(s.stop - s.start for s in box), np.int32)  # 0 = no click, 1 = positive, 2 = negative
+        bbox = mask_bbox(mask)
+        box = bbox_slices(bbox)  # type: ignore[arg-type]
+        seeds = np.zeros(bbox_shape(bbox), np.int32)  # type: ignore[arg-type]  # 0 = no click, 1 = positive, 2 = negative
         for code, points in ((1, positives), (2, negatives)):
             for point in points:
                 local = tuple(p - s.start for p, s in zip(point, box))
-                if all(0 <= v < n for v, n in zip(local, seeds.shape)):
+                if index_in_shape(local, seeds.shape):
                     seeds[local] = code
         if not (seeds == 2).any():
             return mask

@@ -25,12 +25,12 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 
 from .errors import InvalidPromptError
-from .geometry import lps_to_ras
+from .geometry import BoxRAS, lps_to_ras, ordered_box
 
 #: Most clicks one mask takes (the session refuses more, so does a prompt file). The decoder attends to every
 #: click of a ROI, so a click costs more the more came before it (about 30 ms at click 100, 130 ms at 1,400
@@ -55,7 +55,7 @@ class Prompts:
 
     points_ras: np.ndarray
     positive: np.ndarray
-    box_ras: Optional[Tuple[np.ndarray, np.ndarray]] = None
+    box_ras: Optional[BoxRAS] = None
 
     def __len__(self) -> int:
         return int(self.points_ras.shape[0])
@@ -209,7 +209,7 @@ def _read_simple_json(data: dict) -> Prompts:
         corners = np.stack([_xyz(c) for c in data["box_ras"]])
         if corners.shape != (2, 3):
             raise ValueError("box_ras needs two corners [[r, a, s], [r, a, s]]")
-        box = (corners.min(axis=0), corners.max(axis=0))
+        box = ordered_box(corners)
     return _prompts(points, signs, box)
 
 

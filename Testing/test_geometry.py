@@ -9,7 +9,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from SAMVolSegmentLib.errors import InvalidImageError
-from SAMVolSegmentLib.geometry import ModelGrid, RoiWindow, VolumeGeometry, lps_to_ras, ras_to_lps
+from SAMVolSegmentLib.geometry import (
+    ModelGrid,
+    RoiWindow,
+    VolumeGeometry,
+    bbox_around,
+    bbox_is_empty,
+    bbox_shape,
+    bbox_slices,
+    box_centre,
+    box_corners,
+    clip_bbox,
+    index_in_shape,
+    lps_to_ras,
+    mask_bbox,
+    ordered_box,
+    ras_to_lps,
+    union_bbox,
+)
 from SAMVolSegmentLib.preprocessing import paste_back_logits, roi_footprint_bbox_kji
 
 
@@ -277,12 +294,8 @@ def test_lowres_grid_faces_are_the_roi_faces():
 
 @settings(max_examples=80, deadline=None)
 @given(geometries(), points, st.floats(0.0, 3.0))
-def test_kji_helpers_bounds_and_margin(geometry, pts, margin):
-    from SAMVolSegmentLib.geometry import ijk_to_kji, kji_to_ijk
-
+def test_bounds_and_margin(geometry, pts, margin):
     ijk = geometry.ras_to_ijk(np.array(pts))
-    np.testing.assert_array_equal(kji_to_ijk(ijk_to_kji(ijk)), ijk)
-    np.testing.assert_array_equal(ijk_to_kji(ijk)[:, 0], ijk[:, 2])
     lo, hi = geometry.bounds_ras()
     centres = geometry.corners_ras()
     assert np.all(centres >= lo - 1e-9) and np.all(centres <= hi + 1e-9)
@@ -303,3 +316,86 @@ def test_bbox_model_clipped_is_the_overlap(shape_model, start):
     for (lo, hi), s, n in zip(roi.bbox_model(clip_to=grid), start, shape_model):
         assert 0 <= lo <= hi <= n
         assert hi - lo == len(set(range(s, s + 16)) & set(range(n)))
+
+
+# ---------------------------------------------------------------- box helpers
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(*(st.floats(-1e3, 1e3) for _ in range(3))), min_size=2, max_size=8))
+def test_ordered_box_holds_every_point_and_touches_each_face(pts):
+    lo, hi = ordered_box(pts)
+    array = np.array(pts)
+    assert np.all(lo <= hi) and np.all(array >= lo) and np.all(array <= hi)
+    np.testing.assert_array_equal(lo, array.min(axis=0))  # tight: a face through an extreme point
+    np.testing.assert_array_equal(box_centre((lo, hi)), (lo + hi) / 2)
+    corners = box_corners(lo, hi)
+    assert corners.shape == (8, 3)
+    assert {tuple(c) for c in corners} == {(x, y, z) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])}
+    lo2, hi2 = ordered_box(corners)
+    np.testing.assert_array_equal(lo2, lo)
+    np.testing.assert_array_equal(hi2, hi)
+
+
+def test_ordered_box_swaps_corners_given_in_any_order():
+    lo, hi = ordered_box([[5.0, -1.0, 3.0], [-2.0, 4.0, 3.5]])
+    np.testing.assert_array_equal(lo, [-2.0, -1.0, 3.0])
+    np.testing.assert_array_equal(hi, [5.0, 4.0, 3.5])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.tuples(*(st.integers(1, 12) for _ in range(3))), st.integers(0, 3), st.data())
+def test_mask_bbox_is_the_padded_clipped_extent_of_the_voxels(shape, pad, data):
+    mask = np.zeros(shape, bool)
+    voxels = data.draw(st.lists(st.tuples(*(st.integers(0, n - 1) for n in shape)), max_size=5))
+    for v in voxels:
+        mask[v] = True
+    box = mask_bbox(mask, pad)
+    if not voxels:
+        assert box is None
+        return
+    assert mask[bbox_slices(box)].sum() == mask.sum()  # holds every voxel
+    for axis, (lo, hi) in enumerate(box):
+        coords = [v[axis] for v in voxels]
+        assert lo == max(min(coords) - pad, 0) and hi == min(max(coords) + 1 + pad, shape[axis])
+    assert bbox_shape(box) == mask[bbox_slices(box)].shape and not bbox_is_empty(box)
+
+
+def test_mask_bbox_pads_each_axis_on_its_own():
+    mask = np.zeros((10, 10, 10), bool)
+    mask[5, 5, 5] = True
+    assert mask_bbox(mask, [0, 1, 3]) == ((5, 6), (4, 7), (2, 9))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.tuples(*(st.tuples(st.integers(-20, 20), st.integers(-20, 20)) for _ in range(3))),
+       st.tuples(*(st.integers(0, 15) for _ in range(3))))
+def test_clip_bbox_is_the_overlap_with_the_array(box, shape):
+    clipped = clip_bbox(box, shape)
+    for (lo, hi), (clo, chi), n in zip(box, clipped, shape):
+        assert 0 <= clo <= chi <= n
+        assert chi - clo == len(set(range(lo, hi)) & set(range(n)))
+    assert bbox_is_empty(clipped) == (np.zeros(shape)[bbox_slices(clipped)].size == 0)
+
+
+def test_bbox_around_and_index_in_shape():
+    assert bbox_around((0, 5, 9), (1, 2, 3), (10, 10, 10)) == ((0, 2), (3, 8), (6, 10))
+    assert index_in_shape((0, 9, 3), (1, 10, 4)) and not index_in_shape((1, 0, 0), (1, 10, 4))
+    assert not index_in_shape((0, -1, 0), (1, 10, 4))
+
+
+def test_union_bbox_ignores_boxes_without_voxels():
+    a, b = ((2, 4), (0, 3), (5, 6)), ((1, 2), (4, 8), (0, 1))
+    assert union_bbox(a, b) == ((1, 4), (0, 8), (0, 6))
+    flat = ((7, 7), (0, 100), (0, 100))  # empty along k: no voxel, so it must not grow the union
+    assert union_bbox(a, flat) == a and union_bbox(flat, b) == b
+
+
+@settings(max_examples=60, deadline=None)
+@given(geometries(), st.data())
+def test_voxel_index_and_ras_round_trip(geometry, data):
+    index = tuple(data.draw(st.integers(0, n - 1)) for n in geometry.shape_kji)
+    point = geometry.index_to_ras(index)
+    assert geometry.nearest_index_kji(point) == index
+    # Far outside: clamped onto the volume's nearest voxel along each index axis.
+    ijk_far = np.array(index[::-1], float) + np.array([-1e3, 1e3, 0.0])
+    far = geometry.nearest_index_kji(geometry.ijk_to_ras_points(ijk_far)[0])
+    assert far == (index[0], geometry.shape_kji[1] - 1, 0)
