@@ -59,7 +59,9 @@ BASELINE_MODES = ("shared", "own")
 class Case:
     """One evaluation target: an image, its label file, and which label value is the target.
 
-    ``label_value`` None means every non-zero voxel (``label > 0``).
+    ``label_value`` None means every non-zero voxel (``label > 0``). ``name`` is the target's key in every
+    result (CSV rows, ``summary.json``, plots), so cases of one evaluation have distinct names: several targets
+    of one image are ``<image name>:<label value>`` (:func:`target_name`).
     """
 
     name: str
@@ -178,30 +180,60 @@ def load_target(case: Case, label_value: Optional[int] = None) -> Tuple[sitk.Ima
     return image, target.astype(np.uint8)
 
 
+def target_name(case_name: str, label_value: Optional[int]) -> str:
+    """The result key of one target of a case: ``<case name>:<label value>``, or the case name for ``label > 0``.
+
+    :mod:`.cvpr25` groups targets per image by the part before the first ``:``.
+    """
+    return case_name if label_value is None else f"{case_name}:{int(label_value)}"
+
+
 def discover_cases(
     data: Union[str, Path], names: Optional[Sequence[str]] = None, label_value: Optional[int] = None
 ) -> List[Case]:
     """Cases from a folder of ``<case>/image.* + label.*`` folders, or a CSV manifest ``image,label[,label_value]``.
 
-    Manifest paths are relative to the manifest's folder; a header row and ``#`` comments are skipped; a case
-    is named after its image's folder and file. ``label_value`` applies where the manifest gives none.
+    Manifest paths are relative to the manifest's folder; a header row and ``#`` comments are skipped.
+    ``label_value`` applies where the manifest gives none. A folder case is named after its folder; a manifest
+    case after its image's folder and file, then ``[<label file>]`` when the manifest pairs that image with
+    several label files, then ``:<value>`` when its row gives a label value — so each target keeps its own
+    entry in the results (rows with label values 1, 3 and 4 of one CT are three targets).
+
+    Raises:
+        FileNotFoundError: no such folder or file, a malformed manifest row, two rows naming the same target,
+            or ``names`` that match no case.
     """
     data = Path(data)
     cases: List[Case] = []
     if data.is_file():
+        rows: List[Tuple[int, Path, Path, Optional[int], bool]] = []
         with data.open(newline="") as f:
             for line, row in enumerate(csv.reader(f), start=1):
                 if not row or row[0].strip().startswith("#") or row[0].strip().lower() == "image":
                     continue
                 if len(row) < 2:
                     raise FileNotFoundError(f"{data}:{line}: expected 'image,label[,label_value]', got {row}")
+                given = len(row) > 2 and bool(row[2].strip())
                 try:
-                    value = int(row[2]) if len(row) > 2 and row[2].strip() else label_value
+                    value = int(row[2]) if given else label_value
                 except ValueError:
                     raise FileNotFoundError(f"{data}:{line}: label value {row[2]!r} is not an integer") from None
-                image = (data.parent / row[0].strip()).resolve()
-                label = (data.parent / row[1].strip()).resolve()
-                cases.append(Case(f"{image.parent.name}/{image.name}", image, label, value))
+                rows.append((line, (data.parent / row[0].strip()).resolve(), (data.parent / row[1].strip()).resolve(),
+                             value, given))
+        labels_per_image: Dict[Path, set] = {}
+        for _, image, label, _, _ in rows:
+            labels_per_image.setdefault(image, set()).add(label)
+        first_line: Dict[str, int] = {}
+        for line, image, label, value, given in rows:
+            name = f"{image.parent.name}/{image.name}"
+            if len(labels_per_image[image]) > 1:
+                name += f"[{label.name}]"
+            name = target_name(name, value if given else None)
+            if name in first_line:
+                raise FileNotFoundError(f"{data}:{line}: the same target as line {first_line[name]} ({name}); "
+                                        "remove the duplicate row or give another label value.")
+            first_line[name] = line
+            cases.append(Case(name, image, label, value))
     elif data.is_dir():
         for folder in sorted(p for p in data.iterdir() if p.is_dir()):
             images, labels = sorted(folder.glob("image.*")), sorted(folder.glob("label.*"))
@@ -236,7 +268,7 @@ def expand_label_values(cases: Sequence[Case], min_voxels: int = 1) -> List[Case
             continue
         _, label = read_image_label(case.image_path, case.label_path)
         values, counts = np.unique(label[label != 0], return_counts=True)
-        expanded.extend(Case(f"{case.name}:{int(v)}", case.image_path, case.label_path, int(v))
+        expanded.extend(Case(target_name(case.name, int(v)), case.image_path, case.label_path, int(v))
                         for v, n in zip(values, counts) if n >= min_voxels)
     return expanded
 
@@ -487,8 +519,13 @@ def write_results(result: EvaluationResult, out_dir: Union[str, Path], plot: boo
     return paths
 
 
+#: Up to this many targets, each thin per-target line is labelled with the target's name at its end.
+PLOT_LABELLED_TARGETS = 10
+
+
 def plot_dice_vs_clicks(result: EvaluationResult, path: Union[str, Path]) -> Path:
-    """Mean Dice per click count per method (thick, with markers), each case as a thin line behind it."""
+    """Mean Dice per click count per method (thick, with markers), each target as a thin line behind it
+    (named at its end when there are at most :data:`PLOT_LABELLED_TARGETS` targets)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed; must precede pyplot
@@ -501,9 +538,15 @@ def plot_dice_vs_clicks(result: EvaluationResult, path: Union[str, Path]) -> Pat
     per_case = result.summary()["per_case_dice"]
     for method in result.methods:
         colour = colours.get(method)
-        for curves in per_case.values():
+        for name, curves in per_case.items():
             curve = curves.get(method, {})
-            ax.plot([int(k) for k in curve], list(curve.values()), color=colour, alpha=0.25, linewidth=0.8)
+            if not curve:
+                continue
+            clicks, dices = [int(k) for k in curve], list(curve.values())
+            line, = ax.plot(clicks, dices, color=colour, alpha=0.25, linewidth=0.8)
+            if len(per_case) <= PLOT_LABELLED_TARGETS:
+                ax.annotate(name, (clicks[-1], dices[-1]), xytext=(3, 0), textcoords="offset points", fontsize=6,
+                            color=line.get_color(), alpha=0.7, va="center", annotation_clip=False)
         mean = result.mean_dice(method)
         label = f"model ({result.model})" if method == "model" else f"baseline ({BASELINE_NAME})"
         ax.plot(list(mean), list(mean.values()), color=colour, linewidth=2.5, marker="o", label=label)
@@ -511,9 +554,12 @@ def plot_dice_vs_clicks(result: EvaluationResult, path: Union[str, Path]) -> Pat
     ax.set_ylabel("Dice")
     ax.set_ylim(0, 1)
     ax.set_xticks(range(1, result.num_clicks + 1))
+    if len(per_case) <= PLOT_LABELLED_TARGETS:
+        ax.set_xlim(0.7, result.num_clicks + 1.3)  # room right of the last click for the targets' names
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"Dice vs clicks ({len(per_case)} cases, mean thick, cases thin)")
+    targets = f"{len(per_case)} target" + ("" if len(per_case) == 1 else "s")
+    ax.set_title(f"Dice vs clicks ({targets}: mean thick, each target thin)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

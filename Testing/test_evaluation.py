@@ -214,6 +214,47 @@ def test_evaluate_cases_baseline_only_and_writers(tmp_path):
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+def test_targets_of_one_image_keep_their_own_results(tmp_path):
+    """A manifest with label values 1, 3 and 4 of one CT: three targets with three entries everywhere."""
+    case, _ = blob_case(tmp_path / "data", "ct", label_value=1)
+    label = sitk.ReadImage(str(case.label_path))
+    array = sitk.GetArrayFromImage(label)
+    array[array == 2] = 3
+    array[16:22, 4:12, 4:12] = 4
+    relabelled = sitk.GetImageFromArray(array)
+    relabelled.CopyInformation(label)
+    sitk.WriteImage(relabelled, str(case.label_path))
+    manifest = tmp_path / "targets.csv"
+    manifest.write_text("".join(f"data/ct/image.nii.gz,data/ct/label.nii.gz,{v}\n" for v in (1, 3, 4)))
+    cases = discover_cases(manifest)
+    names = ["ct/image.nii.gz:1", "ct/image.nii.gz:3", "ct/image.nii.gz:4"]
+    assert [c.name for c in cases] == names and [c.label_value for c in cases] == [1, 3, 4]
+    paths = write_results(evaluate_cases(cases, None, num_clicks=2), tmp_path / "out")
+    summary = json.loads(paths["json"].read_text())
+    assert summary["cases"] == names and sorted(summary["per_case_dice"]) == names
+    with open(paths["csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["case"], r["label"]) for r in rows if r["click"] == "1"] == [(n, n[-1]) for n in names]
+    # Each entry holds its own target's scores: the three structures differ in size, so do their Dice curves.
+    assert len({tuple(curve["baseline"].values()) for curve in summary["per_case_dice"].values()}) == 3
+
+
+def test_manifest_names_a_target_once(tmp_path):
+    blob_case(tmp_path / "data", "ct")
+    row = "data/ct/image.nii.gz,data/ct/label.nii.gz"
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text(f"{row},2\n{row},2\n")
+    with pytest.raises(FileNotFoundError, match="cases.csv:2: the same target as line 1"):
+        discover_cases(manifest)
+    # One image with two label files (two readers): both kept, told apart by the label file's name.
+    (tmp_path / "data" / "ct" / "label.nii.gz").rename(tmp_path / "data" / "ct" / "reader1.nii.gz")
+    blob_case(tmp_path / "again", "ct")
+    (tmp_path / "again" / "ct" / "label.nii.gz").rename(tmp_path / "data" / "ct" / "reader2.nii.gz")
+    manifest.write_text("data/ct/image.nii.gz,data/ct/reader1.nii.gz\ndata/ct/image.nii.gz,data/ct/reader2.nii.gz,1\n")
+    assert [c.name for c in discover_cases(manifest)] == ["ct/image.nii.gz[reader1.nii.gz]",
+                                                          "ct/image.nii.gz[reader2.nii.gz]:1"]
+
+
 class _ExactAfterTwoClicks:
     """A method that is right from its second click on (exercises the protocol's stopping rule)."""
 
