@@ -3,7 +3,9 @@
 One code path for every caller: :func:`run_case` reads a case's prompts and image, runs an
 :class:`~SAMVolSegmentLib.session.InteractiveSession` (:func:`segment_volume`), writes the mask atomically and
 optionally scores it; ``samvolseg segment`` (one case), ``samvolseg batch`` (a manifest) and the Python API
-:func:`segment` all go through it.
+:func:`segment` all go through it. The Slicer Logic's ``segmentVolume`` checks its prompts with
+:func:`check_prompt_arrays` and runs :func:`segment_volume` (local model) or its prompt sequence
+:func:`run_prompts` in a server session (remote backend).
 
 Execution modes of :func:`segment_cases`, which give identical masks (each case runs alone in one session
 on the same model, so nothing depends on which process ran it):
@@ -249,6 +251,94 @@ def read_case_prompts(case: BatchCase):
     return Prompts(prompts.points_ras, prompts.positive, box)
 
 
+def check_prompt_arrays(
+    points_ras: Any,
+    positive: Any,
+    box_ras: Any = None,
+) -> Tuple[np.ndarray, np.ndarray, Optional[BoxRAS]]:
+    """Prompts given as arrays (the Python API, the Slicer Logic), checked before any work.
+
+    Args:
+        points_ras: (N, 3) clicks in RAS mm (N may be 0).
+        positive: N signs, each a bool or the number 0 or 1 (a string, 2 or -1 is refused, not guessed).
+        box_ras: optional ``(min_ras (3,), max_ras (3,))``, corners in any order.
+    Returns:
+        ``(points (N, 3) float64, signs (N,) bool, box or None)``, the box as ``(min corner, max corner)``.
+    Raises:
+        InvalidPromptError: points not (N, 3) finite numbers, a sign that is not 0/1/bool, a different number
+            of points and signs, a box that is not two finite 3D corners, or no positive point and no box.
+    """
+    from .prompts_io import check_prompts
+
+    try:
+        points = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
+    except (TypeError, ValueError):
+        raise InvalidPromptError("Give the points as an (N, 3) list of RAS coordinates in mm.") from None
+    if not np.isfinite(points).all():
+        raise InvalidPromptError("A point has a coordinate that is not a finite number (NaN or infinity).")
+    raw = np.asarray(positive, dtype=object).reshape(-1)
+    bad = [v for v in raw if not (isinstance(v, (bool, np.bool_)) or (
+        isinstance(v, (int, float, np.integer, np.floating)) and v in (0, 1)))]
+    if bad:
+        raise InvalidPromptError(f"Each sign must be True/False or 1/0 (1 = positive), got {bad[0]!r}.")
+    signs = np.array([bool(v) for v in raw], dtype=bool)
+    if len(points) != len(signs):
+        raise InvalidPromptError(f"Give one sign per point: {len(points)} points but {len(signs)} positive flags.")
+    box = None
+    if box_ras is not None:
+        try:
+            corners = np.asarray(box_ras, dtype=np.float64).reshape(2, 3)
+        except (TypeError, ValueError):
+            raise InvalidPromptError("Give the box as two RAS corners (min_ras, max_ras), 3 numbers each.") from None
+        if not np.isfinite(corners).all():
+            raise InvalidPromptError("A box corner has a coordinate that is not a finite number.")
+        box = (corners.min(axis=0), corners.max(axis=0))
+    check_prompts(signs, box is not None, where="The prompts")
+    return points, signs, box
+
+
+def run_prompts(
+    session: Any,
+    image: Any,
+    points_ras: np.ndarray,
+    positive: np.ndarray,
+    box_ras: Optional[BoxRAS] = None,
+    *,
+    ijk_to_ras: Optional[np.ndarray] = None,
+    timings: Optional[Dict[str, float]] = None,
+    on_event: Optional[EventCallback] = None,
+) -> np.ndarray:
+    """The prompt sequence of :func:`segment_volume` on any open
+    :class:`~SAMVolSegmentLib.session_protocol.SegmentationSession` (local or ``RemoteSession``).
+
+    Sets the volume, waits for its preprocessing, applies the box first (if any), then the clicks in order.
+    Arguments as :func:`segment_volume`. Returns the uint8 (k, j, i) mask on the input grid.
+    """
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
+    session.set_volume(image, ijk_to_ras)
+    session.wait_until_ready()
+    timings["resample_s"] = time.perf_counter() - start
+    if on_event is not None:
+        shape = tuple(image.shape) if isinstance(image, np.ndarray) else tuple(image.GetSize())[::-1]
+        on_event("ready", {"shape_kji": shape, "seconds": timings["resample_s"]})
+    steps: List[Tuple[str, Callable[[], Any], Dict[str, Any]]] = []
+    if box_ras is not None:
+        lo, hi = np.asarray(box_ras[0], dtype=np.float64), np.asarray(box_ras[1], dtype=np.float64)
+        steps.append(("box", lambda lo=lo, hi=hi: session.set_box(lo, hi), {"min_ras": lo, "max_ras": hi}))
+    for point, sign in zip(np.asarray(points_ras, dtype=np.float64).reshape(-1, 3),
+                           np.asarray(positive, dtype=bool).reshape(-1)):
+        steps.append(("click", lambda p=point, s=sign: session.add_click(p, bool(s)),
+                      {"point_ras": point, "positive": bool(sign)}))
+    for kind, run, info in steps:
+        run()
+        for key in ("encode_s", "decode_s", "paste_s"):
+            timings[key] = timings.get(key, 0.0) + session.last_timing.get(key, 0.0)
+        if on_event is not None:
+            on_event(kind, {**info, "timing": dict(session.last_timing)})
+    return session.mask_array_kji()
+
+
 def segment_volume(
     model: Any,
     image: Any,
@@ -279,29 +369,10 @@ def segment_volume(
     """
     from .session import InteractiveSession
 
-    timings = {} if timings is None else timings
-    start = time.perf_counter()
     with InteractiveSession(model) as session:
-        session.set_volume(image, ijk_to_ras)
-        session.wait_until_ready()
-        timings["resample_s"] = time.perf_counter() - start
-        if on_event is not None:
-            on_event("ready", {"shape_kji": session.geometry.shape_kji, "seconds": timings["resample_s"]})
-        steps: List[Tuple[str, Callable[[], Any], Dict[str, Any]]] = []
-        if box_ras is not None:
-            lo, hi = np.asarray(box_ras[0], dtype=np.float64), np.asarray(box_ras[1], dtype=np.float64)
-            steps.append(("box", lambda lo=lo, hi=hi: session.set_box(lo, hi), {"min_ras": lo, "max_ras": hi}))
-        for point, sign in zip(np.asarray(points_ras, dtype=np.float64).reshape(-1, 3),
-                               np.asarray(positive, dtype=bool).reshape(-1)):
-            steps.append(("click", lambda p=point, s=sign: session.add_click(p, bool(s)),
-                          {"point_ras": point, "positive": bool(sign)}))
-        for kind, run, info in steps:
-            run()
-            for key in ("encode_s", "decode_s", "paste_s"):
-                timings[key] = timings.get(key, 0.0) + session.last_timing.get(key, 0.0)
-            if on_event is not None:
-                on_event(kind, {**info, "timing": dict(session.last_timing)})
-        return session.mask_array_kji(), session.geometry
+        mask_kji = run_prompts(session, image, points_ras, positive, box_ras, ijk_to_ras=ijk_to_ras,
+                               timings=timings, on_event=on_event)
+        return mask_kji, session.geometry
 
 
 @dataclass(frozen=True)
@@ -696,7 +767,7 @@ def segment(
         image: ``SimpleITK.Image``; a path to an image file or a DICOM series folder; or a (k, j, i) numpy
             array with ``ijk_to_ras`` (e.g. Slicer's ``arrayFromVolume`` and the volume's IJK→world matrix).
         points_ras: (N, 3) clicks in RAS mm (world), applied in this order.
-        positive: (N,) bools, True = on the structure.
+        positive: (N,) bools (or 1/0), True = on the structure.
         box_ras: optional ``(min_ras (3,), max_ras (3,))`` box (corners in any order).
         model: registry name or checkpoint path (loaded once per process and kept), a loaded model, or a
             :class:`~SAMVolSegmentLib.predictor.Predictor`.
@@ -707,20 +778,11 @@ def segment(
         A uint8 ``SimpleITK.Image`` (1 = structure) with the image's geometry, or for an array image a uint8
         (k, j, i) array.
     Raises:
-        InvalidPromptError: points and signs disagree in number, or no positive point and no box.
+        InvalidPromptError: the prompts are malformed (:func:`check_prompt_arrays`), or no positive point and
+            no box.
         InvalidImageError: the image cannot be read or segmented.
     """
-    from .prompts_io import check_prompts
-
-    points = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
-    signs = np.asarray(positive, dtype=bool).reshape(-1)
-    if len(points) != len(signs):
-        raise InvalidPromptError(f"Give one sign per point: {len(points)} points but {len(signs)} positive flags.")
-    box = None
-    if box_ras is not None:
-        corners = np.asarray(box_ras, dtype=np.float64).reshape(2, 3)
-        box = (corners.min(axis=0), corners.max(axis=0))
-    check_prompts(signs, box is not None, where="The prompts")
+    points, signs, box = check_prompt_arrays(points_ras, positive, box_ras)
     if isinstance(image, (str, Path)):
         image = read_volume(image, series)
     if isinstance(model, (str, Path)):
