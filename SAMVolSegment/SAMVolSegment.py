@@ -6,8 +6,11 @@ masking settings from the parameter node and owns the whole step: engine call on
 (only through the session protocol, ``SAMVolSegmentLib.session_protocol``, on the local engine or a remote
 server: ``SAMVolSegmentSlicerLib.backend``; secrets and preferences stay in QSettings), segment write
 (``SAMVolSegmentSlicerLib.segment_io``), markers, and one history (its segment edits hang on the engine's
-steps). Everything that is not MRML/Qt glue lives in ``SAMVolSegmentSlicerLib`` and is tested with pytest
-outside Slicer; ``Testing/test_slicer_module_*.py`` runs this file against a stand-in of the Slicer API.
+steps). ``segmentVolume`` (console, scripts) runs a whole prompt set through the batch path
+(``SAMVolSegmentLib.batch.segment_volume``, the code of ``samvolseg batch`` and ``SAMVolSegmentLib.segment``) on
+the same worker and model, and writes a new segment with the same ``segment_io`` helper. Everything that is
+not MRML/Qt glue lives in ``SAMVolSegmentSlicerLib`` and is tested with pytest outside Slicer;
+``Testing/test_slicer_module_*.py`` runs this file against a stand-in of the Slicer API.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import qt
@@ -50,11 +53,12 @@ from SAMVolSegmentSlicerLib import backend, coordinates, local_session, segment_
 from SAMVolSegmentSlicerLib.dependencies import InstallError  # noqa: E402
 from SAMVolSegmentSlicerLib.markers import PromptMarkers  # noqa: E402
 from SAMVolSegmentSlicerLib.progress_display import ProgressDisplay  # noqa: E402
-from SAMVolSegmentSlicerLib.segment_merge import OtherSegments  # noqa: E402
+from SAMVolSegmentSlicerLib.segment_merge import EditPolicy, OtherSegments  # noqa: E402
 from SAMVolSegmentSlicerLib.settings_panel import SettingsPanel  # noqa: E402
 from SAMVolSegmentSlicerLib.undo_stack import EditStep, Prompt  # noqa: E402
 from SAMVolSegmentSlicerLib.worker import EngineWorker, WorkerBusyError  # noqa: E402
 
+from SAMVolSegmentLib import batch  # noqa: E402  (numpy only at import; torch on first use)
 from SAMVolSegmentLib.mask_update import MaskUpdate  # noqa: E402
 from SAMVolSegmentLib.session_protocol import SegmentationSession, check_session  # noqa: E402
 
@@ -126,6 +130,7 @@ class BusyError(WorkerBusyError):
 
 class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
     """Interactive segmentation of one target segment; one call per user action, usable without the widget.
+    ``segmentVolume`` segments from a whole prompt set (console, scripts), as ``samvolseg batch`` does.
 
     Holds no Qt objects. Progress reaches the caller through ``statusCallback(text)`` and
     ``slowCallback(elapsedSeconds, fraction, message)``; ``processEvents`` is pumped while the engine works;
@@ -142,7 +147,12 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         #: Where sessions run (``setBackend``); the token is kept here and in QSettings, never in the scene.
         self.backend = backend.Backend()
         #: The local backend's ``factory(source, device, download, progress) -> session``; tests replace it.
+        #: The default builds each session on the model the Logic keeps (``modelFactory``).
         self.sessionFactory: Callable[..., SegmentationSession] = local_session.localSession
+        #: ``factory(source, device, download, progress) -> model``: the local model, loaded on the worker once
+        #: per (source, device) and kept, for the default sessions and ``segmentVolume``; tests replace it.
+        self.modelFactory: Callable[..., Any] = local_session.localModel
+        self._keptModel: Optional[Tuple[Tuple[str, str], Any]] = None
         self.statusCallback: Optional[Callable[[str], None]] = None
         self.slowCallback: Optional[Callable[[float, Optional[float], str], None]] = None
         self.confirmCallback: Optional[Callable[[str], bool]] = None
@@ -190,8 +200,6 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         A registered model that is not on disk is downloaded after ``confirmCallback`` agrees (or with
         ``download=True``).
         """
-        from SAMVolSegmentLib.errors import ModelNotAvailableError
-
         source = self.modelSource if source is None else str(source)
         device = self.device if device is None else str(device)
         key = self.backend.sessionKey(source, device)
@@ -200,20 +208,44 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         factory = backend.sessionFactory(self.backend, self.sessionFactory)
         if factory is local_session.localSession:
             dependencies.check_dependencies()
+            factory = self._sessionOnKeptModel
         self._status(_("Connecting to {url}...").format(url=self.backend.url) if self.backend.isRemote
                      else _("Loading model {source}...").format(source=source))
-        try:
-            session = self._runOnWorker(factory, source, device, download, self.worker.progress)
-        except ModelNotAvailableError as exc:
-            question = _("{error}\n\nDownload it now?").format(error=exc)
-            if download or self.confirmCallback is None or not self.confirmCallback(question):
-                raise
-            session = self._runOnWorker(factory, source, device, True, self.worker.progress)
+        session = self._runModelWork(factory, source, device, download, self.worker.progress)
         check_session(session)
         self.closeSession()
         self.session, self.modelKey = session, key
         self._status(_("Model {id} ready.").format(id=session.model_id))
         return session.model_id
+
+    def _runModelWork(self, fn: Callable, source: str, device: str, download: bool, *args):
+        """``fn(source, device, download, *args)`` on the worker; a registered model that is not on disk is
+        downloaded (``fn`` called again with ``download=True``) after ``confirmCallback`` agrees."""
+        from SAMVolSegmentLib.errors import ModelNotAvailableError
+
+        try:
+            return self._runOnWorker(fn, source, device, download, *args)
+        except ModelNotAvailableError as exc:
+            question = _("{error}\n\nDownload it now?").format(error=exc)
+            if download or self.confirmCallback is None or not self.confirmCallback(question):
+                raise
+            return self._runOnWorker(fn, source, device, True, *args)
+
+    def _localModel(self, source: str, device: str, download: bool, progress) -> Any:
+        """On the worker: the local model, loaded once per (source, device) and kept (one at a time).
+
+        The key holds the resolved device, so ``"auto"`` and ``"cpu"`` on a machine without CUDA share a model.
+        """
+        key = (str(source), local_session.resolveDevice(device))
+        if self._keptModel is None or self._keptModel[0] != key:
+            self._keptModel = None  # the previous model goes before the next one loads
+            self._keptModel = (key, self.modelFactory(source, device, download, progress))
+        return self._keptModel[1]
+
+    def _sessionOnKeptModel(self, source: str, device: str, download: bool, progress) -> SegmentationSession:
+        """On the worker: an interactive session on the kept local model (``segmentVolume`` shares it)."""
+        return local_session.localSession(source, device, download, progress,
+                                          model=self._localModel(source, device, download, progress))
 
     def setBackend(self, newBackend: backend.Backend) -> bool:
         """Use another backend from the next step on; returns True when a session was closed for it.
@@ -253,9 +285,10 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         self._sessionHasTarget = False
 
     def cleanup(self) -> None:
-        """Release the session and the worker thread (module cleanup)."""
+        """Release the session, the kept model and the worker thread (module cleanup)."""
         self.closeSession()
         self.worker.close()
+        self._keptModel = None
 
     # ------------------------------------------------------------------ geometry (kept for the console)
     nodeToWorldMatrix = staticmethod(segment_io.nodeToWorldMatrix)
@@ -530,34 +563,150 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         return self.markers.togglePolarity()
 
     # ------------------------------------------------------------------ console
-    def segmentVolume(self, volumeNode, segmentationNode, points_ras, labels, box=None,
-                      segmentName: str = "", model: str = "default", device: str = "auto") -> str:
-        """Segment one structure from prompts without the GUI; returns the new segment's ID.
+    def segmentVolume(self, volumeNode, segmentationNode, points_ras, labels, box=None, segmentName: str = "",
+                      model: Optional[str] = None, device: Optional[str] = None,
+                      otherSegments: OtherSegments = OtherSegments.OVERLAP) -> str:
+        """Segment one structure from a whole prompt set without the GUI; returns the new segment's ID.
 
-        :param points_ras: (N, 3) world RAS points (mm), as ``arrayFromMarkupsControlPoints(node, world=True)``.
-        :param labels: N values, 1 (or True) = positive, 0 = negative.
-        :param box: optional ``(min_ras, max_ras)`` world box.
-        Example::
+        The batch path: the volume's voxels (``slicer.util.arrayFromVolume``, copied) and its IJK → world matrix
+        (parent transforms included, as the interactive path; a non-linear transform is refused) go to
+        ``SAMVolSegmentLib.batch.segment_volume`` on the Logic's worker thread, with the model the Logic keeps
+        (loaded once, shared with the interactive sessions). So the mask is the one ``SAMVolSegmentLib.segment``
+        or ``samvolseg batch`` gives for the same voxels, geometry and prompts. It is written into a NEW segment
+        with ``segment_io.SegmentIO.writeNewSegment`` (the interactive steps' merge and write); other segments
+        never change. The interactive session, its target and its undo history are not touched; the result
+        has no undo (delete the segment instead).
+
+        Remote backend (``setBackend`` with a server): the same prompt sequence
+        (``SAMVolSegmentLib.batch.run_prompts``) runs in a fresh server session, closed afterwards; the server
+        uses its own model, so ``model`` and ``device`` must be left unset.
+
+        :param volumeNode: a scalar volume with image data.
+        :param segmentationNode: where the new segment goes (its source representation must be a binary
+            labelmap); it gets the volume's geometry if it has none.
+        :param points_ras: (N, 3) world RAS points (mm), as ``slicer.util.arrayFromMarkupsControlPoints(node,
+            world=True)`` gives them (Base/Python/slicer/util.py). N may be 0 with a box.
+        :param labels: N values, 1 or True = positive, 0 or False = negative (anything else is refused).
+        :param box: optional ``(min_ras, max_ras)`` world box (corners in any order).
+        :param segmentName: name of the new segment (empty: Slicer names it, ``vtkSegmentation::AddEmptySegment``).
+        :param model: registry name or checkpoint path; None: the module's model setting (``modelSource``).
+        :param device: ``auto``/``cpu``/``cuda``/``mps``; None: the module's device setting.
+        :param otherSegments: ``OtherSegments.OVERLAP`` / ``"overlap"`` (default: the new segment is exactly the
+            model's mask) or ``OtherSegments.PROTECT`` / ``"protect"`` (it leaves out voxels other segments
+            hold). ``OVERWRITE`` is refused: this call never changes other segments.
+        :raises SAMVolSegmentLib.errors.InvalidPromptError: malformed prompts, labels that are not 0/1, a
+            different number of points and labels, or no positive point and no box.
+        :raises ValueError: no volume / segmentation, a non-linear transform, a model with a remote backend.
+        :raises segment_io.SegmentWriteError: the segmentation is not a binary labelmap, or Slicer refused the
+            write (the new segment is then removed).
+
+        Whatever fails, the segmentation is left as it was. Example::
 
             logic = slicer.util.getModuleLogic("SAMVolSegment")
             segmentID = logic.segmentVolume(volume, segmentation, [[10.0, -20.0, 35.0]], [1])
         """
-        points = np.asarray(points_ras, dtype=float).reshape(-1, 3)
-        signs = np.asarray(labels).reshape(-1)
-        if len(points) != len(signs):
-            raise ValueError(_("Give one label per point ({n} points, {m} labels).").format(n=len(points), m=len(signs)))
-        if len(points) == 0 and box is None:
-            raise ValueError(_("Give at least one positive point or a box."))
-        self.loadModel(model, device)
-        segmentID = self.setTarget(volumeNode, segmentationNode, "")
-        if segmentName:
-            segmentationNode.GetSegmentation().GetSegment(segmentID).SetName(segmentName)
-        if box is not None:
-            self.setBox(box[0], box[1])
-        for point, label in zip(points, signs):
-            self.addPoint(point, positive=bool(label))
-        self._sessionHasTarget = False
-        return segmentID
+        with self._action():
+            # Every check that can refuse runs before the model work and before the segmentation changes.
+            if volumeNode is None or volumeNode.GetImageData() is None:
+                raise ValueError(_("Give an input volume that has image data."))
+            if segmentationNode is None:
+                raise ValueError(_("Give a segmentation node to add the segment to."))
+            points, signs, boxWorld = batch.check_prompt_arrays(points_ras, labels, box)
+            policy = self._newSegmentPolicy(otherSegments)
+            if self.backend.isRemote and (model is not None or device is not None):
+                raise ValueError(_("The remote server segments with its own model: leave model and device unset, "
+                                   "or switch to the local backend first (logic.setBackend(backend.Backend())))."))
+            io = segment_io.SegmentIO(volumeNode, segmentationNode)  # raises for a non-linear parent transform
+            io.checkLabelmapSource()
+            # A copy: the worker reads it while Slicer may change the volume's voxels in place meanwhile.
+            arrayKji = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
+            start = time.perf_counter()
+            timings: Dict[str, float] = {}
+            onEvent = self._progressReporter(len(signs) + (boxWorld is not None))
+            prompts = (arrayKji, io.ijkToWorld, points, signs, boxWorld, timings, onEvent)
+            if self.backend.isRemote:
+                self._status(_("Segmenting on {url}...").format(url=self.backend.url))
+                maskKji = self._runOnWorker(self._segmentRemotely, self.backend, *prompts)
+            else:
+                source = self.modelSource if model is None else str(model)
+                device = self.device if device is None else str(device)
+                if self.modelFactory is local_session.localModel:
+                    dependencies.check_dependencies()
+                self._status(_("Segmenting {name}...").format(name=volumeNode.GetName()))
+                maskKji = self._runModelWork(self._segmentLocally, source, device, False, *prompts)
+
+            writeStart = time.perf_counter()
+            io.ensureReferenceGeometry()
+            segmentation = segmentationNode.GetSegmentation()
+            # "" on failure (Libs/vtkSegmentationCore/vtkSegmentation.h). The new segment starts in the first shared
+            # labelmap layer (vtkSegmentation.cxx, AddEmptySegment); writeRegion's SetBinaryLabelmapToSegment moves
+            # it to a layer of its own when its voxels would cover another segment of that layer
+            # (vtkSegmentationModifier.cxx, SeparateModifiedSegmentFromSharedLabelmap).
+            segmentID = segmentation.AddEmptySegment("", segmentName)
+            if not segmentID:
+                raise segment_io.SegmentWriteError(_("Slicer could not add a segment to {name}.").format(
+                    name=segmentationNode.GetName()))
+            try:
+                io.writeNewSegment(segmentID, maskKji, policy)
+            except Exception:
+                segmentation.RemoveSegment(segmentID)
+                raise
+            slicer.vtkSlicerSegmentationsModuleLogic.SetSegmentStatus(
+                segmentation.GetSegment(segmentID), slicer.vtkSlicerSegmentationsModuleLogic.Completed)
+            self.lastTiming = dict(timings)
+            self.lastTiming["write_s"] = time.perf_counter() - writeStart
+            self.lastTiming["total_s"] = time.perf_counter() - start
+            voxels = int(np.count_nonzero(maskKji))
+            if voxels:
+                self._status(_("{name}: segment added ({voxels} voxels).").format(name=volumeNode.GetName(),
+                                                                                 voxels=voxels))
+            else:
+                self._status(_("{name}: the model found nothing at these prompts; the new segment is empty.")
+                             .format(name=volumeNode.GetName()))
+            return segmentID
+
+    @staticmethod
+    def _newSegmentPolicy(otherSegments) -> EditPolicy:
+        try:
+            choice = OtherSegments(otherSegments)
+        except ValueError:
+            raise ValueError(_("otherSegments must be OtherSegments.OVERLAP or OtherSegments.PROTECT, got {value!r}.")
+                             .format(value=otherSegments)) from None
+        if choice is OtherSegments.OVERWRITE:
+            raise ValueError(_("segmentVolume never changes other segments: use OtherSegments.PROTECT (the new "
+                               "segment leaves their voxels out) or OtherSegments.OVERLAP (it may overlap them)."))
+        # No Segment Editor masking: a scripted result must not depend on what the editor last showed.
+        return EditPolicy(other_segments=choice)
+
+    def _progressReporter(self, steps: int) -> Callable[[str, Dict[str, Any]], None]:
+        """The batch path's ``on_event`` (called on the worker): fills the worker's progress cell, which the
+        waiting main thread shows through ``slowCallback``. Texts are translated here, on the main thread."""
+        readyText, stepText = _("Volume ready"), _("Prompt {n} of {total} done")
+        done = [0]
+
+        def onEvent(kind: str, info: Dict[str, Any]) -> None:
+            done[0] += 1
+            text = readyText if kind == "ready" else stepText.format(n=done[0] - 1, total=steps)
+            self.worker.progress(done[0] / (steps + 1), text)
+
+        return onEvent
+
+    def _segmentLocally(self, source, device, download, arrayKji, ijkToWorld, points, signs, box, timings,
+                        onEvent) -> np.ndarray:
+        """On the worker: ``batch.segment_volume`` on the kept local model; the (k, j, i) mask."""
+        model = self._localModel(source, device, download, self.worker.progress)
+        return batch.segment_volume(model, arrayKji, points, signs, box, ijk_to_ras=ijkToWorld, timings=timings,
+                                    on_event=onEvent)[0]
+
+    def _segmentRemotely(self, choice: backend.Backend, arrayKji, ijkToWorld, points, signs, box, timings,
+                         onEvent) -> np.ndarray:
+        """On the worker: the same prompt sequence in a fresh server session (the interactive one is untouched)."""
+        session = backend.remoteSession(choice, self.worker.progress)
+        try:
+            return batch.run_prompts(session, arrayKji, points, signs, box, ijk_to_ras=ijkToWorld, timings=timings,
+                                     on_event=onEvent)
+        finally:
+            session.close()
 
 
 #

@@ -22,6 +22,11 @@ checked against v5.6.0, v5.8.0 and main):
   is printed and swallowed by the binding (recorded here in ``errorsInCallbacks``).
 * ``@parameterNodeWrapper``'s ``connectGui`` connects its own handlers when called, i.e. after the widget's
   ``setup`` connected its slots — Base/Python/slicer/parameterNodeWrapper/wrapper.py.
+* ``slicer.util.arrayFromMarkupsControlPoints(markupsNode, world=False)`` returns every control point, whatever
+  its position status; ``getNodesByClass`` includes subclasses (a labelmap is a ``vtkMRMLScalarVolumeNode``);
+  ``getModuleLogic`` of a scripted module is its widget's ``logic`` — Base/Python/slicer/util.py.
+* A parent transform: ``IsTransformToWorldLinear`` / ``GetMatrixTransformToWorld`` —
+  Libs/MRML/Core/vtkMRMLTransformNode.h; ``GetParentTransformNode`` — vtkMRMLTransformableNode.h.
 
 Real VTK (``vtk`` from the venv) provides matrices and image data; segment labelmaps are real
 ``vtkImageData`` with an ImageToWorld matrix, as ``vtkOrientedImageData`` is.
@@ -57,6 +62,8 @@ class FakeState:
         self.progressDialogs: List[QProgressDialog] = []
         self.settings: Dict[str, Any] = {}
         self.timers: List[Callable] = []
+        #: What ``slicer.util.getModuleLogic(name)`` returns (Slicer: the module widget's ``logic``).
+        self.moduleLogics: Dict[str, Any] = {}
 
 
 STATE = FakeState()
@@ -122,8 +129,14 @@ class vtkMRMLNode(FakeVTKObject):
     def IsA(self, name: str) -> bool:
         return any(cls.__name__ == name for cls in type(self).__mro__)
 
+    def SetAndObserveTransformNodeID(self, transformNodeID) -> None:
+        """vtkMRMLTransformableNode: put the node under a transform (None/"" removes it)."""
+        self._transformID = transformNodeID or ""
+
     def GetParentTransformNode(self):
-        return None
+        """vtkMRMLTransformableNode::GetParentTransformNode (Libs/MRML/Core/vtkMRMLTransformableNode.h)."""
+        transformID = getattr(self, "_transformID", "")
+        return self.scene.GetNodeByID(transformID) if transformID and self.scene else None
 
     def CreateDefaultDisplayNodes(self) -> None:
         if self._display is None:
@@ -189,6 +202,33 @@ class vtkMRMLLabelMapVolumeNode(vtkMRMLScalarVolumeNode):
     pass
 
 
+class vtkMRMLTransformNode(vtkMRMLNode):
+    """A parent transform (Libs/MRML/Core/vtkMRMLTransformNode.h): ``IsTransformToWorldLinear`` and
+    ``GetMatrixTransformToWorld``; ``linear = False`` stands for a grid/B-spline transform. Nesting is not
+    modelled: the matrix given is the transform to world."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.toWorld = np.eye(4)
+        self.linear = True
+
+    def SetMatrixTransformToParent(self, matrix: vtk.vtkMatrix4x4) -> None:
+        self.toWorld = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+    def IsTransformToWorldLinear(self) -> int:
+        return int(self.linear)
+
+    def GetMatrixTransformToWorld(self, matrix: vtk.vtkMatrix4x4) -> int:
+        if not self.linear:
+            return 0
+        matrix.DeepCopy(self.toWorld.ravel().tolist())
+        return 1
+
+
+class vtkMRMLLinearTransformNode(vtkMRMLTransformNode):
+    pass
+
+
 class vtkMRMLMarkupsNode(vtkMRMLNode):
     """Control points with IDs, lock and position status (vtkMRMLMarkupsNode.cxx)."""
 
@@ -210,9 +250,10 @@ class vtkMRMLMarkupsNode(vtkMRMLNode):
     def _afterPointsChanged(self) -> None:
         """Subclass hook: vtkMRMLMarkupsROINode recomputes its box from the points here."""
 
-    def AddControlPoint(self, position, status: int = 2) -> int:
-        self.points.append({"id": self._generateUniqueControlPointID(), "pos": np.array(list(position), float),
-                            "locked": False, "status": status})
+    def AddControlPoint(self, position, status: int = 2, label: str = "") -> int:
+        pointID = self._generateUniqueControlPointID()
+        self.points.append({"id": pointID, "pos": np.array(list(position), float), "locked": False,
+                            "status": status, "label": label or f"{self.GetName()}-{pointID}"})
         self._afterPointsChanged()
         index = len(self.points) - 1
         self.InvokeEvent(self.PointAddedEvent, index)
@@ -252,6 +293,18 @@ class vtkMRMLMarkupsNode(vtkMRMLNode):
 
     def GetNthControlPointLocked(self, n: int) -> bool:
         return self.points[n]["locked"]
+
+    def GetNthControlPointLabel(self, n: int) -> str:
+        return self.points[n]["label"]
+
+    def SetNthControlPointLabel(self, n: int, label: str) -> None:
+        self.points[n]["label"] = str(label)
+
+    def GetNthControlPointPositionStatus(self, n: int) -> int:
+        return self.points[n]["status"]
+
+    def GetNthControlPointPosition(self, n: int, out) -> None:
+        out[:] = self.points[n]["pos"].tolist()  # the fake's markups have no parent transform: local = world
 
     def GetNthControlPointPositionWorld(self, n: int, out) -> None:
         out[:] = self.points[n]["pos"].tolist()
@@ -519,6 +572,17 @@ class FakeScene(FakeVTKObject):
     def GetFirstNodeByClass(self, className: str):
         matches = [node for node in self.nodes.values() if node.IsA(className)]
         return matches[0] if matches else None
+
+    def GetFirstNode(self, byName=None, byClass=None, byHideFromEditors=None, exactNameMatch=True):
+        """vtkMRMLScene::GetFirstNode (Libs/MRML/Core/vtkMRMLScene.h); ``byHideFromEditors`` is not modelled."""
+        for node in self.nodes.values():
+            if byClass and not node.IsA(byClass):
+                continue
+            if byName is not None and not (node.GetName() == byName if exactNameMatch
+                                           else node.GetName().startswith(byName)):
+                continue
+            return node
+        return None
 
     def GetSingletonNode(self, tag: str, className: str):
         return self.singletons.get(tag)
@@ -870,6 +934,39 @@ def arrayFromVolume(volumeNode) -> np.ndarray:
     return volumeNode.array
 
 
+def arrayFromMarkupsControlPoints(markupsNode, world=False) -> np.ndarray:
+    """Copy of Base/Python/slicer/util.py: every control point (whatever its position status) as an (N, 3)
+    copy, world coordinates with ``world=True``."""
+    narray = np.zeros([markupsNode.GetNumberOfControlPoints(), 3])
+    for index in range(markupsNode.GetNumberOfControlPoints()):
+        if world:
+            markupsNode.GetNthControlPointPositionWorld(index, narray[index, :])
+        else:
+            markupsNode.GetNthControlPointPosition(index, narray[index, :])
+    return narray
+
+
+def getNodesByClass(className, scene=None) -> List[Any]:
+    """Base/Python/slicer/util.py: every node of the class or a subclass, in scene order."""
+    scene = sys.modules["slicer"].mrmlScene if scene is None else scene
+    return [node for node in scene.nodes.values() if node.IsA(className)]
+
+
+def getFirstNodeByClassByName(className, name, scene=None):
+    """Base/Python/slicer/util.py: ``scene.GetFirstNode(name, className)``."""
+    scene = sys.modules["slicer"].mrmlScene if scene is None else scene
+    return scene.GetFirstNode(name, className)
+
+
+def getModuleLogic(module):
+    """Base/Python/slicer/util.py returns the scripted module widget's ``logic`` and raises RuntimeError when
+    there is none; here a test registers it in ``state().moduleLogics``."""
+    logic = STATE.moduleLogics.get(module)
+    if not logic:
+        raise RuntimeError(f"Could not find module widget representation with name '{module}'")
+    return logic
+
+
 class RenderBlocker:
     def __enter__(self):
         return self
@@ -1094,13 +1191,15 @@ def install() -> types.ModuleType:
     for name in ("vtkMRMLNode", "vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode", "vtkMRMLMarkupsNode",
                  "vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsROINode", "vtkMRMLSegmentationNode",
                  "vtkMRMLScriptedModuleNode", "vtkMRMLSegmentEditorNode", "vtkOrientedImageData",
+                 "vtkMRMLTransformNode", "vtkMRMLLinearTransformNode",
                  "vtkSegmentationConverter", "vtkSlicerSegmentationsModuleLogic", "vtkOrientedImageDataResample"):
         setattr(slicer, name, getattr(this, name))
     slicer.app, slicer.mrmlScene, slicer.fake = app, FakeScene(), STATE
     util = types.ModuleType("slicer.util")
     for name in ("tryWithErrorDisplay", "errorDisplay", "confirmOkCancelDisplay", "confirmYesNoDisplay",
                  "arrayFromVTKMatrix", "vtkMatrixFromArray", "arrayFromVolume", "RenderBlocker",
-                 "VTKObservationMixin", "loadUI", "childWidgetVariables"):
+                 "VTKObservationMixin", "loadUI", "childWidgetVariables", "arrayFromMarkupsControlPoints",
+                 "getNodesByClass", "getFirstNodeByClassByName", "getModuleLogic"):
         setattr(util, name, getattr(this, name))
     util.mainWindow = lambda: None
     slicer.util = util

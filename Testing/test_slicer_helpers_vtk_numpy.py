@@ -58,3 +58,14 @@ def test_array_from_image_is_a_view():
     image = vn.image_from_array(np.zeros((2, 2, 2), np.uint8))
     vn.array_from_image(image)[1, 1, 1] = 9
     assert image.GetScalarComponentAsDouble(1, 1, 1, 0) == 9
+
+
+def test_bbox_of_mask_is_the_tight_half_open_box():
+    mask = np.zeros((6, 7, 8), np.uint8)
+    assert vn.bbox_is_empty(vn.bbox_of_mask(mask))
+    mask[1, 2, 3] = 1
+    mask[4, 2, 7] = 2
+    assert vn.bbox_of_mask(mask) == ((1, 5), (2, 3), (3, 8))
+    box = vn.bbox_of_mask(mask)
+    inside = mask[tuple(slice(lo, hi) for lo, hi in box)]
+    assert np.count_nonzero(inside) == np.count_nonzero(mask)

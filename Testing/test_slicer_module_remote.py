@@ -8,6 +8,7 @@ backend in the middle of a segment.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import types
 from typing import List
@@ -31,12 +32,14 @@ torch = pytest.importorskip("torch")
 
 from test_remote import TINY, running_server  # noqa: E402
 
+from SAMVolSegmentLib import segment  # noqa: E402
 from SAMVolSegmentLib.model import load_model  # noqa: E402
 from SAMVolSegmentLib.model.clicknet import ClickNet  # noqa: E402
 from SAMVolSegmentLib.remote import ServerConfig  # noqa: E402
 from SAMVolSegmentLib.remote import client as remote_client  # noqa: E402
 from SAMVolSegmentLib.session import InteractiveSession  # noqa: E402
 from SAMVolSegmentLib.training import export_model  # noqa: E402
+from SAMVolSegmentLib.weights import resolve_model_path  # noqa: E402
 
 TOKEN = "slicer-test-token-0123456789abcdef"
 
@@ -73,6 +76,10 @@ def env(monkeypatch):
         def set_initial_mask(self, mask_kji):
             self.initialMasks.append(None if mask_kji is None else np.array(mask_kji, copy=True))
             return super().set_initial_mask(mask_kji)
+
+        def close(self):
+            self.closed = True
+            return super().close()
 
     # backend.py imports the class from this module when it connects, so the record sees every construction.
     monkeypatch.setattr(remote_client, "RemoteSession", RecordedRemoteSession)
@@ -259,3 +266,40 @@ def test_local_backend_still_uses_the_local_factory(env):
     assert_clean()
     assert env.remote == [] and widget.logic.session is not None
     assert isinstance(widget.logic.session, InteractiveSession)
+
+
+# ------------------------------------------------------------------------------------------ segmentVolume
+def test_segment_volume_on_the_server_runs_the_batch_prompts_in_a_fresh_session(env, tmp_path):
+    """Decision (README, Batch): with the remote backend, segmentVolume runs batch.run_prompts (segment_volume's
+    prompt sequence) in a new server session, closed afterwards; the interactive session is left alone. The
+    server runs a frozen copy of the bundled model, so the mask is a real one."""
+    snapshot = tmp_path / "default_snapshot.pt"
+    shutil.copyfile(resolve_model_path("default"), snapshot)
+    model = load_model(str(snapshot), device="cpu")
+    volume = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ball")
+    k, j, i = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    ball = np.sqrt((k - 15.0) ** 2 + (j - 15.0) ** 2 + (i - 15.0) ** 2) < 7
+    volume.setArray((np.where(ball, 300.0, 20.0) + np.random.default_rng(1).normal(0, 5, SHAPE)).astype(np.float32),
+                    ijk_to_ras())
+    with running_server(model, ServerConfig(token=TOKEN)) as url:
+        widget = env.make_widget()
+        pn = widget.logic.getParameterNode()
+        choose_remote(widget, url, TOKEN)
+        slicer_fake.placePoint(pn.positivePoints, CENTRE)
+        interactive = widget.logic.session
+        assert interactive is env.remote[0] and widget.logic.canUndo
+
+        segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "console")
+        points, labels, box = [CENTRE, [0.0, 0.0, 5.0]], [1, 0], ([-9.0] * 3, [9.0] * 3)
+        segmentID = widget.logic.segmentVolume(volume, segmentation, points, labels, box=box)
+        assert_clean()
+        assert len(env.remote) == 2 and getattr(env.remote[1], "closed", False), "a fresh session, closed after"
+        assert widget.logic.session is interactive and widget.logic.canUndo
+        assert not getattr(interactive, "closed", False)
+
+        with pytest.raises(ValueError, match="its own model"):
+            widget.logic.segmentVolume(volume, segmentation, points, labels, model="default")
+        assert len(env.remote) == 2 and segmentation.GetSegmentation().GetSegmentIDs() == [segmentID]
+    expected = segment(volume.array, points, labels, box, model=model, ijk_to_ras=ijk_to_ras()) > 0
+    assert 50 < expected.sum() < ball.sum() * 2, int(expected.sum())
+    np.testing.assert_array_equal(segmentation.segmentArray(segmentID, SHAPE), expected)

@@ -1,26 +1,46 @@
-"""The local engine session the Slicer Logic uses by default (``backend.py`` swaps in a remote one).
+"""The local engine the Slicer Logic uses by default (``backend.py`` swaps in a remote one for sessions).
 
 Runs on the Logic's worker thread: importing torch and loading weights take seconds. No Slicer imports.
+``localModel`` loads a model; ``localSession`` wraps one in an ``InteractiveSession``. The Logic keeps the
+model it loaded and gives it to both its interactive sessions and ``segmentVolume`` (the batch path), so a
+model is loaded once per Logic, not once per session or per volume.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
+
+Progress = Optional[Callable[[float, str], None]]
 
 
-def localSession(source: str, device: str, download: bool, progress: Optional[Callable[[float, str], None]]):
-    """An ``InteractiveSession`` on model ``source`` (registry name or checkpoint path) and ``device``.
-
-    ``device="auto"`` picks CUDA when available. With ``download`` a registered model that is not on disk is
-    downloaded first (with progress); without it, such a model raises ``ModelNotAvailableError``.
-    """
+def resolveDevice(device: str) -> str:
+    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; any other name as given."""
+    if device != "auto":
+        return str(device)
     import torch
 
-    from SAMVolSegmentLib import InteractiveSession, load_model, weights
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
-    resolved = device
-    if device == "auto":
-        resolved = "cuda" if torch.cuda.is_available() else "cpu"
+
+def localModel(source: str, device: str, download: bool, progress: Progress) -> Any:
+    """The model ``source`` (registry name or checkpoint path) loaded on ``device`` (:func:`resolveDevice`).
+
+    With ``download`` a registered model that is not on disk is downloaded first (with progress); without it,
+    such a model raises ``ModelNotAvailableError``.
+    """
+    from SAMVolSegmentLib import load_model, weights
+
+    resolved = resolveDevice(device)
     if download and str(source) in weights.REGISTRY and not weights.REGISTRY[str(source)].bundled:
         weights.download_model(str(source), progress=progress)
-    return InteractiveSession(load_model(source, device=resolved), progress=progress)
+    return load_model(source, device=resolved)
+
+
+def localSession(source: str, device: str, download: bool, progress: Progress, model: Any = None):
+    """An ``InteractiveSession`` on ``model`` (already loaded by :func:`localModel`), else on ``source``/``device``
+    loaded now."""
+    from SAMVolSegmentLib import InteractiveSession
+
+    if model is None:
+        model = localModel(source, device, download, progress)
+    return InteractiveSession(model, progress=progress)

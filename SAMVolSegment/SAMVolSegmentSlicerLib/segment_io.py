@@ -97,15 +97,19 @@ class SegmentIO:
         segmentation = self.segmentationNode.GetSegmentation()
         if segmentation.GetSegment(segmentID) is None:
             raise SegmentWriteError("The target segment was deleted; select or create another segment.")
-        labelmapName = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
-        if segmentation.GetSourceRepresentationName() != labelmapName:
-            raise SegmentWriteError(
-                "The segmentation's source representation is not a binary labelmap (it was made from a model or "
-                "a surface): in the Segmentations module, Representations, make 'Binary labelmap' the source.")
+        self.checkLabelmapSource()
         if policy.mask_mode is MaskMode.InsideSingleSegment and (
                 not policy.mask_segment_id or segmentation.GetSegment(policy.mask_segment_id) is None):
             raise SegmentWriteError("The Segment Editor's masking segment no longer exists: pick it again under "
                                     "'Editable area', or set the editable area to 'Everywhere'.")
+
+    def checkLabelmapSource(self) -> None:
+        """Raise unless the segmentation's source representation is a binary labelmap (the only one written)."""
+        labelmapName = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+        if self.segmentationNode.GetSegmentation().GetSourceRepresentationName() != labelmapName:
+            raise SegmentWriteError(
+                "The segmentation's source representation is not a binary labelmap (it was made from a model or "
+                "a surface): in the Segmentations module, Representations, make 'Binary labelmap' the source.")
 
     def _labelmapMatchesGrid(self, labelmap) -> bool:
         matrix = vtk.vtkMatrix4x4()
@@ -161,6 +165,24 @@ class SegmentIO:
         before = {o.segment_id: o.region for o in others}
         edits += [RegionEdit(sid, bbox, before[sid], new) for sid, new in result.others.items()]
         return EditStep(prompt, tuple(e for e in edits if not np.array_equal(e.before, e.after)))
+
+    def writeNewSegment(self, segmentID: str, maskKji: np.ndarray, policy: EditPolicy) -> EditStep:
+        """Write a whole-volume (k, j, i) mask into an empty (new) segment under ``policy``; returns the step.
+
+        The interactive steps' own merge and write: the mask's bounding box becomes one :class:`MaskUpdate`
+        for :meth:`mergeUpdate` (Protect / Allow overlap / Overwrite, masking) and :meth:`writeStep` (all or
+        nothing). Only that box is written, so the segment's voxels elsewhere must be empty, as in a new segment.
+        """
+        maskKji = np.asarray(maskKji)
+        if tuple(maskKji.shape) != self.shapeKji:
+            raise ValueError(f"The mask has shape {tuple(maskKji.shape)} (k, j, i) but the volume {self.shapeKji}.")
+        bbox = vtk_numpy.bbox_of_mask(maskKji)
+        if vtk_numpy.bbox_is_empty(bbox):
+            return EditStep(Prompt("prompts"))
+        update = MaskUpdate.covering((maskKji != 0).astype(np.uint8), bbox)
+        step = self.mergeUpdate(segmentID, update, Prompt("prompts"), policy)
+        self.writeStep(step, after=True)
+        return step
 
     def writeStep(self, step: EditStep, after: bool = True) -> None:
         """Write a step's regions (``after``) or restore them (``before``).

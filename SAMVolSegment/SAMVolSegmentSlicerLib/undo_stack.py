@@ -43,7 +43,7 @@ class Prompt:
     """The user action behind a step, so undo can hide its marker and redo can show it again.
 
     Attributes:
-        kind: ``"point"`` or ``"box"``.
+        kind: ``"point"``, ``"box"``, or ``"prompts"`` (a whole prompt set: ``segmentVolume``, no marker).
         positive: sign of a point (True for a box).
         position_ras: world RAS of a point, or ``(min_ras, max_ras)`` flattened to 6 values for a box.
         marker_id: the markups control point ID (or ROI node ID) that shows it; empty when none.

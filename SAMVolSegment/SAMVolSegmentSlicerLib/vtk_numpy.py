@@ -53,6 +53,17 @@ def bbox_intersection(a: BBoxKJI, b: BBoxKJI) -> BBoxKJI:
     return tuple(out)  # type: ignore[return-value]
 
 
+def bbox_of_mask(mask_kji: np.ndarray) -> BBoxKJI:
+    """Smallest half-open (k, j, i) box holding every non-zero voxel; ``((0, 0), (0, 0), (0, 0))`` when none."""
+    mask = np.asarray(mask_kji) != 0
+    if not mask.any():
+        return ((0, 0), (0, 0), (0, 0))
+    box = []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append((int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)  # type: ignore[return-value]
+
 
 def array_from_image(image: vtkImageData) -> np.ndarray:
     """A *view* (no copy) of a single-component image's voxels in (k, j, i) order; empty for an empty image."""
