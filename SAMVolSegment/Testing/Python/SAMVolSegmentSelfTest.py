@@ -1,4 +1,5 @@
-"""In-Slicer self-test: click → segment → undo → redo → box → edit an existing segment → console.
+"""In-Slicer self-test: click → segment → undo → redo → box → edit an existing segment → console (segmentVolume,
+the batch path, against ``SAMVolSegmentLib.segment``).
 
 Runs in a real Slicer (ctest ``py_SAMVolSegmentSelfTest``, or *Reload and Test*). Skips itself where torch is
 missing, as SlicerTotalSegmentator's test does, so a CI Slicer without the PyTorch extension stays green.
@@ -140,11 +141,45 @@ class SAMVolSegmentSelfTest(unittest.TestCase):
         self.assertTrue(np.array_equal(self._label(segmentationNode, segmentID, volumeNode), existing > 0))
 
     def test_console_segment_volume(self) -> None:
+        """segmentVolume is the batch path: the mask ``SAMVolSegmentLib.segment`` gives for the same voxels, world
+        geometry (parent transform included) and prompts, in a new segment; other segments and the interactive
+        target are untouched; bad prompts raise and change nothing."""
+        from SAMVolSegment import SAMVolSegmentLogic
+        from SAMVolSegmentLib import segment
+        from SAMVolSegmentLib.errors import InvalidPromptError
+
         volumeNode, centreWorld, centreKji = self._phantom()
         segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "console")
-        segmentID = self.logic.segmentVolume(volumeNode, segmentationNode, [centreWorld], [1], segmentName="ball")
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        slab = np.zeros(slicer.util.arrayFromVolume(volumeNode).shape, np.uint8)
+        k, j, i = centreKji
+        slab[k - 3:k + 3, j - 30:j + 30, i - 30:i + 30] = 1  # through the ball
+        otherID = segmentationNode.GetSegmentation().AddEmptySegment("", "slab")
+        slicer.util.updateSegmentBinaryLabelmapFromArray(slab, segmentationNode, otherID, volumeNode)
+        slabBefore = self._label(segmentationNode, otherID, volumeNode)
+        self.assertTrue(slabBefore[centreKji])
+
+        for points, labels in (([], []), ([centreWorld], [0]), ([centreWorld], [1, 0]), ([centreWorld], [2])):
+            with self.assertRaises(InvalidPromptError):
+                self.logic.segmentVolume(volumeNode, segmentationNode, points, labels)
+        self.assertEqual(segmentationNode.GetSegmentation().GetNumberOfSegments(), 1)
+
+        points, labels = [centreWorld, centreWorld + np.array([0.0, 0.0, 12.0])], [1, 0]
+        expected = segment(np.array(slicer.util.arrayFromVolume(volumeNode)), points, [True, False], model="default",
+                           device="cpu", ijk_to_ras=SAMVolSegmentLogic.volumeIjkToWorld(volumeNode)) > 0
+        self.assertTrue(expected[centreKji] and (expected & slabBefore).any() and (expected & ~slabBefore).any())
+
+        protectedID = self.logic.segmentVolume(volumeNode, segmentationNode, points, labels, model="default",
+                                               device="cpu", otherSegments="protect")
+        self.assertTrue(np.array_equal(self._label(segmentationNode, protectedID, volumeNode), expected & ~slabBefore),
+                        "protect: the new segment leaves out the slab's voxels")
+        segmentID = self.logic.segmentVolume(volumeNode, segmentationNode, points, labels, segmentName="ball",
+                                             model="default", device="cpu")
         self.assertEqual(segmentationNode.GetSegmentation().GetSegment(segmentID).GetName(), "ball")
-        self.assertTrue(self._label(segmentationNode, segmentID, volumeNode)[centreKji])
+        self.assertTrue(np.array_equal(self._label(segmentationNode, segmentID, volumeNode), expected),
+                        "segmentVolume must give SAMVolSegmentLib.segment's mask (overlap allowed by default)")
+        self.assertTrue(np.array_equal(self._label(segmentationNode, otherID, volumeNode), slabBefore))
+        self.assertEqual(len(self.logic.session.clicks), 0, "the interactive session is not used")
 
 
 def runTest() -> None:
