@@ -1,8 +1,10 @@
 """``samvolseg``: click segmentation, evaluation, a self-contained demo, training and model management.
 
 Subcommands: ``segment`` (prompts from a file → mask file), ``batch`` (a manifest of cases), ``evaluate`` (simulated clicks on labelled cases),
-``demo`` (a generated CT phantom, or your own case), ``models list`` / ``models download NAME``, and
-``train`` / ``finetune`` (defined in :mod:`SAMVolSegmentLib.training`). An image argument is a file (NIfTI, NRRD, MHA...) or a DICOM series folder.
+``demo`` (a generated CT phantom, a downloaded sample, or your own case), ``models list`` / ``models download NAME``,
+``train`` / ``average`` / ``finetune`` (:mod:`SAMVolSegmentLib.training`) and ``serve`` (:mod:`.remote.cli`). An image argument is a file (NIfTI, NRRD, MHA...) or a DICOM series folder.
+Start-up stays light: building the parser (``--version``, ``--help``, ``COMMAND --help``) imports neither torch
+nor SimpleITK/scipy; each command imports what it needs when it runs.
 Progress bars (tqdm) are drawn only on a terminal; elsewhere (logs, CI) progress is a few plain lines. The
 engine itself only reports ``progress(fraction, message)``.
 Exit codes: 0 success, 1 some batch cases failed (see its report), 2 bad input or unavailable model/device (one line
@@ -16,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
-
-import numpy as np
 
 from .batch import MASK_SUFFIXES
 from .errors import InvalidPromptError, ModelNotAvailableError, SAMVolSegmentError
@@ -109,6 +109,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     The same code path as every batch case (:func:`SAMVolSegmentLib.batch.run_case`); the model is loaded
     only once the prompts and the image have been read and checked.
     """
+    import numpy as np
+
     from .batch import BatchCase, DeferredModel, run_case
     from .io_utils import check_output_file
 
@@ -312,6 +314,7 @@ def _write_overlay(case, mask, path: Path) -> Optional[Path]:
     except ImportError:
         print("note: no overlay PNG (install matplotlib: pip install 'samvolsegment[eval]')")
         return None
+    import numpy as np
     import SimpleITK as sitk
 
     from .evaluation import load_target
@@ -369,6 +372,107 @@ def cmd_models(args: argparse.Namespace) -> int:
         close()
     print(f"{args.name} is at {path}")
     return 0
+
+
+# ---------------------------------------------------------------- train / average / finetune
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train the small default model (ClickNet2 or ClickNet) on labelled cases + synthetic data; JSON result."""
+    import json
+
+    import torch
+
+    from .model.clicknet import ClickNet, ClickNetConfig
+    from .model.clicknet2 import ClickNet2, ClickNet2Config
+    from .training import train
+    from .training_data import SampleSource, load_cases
+
+    _check_device(args.device)
+    torch.set_num_threads(args.threads)
+    exclude = [name for name in args.exclude.split(",") if name]
+    cases = load_cases(args.data, exclude=exclude, allow_non_commercial=args.allow_non_commercial)
+    source = SampleSource(cases)
+    print(f"{len(cases)} training cases, {sum(len(c.targets) for c in cases)} targets in {len(source.groups)} "
+          f"groups: {', '.join(f'{g} ({len(v)})' for g, v in sorted(source.groups.items()))}", flush=True)
+    model = ClickNet2(ClickNet2Config()) if args.family == "clicknet2" else ClickNet(ClickNetConfig())
+    result = train(model, source, args.output, args.minutes, args.seed, export=args.export, resume=args.resume,
+                   decay_from_minute=args.decay_from_minute, lr=args.lr, clicks=args.clicks, device=args.device)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_average(args: argparse.Namespace) -> int:
+    """Uniform weight average of a run's exports (SWA) into one weights file."""
+    from .training import average_exports
+
+    out = average_exports(args.exports, args.output)
+    print(f"averaged {len(args.exports)} exports into {out}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune any model on the user's labelled cases; writes finetuned.pt into the output folder."""
+    import json
+
+    from .model import load_model
+    from .training import train
+    from .training_data import SampleSource, load_cases
+
+    _check_device(args.device)
+    model = load_model(args.model)
+    cases = load_cases(args.data, allow_non_commercial=True)  # the user's own data, the user's own weights
+    source = SampleSource(cases, synthesis_fraction=0.0, blob_fraction=0.0)
+    result = train(model, source, args.output, args.minutes, args.seed, export=args.output / "finetuned.pt",
+                   resume=args.resume, trainable=args.trainable, lr=args.lr, device=args.device)
+    print(json.dumps(result))
+    return 0
+
+
+def _add_training_commands(sub) -> None:
+    """``train``, ``average`` and ``finetune``: their options here, their work in :mod:`.training` (which
+    imports torch, so it loads only when one of them runs)."""
+    data_help = "a folder of <case>/image.* + label.* folders, or one case folder; repeat for several"
+    p = sub.add_parser("train", formatter_class=_HelpFormatter,
+                       help="train the small default model (ClickNet2) on labelled cases + synthetic data")
+    p.add_argument("--data", type=Path, action="append", required=True, help=data_help)
+    p.add_argument("--exclude", default="", help="comma-separated case names to leave out")
+    p.add_argument("--allow-non-commercial", action="store_true",
+                   help="also train on cases whose meta.json licence is non-commercial (the weights inherit it)")
+    p.add_argument("--family", choices=["clicknet2", "clicknet"], default="clicknet2", help="model family")
+    _add_output(p, Path("runs/default"), "checkpoint and log folder")
+    p.add_argument("--minutes", type=float, default=90.0, help="wall-clock budget (cumulative over resumes)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (samples, clicks, init)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    p.add_argument("--export", type=Path, default=None, help="weights file to (re)write at every checkpoint")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1 is faster on a shared machine: OpenMP threads wait for each other)")
+    _add_device(p)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--clicks", type=int, default=5, help="simulated clicks per episode")
+    p.add_argument("--decay-from-minute", type=float, default=None,
+                   help="keep the learning rate constant until this minute, then cosine-decay it (default: half)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("average", formatter_class=_HelpFormatter,
+                       help="average the weights of several exports of one training run (SWA)")
+    p.add_argument("exports", type=Path, nargs="+", help="exported weight files of one run, e.g. its last checkpoints")
+    _add_output(p, None, "averaged weights file")
+    p.set_defaults(func=cmd_average)
+
+    p = sub.add_parser("finetune", formatter_class=_HelpFormatter,
+                       help="fine-tune a model (any checkpoint, official ones included)")
+    p.add_argument("model", help="registry name or checkpoint path")
+    p.add_argument("--data", type=Path, action="append", required=True, help=data_help)
+    _add_output(p, Path("runs/finetune"), "checkpoint, log and finetuned.pt")
+    _add_device(p)
+    p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget (cumulative over resumes)")
+    p.add_argument("--trainable", choices=["all", "decoder", "adapters"], default="decoder",
+                   help="decoder = prompt encoder + mask decoder only (the image encoder stays frozen); "
+                        "adapters = small zero-initialised adapters on a frozen base, finetuned.pt is then "
+                        "an adapter file naming its base (load it with load_model / --model as usual)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamW)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    p.set_defaults(func=cmd_finetune)
 
 
 # ---------------------------------------------------------------- parser
@@ -505,11 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("name", help="e.g. sam-med3d-turbo (samvolseg models list)")
     p.set_defaults(func=cmd_models)
 
-    # train / finetune: their options live with the training code. A plain import: if it is broken, the
-    # traceback says so instead of the commands silently disappearing.
-    from .training import register_cli
-
-    register_cli(sub)
+    _add_training_commands(sub)
     from .teach import register_cli as register_teach  # teach: adapters + proposals for one structure
 
     register_teach(sub)
@@ -541,7 +641,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     program = argv is None
     try:
-        args = build_parser().parse_args(argv)  # inside the try: it imports torch, the slowest start-up step
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except (SAMVolSegmentError, OSError) as exc:  # OSError: a file vanished or a disk filled up meanwhile
         print(f"samvolseg: error: {exc}", file=sys.stderr)

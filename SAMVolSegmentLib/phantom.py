@@ -28,11 +28,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import SimpleITK as sitk
-from scipy import ndimage
+
+if TYPE_CHECKING:  # SimpleITK and scipy load in make_phantom: the CLI reads PHANTOM_LABELS for its help text
+    import SimpleITK as sitk
 
 #: Label values of the reference label map.
 PHANTOM_LABELS: Dict[str, int] = {
@@ -331,6 +332,9 @@ def make_phantom(spacing: Sequence[float] = DEFAULT_SPACING, seed: int = 0, nois
     Raises:
         ValueError: a spacing that is not three positive numbers, or negative noise.
     """
+    import SimpleITK as sitk
+    from scipy import ndimage
+
     spacing = tuple(float(v) for v in spacing)
     if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
         raise ValueError(f"spacing must be three positive numbers (x, y, z mm), got {spacing!r}")

@@ -12,7 +12,6 @@ checkpoint atomically, resume exactly, and export the weights file the package s
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
@@ -32,7 +31,7 @@ from .model.adapters import (
     save_adapters,
 )
 from .preprocessing import normalize_roi
-from .training_data import SampleSource, load_cases
+from .training_data import SampleSource
 
 #: Development cases of ../shared/data with expert labels: the report set, never trained on.
 REPORT_CASES = ("ct_deeplesion_000001_lesion", "ct_ibsi_sts003_sarcoma", "ct_msd_spleen2_spleen",
@@ -337,92 +336,3 @@ def _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, b
     if export is not None:  # the package always holds the latest model; training Dice is logged beside it
         export_model(model, export, {"step": step, "train_dice_last100": score, "minutes": elapsed / 60})
     return max(best, score)
-
-
-def register_cli(subparsers) -> None:
-    from .cli import _add_device, _add_output  # cli.py calls this function, so it is loaded by now
-
-    p = subparsers.add_parser("train", help="train the small default model (ClickNet2) on labelled cases + synthetic data")
-    p.add_argument("--data", type=Path, action="append", required=True,
-                   help="a folder of <case>/image.* + label.* folders, or one case folder; repeat for several")
-    p.add_argument("--exclude", default="", help="comma-separated case names to leave out")
-    p.add_argument("--allow-non-commercial", action="store_true",
-                   help="also train on cases whose meta.json licence is non-commercial (the weights inherit it)")
-    p.add_argument("--family", choices=["clicknet2", "clicknet"], default="clicknet2", help="model family")
-    _add_output(p, Path("runs/default"), "checkpoint and log folder")
-    p.add_argument("--minutes", type=float, default=90.0, help="wall-clock budget (cumulative over resumes)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (samples, clicks, init)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
-    p.add_argument("--export", type=Path, default=None, help="weights file to (re)write at every checkpoint")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (1 is faster on a shared machine: OpenMP threads wait for each other)")
-    _add_device(p)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
-    p.add_argument("--clicks", type=int, default=5, help="simulated clicks per episode")
-    p.add_argument("--decay-from-minute", type=float, default=None,
-                   help="keep the learning rate constant until this minute, then cosine-decay it (default: half)")
-    p.set_defaults(func=_cmd_train)
-
-    avg = subparsers.add_parser("average", help="average the weights of several exports of one training run (SWA)")
-    avg.add_argument("exports", type=Path, nargs="+", help="exported weight files of one run, e.g. its last checkpoints")
-    _add_output(avg, None, "averaged weights file")
-    avg.set_defaults(func=_cmd_average)
-
-    sub = subparsers.add_parser("finetune", help="fine-tune a model (any checkpoint, official ones included)")
-    sub.add_argument("model", help="registry name or checkpoint path")
-    sub.add_argument("--data", type=Path, action="append", required=True,
-                     help="a folder of <case>/image.* + label.* folders, or one case folder; repeat for several")
-    _add_output(sub, Path("runs/finetune"), "checkpoint, log and finetuned.pt")
-    _add_device(sub)
-    sub.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget (cumulative over resumes)")
-    sub.add_argument("--trainable", choices=["all", "decoder", "adapters"], default="decoder",
-                     help="decoder = prompt encoder + mask decoder only (the image encoder stays frozen); "
-                          "adapters = small zero-initialised adapters on a frozen base, finetuned.pt is then "
-                          "an adapter file naming its base (load it with load_model / --model as usual)")
-    sub.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamW)")
-    sub.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    sub.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
-    sub.set_defaults(func=_cmd_finetune)
-
-
-def _checked_device(args: argparse.Namespace) -> str:
-    from .cli import _check_device
-
-    _check_device(args.device)
-    return args.device
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from .model.clicknet import ClickNet, ClickNetConfig
-    from .model.clicknet2 import ClickNet2, ClickNet2Config
-
-    torch.set_num_threads(args.threads)
-    exclude = [name for name in args.exclude.split(",") if name]
-    cases = load_cases(args.data, exclude=exclude, allow_non_commercial=args.allow_non_commercial)
-    source = SampleSource(cases)
-    print(f"{len(cases)} training cases, {sum(len(c.targets) for c in cases)} targets in {len(source.groups)} "
-          f"groups: {', '.join(f'{g} ({len(v)})' for g, v in sorted(source.groups.items()))}", flush=True)
-    model = ClickNet2(ClickNet2Config()) if args.family == "clicknet2" else ClickNet(ClickNetConfig())
-    result = train(model, source, args.output, args.minutes, args.seed, export=args.export, resume=args.resume,
-                   decay_from_minute=args.decay_from_minute, lr=args.lr, clicks=args.clicks,
-                   device=_checked_device(args))
-    print(json.dumps(result))
-    return 0
-
-
-def _cmd_average(args: argparse.Namespace) -> int:
-    out = average_exports(args.exports, args.output)
-    print(f"averaged {len(args.exports)} exports into {out}")
-    return 0
-
-
-def _cmd_finetune(args: argparse.Namespace) -> int:
-    from .model import load_model
-
-    model = load_model(args.model)
-    cases = load_cases(args.data, allow_non_commercial=True)  # the user's own data, the user's own weights
-    source = SampleSource(cases, synthesis_fraction=0.0, blob_fraction=0.0)
-    result = train(model, source, args.output, args.minutes, args.seed, export=args.output / "finetuned.pt",
-                   resume=args.resume, trainable=args.trainable, lr=args.lr, device=_checked_device(args))
-    print(json.dumps(result))
-    return 0
