@@ -74,8 +74,8 @@ class ProposalHead(nn.Module):
 
     ``forward`` returns (coarse logits (B, C, L/4, L/4, L/4), logits (B, C, L, L, L)); L = image_size / 2.
     The context part runs at L/4 (16³ for a 128³ ROI: 12 mm voxels), where four dilated 3×3×3 convolutions see
-    the whole ROI at a cost a CPU trains quickly; the per-voxel part at L sharpens the boundary from the image
-    features.
+    the whole ROI at a cost a CPU trains quickly; per-voxel layers at L/2 (with the coarse features) and at L
+    (with the image features) sharpen the boundary.
     """
 
     def __init__(self, config: ProposalConfig, coarse_channels: int, fine_channels: int, image_channels: int = 2):
@@ -88,6 +88,8 @@ class ProposalHead(nn.Module):
                        nn.ReLU(inplace=True)]
         self.context = nn.Sequential(*layers)
         self.coarse_logits = nn.Conv3d(w, classes, 1)
+        # Per voxel at L/2: the coarse features at their own resolution (6 mm) with the context.
+        self.middle = nn.Sequential(nn.Conv3d(w + coarse_channels, w, 1), nn.ReLU(inplace=True))
         self.fine = nn.Sequential(nn.Conv3d(w + fine_channels + image_channels, config.fine_width, 1),
                                   nn.ReLU(inplace=True), nn.Conv3d(config.fine_width, classes, 1))
         nn.init.constant_(self.coarse_logits.bias, -2.0)  # start from "mostly background"
@@ -97,9 +99,11 @@ class ProposalHead(nn.Module):
         pooled = F.avg_pool3d(coarse, 2)
         hidden = self.context(torch.cat([pooled, _coordinates(pooled)], 1))
         coarse_logits = self.coarse_logits(hidden)
+        middle = self.middle(torch.cat([F.interpolate(hidden, size=coarse.shape[2:], mode="trilinear",
+                                                      align_corners=False), coarse], 1))
         size = fine.shape[2:]
         upsampled = F.interpolate(coarse_logits, size=size, mode="trilinear", align_corners=False)
-        detail = self.fine(torch.cat([F.interpolate(hidden, size=size, mode="trilinear", align_corners=False),
+        detail = self.fine(torch.cat([F.interpolate(middle, size=size, mode="trilinear", align_corners=False),
                                       fine, images], 1))
         return coarse_logits, upsampled + detail
 

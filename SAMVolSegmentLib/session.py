@@ -50,6 +50,10 @@ MAX_EXTENSIONS_PER_CLICK = 2
 #: Logit given to the seed mask prompt of a new ROI (binary mask → ±value); the CVPR-branch reference
 #: feeds the previous segmentation as a binary mask.
 SEED_MASK_LOGIT = 1.0
+#: A proposal's logits are scaled by this before they become the ROI's mask prompt.
+PROPOSAL_PROMPT_GAIN = 4.0
+#: Reach (Gaussian σ, mm) of a click's change to a proposal: it corrects the proposal near itself only.
+PROPOSAL_EDIT_SIGMA_MM = 15.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,9 @@ class Click:
 class _RoiState:
     roi: RoiWindow
     logits: Optional[torch.Tensor]  # (1,1,L,L,L) last low-res logits of this ROI; never mutated in place
+    # Set for a ROI that holds a proposal: each decode changes the mask only near the newest click (a Gaussian
+    # of this σ in low-res voxels) and keeps the previous logits elsewhere (see PROPOSAL_EDIT_SIGMA_MM).
+    edit_sigma_low: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -524,8 +531,12 @@ class InteractiveSession:
             clear = [MaskUpdate(bbox, np.zeros(tuple(hi - lo for lo, hi in bbox), np.uint8))]  # type: ignore[arg-type]
         deepest = _deepest_point_roi((logits[0, 0] > 0).cpu().numpy(), roi.size)
         assert deepest is not None  # propose_logits refuses an empty proposal
+        # The proposal becomes the ROI's mask prompt at the confidence of the model's own answers (its logits
+        # are calibrated for the head's loss, not for the decoder's prompt), and corrections stay local.
+        sigma_low = PROPOSAL_EDIT_SIGMA_MM / (roi.spacing * roi.size / logits.shape[-1])
         state = _Snapshot(clicks=(Click(roi.roi_to_ras(deepest[None])[0], True),),
-                          rois=((roi.key, _RoiState(roi, logits)),), active_roi=roi.key)
+                          rois=((roi.key, _RoiState(roi, logits * PROPOSAL_PROMPT_GAIN, sigma_low)),),
+                          active_roi=roi.key)
         updates = [*clear, self._paste(roi, logits, None, self._label_with(clear))]
         if self.auto_extend:
             state, more = self._extend(state, roi.key, logits, pending=updates)
@@ -599,7 +610,7 @@ class InteractiveSession:
         rois = dict(state.rois)
         roi_state = rois[key]
         prediction_logits = self._predict(roi_state, state.clicks)
-        rois[key] = _RoiState(roi_state.roi, prediction_logits)
+        rois[key] = replace(roi_state, logits=prediction_logits)
         base_label_kji = self._label_with(list(pending)) if pending else self._label_kji
         updates = [self._paste(roi_state.roi, prediction_logits, state.box_ras, base_label_kji)]
         state = replace(state, rois=tuple(rois.items()))
@@ -628,6 +639,9 @@ class InteractiveSession:
             roi_state.logits,
         )
         self.last_timing["decode_s"] = self.last_timing.get("decode_s", 0.0) + prediction.decode_s
+        if roi_state.edit_sigma_low is not None and roi_state.logits is not None and inside.any():
+            return _local_edit(roi_state.logits, prediction.low_res_logits, points_roi[inside][-1], roi.size,
+                               roi_state.edit_sigma_low)
         return prediction.low_res_logits
 
     def _paste(self, roi: RoiWindow, logits: torch.Tensor, box_ras, base_label_kji: np.ndarray) -> MaskUpdate:
@@ -821,6 +835,18 @@ def _as_point(value: Sequence[float], what: str) -> np.ndarray:
     if not np.all(np.isfinite(point)):
         raise InvalidPromptError(f"A {what} must be finite, got {point.tolist()}")
     return point
+
+
+def _local_edit(previous: torch.Tensor, predicted: torch.Tensor, point_roi: np.ndarray, roi_size: int,
+                sigma_low: float) -> torch.Tensor:
+    """(1, 1, L, L, L) logits: ``predicted`` near ``point_roi`` (ROI voxels), ``previous`` far from it, blended
+    with a Gaussian weight of ``sigma_low`` low-res voxels (FocalClick-style local refinement)."""
+    low = predicted.shape[-1]
+    centre = (np.asarray(point_roi, dtype=np.float64) + 0.5) * low / roi_size - 0.5
+    axis = torch.arange(low, dtype=torch.float32)
+    g = [torch.exp(-((axis - float(c)) ** 2) / (2 * sigma_low**2)) for c in centre]
+    weight = (g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :])[None, None]
+    return weight * predicted + (1 - weight) * previous.to(predicted.dtype)
 
 
 def _deepest_point_roi(mask_low: np.ndarray, roi_size: int) -> Optional[np.ndarray]:

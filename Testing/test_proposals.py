@@ -159,14 +159,14 @@ def test_a_remote_session_proposes_what_a_local_one_does(tiny_file):
         local.set_volume(array, matrix)
         local.propose("cyst")
         expected = local.mask_array_kji()
-    with remote_tests.running_server(model, ServerConfig(token=remote_tests.TOKEN)) as url:
-        with RemoteSession(url, token=remote_tests.TOKEN) as remote:
-            assert remote.proposal_classes() == ("blob", "cyst")
-            remote.set_volume(array, matrix)
-            remote.wait_until_ready()
-            remote.propose("cyst")
-            np.testing.assert_array_equal(remote.mask_array_kji(), expected)
-            with pytest.raises(InvalidPromptError, match="cannot propose 'liver'"):
-                remote.propose("liver")
-            remote.undo()
-            assert not remote.mask_array_kji().any() and remote.can_redo
+    with remote_tests.running_server(model, ServerConfig(token=remote_tests.TOKEN)) as url, \
+            RemoteSession(url, token=remote_tests.TOKEN) as remote:
+        assert remote.proposal_classes() == ("blob", "cyst")
+        remote.set_volume(array, matrix)
+        remote.wait_until_ready()
+        remote.propose("cyst")
+        np.testing.assert_array_equal(remote.mask_array_kji(), expected)
+        with pytest.raises(InvalidPromptError, match="cannot propose 'liver'"):
+            remote.propose("liver")
+        remote.undo()
+        assert not remote.mask_array_kji().any() and remote.can_redo

@@ -8,10 +8,12 @@ what its base does until it is trained):
   added in parallel to the block's MLP; in each two-way block of the mask decoder a token adapter
   (:class:`TokenMLPAdapter`, a bottleneck MLP on the prompt/output tokens) in parallel to its token MLP.
 * ``clicknet2``: one :class:`CoarseFeatureAdapter` (1×1×1 convolution → ReLU → depth-wise 3×3×3 convolution)
-  added to the coarse features the per-click decoder reads (computed once per ROI, in the cached embedding).
+  added to the coarse features the per-click decoder reads (computed once per ROI, in the cached embedding),
+  and one more on the per-click decoder's 32³ features (``decoder_adapter``; ``clicknet2_decoder_hidden``,
+  0 = none, which is what adapter files of version 1 hold), so the clicks' decoding can adapt too.
 
-Adapter modules live in attributes named ``adapter`` (``image_encoder.blocks.0.adapter.down.weight``, ...),
-which are ``None`` in an un-adapted model, so the base's state-dict names never change and official
+Adapter modules live in attributes named ``adapter`` or ``*_adapter`` (``image_encoder.blocks.0.adapter.down.weight``,
+``decoder_adapter.mix.weight``, ...), which are ``None`` in an un-adapted model, so the base's state-dict names never change and official
 checkpoints still load with ``strict=True``.
 
 Adapter file (``torch.save`` of plain data and tensors, read with ``weights_only=True``)::
@@ -54,11 +56,12 @@ class AdapterConfig(ConfigSerialization):
     """Adapter widths. ``encoder_bottleneck``: channels of the encoder's spatial adapters (capped at the
     encoder width; 64 for vit_b's 768, as in 3DSAM-adapter); ``decoder_hidden``: hidden width of the decoder's
     token adapters (capped at the token width); ``clicknet2_hidden``: ClickNet2 adapter channels (0 = the
-    coarse feature width)."""
+    coarse feature width); ``clicknet2_decoder_hidden``: channels of ClickNet2's decoder adapter (0 = none)."""
 
     encoder_bottleneck: int = 64
     decoder_hidden: int = 32
     clicknet2_hidden: int = 0
+    clicknet2_decoder_hidden: int = 8
 
 
 class DepthwiseConvAdapter(nn.Module):
@@ -118,7 +121,7 @@ class CoarseFeatureAdapter(nn.Module):
 
 def is_adapter_parameter(name: str) -> bool:
     """Whether a parameter / state-dict name belongs to an injected adapter."""
-    return "adapter" in name.split(".")
+    return any(part == "adapter" or part.endswith("_adapter") for part in name.split("."))
 
 
 def has_adapters(model: nn.Module) -> bool:
@@ -149,6 +152,9 @@ def inject_adapters(model: nn.Module, config: Optional[AdapterConfig] = None) ->
     elif family == "clicknet2":
         channels = model.config.embed_dim
         model.adapter = CoarseFeatureAdapter(channels, config.clicknet2_hidden or channels)
+        if config.clicknet2_decoder_hidden:
+            model.decoder_adapter = CoarseFeatureAdapter(model.config.decoder_channels[0],
+                                                         config.clicknet2_decoder_hidden)
     else:
         raise CheckpointError(
             f"Adapters exist for the {' and '.join(ADAPTER_FAMILIES)} families, not {family!r}; fine-tune this "
@@ -267,7 +273,9 @@ def compose(checkpoint: Mapping[str, Any], adapter_path: Path, base: Optional[Un
     # Version 1 files always hold adapters; from version 2 a file may hold only a proposal head.
     if checkpoint.get("adapter_config") is not None or int(checkpoint.get("version", 0)) == 1:
         try:
-            config = AdapterConfig.from_dict(checkpoint.get("adapter_config") or {})
+            stored = dict(checkpoint.get("adapter_config") or {})
+            stored.setdefault("clicknet2_decoder_hidden", 0)  # files from before the decoder adapter have none
+            config = AdapterConfig.from_dict(stored)
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{adapter_path} has an unreadable adapter_config ({exc}); update "
                                   "SAMVolSegment.") from exc

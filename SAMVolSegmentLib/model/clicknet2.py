@@ -165,6 +165,8 @@ class ClickNet2(nn.Module):
         # Optional residual adapter on the coarse features (:mod:`.adapters`), None unless injected (a plain
         # attribute then: state-dict names unchanged).
         self.adapter: Optional[nn.Module] = None
+        # Optional residual adapter on the click-conditioned decoder's 32³ features, likewise.
+        self.decoder_adapter: Optional[nn.Module] = None
 
     # ------------------------------------------------------------------ image side (once per ROI)
     def encode_image(self, image_roi: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -285,6 +287,8 @@ class ClickNet2(nn.Module):
         x8 = self.dec_down8(x16)
         y16 = self.dec_up16(_nearest(self.dec_skip16(x8), x16) + x16)
         y32 = self.dec_up32(_nearest(self.dec_skip32(y16), x32) + x32)
+        if self.decoder_adapter is not None:  # per click: structure-specific decoding (adapters.py)
+            y32 = y32 + self.decoder_adapter(y32)
         logits32 = self.coarse_head(y32) + self.click_gain * (pooled[:, :1] - pooled[:, 1:2])
         up_logits = _up(logits32, fine)
         logits = up_logits + self.refine(fine + self.refine_clicks(torch.cat([clicks, prev, up_logits / 4], 1)))
