@@ -170,3 +170,25 @@ def test_a_remote_session_proposes_what_a_local_one_does(tiny_file):
             remote.propose("liver")
         remote.undo()
         assert not remote.mask_array_kji().any() and remote.can_redo
+
+
+def test_a_correction_changes_a_proposal_only_near_its_click(tiny_file):
+    model = load_model(tiny_file)
+    _constant_head(model, 5.0)
+    array, matrix = _volume((24, 24, 24))
+    with InteractiveSession(model) as session:
+        session.set_volume(array, matrix)
+        session.propose("blob")
+        near_ras = matrix[:3, :3] @ np.array([2.0, 2.0, 2.0])  # voxel (i, j, k) = (2, 2, 2)
+        session.add_click(near_ras, False)
+        assert session.mask_array_kji()[18:, 18:, 18:].all()  # 35 mm away: kept whatever the model says there
+
+
+def test_the_local_edit_takes_the_prediction_near_the_click_and_keeps_the_rest():
+    from SAMVolSegmentLib.session import _local_edit
+
+    previous = torch.full((1, 1, 16, 16, 16), 10.0)
+    predicted = torch.full((1, 1, 16, 16, 16), -10.0)
+    blended = _local_edit(previous, predicted, np.array([3.5, 3.5, 3.5]), 32, sigma_low=2.0)[0, 0]
+    assert blended[1, 1, 1] < -8 and blended[15, 15, 15] > 9.99  # ROI voxel 3.5 = low-res voxel 1.5
+    assert torch.all(blended[8:, :, :] > 0) and torch.all(blended[1:3, 1:3, 1:3] < 0)
