@@ -12,7 +12,7 @@ One resumable command, in an output folder:
 5. ``results.json`` and ``card.md``: base vs adapted Dice after 1 and 3 clicks, proposal Dice with 0, 1 and 2
    corrective clicks, proposal time, on the held-out cases plus any ``--report`` cases.
 
-Heavy imports (torch) happen inside the command so that ``samvolseg --help`` stays fast.
+Heavy imports (numpy, torch) happen inside the functions so that ``samvolseg --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import json
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
-
-import numpy as np
 
 SPLIT_FILE = "split.json"
 STRUCTURE_FILE = "structure.pt"
@@ -82,6 +80,8 @@ def load_or_make_split(output: Path, folders: Sequence[Path], holdout: float, se
     Raises:
         ValueError: fewer than two cases, or a holdout fraction outside (0, 1).
     """
+    import numpy as np
+
     path = output / SPLIT_FILE
     if path.is_file():
         return json.loads(path.read_text())
@@ -102,6 +102,8 @@ def load_or_make_split(output: Path, folders: Sequence[Path], holdout: float, se
 def train_adapters(base: str, train_folders: Sequence[str], label: Optional[int], output: Path, minutes: float,
                    seed: int, device: str) -> Path:
     """Adapters on the training cases (their structure as the only target); returns the adapter file."""
+    import numpy as np
+
     from .model import load_model
     from .training import train
     from .training_data import SampleSource, load_cases
@@ -132,6 +134,8 @@ def read_case(folder: str, label: Optional[int]):
 
 def train_head(model_source: str, train_folders: Sequence[str], args: argparse.Namespace) -> Dict[str, float]:
     """Proposal head on the (adapted) model; writes ``structure.pt``."""
+    import numpy as np
+
     from .model import load_model
     from .model.adapters import save_adapters
     from .proposals import build_samples, train_proposal_head
@@ -150,6 +154,8 @@ def train_head(model_source: str, train_folders: Sequence[str], args: argparse.N
 # ---------------------------------------------------------------- report
 def click_dice(model: Any, folder: str, label: Optional[int], clicks: int) -> List[float]:
     """Dice after 1..clicks simulated clicks (deepest point, then largest error) on one case."""
+    import numpy as np
+
     from .evaluation import first_click, index_to_ras, next_click
     from .metrics import dice
     from .session import InteractiveSession
@@ -200,6 +206,8 @@ def proposal_dice(model: Any, folder: str, label: Optional[int], class_name: str
 
 
 def report(args: argparse.Namespace, split: Dict[str, List[str]], adapter_file: Optional[Path]) -> Dict[str, Any]:
+    import numpy as np
+
     from .model import load_model
 
     folders = [*split["heldout"], *(str(p) for p in args.report)]
