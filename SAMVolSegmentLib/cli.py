@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from .batch import MASK_SUFFIXES
 from .errors import InvalidPromptError, ModelNotAvailableError, SAMVolSegmentError
+from .phantom import DEFAULT_TARGET, PHANTOM_LABELS
 from .prompts_io import MAX_CLICKS
 
 DEMO_MASK = "demo_mask.nii.gz"
@@ -244,19 +245,30 @@ def print_summary(result) -> None:
 
 # ---------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Click-segment a generated CT phantom (or the user's case) with simulated clicks; Dice per click."""
+    """Click-segment a generated CT phantom, a downloaded sample or the user's case with simulated clicks;
+    Dice per click."""
     from .evaluation import Case, EvaluationResult, simulate_case, write_results
     from .io_utils import check_output_folder, write_image
     from .session import InteractiveSession
 
+    if args.list_samples:
+        return _list_samples()
     if not 1 <= args.clicks <= 20:
         raise InvalidPromptError("--clicks must be between 1 and 20.")
     check_output_folder(args.output)  # before the phantom and the clicks, not as a traceback after them
     if (args.image is None) != (args.label is None):
         raise InvalidPromptError("--image and --label go together: give both (your own case) or neither (phantom).")
+    if args.sample is not None and args.image is not None:
+        raise InvalidPromptError("--sample and --image/--label are alternatives: give one of them (or neither for "
+                                 "the phantom).")
+    if args.image is not None and args.target is not None:
+        raise InvalidPromptError("--target names a phantom structure or a sample's segment; on your own case give "
+                                 "--label-value instead.")
     out = Path(args.output)
-    if args.image is None:
-        case = _demo_phantom_case(out, args.target, args.seed)
+    if args.sample is not None:
+        case = _demo_sample_case(args.sample, args.target)
+    elif args.image is None:
+        case = _demo_phantom_case(out, args.target or DEFAULT_TARGET, args.seed)
     else:
         case = Case(Path(args.image).name, Path(args.image), Path(args.label), args.label_value)
         print(f"Demo on your case: {args.image} with reference {args.label} "
@@ -291,8 +303,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _demo_phantom_case(out: Path, target: str, seed: int):
     """Generate the phantom into ``out/phantom`` and describe it; the evaluation case for ``target``."""
     from .evaluation import Case
-    from .phantom import DEFAULT_SPACING, PHANTOM_LABELS, write_phantom
+    from .phantom import DEFAULT_SPACING, write_phantom
 
+    if target not in PHANTOM_LABELS:
+        raise InvalidPromptError(f"--target {target!r} is not a phantom structure; choose one of "
+                                 f"{', '.join(sorted(PHANTOM_LABELS))}.")
     start = time.perf_counter()
     image_path, label_path = write_phantom(out / "phantom", seed=seed)
     spacing = " x ".join(f"{v:g}" for v in DEFAULT_SPACING)
@@ -302,6 +317,48 @@ def _demo_phantom_case(out: Path, target: str, seed: int):
     print(f"Target: {target} (label {PHANTOM_LABELS[target]}); the spleen touches the left kidney, the splenic "
           "vein (both of similar brightness), a rib and the colon.")
     return Case(f"phantom_{target}", image_path, label_path, PHANTOM_LABELS[target])
+
+
+def _demo_sample_case(name: str, target: Optional[str]):
+    """Download a registered sample (or find it in the cache) and describe it; the evaluation case for the
+    segment ``target`` (default: the sample's)."""
+    from .download import host_of
+    from .evaluation import Case, target_name
+    from .samples import fetch_sample, get_sample, is_cached, sample_dir
+
+    sample = get_sample(name)  # an unknown name is refused before any download
+    cached = is_cached(sample)
+    if cached:
+        print(f"Sample {sample.name}: in the cache at {sample_dir(sample)} (SHA-256 checked, nothing downloaded).")
+    else:
+        print(f"Sample {sample.name}: downloading {', '.join(f.filename for f in sample.files)} from "
+              f"{host_of(sample.image.url)} into {sample_dir(sample)} (SHA-256 checked).", flush=True)
+    progress, close = make_progress(f"sample {sample.name}")
+    try:
+        prepared = fetch_sample(name, progress=None if cached else progress)
+    finally:
+        close()
+    segment, value = prepared.target_value(target)
+    print(f"Demo data: {sample.description}. Source: {sample.source}. Licence: {sample.licence}.")
+    print(f"Target: segment {segment} (label {value} of {prepared.label_path}); the sample's segments: "
+          f"{', '.join(prepared.segments)}.")
+    return Case(target_name(sample.name, value), prepared.image_path, prepared.label_path, value)
+
+
+def _list_samples() -> int:
+    """``demo --list-samples``: every registered sample, where it comes from, and whether it is cached."""
+    from .download import cache_root
+    from .samples import is_cached, list_samples
+
+    print(f"samples for samvolseg demo --sample NAME (cache: {cache_root() / 'samples'}; set SAMVOLSEG_CACHE to "
+          "change)")
+    for sample in list_samples():
+        state = "in the cache" if is_cached(sample) else "not downloaded"
+        print(f"{sample.name:<14} {state:<15} {sample.description}")
+        for item in sample.files:
+            print(f"{'':<14} {item.filename}: {item.url}")
+        print(f"{'':<14} default target: {sample.default_target}; licence: {sample.licence}")
+    return 0
 
 
 def _write_overlay(case, mask, path: Path) -> Optional[Path]:
@@ -481,7 +538,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        hidden = any(action.default is value for value in (None, False, argparse.SUPPRESS))  # 0 is a default
+        if "default" in text or hidden or not action.option_strings:
             return text
         return super()._get_help_string(action)
 
@@ -580,20 +638,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_evaluate)
 
-    from .phantom import DEFAULT_TARGET, PHANTOM_LABELS
-
     p = add("demo", help="segment a generated CT phantom with simulated clicks (no data needed)",
             description="Generate a CT-like abdominal phantom with its reference label map (deterministic, "
                         "offline), segment the target with clicks simulated from the reference, print Dice per "
                         "click next to a region-growing baseline on the same clicks, and write the mask, the "
-                        "per-click CSV/JSON, a Dice-vs-clicks plot and an overlay PNG. --image/--label run the "
-                        "same on your own case.")
+                        "per-click CSV/JSON, a Dice-vs-clicks plot and an overlay PNG. --sample NAME does the same "
+                        "on a public labelled case (downloaded once, SHA-256 checked, cached); --image/--label on "
+                        "your own case.")
     p.add_argument("--model", default="default", help="registry name or checkpoint path")
     p.add_argument("--clicks", type=int, default=5, help="1 click, then up to this many in total (1-20)")
     _add_output(p, Path("samvolseg-demo"), f"output folder for the phantom, {DEMO_MASK}, the plots and tables")
-    p.add_argument("--target", choices=sorted(PHANTOM_LABELS), default=DEFAULT_TARGET,
-                   help="phantom structure to segment")
+    p.add_argument("--target", default=None,
+                   help=f"phantom structure to segment: {', '.join(sorted(PHANTOM_LABELS))} (default "
+                        f"{DEFAULT_TARGET}); with --sample: one of its segments (default: the sample's)")
     p.add_argument("--seed", type=int, default=0, help="phantom seed (surface shapes, bowel, noise)")
+    p.add_argument("--sample", default=None, metavar="NAME",
+                   help="a public labelled case instead of the phantom, downloaded on first use into the cache "
+                        "($SAMVOLSEG_CACHE, default ~/.cache/samvolsegment); see --list-samples")
+    p.add_argument("--list-samples", action="store_true", help="list the registered samples and exit")
     p.add_argument("--image", default=None, help="your own image instead of the phantom (file or DICOM folder)")
     p.add_argument("--label", default=None, help="with --image: its reference label map on the same grid")
     p.add_argument("--label-value", type=int, default=None,

@@ -1,22 +1,19 @@
 """Model registry: the bundled default model, official checkpoints downloaded on request, local files.
 
-Nothing here touches the network unless :func:`download_model` is called explicitly.
+Nothing here touches the network unless :func:`download_model` is called explicitly (through
+:func:`.download.download_file`: checked size and SHA-256, atomic rename).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
+from typing import Dict, List, Optional, Union
 
+from .download import DownloadError, ProgressCallback, cache_root, download_file, is_complete
 from .errors import ModelNotAvailableError
 
-ProgressCallback = Callable[[float, str], None]
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
@@ -84,20 +81,17 @@ def list_models() -> List[ModelSpec]:
 
 
 def cache_dir() -> Path:
-    """``$SAMVOLSEGMENT_MODEL_DIR``, else ``$XDG_CACHE_HOME/samvolsegment/models`` (default ``~/.cache``)."""
+    """``$SAMVOLSEGMENT_MODEL_DIR``, else ``models/`` in :func:`.download.cache_root` (``$SAMVOLSEG_CACHE``,
+    ``$XDG_CACHE_HOME/samvolsegment`` or ``~/.cache/samvolsegment``)."""
     explicit = os.environ.get("SAMVOLSEGMENT_MODEL_DIR")
     if explicit:
         return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "samvolsegment" / "models"
+    return cache_root() / "models"
 
 
 def spec_path(spec: ModelSpec) -> Path:
     """Where a registered model's file lives (package folder if bundled, else the cache dir); may not exist."""
     return PACKAGE_WEIGHTS / spec.filename if spec.bundled else cache_dir() / spec.filename
-
-
-_spec_path = spec_path  # older private name, still used by callers
 
 
 def resolve_model_path(source: Union[str, Path]) -> Path:
@@ -141,50 +135,15 @@ def download_model(name: str, progress: Optional[ProgressCallback] = None, timeo
         downloadable = sorted(n for n, s in REGISTRY.items() if s.url)
         raise ModelNotAvailableError(f"{name!r} is not a downloadable model; choose one of {downloadable}.")
     target = spec_path(spec)
-    if target.is_file() and (spec.size_bytes is None or target.stat().st_size == spec.size_bytes):
+    if is_complete(target, None, spec.size_bytes):  # size only: hashing 400 MB on every call would be slow
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=str(target.parent))
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=timeout) as response:
-            _stream(response, out, spec, progress)
-        os.replace(str(tmp), str(target))
-    except (urllib.error.URLError, OSError) as exc:
-        raise ModelNotAvailableError(
-            f"Cannot download {name} from {spec.url} ({exc}). If this machine is offline, download "
-            f"{spec.filename} elsewhere and copy it to {target}."
-        ) from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return target
-
-
-def _stream(response, out, spec: ModelSpec, progress: Optional[ProgressCallback]) -> None:
-    """Copy the HTTP body to ``out`` in blocks, checking size and checksum."""
-    announced = response.headers.get("Content-Length")
-    if announced is not None and spec.size_bytes is not None and int(announced) != spec.size_bytes:
-        # refuse before transferring hundreds of MB of the wrong file
-        raise ModelNotAvailableError(
-            f"The server offers {int(announced):,} bytes for {spec.name}, expected {spec.size_bytes:,}; "
-            f"the file at {spec.url} has changed. Update SAMVolSegment or place the file manually."
-        )
-    total = spec.size_bytes or int(announced or 0)
-    digest = hashlib.sha256()
-    done = 0
-    while True:
-        block = response.read(1 << 20)
-        if not block:
-            break
-        out.write(block)
-        digest.update(block)
-        done += len(block)
-        if progress is not None:
-            progress(min(done / total, 1.0) if total else 0.0, f"{spec.name}: {done / 2**20:.0f} MB")
-    if spec.size_bytes is not None and done != spec.size_bytes:
-        raise ModelNotAvailableError(
-            f"Download of {spec.name} is incomplete or wrong ({done:,} of {spec.size_bytes:,} bytes); try again."
-        )
-    if spec.sha256 is not None and digest.hexdigest() != spec.sha256:
-        raise ModelNotAvailableError(f"Download of {spec.name} has the wrong sha256 checksum; try again.")
+        return download_file(spec.url, target, sha256=spec.sha256, size_bytes=spec.size_bytes, what=spec.name,
+                             progress=progress, timeout=timeout)
+    except DownloadError as exc:
+        if exc.unreachable:
+            raise ModelNotAvailableError(
+                f"Cannot download {name}: {exc}. If this machine is offline, download {spec.filename} from "
+                f"{spec.url} elsewhere and copy it to {target}."
+            ) from None
+        raise ModelNotAvailableError(f"{exc} Try again, or place {spec.filename} in {target.parent} by hand.") from None
