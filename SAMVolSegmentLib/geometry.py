@@ -31,8 +31,11 @@ DIRECTION_UNIT_TOLERANCE = 1e-4
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
-def lps_to_ras(points: np.ndarray) -> np.ndarray:
-    """LPS ↔ RAS for (N, 3) points: negate the first two axes (the map is its own inverse)."""
+def lps_to_ras(points: Sequence) -> np.ndarray:
+    """LPS ↔ RAS for a point (3,) or points (N, 3), in mm: negate x and y (the map is its own inverse).
+
+    Returns a float64 array of the input's shape, e.g. for a SimpleITK physical point (a tuple).
+    """
     return np.asarray(points, dtype=np.float64) * np.array([-1.0, -1.0, 1.0])
 
 

@@ -399,3 +399,14 @@ def test_voxel_index_and_ras_round_trip(geometry, data):
     ijk_far = np.array(index[::-1], float) + np.array([-1e3, 1e3, 0.0])
     far = geometry.nearest_index_kji(geometry.ijk_to_ras_points(ijk_far)[0])
     assert far == (index[0], geometry.shape_kji[1] - 1, 0)
+
+
+def test_lps_to_ras_takes_one_simpleitk_point_as_the_readme_does():
+    image = sitk.Image(40, 30, 20, sitk.sitkInt16)
+    image.SetOrigin((12.5, -171.0, -418.0))
+    image.SetSpacing((0.8, 0.8, 5.0))
+    point_lps = image.TransformContinuousIndexToPhysicalPoint((7, 11, 13))  # a tuple, as SimpleITK returns
+    point_ras = lps_to_ras(point_lps)
+    assert point_ras.shape == (3,) and point_ras[2] == point_lps[2] and point_ras[0] == -point_lps[0]
+    np.testing.assert_allclose(VolumeGeometry.from_sitk(image).ras_to_ijk(point_ras)[0], [7, 11, 13], atol=1e-9)
+    np.testing.assert_array_equal(ras_to_lps(point_ras), point_lps)
