@@ -568,7 +568,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
                       otherSegments: OtherSegments = OtherSegments.OVERLAP) -> str:
         """Segment one structure from a whole prompt set without the GUI; returns the new segment's ID.
 
-        The batch path: the volume's voxels (``slicer.util.arrayFromVolume``, copied) and its IJK → world matrix
+        The batch path: the volume's voxels (``slicer.util.arrayFromVolume``, copied) and its IJK -> world matrix
         (parent transforms included, as the interactive path; a non-linear transform is refused) go to
         ``SAMVolSegmentLib.batch.segment_volume`` on the Logic's worker thread, with the model the Logic keeps
         (loaded once, shared with the interactive sessions). So the mask is the one ``SAMVolSegmentLib.segment``

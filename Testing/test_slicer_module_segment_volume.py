@@ -309,7 +309,7 @@ def test_interactive_session_shares_the_model_and_keeps_its_history(env, expecte
 # ------------------------------------------------------------------------------------------ README
 def readme_console_example() -> str:
     """The README's Slicer-console loop (the python block that calls logic.segmentVolume)."""
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "logic.segmentVolume" in b]
     assert len(blocks) == 1, "the README has one Slicer-console segmentVolume example"
     return blocks[0]
