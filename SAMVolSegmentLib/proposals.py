@@ -35,7 +35,7 @@ from scipy import ndimage
 from torch import nn
 
 from .errors import CheckpointError, InvalidPromptError
-from .geometry import ModelGrid, RoiWindow
+from .geometry import MODEL_SPACING_MM, ModelGrid, RoiWindow
 from .model.config import ConfigSerialization
 from .preprocessing import ModelVolume, Volume, crop_roi, resample_to_model_grid, soft_label_to_model_grid
 
@@ -43,6 +43,12 @@ from .preprocessing import ModelVolume, Volume, crop_roi, resample_to_model_grid
 PROPOSAL_FAMILIES = ("clicknet2",)
 #: Half-width (mm) of the random shift of training ROIs: the head must not depend on exact centring.
 TRAIN_JITTER_MM = 12.0
+#: A proposal's logits are scaled by this before they become the ROI's mask prompt: the head's logits are
+#: calibrated for its own loss, the decoder's mask prompt is usually its own confident answer.
+PROPOSAL_PROMPT_GAIN = 4.0
+#: Reach (Gaussian σ, mm) of a click's change to a proposal: a correction changes the proposal near itself
+#: only (FocalClick-style local refinement), so one click cannot undo a good proposal elsewhere.
+PROPOSAL_EDIT_SIGMA_MM = 15.0
 
 ProgressFn = Callable[[float, str], None]
 
@@ -144,6 +150,18 @@ def class_index(model: nn.Module, class_name: str) -> int:
                                                              "it has no proposal head. Train one with "
                                                              "`samvolseg teach` and load that file as the model."))
     return classes.index(class_name)
+
+
+def local_edit(previous: torch.Tensor, predicted: torch.Tensor, point_roi: np.ndarray, roi_size: int,
+               sigma_low: float) -> torch.Tensor:
+    """(B, 1, L, L, L) logits: ``predicted`` near ``point_roi`` (ROI voxels (3,), tensor order R, A, S),
+    ``previous`` far from it, blended with a Gaussian weight of ``sigma_low`` low-res voxels."""
+    low = predicted.shape[-1]
+    centre = (np.asarray(point_roi, dtype=np.float64) + 0.5) * low / roi_size - 0.5
+    axis = torch.arange(low, dtype=torch.float32, device=predicted.device)
+    g = [torch.exp(-((axis - float(c)) ** 2) / (2 * sigma_low**2)) for c in centre]
+    weight = (g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :])[None, None]
+    return weight * predicted + (1 - weight) * previous.to(predicted.dtype)
 
 
 # ---------------------------------------------------------------- where to look
@@ -341,6 +359,94 @@ def train_proposal_head(model: nn.Module, samples: Sequence[ProposalSample], cla
     head.eval()
     return {"steps": float(step), "minutes": (time.perf_counter() - start) / 60.0,
             "train_loss_last50": float(np.mean(losses[-50:]))}
+
+
+def correction_episode(model: nn.Module, sample: ProposalSample, rng: np.random.Generator, clicks: int,
+                       from_proposal: bool, channel: int = 0) -> torch.Tensor:
+    """Loss of one simulated episode on a cached embedding, what a user of a taught structure does:
+
+    * ``from_proposal``: the head's proposal (largest component) as the mask prompt with its deepest-point
+      click, then ``clicks`` corrections at the largest error, each a :func:`local_edit` of the last mask;
+    * otherwise: ``clicks`` clicks from an empty mask, as for any structure.
+
+    The loss (BCE + Dice against the soft low-res target) is the mean over the clicks; only modules with
+    gradients enabled (the decoder adapter) learn.
+    """
+    from .clicks import deepest_point_roi
+    from .training import _bce_dice, simulate_click
+
+    embedding = tuple(t.float() for t in sample.embedding)
+    target = sample.target
+    target_low = target[0, 0].numpy()
+    size, low = model.config.image_size, target.shape[-1]
+    sigma_low = PROPOSAL_EDIT_SIGMA_MM / (MODEL_SPACING_MM * size / low)
+    points: List[np.ndarray] = []
+    labels: List[int] = []
+    previous = torch.zeros_like(target)
+    prediction: Optional[np.ndarray] = None
+    if from_proposal:
+        with torch.no_grad():
+            proposal = keep_largest_component(model.proposal_head(embedding)[1][0, channel])
+        deepest = deepest_point_roi((proposal > 0).numpy(), size)
+        if deepest is not None:
+            points.append(deepest.astype(np.float32))
+            labels.append(1)
+            previous = proposal[None, None] * PROPOSAL_PROMPT_GAIN
+            prediction = (proposal > 0).numpy()
+    local = bool(points)
+    total = torch.zeros(())
+    for _ in range(clicks):
+        point, label = simulate_click(target_low, prediction, rng, size)
+        points.append(point)
+        labels.append(label)
+        logits, _ = model.decode_prompts(embedding, torch.from_numpy(np.stack(points))[None],
+                                         torch.tensor([labels], dtype=torch.int64), previous)
+        if local:
+            logits = local_edit(previous, logits, point, size, sigma_low)
+        total = total + _bce_dice(logits, target, 3.0)
+        previous = logits.detach()
+        prediction = (previous[0, 0] > 0).numpy()
+    return total / clicks
+
+
+def train_decoder_adapter(model: nn.Module, samples: Sequence[ProposalSample], *, minutes: float, seed: int = 0,
+                          lr: float = 2e-3, clicks: int = 3,
+                          progress: Optional[ProgressFn] = None) -> Dict[str, float]:
+    """Inject a decoder-only adapter (:mod:`.model.adapters`) and train it on cached embeddings: half the
+    episodes correct the proposal (the model must have its head), half click from scratch. The base and the
+    head stay frozen. Returns ``{"steps", "minutes", "train_loss_last50"}``."""
+    from .model.adapters import AdapterConfig, inject_adapters, is_adapter_parameter
+
+    inject_adapters(model, AdapterConfig(clicknet2_coarse=False))
+    params = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(is_adapter_parameter(name))
+        if parameter.requires_grad:
+            params.append(parameter)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model.train()
+    losses: List[float] = []
+    start, step, budget = time.perf_counter(), 0, minutes * 60.0
+    while time.perf_counter() - start < budget:
+        sample = samples[int(rng.integers(len(samples)))]
+        loss = correction_episode(model, sample, rng, clicks, from_proposal=bool(rng.random() < 0.5))
+        fraction = (time.perf_counter() - start) / budget
+        for group in optimizer.param_groups:
+            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(1.0, fraction))))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        step += 1
+        if progress is not None and step % 20 == 0:
+            progress(min(1.0, fraction), f"decoder adapter step {step}, loss {np.mean(losses[-50:]):.3f}")
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return {"steps": float(step), "minutes": (time.perf_counter() - start) / 60.0,
+            "train_loss_last50": float(np.mean(losses[-50:])) if losses else float("nan")}
 
 
 # ---------------------------------------------------------------- file format (inside the adapter file)

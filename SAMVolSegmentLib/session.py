@@ -37,6 +37,7 @@ from .preprocessing import (
     resample_to_model_grid,
 )
 from .prompts_io import MAX_CLICKS  # one limit for the session and prompt files (the reason is there)
+from .proposals import PROPOSAL_EDIT_SIGMA_MM, PROPOSAL_PROMPT_GAIN, local_edit, propose_logits
 
 ProgressCallback = Callable[[float, str], None]
 RoiKey = Tuple[int, int, int]
@@ -50,10 +51,6 @@ MAX_EXTENSIONS_PER_CLICK = 2
 #: Logit given to the seed mask prompt of a new ROI (binary mask → ±value); the CVPR-branch reference
 #: feeds the previous segmentation as a binary mask.
 SEED_MASK_LOGIT = 1.0
-#: A proposal's logits are scaled by this before they become the ROI's mask prompt.
-PROPOSAL_PROMPT_GAIN = 4.0
-#: Reach (Gaussian σ, mm) of a click's change to a proposal: it corrects the proposal near itself only.
-PROPOSAL_EDIT_SIGMA_MM = 15.0
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,7 @@ class _RoiState:
     roi: RoiWindow
     logits: Optional[torch.Tensor]  # (1,1,L,L,L) last low-res logits of this ROI; never mutated in place
     # Set for a ROI that holds a proposal: each decode changes the mask only near the newest click (a Gaussian
-    # of this σ in low-res voxels) and keeps the previous logits elsewhere (see PROPOSAL_EDIT_SIGMA_MM).
+    # of this σ in low-res voxels) and keeps the previous logits elsewhere (proposals.local_edit).
     edit_sigma_low: Optional[float] = None
 
 
@@ -517,8 +514,6 @@ class InteractiveSession:
 
     def _propose_step(self, class_name: str) -> Tuple[_Snapshot, List[MaskUpdate]]:
         """Clear the mask, paste the proposal's ROI, add its deepest-point click, continue into neighbours."""
-        from .proposals import propose_logits
-
         assert self._label_kji is not None
         roi, logits, timing = propose_logits(self.predictor, self._require_volume(), self._model_volume(),
                                              class_name, self._report)
@@ -640,7 +635,7 @@ class InteractiveSession:
         )
         self.last_timing["decode_s"] = self.last_timing.get("decode_s", 0.0) + prediction.decode_s
         if roi_state.edit_sigma_low is not None and roi_state.logits is not None and inside.any():
-            return _local_edit(roi_state.logits, prediction.low_res_logits, points_roi[inside][-1], roi.size,
+            return local_edit(roi_state.logits, prediction.low_res_logits, points_roi[inside][-1], roi.size,
                                roi_state.edit_sigma_low)
         return prediction.low_res_logits
 
@@ -835,18 +830,6 @@ def _as_point(value: Sequence[float], what: str) -> np.ndarray:
     if not np.all(np.isfinite(point)):
         raise InvalidPromptError(f"A {what} must be finite, got {point.tolist()}")
     return point
-
-
-def _local_edit(previous: torch.Tensor, predicted: torch.Tensor, point_roi: np.ndarray, roi_size: int,
-                sigma_low: float) -> torch.Tensor:
-    """(1, 1, L, L, L) logits: ``predicted`` near ``point_roi`` (ROI voxels), ``previous`` far from it, blended
-    with a Gaussian weight of ``sigma_low`` low-res voxels (FocalClick-style local refinement)."""
-    low = predicted.shape[-1]
-    centre = (np.asarray(point_roi, dtype=np.float64) + 0.5) * low / roi_size - 0.5
-    axis = torch.arange(low, dtype=torch.float32)
-    g = [torch.exp(-((axis - float(c)) ** 2) / (2 * sigma_low**2)) for c in centre]
-    weight = (g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :])[None, None]
-    return weight * predicted + (1 - weight) * previous.to(predicted.dtype)
 
 
 def _deepest_point_roi(mask_low: np.ndarray, roi_size: int) -> Optional[np.ndarray]:

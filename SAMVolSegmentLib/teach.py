@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 SPLIT_FILE = "split.json"
+HEAD_FILE = "head.pt"
 STRUCTURE_FILE = "structure.pt"
 
 
@@ -47,8 +48,9 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of the cases kept out of training")
     p.add_argument("--report", type=Path, action="append", default=[],
                    help="extra labelled case folder(s) to report on (never trained on); repeat for several")
-    p.add_argument("--adapter-minutes", type=float, default=8.0, help="adapter training budget (0: no adapters)")
-    p.add_argument("--proposal-minutes", type=float, default=5.0, help="proposal head training budget")
+    p.add_argument("--proposal-minutes", type=float, default=8.0, help="proposal head training budget")
+    p.add_argument("--adapter-minutes", type=float, default=6.0,
+                   help="decoder adapter training budget (0: none); it learns to correct proposals and to click")
     p.add_argument("--repeats", type=int, default=4, help="jittered proposal ROIs per training case")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of every random choice")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -99,27 +101,6 @@ def load_or_make_split(output: Path, folders: Sequence[Path], holdout: float, se
 
 
 # ---------------------------------------------------------------- stages
-def train_adapters(base: str, train_folders: Sequence[str], label: Optional[int], output: Path, minutes: float,
-                   seed: int, device: str) -> Path:
-    """Adapters on the training cases (their structure as the only target); returns the adapter file."""
-    import numpy as np
-
-    from .model import load_model
-    from .training import train
-    from .training_data import SampleSource, load_cases
-
-    cases = load_cases([Path(f) for f in train_folders], allow_non_commercial=True)
-    for case in cases:  # the structure is the one target: the union of its values, or the chosen one
-        values = tuple(int(v) for v in np.unique(case.labels_model) if v != 0 and (label is None or v == label))
-        case.targets = [(f"{case.name}:target", values)] if values else []
-    cases = [c for c in cases if c.targets]
-    model = load_model(base)
-    export = output / "adapters.pt"
-    train(model, SampleSource(cases, synthesis_fraction=0.0, blob_fraction=0.0), output / "adapters", minutes,
-          seed, export=export, resume=True, trainable="adapters", lr=1e-3, device=device)
-    return export
-
-
 def read_case(folder: str, label: Optional[int]):
     """(Volume, binary label (k, j, i)) of a case folder."""
     import SimpleITK as sitk
@@ -132,23 +113,48 @@ def read_case(folder: str, label: Optional[int]):
     return volume, (label_kji > 0) if label is None else (label_kji == label)
 
 
-def train_head(model_source: str, train_folders: Sequence[str], args: argparse.Namespace) -> Dict[str, float]:
-    """Proposal head on the (adapted) model; writes ``structure.pt``."""
+def train_stages(args: argparse.Namespace, train_folders: Sequence[str]) -> Dict[str, Any]:
+    """Proposal head, then decoder adapter, on cached embeddings of the training cases' proposal ROIs.
+
+    Each stage ends with a file (``head.pt``: the head alone; ``structure.pt``: head + adapter) and its JSON
+    log, so a rerun skips finished stages. Returns the stages' logs.
+    """
     import numpy as np
+    import torch
 
     from .model import load_model
     from .model.adapters import save_adapters
-    from .proposals import build_samples, train_proposal_head
+    from .proposals import build_samples, train_decoder_adapter, train_proposal_head
 
-    model = load_model(model_source, device=args.device)  # base (+ adapters): save_adapters names that base
+    head_file, structure_file = args.output / HEAD_FILE, args.output / STRUCTURE_FILE
+    logs = {name: json.loads((args.output / f"{name}.json").read_text())
+            for name in ("head", "adapter") if (args.output / f"{name}.json").is_file()}
+    if "adapter" in logs and structure_file.is_file():
+        print("teach: head and adapter already trained (structure.pt)", flush=True)
+        return logs
+    resume_head = "head" in logs and head_file.is_file()
+    model = load_model(str(head_file) if resume_head else args.model, device=args.device)
     rng = np.random.default_rng(args.seed)
     cases = [read_case(f, args.label) for f in train_folders]
     print(f"teach: embedding {len(cases)} training cases × {args.repeats} proposal ROIs", flush=True)
     samples = build_samples(model, cases, args.repeats, rng)
-    print(f"teach: training the proposal head for {args.proposal_minutes:g} min on {len(samples)} ROIs", flush=True)
-    result = train_proposal_head(model, samples, args.class_name, minutes=args.proposal_minutes, seed=args.seed)
-    save_adapters(model, args.output / STRUCTURE_FILE, meta={"class": args.class_name, **result})
-    return result
+    del cases
+    if not resume_head:
+        print(f"teach: proposal head, {args.proposal_minutes:g} min on {len(samples)} ROIs", flush=True)
+        logs["head"] = train_proposal_head(model, samples, args.class_name, minutes=args.proposal_minutes,
+                                           seed=args.seed)
+        save_adapters(model, head_file, meta={"class": args.class_name, **logs["head"]})
+        (args.output / "head.json").write_text(json.dumps(logs["head"]))
+    if args.adapter_minutes > 0:
+        print(f"teach: decoder adapter, {args.adapter_minutes:g} min (corrections of proposals and clicks from "
+              "scratch)", flush=True)
+        torch.manual_seed(args.seed)
+        logs["adapter"] = train_decoder_adapter(model, samples, minutes=args.adapter_minutes, seed=args.seed)
+    else:
+        logs["adapter"] = {"steps": 0.0, "minutes": 0.0}
+    save_adapters(model, structure_file, meta={"class": args.class_name, **logs["adapter"]})
+    (args.output / "adapter.json").write_text(json.dumps(logs["adapter"]))
+    return logs
 
 
 # ---------------------------------------------------------------- report
@@ -205,88 +211,94 @@ def proposal_dice(model: Any, folder: str, label: Optional[int], class_name: str
     return scores, propose_s
 
 
-def report(args: argparse.Namespace, split: Dict[str, List[str]], adapter_file: Optional[Path]) -> Dict[str, Any]:
+def report(args: argparse.Namespace, split: Dict[str, List[str]]) -> Dict[str, Any]:
+    """Dice per reported case: the base model's clicks, the adapted model's clicks, and the proposal with
+    corrective clicks, without (``head.pt``) and with the adapter (``structure.pt``)."""
     import numpy as np
 
     from .model import load_model
 
     folders = [*split["heldout"], *(str(p) for p in args.report)]
     base = load_model(args.model, device=args.device)
+    head_only = load_model(str(args.output / HEAD_FILE), device=args.device)
     structure = load_model(str(args.output / STRUCTURE_FILE), device=args.device)
-    adapted = structure if adapter_file is not None else None  # clicks never use the head
+    adapted = args.adapter_minutes > 0
     rows = []
     for index, folder in enumerate(folders):
         row: Dict[str, Any] = {"case": Path(folder).name, "heldout": folder in split["heldout"],
                                "base_dice": click_dice(base, folder, args.label, 3)}
-        if adapted is not None:
-            row["adapted_dice"] = click_dice(adapted, folder, args.label, 3)
-        row["proposal_dice"], row["propose_s"] = proposal_dice(structure, folder, args.label, args.class_name)
+        row["head_proposal_dice"], row["propose_s"] = proposal_dice(head_only, folder, args.label, args.class_name)
+        if adapted:
+            row["adapted_dice"] = click_dice(structure, folder, args.label, 3)
+            row["proposal_dice"], _ = proposal_dice(structure, folder, args.label, args.class_name)
         rows.append(row)
+        proposal = row.get("proposal_dice", row["head_proposal_dice"])
         print(f"teach: reported {index + 1}/{len(folders)} {row['case']}: base@1 {row['base_dice'][0]:.3f}"
-              + (f", adapted@1 {row['adapted_dice'][0]:.3f}" if adapted is not None else "")
-              + f", proposal {row['proposal_dice'][0]:.3f} → {row['proposal_dice'][-1]:.3f}", flush=True)
+              + (f", adapted@1 {row['adapted_dice'][0]:.3f}" if adapted else "")
+              + f", proposal {proposal[0]:.3f} → {proposal[-1]:.3f} after 2 corrections", flush=True)
 
     def mean(key: str, index: int) -> Optional[float]:
         values = [r[key][index] for r in rows if key in r]
         return float(np.mean(values)) if values else None
 
-    summary = {
-        "cases": len(rows),
-        "base_dice@1": mean("base_dice", 0), "base_dice@3": mean("base_dice", 2),
-        "adapted_dice@1": mean("adapted_dice", 0), "adapted_dice@3": mean("adapted_dice", 2),
-        "proposal_dice@0": mean("proposal_dice", 0), "proposal_dice@1": mean("proposal_dice", 1),
-        "proposal_dice@2": mean("proposal_dice", 2),
-        "propose_s_median": float(np.nanmedian([r["propose_s"] for r in rows])) if rows else None,
-    }
+    summary = {"cases": len(rows), "propose_s_median": float(np.nanmedian([r["propose_s"] for r in rows]))}
+    for key, clicks in (("base_dice", (1, 3)), ("adapted_dice", (1, 3)), ("head_proposal_dice", (0, 1, 2)),
+                        ("proposal_dice", (0, 1, 2))):
+        first = 0 if "proposal" in key else 1  # proposal lists start at 0 clicks, click lists at 1
+        for n in clicks:
+            summary[f"{key}@{n}"] = mean(key, n - first)
     return {"summary": summary, "cases": rows}
 
 
-def _parameter_counts(args: argparse.Namespace, adapter_file: Optional[Path]) -> Dict[str, Any]:
+def _sizes(args: argparse.Namespace) -> Dict[str, Any]:
+    """Parameter counts (trained vs base) and file sizes."""
     from .model import load_model
+    from .model.adapters import is_adapter_parameter
+    from .weights import resolve_model_path
 
     base = load_model(args.model)
     structure = load_model(str(args.output / STRUCTURE_FILE))
     base_count = sum(p.numel() for p in base.parameters())
-    trained = sum(p.numel() for n, p in structure.named_parameters() if "adapter" in n.split(".")
-                  or n.startswith("proposal_head."))
-    from .weights import resolve_model_path
-
-    return {"base_parameters": base_count, "trained_parameters": trained,
-            "trained_fraction": trained / base_count,
+    adapter = sum(p.numel() for n, p in structure.named_parameters() if is_adapter_parameter(n))
+    head = sum(p.numel() for n, p in structure.named_parameters() if n.startswith("proposal_head."))
+    return {"base_parameters": base_count, "adapter_parameters": adapter, "head_parameters": head,
+            "trained_fraction": (adapter + head) / base_count,
             "structure_file_bytes": (args.output / STRUCTURE_FILE).stat().st_size,
-            "base_file_bytes": resolve_model_path(args.model).stat().st_size,
-            "adapter_file_bytes": adapter_file.stat().st_size if adapter_file is not None else None}
+            "base_file_bytes": resolve_model_path(args.model).stat().st_size}
 
 
 def write_card(args: argparse.Namespace, split: Dict[str, List[str]], results: Dict[str, Any]) -> Path:
     """``card.md``: data, split, budgets, sizes and the results table."""
-    s, sizes = results["summary"], results["sizes"]
+    s, sizes, logs = results["summary"], results["sizes"], results["training"]
 
     def fmt(value: Optional[float]) -> str:
         return "—" if value is None else f"{value:.3f}"
 
+    def row(name: str, key: str, clicks: Sequence[int]) -> str:
+        return f"| {name} | " + " | ".join(fmt(s.get(f"{key}@{n}")) if n in clicks else "" for n in range(4)) + " |"
+
     lines = [
-        f"# {args.class_name}: adapters + proposal head on {args.model}", "",
+        f"# {args.class_name}: proposal head + decoder adapter on {args.model}", "",
         f"Made by `samvolseg teach` ({time.strftime('%Y-%m-%d %H:%M')}); seed {args.seed}.", "",
         "## Data", "",
         f"* training: {len(split['train'])} cases ({', '.join(Path(f).name for f in split['train'][:6])}"
-        f"{', …' if len(split['train']) > 6 else ''})",
+        f"{', …' if len(split['train']) > 6 else ''}), {args.repeats} jittered proposal ROIs each",
         f"* held out (never trained on): {', '.join(Path(f).name for f in split['heldout'])}",
         f"* extra report cases: {', '.join(p.name for p in args.report) or 'none'}",
         f"* target: {'label > 0' if args.label is None else f'label == {args.label}'}", "",
         "## Budget and size", "",
-        f"* adapters {args.adapter_minutes:g} min, proposal head {args.proposal_minutes:g} min "
-        f"({results['head']['steps']:.0f} steps), threads {args.threads}",
-        f"* trained parameters: {sizes['trained_parameters']:,} of the base's {sizes['base_parameters']:,} "
-        f"({100 * sizes['trained_fraction']:.2f} %); structure file {sizes['structure_file_bytes'] / 1e3:.0f} kB, "
-        f"base file {sizes['base_file_bytes'] / 1e3:.0f} kB", "",
-        f"## Results ({s['cases']} reported cases, mean Dice)", "",
-        "| | click 0 | click 1 | click 2 | click 3 |", "|---|---|---|---|---|",
-        f"| base model, clicks only | — | {fmt(s['base_dice@1'])} | | {fmt(s['base_dice@3'])} |",
-        f"| with adapters, clicks only | — | {fmt(s['adapted_dice@1'])} | | {fmt(s['adapted_dice@3'])} |",
-        f"| proposal + corrective clicks | {fmt(s['proposal_dice@0'])} | {fmt(s['proposal_dice@1'])} | "
-        f"{fmt(s['proposal_dice@2'])} | |", "",
-        f"Proposal time after the embedding exists: median {1000 * (s['propose_s_median'] or float('nan')):.0f} ms.",
+        f"* proposal head {args.proposal_minutes:g} min ({logs['head']['steps']:.0f} steps), decoder adapter "
+        f"{args.adapter_minutes:g} min ({logs['adapter']['steps']:.0f} steps), {args.threads} thread(s)",
+        f"* trained parameters: {sizes['head_parameters']:,} (head) + {sizes['adapter_parameters']:,} (adapter) = "
+        f"{100 * sizes['trained_fraction']:.1f} % of the base's {sizes['base_parameters']:,}; structure file "
+        f"{sizes['structure_file_bytes'] / 1e3:.0f} kB, base file {sizes['base_file_bytes'] / 1e3:.0f} kB", "",
+        f"## Results ({s['cases']} reported cases, mean Dice after N clicks)", "",
+        "| | 0 | 1 | 2 | 3 |", "|---|---|---|---|---|",
+        row("base model, clicks", "base_dice", (1, 3)),
+        row("with the adapter, clicks", "adapted_dice", (1, 3)),
+        row("proposal (head only) + corrections", "head_proposal_dice", (0, 1, 2)),
+        row("proposal + corrections with the adapter", "proposal_dice", (0, 1, 2)), "",
+        f"Proposal time once the embedding exists: median {1000 * s['propose_s_median']:.0f} ms. "
         "Per-case numbers: results.json.", "",
     ]
     path = args.output / "card.md"
@@ -305,21 +317,10 @@ def cmd_teach(args: argparse.Namespace) -> int:
     split = load_or_make_split(args.output, case_folders(args.data, args.cases), args.holdout, args.seed)
     print(f"teach: {len(split['train'])} training cases, {len(split['heldout'])} held out ({args.output / SPLIT_FILE})",
           flush=True)
-    adapter_file: Optional[Path] = None
-    if args.adapter_minutes > 0:
-        print(f"teach: adapters for {args.adapter_minutes:g} min", flush=True)
-        adapter_file = train_adapters(args.model, split["train"], args.label, args.output, args.adapter_minutes,
-                                      args.seed, args.device)
-    head_path = args.output / "head.json"
-    if head_path.is_file() and (args.output / STRUCTURE_FILE).is_file():
-        head = json.loads(head_path.read_text())
-        print("teach: proposal head already trained (structure.pt); reporting", flush=True)
-    else:
-        head = train_head(str(adapter_file) if adapter_file is not None else args.model, split["train"], args)
-        head_path.write_text(json.dumps(head))
-    results = report(args, split, adapter_file)
-    results["head"] = head
-    results["sizes"] = _parameter_counts(args, adapter_file)
+    logs = train_stages(args, split["train"])
+    results = report(args, split)
+    results["training"] = logs
+    results["sizes"] = _sizes(args)
     (args.output / "results.json").write_text(json.dumps(results, indent=1))
     card = write_card(args, split, results)
     print(f"teach: wrote {args.output / STRUCTURE_FILE}, {card}; summary {json.dumps(results['summary'])}")

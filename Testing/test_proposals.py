@@ -185,10 +185,10 @@ def test_a_correction_changes_a_proposal_only_near_its_click(tiny_file):
 
 
 def test_the_local_edit_takes_the_prediction_near_the_click_and_keeps_the_rest():
-    from SAMVolSegmentLib.session import _local_edit
+    from SAMVolSegmentLib.proposals import local_edit
 
     previous = torch.full((1, 1, 16, 16, 16), 10.0)
     predicted = torch.full((1, 1, 16, 16, 16), -10.0)
-    blended = _local_edit(previous, predicted, np.array([3.5, 3.5, 3.5]), 32, sigma_low=2.0)[0, 0]
+    blended = local_edit(previous, predicted, np.array([3.5, 3.5, 3.5]), 32, sigma_low=2.0)[0, 0]
     assert blended[1, 1, 1] < -8 and blended[15, 15, 15] > 9.99  # ROI voxel 3.5 = low-res voxel 1.5
     assert torch.all(blended[8:, :, :] > 0) and torch.all(blended[1:3, 1:3, 1:3] < 0)

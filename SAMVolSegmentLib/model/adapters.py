@@ -56,11 +56,14 @@ class AdapterConfig(ConfigSerialization):
     """Adapter widths. ``encoder_bottleneck``: channels of the encoder's spatial adapters (capped at the
     encoder width; 64 for vit_b's 768, as in 3DSAM-adapter); ``decoder_hidden``: hidden width of the decoder's
     token adapters (capped at the token width); ``clicknet2_hidden``: ClickNet2 adapter channels (0 = the
-    coarse feature width); ``clicknet2_decoder_hidden``: channels of ClickNet2's decoder adapter (0 = none)."""
+    coarse feature width); ``clicknet2_coarse``: give ClickNet2 the coarse-feature adapter (False: only the
+    decoder adapter, which then trains on cached embeddings); ``clicknet2_decoder_hidden``: channels of
+    ClickNet2's decoder adapter (0 = none)."""
 
     encoder_bottleneck: int = 64
     decoder_hidden: int = 32
     clicknet2_hidden: int = 0
+    clicknet2_coarse: bool = True
     clicknet2_decoder_hidden: int = 8
 
 
@@ -151,7 +154,8 @@ def inject_adapters(model: nn.Module, config: Optional[AdapterConfig] = None) ->
             layer.adapter = TokenMLPAdapter(token_dim, min(config.decoder_hidden, token_dim))
     elif family == "clicknet2":
         channels = model.config.embed_dim
-        model.adapter = CoarseFeatureAdapter(channels, config.clicknet2_hidden or channels)
+        if config.clicknet2_coarse:
+            model.adapter = CoarseFeatureAdapter(channels, config.clicknet2_hidden or channels)
         if config.clicknet2_decoder_hidden:
             model.decoder_adapter = CoarseFeatureAdapter(model.config.decoder_channels[0],
                                                          config.clicknet2_decoder_hidden)
