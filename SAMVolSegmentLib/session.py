@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .clicks import deepest_point_roi
 from .errors import InvalidPromptError, SessionStateError
 from .geometry import RoiWindow, VolumeGeometry, lps_to_ras
 from .mask_update import BBoxKJI, MaskUpdate, union_bbox
@@ -524,7 +525,7 @@ class InteractiveSession:
         if nonzero[0].size:
             bbox = tuple((int(ax.min()), int(ax.max()) + 1) for ax in nonzero)
             clear = [MaskUpdate(bbox, np.zeros(tuple(hi - lo for lo, hi in bbox), np.uint8))]  # type: ignore[arg-type]
-        deepest = _deepest_point_roi((logits[0, 0] > 0).cpu().numpy(), roi.size)
+        deepest = deepest_point_roi((logits[0, 0] > 0).cpu().numpy(), roi.size)
         assert deepest is not None  # propose_logits refuses an empty proposal
         # The proposal becomes the ROI's mask prompt at the confidence of the model's own answers (its logits
         # are calibrated for the head's loss, not for the decoder's prompt), and corrections stay local.
@@ -716,7 +717,7 @@ class InteractiveSession:
                     c.positive and inside for c, inside in zip(clicks, new_roi.contains_roi(points_roi, margin=0))
                 )
                 if not has_positive:
-                    deepest = _deepest_point_roi(seed.numpy()[0, 0] > 0, roi.size)
+                    deepest = deepest_point_roi(seed.numpy()[0, 0] > 0, roi.size)
                     if deepest is None:
                         continue
                     clicks.append(Click(new_roi.roi_to_ras(deepest[None])[0], True))
@@ -832,13 +833,3 @@ def _as_point(value: Sequence[float], what: str) -> np.ndarray:
     return point
 
 
-def _deepest_point_roi(mask_low: np.ndarray, roi_size: int) -> Optional[np.ndarray]:
-    """ROI voxel coordinates of the low-res mask's point farthest from its border (the evaluation's click
-    placement, :func:`~SAMVolSegmentLib.evaluation.deepest_point`), or None if empty."""
-    if not mask_low.any():
-        return None
-    from .evaluation import deepest_point
-
-    index = np.array(deepest_point(mask_low, (1.0, 1.0, 1.0)), dtype=np.float64)
-    scale = roi_size / mask_low.shape[0]
-    return (index + 0.5) * scale - 0.5
