@@ -1,7 +1,7 @@
 """SAMVolSegment: click-based 3D segmentation in 3D Slicer with SAM-Med3D-compatible models.
 
 Layers: the widget (``.ui`` + shortcuts) makes one Logic call per user action (``addPointFromMarkup``,
-``setBoxFromROI``, ``undo``, ``redo``, ``reset``, ``acceptSegment``, ...). The Logic reads model, target and
+``setBoxFromROI``, ``propose``, ``undo``, ``redo``, ``reset``, ``acceptSegment``, ...). The Logic reads model, target and
 masking settings from the parameter node and owns the whole step: engine call on one persistent worker thread
 (only through the session protocol, ``SAMVolSegmentLib.session_protocol``, on the local engine or a remote
 server: ``SAMVolSegmentSlicerLib.backend``; secrets and preferences stay in QSettings), segment write
@@ -21,7 +21,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import qt
@@ -93,7 +93,8 @@ class SAMVolSegment(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Click-based 3D segmentation with SAM-Med3D-compatible models. Place positive (A) and negative (S) "
             "points (T toggles) or a box (X); undo Ctrl+Z, redo Ctrl+Y, accept and start the next segment N, "
-            "reset Shift+R, show/hide the segment V. Selecting an existing segment edits it."
+            "reset Shift+R, show/hide the segment V. Selecting an existing segment edits it. A model taught a "
+            "structure (samvolseg teach) proposes it without a click (Propose); clicks then correct it."
         )
         self.parent.acknowledgementText = _(
             "Model architecture from SAM-Med3D (uni-medical, Apache-2.0) and Segment Anything (Meta, Apache-2.0)."
@@ -164,6 +165,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         self._segmentID = ""
         self._volumeFingerprint = None
         self._sessionHasTarget = False
+        self._proposalClasses: Tuple[str, ...] = ()
 
     def getParameterNode(self) -> SAMVolSegmentParameterNode:
         """The module's parameter node (created on first use)."""
@@ -213,10 +215,23 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
                      else _("Loading model {source}...").format(source=source))
         session = self._runModelWork(factory, source, device, download, self.worker.progress)
         check_session(session)
+        try:
+            classes = tuple(str(name) for name in self._runOnWorker(session.proposal_classes))
+        except Exception:
+            self.worker.run(session.close)
+            raise
         self.closeSession()
-        self.session, self.modelKey = session, key
-        self._status(_("Model {id} ready.").format(id=session.model_id))
+        self.session, self.modelKey, self._proposalClasses = session, key, classes
+        self._status(_("Model {id} ready.").format(id=session.model_id) + (
+            " " + _("It proposes {classes} without a click (Propose).").format(classes=", ".join(classes))
+            if classes else ""))
         return session.model_id
+
+    def proposalClasses(self) -> Tuple[str, ...]:
+        """The structures the loaded model proposes without a click (``propose``); empty when no model is loaded
+        or it has no proposal head (``samvolseg teach`` makes a model file with one). Remote: the server's model,
+        as its ``/info`` lists them."""
+        return self._proposalClasses
 
     def _runModelWork(self, fn: Callable, source: str, device: str, download: bool, *args):
         """``fn(source, device, download, *args)`` on the worker; a registered model that is not on disk is
@@ -283,6 +298,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
             self.worker.run(session.close)
         self._volumeFingerprint = None
         self._sessionHasTarget = False
+        self._proposalClasses = ()
 
     def cleanup(self) -> None:
         """Release the session, the kept model and the worker thread (module cleanup)."""
@@ -421,6 +437,92 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
             self._requireTarget()
             return self._boxStep(minWorld, maxWorld, markerID)
 
+    def propose(self, className: str) -> MaskUpdate:
+        """The model's prompt-free proposal for ``className`` in the target segment: one step, like a click.
+
+        Model and target come from the parameter node, as for a click (the model is loaded and the target
+        segmentation/segment created when missing). The engine (``SegmentationSession.propose``) replaces the
+        target's mask with the proposal and places one positive click at its deepest point; the segment write
+        follows the *Other segments* and masking settings, so other segments are never damaged under Protect.
+        The step is one entry of the history: undo gives back the segment as it was before, redo the proposal,
+        and further clicks refine it. Its click is shown as a locked positive point labelled with the class; the
+        markers of the prompts it replaced are hidden until it is undone (``markers.py``).
+
+        :raises SAMVolSegmentLib.errors.InvalidPromptError: the model does not know ``className`` (or proposes
+            nothing at all), or found nothing of it in this volume. Nothing changes then: a segmentation or
+            segment created for this call is removed again.
+        """
+        className = str(className)
+        with self._action():
+            self.loadModel()
+            self._checkProposalClass(className)
+            pn = self.getParameterNode()
+            node = pn.segmentationNode
+            hadSegment = bool(node and pn.segmentID and node.GetSegmentation().GetSegment(pn.segmentID))
+            before = (node, pn.segmentID, hadSegment)
+            engineStepped: List[bool] = []
+
+            def call(session: SegmentationSession) -> MaskUpdate:
+                update = session.propose(className)
+                engineStepped.append(True)
+                return update
+
+            def prompt(session: SegmentationSession) -> Prompt:
+                # The proposal's click is the first of the new state (the engine may add more when the mask
+                # continues into a neighbouring region: session.py, _propose_step).
+                clicks = session.clicks
+                position = tuple(float(v) for v in clicks[0].point_ras) if clicks else ()
+                return Prompt("proposal", True, position, "", label=className)
+
+            try:
+                self._ensureTargetFromParameterNode()
+                return self._step(prompt, call)
+            except Exception:
+                if not engineStepped:
+                    self._forgetCreatedTarget(*before)
+                raise
+
+    def _checkProposalClass(self, className: str) -> None:
+        from SAMVolSegmentLib.errors import InvalidPromptError
+
+        classes = self.proposalClasses()
+        if className in classes:
+            return
+        modelID = self.session.model_id if self.session is not None else "?"
+        if not classes:
+            raise InvalidPromptError(_(
+                "The model {model} cannot propose: it has no proposal head. Teach it a structure with "
+                "'samvolseg teach' and choose the file that writes (structure.pt) under Model and settings > "
+                "Model > From file...").format(model=modelID))
+        raise InvalidPromptError(_("The model {model} cannot propose {name!r}; it proposes {classes}.").format(
+            model=modelID, name=className, classes=", ".join(classes)))
+
+    def _forgetCreatedTarget(self, segmentationNode, segmentID: str, hadSegment: bool) -> None:
+        """Remove the segmentation or segment this action created for its target (a failed proposal changes
+        nothing); the next step re-seeds the engine from what is selected then.
+
+        Compared by existence, not by ID: the parameter node may still name a segment of another segmentation,
+        and ``vtkSegmentation::GenerateUniqueSegmentID`` only keeps IDs unique within one segmentation
+        (Libs/vtkSegmentationCore/vtkSegmentation.cxx), so the new segment may get that same ID.
+        """
+        pn = self.getParameterNode()
+        current = pn.segmentationNode
+        if current is None:
+            return
+        if current is not segmentationNode:
+            pn.segmentationNode = segmentationNode
+            if self._io is not None and self._io.segmentationNode is current:
+                self._io = None
+            slicer.mrmlScene.RemoveNode(current)
+        elif not hadSegment and pn.segmentID and current.GetSegmentation().GetSegment(pn.segmentID) is not None:
+            # vtkSegmentation::RemoveSegment(segmentId) (Libs/vtkSegmentationCore/vtkSegmentation.h)
+            current.GetSegmentation().RemoveSegment(pn.segmentID)
+        else:
+            return
+        pn.segmentID = segmentID
+        self._segmentID = ""
+        self._sessionHasTarget = False
+
     def _pointStep(self, pointWorld, positive: bool, markerID: str) -> MaskUpdate:
         pointIjk = coordinates.world_to_ijk(pointWorld, self._io.ijkToWorld)
         if not coordinates.is_inside_volume(pointIjk, self._io.shapeKji):
@@ -434,18 +536,22 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         lo, hi = np.asarray(minWorld, float), np.asarray(maxWorld, float)
         return self._step(prompt, lambda session: session.set_box(lo, hi))
 
-    def _step(self, prompt: Prompt, call: Callable[[SegmentationSession], MaskUpdate]) -> MaskUpdate:
+    def _step(self, prompt: Union[Prompt, Callable[[SegmentationSession], Prompt]],
+              call: Callable[[SegmentationSession], MaskUpdate]) -> MaskUpdate:
         """Engine step, merge, write; the write's record hangs on the engine step (one history).
 
-        Everything that can refuse a write is checked before the engine runs. If Slicer still refuses, the
-        segmentation is restored, the engine step stays with an empty record and the error says to undo it;
-        the engine is never asked to roll back.
+        ``prompt`` may be a function of the session, called after the engine step (a proposal's click is known
+        only then). Everything that can refuse a write is checked before the engine runs. If Slicer still
+        refuses, the segmentation is restored, the engine step stays with an empty record and the error says to
+        undo it; the engine is never asked to roll back.
         """
         policy = self._policy()
         self._io.checkWritable(self._segmentID, policy)
         start = time.perf_counter()
         session = self.session
         update = self._runOnWorker(call, session)
+        if callable(prompt):
+            prompt = prompt(session)
         writeStart = time.perf_counter()
         step = self._io.mergeUpdate(self._segmentID, update, prompt, policy)
         try:
@@ -454,6 +560,8 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
             session.annotate_last_step(EditStep(prompt))
             raise segment_io.SegmentWriteError(
                 _("{error}\nThe segment is unchanged; undo (Ctrl+Z) removes the prompt.").format(error=exc)) from exc
+        if prompt.kind == "proposal":  # the user placed no marker for it: show its click, hide what it replaced
+            step.prompt = self.markers.restore(step.prompt)
         session.annotate_last_step(step)
         self.lastTiming = dict(session.last_timing or {})
         self.lastTiming["write_s"] = time.perf_counter() - writeStart
@@ -488,11 +596,12 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
             if not isinstance(step, EditStep):
                 return None
             self._io.writeStep(step, after=False)
-            self.markers.remove(step.prompt.marker_id)
+            self.markers.withdraw(step.prompt)
             return step.prompt
 
     def redo(self) -> Optional[Prompt]:
-        """Redo the last undone prompt; its point marker comes back (and the record learns the new ID)."""
+        """Redo the last undone prompt; its point marker comes back (and the record learns the new ID); a redone
+        proposal hides the markers of the prompts it replaces again."""
         with self._action():
             if not self.canRedo:
                 return None
@@ -726,6 +835,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shortcuts: List = []
         self._observedMarkups: List = []
         self._syncingSelector = False
+        self._shownProposalClasses: Tuple[str, ...] = ()
 
     def setup(self) -> None:
         """Called when the module is first opened."""
@@ -761,6 +871,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.redoButton.connect("clicked(bool)", lambda: self.onAction("redo"))
         self.ui.acceptButton.connect("clicked(bool)", lambda: self.onAction("accept"))
         self.ui.resetButton.connect("clicked(bool)", lambda: self.onAction("reset"))
+        self.ui.proposeButton.connect("clicked(bool)", self.onPropose)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -792,6 +903,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
         if self.logic and not self.logic.busy:
             self.logic.closeSession()
+            self._updateGUI()
 
     def onSceneEndClose(self, caller, event) -> None:
         """Called just after the scene is closed."""
@@ -910,6 +1022,16 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             raise ValueError(f"Unknown action {action!r}")
 
+    def onPropose(self) -> None:
+        """Propose the chosen structure: one Logic step, like a click (undo, refine with clicks)."""
+        if self.logic is None or self.logic.busy:
+            return
+        className = self.ui.proposeClassComboBox.currentData
+        if not className:
+            return
+        if self._run(_("Proposal failed."), self.logic.propose, str(className)) is not None:
+            self._showTiming()
+
     @vtk.calldata_type(vtk.VTK_INT)
     def onPointDefined(self, caller, event, index) -> None:
         """A point was placed (the event carries its index, vtkMRMLMarkupsNode.cxx): one Logic step."""
@@ -998,6 +1120,35 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         missing = dependencies.missing_requirements()
         # A remote server needs no torch here.
         self.ui.installButton.setVisible(bool(missing) and not (self.logic and self.logic.backend.isRemote))
+        self._updateProposeControls()
+
+    def _updateProposeControls(self) -> None:
+        """List what the loaded model proposes; it changes with the model or backend (a new session)."""
+        combo = self.ui.proposeClassComboBox
+        classes = self.logic.proposalClasses() if self.logic else ()
+        if classes != self._shownProposalClasses:
+            previous = combo.currentData
+            combo.clear()
+            for name in classes:
+                combo.addItem(name, name)
+            if previous in classes:
+                combo.setCurrentIndex(combo.findData(previous))
+            self._shownProposalClasses = classes
+        combo.enabled = bool(classes)
+        self.ui.proposeButton.enabled = bool(classes)
+        if classes:
+            tip = _("A first mask of the chosen structure without a click (one undoable step); correct it with "
+                    "clicks.")
+        elif self.logic is None or self.logic.session is None:
+            tip = _("Load the model (Model and settings > Load model) to list the structures it proposes without a "
+                    "click. Only a model taught with 'samvolseg teach' proposes.")
+        else:
+            tip = _("The loaded model has no proposal head. Teach it a structure with 'samvolseg teach' and choose "
+                    "the file that writes (structure.pt) under Model and settings > Model > From file...")
+        # Disabled with a tooltip that says why, as Slicer's scripted-module template does for its Apply button
+        # (Utilities/Templates/Modules/Scripted/TemplateKey.py).
+        combo.toolTip = tip
+        self.ui.proposeButton.toolTip = tip
 
 
 #

@@ -11,6 +11,10 @@ checked against v5.6.0, v5.8.0 and main):
   call data; a placed point is first a preview, then defined by ``SetNthControlPointPosition`` —
   Libs/MRML/Core/vtkMRMLMarkupsNode.cxx (v5.6: Modules/Loadable/Markups/MRML/),
   Modules/Loadable/Markups/VTKWidgets/vtkSlicerMarkupsWidget.cxx (``PlacePoint``).
+* ``AddControlPointWorld(point, label)``: an empty label gets the automatic one (``autoLabel``), and the new point
+  is defined, so ``PointPositionDefinedEvent`` fires (``AddNControlPoints`` -> ``AddControlPoint``);
+  ``SetNthControlPointVisibility`` hides one point and keeps it (and its ID) — vtkMRMLMarkupsNode.h/.cxx;
+  ``vtkMRMLDisplayNode::SetVisibility`` hides a whole node's display — Libs/MRML/Core/vtkMRMLDisplayNode.h.
 * A box ROI is defined by two control points (``NUMBER_OF_BOX_CONTROL_POINTS = 2``), one click each, and
   ``PointPositionDefinedEvent`` fires per corner; its size is the corners' bounding box, a zero side padded to
   the smallest non-zero side, and once both corners are down they are replaced by one centre point —
@@ -153,6 +157,14 @@ class FakeDisplayNode:
     def __init__(self) -> None:
         self.visibility: Dict[str, bool] = {}
         self.color = None
+        self.displayVisibility = 1
+
+    def SetVisibility(self, visible) -> None:
+        """vtkMRMLDisplayNode::SetVisibility (Libs/MRML/Core/vtkMRMLDisplayNode.h): the node's display as a whole."""
+        self.displayVisibility = int(bool(visible))
+
+    def GetVisibility(self) -> int:
+        return self.displayVisibility
 
     def SetSelectedColor(self, color) -> None:
         self.color = color
@@ -253,7 +265,7 @@ class vtkMRMLMarkupsNode(vtkMRMLNode):
     def AddControlPoint(self, position, status: int = 2, label: str = "") -> int:
         pointID = self._generateUniqueControlPointID()
         self.points.append({"id": pointID, "pos": np.array(list(position), float), "locked": False,
-                            "status": status, "label": label or f"{self.GetName()}-{pointID}"})
+                            "visible": True, "status": status, "label": label or f"{self.GetName()}-{pointID}"})
         self._afterPointsChanged()
         index = len(self.points) - 1
         self.InvokeEvent(self.PointAddedEvent, index)
@@ -262,8 +274,9 @@ class vtkMRMLMarkupsNode(vtkMRMLNode):
             self.InvokeEvent(self.PointPositionDefinedEvent, index)
         return index
 
-    def AddControlPointWorld(self, position) -> int:
-        return self.AddControlPoint([position[0], position[1], position[2]])
+    def AddControlPointWorld(self, position, label: str = "") -> int:
+        """An empty label gets the automatic one (AddControlPoint's autoLabel); the point is defined."""
+        return self.AddControlPoint([position[0], position[1], position[2]], label=label)
 
     def SetNthControlPointPositionWorld(self, n: int, position, status: int = 2) -> None:
         point = self.points[n]
@@ -293,6 +306,13 @@ class vtkMRMLMarkupsNode(vtkMRMLNode):
 
     def GetNthControlPointLocked(self, n: int) -> bool:
         return self.points[n]["locked"]
+
+    def SetNthControlPointVisibility(self, n: int, visible: bool) -> None:
+        self.points[n]["visible"] = bool(visible)
+        self.InvokeEvent(self.PointModifiedEvent, n)
+
+    def GetNthControlPointVisibility(self, n: int) -> bool:
+        return self.points[n]["visible"]
 
     def GetNthControlPointLabel(self, n: int) -> str:
         return self.points[n]["label"]
@@ -655,6 +675,19 @@ class QComboBox(FakeWidget):
         self.items.append((text, data))
         if self.currentIndex < 0:
             self.setCurrentIndex(0)
+
+    def clear(self) -> None:
+        """QComboBox::clear: no items, current index -1 (currentIndexChanged(-1) when it had one)."""
+        self.items = []
+        self.setCurrentIndex(-1)
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    @property
+    def currentText(self) -> str:
+        return self.items[self.currentIndex][0] if 0 <= self.currentIndex < len(self.items) else ""
 
     def findData(self, data) -> int:
         return next((i for i, (_t, d) in enumerate(self.items) if d == data), -1)

@@ -2,11 +2,21 @@
 
 MRML glue (imports ``slicer``), so it follows Slicer's camelCase. A marker is named ``"<nodeID>:<pointID>"``
 (a control point) or ``"<nodeID>"`` (the box ROI); undo removes it by that name and redo re-creates it.
+
+Markers show the prompts of the steps in the history, which are the engine's clicks with two exceptions:
+
+* a proposal (``Prompt.kind == "proposal"``) is one positive click the engine placed itself at the proposal's
+  deepest point; it is shown as a locked positive point labelled with the class name. The proposal replaces
+  the mask and every prompt before it (the engine keeps them only for undo), so their markers are hidden while
+  it stands (``SetNthControlPointVisibility``; the box ROI's display node) and shown again when it is undone;
+* the clicks the engine adds when a mask continues into a neighbouring region are not shown (they belong to
+  the step of the user's click, and go with it).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import replace
+from typing import Callable, List, Sequence, Tuple
 
 import slicer
 import vtk
@@ -51,6 +61,7 @@ class PromptMarkers:
         node = self._node(kind)
         if kind == "box":
             node.RemoveAllControlPoints()
+            self._setBoxVisible(True)  # a proposal may have hidden the previous box
         selectionNode = slicer.app.applicationLogic().GetSelectionNode()
         selectionNode.SetReferenceActivePlaceNodeClassName(node.GetClassName())
         selectionNode.SetActivePlaceNodeID(node.GetID())
@@ -92,21 +103,82 @@ class PromptMarkers:
             node.RemoveAllControlPoints()
 
     def restore(self, prompt: Prompt) -> Prompt:
-        """Show a redone point again. Slicer gives the new control point a new ID
-        (``GenerateUniqueControlPointID``), so the returned prompt names it for the next undo."""
+        """Show a redone prompt again; returns it with the names of its new markers.
+
+        A point gets a new control point, whose ID Slicer generates (``GenerateUniqueControlPointID``), so the
+        returned prompt names it for the next undo. A proposal (also when it is first made) hides every marker
+        shown now (the prompts it replaces) and shows its own click.
+        """
+        if prompt.kind == "proposal":
+            hidden = self.hideAll()
+            return self._addPoint(replace(prompt, marker_id="", hidden_markers=hidden))
         if prompt.kind != "point" or not prompt.marker_id:
             return prompt
+        return self._addPoint(prompt)
+
+    def withdraw(self, prompt: Prompt) -> None:
+        """Undo of a prompt: remove its marker and show again the markers it hid (a proposal's)."""
+        self.remove(prompt.marker_id)
+        self.show(prompt.hidden_markers)
+
+    def _addPoint(self, prompt: Prompt) -> Prompt:
+        """A locked control point at the prompt's position (labelled with ``prompt.label`` when it has one)."""
+        if len(prompt.position_ras) != 3:
+            return replace(prompt, marker_id="")
+        self.ensureNodes()
         node = self._node("positive" if prompt.positive else "negative")
-        if node is None:
-            return prompt
         self.adding = True
         try:
-            index = node.AddControlPointWorld(vtk.vtkVector3d(*prompt.position_ras))
+            # An empty label gets Slicer's automatic one (vtkMRMLMarkupsNode::AddControlPoint, autoLabel);
+            # AddControlPointWorld fires PointPositionDefinedEvent (AddControlPoint), hence ``adding``.
+            index = node.AddControlPointWorld(vtk.vtkVector3d(*prompt.position_ras), prompt.label)
         finally:
             self.adding = False
         node.SetNthControlPointLocked(index, True)
-        return Prompt(prompt.kind, prompt.positive, prompt.position_ras,
-                      f"{node.GetID()}:{node.GetNthControlPointID(index)}")
+        return replace(prompt, marker_id=f"{node.GetID()}:{node.GetNthControlPointID(index)}")
+
+    def hideAll(self) -> Tuple[str, ...]:
+        """Hide every marker shown now (points and the box); returns their names for :meth:`show`."""
+        hidden: List[str] = []
+        for kind in ("positive", "negative"):
+            node = self._node(kind)
+            if node is None:
+                continue
+            for index in range(node.GetNumberOfControlPoints()):
+                if node.GetNthControlPointVisibility(index):
+                    node.SetNthControlPointVisibility(index, False)
+                    hidden.append(f"{node.GetID()}:{node.GetNthControlPointID(index)}")
+        box = self._node("box")
+        if box is not None and box.GetNumberOfControlPoints() > 0 and self._boxVisible():
+            self._setBoxVisible(False)
+            hidden.append(box.GetID())
+        return tuple(hidden)
+
+    def show(self, markerIDs: Sequence[str]) -> None:
+        """Show markers hidden by :meth:`hideAll` again; a marker already gone is ignored."""
+        for markerID in markerIDs:
+            nodeID, _sep, pointID = markerID.partition(":")
+            node = slicer.mrmlScene.GetNodeByID(nodeID)
+            if node is None:
+                continue
+            if pointID:
+                index = node.GetNthControlPointIndexByID(pointID)
+                if index >= 0:
+                    node.SetNthControlPointVisibility(index, True)
+            elif node is self._node("box"):
+                self._setBoxVisible(True)
+
+    def _boxVisible(self) -> bool:
+        displayNode = self._node("box").GetDisplayNode()
+        return displayNode is None or bool(displayNode.GetVisibility())
+
+    def _setBoxVisible(self, visible: bool) -> None:
+        # The ROI's display node (vtkMRMLDisplayNode::SetVisibility, Libs/MRML/Core/vtkMRMLDisplayNode.h): a box
+        # is drawn from the ROI's size, so hiding its one control point would not hide it.
+        box = self._node("box")
+        displayNode = box.GetDisplayNode() if box is not None else None
+        if displayNode is not None:
+            displayNode.SetVisibility(bool(visible))
 
     def clear(self) -> None:
         """Remove every prompt marker (a new target starts without them)."""
@@ -114,3 +186,4 @@ class PromptMarkers:
             node = self._node(kind)
             if node is not None:
                 node.RemoveAllControlPoints()
+        self._setBoxVisible(True)

@@ -43,16 +43,24 @@ class Prompt:
     """The user action behind a step, so undo can hide its marker and redo can show it again.
 
     Attributes:
-        kind: ``"point"``, ``"box"``, or ``"prompts"`` (a whole prompt set: ``segmentVolume``, no marker).
-        positive: sign of a point (True for a box).
-        position_ras: world RAS of a point, or ``(min_ras, max_ras)`` flattened to 6 values for a box.
+        kind: ``"point"``, ``"box"``, ``"proposal"`` (``propose``: the engine's own positive click, at the
+            proposal's deepest point, stands for it) or ``"prompts"`` (a whole prompt set: ``segmentVolume``, no
+            marker).
+        positive: sign of a point (True for a box or a proposal).
+        position_ras: world RAS of a point or of a proposal's click, or ``(min_ras, max_ras)`` flattened to 6
+            values for a box.
         marker_id: the markups control point ID (or ROI node ID) that shows it; empty when none.
+        label: the class name of a proposal (its marker's label).
+        hidden_markers: the markers a proposal hid: it replaces the mask and every prompt before it, so their
+            markers are hidden while it stands and shown again when it is undone.
     """
 
     kind: str
     positive: bool = True
     position_ras: Tuple[float, ...] = ()
     marker_id: str = ""
+    label: str = ""
+    hidden_markers: Tuple[str, ...] = ()
 
 
 @dataclass
