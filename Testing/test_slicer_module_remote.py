@@ -303,3 +303,44 @@ def test_segment_volume_on_the_server_runs_the_batch_prompts_in_a_fresh_session(
     expected = segment(volume.array, points, labels, box, model=model, ijk_to_ras=ijk_to_ras()) > 0
     assert 50 < expected.sum() < ball.sum() * 2, int(expected.sum())
     np.testing.assert_array_equal(segmentation.segmentArray(segmentID, SHAPE), expected)
+
+
+# ------------------------------------------------------------------------------------------ Propose
+def test_propose_on_the_server_lists_its_classes_and_is_one_undoable_step(env):
+    """The same protocol as the local engine: the classes come from the server's /info, the proposal is a
+    server step whose mask and click the Logic writes and shows, and clicks and undo work on it."""
+    from test_slicer_module_propose import CLASSES, PROPOSAL_CLICK, ProposingBallModel, points, press_propose
+
+    with running_server(ProposingBallModel(), ServerConfig(token=TOKEN)) as url:
+        widget = env.make_widget()
+        pn = widget.logic.getParameterNode()
+        combo = widget.ui.proposeClassComboBox
+        widget.onLoadModel()  # the local ball model has no head
+        assert combo.items == [] and not widget.ui.proposeButton.enabled
+        choose_remote(widget, url, TOKEN)
+        widget.onLoadModel()
+        assert_clean()
+        assert state().errorDialogs == []
+        session = widget.logic.session
+        assert session is env.remote[-1] and tuple(data for _text, data in combo.items) == CLASSES
+        assert widget.ui.proposeButton.enabled
+
+        press_propose(widget, "ball")
+        assert_clean()
+        assert state().errorDialogs == []
+        proposal = segment_array(env, pn).copy()
+        assert proposal[15, 15, 15] and not proposal[2, 2, 2]
+        np.testing.assert_array_equal(proposal, session.server_mask_array_kji() > 0)
+        assert points(pn.positivePoints) == [(tuple(PROPOSAL_CLICK), True, True, "ball")]
+
+        slicer_fake.placePoint(pn.negativePoints, CENTRE)
+        assert not segment_array(env, pn)[15, 15, 15] and len(session.clicks) == 2
+        press_propose(widget, "absent")  # nothing found: one message, nothing changes
+        assert len(state().errorDialogs) == 1 and "No absent was found" in state().errorDialogs[0]
+        assert not segment_array(env, pn)[15, 15, 15] and len(session.clicks) == 2
+        widget.onAction("undo")
+        np.testing.assert_array_equal(segment_array(env, pn), proposal)
+        widget.onAction("undo")
+        assert not segment_array(env, pn).any() and not session.server_mask_array_kji().any()
+        assert pn.positivePoints.GetNumberOfControlPoints() == 0 and pn.negativePoints.GetNumberOfControlPoints() == 0
+    assert_clean()
