@@ -21,7 +21,9 @@ failing case (bad prompts, missing file...) is recorded and never stops the othe
 
 Manifest: CSV with a header row and the columns ``image,prompts,output`` (required) and ``label``,
 ``label_value`` (optional: score the mask against ``label == label_value``, or ``label > 0`` when the value
-is empty). Relative paths are relative to the manifest's folder. ``image`` is a file or a DICOM series
+is empty) and ``auto`` (optional: a class name the model proposes first, prompt-free, see
+:meth:`~SAMVolSegmentLib.session.InteractiveSession.propose`; the row's prompts, which may then be empty,
+correct that proposal). Relative paths are relative to the manifest's folder. ``image`` is a file or a DICOM series
 folder; ``prompts`` is any format :func:`SAMVolSegmentLib.prompts_io.read_prompts` reads.
 """
 
@@ -57,7 +59,7 @@ ProgressCallback = Callable[[float, str], None]
 
 MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 MANIFEST_REQUIRED = ("image", "prompts", "output")
-MANIFEST_OPTIONAL = ("label", "label_value")
+MANIFEST_OPTIONAL = ("label", "label_value", "auto")
 #: Errors that concern the model, not a case: every other case would fail the same way, so they stop a batch.
 FATAL_ERRORS = (ModelNotAvailableError, CheckpointError)
 #: Times a local process pool is restarted after a worker died (killed, out of memory) before the cases still
@@ -83,6 +85,7 @@ class BatchCase:
         row: the manifest line (the header is line 1), 0 when the case does not come from a manifest.
         series: DICOM series UID when ``image`` is a folder holding several series.
         box_ras: a box ``(min_ras (3,), max_ras (3,))`` that replaces the prompt file's box (``segment --box``).
+        auto: a class the model proposes first (prompt-free); ``prompts`` may then be "" (no corrections).
     """
 
     image: str
@@ -93,6 +96,7 @@ class BatchCase:
     row: int = 0
     series: Optional[str] = None
     box_ras: Optional[Tuple[Tuple[float, float, float], Tuple[float, float, float]]] = None
+    auto: Optional[str] = None
 
     @property
     def name(self) -> str:
@@ -173,9 +177,11 @@ def read_manifest(path: PathLike) -> List[BatchCase]:
     seen: Dict[str, int] = {}
     for (number, _), values in zip(numbered[1:], parsed[1:]):
         row = dict(zip(header, (v.strip() for v in values)))
-        empty = [c for c in MANIFEST_REQUIRED if not row.get(c)]
+        auto = row.get("auto") or None
+        empty = [c for c in MANIFEST_REQUIRED if not row.get(c) and not (c == "prompts" and auto)]
         if empty:
-            raise ManifestError(f"Manifest {path} row {number}: empty {', '.join(empty)}; fill it in or delete the row.")
+            raise ManifestError(f"Manifest {path} row {number}: empty {', '.join(empty)}; fill it in (prompts may "
+                                "stay empty when the row names an auto class) or delete the row.")
         output = str(_absolute(row["output"], base))
         if not output.lower().endswith(MASK_SUFFIXES):
             raise ManifestError(f"Manifest {path} row {number}: output {row['output']} needs one of the extensions "
@@ -195,8 +201,9 @@ def read_manifest(path: PathLike) -> List[BatchCase]:
                 raise ManifestError(f"Manifest {path} row {number}: label_value without a label; add the label "
                                     "file or drop the value.")
         label = str(_absolute(row["label"], base)) if row.get("label") else None
-        cases.append(BatchCase(str(_absolute(row["image"], base)), str(_absolute(row["prompts"], base)), output,
-                               label, value, number))
+        prompts = str(_absolute(row["prompts"], base)) if row.get("prompts") else ""
+        cases.append(BatchCase(str(_absolute(row["image"], base)), prompts, output, label, value, number,
+                               auto=auto))
     if not cases:
         raise ManifestError(f"Manifest {path} has no cases; add rows image,prompts,output below the header.")
     return cases
@@ -212,7 +219,7 @@ def write_manifest(cases: Iterable[BatchCase], path: PathLike) -> Path:
     from .io_utils import write_csv
 
     rows = [{"image": c.image, "prompts": c.prompts, "output": c.output, "label": c.label or "",
-             "label_value": "" if c.label_value is None else c.label_value} for c in cases]
+             "label_value": "" if c.label_value is None else c.label_value, "auto": c.auto or ""} for c in cases]
     return write_csv(rows, path, [*MANIFEST_REQUIRED, *MANIFEST_OPTIONAL])
 
 
@@ -236,18 +243,25 @@ def check_output_path(case: BatchCase) -> None:
 def read_case_prompts(case: BatchCase):
     """The case's :class:`~SAMVolSegmentLib.prompts_io.Prompts`, with ``case.box_ras`` replacing the file's box.
 
-    Raises:
-        InvalidPromptError: missing or malformed file, or neither a positive point nor a box.
-    """
-    from .prompts_io import Prompts, check_prompts, read_prompts
+    With ``case.auto`` the proposal is the starting point: the prompts (none when ``case.prompts`` is "")
+    only correct it, so they need no positive point.
 
-    # A box given with the case is a valid prompt on its own, so the file may then hold only negatives.
-    prompts = read_prompts(case.prompts, require_positive=case.box_ras is None)
+    Raises:
+        InvalidPromptError: missing or malformed file, or neither a positive point nor a box (nor ``auto``).
+    """
+    from .prompts_io import Prompts, read_prompts
+
+    if case.prompts:
+        # A box given with the case, or a proposal, starts the mask: the file may then hold only negatives.
+        prompts = read_prompts(case.prompts, require_positive=case.box_ras is None and not case.auto)
+    elif case.auto:
+        prompts = Prompts(np.zeros((0, 3)), np.zeros(0, dtype=bool))
+    else:
+        raise InvalidPromptError(f"{case.name}: no prompt file; give one, or an auto class to propose.")
     if case.box_ras is None:
         return prompts
     corners = np.asarray(case.box_ras, dtype=np.float64).reshape(2, 3)
     box = (corners.min(axis=0), corners.max(axis=0))
-    check_prompts(prompts.positive, True)
     return Prompts(prompts.points_ras, prompts.positive, box)
 
 
@@ -255,6 +269,8 @@ def check_prompt_arrays(
     points_ras: Any,
     positive: Any,
     box_ras: Any = None,
+    *,
+    proposal: bool = False,
 ) -> Tuple[np.ndarray, np.ndarray, Optional[BoxRAS]]:
     """Prompts given as arrays (the Python API, the Slicer Logic), checked before any work.
 
@@ -262,6 +278,7 @@ def check_prompt_arrays(
         points_ras: (N, 3) clicks in RAS mm (N may be 0).
         positive: N signs, each a bool or the number 0 or 1 (a string, 2 or -1 is refused, not guessed).
         box_ras: optional ``(min_ras (3,), max_ras (3,))``, corners in any order.
+        proposal: a proposal starts the mask, so the prompts need no positive point (they only correct it).
     Returns:
         ``(points (N, 3) float64, signs (N,) bool, box or None)``, the box as ``(min corner, max corner)``.
     Raises:
@@ -293,7 +310,8 @@ def check_prompt_arrays(
         if not np.isfinite(corners).all():
             raise InvalidPromptError("A box corner has a coordinate that is not a finite number.")
         box = (corners.min(axis=0), corners.max(axis=0))
-    check_prompts(signs, box is not None, where="The prompts")
+    if not proposal:
+        check_prompts(signs, box is not None, where="The prompts")
     return points, signs, box
 
 
@@ -307,12 +325,14 @@ def run_prompts(
     ijk_to_ras: Optional[np.ndarray] = None,
     timings: Optional[Dict[str, float]] = None,
     on_event: Optional[EventCallback] = None,
+    propose: Optional[str] = None,
 ) -> np.ndarray:
     """The prompt sequence of :func:`segment_volume` on any open
     :class:`~SAMVolSegmentLib.session_protocol.SegmentationSession` (local or ``RemoteSession``).
 
-    Sets the volume, waits for its preprocessing, applies the box first (if any), then the clicks in order.
-    Arguments as :func:`segment_volume`. Returns the uint8 (k, j, i) mask on the input grid.
+    Sets the volume, waits for its preprocessing, makes the ``propose`` class's proposal (if any), applies the
+    box (if any), then the clicks in order. Arguments as :func:`segment_volume`. Returns the uint8 (k, j, i)
+    mask on the input grid.
     """
     timings = {} if timings is None else timings
     start = time.perf_counter()
@@ -323,6 +343,8 @@ def run_prompts(
         shape = tuple(image.shape) if isinstance(image, np.ndarray) else tuple(image.GetSize())[::-1]
         on_event("ready", {"shape_kji": shape, "seconds": timings["resample_s"]})
     steps: List[Tuple[str, Callable[[], Any], Dict[str, Any]]] = []
+    if propose is not None:
+        steps.append(("propose", lambda: session.propose(propose), {"class": propose}))
     if box_ras is not None:
         lo, hi = np.asarray(box_ras[0], dtype=np.float64), np.asarray(box_ras[1], dtype=np.float64)
         steps.append(("box", lambda lo=lo, hi=hi: session.set_box(lo, hi), {"min_ras": lo, "max_ras": hi}))
@@ -349,8 +371,10 @@ def segment_volume(
     ijk_to_ras: Optional[np.ndarray] = None,
     timings: Optional[Dict[str, float]] = None,
     on_event: Optional[EventCallback] = None,
+    propose: Optional[str] = None,
 ) -> Tuple[np.ndarray, Any]:
-    """Run one session: box first (if any), then the clicks in order; the mask on the input grid.
+    """Run one session: the proposal (if any), the box (if any), then the clicks in order; the mask on the
+    input grid.
 
     Args:
         model: a loaded model or a :class:`~SAMVolSegmentLib.predictor.Predictor`.
@@ -360,7 +384,8 @@ def segment_volume(
         box_ras: optional ``(min_ras (3,), max_ras (3,))``.
         ijk_to_ras: (4, 4) voxel (i, j, k) → RAS matrix, for an array image.
         timings: filled with ``resample_s``, ``encode_s``, ``decode_s``, ``paste_s`` (summed over steps).
-        on_event: ``on_event(kind, info)`` after the volume is ready and after each box/click step.
+        on_event: ``on_event(kind, info)`` after the volume is ready and after each proposal/box/click step.
+        propose: a class the model proposes first (prompt-free; the model needs a proposal head).
     Returns:
         The uint8 (k, j, i) mask (1 = segment) on the input image's voxel grid, and that grid's
         :class:`~SAMVolSegmentLib.geometry.VolumeGeometry` (``to_sitk_image`` gives the mask file's header).
@@ -371,7 +396,7 @@ def segment_volume(
 
     with InteractiveSession(model) as session:
         mask_kji = run_prompts(session, image, points_ras, positive, box_ras, ijk_to_ras=ijk_to_ras,
-                               timings=timings, on_event=on_event)
+                               timings=timings, on_event=on_event, propose=propose)
         return mask_kji, session.geometry
 
 
@@ -410,7 +435,7 @@ def run_case(case: BatchCase, model: Any, on_event: Optional[EventCallback] = No
         model = model.load()
         load_s = time.perf_counter() - loaded_at
     mask_kji, geometry = segment_volume(model, image, prompts.points_ras, prompts.positive, prompts.box_ras,
-                                        timings=timings, on_event=on_event)
+                                        timings=timings, on_event=on_event, propose=case.auto)
     written_at = time.perf_counter()
     write_image(geometry.to_sitk_image(mask_kji), case.output)
     timings["write_s"] = time.perf_counter() - written_at
@@ -760,6 +785,7 @@ def segment(
     device: str = "cpu",
     ijk_to_ras: Optional[np.ndarray] = None,
     series: Optional[str] = None,
+    auto: Optional[str] = None,
 ) -> Any:
     """Segment one structure from prompts; the mask on the input geometry.
 
@@ -774,6 +800,8 @@ def segment(
         device: torch device when ``model`` is a name or path.
         ijk_to_ras: (4, 4) voxel (i, j, k) → RAS matrix, for an array image.
         series: DICOM series UID when a folder holds several series.
+        auto: a class the model proposes first, prompt-free (a model made by ``samvolseg teach``); the points
+            and box, which may then be empty, correct the proposal.
     Returns:
         A uint8 ``SimpleITK.Image`` (1 = structure) with the image's geometry, or for an array image a uint8
         (k, j, i) array.
@@ -782,10 +810,10 @@ def segment(
             no box.
         InvalidImageError: the image cannot be read or segmented.
     """
-    points, signs, box = check_prompt_arrays(points_ras, positive, box_ras)
+    points, signs, box = check_prompt_arrays(points_ras, positive, box_ras, proposal=auto is not None)
     if isinstance(image, (str, Path)):
         image = read_volume(image, series)
     if isinstance(model, (str, Path)):
         model = worker_model(model, device)  # kept: a loop over many volumes loads it once
-    mask_kji, geometry = segment_volume(model, image, points, signs, box, ijk_to_ras=ijk_to_ras)
+    mask_kji, geometry = segment_volume(model, image, points, signs, box, ijk_to_ras=ijk_to_ras, propose=auto)
     return mask_kji if isinstance(image, np.ndarray) else geometry.to_sitk_image(mask_kji)

@@ -115,10 +115,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .batch import BatchCase, DeferredModel, run_case
     from .io_utils import check_output_file
 
+    if args.points is None and args.auto is None:
+        raise InvalidPromptError("Give the clicks with --points FILE, or --auto CLASS to start from the model's "
+                                 "proposal (or both: the points then correct the proposal).")
     # Before any work: never write over the input, and an unwritable output fails now, not after the clicks.
-    check_output_file(args.output, inputs=[args.image, args.points], suffixes=MASK_SUFFIXES)
+    check_output_file(args.output, inputs=[p for p in (args.image, args.points) if p], suffixes=MASK_SUFFIXES)
     box = None if args.box is None else tuple(tuple(c) for c in np.asarray(args.box, float).reshape(2, 3))
-    case = BatchCase(str(args.image), str(args.points), str(args.output), series=args.series, box_ras=box)
+    case = BatchCase(str(args.image), str(args.points or ""), str(args.output), series=args.series, box_ras=box,
+                     auto=args.auto)
 
     def load():
         _check_device(args.device)
@@ -128,6 +132,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         timing = info.get("timing", {})
         if kind == "ready":
             print(f"volume {tuple(info['shape_kji'][::-1])} ready in {info['seconds']:.2f} s")
+        elif kind == "propose":
+            print(f"proposal of {info['class']}: {timing.get('total_s', 0.0) * 1000:.0f} ms (encoder "
+                  f"{timing.get('encode_s', 0.0) * 1000:.0f} ms)")
         elif kind == "box":
             print(f"box RAS {np.round(info['min_ras'], 1).tolist()}..{np.round(info['max_ras'], 1).tolist()}: "
                   f"{timing.get('total_s', 0.0) * 1000:.0f} ms")
@@ -571,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("segment", help="segment an image from clicks in a file",
             description="Segment IMAGE from the clicks in --points and write the mask with IMAGE's geometry.")
     p.add_argument("image", help=IMAGE_HELP)
-    p.add_argument("--points", required=True,
+    p.add_argument("--points", default=None,
                    help="Slicer .mrk.json (LPS or RAS; negative = point list/label/description starting with 'neg'), "
                         "JSON {'points': [{'ras': [r,a,s], 'positive': true}], 'box_ras': [[..],[..]]} "
                         "or CSV r,a,s,positive; RAS mm; at least one positive point (or a box); at most "
@@ -579,18 +586,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(p, None, f"mask file; format from the extension ({', '.join(MASK_SUFFIXES)})")
     p.add_argument("--box", nargs=6, type=float, metavar=("R0", "A0", "S0", "R1", "A1", "S1"),
                    help="box prompt: two opposite corners in RAS mm (overrides a box in --points)")
+    p.add_argument("--auto", default=None, metavar="CLASS",
+                   help="start from the model's prompt-free proposal of CLASS (a model made by samvolseg teach); "
+                        "--points, optional then, correct it")
     p.add_argument("--series", default=None, help=SERIES_HELP)
     p.add_argument("--model", default="default", help="registry name (samvolseg models list) or checkpoint path")
     _add_device(p)
     p.set_defaults(func=cmd_segment)
 
     p = add("batch", help="segment many cases from saved prompts (resumable; local processes or Dask)",
-            description="Segment every row of MANIFEST (CSV: image,prompts,output[,label,label_value]; relative "
+            description="Segment every row of MANIFEST (CSV: image,prompts,output[,label,label_value,auto]; relative "
                         "paths from the manifest's folder; an image may be a DICOM series folder). Outputs that "
                         "exist are skipped, so rerunning resumes; masks are written atomically; a failing case is "
                         "recorded and the others go on. Writes a JSON report (per-case status, error, seconds, "
                         "stage timings, Dice with a label) and ends with a summary line; exit 1 if a case failed.")
-    p.add_argument("manifest", type=Path, help="CSV manifest with the columns image,prompts,output[,label,label_value]")
+    p.add_argument("manifest", type=Path,
+                   help="CSV manifest with the columns image,prompts,output[,label,label_value,auto]; a row with an "
+                        "auto class starts from the model's proposal of it (its prompts may then be empty)")
     p.add_argument("--model", default="default", help="registry name or checkpoint path (loaded once per worker)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (1: serial in this process)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",

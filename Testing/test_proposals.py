@@ -192,3 +192,62 @@ def test_the_local_edit_takes_the_prediction_near_the_click_and_keeps_the_rest()
     blended = local_edit(previous, predicted, np.array([3.5, 3.5, 3.5]), 32, sigma_low=2.0)[0, 0]
     assert blended[1, 1, 1] < -8 and blended[15, 15, 15] > 9.99  # ROI voxel 3.5 = low-res voxel 1.5
     assert torch.all(blended[8:, :, :] > 0) and torch.all(blended[1:3, 1:3, 1:3] < 0)
+
+
+# ---------------------------------------------------------------- the API, the CLI and batch rows without prompts
+@pytest.fixture()
+def head_file(tiny_file, tmp_path):
+    model = load_model(tiny_file)
+    _constant_head(model, 5.0)
+    return save_adapters(model, tmp_path / "head.pt")
+
+
+@pytest.fixture()
+def image_file(tmp_path):
+    import SimpleITK as sitk
+
+    array, _ = _volume((20, 20, 20))
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.5, 1.5, 1.5))
+    path = tmp_path / "image.nii.gz"
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_segment_api_starts_from_a_proposal_and_needs_prompts_without_one(head_file, image_file):
+    from SAMVolSegmentLib import segment
+
+    model = load_model(head_file)
+    mask = segment(str(image_file), [], [], model=model, auto="blob")
+    assert mask.GetSize() == (20, 20, 20)
+    import SimpleITK as sitk
+
+    assert sitk.GetArrayFromImage(mask).all()
+    with pytest.raises(InvalidPromptError, match="no points and no box"):
+        segment(str(image_file), [], [], model=model)
+    with pytest.raises(InvalidPromptError, match="cannot propose 'liver'"):
+        segment(str(image_file), [], [], model=model, auto="liver")
+
+
+def test_cli_segment_auto_writes_the_proposal_and_refuses_no_prompt_at_all(head_file, image_file, tmp_path, capsys):
+    from SAMVolSegmentLib import cli
+
+    out = tmp_path / "mask.nii.gz"
+    assert cli.main(["segment", str(image_file), "--auto", "blob", "--model", str(head_file), "--output", str(out)]) == 0
+    assert "proposal of blob" in capsys.readouterr().out and out.is_file()
+    assert cli.main(["segment", str(image_file), "--model", str(head_file), "--output", str(tmp_path / "b.nii.gz")]) == 2
+    assert "--auto CLASS" in capsys.readouterr().err and not (tmp_path / "b.nii.gz").exists()
+
+
+def test_batch_rows_without_prompts_use_the_auto_class(head_file, image_file, tmp_path):
+    from SAMVolSegmentLib.batch import ManifestError, read_manifest, run_batch
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,prompts,output,auto\n"
+                        f"{image_file},,{tmp_path / 'a.nii.gz'},blob\n"
+                        f"{image_file},,{tmp_path / 'b.nii.gz'},liver\n")
+    summary = run_batch(manifest, model=str(head_file), threads=1)
+    assert summary["done"] == 1 and summary["failed"] == 1 and (tmp_path / "a.nii.gz").is_file()
+    manifest.write_text(f"image,prompts,output\n{image_file},,{tmp_path / 'c.nii.gz'}\n")
+    with pytest.raises(ManifestError, match="empty prompts"):
+        read_manifest(manifest)
