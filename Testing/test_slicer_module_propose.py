@@ -371,3 +371,48 @@ def test_the_logic_proposes_without_the_widget(env, proposal):
         assert not segmentation.segmentArray(pn.segmentID, SHAPE).any()
     finally:
         logic.cleanup()
+
+
+# ------------------------------------------------------------------------------------------ a real model
+def test_the_bundled_model_with_a_constant_head_through_the_kept_model_path(env, tmp_path):
+    """What the in-Slicer self-test does (SAMVolSegmentSelfTest.test_propose_refine_undo_redo): the Logic's own
+    session factory on the model it keeps, that model given a constant head by ``modelFactory`` (as
+    Testing/test_proposals.py builds one). The head proposes the whole model region, which holds the volume."""
+    import shutil
+
+    from test_proposals import _constant_head
+
+    from SAMVolSegmentLib.model import load_model
+    from SAMVolSegmentLib.weights import resolve_model_path
+
+    snapshot = tmp_path / "default_snapshot.pt"  # training may replace the bundled file while tests run
+    shutil.copyfile(resolve_model_path("default"), snapshot)
+
+    def model_with_head(source, device, download, progress):
+        model = load_model(str(snapshot), device="cpu")
+        _constant_head(model, 5.0, classes=("everything",))
+        return model
+
+    k, j, i = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    ball = np.sqrt((k - 15.0) ** 2 + (j - 15.0) ** 2 + (i - 15.0) ** 2) < 7
+    env.volume.setArray((np.where(ball, 300.0, 20.0) + np.random.default_rng(1).normal(0, 5, SHAPE))
+                        .astype(np.float32), ijk_to_ras())
+    widget = env.make_widget(load=False)
+    widget.logic.sessionFactory = env.module.local_session.localSession  # the default: a session on the kept model
+    widget.logic.modelFactory = model_with_head
+    widget.onLoadModel()
+    assert [data for _text, data in widget.ui.proposeClassComboBox.items] == ["everything"]
+    pn = widget.logic.getParameterNode()
+    press_propose(widget, "everything")
+    assert_clean()
+    assert state().errorDialogs == []
+    assert segment_array(env, pn).all()
+    assert points(pn.positivePoints)[0][1:] == (True, True, "everything")
+    slicer_fake.placePoint(pn.negativePoints, [-12.0, -12.0, -12.0])  # voxel (3, 3, 3), in the background
+    refined = segment_array(env, pn)
+    assert not refined[3, 3, 3] and refined[25:, 25:, 25:].all()
+    widget.onAction("undo")
+    assert segment_array(env, pn).all()
+    widget.onAction("undo")
+    assert not segment_array(env, pn).any() and pn.positivePoints.GetNumberOfControlPoints() == 0
+    assert_clean()

@@ -1,5 +1,5 @@
 """In-Slicer self-test: click → segment → undo → redo → box → edit an existing segment → console (segmentVolume,
-the batch path, against ``SAMVolSegmentLib.segment``).
+the batch path, against ``SAMVolSegmentLib.segment``) → propose (a model with a proposal head) → refine → undo.
 
 Runs in a real Slicer (ctest ``py_SAMVolSegmentSelfTest``, or *Reload and Test*). Skips itself where torch is
 missing, as SlicerTotalSegmentator's test does, so a CI Slicer without the PyTorch extension stays green.
@@ -180,6 +180,78 @@ class SAMVolSegmentSelfTest(unittest.TestCase):
                         "segmentVolume must give SAMVolSegmentLib.segment's mask (overlap allowed by default)")
         self.assertTrue(np.array_equal(self._label(segmentationNode, otherID, volumeNode), slabBefore))
         self.assertEqual(len(self.logic.session.clicks), 0, "the interactive session is not used")
+
+    def test_propose_refine_undo_redo(self) -> None:
+        """Propose with a model that has a proposal head. Teaching one takes minutes, so the bundled model gets a
+        constant head, as the engine's tests build one (Testing/test_proposals.py): it proposes the whole model
+        region, which holds this phantom. What is checked is the module's part: the class list, the step
+        written under Protect, its marker, a click refining it, undo/redo, and a refused class changing nothing."""
+        import torch
+        from SAMVolSegmentSlicerLib import local_session
+
+        from SAMVolSegment import SAMVolSegmentLogic
+        from SAMVolSegmentLib.errors import InvalidPromptError
+        from SAMVolSegmentLib.proposals import ProposalConfig, attach_proposal_head
+
+        def modelWithConstantHead(source, device, download, progress):
+            model = local_session.localModel(source, device, download, progress)
+            head = attach_proposal_head(model, ProposalConfig(classes=("everything",)))
+            with torch.no_grad():
+                for parameter in head.parameters():
+                    parameter.zero_()
+                head.coarse_logits.bias.fill_(5.0)
+            head.eval()
+            return model
+
+        self.logic.cleanup()  # a Logic whose kept model has the head
+        logic = self.logic = SAMVolSegmentLogic()
+        logic.processEvents = slicer.app.processEvents
+        logic.modelFactory = modelWithConstantHead
+        logic.modelSource, logic.device = "default", "cpu"
+        logic.loadModel()
+        self.assertEqual(logic.proposalClasses(), ("everything",))
+
+        volumeNode, centreWorld, centreKji = self._phantom()
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "proposals")
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        slab = np.zeros(slicer.util.arrayFromVolume(volumeNode).shape, np.uint8)
+        slab[centreKji[0] - 3:centreKji[0] + 3] = 1
+        otherID = segmentationNode.GetSegmentation().AddEmptySegment("", "slab")
+        slicer.util.updateSegmentBinaryLabelmapFromArray(slab, segmentationNode, otherID, volumeNode)
+        slabBefore = self._label(segmentationNode, otherID, volumeNode)
+        pn = logic.getParameterNode()
+        pn.inputVolume, pn.segmentationNode, pn.segmentID = volumeNode, segmentationNode, ""
+        pn.useSegmentEditorMasking = False  # the Segment Editor's last masking must not shape this test
+
+        with self.assertRaises(InvalidPromptError):
+            logic.propose("liver")
+        self.assertEqual(segmentationNode.GetSegmentation().GetNumberOfSegments(), 1, "a refused class adds nothing")
+
+        logic.propose("everything")
+        segmentID = pn.segmentID
+        proposal = self._label(segmentationNode, segmentID, volumeNode)
+        self.assertTrue(np.array_equal(proposal, ~slabBefore), "the whole volume except the protected slab")
+        self.assertTrue(np.array_equal(self._label(segmentationNode, otherID, volumeNode), slabBefore))
+        self.assertEqual(len(logic.session.clicks), 1)
+        self.assertEqual(pn.positivePoints.GetNumberOfControlPoints(), 1)
+        self.assertEqual(pn.positivePoints.GetNthControlPointLabel(0), "everything")
+
+        cornerKji = (6, 10, 8)
+        cornerWorld = (SAMVolSegmentLogic.volumeIjkToWorld(volumeNode) @ np.array([8.0, 10.0, 6.0, 1.0]))[:3]
+        logic.addPoint(cornerWorld, positive=False)
+        refined = self._label(segmentationNode, segmentID, volumeNode)
+        self.assertFalse(refined[cornerKji], "a negative click removes the proposal there")
+        self.assertTrue(refined[40:, 80:, 80:].all(), "and keeps it far from the click")
+
+        logic.undo()
+        self.assertTrue(np.array_equal(self._label(segmentationNode, segmentID, volumeNode), proposal))
+        logic.undo()
+        self.assertEqual(int(self._label(segmentationNode, segmentID, volumeNode).sum()), 0)
+        self.assertEqual(pn.positivePoints.GetNumberOfControlPoints(), 0)
+        logic.redo()
+        self.assertTrue(np.array_equal(self._label(segmentationNode, segmentID, volumeNode), proposal))
+        self.assertEqual(pn.positivePoints.GetNumberOfControlPoints(), 1)
+        self.assertTrue(np.array_equal(self._label(segmentationNode, otherID, volumeNode), slabBefore))
 
 
 def runTest() -> None:
