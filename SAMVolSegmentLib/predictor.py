@@ -199,6 +199,7 @@ class Predictor:
         points_roi: np.ndarray,
         positive: np.ndarray,
         mask_logits: Optional[torch.Tensor] = None,
+        corrections: bool = False,
     ) -> Prediction:
         """Decode one set of clicks on a cached embedding.
 
@@ -209,6 +210,8 @@ class Predictor:
             positive: (N,) bool, True for foreground clicks.
             mask_logits: (1, 1, L, L, L) previous low-res logits (or a seed mask); zeros when None, as the
                 reference loop does at the first click.
+            corrections: the clicks correct a proposal (only models with proposal heads get it: it turns on
+                an adapter trained for that, see ``AdapterConfig.clicknet2_decoder_scope``).
         """
         points = np.asarray(points_roi, dtype=np.float32).reshape(-1, 3)
         labels = np.asarray(positive, dtype=bool).reshape(-1)
@@ -224,7 +227,8 @@ class Predictor:
         with torch.inference_mode(), self._precision():
             points_t = torch.from_numpy(points)[None].to(device)
             labels_t = torch.from_numpy(labels.astype(np.int64))[None].to(device)
-            logits, iou = self.model.decode_prompts(embedding, points_t, labels_t, mask_logits.to(device))
+            extra = {"corrections": True} if corrections else {}
+            logits, iou = self.model.decode_prompts(embedding, points_t, labels_t, mask_logits.to(device), **extra)
         return Prediction(
             low_res_logits=logits.float(), iou=float(iou.reshape(-1)[0]), decode_s=time.perf_counter() - start
         )

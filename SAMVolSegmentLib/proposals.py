@@ -362,12 +362,11 @@ def train_proposal_head(model: nn.Module, samples: Sequence[ProposalSample], cla
 
 
 def correction_episode(model: nn.Module, sample: ProposalSample, rng: np.random.Generator, clicks: int,
-                       from_proposal: bool, channel: int = 0) -> torch.Tensor:
-    """Loss of one simulated episode on a cached embedding, what a user of a taught structure does:
-
-    * ``from_proposal``: the head's proposal (largest component) as the mask prompt with its deepest-point
-      click, then ``clicks`` corrections at the largest error, each a :func:`local_edit` of the last mask;
-    * otherwise: ``clicks`` clicks from an empty mask, as for any structure.
+                       channel: int = 0) -> torch.Tensor:
+    """Loss of one simulated episode on a cached embedding, what a user of a taught structure does: the
+    head's proposal (largest component) as the mask prompt with its deepest-point click, then ``clicks``
+    corrections at the largest error, each a :func:`local_edit` of the last mask (from an empty mask when the
+    head proposes nothing).
 
     The loss (BCE + Dice against the soft low-res target) is the mean over the clicks; only modules with
     gradients enabled (the decoder adapter) learn.
@@ -384,15 +383,14 @@ def correction_episode(model: nn.Module, sample: ProposalSample, rng: np.random.
     labels: List[int] = []
     previous = torch.zeros_like(target)
     prediction: Optional[np.ndarray] = None
-    if from_proposal:
-        with torch.no_grad():
-            proposal = keep_largest_component(model.proposal_head(embedding)[1][0, channel])
-        deepest = deepest_point_roi((proposal > 0).numpy(), size)
-        if deepest is not None:
-            points.append(deepest.astype(np.float32))
-            labels.append(1)
-            previous = proposal[None, None] * PROPOSAL_PROMPT_GAIN
-            prediction = (proposal > 0).numpy()
+    with torch.no_grad():
+        proposal = keep_largest_component(model.proposal_head(embedding)[1][0, channel])
+    deepest = deepest_point_roi((proposal > 0).numpy(), size)
+    if deepest is not None:
+        points.append(deepest.astype(np.float32))
+        labels.append(1)
+        previous = proposal[None, None] * PROPOSAL_PROMPT_GAIN
+        prediction = (proposal > 0).numpy()
     local = bool(points)
     total = torch.zeros(())
     for _ in range(clicks):
@@ -400,7 +398,7 @@ def correction_episode(model: nn.Module, sample: ProposalSample, rng: np.random.
         points.append(point)
         labels.append(label)
         logits, _ = model.decode_prompts(embedding, torch.from_numpy(np.stack(points))[None],
-                                         torch.tensor([labels], dtype=torch.int64), previous)
+                                         torch.tensor([labels], dtype=torch.int64), previous, corrections=local)
         if local:
             logits = local_edit(previous, logits, point, size, sigma_low)
         total = total + _bce_dice(logits, target, 3.0)
@@ -412,12 +410,13 @@ def correction_episode(model: nn.Module, sample: ProposalSample, rng: np.random.
 def train_decoder_adapter(model: nn.Module, samples: Sequence[ProposalSample], *, minutes: float, seed: int = 0,
                           lr: float = 2e-3, clicks: int = 3,
                           progress: Optional[ProgressFn] = None) -> Dict[str, float]:
-    """Inject a decoder-only adapter (:mod:`.model.adapters`) and train it on cached embeddings: half the
-    episodes correct the proposal (the model must have its head), half click from scratch. The base and the
-    head stay frozen. Returns ``{"steps", "minutes", "train_loss_last50"}``."""
+    """Inject a decoder adapter that runs only on corrections of a proposal (:mod:`.model.adapters`, scope
+    "corrections") and train it on cached embeddings with :func:`correction_episode` (the model must have its
+    head). Clicks from scratch keep the base model's behaviour exactly; the base and the head stay frozen.
+    Returns ``{"steps", "minutes", "train_loss_last50"}``."""
     from .model.adapters import AdapterConfig, inject_adapters, is_adapter_parameter
 
-    inject_adapters(model, AdapterConfig(clicknet2_coarse=False))
+    inject_adapters(model, AdapterConfig(clicknet2_coarse=False, clicknet2_decoder_scope="corrections"))
     params = []
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(is_adapter_parameter(name))
@@ -431,7 +430,7 @@ def train_decoder_adapter(model: nn.Module, samples: Sequence[ProposalSample], *
     start, step, budget = time.perf_counter(), 0, minutes * 60.0
     while time.perf_counter() - start < budget:
         sample = samples[int(rng.integers(len(samples)))]
-        loss = correction_episode(model, sample, rng, clicks, from_proposal=bool(rng.random() < 0.5))
+        loss = correction_episode(model, sample, rng, clicks)
         fraction = (time.perf_counter() - start) / budget
         for group in optimizer.param_groups:
             group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(1.0, fraction))))

@@ -633,6 +633,7 @@ class InteractiveSession:
             points_roi[inside],
             np.array([c.positive for c in clicks], dtype=bool)[inside],
             roi_state.logits,
+            corrections=roi_state.edit_sigma_low is not None,
         )
         self.last_timing["decode_s"] = self.last_timing.get("decode_s", 0.0) + prediction.decode_s
         if roi_state.edit_sigma_low is not None and roi_state.logits is not None and inside.any():

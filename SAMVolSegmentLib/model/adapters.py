@@ -58,13 +58,15 @@ class AdapterConfig(ConfigSerialization):
     token adapters (capped at the token width); ``clicknet2_hidden``: ClickNet2 adapter channels (0 = the
     coarse feature width); ``clicknet2_coarse``: give ClickNet2 the coarse-feature adapter (False: only the
     decoder adapter, which then trains on cached embeddings); ``clicknet2_decoder_hidden``: channels of
-    ClickNet2's decoder adapter (0 = none)."""
+    ClickNet2's decoder adapter (0 = none); ``clicknet2_decoder_scope``: when it runs, "all" clicks or only
+    "corrections" of a proposal (``samvolseg teach``: clicks from scratch then stay exactly the base's)."""
 
     encoder_bottleneck: int = 64
     decoder_hidden: int = 32
     clicknet2_hidden: int = 0
     clicknet2_coarse: bool = True
     clicknet2_decoder_hidden: int = 8
+    clicknet2_decoder_scope: str = "all"
 
 
 class DepthwiseConvAdapter(nn.Module):

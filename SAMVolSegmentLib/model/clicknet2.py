@@ -167,6 +167,7 @@ class ClickNet2(nn.Module):
         self.adapter: Optional[nn.Module] = None
         # Optional residual adapter on the click-conditioned decoder's 32³ features, likewise.
         self.decoder_adapter: Optional[nn.Module] = None
+        self.adapter_config: Optional[Any] = None  # set by inject_adapters
 
     # ------------------------------------------------------------------ image side (once per ROI)
     def encode_image(self, image_roi: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -265,7 +266,8 @@ class ClickNet2(nn.Module):
         return out
 
     def decode_prompts(self, embedding: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], points_roi: torch.Tensor,
-                       labels: torch.Tensor, mask_logits: torch.Tensor, return_coarse: bool = False):
+                       labels: torch.Tensor, mask_logits: torch.Tensor, return_coarse: bool = False,
+                       corrections: bool = False):
         """Cached embedding + clicks + previous low-res logits → (B, 1, L, L, L) logits and IoU (B, 1).
 
         Args:
@@ -274,6 +276,8 @@ class ClickNet2(nn.Module):
             labels: (B, N) 1 positive, 0 negative, anything else ignored.
             mask_logits: (B, 1, L, L, L) previous logits (zeros at the first click); L = S / 2.
             return_coarse: also return the (B, 1, S/4, S/4, S/4) coarse logits (training's auxiliary loss).
+            corrections: the clicks correct a proposal (:mod:`SAMVolSegmentLib.proposals`); a decoder adapter
+                whose scope is "corrections" runs only then.
         """
         coarse, fine, images = embedding
         clicks = self.click_features(images, points_roi, labels)
@@ -287,8 +291,10 @@ class ClickNet2(nn.Module):
         x8 = self.dec_down8(x16)
         y16 = self.dec_up16(_nearest(self.dec_skip16(x8), x16) + x16)
         y32 = self.dec_up32(_nearest(self.dec_skip32(y16), x32) + x32)
-        if self.decoder_adapter is not None:  # per click: structure-specific decoding (adapters.py)
-            y32 = y32 + self.decoder_adapter(y32)
+        adapter = self.decoder_adapter  # per click: structure-specific decoding (adapters.py)
+        if adapter is not None and (corrections or getattr(self.adapter_config, "clicknet2_decoder_scope", "all")
+                                    == "all"):
+            y32 = y32 + adapter(y32)
         logits32 = self.coarse_head(y32) + self.click_gain * (pooled[:, :1] - pooled[:, 1:2])
         up_logits = _up(logits32, fine)
         logits = up_logits + self.refine(fine + self.refine_clicks(torch.cat([clicks, prev, up_logits / 4], 1)))
