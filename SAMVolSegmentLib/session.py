@@ -775,15 +775,19 @@ class _DaemonWorker:
             return future
 
     def shutdown(self) -> None:
-        """Cancel queued calls and stop the thread after the running one (which is not waited for)."""
+        """Cancel queued calls and stop the thread after the running one (which is not waited for); a second
+        call does nothing."""
         with self._lock:
+            if self._shutdown:  # the stop marker of the first call may still be queued
+                return
             self._shutdown = True
             while True:
                 try:
-                    future, _, _ = self._jobs.get_nowait()
+                    job = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-                future.cancel()
+                if job is not None:
+                    job[0].cancel()
             self._jobs.put(None)
 
     def _run(self) -> None:

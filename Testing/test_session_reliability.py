@@ -236,3 +236,12 @@ def test_an_lps_click_is_named_as_probably_lps_and_a_far_one_says_which_way(sess
         session.add_click(inside_ras + (0.0, 0.0, 100.0), True)
     assert "LPS" in str(info.value) and "probably" not in str(info.value)
     assert session.clicks == ()
+
+
+def test_a_worker_shut_down_twice_stays_quiet():
+    worker = session_module._DaemonWorker("twice")
+    assert worker.submit(lambda: 1).result(5) == 1
+    worker.shutdown()
+    worker.shutdown()  # the first call's stop marker is still queued: no TypeError
+    with pytest.raises(SessionStateError):
+        worker.submit(lambda: 2)
