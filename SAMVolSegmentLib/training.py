@@ -229,7 +229,7 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
           clicks: int = 5, lr: float = 2e-3, export: Optional[Path] = None, resume: bool = False,
           checkpoint_every_s: float = 300.0, trainable: str = "all", decay_from_minute: Optional[float] = None,
           roi_sizes: Optional[Sequence[Tuple[int, float]]] = None, augment: bool = True,
-          device: str = "cpu") -> dict:
+          device: str = "cpu", max_steps: Optional[int] = None) -> dict:
     """Train until ``minutes`` of (cumulative) wall time; checkpoint + export every ``checkpoint_every_s``.
 
     Args:
@@ -241,6 +241,7 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
         roi_sizes: ((edge, probability), ...) ROI sizes to draw per step; default: the model's own size
             (ClickNet2: :data:`TRAIN_ROI_SIZES`).
         device: torch device for the model and the episodes (sampling and click simulation stay on the CPU).
+        max_steps: also stop after this many (cumulative) steps (tests: a run that does not depend on speed).
     The learning rate follows :func:`learning_rate` (constant, then cosine decay over the rest of the budget).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -282,7 +283,7 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
     model.train()
     start, last_ckpt = time.perf_counter() - elapsed, time.perf_counter()
     window: List[float] = []
-    while time.perf_counter() - start < minutes * 60:
+    while time.perf_counter() - start < minutes * 60 and (max_steps is None or step < max_steps):
         size = sizes[int(rng.choice(len(sizes), p=size_p / size_p.sum()))]
         images, labels_roi, kinds = [], [], []
         for _ in range(batch):

@@ -71,9 +71,9 @@ def test_sam_adapter_finetune_trains_only_adapters_and_the_file_composes(fixture
     base_logits = _sam_logits(model, ref)
     base_state = _snapshot(model)
     adapter_file = tmp_path / "finetuned.pt"
-    result = train(model, BLOBS_ONLY, tmp_path, minutes=0.1, seed=0, batch=1, clicks=2, lr=1e-2,
-                   trainable="adapters", export=adapter_file)
-    assert result["steps"] >= 2
+    result = train(model, BLOBS_ONLY, tmp_path, minutes=10, seed=0, batch=1, clicks=2, lr=1e-2,
+                   trainable="adapters", export=adapter_file, max_steps=2)
+    assert result["steps"] == 2
     state = model.state_dict()
     assert set(base_state) == {k for k in state if not is_adapter_parameter(k)}
     for key, value in base_state.items():
@@ -136,8 +136,8 @@ def test_clicknet2_adapter_is_identity_at_init_trains_alone_and_composes(tmp_pat
     assert torch.equal(_clicknet2_logits(model), base_logits)
 
     adapter_file = tmp_path / "run" / "adapters.pt"
-    first = train(model, BLOBS_ONLY, tmp_path / "run", minutes=0.01, seed=0, batch=1, clicks=2, lr=5e-2,
-                  trainable="adapters", export=adapter_file, roi_sizes=((32, 1.0),))
+    first = train(model, BLOBS_ONLY, tmp_path / "run", minutes=10, seed=0, batch=1, clicks=2, lr=5e-2,
+                  trainable="adapters", export=adapter_file, roi_sizes=((32, 1.0),), max_steps=2)
     for key, value in base_state.items():
         assert torch.equal(model.state_dict()[key], value), key
     tuned = _clicknet2_logits(model.eval())
@@ -146,9 +146,9 @@ def test_clicknet2_adapter_is_identity_at_init_trains_alone_and_composes(tmp_pat
 
     # Resuming: the run's checkpoint holds only the adapters, and a fresh base continues from them.
     resumed = load_model(base_file)
-    second = train(resumed, BLOBS_ONLY, tmp_path / "run", minutes=first["minutes"] + 0.01, seed=0, batch=1,
-                   clicks=2, lr=5e-2, trainable="adapters", export=adapter_file, resume=True, roi_sizes=((32, 1.0),))
-    assert second["steps"] > first["steps"]
+    second = train(resumed, BLOBS_ONLY, tmp_path / "run", minutes=10, seed=0, batch=1, clicks=2, lr=5e-2,
+                   trainable="adapters", export=adapter_file, resume=True, roi_sizes=((32, 1.0),), max_steps=4)
+    assert (first["steps"], second["steps"]) == (2, 4)
     checkpoint = torch.load(str(tmp_path / "run" / "checkpoint.pt"), weights_only=False)
     assert checkpoint["model_state_dict"] and all(is_adapter_parameter(k) for k in checkpoint["model_state_dict"])
 
