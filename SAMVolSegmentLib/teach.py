@@ -4,13 +4,16 @@ One resumable command, in an output folder:
 
 1. ``split.json``: the cases matching ``--cases``, split once (seeded) into training and held-out cases; a rerun
    reuses it, so reported cases never leak into training.
-2. Adapters (3DSAM-adapter style, :mod:`.model.adapters`) trained with simulated clicks on the training cases
-   (``adapters/``: checkpoint and log; resumes).
-3. A prompt-free proposal head (:mod:`.proposals`) trained on the adapted model's cached embeddings.
-4. ``structure.pt``: one small file with both, naming its base model; load it as any model
+2. The embeddings of the training cases' proposal ROIs, computed once with the frozen base model.
+3. A prompt-free proposal head (:mod:`.proposals`) trained on them (``head.pt``, ``head.json``).
+4. A correction adapter (:mod:`.model.adapters`, a decoder adapter with scope "corrections") trained on the
+   same embeddings with simulated corrections of the head's proposals; it runs only on clicks that correct a
+   proposal, so clicks from scratch stay exactly the base model's.
+5. ``structure.pt``: one small file with both, naming its base model; load it as any model
    (``--model structure.pt``, ``load_model``), ``segment --auto CLASS`` and ``InteractiveSession.propose``.
-5. ``results.json`` and ``card.md``: base vs adapted Dice after 1 and 3 clicks, proposal Dice with 0, 1 and 2
-   corrective clicks, proposal time, on the held-out cases plus any ``--report`` cases.
+6. ``results.json`` and ``card.md``: base vs adapted Dice after 1 and 3 clicks, proposal Dice with 0, 1 and 2
+   corrective clicks (with and without the adapter), proposal time, on the held-out cases plus any
+   ``--report`` cases. Each stage writes its file, so a rerun skips finished stages.
 
 Heavy imports (numpy, torch) happen inside the functions so that ``samvolseg --help`` stays fast.
 """
@@ -50,7 +53,8 @@ def register_cli(sub: Any) -> None:
                    help="extra labelled case folder(s) to report on (never trained on); repeat for several")
     p.add_argument("--proposal-minutes", type=float, default=8.0, help="proposal head training budget")
     p.add_argument("--adapter-minutes", type=float, default=6.0,
-                   help="decoder adapter training budget (0: none); it learns to correct proposals and to click")
+                   help="correction adapter training budget (0: none); it runs only on clicks that correct a "
+                        "proposal, so clicks from scratch stay the base model's")
     p.add_argument("--repeats", type=int, default=4, help="jittered proposal ROIs per training case")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of every random choice")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -146,8 +150,8 @@ def train_stages(args: argparse.Namespace, train_folders: Sequence[str]) -> Dict
         save_adapters(model, head_file, meta={"class": args.class_name, **logs["head"]})
         (args.output / "head.json").write_text(json.dumps(logs["head"]))
     if args.adapter_minutes > 0:
-        print(f"teach: decoder adapter, {args.adapter_minutes:g} min (corrections of proposals and clicks from "
-              "scratch)", flush=True)
+        print(f"teach: correction adapter, {args.adapter_minutes:g} min (clicks that correct a proposal)",
+              flush=True)
         torch.manual_seed(args.seed)
         logs["adapter"] = train_decoder_adapter(model, samples, minutes=args.adapter_minutes, seed=args.seed)
     else:
@@ -278,7 +282,7 @@ def write_card(args: argparse.Namespace, split: Dict[str, List[str]], results: D
         return f"| {name} | " + " | ".join(fmt(s.get(f"{key}@{n}")) if n in clicks else "" for n in range(4)) + " |"
 
     lines = [
-        f"# {args.class_name}: proposal head + decoder adapter on {args.model}", "",
+        f"# {args.class_name}: proposal head + correction adapter on {args.model}", "",
         f"Made by `samvolseg teach` ({time.strftime('%Y-%m-%d %H:%M')}); seed {args.seed}.", "",
         "## Data", "",
         f"* training: {len(split['train'])} cases ({', '.join(Path(f).name for f in split['train'][:6])}"
@@ -287,7 +291,7 @@ def write_card(args: argparse.Namespace, split: Dict[str, List[str]], results: D
         f"* extra report cases: {', '.join(p.name for p in args.report) or 'none'}",
         f"* target: {'label > 0' if args.label is None else f'label == {args.label}'}", "",
         "## Budget and size", "",
-        f"* proposal head {args.proposal_minutes:g} min ({logs['head']['steps']:.0f} steps), decoder adapter "
+        f"* proposal head {args.proposal_minutes:g} min ({logs['head']['steps']:.0f} steps), correction adapter "
         f"{args.adapter_minutes:g} min ({logs['adapter']['steps']:.0f} steps), {args.threads} thread(s)",
         f"* trained parameters: {sizes['head_parameters']:,} (head) + {sizes['adapter_parameters']:,} (adapter) = "
         f"{100 * sizes['trained_fraction']:.1f} % of the base's {sizes['base_parameters']:,}; structure file "
