@@ -335,30 +335,17 @@ def train_proposal_head(model: nn.Module, samples: Sequence[ProposalSample], cla
     torch.manual_seed(seed)
     head = attach_proposal_head(model, ProposalConfig(classes=(class_name,)))
     rng = np.random.default_rng(seed)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     head.train()
-    losses: List[float] = []
-    start, step = time.perf_counter(), 0
-    budget = minutes * 60.0
-    while time.perf_counter() - start < budget:
-        sample = samples[int(rng.integers(len(samples)))]
-        embedding = tuple(t.float() for t in sample.embedding)
-        coarse_logits, logits = head(embedding)
+
+    def loss_of(sample: ProposalSample) -> torch.Tensor:
+        coarse_logits, logits = head(tuple(t.float() for t in sample.embedding))
         coarse_target = F.adaptive_avg_pool3d(sample.target, coarse_logits.shape[2:])
-        loss = proposal_loss(logits, sample.target) + 0.5 * proposal_loss(coarse_logits, coarse_target)
-        progress_fraction = (time.perf_counter() - start) / budget
-        for group in optimizer.param_groups:  # cosine decay over the budget
-            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(1.0, progress_fraction))))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        step += 1
-        if progress is not None and step % 20 == 0:
-            progress(min(1.0, progress_fraction), f"proposal head step {step}, loss {np.mean(losses[-50:]):.3f}")
+        return proposal_loss(logits, sample.target) + 0.5 * proposal_loss(coarse_logits, coarse_target)
+
+    logs = _train_loop(list(head.parameters()), samples, loss_of, minutes, lr, rng, "proposal head", progress)
     head.eval()
-    return {"steps": float(step), "minutes": (time.perf_counter() - start) / 60.0,
-            "train_loss_last50": float(np.mean(losses[-50:]))}
+    return logs
+
 
 
 def correction_episode(model: nn.Module, sample: ProposalSample, rng: np.random.Generator, clicks: int,
@@ -422,28 +409,36 @@ def train_decoder_adapter(model: nn.Module, samples: Sequence[ProposalSample], *
         parameter.requires_grad_(is_adapter_parameter(name))
         if parameter.requires_grad:
             params.append(parameter)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     model.train()
+    logs = _train_loop(params, samples, lambda sample: correction_episode(model, sample, rng, clicks), minutes, lr,
+                       rng, "correction adapter", progress)
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return logs
+
+
+def _train_loop(params: List[torch.Tensor], samples: Sequence[ProposalSample],
+                loss_of: Callable[[ProposalSample], torch.Tensor], minutes: float, lr: float,
+                rng: np.random.Generator, what: str, progress: Optional[ProgressFn]) -> Dict[str, float]:
+    """AdamW on random samples for ``minutes`` with a cosine decay of ``lr`` to 5 % over the budget."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     losses: List[float] = []
     start, step, budget = time.perf_counter(), 0, minutes * 60.0
     while time.perf_counter() - start < budget:
-        sample = samples[int(rng.integers(len(samples)))]
-        loss = correction_episode(model, sample, rng, clicks)
-        fraction = (time.perf_counter() - start) / budget
+        loss = loss_of(samples[int(rng.integers(len(samples)))])
+        fraction = min(1.0, (time.perf_counter() - start) / budget)
         for group in optimizer.param_groups:
-            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(1.0, fraction))))
+            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * fraction)))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
         step += 1
         if progress is not None and step % 20 == 0:
-            progress(min(1.0, fraction), f"decoder adapter step {step}, loss {np.mean(losses[-50:]):.3f}")
-    model.eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
+            progress(fraction, f"{what} step {step}, loss {np.mean(losses[-50:]):.3f}")
     return {"steps": float(step), "minutes": (time.perf_counter() - start) / 60.0,
             "train_loss_last50": float(np.mean(losses[-50:])) if losses else float("nan")}
 
