@@ -152,6 +152,11 @@ def class_index(model: nn.Module, class_name: str) -> int:
     return classes.index(class_name)
 
 
+def edit_sigma_low(spacing_mm: float, roi_size: int, low: int) -> float:
+    """:data:`PROPOSAL_EDIT_SIGMA_MM` in low-res voxels of a ``roi_size`` ROI at ``spacing_mm`` with ``low``³ logits."""
+    return PROPOSAL_EDIT_SIGMA_MM / (spacing_mm * roi_size / low)
+
+
 def local_edit(previous: torch.Tensor, predicted: torch.Tensor, point_roi: np.ndarray, roi_size: int,
                sigma_low: float) -> torch.Tensor:
     """(B, 1, L, L, L) logits: ``predicted`` near ``point_roi`` (ROI voxels (3,), tensor order R, A, S),
@@ -181,26 +186,30 @@ def volume_centre_ras(volume: Volume) -> np.ndarray:
     return (low + high) / 2
 
 
-def largest_component_centre_ras(logits: torch.Tensor, roi: RoiWindow) -> Optional[np.ndarray]:
-    """RAS centre of the largest foreground component of (L, L, L) low-res logits, or None if empty."""
+def _largest_component(logits: torch.Tensor) -> Tuple[Optional[np.ndarray], np.ndarray]:
+    """(bool mask of the largest foreground component of (L, L, L) logits or None if empty, foreground)."""
     foreground = (logits > 0).cpu().numpy()
     components, count = ndimage.label(foreground)
     if count == 0:
+        return None, foreground
+    return components == int(np.argmax(np.bincount(components.ravel())[1:])) + 1, foreground
+
+
+def largest_component_centre_ras(logits: torch.Tensor, roi: RoiWindow) -> Optional[np.ndarray]:
+    """RAS centre of the largest foreground component of (L, L, L) low-res logits, or None if empty."""
+    largest, _ = _largest_component(logits)
+    if largest is None:
         return None
-    largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
-    centre_low = np.argwhere(components == largest).mean(axis=0)
-    affine = roi.lowres_affine_ras(foreground.shape[0])
-    return affine[:3, :3] @ centre_low + affine[:3, 3]
+    affine = roi.lowres_affine_ras(largest.shape[0])
+    return affine[:3, :3] @ np.argwhere(largest).mean(axis=0) + affine[:3, 3]
 
 
 def keep_largest_component(logits: torch.Tensor) -> torch.Tensor:
     """(L, L, L) logits with every foreground voxel outside the largest component pushed below zero."""
-    foreground = (logits > 0).cpu().numpy()
-    components, count = ndimage.label(foreground)
-    if count <= 1:
+    largest, foreground = _largest_component(logits)
+    if largest is None:
         return logits
-    largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
-    drop = torch.from_numpy((components > 0) & (components != largest)).to(logits.device)
+    drop = torch.from_numpy(foreground & ~largest).to(logits.device)
     return torch.where(drop, -logits.abs(), logits)
 
 
@@ -365,7 +374,7 @@ def correction_episode(model: nn.Module, sample: ProposalSample, rng: np.random.
     target = sample.target
     target_low = target[0, 0].numpy()
     size, low = model.config.image_size, target.shape[-1]
-    sigma_low = PROPOSAL_EDIT_SIGMA_MM / (MODEL_SPACING_MM * size / low)
+    sigma_low = edit_sigma_low(MODEL_SPACING_MM, size, low)
     points: List[np.ndarray] = []
     labels: List[int] = []
     previous = torch.zeros_like(target)

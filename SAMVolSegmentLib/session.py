@@ -26,7 +26,7 @@ import torch
 
 from .clicks import deepest_point_roi
 from .errors import InvalidPromptError, SessionStateError
-from .geometry import RoiWindow, VolumeGeometry, lps_to_ras
+from .geometry import RoiWindow, VolumeGeometry, bbox_shape, lps_to_ras, mask_bbox
 from .mask_update import BBoxKJI, MaskUpdate, union_bbox
 from .predictor import Predictor
 from .preprocessing import (
@@ -38,7 +38,14 @@ from .preprocessing import (
     resample_to_model_grid,
 )
 from .prompts_io import MAX_CLICKS  # one limit for the session and prompt files (the reason is there)
-from .proposals import PROPOSAL_EDIT_SIGMA_MM, PROPOSAL_PROMPT_GAIN, local_edit, propose_logits
+from .proposals import (
+    PROPOSAL_PROMPT_GAIN,
+    class_index,
+    edit_sigma_low,
+    local_edit,
+    proposal_classes,
+    propose_logits,
+)
 
 ProgressCallback = Callable[[float, str], None]
 RoiKey = Tuple[int, int, int]
@@ -334,8 +341,6 @@ class InteractiveSession:
             InvalidPromptError: the model does not know ``class_name`` (the message lists what it knows), or
                 found nothing of it in the volume; nothing changes.
         """
-        from .proposals import class_index
-
         with self._lock:
             self._require_open()
             self._require_volume()
@@ -344,8 +349,6 @@ class InteractiveSession:
 
     def proposal_classes(self) -> Tuple[str, ...]:
         """Class names :meth:`propose` accepts with this session's model (empty: it cannot propose)."""
-        from .proposals import proposal_classes
-
         return proposal_classes(self.predictor.model)
 
     def set_initial_mask(self, mask_kji: Optional[np.ndarray]) -> MaskUpdate:
@@ -501,17 +504,18 @@ class InteractiveSession:
         return region_after
 
     def _reset_step(self, state: _Snapshot) -> Tuple[_Snapshot, List[MaskUpdate]]:
+        return _Snapshot(), self._updates_to(self._initial_kji)
+
+    def _updates_to(self, target_kji: Optional[np.ndarray]) -> List[MaskUpdate]:
+        """The update (none if nothing differs) turning the label into ``target_kji`` (None: empty)."""
         assert self._label_kji is not None
-        target = self._initial_kji
-        changed = self._label_kji != 0 if target is None else self._label_kji != target
-        nonzero = np.nonzero(changed)
-        if not nonzero[0].size:
-            return _Snapshot(), []
-        bbox = tuple((int(ax.min()), int(ax.max()) + 1) for ax in nonzero)
-        if target is None:
-            shape = tuple(hi - lo for lo, hi in bbox)
-            return _Snapshot(), [MaskUpdate(bbox, np.zeros(shape, np.uint8))]  # type: ignore[arg-type]
-        return _Snapshot(), [MaskUpdate.covering(target, bbox)]  # type: ignore[arg-type]
+        changed = self._label_kji != 0 if target_kji is None else self._label_kji != target_kji
+        bbox = mask_bbox(changed)
+        if bbox is None:
+            return []
+        if target_kji is None:
+            return [MaskUpdate(bbox, np.zeros(bbox_shape(bbox), np.uint8))]
+        return [MaskUpdate.covering(target_kji, bbox)]
 
     def _propose_step(self, class_name: str) -> Tuple[_Snapshot, List[MaskUpdate]]:
         """Clear the mask, paste the proposal's ROI, add its deepest-point click, continue into neighbours."""
@@ -520,16 +524,12 @@ class InteractiveSession:
                                              class_name, self._report)
         self.last_timing["encode_s"] += timing["encode_s"]
         self.last_timing["propose_s"] = timing["propose_s"]
-        nonzero = np.nonzero(self._label_kji)
-        clear: List[MaskUpdate] = []
-        if nonzero[0].size:
-            bbox = tuple((int(ax.min()), int(ax.max()) + 1) for ax in nonzero)
-            clear = [MaskUpdate(bbox, np.zeros(tuple(hi - lo for lo, hi in bbox), np.uint8))]  # type: ignore[arg-type]
+        clear = self._updates_to(None)  # a proposal replaces the whole mask
         deepest = deepest_point_roi((logits[0, 0] > 0).cpu().numpy(), roi.size)
         assert deepest is not None  # propose_logits refuses an empty proposal
         # The proposal becomes the ROI's mask prompt at the confidence of the model's own answers (its logits
         # are calibrated for the head's loss, not for the decoder's prompt), and corrections stay local.
-        sigma_low = PROPOSAL_EDIT_SIGMA_MM / (roi.spacing * roi.size / logits.shape[-1])
+        sigma_low = edit_sigma_low(roi.spacing, roi.size, logits.shape[-1])
         state = _Snapshot(clicks=(Click(roi.roi_to_ras(deepest[None])[0], True),),
                           rois=((roi.key, _RoiState(roi, logits * PROPOSAL_PROMPT_GAIN, sigma_low)),),
                           active_roi=roi.key)

@@ -105,16 +105,22 @@ def load_or_make_split(output: Path, folders: Sequence[Path], holdout: float, se
 
 
 # ---------------------------------------------------------------- stages
-def read_case(folder: str, label: Optional[int]):
-    """(Volume, binary label (k, j, i)) of a case folder."""
-    import SimpleITK as sitk
-
-    from .preprocessing import load_volume, read_image
+def evaluation_case(folder: str, label: Optional[int]):
+    """The :class:`~SAMVolSegmentLib.evaluation.Case` of a case folder (``image.*``, ``label.*``)."""
+    from .evaluation import Case
 
     folder_path = Path(folder)
-    volume = load_volume(read_image(sorted(folder_path.glob("image.*"))[0]))
-    label_kji = sitk.GetArrayFromImage(read_image(sorted(folder_path.glob("label.*"))[0]))
-    return volume, (label_kji > 0) if label is None else (label_kji == label)
+    return Case(folder_path.name, sorted(folder_path.glob("image.*"))[0], sorted(folder_path.glob("label.*"))[0],
+                label)
+
+
+def read_case(folder: str, label: Optional[int]):
+    """(Volume, binary label (k, j, i)) of a case folder, the label checked to lie on the image's grid."""
+    from .evaluation import load_target
+    from .preprocessing import load_volume
+
+    image, target = load_target(evaluation_case(folder, label))
+    return load_volume(image), target.astype(bool)
 
 
 def train_stages(args: argparse.Namespace, train_folders: Sequence[str]) -> Dict[str, Any]:
@@ -163,34 +169,19 @@ def train_stages(args: argparse.Namespace, train_folders: Sequence[str]) -> Dict
 
 # ---------------------------------------------------------------- report
 def click_dice(model: Any, folder: str, label: Optional[int], clicks: int) -> List[float]:
-    """Dice after 1..clicks simulated clicks (deepest point, then largest error) on one case."""
-    import numpy as np
-
-    from .evaluation import first_click, index_to_ras, next_click
-    from .metrics import dice
+    """Dice after 1..clicks simulated clicks on one case: the evaluation's click protocol, model only."""
+    from .evaluation import simulate_case
     from .session import InteractiveSession
 
-    volume, target = read_case(folder, label)
-    spacing_kji = tuple(float(v) for v in volume.geometry.spacing[::-1])
-    scores: List[float] = []
     with InteractiveSession(model) as session:
-        session.set_volume(volume.array_kji, volume.geometry.ijk_to_ras)
-        mask = np.zeros_like(target)
-        for n in range(clicks):
-            click = first_click(target, spacing_kji) if n == 0 else next_click(target, mask, spacing_kji)
-            if click is None:
-                scores.append(scores[-1])
-                continue
-            session.add_click(index_to_ras(volume.geometry, click[0]), click[1])
-            mask = session.mask_array_kji() > 0
-            scores.append(float(dice(mask, target)))
-    return scores
+        rows = simulate_case(session, evaluation_case(folder, label), clicks, with_baseline=False)
+    return [float(row.dice) for row in rows]
 
 
 def proposal_dice(model: Any, folder: str, label: Optional[int], class_name: str, corrections: int = 2):
     """(Dice after the proposal and after each corrective click, proposal seconds) on one case."""
+    from .clicks import next_click
     from .errors import InvalidPromptError
-    from .evaluation import index_to_ras, next_click
     from .metrics import dice
     from .session import InteractiveSession
 
@@ -209,7 +200,7 @@ def proposal_dice(model: Any, folder: str, label: Optional[int], class_name: str
         for _ in range(corrections):
             click = next_click(target, mask, spacing_kji)
             if click is not None:
-                session.add_click(index_to_ras(volume.geometry, click[0]), click[1])
+                session.add_click(volume.geometry.index_to_ras(click[0]), click[1])
                 mask = session.mask_array_kji() > 0
             scores.append(float(dice(mask, target)))
     return scores, propose_s

@@ -251,3 +251,36 @@ def test_batch_rows_without_prompts_use_the_auto_class(head_file, image_file, tm
     manifest.write_text(f"image,prompts,output\n{image_file},,{tmp_path / 'c.nii.gz'}\n")
     with pytest.raises(ManifestError, match="empty prompts"):
         read_manifest(manifest)
+
+
+def test_teach_writes_split_structure_and_card_and_a_rerun_resumes(tiny_file, tmp_path, capsys):
+    import json
+
+    import SimpleITK as sitk
+
+    from SAMVolSegmentLib import cli
+
+    data = tmp_path / "cases"
+    for seed in range(4):
+        volume, label = _bright_ellipsoid_case(seed)
+        folder = data / f"case_{seed}"
+        folder.mkdir(parents=True)
+        for name, array in (("image", volume.array_kji), ("label", label.astype(np.uint8))):
+            image = sitk.GetImageFromArray(array)
+            image.SetSpacing((1.5, 1.5, 1.5))
+            sitk.WriteImage(image, str(folder / f"{name}.nii.gz"))
+    out = tmp_path / "taught"
+    argv = ["teach", "--data", str(data), "--cases", "case_*", "--class", "ellipsoid", "--model", str(tiny_file),
+            "--output", str(out), "--holdout", "0.25", "--repeats", "1", "--proposal-minutes", "0.05",
+            "--adapter-minutes", "0.05"]
+    assert cli.main(argv) == 0
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["train"]) == 3 and len(split["heldout"]) == 1 and not set(split["train"]) & set(split["heldout"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["summary"]["cases"] == 1 and len(results["cases"][0]["base_dice"]) == 3
+    assert proposal_classes(load_model(out / "structure.pt")) == ("ellipsoid",)
+    assert "| proposal + corrections with the adapter |" in (out / "card.md").read_text()
+    capsys.readouterr()
+    assert cli.main(argv) == 0  # finished stages are skipped, the split is reused
+    assert "already trained" in capsys.readouterr().out
+    assert json.loads((out / "split.json").read_text()) == split
