@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from SAMVolSegmentLib.model.clicknet import ClickNet, ClickNetConfig, PaddedConv3d
+from SAMVolSegmentLib.model.clicknet import ClickNet, ClickNetConfig, FastConv3d
 
 TINY = ClickNetConfig(image_size=32, stem_channels=(4, 8), context_channels=(8, 8), embed_dim=8, decoder_channels=8)
 
@@ -57,17 +57,18 @@ def test_untrained_prior_follows_the_clicks(model):
     assert logits[0, 0, 4, 4, 4] > logits[0, 0, 7, 7, 0] > logits[0, 0, 1, 1, 1]
 
 
-@pytest.mark.parametrize("cin,stride,dilation", [(16, 1, 1), (12, 2, 1), (20, 1, 2), (8, 1, 1), (24, 1, 1)])
-def test_padded_conv_matches_plain_conv(cin, stride, dilation):
+@pytest.mark.parametrize("cin,stride,dilation,bias", [(16, 1, 1, True), (12, 2, 1, True), (20, 1, 2, False),
+                                                     (8, 1, 1, False), (32, 1, 1, True)])
+def test_fast_conv_matches_plain_conv(cin, stride, dilation, bias):
     torch.manual_seed(0)
-    conv = PaddedConv3d(cin, 8, 3, stride=stride, padding=dilation, dilation=dilation)
+    conv = FastConv3d(cin, 8, 3, stride=stride, padding=dilation, dilation=dilation, bias=bias)
     x = torch.randn(1, cin, 12, 12, 12)
     expected = F.conv3d(x, conv.weight, conv.bias, stride, dilation, dilation)
     with torch.inference_mode():
         fast = conv(x)
     assert torch.allclose(fast, expected, atol=1e-5)
     assert torch.allclose(conv(x), expected, atol=1e-5)  # autograd path
-    assert list(conv.state_dict()) == ["weight", "bias"]
+    assert list(conv.state_dict()) == (["weight", "bias"] if bias else ["weight"])
 
 
 def test_prototype_similarity_marks_features_like_the_clicked_ones():

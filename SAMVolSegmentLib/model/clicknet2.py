@@ -32,7 +32,7 @@ from scipy import ndimage
 from torch import nn
 
 from .build import register_family
-from .clicknet import PaddedConv3d, norm_conv
+from .clicknet import FastConv3d, norm_conv
 from .config import ConfigSerialization
 
 #: Half-widths (in z-normalised intensity units) below which a voxel counts as "similar" to a positive click
@@ -91,7 +91,7 @@ def _pool2(x: torch.Tensor) -> torch.Tensor:
 
 
 def _plain_conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(PaddedConv3d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation),
+    return nn.Sequential(FastConv3d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation),
                          nn.ReLU(inplace=True))
 
 
