@@ -4,13 +4,12 @@ Layers: the widget (``.ui`` + shortcuts) makes one Logic call per user action (`
 ``setBoxFromROI``, ``propose``, ``undo``, ``redo``, ``reset``, ``acceptSegment``, ...). The Logic reads model, target and
 masking settings from the parameter node and owns the whole step: engine call on one persistent worker thread
 (only through the session protocol, ``SAMVolSegmentLib.session_protocol``, on the local engine or a remote
-server: ``SAMVolSegmentSlicerLib.backend``; secrets and preferences stay in QSettings), segment write
-(``SAMVolSegmentSlicerLib.segment_io``), markers, and one history (its segment edits hang on the engine's
-steps). ``segmentVolume`` (console, scripts) runs a whole prompt set through the batch path
-(``SAMVolSegmentLib.batch.segment_volume``, the code of ``samvolseg batch`` and ``SAMVolSegmentLib.segment``) on
-the same worker and model, and writes a new segment with the same ``segment_io`` helper. Everything that is
-not MRML/Qt glue lives in ``SAMVolSegmentSlicerLib`` and is tested with pytest outside Slicer;
-``Testing/test_slicer_module_*.py`` runs this file against a stand-in of the Slicer API.
+server: ``SAMVolSegmentSlicerLib.backend``; secrets and preferences stay in QSettings), the target
+(``SAMVolSegmentSlicerLib.target``), segment write (``segment_io``), markers (``markers``), and one history (its
+segment edits hang on the engine's steps). ``segmentVolume`` (console, scripts) runs a whole prompt set through
+the batch path on the same worker and model (``segment_volume``). The panel's parts live there too
+(``settings_panel``, ``propose``, ``progress_display``, ``shortcuts``); this file keeps the module classes and
+the glue between them. ``Testing/test_slicer_module_*.py`` runs it against a stand-in of the Slicer API.
 """
 
 from __future__ import annotations
@@ -49,36 +48,23 @@ _ENGINE_ROOT = dependencies.engine_import_root(os.path.dirname(os.path.abspath(_
 if _ENGINE_ROOT is not None and _ENGINE_ROOT not in sys.path:
     sys.path.insert(0, _ENGINE_ROOT)
 
-from SAMVolSegmentSlicerLib import backend, coordinates, local_session, segment_io  # noqa: E402
+from SAMVolSegmentSlicerLib import backend, coordinates, local_session, progress_display, segment_io  # noqa: E402
 from SAMVolSegmentSlicerLib.dependencies import InstallError  # noqa: E402
 from SAMVolSegmentSlicerLib.markers import PromptMarkers  # noqa: E402
 from SAMVolSegmentSlicerLib.progress_display import ProgressDisplay  # noqa: E402
-from SAMVolSegmentSlicerLib.segment_merge import EditPolicy, OtherSegments  # noqa: E402
+from SAMVolSegmentSlicerLib.propose import ProposeControl, checkProposalClass  # noqa: E402
+from SAMVolSegmentSlicerLib.segment_merge import OtherSegments  # noqa: E402
+from SAMVolSegmentSlicerLib.segment_volume import VolumeJob  # noqa: E402
 from SAMVolSegmentSlicerLib.settings_panel import SettingsPanel  # noqa: E402
+from SAMVolSegmentSlicerLib.shortcuts import ModuleShortcuts  # noqa: E402
+from SAMVolSegmentSlicerLib.target import Target, TargetRemovedError  # noqa: E402
 from SAMVolSegmentSlicerLib.undo_stack import EditStep, Prompt  # noqa: E402
 from SAMVolSegmentSlicerLib.worker import EngineWorker, WorkerBusyError  # noqa: E402
 
-from SAMVolSegmentLib import batch  # noqa: E402  (numpy only at import; torch on first use)
 from SAMVolSegmentLib.mask_update import MaskUpdate  # noqa: E402
 from SAMVolSegmentLib.session_protocol import SegmentationSession, check_session  # noqa: E402
 
 logger = logging.getLogger(__name__)
-
-#: Shortcuts, active only while the module is shown. A/S/X/N match no Segment Editor effect key and avoid the
-#: slice views' own keys (b/f step slices, r resets the view). T and V shadow the views' layer toggles while
-#: the module is shown, as in SlicerNNInteractive, whose users expect them.
-SHORTCUTS = (
-    ("A", "positive"),
-    ("S", "negative"),
-    ("T", "togglePolarity"),
-    ("X", "box"),
-    ("V", "toggleVisibility"),
-    ("Ctrl+Z", "undo"),
-    ("Ctrl+Y", "redo"),
-    ("Ctrl+Shift+Z", "redo"),
-    ("N", "accept"),
-    ("Shift+R", "reset"),
-)
 
 
 class SAMVolSegment(ScriptedLoadableModule):
@@ -153,7 +139,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         #: ``factory(source, device, download, progress) -> model``: the local model, loaded on the worker once
         #: per (source, device) and kept, for the default sessions and ``segmentVolume``; tests replace it.
         self.modelFactory: Callable[..., Any] = local_session.localModel
-        self._keptModel: Optional[Tuple[Tuple[str, str], Any]] = None
+        self._keptModel = local_session.KeptModel()
         self.statusCallback: Optional[Callable[[str], None]] = None
         self.slowCallback: Optional[Callable[[float, Optional[float], str], None]] = None
         self.confirmCallback: Optional[Callable[[str], bool]] = None
@@ -161,10 +147,8 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         self.lastTiming: Dict[str, float] = {}
         self._busy = False
         self.markers = PromptMarkers(self.getParameterNode)
-        self._io: Optional[segment_io.SegmentIO] = None
-        self._segmentID = ""
-        self._volumeFingerprint = None
-        self._sessionHasTarget = False
+        #: Volume, segmentation and segment of the interactive steps (``setTarget``); the history belongs to it.
+        self.target = Target()
         self._proposalClasses: Tuple[str, ...] = ()
 
     def getParameterNode(self) -> SAMVolSegmentParameterNode:
@@ -247,15 +231,8 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
             return self._runOnWorker(fn, source, device, True, *args)
 
     def _localModel(self, source: str, device: str, download: bool, progress) -> Any:
-        """On the worker: the local model, loaded once per (source, device) and kept (one at a time).
-
-        The key holds the resolved device, so ``"auto"`` and ``"cpu"`` on a machine without CUDA share a model.
-        """
-        key = (str(source), local_session.resolveDevice(device))
-        if self._keptModel is None or self._keptModel[0] != key:
-            self._keptModel = None  # the previous model goes before the next one loads
-            self._keptModel = (key, self.modelFactory(source, device, download, progress))
-        return self._keptModel[1]
+        """On the worker: the local model, loaded once per (source, device) and kept (``local_session.KeptModel``)."""
+        return self._keptModel.get(self.modelFactory, source, device, download, progress)
 
     def _sessionOnKeptModel(self, source: str, device: str, download: bool, progress) -> SegmentationSession:
         """On the worker: an interactive session on the kept local model (``segmentVolume`` shares it)."""
@@ -296,15 +273,14 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         if self.session is not None:
             session, self.session = self.session, None
             self.worker.run(session.close)
-        self._volumeFingerprint = None
-        self._sessionHasTarget = False
+        self.target.forgetSession()
         self._proposalClasses = ()
 
     def cleanup(self) -> None:
         """Release the session, the kept model and the worker thread (module cleanup)."""
         self.closeSession()
         self.worker.close()
-        self._keptModel = None
+        self._keptModel.clear()
 
     # ------------------------------------------------------------------ geometry (kept for the console)
     nodeToWorldMatrix = staticmethod(segment_io.nodeToWorldMatrix)
@@ -316,60 +292,19 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         if volumeNode is None or volumeNode.GetImageData() is None or self.session is None or self._busy:
             return
         with self._action():
-            self._sendVolume(volumeNode)
-
-    def _sendVolume(self, volumeNode) -> None:
-        """Give the engine the volume again only when its content or world geometry changed."""
-        ijkToWorld = segment_io.volumeIjkToWorld(volumeNode)
-        fingerprint = (volumeNode.GetID(), volumeNode.GetImageData().GetMTime(), ijkToWorld.round(6).tobytes())
-        if fingerprint == self._volumeFingerprint:
-            return
-        # A copy: the engine keeps the array while Slicer may modify the volume's voxels in place.
-        arrayKji = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
-        self._runOnWorker(self.session.set_volume, arrayKji, ijkToWorld)
-        self._volumeFingerprint = fingerprint
-        self._sessionHasTarget = False
+            self.target.sendVolume(self.session, self._runOnWorker, volumeNode)
 
     def setTarget(self, volumeNode, segmentationNode, segmentID: str = "") -> str:
         """Select the volume and target segment (created when ``segmentID`` is empty); returns the segment ID.
 
         An existing segment is edited: its voxels seed the engine, so negative clicks can remove them.
         """
-        if volumeNode is None or volumeNode.GetImageData() is None:
-            raise ValueError(_("Select an input volume that has image data."))
-        if segmentationNode is None:
-            raise ValueError(_("Select or create a target segmentation."))
-        if self.session is None:
-            raise RuntimeError(_("Load a model first."))
-        segmentation = segmentationNode.GetSegmentation()
-        if not segmentID or segmentation.GetSegment(segmentID) is None:
-            segmentID = segmentation.AddEmptySegment("")
-        ioChanged = (self._io is None or self._io.volumeNode is not volumeNode
-                     or self._io.segmentationNode is not segmentationNode)
-        self._sendVolume(volumeNode)
-        if ioChanged:
-            self._io = segment_io.SegmentIO(volumeNode, segmentationNode)
-        self._io.ensureReferenceGeometry()
-        if ioChanged or segmentID != self._segmentID or not self._sessionHasTarget:
-            self._segmentID = segmentID
-            initial = self._io.segmentArray(segmentID)
-            self._runOnWorker(self.session.set_initial_mask, initial if initial.any() else None)
-            self._sessionHasTarget = True
-        return segmentID
+        return self.target.select(self.session, self._runOnWorker, volumeNode, segmentationNode, segmentID)
 
     def _ensureTargetFromParameterNode(self) -> None:
         """Model, volume and target from the parameter node; creates the segmentation/segment when empty."""
-        pn = self.getParameterNode()
         self.loadModel()
-        if pn.inputVolume is None:
-            raise ValueError(_("Select an input volume first."))
-        segmentationNode = pn.segmentationNode
-        if segmentationNode is None:
-            segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", _("SAMVolSegment"))
-            pn.segmentationNode = segmentationNode
-        segmentID = self.setTarget(pn.inputVolume, segmentationNode, pn.segmentID)
-        if pn.segmentID != segmentID:
-            pn.segmentID = segmentID
+        self.target.selectFromParameterNode(self.getParameterNode(), self.session, self._runOnWorker)
 
     def _policy(self):
         pn = self.getParameterNode()
@@ -378,17 +313,12 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
 
     def onTargetSelected(self) -> None:
         """The user picked another target: its prompts start fresh (the session re-seeds on the next step)."""
-        self._sessionHasTarget = False
+        self.target.seeded = False
         self.markers.clear()
 
     def onNodeRemoved(self, node) -> None:
         """A node was deleted: forget a target that used it, so the next step starts on what is selected."""
-        if self._io is not None and node in (self._io.volumeNode, self._io.segmentationNode):
-            self._io = None
-            self._segmentID = ""
-            self._sessionHasTarget = False
-            if self._volumeFingerprint is not None and node.GetID() == self._volumeFingerprint[0]:
-                self._volumeFingerprint = None
+        self.target.onNodeRemoved(node)
 
     # ------------------------------------------------------------------ one user action each
     def addPointFromMarkup(self, markupsNode, index: int) -> Optional[MaskUpdate]:
@@ -428,13 +358,13 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
     def addPoint(self, pointWorld: Sequence[float], positive: bool = True, markerID: str = "") -> MaskUpdate:
         """A click at a world RAS position on the current target (console; call ``setTarget`` first)."""
         with self._action():
-            self._requireTarget()
+            self.target.require(self.session)
             return self._pointStep(pointWorld, positive, markerID)
 
     def setBox(self, minWorld: Sequence[float], maxWorld: Sequence[float], markerID: str = "") -> MaskUpdate:
         """A box prompt (axis-aligned world RAS corners) on the current target (console)."""
         with self._action():
-            self._requireTarget()
+            self.target.require(self.session)
             return self._boxStep(minWorld, maxWorld, markerID)
 
     def propose(self, className: str) -> MaskUpdate:
@@ -455,7 +385,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         className = str(className)
         with self._action():
             self.loadModel()
-            self._checkProposalClass(className)
+            checkProposalClass(self.proposalClasses(), self.session.model_id, className)
             pn = self.getParameterNode()
             node = pn.segmentationNode
             hadSegment = bool(node and pn.segmentID and node.GetSegmentation().GetSegment(pn.segmentID))
@@ -479,53 +409,12 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
                 return self._step(prompt, call)
             except Exception:
                 if not engineStepped:
-                    self._forgetCreatedTarget(*before)
+                    self.target.forgetCreated(pn, *before)
                 raise
 
-    def _checkProposalClass(self, className: str) -> None:
-        from SAMVolSegmentLib.errors import InvalidPromptError
-
-        classes = self.proposalClasses()
-        if className in classes:
-            return
-        modelID = self.session.model_id if self.session is not None else "?"
-        if not classes:
-            raise InvalidPromptError(_(
-                "The model {model} cannot propose: it has no proposal head. Teach it a structure with "
-                "'samvolseg teach' and choose the file that writes (structure.pt) under Model and settings > "
-                "Model > From file...").format(model=modelID))
-        raise InvalidPromptError(_("The model {model} cannot propose {name!r}; it proposes {classes}.").format(
-            model=modelID, name=className, classes=", ".join(classes)))
-
-    def _forgetCreatedTarget(self, segmentationNode, segmentID: str, hadSegment: bool) -> None:
-        """Remove the segmentation or segment this action created for its target (a failed proposal changes
-        nothing); the next step re-seeds the engine from what is selected then.
-
-        Compared by existence, not by ID: the parameter node may still name a segment of another segmentation,
-        and ``vtkSegmentation::GenerateUniqueSegmentID`` only keeps IDs unique within one segmentation
-        (Libs/vtkSegmentationCore/vtkSegmentation.cxx), so the new segment may get that same ID.
-        """
-        pn = self.getParameterNode()
-        current = pn.segmentationNode
-        if current is None:
-            return
-        if current is not segmentationNode:
-            pn.segmentationNode = segmentationNode
-            if self._io is not None and self._io.segmentationNode is current:
-                self._io = None
-            slicer.mrmlScene.RemoveNode(current)
-        elif not hadSegment and pn.segmentID and current.GetSegmentation().GetSegment(pn.segmentID) is not None:
-            # vtkSegmentation::RemoveSegment(segmentId) (Libs/vtkSegmentationCore/vtkSegmentation.h)
-            current.GetSegmentation().RemoveSegment(pn.segmentID)
-        else:
-            return
-        pn.segmentID = segmentID
-        self._segmentID = ""
-        self._sessionHasTarget = False
-
     def _pointStep(self, pointWorld, positive: bool, markerID: str) -> MaskUpdate:
-        pointIjk = coordinates.world_to_ijk(pointWorld, self._io.ijkToWorld)
-        if not coordinates.is_inside_volume(pointIjk, self._io.shapeKji):
+        pointIjk = coordinates.world_to_ijk(pointWorld, self.target.io.ijkToWorld)
+        if not coordinates.is_inside_volume(pointIjk, self.target.io.shapeKji):
             raise ValueError(_("The point is outside the input volume; click inside it."))
         prompt = Prompt("point", bool(positive), tuple(float(v) for v in pointWorld), markerID)
         point = np.asarray(pointWorld, float)
@@ -543,19 +432,25 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         ``prompt`` may be a function of the session, called after the engine step (a proposal's click is known
         only then). Everything that can refuse a write is checked before the engine runs. If Slicer still
         refuses, the segmentation is restored, the engine step stays with an empty record and the error says to
-        undo it; the engine is never asked to roll back.
+        undo it; the engine is never asked to roll back. A target removed while the engine ran gets nothing.
         """
         policy = self._policy()
-        self._io.checkWritable(self._segmentID, policy)
+        io, segmentID = self.target.io, self.target.segmentID
+        io.checkWritable(segmentID, policy)
         start = time.perf_counter()
         session = self.session
         update = self._runOnWorker(call, session)
         if callable(prompt):
             prompt = prompt(session)
-        writeStart = time.perf_counter()
-        step = self._io.mergeUpdate(self._segmentID, update, prompt, policy)
         try:
-            self._io.writeStep(step, after=True)
+            self.target.checkKept(io)  # the worker pumped events meanwhile
+        except TargetRemovedError:
+            session.annotate_last_step(EditStep(prompt))
+            raise
+        writeStart = time.perf_counter()
+        step = io.mergeUpdate(segmentID, update, prompt, policy)
+        try:
+            io.writeStep(step, after=True)
         except Exception as exc:
             session.annotate_last_step(EditStep(prompt))
             raise segment_io.SegmentWriteError(
@@ -568,82 +463,42 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         self.lastTiming["total_s"] = time.perf_counter() - start
         return update
 
-    def _requireTarget(self) -> None:
-        if self.session is None:
-            raise RuntimeError(_("Load a model first."))
-        if self._io is None or not self._segmentID:
-            raise RuntimeError(_("Select the input volume and the target segment first."))
-        if self._io.segmentationNode.GetSegmentation().GetSegment(self._segmentID) is None:
-            raise RuntimeError(_("The target segment was deleted; select another segment."))
-
     @property
     def canUndo(self) -> bool:
         """True when the last prompt can be undone."""
-        return self.session is not None and self._sessionHasTarget and bool(self.session.can_undo)
+        return self.session is not None and self.target.seeded and bool(self.session.can_undo)
 
     @property
     def canRedo(self) -> bool:
         """True when an undone prompt can be redone."""
-        return self.session is not None and self._sessionHasTarget and bool(self.session.can_redo)
+        return self.session is not None and self.target.seeded and bool(self.session.can_redo)
 
     def undo(self) -> Optional[Prompt]:
         """Undo the last prompt: engine state, every segment region it wrote, and its marker; returns it."""
         with self._action():
-            if not self.canUndo:
-                return None
-            self._runOnWorker(self.session.undo)
-            step = self.session.last_annotation
-            if not isinstance(step, EditStep):
-                return None
-            self._io.writeStep(step, after=False)
-            self.markers.withdraw(step.prompt)
-            return step.prompt
+            return self.target.undo(self.session, self._runOnWorker, self.markers) if self.canUndo else None
 
     def redo(self) -> Optional[Prompt]:
         """Redo the last undone prompt; its point marker comes back (and the record learns the new ID); a redone
         proposal hides the markers of the prompts it replaces again."""
         with self._action():
-            if not self.canRedo:
-                return None
-            self._runOnWorker(self.session.redo)
-            step = self.session.last_annotation
-            if not isinstance(step, EditStep):
-                return None
-            self._io.writeStep(step, after=True)
-            step.prompt = self.markers.restore(step.prompt)
-            return step.prompt
+            return self.target.redo(self.session, self._runOnWorker, self.markers) if self.canRedo else None
 
     def reset(self) -> List[Prompt]:
         """Undo every prompt of the current segment (its earlier voxels come back); redo can replay them."""
         with self._action():
-            if not self.canUndo:
-                return []
-            session = self.session
-
-            def undoAll():
-                steps = []
-                while session.can_undo:
-                    session.undo()
-                    steps.append(session.last_annotation)
-                return steps
-
-            steps = self._runOnWorker(undoAll)
-            for step in steps:
-                if isinstance(step, EditStep):
-                    self._io.writeStep(step, after=False)
-            self.markers.clear()
-            return [step.prompt for step in steps if isinstance(step, EditStep)]
+            return self.target.undoAll(self.session, self._runOnWorker, self.markers) if self.canUndo else []
 
     def acceptSegment(self) -> str:
         """Mark the target Completed, start a new empty segment in the same segmentation; returns its ID."""
         with self._action():
             pn = self.getParameterNode()
-            segmentationNode = pn.segmentationNode or (self._io.segmentationNode if self._io else None)
+            segmentationNode = pn.segmentationNode or (self.target.io.segmentationNode if self.target.io else None)
             self.markers.clear()
-            self._sessionHasTarget = False
+            self.target.seeded = False
             if segmentationNode is None:
                 return ""
-            segment = segmentationNode.GetSegmentation().GetSegment(pn.segmentID or self._segmentID)
+            segment = segmentationNode.GetSegmentation().GetSegment(pn.segmentID or self.target.segmentID)
             if segment is not None:
                 slicer.vtkSlicerSegmentationsModuleLogic.SetSegmentStatus(
                     segment, slicer.vtkSlicerSegmentationsModuleLogic.Completed)
@@ -677,145 +532,55 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
                       otherSegments: OtherSegments = OtherSegments.OVERLAP) -> str:
         """Segment one structure from a whole prompt set without the GUI; returns the new segment's ID.
 
-        The batch path: the volume's voxels (``slicer.util.arrayFromVolume``, copied) and its IJK -> world matrix
-        (parent transforms included, as the interactive path; a non-linear transform is refused) go to
-        ``SAMVolSegmentLib.batch.segment_volume`` on the Logic's worker thread, with the model the Logic keeps
-        (loaded once, shared with the interactive sessions). So the mask is the one ``SAMVolSegmentLib.segment``
-        or ``samvolseg batch`` gives for the same voxels, geometry and prompts. It is written into a NEW segment
-        with ``segment_io.SegmentIO.writeNewSegment`` (the interactive steps' merge and write); other segments
-        never change. The interactive session, its target and its undo history are not touched; the result
-        has no undo (delete the segment instead).
+        The batch path (``SAMVolSegmentSlicerLib.segment_volume``): the mask is the one ``SAMVolSegmentLib.segment``
+        or ``samvolseg batch`` gives for the same voxels, world geometry (parent transforms included) and prompts,
+        computed on the Logic's worker with the model it keeps, and written into a NEW segment; other segments
+        never change. The interactive session, its target and its history are not touched; the result has no
+        undo (delete the segment). Remote backend: a fresh server session with the server's model, so ``model``
+        and ``device`` must be left unset. Whatever fails, the segmentation is left as it was.
 
-        Remote backend (``setBackend`` with a server): the same prompt sequence
-        (``SAMVolSegmentLib.batch.run_prompts``) runs in a fresh server session, closed afterwards; the server
-        uses its own model, so ``model`` and ``device`` must be left unset.
-
-        :param volumeNode: a scalar volume with image data.
-        :param segmentationNode: where the new segment goes (its source representation must be a binary
-            labelmap); it gets the volume's geometry if it has none.
         :param points_ras: (N, 3) world RAS points (mm), as ``slicer.util.arrayFromMarkupsControlPoints(node,
             world=True)`` gives them (Base/Python/slicer/util.py). N may be 0 with a box.
         :param labels: N values, 1 or True = positive, 0 or False = negative (anything else is refused).
         :param box: optional ``(min_ras, max_ras)`` world box (corners in any order).
-        :param segmentName: name of the new segment (empty: Slicer names it, ``vtkSegmentation::AddEmptySegment``).
-        :param model: registry name or checkpoint path; None: the module's model setting (``modelSource``).
-        :param device: ``auto``/``cpu``/``cuda``/``mps``; None: the module's device setting.
-        :param otherSegments: ``OtherSegments.OVERLAP`` / ``"overlap"`` (default: the new segment is exactly the
-            model's mask) or ``OtherSegments.PROTECT`` / ``"protect"`` (it leaves out voxels other segments
-            hold). ``OVERWRITE`` is refused: this call never changes other segments.
-        :raises SAMVolSegmentLib.errors.InvalidPromptError: malformed prompts, labels that are not 0/1, a
-            different number of points and labels, or no positive point and no box.
+        :param segmentName: the new segment's name (empty: Slicer's, ``vtkSegmentation::AddEmptySegment``).
+        :param model: registry name or checkpoint path; device: ``auto``/``cpu``/``cuda``/``mps``. None: the
+            module's settings (``modelSource``, ``device``).
+        :param otherSegments: ``OtherSegments.OVERLAP``/``"overlap"`` (default: exactly the model's mask) or
+            ``PROTECT``/``"protect"`` (leaves out voxels other segments hold); ``OVERWRITE`` is refused.
+        :raises SAMVolSegmentLib.errors.InvalidPromptError: malformed prompts or labels, no positive point and no box.
         :raises ValueError: no volume / segmentation, a non-linear transform, a model with a remote backend.
-        :raises segment_io.SegmentWriteError: the segmentation is not a binary labelmap, or Slicer refused the
-            write (the new segment is then removed).
+        :raises segment_io.SegmentWriteError: not a binary labelmap, or Slicer refused the write.
 
-        Whatever fails, the segmentation is left as it was. Example::
-
-            logic = slicer.util.getModuleLogic("SAMVolSegment")
-            segmentID = logic.segmentVolume(volume, segmentation, [[10.0, -20.0, 35.0]], [1])
+        Example: ``slicer.util.getModuleLogic("SAMVolSegment").segmentVolume(volume, segmentation,
+        [[10.0, -20.0, 35.0]], [1])``
         """
         with self._action():
-            # Every check that can refuse runs before the model work and before the segmentation changes.
-            if volumeNode is None or volumeNode.GetImageData() is None:
-                raise ValueError(_("Give an input volume that has image data."))
-            if segmentationNode is None:
-                raise ValueError(_("Give a segmentation node to add the segment to."))
-            points, signs, boxWorld = batch.check_prompt_arrays(points_ras, labels, box)
-            policy = self._newSegmentPolicy(otherSegments)
-            if self.backend.isRemote and (model is not None or device is not None):
-                raise ValueError(_("The remote server segments with its own model: leave model and device unset, "
-                                   "or switch to the local backend first (logic.setBackend(backend.Backend())))."))
-            io = segment_io.SegmentIO(volumeNode, segmentationNode)  # raises for a non-linear parent transform
-            io.checkLabelmapSource()
-            # A copy: the worker reads it while Slicer may change the volume's voxels in place meanwhile.
-            arrayKji = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
+            job = VolumeJob(volumeNode, segmentationNode, points_ras, labels, box, otherSegments,
+                            remoteWithModel=self.backend.isRemote and (model is not None or device is not None))
             start = time.perf_counter()
-            timings: Dict[str, float] = {}
-            onEvent = self._progressReporter(len(signs) + (boxWorld is not None))
-            prompts = (arrayKji, io.ijkToWorld, points, signs, boxWorld, timings, onEvent)
+            onEvent = job.progressReporter(self.worker.progress)
             if self.backend.isRemote:
                 self._status(_("Segmenting on {url}...").format(url=self.backend.url))
-                maskKji = self._runOnWorker(self._segmentRemotely, self.backend, *prompts)
+                maskKji = self._runOnWorker(job.segmentRemotely, self.backend, self.worker.progress, onEvent)
             else:
                 source = self.modelSource if model is None else str(model)
                 device = self.device if device is None else str(device)
                 if self.modelFactory is local_session.localModel:
                     dependencies.check_dependencies()
                 self._status(_("Segmenting {name}...").format(name=volumeNode.GetName()))
-                maskKji = self._runModelWork(self._segmentLocally, source, device, False, *prompts)
-
+                maskKji = self._runModelWork(self._segmentLocally, source, device, False, job, onEvent)
             writeStart = time.perf_counter()
-            io.ensureReferenceGeometry()
-            segmentation = segmentationNode.GetSegmentation()
-            # "" on failure (Libs/vtkSegmentationCore/vtkSegmentation.h). The new segment starts in the first shared
-            # labelmap layer (vtkSegmentation.cxx, AddEmptySegment); writeRegion's SetBinaryLabelmapToSegment moves
-            # it to a layer of its own when its voxels would cover another segment of that layer
-            # (vtkSegmentationModifier.cxx, SeparateModifiedSegmentFromSharedLabelmap).
-            segmentID = segmentation.AddEmptySegment("", segmentName)
-            if not segmentID:
-                raise segment_io.SegmentWriteError(_("Slicer could not add a segment to {name}.").format(
-                    name=segmentationNode.GetName()))
-            try:
-                io.writeNewSegment(segmentID, maskKji, policy)
-            except Exception:
-                segmentation.RemoveSegment(segmentID)
-                raise
-            slicer.vtkSlicerSegmentationsModuleLogic.SetSegmentStatus(
-                segmentation.GetSegment(segmentID), slicer.vtkSlicerSegmentationsModuleLogic.Completed)
-            self.lastTiming = dict(timings)
+            segmentID = job.writeNewSegment(maskKji, segmentName)
+            self.lastTiming = dict(job.timings)
             self.lastTiming["write_s"] = time.perf_counter() - writeStart
             self.lastTiming["total_s"] = time.perf_counter() - start
-            voxels = int(np.count_nonzero(maskKji))
-            if voxels:
-                self._status(_("{name}: segment added ({voxels} voxels).").format(name=volumeNode.GetName(),
-                                                                                 voxels=voxels))
-            else:
-                self._status(_("{name}: the model found nothing at these prompts; the new segment is empty.")
-                             .format(name=volumeNode.GetName()))
+            self._status(job.summary(maskKji))
             return segmentID
 
-    @staticmethod
-    def _newSegmentPolicy(otherSegments) -> EditPolicy:
-        try:
-            choice = OtherSegments(otherSegments)
-        except ValueError:
-            raise ValueError(_("otherSegments must be OtherSegments.OVERLAP or OtherSegments.PROTECT, got {value!r}.")
-                             .format(value=otherSegments)) from None
-        if choice is OtherSegments.OVERWRITE:
-            raise ValueError(_("segmentVolume never changes other segments: use OtherSegments.PROTECT (the new "
-                               "segment leaves their voxels out) or OtherSegments.OVERLAP (it may overlap them)."))
-        # No Segment Editor masking: a scripted result must not depend on what the editor last showed.
-        return EditPolicy(other_segments=choice)
-
-    def _progressReporter(self, steps: int) -> Callable[[str, Dict[str, Any]], None]:
-        """The batch path's ``on_event`` (called on the worker): fills the worker's progress cell, which the
-        waiting main thread shows through ``slowCallback``. Texts are translated here, on the main thread."""
-        readyText, stepText = _("Volume ready"), _("Prompt {n} of {total} done")
-        done = [0]
-
-        def onEvent(kind: str, info: Dict[str, Any]) -> None:
-            done[0] += 1
-            text = readyText if kind == "ready" else stepText.format(n=done[0] - 1, total=steps)
-            self.worker.progress(done[0] / (steps + 1), text)
-
-        return onEvent
-
-    def _segmentLocally(self, source, device, download, arrayKji, ijkToWorld, points, signs, box, timings,
-                        onEvent) -> np.ndarray:
-        """On the worker: ``batch.segment_volume`` on the kept local model; the (k, j, i) mask."""
-        model = self._localModel(source, device, download, self.worker.progress)
-        return batch.segment_volume(model, arrayKji, points, signs, box, ijk_to_ras=ijkToWorld, timings=timings,
-                                    on_event=onEvent)[0]
-
-    def _segmentRemotely(self, choice: backend.Backend, arrayKji, ijkToWorld, points, signs, box, timings,
-                         onEvent) -> np.ndarray:
-        """On the worker: the same prompt sequence in a fresh server session (the interactive one is untouched)."""
-        session = backend.remoteSession(choice, self.worker.progress)
-        try:
-            return batch.run_prompts(session, arrayKji, points, signs, box, ijk_to_ras=ijkToWorld, timings=timings,
-                                     on_event=onEvent)
-        finally:
-            session.close()
+    def _segmentLocally(self, source, device, download, job: VolumeJob, onEvent) -> np.ndarray:
+        """On the worker: the batch path on the kept local model; the (k, j, i) mask."""
+        return job.segmentLocally(self._localModel(source, device, download, self.worker.progress), onEvent)
 
 
 #
@@ -832,10 +597,9 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic: Optional[SAMVolSegmentLogic] = None
         self._parameterNode: Optional[SAMVolSegmentParameterNode] = None
         self._parameterNodeGuiTag = None
-        self._shortcuts: List = []
+        self.shortcuts = ModuleShortcuts(self.onAction)
         self._observedMarkups: List = []
         self._syncingSelector = False
-        self._shownProposalClasses: Tuple[str, ...] = ()
 
     def setup(self) -> None:
         """Called when the module is first opened."""
@@ -857,6 +621,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                               (OtherSegments.OVERWRITE, "Overwrite (Segment Editor setting)")):
             self.ui.otherSegmentsComboBox.addItem(_(label), choice.value)
         self.ui.progressBar.hide()
+        self.proposeControl = ProposeControl(self.ui, self.logic, self._run, self._showTiming)
         self.settingsPanel = SettingsPanel(self.ui, self.logic, self._run, self._updateGUI, self.progress.hide)
 
         self.ui.segmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
@@ -871,7 +636,6 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.redoButton.connect("clicked(bool)", lambda: self.onAction("redo"))
         self.ui.acceptButton.connect("clicked(bool)", lambda: self.onAction("accept"))
         self.ui.resetButton.connect("clicked(bool)", lambda: self.onAction("reset"))
-        self.ui.proposeButton.connect("clicked(bool)", self.onPropose)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -882,18 +646,18 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
         self.removeObservers()
-        self._removeShortcuts()
+        self.shortcuts.remove()
         if self.logic:
             self.logic.cleanup()
 
     def enter(self) -> None:
         """Called each time the user opens this module."""
         self.initializeParameterNode()
-        self._installShortcuts()
+        self.shortcuts.install()
 
     def exit(self) -> None:
         """Called each time the user opens a different module."""
-        self._removeShortcuts()
+        self.shortcuts.remove()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -985,6 +749,9 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return fn(*args)
         except BusyError:
             return None
+        except TargetRemovedError as exc:  # the user deleted it (or closed the scene): no dialog for that
+            self.ui.statusLabel.setText(str(exc))
+            return None
         except Exception as exc:
             logger.error("%s\n%s", failureMessage, traceback.format_exc())
             slicer.util.errorDisplay(f"{failureMessage}\n\n{exc}", detailedText=traceback.format_exc())
@@ -1005,10 +772,13 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """A button or shortcut; does nothing while a step runs."""
         if self.logic is None or self.logic.busy:
             return
-        if action in ("positive", "negative", "box"):
-            self._run(_("Could not start placing."), self.logic.startPlacing, action)
-        elif action == "togglePolarity":
-            self._run(_("Could not switch point polarity."), self.logic.togglePolarity)
+        if action in ("positive", "negative", "box", "togglePolarity"):
+            if action == "togglePolarity":
+                self._run(_("Could not switch point polarity."), self.logic.togglePolarity)
+            else:
+                self._run(_("Could not start placing."), self.logic.startPlacing, action)
+            # Said at once, not only after the next step: T flips what the next click places.
+            self.ui.statusLabel.setText(progress_display.placingText(self.logic.markers.placingKind()))
         elif action == "toggleVisibility":
             self._run(_("Could not change the segment's visibility."), self.logic.toggleSegmentVisibility)
         elif action == "undo":
@@ -1023,14 +793,8 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             raise ValueError(f"Unknown action {action!r}")
 
     def onPropose(self) -> None:
-        """Propose the chosen structure: one Logic step, like a click (undo, refine with clicks)."""
-        if self.logic is None or self.logic.busy:
-            return
-        className = self.ui.proposeClassComboBox.currentData
-        if not className:
-            return
-        if self._run(_("Proposal failed."), self.logic.propose, str(className)) is not None:
-            self._showTiming()
+        """The Propose button (``propose.ProposeControl``): one Logic step, like a click."""
+        self.proposeControl.onPropose()
 
     @vtk.calldata_type(vtk.VTK_INT)
     def onPointDefined(self, caller, event, index) -> None:
@@ -1049,32 +813,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showTiming()
 
     def _showTiming(self) -> None:
-        timing = self.logic.lastTiming
-        total = 1000 * timing.get("total_s", 0.0)
-        write = 1000 * timing.get("write_s", 0.0)
-        self.ui.statusLabel.setText(_("Segment updated in {total:.0f} ms (model {model:.0f} ms, write {write:.0f} ms). "
-                                      "{placing}").format(total=total, model=total - write, write=write,
-                                                          placing=self._placingText()))
-
-    def _placingText(self) -> str:
-        kind = self.logic.markers.placingKind() if self.logic else ""
-        return {"positive": _("Placing positive points (T: negative)."),
-                "negative": _("Placing negative points (T: positive)."),
-                "box": _("Placing a box.")}.get(kind, "")
-
-    # ------------------------------------------------------------------ shortcuts
-    def _installShortcuts(self) -> None:
-        self._removeShortcuts()
-        for keys, action in SHORTCUTS:
-            shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
-            shortcut.connect("activated()", lambda action=action: self.onAction(action))
-            self._shortcuts.append(shortcut)
-
-    def _removeShortcuts(self) -> None:
-        for shortcut in self._shortcuts:
-            shortcut.disconnect("activated()")
-            shortcut.setParent(None)
-        self._shortcuts = []
+        self.ui.statusLabel.setText(progress_display.stepText(self.logic.lastTiming, self.logic.markers.placingKind()))
 
     # ------------------------------------------------------------------ settings and model
     def onOtherSegmentsChanged(self, *_args) -> None:
@@ -1120,35 +859,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         missing = dependencies.missing_requirements()
         # A remote server needs no torch here.
         self.ui.installButton.setVisible(bool(missing) and not (self.logic and self.logic.backend.isRemote))
-        self._updateProposeControls()
-
-    def _updateProposeControls(self) -> None:
-        """List what the loaded model proposes; it changes with the model or backend (a new session)."""
-        combo = self.ui.proposeClassComboBox
-        classes = self.logic.proposalClasses() if self.logic else ()
-        if classes != self._shownProposalClasses:
-            previous = combo.currentData
-            combo.clear()
-            for name in classes:
-                combo.addItem(name, name)
-            if previous in classes:
-                combo.setCurrentIndex(combo.findData(previous))
-            self._shownProposalClasses = classes
-        combo.enabled = bool(classes)
-        self.ui.proposeButton.enabled = bool(classes)
-        if classes:
-            tip = _("A first mask of the chosen structure without a click (one undoable step); correct it with "
-                    "clicks.")
-        elif self.logic is None or self.logic.session is None:
-            tip = _("Load the model (Model and settings > Load model) to list the structures it proposes without a "
-                    "click. Only a model taught with 'samvolseg teach' proposes.")
-        else:
-            tip = _("The loaded model has no proposal head. Teach it a structure with 'samvolseg teach' and choose "
-                    "the file that writes (structure.pt) under Model and settings > Model > From file...")
-        # Disabled with a tooltip that says why, as Slicer's scripted-module template does for its Apply button
-        # (Utilities/Templates/Modules/Scripted/TemplateKey.py).
-        combo.toolTip = tip
-        self.ui.proposeButton.toolTip = tip
+        self.proposeControl.update()
 
 
 #

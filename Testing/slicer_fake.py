@@ -23,7 +23,10 @@ checked against v5.6.0, v5.8.0 and main):
   keeping the selection with signals blocked, and ``setCurrentSegmentID`` emits ``currentSegmentChanged`` —
   Libs/MRML/Widgets/qMRMLSegmentSelectorWidget.cxx.
 * Qt (and PythonQt) call the slots of one signal in connection order; an exception in a slot or a VTK observer
-  is printed and swallowed by the binding (recorded here in ``errorsInCallbacks``).
+  is printed and swallowed by the binding (recorded here in ``errorsInCallbacks``). PythonQt passes a slot only
+  as many of the signal's arguments as it declares — src/PythonQtSignalReceiver.cpp (commontk/PythonQt).
+* ``vtkMRMLScene::Clear``: StartCloseEvent, every non-singleton node removed with NodeRemovedEvent, singletons
+  reset, EndCloseEvent — Libs/MRML/Core/vtkMRMLScene.cxx.
 * ``@parameterNodeWrapper``'s ``connectGui`` connects its own handlers when called, i.e. after the widget's
   ``setup`` connected its slots — Base/Python/slicer/parameterNodeWrapper/wrapper.py.
 * ``slicer.util.arrayFromMarkupsControlPoints(markupsNode, world=False)`` returns every control point, whatever
@@ -608,10 +611,43 @@ class FakeScene(FakeVTKObject):
         return self.singletons.get(tag)
 
     def IsClosing(self) -> bool:
-        return False
+        """vtkMRMLScene::IsClosing: true between StartCloseEvent and EndCloseEvent of ``Clear``."""
+        return getattr(self, "_closing", False)
+
+    def Clear(self, removeSingletons: int = 0) -> None:
+        """vtkMRMLScene::Clear (Libs/MRML/Core/vtkMRMLScene.cxx): ``StartState(CloseState)`` fires StartCloseEvent,
+        ``RemoveAllNodes`` removes every node but the singletons one by one (``RemoveNode``: NodeRemovedEvent each),
+        ``ResetNodes`` gives the singletons a new node's content (vtkMRMLNode::Reset: a scripted module node loses
+        its parameters, so the module's parameter node is empty again), then ``EndState`` fires EndCloseEvent."""
+        self._closing = True
+        try:
+            self.InvokeEvent(self.StartCloseEvent)
+            kept = set() if removeSingletons else {id(node) for node in self.singletons.values()}
+            for node in [n for n in self.nodes.values() if id(n) not in kept]:
+                if node.GetID() in self.nodes:
+                    self.RemoveNode(node)
+            for node in self.nodes.values():
+                if isinstance(node, vtkMRMLScriptedModuleNode):
+                    node.values = {}
+        finally:
+            self._closing = False
+        self.InvokeEvent(self.EndCloseEvent)
 
 
 # ---------------------------------------------------------------------------------------------- Qt widgets
+def _pythonQtArgumentCount(slot: Callable, available: int) -> int:
+    """How many of a signal's arguments PythonQt passes to a Python slot: a plain function or a bound method with a
+    fixed parameter list gets only as many as it declares (``self`` not counted); anything else gets them all —
+    PythonQtSignalTarget::call, src/PythonQtSignalReceiver.cpp in commontk/PythonQt (Slicer's PythonQt). So
+    ``connect("clicked(bool)", self.onApply)`` with ``def onApply(self)`` works, as Slicer's module template
+    relies on (Utilities/Templates/Modules/Scripted/TemplateKey.py)."""
+    function = getattr(slot, "__func__", slot)
+    code = getattr(function, "__code__", None)
+    if code is None or code.co_flags & 0x04:  # not a Python function, or *args (CO_VARARGS)
+        return available
+    return min(available, code.co_argcount - (1 if hasattr(slot, "__self__") else 0))
+
+
 class FakeWidget:
     """A Qt widget with PythonQt-style ``connect(signature, slot)``; slots run in connection order."""
 
@@ -636,7 +672,7 @@ class FakeWidget:
     def emit(self, signature: str, *args) -> None:
         for slot in list(self.slots.get(signature, [])):
             try:
-                slot(*args)
+                slot(*args[:_pythonQtArgumentCount(slot, len(args))])
             except Exception as exc:  # PythonQt prints it; the signal's other slots still run
                 STATE.errorsInCallbacks.append(exc)
 

@@ -121,6 +121,25 @@ def test_box_is_sent_only_when_both_corners_are_placed(env):
     assert mask[15, 15, 15] and not mask[2, 2, 2], "the box's centre click segments inside the box only"
 
 
+def test_a_box_drawn_again_replaces_the_first_and_undo_goes_back_to_it(env):
+    """X clears the ROI and places a new one (two corners); dragging handles sends nothing (PointEndInteraction
+    is not observed), so drawing again is how a box changes (docs/SLICER.md)."""
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    widget.onAction("box")
+    slicer_fake.placeROICorners(pn.boxROI, [-6.0, -6.0, -6.0], [6.0, 6.0, 6.0])
+    first = segment_array(env, pn)
+    widget.onAction("box")
+    assert pn.boxROI.GetNumberOfControlPoints() == 0
+    slicer_fake.placeROICorners(pn.boxROI, [-3.0, -3.0, -3.0], [3.0, 3.0, 3.0])
+    assert_clean()
+    assert state().errorDialogs == []
+    second = segment_array(env, pn)
+    assert second[15, 15, 15] and not np.array_equal(first, second) and not (second & ~first).any()
+    widget.onAction("undo")
+    np.testing.assert_array_equal(segment_array(env, pn), first)
+
+
 # ------------------------------------------------------------------------------------------ bug 3
 @pytest.mark.parametrize("existing_segment", [False, True])
 def test_first_click_with_selector_on_none_keeps_its_marker(env, existing_segment):
@@ -251,17 +270,23 @@ def test_in_flight_guard_drops_clicks_and_shortcuts_during_a_step(env):
     assert segment_array(env, pn)[15, 15, 15]
 
 
+def press_key(widget, keys: str) -> None:
+    """The user presses a shortcut: its QShortcut on the main window emits activated()."""
+    (shortcut,) = [s for s in widget.shortcuts._shortcuts if s.name == keys]
+    shortcut.emit("activated()")
+
+
 def test_t_toggles_polarity_and_v_toggles_visibility(env):
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
     widget.onAction("positive")
     assert widget.logic.markers.placingKind() == "positive"
-    widget.onAction("togglePolarity")
+    press_key(widget, "T")
     assert widget.logic.markers.placingKind() == "negative"
-    assert "negative" in widget._placingText()
+    assert "negative" in widget.ui.statusLabel.text, "the status line says it at once, not after the next step"
     slicer_fake.placePoint(pn.positivePoints, CENTRE)
     display = pn.segmentationNode.GetDisplayNode()
-    widget.onAction("toggleVisibility")
+    press_key(widget, "V")
     assert display.GetSegmentVisibility(pn.segmentID) is False
     widget.onAction("toggleVisibility")
     assert display.GetSegmentVisibility(pn.segmentID) is True
@@ -341,3 +366,121 @@ def test_reset_and_accept(env):
     assert_clean()
     first_mask = pn.segmentationNode.segmentArray(first, SHAPE)
     assert first_mask[15, 15, 15], "Protect: the accepted segment keeps its voxels"
+
+
+# ------------------------------------------------------------------------------------------ probable bugs
+def test_the_point_defined_is_the_event_index_not_the_last_point(env):
+    """PointPositionDefinedEvent carries the defined point's index (vtkMRMLMarkupsNode.cxx,
+    SetNthControlPointPosition); a point defined before the last one (an unplaced point of the list placed from
+    the Markups module) must be the one segmented, not the list's last point."""
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    points = pn.positivePoints
+    points.AddControlPoint([6.0, 6.0, 6.0], status=points.PositionUndefined)  # unplaced, index 0
+    slicer_fake.placePoint(points, CENTRE)  # index 1: the first step
+    assert not segment_array(env, pn)[15, 15, 3]
+    points.SetNthControlPointPositionWorld(0, [-12.0, 0.0, 0.0], points.PositionDefined)  # voxel (15, 15, 3)
+    assert_clean()
+    assert state().errorDialogs == []
+    assert segment_array(env, pn)[15, 15, 3], "the point defined at index 0 was segmented"
+    assert points.GetNthControlPointLocked(0) and points.GetNumberOfControlPoints() == 2
+    widget.onAction("undo")
+    assert points.GetNumberOfControlPoints() == 1 and not segment_array(env, pn)[15, 15, 3]
+
+
+def test_after_a_failed_step_undo_and_redo_stay_on_one_history(env):
+    """A step that fails leaves no second history to go stale: redo still replays the undone click, undo
+    removes it again, and the failed click's marker is gone."""
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    widget.onAction("undo")
+    session = widget.logic.session
+    original = session.add_click
+
+    def fails_once(*args, **kwargs):
+        session.add_click = original
+        raise RuntimeError("engine failed")
+
+    session.add_click = fails_once
+    slicer_fake.placePoint(pn.positivePoints, [6.0, 0.0, 0.0])
+    assert len(state().errorDialogs) == 1 and pn.positivePoints.GetNumberOfControlPoints() == 0
+    assert widget.logic.canRedo
+    widget.onAction("redo")
+    assert segment_array(env, pn)[15, 15, 15] and pn.positivePoints.GetNumberOfControlPoints() == 1
+    widget.onAction("undo")
+    assert not segment_array(env, pn).any() and pn.positivePoints.GetNumberOfControlPoints() == 0
+    assert_clean()
+
+
+def test_closing_the_scene_during_a_step_writes_nothing_and_the_next_scene_works(env):
+    """vtkMRMLScene::Clear (StartCloseEvent, NodeRemovedEvent per node, EndCloseEvent) while the engine runs a
+    click: the step ends without writing into the closed scene's nodes and without a dialog or a traceback."""
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    widget.onLoadModel()
+    session = widget.logic.session
+    original = session.add_click
+    inClick, closed = [], []
+
+    def slow_click(*args, **kwargs):
+        inClick.append(True)
+        import time
+
+        time.sleep(0.1)
+        return original(*args, **kwargs)
+
+    def pump():  # the user closes the scene while the click runs
+        if inClick and not closed:
+            closed.append(True)
+            env.scene.Clear()
+
+    session.add_click = slow_click
+    widget.logic.processEvents = pump
+    old_points = pn.positivePoints
+    slicer_fake.placePoint(old_points, CENTRE)
+    assert closed, "the scene closed during the step"
+    assert_clean()
+    assert state().errorDialogs == []
+    assert not widget.logic.busy and not widget.logic.canUndo
+    assert "removed" in widget.ui.statusLabel.text
+    # The new scene: a new volume, a click, a new segmentation.
+    pn = widget.logic.getParameterNode()
+    assert pn.segmentationNode is None and pn.positivePoints is not None and pn.positivePoints is not old_points
+    volume = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
+    volume.setArray(np.random.default_rng(2).normal(100, 10, SHAPE).astype(np.float32), ijk_to_ras())
+    widget.ui.inputVolumeSelector.setCurrentNode(volume)
+    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    assert_clean()
+    assert state().errorDialogs == [] and segment_array(env, pn)[15, 15, 15]
+
+
+def test_install_dependencies_runs_in_the_background_and_a_failure_shows_one_dialog(env, monkeypatch):
+    """The Install button starts the torch install on a thread and polls it with QTimer.singleShot; a failed
+    pip run becomes one error dialog (never an escaping CalledProcessError), and the button comes back."""
+    import threading
+
+    from SAMVolSegmentSlicerLib import dependencies
+
+    threads, release = [], threading.Event()
+
+    def pip(command, onLine):
+        threads.append(threading.current_thread())
+        onLine("Collecting torch")
+        release.wait(5)
+        return 1
+
+    monkeypatch.setattr(dependencies.TorchInstallJob, "fromSlicer",
+                        classmethod(lambda cls, confirm: cls([["python", "-m", "pip", "install", "torch"]], run=pip)))
+    widget = env.make_widget()
+    widget.ui.installButton.emit("clicked(bool)", False)
+    assert not widget.ui.installButton.enabled and widget.ui.progressBar.visible
+    assert state().timers, "the main thread polls instead of waiting"
+    release.set()
+    widget.settingsPanel._installJob.wait(5)
+    while state().timers:
+        state().timers.pop(0)()
+    assert threads and threads[0] is not threading.current_thread()
+    assert len(state().errorDialogs) == 1 and "exited with 1" in state().errorDialogs[0]
+    assert widget.ui.installButton.enabled and not widget.ui.progressBar.visible
+    assert_clean()

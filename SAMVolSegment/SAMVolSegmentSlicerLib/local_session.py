@@ -2,13 +2,13 @@
 
 Runs on the Logic's worker thread: importing torch and loading weights take seconds. No Slicer imports.
 ``localModel`` loads a model; ``localSession`` wraps one in an ``InteractiveSession``. The Logic keeps the
-model it loaded and gives it to both its interactive sessions and ``segmentVolume`` (the batch path), so a
-model is loaded once per Logic, not once per session or per volume.
+model it loaded (:class:`KeptModel`) and gives it to both its interactive sessions and ``segmentVolume`` (the
+batch path), so a model is loaded once per Logic, not once per session or per volume.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 Progress = Optional[Callable[[float, str], None]]
 
@@ -44,3 +44,22 @@ def localSession(source: str, device: str, download: bool, progress: Progress, m
     if model is None:
         model = localModel(source, device, download, progress)
     return InteractiveSession(model, progress=progress)
+
+
+class KeptModel:
+    """The local model a Logic loaded, kept for its sessions and ``segmentVolume``: one at a time, keyed by
+    (source, resolved device), so ``"auto"`` and ``"cpu"`` on a machine without CUDA share a model."""
+
+    def __init__(self) -> None:
+        self._kept: Optional[Tuple[Tuple[str, str], Any]] = None
+
+    def get(self, factory: Callable[..., Any], source: str, device: str, download: bool, progress: Progress) -> Any:
+        """On the worker: the kept model, or ``factory(source, device, download, progress)`` loaded now."""
+        key = (str(source), resolveDevice(device))
+        if self._kept is None or self._kept[0] != key:
+            self._kept = None  # the previous model goes before the next one loads
+            self._kept = (key, factory(source, device, download, progress))
+        return self._kept[1]
+
+    def clear(self) -> None:
+        self._kept = None

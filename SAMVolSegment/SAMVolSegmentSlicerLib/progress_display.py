@@ -3,6 +3,7 @@
 Qt glue moved out of ``SAMVolSegment.py`` (imports ``qt`` and ``slicer``), so it follows Slicer's camelCase.
 The Logic reports through ``slowCallback(elapsedSeconds, fraction, message)`` = :meth:`ProgressDisplay.onSlow`
 (fraction None: no measure, a busy indicator); the widget calls :meth:`ProgressDisplay.hide` when a step ends.
+The status line's texts after a step or a place-mode key (:func:`stepText`, :func:`placingText`) are here too.
 """
 
 from __future__ import annotations
@@ -52,3 +53,18 @@ class ProgressDisplay:
         if self.dialog is not None:
             self.dialog.close()
             self.dialog = None
+
+
+def placingText(kind: str) -> str:
+    """The status line's note of what a click in a view places now (``PromptMarkers.placingKind``)."""
+    return {"positive": _("Placing positive points (T: negative)."),
+            "negative": _("Placing negative points (T: positive)."),
+            "box": _("Placing a box.")}.get(kind, "")
+
+
+def stepText(timing: dict, kind: str) -> str:
+    """The status line after a step: its time (model and segment write) and what a click places now."""
+    total = 1000 * timing.get("total_s", 0.0)
+    write = 1000 * timing.get("write_s", 0.0)
+    return _("Segment updated in {total:.0f} ms (model {model:.0f} ms, write {write:.0f} ms). {placing}").format(
+        total=total, model=total - write, write=write, placing=placingText(kind))
