@@ -6,7 +6,7 @@ Stands in for :class:`~SAMVolSegmentLib.session.InteractiveSession` wherever a
 
 What travels: the volume once (compressed; skipped when the server already holds it, e.g. after a
 reconnect or from another user), then each step as a small JSON request whose reply carries only the box the
-step changed. The client keeps a mirror of the full mask, so :meth:`RemoteSession.mask_array_kji` costs no
+step changed, and of that box only the foreground's part, compressed (bz2 where this Python has it). The client keeps a mirror of the full mask, so :meth:`RemoteSession.mask_array_kji` costs no
 round trip.
 
 Recovery: a session that expired on the server (idle past its lease, evicted to free memory, server restart)
@@ -47,6 +47,8 @@ from ..mask_update import BBoxKJI, MaskUpdate, union_bbox
 from .protocol import (
     API_PREFIX,
     ERROR_CLASSES,
+    MASK_CODECS,
+    MASK_CODECS_HEADER,
     META_HEADER,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
@@ -119,6 +121,7 @@ class RemoteSession:
         self._http = requests.Session()
         self._http.verify = verify
         self._http.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
+        self._http.headers[MASK_CODECS_HEADER] = ", ".join(MASK_CODECS)  # bz2 first where this Python has it
         if token:
             self._http.headers["Authorization"] = f"Bearer {token.strip()}"
         if is_loopback_host(parsed.hostname):

@@ -1,29 +1,32 @@
 """The inference server: one model on one device, many clients, each click a small JSON request.
 
-Endpoints (``/health`` and ``/info`` are open; everything under ``/v1`` needs ``Authorization: Bearer TOKEN``
-when the server has a token):
+Endpoints (``/health`` and ``/info`` are open; everything under ``/v2`` (:data:`protocol.API_PREFIX`) needs
+``Authorization: Bearer TOKEN`` when the server has a token):
 
 ===========================================  =====================================================================
 ``GET /health``                              ``{"ok": true}`` (load balancers, "Test connection")
 ``GET /info``                                model id, device, protocol version, limits
-``GET /v1/volumes/{fp}``                     200 when the server holds the volume with content id ``fp``, else 404
-``PUT /v1/volumes/{fp}``                     upload (body: :func:`protocol.encode_volume`; skipped if held)
-``POST /v1/sessions``                        ``{"volume": fp}`` → ``{"session": id, "lease_s": ...}``
-``GET /v1/sessions/{id}?wait=S``             readiness and undo/redo state (waits up to S s for readiness)
-``DELETE /v1/sessions/{id}``                 close the session
-``POST /v1/sessions/{id}/click``             ``{"point_ras": [r, a, s], "positive": true}`` → the changed box
-``POST /v1/sessions/{id}/box``               ``{"min_ras": [...], "max_ras": [...]}``
-``POST /v1/sessions/{id}/{op}``              ``clear_box``, ``undo``, ``redo``, ``reset``
-``PUT /v1/sessions/{id}/initial_mask``       body: :func:`protocol.encode_bits` of the full mask; empty = none
-``GET /v1/sessions/{id}/mask``               the full mask (packed bits)
-``GET /v1/stats``                            memory, sessions, queue depth
+``GET /v2/volumes/{fp}``                     200 when the server holds the volume with content id ``fp``, else 404
+``PUT /v2/volumes/{fp}``                     upload (body: :func:`protocol.encode_volume`; skipped if held)
+``POST /v2/sessions``                        ``{"volume": fp}`` → ``{"session": id, "lease_s": ...}``
+``GET /v2/sessions/{id}?wait=S``             readiness and undo/redo state (waits up to S s for readiness)
+``DELETE /v2/sessions/{id}``                 close the session
+``POST /v2/sessions/{id}/click``             ``{"point_ras": [r, a, s], "positive": true}`` → the changed box
+``POST /v2/sessions/{id}/box``               ``{"min_ras": [...], "max_ras": [...]}``
+``POST /v2/sessions/{id}/{op}``              ``clear_box``, ``undo``, ``redo``, ``reset``
+``PUT /v2/sessions/{id}/initial_mask``       body: :func:`protocol.encode_bits` of the full mask; empty = none
+``GET /v2/sessions/{id}/mask``               the full mask (packed bits)
+``GET /v2/stats``                            memory, sessions, queue depth
 ===========================================  =====================================================================
 
 Design:
 
 * **One worker thread owns the model.** Every step (and session creation) is a job in a bounded queue; a full
   queue answers 503 with ``Retry-After`` at once instead of letting requests pile up until clients time out.
-  Uploads are decoded and validated outside the worker, so a large upload does not stall other users' clicks.
+  Uploads are decoded and validated, and replies compressed, outside the worker, so neither stalls other
+  users' clicks.
+* **Small replies.** A step's reply is its changed box with only the foreground's part of it compressed, in
+  the codec the client asked for (:func:`protocol.choose_mask_codec`).
 * **Memory is bounded in bytes.** Uploaded volumes and sessions share one LRU budget (``max_memory_bytes``);
   the least recently used go first. Embeddings live in the predictor's own byte-bounded cache. An evicted or
   expired session answers 410 with the reason; the client recreates it and replays its steps.
@@ -59,6 +62,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import (
     AuthenticationError,
+    InvalidImageError,
     InvalidPromptError,
     SAMVolSegmentError,
     ServerBusyError,
@@ -68,11 +72,13 @@ from ..mask_update import MaskUpdate
 from ..proposals import proposal_classes
 from .protocol import (
     API_PREFIX,
+    MASK_CODECS_HEADER,
     META_HEADER,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
     WireFormatError,
     check_volume_meta,
+    choose_mask_codec,
     content_id,
     decode_bits,
     decode_volume,
@@ -91,17 +97,17 @@ class ServerConfig:
     """Limits and policies of a server (every size in bytes).
 
     Attributes:
-        token: bearer token every ``/v1`` request must carry; None = no authentication (loopback only; the
+        token: bearer token every ``/v2`` request must carry; None = no authentication (loopback only; the
             CLI refuses to bind another address without one).
         device: the torch device the model runs on (reported by ``/info``).
         lease_s: a session idle this long expires.
-        max_memory_bytes: volumes + sessions (each session counted as its float32 volume, its model-grid copy,
-            its label and ``history_bytes``); least recently used go first.
+        max_memory_bytes: volumes + sessions (each session counted as its float32 volume, its float32 copy on
+            the model's grid, its label and ``history_bytes``); least recently used go first.
         cache_bytes: embedding cache (shared by all sessions; same volume → same embeddings).
         history_bytes: undo history bound of each session.
         max_undo: undo depth of each session.
         max_upload_bytes: largest compressed volume upload.
-        max_voxels: largest volume (voxels).
+        max_voxels: largest volume (voxels), also once resampled to the model's grid (coarse voxels grow).
         max_json_bytes: largest JSON request body.
         queue_size: model jobs that may wait; one more gets 503.
         retry_after_s: what a 503 tells the client to wait.
@@ -195,6 +201,7 @@ class _StoredVolume:
     array_kji: np.ndarray  # original dtype, read-only
     ijk_to_ras: np.ndarray
     nbytes: int
+    model_voxels: int  # voxels of the model's grid it resamples to (a session holds that copy too)
 
 
 @dataclass
@@ -458,12 +465,14 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
         return {"can_undo": session.can_undo, "can_redo": session.can_redo,
                 "clicks": [[*(float(v) for v in c.point_ras), bool(c.positive)] for c in session.clicks]}
 
-    async def run_step(sid: str, step: Callable[[Any], MaskUpdate], kind: str = "step") -> Dict[str, Any]:
+    async def run_step(sid: str, step: Callable[[Any], MaskUpdate], request: Request,
+                       kind: str = "step") -> Dict[str, Any]:
         """Run a step on the worker; the reply says whether it created a history step (``pushed``) or moved
         one (``moved``), so the client keeps its callers' annotations aligned with the server's history."""
         entry = store.session(sid)
+        codec = choose_mask_codec(request.headers.get(MASK_CODECS_HEADER))
 
-        def job() -> Dict[str, Any]:
+        def job() -> Tuple[MaskUpdate, Dict[str, Any]]:
             session = entry.session
             moved = session.can_undo if kind == "undo" else session.can_redo if kind == "redo" else False
             update = step(session)
@@ -472,11 +481,13 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
             pushed = kind == "step" and session.can_undo and session.last_annotation is None
             if pushed:
                 session.annotate_last_step(_STEP_TAG)
-            return {"update": encode_update(update), "timing": dict(session.last_timing),
-                    "pushed": pushed, "moved": moved, "state": session_state(entry)}
+            # The update's mask is the step's own array (the history keeps packed copies): safe to read later.
+            return update, {"timing": dict(session.last_timing), "pushed": pushed, "moved": moved,
+                            "state": session_state(entry)}
 
-        reply = await worker.run(job)
+        update, reply = await worker.run(job)
         entry.last_used = time.monotonic()  # a long step must not count as idle time
+        reply["update"] = await run_in_threadpool(encode_update, update, codec)  # off the model worker
         return reply
 
     # volumes
@@ -498,15 +509,23 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
         body = await read_body(request, cfg.max_upload_bytes, "volume upload")
 
         def decode() -> _StoredVolume:
+            from ..geometry import ModelGrid
             from ..preprocessing import load_volume
 
             array = decode_volume(body, shape, dtype)
             if content_id(array, matrix) != volume_id:
                 raise WireFormatError("The uploaded volume does not match its content id (corrupted in transit, or "
                                       "the client computed it differently); upload it again.")
-            load_volume(array, matrix)  # the engine's validation (NaN, constant, degenerate geometry) now
+            volume = load_volume(array, matrix)  # the engine's validation (NaN, constant, degenerate geometry)
+            grid = ModelGrid.covering(volume.geometry)
+            model_voxels = math.prod(int(v) for v in grid.shape_model)
+            if model_voxels > cfg.max_voxels:  # coarse voxels: the session's resampled copy would be too big
+                raise InvalidImageError(
+                    f"Resampled to the model's {grid.spacing:g} mm grid this volume has {model_voxels} voxels "
+                    f"({' × '.join(str(v) for v in grid.shape_model)}); this server accepts at most "
+                    f"{cfg.max_voxels}. Check the voxel spacing in the image header, or crop the volume.")
             array.setflags(write=False)
-            return _StoredVolume(array, matrix, int(array.nbytes))
+            return _StoredVolume(array, matrix, int(array.nbytes), model_voxels)
 
         stored = await run_in_threadpool(decode)  # outside the model worker: clicks go on meanwhile
         store.add_volume(volume_id, stored)
@@ -532,8 +551,8 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
                 session.close()
                 raise
             voxels = int(stored.array_kji.size)
-            # float32 copy + its model-grid copy (at most about as big) + uint8 label + the history bound.
-            nbytes = voxels * 4 * 2 + voxels + cfg.history_bytes
+            # float32 copy + float32 model-grid copy + uint8 label + the history bound.
+            nbytes = voxels * 4 + stored.model_voxels * 4 + voxels + cfg.history_bytes
             entry = _ServerSession(secrets.token_urlsafe(16), session, volume_id, nbytes, time.monotonic())
             try:
                 store.add_session(entry)
@@ -572,13 +591,13 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
         positive = data.get("positive", True)
         if not isinstance(positive, bool):
             raise InvalidPromptError("positive must be true or false.")
-        return await run_step(sid, lambda s: s.add_click(point, positive))
+        return await run_step(sid, lambda s: s.add_click(point, positive), request)
 
     @api.post("/sessions/{sid}/box")
     async def box(sid: str, request: Request) -> Dict[str, Any]:
         data = await read_json(request, "box")
         low, high = _point(data.get("min_ras"), "min_ras"), _point(data.get("max_ras"), "max_ras")
-        return await run_step(sid, lambda s: s.set_box(low, high))
+        return await run_step(sid, lambda s: s.set_box(low, high), request)
 
     @api.post("/sessions/{sid}/propose")
     async def propose(sid: str, request: Request) -> Dict[str, Any]:
@@ -586,7 +605,7 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
         class_name = data.get("class")
         if not isinstance(class_name, str) or not class_name:
             raise InvalidPromptError("propose needs {\"class\": NAME}, one of the classes /info lists.")
-        return await run_step(sid, lambda s: s.propose(class_name))
+        return await run_step(sid, lambda s: s.propose(class_name), request)
 
     steps = {"clear_box": lambda s: s.clear_box(), "undo": lambda s: s.undo(), "redo": lambda s: s.redo(),
              "reset": lambda s: s.reset()}
@@ -597,7 +616,7 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
         if op not in steps:
             raise HTTPReplyError(404, "NotFound", f"No step {op!r}; use click, box, {', '.join(steps)}.")
         await read_json(request, op)  # bounded and well-formed even when empty
-        return await run_step(sid, steps[op], kinds.get(op, "step"))
+        return await run_step(sid, steps[op], request, kinds.get(op, "step"))
 
     @api.put("/sessions/{sid}/initial_mask")
     async def initial_mask(sid: str, request: Request) -> Dict[str, Any]:
@@ -606,18 +625,19 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
         limit = min(cfg.max_upload_bytes, int(np.prod(shape)) // 8 + (1 << 20))  # ≥ packed bits, incompressible
         body = await read_body(request, limit, "initial mask")
         mask = await run_in_threadpool(decode_bits, body, shape) if body else None
-        return await run_step(sid, lambda s: s.set_initial_mask(mask), "initial")
+        return await run_step(sid, lambda s: s.set_initial_mask(mask), request, "initial")
 
     @api.get("/sessions/{sid}/mask")
-    async def full_mask(sid: str) -> Dict[str, Any]:
+    async def full_mask(sid: str, request: Request) -> Dict[str, Any]:
         entry = store.session(sid)
+        codec = choose_mask_codec(request.headers.get(MASK_CODECS_HEADER))
 
-        def job() -> Dict[str, Any]:  # on the worker: never a copy torn by a step running at the same time
-            mask = entry.session.mask_array_kji()
-            update = MaskUpdate(tuple((0, int(n)) for n in mask.shape), mask)  # type: ignore[arg-type]
-            return {"update": encode_update(update), "state": session_state(entry)}
+        def job() -> Tuple[np.ndarray, Dict[str, Any]]:  # on the worker: never a copy torn by a running step
+            return entry.session.mask_array_kji(), session_state(entry)
 
-        return await worker.run(job)
+        mask, state = await worker.run(job)
+        update = MaskUpdate(tuple((0, int(n)) for n in mask.shape), mask)  # type: ignore[arg-type]
+        return {"update": await run_in_threadpool(encode_update, update, codec), "state": state}
 
     @api.get("/stats")
     async def stats() -> Dict[str, Any]:
@@ -647,6 +667,8 @@ def _header_json(request: Request) -> Any:
         return json.loads(raw)
     except ValueError as exc:
         raise WireFormatError(f"The {META_HEADER} header is not valid JSON ({exc}).") from None
+    except RecursionError:
+        raise WireFormatError(f"The {META_HEADER} header nests too deeply; send a flat JSON object.") from None
 
 
 def _point(value: Any, name: str) -> List[float]:
