@@ -780,8 +780,11 @@ class qMRMLSegmentSelectorWidget(FakeWidget):
         if node is not None:
             for event in (vtkMRMLSegmentationNode.SegmentAdded, vtkMRMLSegmentationNode.SegmentRemoved):
                 self._tags.append(node.AddObserver(event, lambda *a: self.populateSegmentCombobox()))
-        self.emit("currentNodeChanged(vtkMRMLNode*)", node)
+        # The node combo box's currentNodeChanged reaches onCurrentNodeChanged (which repopulates the segments,
+        # possibly emitting currentSegmentChanged) before it is forwarded as the widget's own signal: connection
+        # order in qMRMLSegmentSelectorWidgetPrivate::init.
         self.populateSegmentCombobox()
+        self.emit("currentNodeChanged(vtkMRMLNode*)", node)
 
     def _setComboIndex(self, index: int, blocked: bool) -> None:
         if index == self.comboIndex:
