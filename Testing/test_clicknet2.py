@@ -131,6 +131,26 @@ def test_fast_inference_paths_equal_the_training_paths():
     torch.testing.assert_close(_pool2(x), torch.nn.functional.avg_pool3d(x, 2), rtol=1e-6, atol=1e-6)
 
 
+def test_inference_decode_equals_the_training_path():
+    """The whole per-click decode without autograd (oneDNN convolutions, channels-last 32³ layer, matrix-product
+    pointwise layers) gives the logits and IoU of the autograd path, on the default family's real channel counts."""
+    torch.manual_seed(0)
+    model = ClickNet2(ClickNet2Config(image_size=64)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():  # a trained-like model: every layer contributes
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    roi = torch.randn(1, 1, 64, 64, 64)
+    points = torch.tensor([[[30.0, 33.0, 28.0], [10.0, 50.0, 40.0]]])
+    labels = torch.tensor([[1, 0]])
+    previous = torch.randn(1, 1, 32, 32, 32)
+    with torch.inference_mode():
+        fast_logits, fast_iou = model.decode_prompts(model.encode_image(roi), points, labels, previous)
+    with torch.enable_grad():
+        logits, iou = model.decode_prompts(model.encode_image(roi), points, labels, previous)
+    torch.testing.assert_close(fast_logits, logits.detach(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast_iou, iou.detach(), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("count", [1, 5, 40])
 def test_nearest_value_distance_is_the_minimum_over_values(count):
     from SAMVolSegmentLib.model.clicknet2 import _nearest_value_distance

@@ -290,7 +290,12 @@ class ClickNet2(nn.Module):
         x16 = self.dec_down16(x32)
         x8 = self.dec_down8(x16)
         y16 = self.dec_up16(_nearest(self.dec_skip16(x8), x16) + x16)
-        y32 = self.dec_up32(_nearest(self.dec_skip32(y16), x32) + x32)
+        up32_input = _nearest(self.dec_skip32(y16), x32) + x32
+        if not torch.is_grad_enabled():
+            # oneDNN runs this 24-channel 3×3×3 convolution at 32³ (the largest per click) ~1.6× faster on
+            # channels-last input, conversion included; what reads y32 below accepts either layout.
+            up32_input = up32_input.contiguous(memory_format=torch.channels_last_3d)
+        y32 = self.dec_up32(up32_input)
         adapter = self.decoder_adapter  # per click: structure-specific decoding (adapters.py)
         if adapter is not None and (corrections or getattr(self.adapter_config, "clicknet2_decoder_scope", "all")
                                     == "all"):
