@@ -32,6 +32,9 @@ checked against v5.6.0, v5.8.0 and main):
 * ``slicer.util.arrayFromMarkupsControlPoints(markupsNode, world=False)`` returns every control point, whatever
   its position status; ``getNodesByClass`` includes subclasses (a labelmap is a ``vtkMRMLScalarVolumeNode``);
   ``getModuleLogic`` of a scripted module is its widget's ``logic`` — Base/Python/slicer/util.py.
+* The Segment Editor's settings node (editable area, intensity range, *Modify other segments*), the singleton
+  tagged "SegmentEditor" — vtkMRMLSegmentEditorNode.h, Modules/Scripted/SegmentEditor/SegmentEditor.py; the
+  editable-area enum — vtkMRMLSegmentationNode.h.
 * A parent transform: ``IsTransformToWorldLinear`` / ``GetMatrixTransformToWorld`` —
   Libs/MRML/Core/vtkMRMLTransformNode.h; ``GetParentTransformNode`` — vtkMRMLTransformableNode.h.
 
@@ -450,7 +453,9 @@ class FakeSegmentation:
 class vtkMRMLSegmentationNode(vtkMRMLNode):
     SegmentAdded = next(_EVENT_IDS)
     SegmentRemoved = next(_EVENT_IDS)
-    EditAllowedEverywhere = 0
+    # The Segment Editor's editable-area enum, in its order (Libs/MRML/Core/vtkMRMLSegmentationNode.h).
+    (EditAllowedEverywhere, EditAllowedInsideAllSegments, EditAllowedInsideVisibleSegments,
+     EditAllowedOutsideAllSegments, EditAllowedOutsideVisibleSegments, EditAllowedInsideSingleSegment) = range(6)
 
     def __init__(self) -> None:
         super().__init__()
@@ -494,7 +499,49 @@ class vtkMRMLScriptedModuleNode(vtkMRMLNode):
 
 
 class vtkMRMLSegmentEditorNode(vtkMRMLNode):
+    """The Segment Editor's settings (Modules/Loadable/Segmentations/MRML/vtkMRMLSegmentEditorNode.h): editable
+    area (``MaskMode``, default Everywhere, and ``MaskSegmentID``), editable intensity range
+    (``SourceVolumeIntensityMask`` + ``Range``) and *Modify other segments* (``OverwriteMode``, default All).
+    The Segment Editor module keeps it as the scene's singleton tagged "SegmentEditor"
+    (Modules/Scripted/SegmentEditor/SegmentEditor.py, ``selectParameterNode``)."""
+
     OverwriteAllSegments, OverwriteVisibleSegments, OverwriteNone = range(3)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maskMode, self.maskSegmentID = vtkMRMLSegmentationNode.EditAllowedEverywhere, None
+        self.intensityMask, self.intensityMaskRange = False, (0.0, 0.0)
+        self.overwriteMode = self.OverwriteAllSegments
+
+    def GetMaskMode(self) -> int:
+        return self.maskMode
+
+    def SetMaskMode(self, mode: int) -> None:
+        self.maskMode = int(mode)
+
+    def GetMaskSegmentID(self):
+        return self.maskSegmentID
+
+    def SetMaskSegmentID(self, segmentID) -> None:
+        self.maskSegmentID = segmentID
+
+    def GetSourceVolumeIntensityMask(self) -> bool:
+        return self.intensityMask
+
+    def SetSourceVolumeIntensityMask(self, enabled: bool) -> None:
+        self.intensityMask = bool(enabled)
+
+    def GetSourceVolumeIntensityMaskRange(self):
+        return self.intensityMaskRange
+
+    def SetSourceVolumeIntensityMaskRange(self, low: float, high: float) -> None:
+        self.intensityMaskRange = (float(low), float(high))
+
+    def GetOverwriteMode(self) -> int:
+        return self.overwriteMode
+
+    def SetOverwriteMode(self, mode: int) -> None:
+        self.overwriteMode = int(mode)
 
 
 class vtkOrientedImageData(vtk.vtkImageData):

@@ -331,6 +331,80 @@ def test_refused_write_leaves_the_segment_unchanged_and_the_step_undoable(env):
     assert not widget.logic.canUndo and pn.positivePoints.GetNumberOfControlPoints() == 0
 
 
+def add_segment(segmentation, name: str, mask: np.ndarray) -> str:
+    """A segment holding ``mask`` on the volume grid, written as Slicer would store it."""
+    from SAMVolSegmentSlicerLib import vtk_numpy
+
+    segmentID = segmentation.GetSegmentation().AddEmptySegment("", name)
+    image = vtk_numpy.image_from_array(mask.astype(np.uint8), (0, 0, 0), slicer_fake.vtkOrientedImageData())
+    image.SetImageToWorldMatrix(slicer_fake.vtkMatrixFromArray(ijk_to_ras()))
+    slicer_fake.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(image, segmentation, segmentID, 0)
+    return segmentID
+
+
+def segment_editor(env):
+    """The Segment Editor's settings node, found as Slicer's module keeps it (singleton tag "SegmentEditor")."""
+    node = env.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "SegmentEditor")
+    env.scene.singletons["SegmentEditor"] = node
+    return node
+
+
+@pytest.mark.parametrize("masking", [True, False])
+def test_the_segment_editor_intensity_range_limits_a_click_unless_masking_is_off(env, masking):
+    """editPolicyFromSegmentEditor reads vtkMRMLSegmentEditorNode's SourceVolumeIntensityMask(Range)."""
+    voxels = np.where(np.arange(SHAPE[2]) < 15, 0.0, 200.0)[None, None, :] * np.ones(SHAPE)
+    env.volume.setArray(voxels.astype(np.float32), ijk_to_ras())
+    editor = segment_editor(env)
+    editor.SetSourceVolumeIntensityMask(True)
+    editor.SetSourceVolumeIntensityMaskRange(150.0, 250.0)
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    pn.useSegmentEditorMasking = masking
+    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    assert_clean()
+    mask = segment_array(env, pn)
+    assert mask[15, 15, 15] and mask[:, :, 15:].any()
+    assert bool(mask[:, :, :15].any()) == (not masking), "voxels below the range are left out only with masking on"
+
+
+def test_overwrite_follows_the_segment_editor_and_spares_hidden_segments(env):
+    """Other segments: Overwrite with the Segment Editor's OverwriteVisibleSegments takes voxels from visible
+    segments only; undo gives them back."""
+    segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.CreateDefaultDisplayNodes()
+    slab = np.zeros(SHAPE, bool)
+    slab[:, :, 13:17] = True
+    visible = add_segment(segmentation, "visible", slab)
+    hidden = add_segment(segmentation, "hidden", slab)
+    segmentation.GetDisplayNode().SetSegmentVisibility(hidden, False)
+    segment_editor(env).SetOverwriteMode(slicer_fake.vtkMRMLSegmentEditorNode.OverwriteVisibleSegments)
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    pn.segmentationNode = segmentation
+    pn.otherSegments = env.module.OtherSegments.OVERWRITE
+    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    assert_clean()
+    assert segment_array(env, pn)[15, 15, 15]
+    assert not segmentation.segmentArray(visible, SHAPE)[15, 15, 15], "the visible segment gave its voxels"
+    np.testing.assert_array_equal(segmentation.segmentArray(hidden, SHAPE), slab)
+    widget.onAction("undo")
+    np.testing.assert_array_equal(segmentation.segmentArray(visible, SHAPE), slab)
+
+
+def test_a_deleted_masking_segment_is_refused_before_the_engine_runs(env):
+    """Editable area 'Inside single segment' whose segment is gone: one dialog naming the fix, nothing changes."""
+    editor = segment_editor(env)
+    editor.SetMaskMode(slicer_fake.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
+    editor.SetMaskSegmentID("Segment_gone")
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    assert_clean()
+    assert len(state().errorDialogs) == 1 and "Editable area" in state().errorDialogs[0]
+    assert pn.positivePoints.GetNumberOfControlPoints() == 0 and not widget.logic.canUndo
+    assert not segment_array(env, pn).any()
+
+
 def test_loaded_segmentation_keeps_its_reference_geometry(env):
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
