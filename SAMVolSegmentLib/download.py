@@ -19,27 +19,12 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import SAMVolSegmentError
+from .errors import DownloadError
 
 ProgressCallback = Callable[[float, str], None]
 #: Environment variable naming the cache root (model weights under ``models/``, sample cases under ``samples/``).
 CACHE_ENV = "SAMVOLSEG_CACHE"
 _BLOCK = 1 << 20
-
-
-class DownloadError(SAMVolSegmentError):
-    """A download failed; nothing was kept under the target name.
-
-    Attributes:
-        host: the server's ``host[:port]``.
-        unreachable: True when the server could not be reached at all (offline, refused, timed out, unknown
-            host); False when it answered but the file was missing or not the expected one.
-    """
-
-    def __init__(self, message: str, host: str, unreachable: bool) -> None:
-        super().__init__(message)
-        self.host = host
-        self.unreachable = unreachable
 
 
 def cache_root() -> Path:

@@ -61,3 +61,22 @@ class ProtocolMismatchError(RemoteError):
 
 class ServerConfigError(RemoteError, ValueError):
     """A server cannot start as configured (no token on a non-loopback address, half a TLS key pair...)."""
+
+
+class DownloadError(SAMVolSegmentError):
+    """A download failed; nothing was kept under the target name.
+
+    Attributes:
+        host: the server's ``host[:port]``.
+        unreachable: True when the server could not be reached at all (offline, refused, timed out, unknown
+            host); False when it answered but the file was missing or not the expected one.
+    """
+
+    def __init__(self, message: str, host: str, unreachable: bool) -> None:
+        super().__init__(message)
+        self.host = host
+        self.unreachable = unreachable
+
+
+class UnknownSampleError(SAMVolSegmentError, ValueError):
+    """No registered sample has this name."""

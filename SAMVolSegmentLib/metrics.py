@@ -27,6 +27,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from .geometry import bbox_slices, mask_bbox
+
 #: NSD tolerance of the CVPR 2025 interactive challenge (``compute_multi_class_nsd(..., tolerance=2.0)``).
 NSD_TOLERANCE_MM = 2.0
 _DISTANCE_SLACK_MM = 1e-9
@@ -37,12 +39,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
     total = int(a.sum()) + int(b.sum())
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
-def bbox_slices(mask: np.ndarray, pad: int = 1) -> Tuple[slice, ...]:
-    """Slices (k, j, i) of a non-empty mask's bounding box grown by ``pad`` voxels (clipped to the array)."""
-    nonzero = np.nonzero(mask)
-    return tuple(slice(max(int(ax.min()) - pad, 0), min(int(ax.max()) + pad + 1, n)) for ax, n in zip(nonzero, mask.shape))
 
 
 def surface_distances(
@@ -62,7 +58,7 @@ def surface_distances(
         raise ValueError(f"masks differ in shape: {a.shape} vs {b.shape}; resample one onto the other's grid")
     if not a.any() or not b.any():
         return None
-    box = bbox_slices(a | b)
+    box = bbox_slices(mask_bbox(a | b, pad=1))  # type: ignore[arg-type]  # both non-empty
     # One voxel of padding makes voxels on the volume's edge surface voxels (the outside counts as background).
     a, b = np.pad(a[box], 1), np.pad(b[box], 1)
     surface_a = a & ~ndimage.binary_erosion(a)
@@ -138,7 +134,7 @@ def nsd(a: np.ndarray, b: np.ndarray, spacing_kji: Sequence[float], tolerance_mm
         return 1.0
     if not a_any or not b_any:
         return 0.0
-    box = bbox_slices(a | b, pad=0)  # corner_surface treats the crop's outside as background: no pad needed
+    box = bbox_slices(mask_bbox(a | b))  # type: ignore[arg-type]  # corner_surface treats the crop's outside as background: no pad needed
     surface_a, area_a = corner_surface(a[box], spacing_kji)
     surface_b, area_b = corner_surface(b[box], spacing_kji)
     to_b = ndimage.distance_transform_edt(~surface_b, sampling=spacing_kji)

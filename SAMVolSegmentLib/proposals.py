@@ -368,7 +368,7 @@ def correction_episode(model: nn.Module, sample: ProposalSample, rng: np.random.
     gradients enabled (the decoder adapter) learn.
     """
     from .clicks import deepest_point_roi
-    from .training import _bce_dice, simulate_click
+    from .training import bce_dice_loss, simulate_click
 
     embedding = tuple(t.float() for t in sample.embedding)
     target = sample.target
@@ -397,7 +397,7 @@ def correction_episode(model: nn.Module, sample: ProposalSample, rng: np.random.
                                          torch.tensor([labels], dtype=torch.int64), previous, corrections=local)
         if local:
             logits = local_edit(previous, logits, point, size, sigma_low)
-        total = total + _bce_dice(logits, target, 3.0)
+        total = total + bce_dice_loss(logits, target, 3.0)
         previous = logits.detach()
         prediction = (previous[0, 0] > 0).numpy()
     return total / clicks

@@ -27,18 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from .download import DownloadError, ProgressCallback, cache_root, download_file
-from .errors import InvalidImageError, SAMVolSegmentError
+from .download import ProgressCallback, cache_root, download_file
+from .errors import DownloadError, InvalidImageError, UnknownSampleError
 
 SLICER_TESTING_DATA = "https://github.com/Slicer/SlicerTestingData/releases/download/SHA256/"
 SLICER_SAMPLE_DATA_SOURCE = ("3D Slicer SampleData (Modules/Scripted/SampleData/SampleData.py, github.com/Slicer/"
                              "Slicer @ 583e9b37d50e; URL and SHA-256 as published there)")
 LABEL_FILE, LABELS_JSON = "label.nii.gz", "labels.json"
 OFFLINE_HINT = "run with network, or use the phantom demo (samvolseg demo) or your own case (--image/--label)"
-
-
-class UnknownSampleError(SAMVolSegmentError, ValueError):
-    """No registered sample has this name."""
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,10 @@ def simulate_click(target_low: np.ndarray, prediction_low: Optional[np.ndarray],
     return point.astype(np.float32), int(label)
 
 
-def _bce_dice(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> torch.Tensor:
+def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> torch.Tensor:
+    """BCE over every voxel (positives weighted by ``pos_weight``) + the batch mean of 1 − soft Dice, for
+    (B, C, D, H, W) logits and a target of the same shape in [0, 1]: the loss of the click models' training
+    and of the proposal head."""
     bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(pos_weight, device=logits.device))
     prob = torch.sigmoid(logits)
     inter = (prob * target).flatten(1).sum(1)
@@ -131,10 +134,10 @@ def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: in
             inter = (hard & truth).reshape(batch, -1).sum(1)
             union = (hard | truth).reshape(batch, -1).sum(1)
             if step in grad_steps:
-                loss = _bce_dice(logits, target_t, pos_weight)
+                loss = bce_dice_loss(logits, target_t, pos_weight)
                 if has_coarse:
                     actual_iou = torch.from_numpy((inter / np.maximum(union, 1)).astype(np.float32))[:, None].to(device)
-                    loss = loss + 0.5 * _bce_dice(logits_coarse, target_coarse, pos_weight) + \
+                    loss = loss + 0.5 * bce_dice_loss(logits_coarse, target_coarse, pos_weight) + \
                         F.mse_loss(iou.float(), actual_iou)
                 total = total + loss
         previous = logits.detach()

@@ -22,7 +22,8 @@ import SimpleITK as sitk
 
 from SAMVolSegmentLib import samples
 from SAMVolSegmentLib.cli import main
-from SAMVolSegmentLib.download import DownloadError, download_file
+from SAMVolSegmentLib.download import download_file
+from SAMVolSegmentLib.errors import DownloadError
 from SAMVolSegmentLib.samples import (
     SAMPLES,
     SLICER_TESTING_DATA,
