@@ -811,7 +811,7 @@ def _outside_message(point_ras: np.ndarray, geometry: VolumeGeometry) -> str:
     low_ras, high_ras = geometry.bounds_ras()
     below, above = low_ras - point_ras, point_ras - high_ras
     names = (("L", "R"), ("P", "A"), ("I", "S"))  # RAS: the low side of x is Left, of y Posterior, of z Inferior
-    ways = [f"{d:.1f} mm beyond its {names[axis][0] if below[axis] > 0 else names[axis][1]} side"
+    ways = [f"{_format_mm(d)} mm beyond its {names[axis][0] if below[axis] > 0 else names[axis][1]} side"
             for axis, d in enumerate(np.maximum(below, above)) if d > 0]
     where = ", ".join(ways) if ways else "inside its RAS bounding box but off its oblique voxel grid"
     flipped = lps_to_ras(point_ras[None])[0]
@@ -823,9 +823,14 @@ def _outside_message(point_ras: np.ndarray, geometry: VolumeGeometry) -> str:
             f"{_format_point(low_ras)} to {_format_point(high_ras)} mm).{hint}")
 
 
+def _format_mm(value: float) -> str:
+    """A length or coordinate in mm to 0.1 mm; large values in exponent form (``1e+308``, not 309 digits)."""
+    return f"{value:.1f}" if abs(value) < 1e6 else f"{value:.4g}"
+
+
 def _format_point(point: np.ndarray) -> str:
-    """``[r, a, s]`` in mm to 0.1 mm (large values in exponent form): np.round(1e308, 1) overflows to inf."""
-    return "[" + ", ".join(f"{v:.1f}" if abs(v) < 1e6 else f"{v:.4g}" for v in np.asarray(point, float).reshape(-1)) + "]"
+    """``[r, a, s]`` in mm as :func:`_format_mm` writes them: np.round(1e308, 1) overflows to inf."""
+    return "[" + ", ".join(_format_mm(v) for v in np.asarray(point, float).reshape(-1)) + "]"
 
 
 def _as_point(value: Sequence[float], what: str) -> np.ndarray:

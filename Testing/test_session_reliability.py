@@ -221,7 +221,14 @@ def test_a_far_click_is_reported_with_its_real_coordinates(session):
     session.set_volume(array, matrix)
     with pytest.raises(InvalidPromptError) as info:
         session.add_click((1e308, 0.0, 0.0), True)
-    assert "inf" not in str(info.value) and "1e+308" in str(info.value)
+    message = str(info.value)
+    assert "inf" not in message and "RAS [1e+308, 0.0, 0.0]" in message
+    # The distance too: 1e+308 mm, not its 309 digits.
+    assert "1e+308 mm beyond its R side" in message and len(message) < 400, message
+    with pytest.raises(InvalidPromptError) as info:
+        session.add_click((-3e7, 0.0, 0.0), True)
+    assert "-3e+07, 0.0, 0.0" in str(info.value) and "3e+07 mm beyond its L side" in str(info.value)
+    assert session.clicks == ()
 
 
 def test_an_lps_click_is_named_as_probably_lps_and_a_far_one_says_which_way(session):
