@@ -713,24 +713,51 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     130 and one line, also during start-up and after the work: the interpreter would otherwise wait for
     background threads at exit, or print a traceback for a Ctrl-C that lands while it shuts down.
     """
-    program = argv is None
+    program = argv is None and _take_interrupts()
     try:
+        _work_running[0] = True  # from here a Ctrl-C unwinds the work (temporaries are removed) to the except
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except (SAMVolSegmentError, OSError) as exc:  # OSError: a file vanished or a disk filled up meanwhile
+        _work_running[0] = False  # first statement: no Ctrl-C can be raised between the try and here
         print(f"samvolseg: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _work_running[0] = False
         if program:
             _exit_interrupted()
         print("samvolseg: interrupted", file=sys.stderr)
         return 130
     finally:
-        if program:
-            import signal
+        _work_running[0] = False  # the work is done or refused: a Ctrl-C from here on exits at once
 
-            # From here on the work is done or refused; a Ctrl-C during the interpreter's exit is one line.
-            signal.signal(signal.SIGINT, lambda signum, frame: _exit_interrupted())
+
+#: Whether the program's work is running (a Ctrl-C raises KeyboardInterrupt) or over (a Ctrl-C exits at once).
+_work_running = [False]
+
+
+def _take_interrupts() -> bool:
+    """Install the program's SIGINT handler (main thread only, and not where SIGINT is ignored); True if done.
+
+    Installed before the work rather than after it: ``signal.signal`` raises a KeyboardInterrupt still pending
+    from the work, which then escaped ``main`` as a traceback (exit -2).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return False  # ignored (a background job) or the embedding program's own handler: leave it
+    signal.signal(signal.SIGINT, _on_interrupt)
+    return True
+
+
+def _on_interrupt(signum: int, frame: object) -> None:
+    """The program's SIGINT handler: unwind the running work, or exit at once when there is none."""
+    if _work_running[0]:
+        raise KeyboardInterrupt
+    _exit_interrupted()
 
 
 def _exit_interrupted() -> None:

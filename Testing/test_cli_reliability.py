@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+import SAMVolSegmentLib.cli as cli
+from SAMVolSegmentLib import io_utils
 from SAMVolSegmentLib.cli import build_parser, main
 from SAMVolSegmentLib.errors import InvalidPromptError
 from SAMVolSegmentLib.prompts_io import read_prompts
@@ -66,6 +68,22 @@ def test_the_input_image_is_never_the_output(tmp_path, capsys, image, points, sp
     assert image.read_bytes() == before
 
 
+def test_a_run_whose_model_loads_still_never_writes_over_its_input(tmp_path, capsys, image, points, monkeypatch):
+    """The data loss itself: with a model that loads, ``--output`` naming the image wrote the mask over the CT
+    and exited 0."""
+    from test_session_initial_mask import BallModel
+
+    monkeypatch.setattr(cli, "load_model_verbose", lambda model, device: BallModel())
+    before = image.read_bytes()
+    for output in (image, tmp_path / "sub" / ".." / image.name):
+        code = main(["segment", str(image), "--points", str(points), "--output", str(output)])
+        err = capsys.readouterr().err
+        assert code == 2 and "is the input image" in err and len(err.strip().splitlines()) == 1, err
+        assert image.read_bytes() == before
+    assert main(["segment", str(image), "--points", str(points), "--output", str(tmp_path / "m.nii.gz")]) == 0
+    assert image.read_bytes() == before and (tmp_path / "m.nii.gz").is_file()
+
+
 # ---------------------------------------------------------------- 8: output paths checked first
 def test_output_path_errors_are_one_line_before_the_work(tmp_path, capsys, image, points):
     (tmp_path / "afile").write_text("x")
@@ -97,6 +115,18 @@ def test_an_unwritable_output_folder_is_one_line_before_the_work(tmp_path, capsy
     finally:
         locked.chmod(0o700)
     assert code == 2 and "cannot write" in err and "no-such-model" not in err
+
+
+def test_a_folder_the_program_may_not_write_is_one_line_before_the_work(tmp_path, capsys, image, points, monkeypatch):
+    """Also as root, who may write into a 0500 folder but not onto a read-only mount (os.access says no)."""
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(io_utils.os, "access",
+                        lambda path, mode: (not mode & os.W_OK) if Path(path) == locked else real_access(path, mode))
+    code, err = run_segment(capsys, image, points, locked / "m.nii.gz")
+    assert code == 2 and "cannot write into" in err and len(err.strip().splitlines()) == 1, err
+    assert "no-such-model" not in err and not list(locked.iterdir())
 
 
 # ---------------------------------------------------------------- 9: upper-case extensions
@@ -230,3 +260,42 @@ io_utils.write_image = write_then_linger
     assert code == 130 and err.strip().splitlines() == ["samvolseg: interrupted"], err
     assert (tmp_path / "m.nii.gz").is_file()
     assert seconds < 5
+
+
+def test_ctrl_c_while_the_error_line_is_printed_is_one_line_and_130(tmp_path, image, points):
+    """A Ctrl-C outside the work (here: while the one-line error is written) used to escape ``main`` as a
+    KeyboardInterrupt traceback with exit -2; the program's handler now exits 130 at once. The same window
+    existed between the end of the work and the handler that used to be installed after it."""
+    patch = """
+import os
+class Stderr:
+    def __init__(self, real):
+        self.real, self.error = real, False
+    def write(self, text):
+        n = self.real.write(text)
+        self.error = self.error or text.startswith("samvolseg: error")
+        if self.error and text.endswith("\\n"):
+            self.error = False
+            self.real.flush()
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C right after the error line
+        return n
+    def flush(self):
+        self.real.flush()
+sys.stderr = Stderr(sys.stderr)
+"""
+    argv = ["samvolseg", "segment", str(image), "--points", str(points), "--output", str(image)]  # refused
+    script = (f"import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              f"import SAMVolSegmentLib.cli as cli\n{patch}\nsys.argv = {argv!r}\nsys.exit(cli.main())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    assert len(lines) == 2 and "is the input image" in lines[0] and lines[1] == "samvolseg: interrupted", lines
+
+
+def test_an_ignored_ctrl_c_stays_ignored(tmp_path, image, points):
+    """A program started with SIGINT ignored (a background job, nohup) keeps it ignored, before and after."""
+    argv = ["samvolseg", "segment", str(image), "--points", str(points), "--output", str(image)]  # refused
+    script = ("import signal, sys\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nimport SAMVolSegmentLib.cli as cli\n"
+              f"sys.argv = {argv!r}\ncode = cli.main()\nprint(code, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.stdout.split() == ["2", "True"], done.stdout + done.stderr
