@@ -70,7 +70,14 @@ def read_image(path: Union[str, Path], series_uid: Optional[str] = None) -> sitk
 
 def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> sitk.Image:
     """One DICOM series of ``folder`` as a 3D image (slices sorted by position by GDCM)."""
-    series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ())
+    # GDCM warns "No Series were found" on stderr (three lines) for a folder without DICOM; the error below
+    # says it in one line.
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ())
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     if not series:
         raise InvalidImageError(
             f"{folder} is a folder without DICOM series; give an image file, or the folder that holds the .dcm files."

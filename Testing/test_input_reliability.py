@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 
 from SAMVolSegmentLib.errors import InvalidImageError
 from SAMVolSegmentLib.geometry import VolumeGeometry
-from SAMVolSegmentLib.preprocessing import load_volume
+from SAMVolSegmentLib.preprocessing import load_volume, read_image
 
 
 def image_with(direction=None, spacing=(1.0, 1.0, 1.0), array=None) -> sitk.Image:
@@ -78,3 +78,12 @@ def test_real_nan_and_constant_messages_are_unchanged():
         load_volume(image_with(array=array))
     with pytest.raises(InvalidImageError, match="constant"):
         load_volume(image_with(array=np.full((6, 7, 8), 7.0, np.float32)))
+
+
+# ---------------------------------------------------------------- 14: a folder given as the image
+def test_a_folder_without_dicom_is_one_message_and_no_itk_warning(tmp_path, capfd):
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    with pytest.raises(InvalidImageError, match="is a folder without DICOM series"):
+        read_image(tmp_path)
+    assert "WARNING" not in capfd.readouterr().err  # GDCM's "No Series were found" (C++ stderr) is not shown
+    assert sitk.ProcessObject.GetGlobalWarningDisplay()  # ITK's warnings are back on for everything else
