@@ -283,9 +283,10 @@ def check_prompt_arrays(
         ``(points (N, 3) float64, signs (N,) bool, box or None)``, the box as ``(min corner, max corner)``.
     Raises:
         InvalidPromptError: points not (N, 3) finite numbers, a sign that is not 0/1/bool, a different number
-            of points and signs, a box that is not two finite 3D corners, or no positive point and no box.
+            of points and signs, more than :data:`~SAMVolSegmentLib.prompts_io.MAX_CLICKS` points, a box that is
+            not two finite 3D corners, or no positive point and no box.
     """
-    from .prompts_io import check_prompts
+    from .prompts_io import MAX_CLICKS, check_prompts
 
     try:
         points = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
@@ -301,6 +302,9 @@ def check_prompt_arrays(
     signs = np.array([bool(v) for v in raw], dtype=bool)
     if len(points) != len(signs):
         raise InvalidPromptError(f"Give one sign per point: {len(points)} points but {len(signs)} positive flags.")
+    if len(points) > MAX_CLICKS:  # as a prompt file: refused before the work, not at click MAX_CLICKS + 1
+        raise InvalidPromptError(f"{len(points)} points; a mask takes at most {MAX_CLICKS} clicks. Keep the points "
+                                 "that matter (a box plus a few clicks usually suffice).")
     box = None
     if box_ras is not None:
         try:

@@ -86,6 +86,9 @@ class _Snapshot:
     rois: Tuple[Tuple[RoiKey, _RoiState], ...] = ()
     active_roi: Optional[RoiKey] = None
     box_ras: Optional[Tuple[Tuple[float, float, float], Tuple[float, float, float]]] = None
+    #: Clicks placed through ``add_click`` (at most :data:`MAX_CLICKS`). ``clicks`` also holds those the engine
+    #: adds (a box's centre, a proposal's anchor, the seed of an extension ROI), which no caller can count ahead.
+    user_clicks: int = 0
 
 
 @dataclass(frozen=True)
@@ -282,14 +285,17 @@ class InteractiveSession:
                 )
             if not volume.geometry.contains_ras(point[None])[0]:
                 raise InvalidPromptError(_outside_message(point, volume.geometry))
-            # Every click of the state counts (also those a ROI extension added): each one costs decoder time.
-            if len(self._state.clicks) >= MAX_CLICKS:
+            # The caller's clicks count, as in a prompt file (so a file within the limit never fails half-way);
+            # the few the engine adds (box centre, proposal anchor, extension seeds) come on top.
+            if self._state.user_clicks >= MAX_CLICKS:
                 raise InvalidPromptError(
-                    f"This mask already has {len(self._state.clicks)} clicks, the most one mask takes "
+                    f"This mask already has {self._state.user_clicks} clicks, the most one mask takes "
                     f"({MAX_CLICKS} clicks); reset it (or undo) and place fewer, well-chosen clicks."
                 )
             click = Click(point, bool(positive))
-            return self._run_step(lambda state: self._click_step(state, click))
+            return self._run_step(
+                lambda state: self._click_step(replace(state, user_clicks=state.user_clicks + 1), click)
+            )
 
     def set_box(self, min_ras: Sequence[float], max_ras: Sequence[float]) -> MaskUpdate:
         """Restrict the segment to an axis-aligned RAS box; with no clicks yet, click its centre.

@@ -215,6 +215,39 @@ def test_clicks_beyond_the_limit_are_refused(session, monkeypatch):
     session.add_click((3.0, 0.0, 0.0), True)
 
 
+def test_clicks_the_engine_adds_do_not_count_towards_the_limit(session, monkeypatch):
+    """A box's centre click (like a proposal's anchor or an extension seed) comes on top of the caller's
+    MAX_CLICKS, so prompts within the limit never fail half-way."""
+    monkeypatch.setattr(session_module, "MAX_CLICKS", 3)
+    array, matrix = volume()
+    session.set_volume(array, matrix)
+    session.set_box((-8.0, -8.0, -8.0), (8.0, 8.0, 8.0))
+    for x in (0.0, 1.0, 2.0):
+        session.add_click((x, 0.0, 0.0), x != 1.0)
+    assert len(session.clicks) == 4
+    before = state_of(session)
+    with pytest.raises(InvalidPromptError, match="3 clicks"):
+        session.add_click((3.0, 0.0, 0.0), True)
+    assert_same_state(session, before)
+    session.undo()  # undo gives a click back
+    session.add_click((3.0, 0.0, 0.0), True)
+
+
+def test_array_prompts_within_the_limit_run_and_beyond_it_are_refused_before_the_work(monkeypatch):
+    from SAMVolSegmentLib import prompts_io
+    from SAMVolSegmentLib.batch import segment
+
+    monkeypatch.setattr(session_module, "MAX_CLICKS", 3)
+    monkeypatch.setattr(prompts_io, "MAX_CLICKS", 3)
+    array, matrix = volume()
+    points = [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (2.0, 0.0, 0.0), (3.0, 0.0, 0.0)]
+    with pytest.raises(InvalidPromptError, match="4 points; a mask takes at most 3"):
+        segment(array, points, [True] * 4, model="no-such-model-file.pt", ijk_to_ras=matrix)  # before the model
+    box = ((-8.0, -8.0, -8.0), (8.0, 8.0, 8.0))
+    mask = segment(array, points[:3], [True, False, True], box, model=BallModel(radius_low=1.5), ijk_to_ras=matrix)
+    assert mask.shape == array.shape and mask.any()
+
+
 # ---------------------------------------------------------------- 14: readable numbers in messages
 def test_a_far_click_is_reported_with_its_real_coordinates(session):
     array, matrix = volume()
