@@ -332,9 +332,10 @@ def proposal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def train_proposal_head(model: nn.Module, samples: Sequence[ProposalSample], class_name: str, *,
-                        minutes: float, seed: int = 0, lr: float = 1e-2,
+                        minutes: float, max_steps: Optional[int] = None, seed: int = 0, lr: float = 1e-2,
                         progress: Optional[ProgressFn] = None) -> Dict[str, float]:
-    """Attach a one-class head to ``model`` and train it on ``samples`` for ``minutes`` (the model is frozen).
+    """Attach a one-class head to ``model`` and train it on ``samples`` for ``minutes`` (the model is frozen),
+    or for ``max_steps`` steps when given and reached first (reproducible whatever the machine's speed).
 
     Flips are not used: left and right structures differ in position and users name them. Returns
     ``{"steps", "minutes", "train_loss_last50"}``.
@@ -351,7 +352,8 @@ def train_proposal_head(model: nn.Module, samples: Sequence[ProposalSample], cla
         coarse_target = F.adaptive_avg_pool3d(sample.target, coarse_logits.shape[2:])
         return proposal_loss(logits, sample.target) + 0.5 * proposal_loss(coarse_logits, coarse_target)
 
-    logs = _train_loop(list(head.parameters()), samples, loss_of, minutes, lr, rng, "proposal head", progress)
+    logs = _train_loop(list(head.parameters()), samples, loss_of, minutes, max_steps, lr, rng, "proposal head",
+                       progress)
     head.eval()
     return logs
 
@@ -403,8 +405,8 @@ def correction_episode(model: nn.Module, sample: ProposalSample, rng: np.random.
     return total / clicks
 
 
-def train_decoder_adapter(model: nn.Module, samples: Sequence[ProposalSample], *, minutes: float, seed: int = 0,
-                          lr: float = 2e-3, clicks: int = 3,
+def train_decoder_adapter(model: nn.Module, samples: Sequence[ProposalSample], *, minutes: float,
+                          max_steps: Optional[int] = None, seed: int = 0, lr: float = 2e-3, clicks: int = 3,
                           progress: Optional[ProgressFn] = None) -> Dict[str, float]:
     """Inject a decoder adapter that runs only on corrections of a proposal (:mod:`.model.adapters`, scope
     "corrections") and train it on cached embeddings with :func:`correction_episode` (the model must have its
@@ -421,8 +423,8 @@ def train_decoder_adapter(model: nn.Module, samples: Sequence[ProposalSample], *
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     model.train()
-    logs = _train_loop(params, samples, lambda sample: correction_episode(model, sample, rng, clicks), minutes, lr,
-                       rng, "correction adapter", progress)
+    logs = _train_loop(params, samples, lambda sample: correction_episode(model, sample, rng, clicks), minutes,
+                       max_steps, lr, rng, "correction adapter", progress)
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(True)
@@ -430,15 +432,23 @@ def train_decoder_adapter(model: nn.Module, samples: Sequence[ProposalSample], *
 
 
 def _train_loop(params: List[torch.Tensor], samples: Sequence[ProposalSample],
-                loss_of: Callable[[ProposalSample], torch.Tensor], minutes: float, lr: float,
-                rng: np.random.Generator, what: str, progress: Optional[ProgressFn]) -> Dict[str, float]:
-    """AdamW on random samples for ``minutes`` with a cosine decay of ``lr`` to 5 % over the budget."""
+                loss_of: Callable[[ProposalSample], torch.Tensor], minutes: float, max_steps: Optional[int],
+                lr: float, rng: np.random.Generator, what: str,
+                progress: Optional[ProgressFn]) -> Dict[str, float]:
+    """AdamW on random samples for ``minutes`` (or ``max_steps`` steps if reached first) with a cosine decay
+    of ``lr`` to 5 % over the budget: over the steps when ``max_steps`` is given, else over the time."""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     losses: List[float] = []
     start, step, budget = time.perf_counter(), 0, minutes * 60.0
-    while time.perf_counter() - start < budget:
+
+    def done_fraction() -> float:
+        if max_steps:
+            return min(1.0, step / max_steps)
+        return min(1.0, (time.perf_counter() - start) / budget) if budget > 0 else 1.0
+
+    while time.perf_counter() - start < budget and (max_steps is None or step < max_steps):
         loss = loss_of(samples[int(rng.integers(len(samples)))])
-        fraction = min(1.0, (time.perf_counter() - start) / budget)
+        fraction = done_fraction()
         for group in optimizer.param_groups:
             group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * fraction)))
         optimizer.zero_grad()
