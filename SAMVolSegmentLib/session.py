@@ -46,6 +46,7 @@ from .proposals import (
     proposal_classes,
     propose_logits,
 )
+from .session_protocol import as_click_sign, as_point_ras
 
 ProgressCallback = Callable[[float, str], None]
 RoiKey = Tuple[int, int, int]
@@ -276,13 +277,8 @@ class InteractiveSession:
         with self._lock:
             self._require_open()
             volume = self._require_volume()
-            point = _as_point(point_ras, "click")
-            # Only a real bool: bool("false") and bool(nan) are True, so a string or float would silently
-            # become a positive click.
-            if not isinstance(positive, (bool, np.bool_)):
-                raise InvalidPromptError(
-                    f"A click's sign must be True or False (positive / negative), got {positive!r}."
-                )
+            point = as_point_ras(point_ras, "click")
+            positive = as_click_sign(positive)
             if not volume.geometry.contains_ras(point[None])[0]:
                 raise InvalidPromptError(_outside_message(point, volume.geometry))
             # The caller's clicks count, as in a prompt file (so a file within the limit never fails half-way);
@@ -306,7 +302,7 @@ class InteractiveSession:
         with self._lock:
             self._require_open()
             volume = self._require_volume()
-            lo, hi = _as_point(min_ras, "box corner"), _as_point(max_ras, "box corner")
+            lo, hi = as_point_ras(min_ras, "box corner"), as_point_ras(max_ras, "box corner")
             lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
             if np.any(hi - lo <= 0):
                 raise InvalidPromptError("The box has zero size along an axis; drag it open in all three directions.")
@@ -837,15 +833,5 @@ def _format_mm(value: float) -> str:
 def _format_point(point: np.ndarray) -> str:
     """``[r, a, s]`` in mm as :func:`_format_mm` writes them: np.round(1e308, 1) overflows to inf."""
     return "[" + ", ".join(_format_mm(v) for v in np.asarray(point, float).reshape(-1)) + "]"
-
-
-def _as_point(value: Sequence[float], what: str) -> np.ndarray:
-    try:
-        point = np.asarray(value, dtype=np.float64).reshape(3)
-    except (TypeError, ValueError) as exc:
-        raise InvalidPromptError(f"A {what} must be three numbers (R, A, S in mm), got {value!r}") from exc
-    if not np.all(np.isfinite(point)):
-        raise InvalidPromptError(f"A {what} must be finite, got {point.tolist()}")
-    return point
 
 

@@ -25,7 +25,27 @@ from typing import Any, Dict, Optional, Protocol, Sequence, Tuple, runtime_check
 
 import numpy as np
 
+from .errors import InvalidPromptError
 from .mask_update import MaskUpdate
+
+
+def as_point_ras(value: Sequence[float], what: str) -> np.ndarray:
+    """``value`` as a float64 (3,) RAS point, or :class:`InvalidPromptError` naming ``what`` ("click", ...)."""
+    try:
+        point = np.asarray(value, dtype=np.float64).reshape(3)
+    except (TypeError, ValueError) as exc:
+        raise InvalidPromptError(f"A {what} must be three numbers (R, A, S in mm), got {value!r}") from exc
+    if not np.all(np.isfinite(point)):
+        raise InvalidPromptError(f"A {what} must be finite, got {point.tolist()}")
+    return point
+
+
+def as_click_sign(positive: Any) -> bool:
+    """A click's sign as a bool; only a real bool (or numpy bool) is accepted: ``bool("false")`` and
+    ``bool(nan)`` are True, so a string or float would silently become a positive click."""
+    if not isinstance(positive, (bool, np.bool_)):
+        raise InvalidPromptError(f"A click's sign must be True or False (positive / negative), got {positive!r}.")
+    return bool(positive)
 
 
 @runtime_checkable

@@ -427,6 +427,9 @@ def test_bad_requests_get_clear_4xx_errors(server):
         session.add_click((5000.0, 0.0, 0.0))
     with pytest.raises(InvalidPromptError, match="finite"):
         session.add_click((np.nan, 0.0, 0.0))
+    for sign in ("false", "negative", np.nan, 0):  # bool("false") is True: a positive click before the fix
+        with pytest.raises(InvalidPromptError, match="True or False"):
+            session.add_click((0.0, 0.0, 0.0), positive=sign)
     with pytest.raises(InvalidPromptError, match="shape"):
         session.set_initial_mask(np.zeros((2, 2, 2), np.uint8))
     assert not session.can_undo  # nothing above changed anything

@@ -6,8 +6,8 @@ Stands in for :class:`~SAMVolSegmentLib.session.InteractiveSession` wherever a
 
 What travels: the volume once (compressed; skipped when the server already holds it, e.g. after a
 reconnect or from another user), then each step as a small JSON request whose reply carries only the box the
-step changed, and of that box only the foreground's part, compressed (bz2 where this Python has it). The client keeps a mirror of the full mask, so :meth:`RemoteSession.mask_array_kji` costs no
-round trip.
+step changed, and of that box only the foreground's part, compressed (bz2 where this Python has it). The
+client keeps a mirror of the full mask, so :meth:`RemoteSession.mask_array_kji` costs no round trip.
 
 Recovery: a session that expired on the server (idle past its lease, evicted to free memory, server restart)
 is recreated and its steps since ``set_volume`` are replayed, then the failed step runs again; the caller
@@ -44,6 +44,7 @@ from ..errors import (
 )
 from ..geometry import VolumeGeometry
 from ..mask_update import BBoxKJI, MaskUpdate, union_bbox
+from ..session_protocol import as_click_sign, as_point_ras
 from .protocol import (
     API_PREFIX,
     ERROR_CLASSES,
@@ -250,7 +251,7 @@ class RemoteSession:
         Raises:
             InvalidPromptError: not three finite numbers, or outside the volume (the server's check).
         """
-        return self._step("click", {"point_ras": _as_point(point_ras, "click"), "positive": bool(positive)})
+        return self._step("click", {"point_ras": _as_list_point(point_ras, "click"), "positive": as_click_sign(positive)})
 
     def proposal_classes(self) -> Tuple[str, ...]:
         """Class names the server's model can propose (from ``/info``)."""
@@ -266,8 +267,8 @@ class RemoteSession:
 
     def set_box(self, min_ras: Sequence[float], max_ras: Sequence[float]) -> MaskUpdate:
         """Limit the mask to an axis-aligned RAS box (see ``InteractiveSession.set_box``)."""
-        return self._step("box", {"min_ras": _as_point(min_ras, "box corner"),
-                                  "max_ras": _as_point(max_ras, "box corner")})
+        return self._step("box", {"min_ras": _as_list_point(min_ras, "box corner"),
+                                  "max_ras": _as_list_point(max_ras, "box corner")})
 
     def clear_box(self) -> MaskUpdate:
         """Remove the box limit."""
@@ -605,16 +606,6 @@ def _as_array(image: Any, ijk_to_ras: Optional[np.ndarray]) -> Tuple[np.ndarray,
     return array, geometry.ijk_to_ras
 
 
-def _as_point(value: Sequence[float], what: str) -> List[float]:
-    try:
-        point = np.asarray(value, dtype=np.float64).reshape(3)
-    except (TypeError, ValueError) as exc:
-        raise InvalidPromptError(f"A {what} must be three numbers (R, A, S in mm), got {value!r}") from exc
-    if not np.all(np.isfinite(point)):
-        raise InvalidPromptError(f"A {what} must be finite, got {point.tolist()}")
-    return [float(v) for v in point]
-
-
 def _retry_after(response: requests.Response) -> float:
     try:
         return min(10.0, max(0.05, float(response.headers.get("Retry-After", "1"))))
@@ -629,3 +620,8 @@ def _reason(exc: Exception) -> str:
         if marker in text:
             text = text.split(marker, 1)[1]
     return text.strip("()'\" ")[:200]
+
+
+def _as_list_point(value: Sequence[float], what: str) -> List[float]:
+    """:func:`as_point_ras` as a JSON-ready list."""
+    return [float(v) for v in as_point_ras(value, what)]
