@@ -43,10 +43,12 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import numpy as np
 
 from .errors import (
+    AuthenticationError,
     CheckpointError,
     InvalidImageError,
     InvalidPromptError,
     ModelNotAvailableError,
+    ProtocolMismatchError,
     SAMVolSegmentError,
     ServerUnavailableError,
 )
@@ -61,7 +63,8 @@ MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 MANIFEST_REQUIRED = ("image", "prompts", "output")
 MANIFEST_OPTIONAL = ("label", "label_value", "auto")
 #: Errors that concern the model, not a case: every other case would fail the same way, so they stop a batch.
-FATAL_ERRORS = (ModelNotAvailableError, CheckpointError)
+FATAL_ERRORS = (ModelNotAvailableError, CheckpointError, ServerUnavailableError, AuthenticationError,
+                ProtocolMismatchError)
 #: Times a local process pool is restarted after a worker died (killed, out of memory) before the cases still
 #: pending are reported as failed; a case that kills its worker each time cannot loop forever.
 MAX_POOL_RESTARTS = 2
@@ -381,7 +384,8 @@ def segment_volume(
     input grid.
 
     Args:
-        model: a loaded model or a :class:`~SAMVolSegmentLib.predictor.Predictor`.
+        model: a loaded model, a :class:`~SAMVolSegmentLib.predictor.Predictor`, or a
+            :class:`~SAMVolSegmentLib.remote.client.RemoteBackend` (a fresh session on its server).
         image: ``SimpleITK.Image`` (3D scalar) or a (k, j, i) numpy array with ``ijk_to_ras``.
         points_ras: (N, 3) clicks in RAS mm, applied in this order.
         positive: (N,) bool.
@@ -398,7 +402,9 @@ def segment_volume(
     """
     from .session import InteractiveSession
 
-    with InteractiveSession(model) as session:
+    # A remote backend (remote.RemoteBackend) opens a session on its server; anything else is a local model.
+    open_session = getattr(model, "open_session", None)
+    with (open_session() if open_session is not None else InteractiveSession(model)) as session:
         mask_kji = run_prompts(session, image, points_ras, positive, box_ras, ijk_to_ras=ijk_to_ras,
                                timings=timings, on_event=on_event, propose=propose)
         return mask_kji, session.geometry
@@ -496,23 +502,34 @@ def worker_model(model: PathLike, device: str = "cpu", threads: Optional[int] = 
     """The model ``(model, device)`` of this process, loaded on first use and then kept.
 
     Batch workers (local processes, Dask workers) call this for each case, so the model is loaded once per
-    worker process. ``threads`` sets torch's intra-op threads of the process (None leaves them).
+    worker process. ``threads`` limits the process's threads (:func:`limit_worker_threads`; None leaves them).
 
     Raises:
         ModelNotAvailableError, CheckpointError: the model cannot be loaded.
     """
     key = (str(model), str(device))
     with _WORKER_LOCK:  # a Dask worker with several threads must not load the same model twice
-        if threads is not None:
-            import torch
-
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(int(threads))
+        limit_worker_threads(threads)
         if key not in _WORKER_MODELS:
             from .model import load_model
 
             _WORKER_MODELS[key] = load_model(str(model), device=device)
         return _WORKER_MODELS[key]
+
+
+def limit_worker_threads(threads: Optional[int]) -> None:
+    """Give this process ``threads`` threads for torch (intra-op) and SimpleITK (its filters: reading,
+    resampling); None leaves both. SimpleITK's default is every core, so two workers on two cores would each
+    resample with two threads (oversubscription) unless limited like torch."""
+    if threads is None:
+        return
+    import SimpleITK as sitk
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(int(threads))
+    if sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() != threads:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
 
 
 def _worker_name() -> str:
@@ -527,6 +544,7 @@ def _run_case_safely(case: BatchCase, model: Any, device: str, threads: Optional
     start = time.perf_counter()
     try:
         if isinstance(model, (str, Path)):
+            limit_worker_threads(threads)  # before the case's reading and resampling, not only the model's work
             name = model
             cached = (str(name), str(device)) in _WORKER_MODELS
             result = run_case(case, DeferredModel(lambda: worker_model(name, device, threads)), score=score)
@@ -565,7 +583,8 @@ def segment_cases(
 
     Args:
         manifest: a manifest CSV path, or :class:`BatchCase` objects.
-        model: registry name or checkpoint path (loaded once per process); in serial mode also a loaded model.
+        model: registry name or checkpoint path (loaded once per process); in serial mode also a loaded model
+            or a :class:`~SAMVolSegmentLib.remote.client.RemoteBackend` (each case in a fresh server session).
         device: torch device of every worker.
         workers: local worker processes (1 = serial in this process).
         scheduler: a Dask scheduler address (``tcp://host:8786``) or a ``distributed.Client``; overrides
@@ -592,6 +611,9 @@ def segment_cases(
             todo.append(case)
     if not todo:
         return
+    if hasattr(model, "open_session") and (scheduler is not None or workers > 1):
+        raise ManifestError("With a remote server, run the batch serially (no workers or scheduler): the server runs "
+                            "one model worker, so parallel clients only queue there.")
     if scheduler is not None:
         if not isinstance(model, (str, Path)):
             raise ManifestError("With a Dask scheduler, give the model by registry name or checkpoint path: each "

@@ -17,7 +17,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 from .batch import MASK_SUFFIXES
 from .errors import InvalidPromptError, ModelNotAvailableError, SAMVolSegmentError
@@ -142,7 +142,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             print(f"{'+' if info['positive'] else '-'} click at RAS {np.round(info['point_ras'], 1).tolist()}: "
                   f"{timing.get('total_s', 0.0) * 1000:.0f} ms (encoder {timing.get('encode_s', 0.0) * 1000:.0f} ms)")
 
-    result = run_case(case, DeferredModel(load), on_event=report)
+    backend = _remote_backend(args)
+    result = run_case(case, backend if backend is not None else DeferredModel(load), on_event=report)
     print(f"wrote {args.output} ({result.voxels} voxels) in {result.seconds:.2f} s total")
     return 0
 
@@ -157,14 +158,19 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise InvalidPromptError("--workers must be at least 1.")
     cases = read_manifest(args.manifest)  # a bad manifest is one line, before any worker starts
-    if args.scheduler is None:
+    backend = _remote_backend(args)
+    if backend is not None and (args.workers > 1 or args.scheduler is not None):
+        raise InvalidPromptError("With --server run the batch serially (no --workers or --scheduler): the server "
+                                 "runs one model worker, so parallel clients only queue there.")
+    if args.scheduler is None and backend is None:
         _check_device(args.device)  # a cluster's workers may have devices this machine lacks
     threads = args.threads
     if threads is None and args.workers > 1 and args.scheduler is None:
         threads = max(1, (os.cpu_count() or 1) // args.workers)  # equal total threads: no oversubscription
     mode = f"Dask scheduler {args.scheduler}" if args.scheduler else (
         f"{args.workers} local processes" if args.workers > 1 else "serial")
-    print(f"batch: {len(cases)} cases from {args.manifest} ({mode}, model {args.model})", flush=True)
+    where = f"server {args.server}" if backend is not None else f"model {args.model}"
+    print(f"batch: {len(cases)} cases from {args.manifest} ({mode}, {where})", flush=True)
     progress, close = make_progress("batch")
 
     def on_result(result) -> None:
@@ -174,7 +180,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             print(f"batch: {result.name} failed: {result.error}", flush=True)
 
     try:
-        summary = run_batch(args.manifest, args.report, progress=progress, on_result=on_result, model=args.model,
+        summary = run_batch(args.manifest, args.report, progress=progress, on_result=on_result,
+                            model=backend if backend is not None else args.model,
                             device=args.device, workers=args.workers, scheduler=args.scheduler, threads=threads,
                             overwrite=args.overwrite)
     finally:
@@ -557,6 +564,50 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=argparse.SUPPRESS, help=DEVICE_HELP)
 
 
+def _add_server(parser: argparse.ArgumentParser) -> None:
+    """--server/--token-file/--ca-file: run on a ``samvolseg serve`` server instead of a local model."""
+    parser.add_argument("--server", default=None, metavar="URL",
+                        help="run on a samvolseg serve server (e.g. https://gpu-box:8765) with its model, instead of "
+                             "--model here; needs pip install 'samvolsegment[client]'")
+    parser.add_argument("--token-file", type=Path, default=None,
+                        help="file whose first line is the server's token (or set $SAMVOLSEG_SERVER_TOKEN)")
+    parser.add_argument("--ca-file", type=Path, default=None,
+                        help="the server's certificate (self-signed) or CA bundle, to check an https server")
+
+
+def _remote_backend(args: argparse.Namespace) -> Any:
+    """The :class:`~SAMVolSegmentLib.remote.client.RemoteBackend` of --server, checked (None without it).
+
+    Raises:
+        InvalidPromptError: --model/--device given with --server, or a --token-file/--ca-file without it.
+        ServerConfigError: an unreadable or too-short token, or a missing --ca-file.
+        ServerUnavailableError, AuthenticationError, ProtocolMismatchError: the server cannot be used.
+    """
+    if args.server is None:
+        if args.token_file is not None or args.ca_file is not None:
+            raise InvalidPromptError("--token-file and --ca-file are for a server: give --server URL too.")
+        return None
+    if args.model != "default" or "device" in vars(args) and args.device != "cpu":
+        raise InvalidPromptError("With --server the server's model runs where the server put it: drop --model and "
+                                 "--device (choose them in samvolseg serve).")
+    from .errors import ServerConfigError
+    from .remote.cli import resolve_token
+
+    try:
+        from .remote.client import RemoteBackend
+    except ImportError as exc:
+        raise ServerConfigError(f"--server needs the client extra ({exc.name} is missing): pip install "
+                                "'samvolsegment[client]'.") from None
+
+    if args.ca_file is not None and not args.ca_file.is_file():
+        raise ServerConfigError(f"--ca-file {args.ca_file} is not a file.")
+    backend = RemoteBackend(args.server, resolve_token(None, args.token_file),
+                            str(args.ca_file) if args.ca_file is not None else True)
+    with backend.open_session() as session:  # connection, token and certificate checked before any work
+        print(f"server {args.server}: model {session.model_id}")
+    return backend
+
+
 def _add_output(parser: argparse.ArgumentParser, default: Optional[Path], help_text: str) -> None:
     parser.add_argument("--output", "-o", type=Path, default=default, required=default is None, help=help_text)
     # The old spelling of the output folder flag, kept working but no longer advertised.
@@ -592,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", default=None, help=SERIES_HELP)
     p.add_argument("--model", default="default", help="registry name (samvolseg models list) or checkpoint path")
     _add_device(p)
+    _add_server(p)
     p.set_defaults(func=cmd_segment)
 
     p = add("batch", help="segment many cases from saved prompts (resumable; local processes or Dask)",
@@ -615,6 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON report path (default: <manifest name>.report.json beside the manifest)")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
     _add_device(p)
+    _add_server(p)
     p.set_defaults(func=cmd_batch)
 
     p = add("evaluate", help="click-simulation evaluation on labelled cases",

@@ -752,3 +752,47 @@ def test_samvolseg_serve_runs_a_real_server(checkpoint, tmp_path):
         output = process.communicate(timeout=30)[0]
     assert "serving clicknet:" in output and "token required" in output
     assert TOKEN not in output
+
+
+def test_segment_and_batch_run_on_a_server_and_write_the_local_masks(server, checkpoint, tmp_path, capsys):
+    """samvolseg segment/batch --server: the server's model, the same mask as --model locally; the token from a
+    file, never printed; misuse refused in one line before any work."""
+    image = ct_image(seed=7)
+    sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
+    centre = centre_ras(image)
+    points = tmp_path / "p.json"
+    points.write_text(json.dumps({"points": [{"ras": centre.tolist(), "positive": True},
+                                             {"ras": (centre + [-15.0, 0.0, 0.0]).tolist(), "positive": False}]}))
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    ct, out_local, out_remote = (str(tmp_path / n) for n in ("ct.nii.gz", "local.nii.gz", "remote.nii.gz"))
+    assert cli.main(["segment", ct, "--points", str(points), "--model", str(checkpoint), "-o", out_local]) == 0
+    assert cli.main(["segment", ct, "--points", str(points), "--server", server, "--token-file", str(token_file),
+                     "-o", out_remote]) == 0
+    printed = capsys.readouterr().out
+    assert f"server {server}: model clicknet:" in printed and TOKEN not in printed
+    local = sitk.GetArrayFromImage(sitk.ReadImage(out_local))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(out_remote)), local)
+    assert local.any()
+
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text("image,prompts,output\nct.nii.gz,p.json,batch/a.nii.gz\nct.nii.gz,missing.json,batch/b.nii.gz\n")
+    assert cli.main(["batch", str(manifest), "--server", server, "--token-file", str(token_file)]) == 1
+    printed = capsys.readouterr().out
+    assert "2 cases: 1 done, 0 skipped (already written), 1 failed" in printed, printed  # a bad case stops nothing
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "batch/a.nii.gz"))), local)
+
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-token-0123456789\n")
+    for argv, message in (
+            (["--server", server, "--token-file", str(wrong)], "token"),
+            (["--server", server, "--token-file", str(token_file), "--model", str(checkpoint)], "drop --model"),
+            (["--token-file", str(token_file)], "give --server URL too"),
+            (["--server", "http://127.0.0.1:9", "--token-file", str(token_file)], "127.0.0.1:9")):
+        assert cli.main(["segment", ct, "--points", str(points), "-o", str(tmp_path / "x.nii.gz"), *argv]) != 0
+        error = capsys.readouterr().err
+        assert message in error and "Traceback" not in error and len(error.strip().splitlines()) == 1, error
+    assert not (tmp_path / "x.nii.gz").exists()
+    assert cli.main(["batch", str(manifest), "--server", server, "--token-file", str(token_file),
+                     "--workers", "2", "--overwrite"]) != 0
+    assert "serially" in capsys.readouterr().err

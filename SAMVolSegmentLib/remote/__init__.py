@@ -20,6 +20,7 @@ from typing import Any
 from .protocol import PROTOCOL_VERSION
 
 _LAZY = {
+    "RemoteBackend": ".client",
     "RemoteSession": ".client",
     "RemoteClick": ".client",
     "ServerConfig": ".server",

@@ -331,11 +331,17 @@ class RemoteSession:
             assert self._label is not None
             return self._label.copy()
 
+    @property
+    def geometry(self) -> VolumeGeometry:
+        """The input volume's voxel grid (as ``InteractiveSession.geometry``)."""
+        with self._lock:
+            self._require_volume()
+            return VolumeGeometry.from_matrix(self._ijk_to_ras, self._shape)
+
     def mask(self):
         """The full mask as a ``SimpleITK.Image`` with the input volume's geometry."""
         with self._lock:
-            self._require_volume()
-            return VolumeGeometry.from_matrix(self._ijk_to_ras, self._shape).to_sitk_image(self.mask_array_kji())
+            return self.geometry.to_sitk_image(self.mask_array_kji())
 
     def server_mask_array_kji(self) -> np.ndarray:
         """The full mask as the server holds it (one round trip; for checks and recovery)."""
@@ -577,6 +583,27 @@ class RemoteSession:
 
 class _VolumeNotFoundError(RemoteError):
     """The server does not hold the volume (internal: the client uploads it)."""
+
+
+@dataclass(frozen=True)
+class RemoteBackend:
+    """Where a batch or CLI run sends its sessions: a server URL, its token and how to check its certificate.
+
+    Pass it as the ``model`` of :func:`SAMVolSegmentLib.batch.segment_volume`, ``run_case`` or ``segment_cases``
+    (serial): each case then runs in a fresh :class:`RemoteSession` on the server's model. Picklable, and it
+    holds no connection.
+    """
+
+    url: str
+    token: Optional[str] = None
+    verify: Union[bool, str] = True
+
+    def open_session(self) -> RemoteSession:
+        """A new :class:`RemoteSession` (checks the connection: :class:`RemoteError` subclasses if it fails)."""
+        return RemoteSession(self.url, token=self.token, verify=self.verify)
+
+    def __repr__(self) -> str:  # never the token (reports, logs)
+        return f"RemoteBackend({self.url!r})"
 
 
 # ---------------------------------------------------------------- helpers
