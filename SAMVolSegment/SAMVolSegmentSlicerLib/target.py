@@ -153,28 +153,32 @@ class Target:
     # ------------------------------------------------------------------ history (one: the engine's)
     def undo(self, session, runOnWorker: Callable, markers) -> Optional[Prompt]:
         """Undo the engine's last step, restore every segment region it wrote, withdraw its marker."""
-        io = self.io
-        runOnWorker(session.undo)
-        step = session.last_annotation
-        if not isinstance(step, EditStep):
+        step = self._moveInHistory(session, session.undo, runOnWorker, after=False)
+        if step is None:
             return None
-        self.checkKept(io)
-        io.writeStep(step, after=False)
         markers.withdraw(step.prompt)
         return step.prompt
 
     def redo(self, session, runOnWorker: Callable, markers) -> Optional[Prompt]:
         """Redo the engine's undone step, write its regions again, show its marker (the record learns the new
         control point ID, since Slicer gives a re-added point a new one)."""
+        step = self._moveInHistory(session, session.redo, runOnWorker, after=True)
+        if step is None:
+            return None
+        step.prompt = markers.restore(step.prompt)
+        return step.prompt
+
+    def _moveInHistory(self, session, move: Callable, runOnWorker: Callable, after: bool) -> Optional[EditStep]:
+        """Run the engine's undo or redo (``move``) and write the segment regions of the step it moved: as they
+        were before the step (undo) or after it (redo). None when that step wrote no segment."""
         io = self.io
-        runOnWorker(session.redo)
+        runOnWorker(move)
         step = session.last_annotation
         if not isinstance(step, EditStep):
             return None
         self.checkKept(io)
-        io.writeStep(step, after=True)
-        step.prompt = markers.restore(step.prompt)
-        return step.prompt
+        io.writeStep(step, after=after)
+        return step
 
     def undoAll(self, session, runOnWorker: Callable, markers) -> List[Prompt]:
         """Undo every step in one worker call (the segment's earlier voxels come back); redo can replay them."""
