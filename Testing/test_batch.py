@@ -374,3 +374,17 @@ def test_a_manifest_output_that_is_an_input_is_refused_and_the_input_kept(tmp_pa
     with pytest.raises(OutputPathError, match="lower case"):
         check_output_path(BatchCase(str(image), str(prompts), str(tmp_path / "mask.NII.GZ")))
     assert image.read_bytes() == b"not really an image"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_a_worker_started_by_a_dask_nanny_gets_glibc_thresholds_back():
+    """Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536, which doubled the encoder's time in its workers; a
+    worker undoes it once (mallopt), and a process without the variable is left alone."""
+    code = ("from SAMVolSegmentLib.batch import relax_malloc_trimming as r; "
+            "print(r(), r())")
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    plain = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    nanny = subprocess.run([sys.executable, "-c", code], env={**env, "MALLOC_TRIM_THRESHOLD_": "65536"},
+                           capture_output=True, text=True, check=True)
+    assert plain.stdout.split() == ["False", "False"]
+    assert nanny.stdout.split() == ["True", "True"]
