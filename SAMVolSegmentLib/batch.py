@@ -633,6 +633,9 @@ def segment_cases(
     cases = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
     if workers < 1:
         raise ManifestError(f"workers must be at least 1, got {workers}.")
+    if hasattr(model, "open_session") and (scheduler is not None or workers > 1):  # before any file is touched
+        raise ManifestError("With a remote server, run the batch serially (no workers or scheduler): the server runs "
+                            "one model worker, so parallel clients only queue there.")
     todo = []
     for case in cases:
         if not overwrite and Path(case.output).is_file():
@@ -642,9 +645,6 @@ def segment_cases(
             todo.append(case)
     if not todo:
         return
-    if hasattr(model, "open_session") and (scheduler is not None or workers > 1):
-        raise ManifestError("With a remote server, run the batch serially (no workers or scheduler): the server runs "
-                            "one model worker, so parallel clients only queue there.")
     if scheduler is not None:
         if not isinstance(model, (str, Path)):
             raise ManifestError("With a Dask scheduler, give the model by registry name or checkpoint path: each "

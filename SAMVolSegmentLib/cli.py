@@ -158,10 +158,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise InvalidPromptError("--workers must be at least 1.")
     cases = read_manifest(args.manifest)  # a bad manifest is one line, before any worker starts
-    backend = _remote_backend(args)
-    if backend is not None and (args.workers > 1 or args.scheduler is not None):
-        raise InvalidPromptError("With --server run the batch serially (no --workers or --scheduler): the server "
-                                 "runs one model worker, so parallel clients only queue there.")
+    backend = _remote_backend(args)  # with --workers/--scheduler refused by segment_cases, before any case
     if args.scheduler is None and backend is None:
         _check_device(args.device)  # a cluster's workers may have devices this machine lacks
     threads = args.threads
@@ -587,7 +584,7 @@ def _remote_backend(args: argparse.Namespace) -> Any:
         if args.token_file is not None or args.ca_file is not None:
             raise InvalidPromptError("--token-file and --ca-file are for a server: give --server URL too.")
         return None
-    if args.model != "default" or "device" in vars(args) and args.device != "cpu":
+    if args.model != "default" or args.device != "cpu":
         raise InvalidPromptError("With --server the server's model runs where the server put it: drop --model and "
                                  "--device (choose them in samvolseg serve).")
     from .errors import ServerConfigError

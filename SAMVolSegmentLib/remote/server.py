@@ -70,6 +70,7 @@ from ..errors import (
 )
 from ..mask_update import MaskUpdate
 from ..proposals import proposal_classes
+from ..session_protocol import as_click_sign
 from .protocol import (
     API_PREFIX,
     MASK_CODECS_HEADER,
@@ -588,9 +589,7 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
     async def click(sid: str, request: Request) -> Dict[str, Any]:
         data = await read_json(request, "click")
         point = _point(data.get("point_ras"), "point_ras")
-        positive = data.get("positive", True)
-        if not isinstance(positive, bool):
-            raise InvalidPromptError("positive must be true or false.")
+        positive = as_click_sign(data.get("positive", True))  # the engine's rule: JSON true/false only
         return await run_step(sid, lambda s: s.add_click(point, positive), request)
 
     @api.post("/sessions/{sid}/box")
