@@ -13,7 +13,7 @@ Flow (:func:`propose_logits`, used by :meth:`InteractiveSession.propose`):
 
 The head (:class:`ProposalHead`, ClickNet2 embeddings) has two parts: dilated convolutions on the coarse
 features (pooled to 16³, plus 3 coordinate channels so it can learn where in the ROI a structure usually lies)
-give a coarse mask per class; a per-voxel layer on the 64³ image features sharpens it. About 20k parameters.
+give a coarse mask per class; per-voxel layers on the 32³ and 64³ features sharpen it. About 10k parameters.
 
 Training (:func:`train_proposal_head`): the embeddings of the training cases' proposal ROIs (with the same ROI
 rule, jittered) are computed once with the frozen model, then the head alone is trained on them (Dice + BCE),
@@ -23,6 +23,7 @@ holds everything a structure adds to its base model.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,12 +58,13 @@ ProgressFn = Callable[[float, str], None]
 
 @dataclass(frozen=True)
 class ProposalConfig(ConfigSerialization):
-    """``classes``: the names the head proposes (one output channel each); ``width``: channels of the coarse
-    part; ``fine_width``: hidden channels of the 64³ per-voxel part."""
+    """``classes``: the names the head proposes (one output channel each); ``width``: channels of the context
+    part (16³); ``middle_width``: of the 32³ part; ``fine_width``: hidden channels of the 64³ per-voxel MLP."""
 
     classes: Tuple[str, ...] = ()
-    width: int = 16
-    fine_width: int = 16
+    width: int = 32
+    middle_width: int = 16
+    fine_width: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
@@ -77,45 +79,66 @@ def _coordinates(like: torch.Tensor) -> torch.Tensor:
     return grid[None].expand(like.shape[0], -1, -1, -1, -1)
 
 
+class SeparableBlock(nn.Module):
+    """Residual depth-wise separable 3×3×3 convolution: (B, C, D, H, W) → same shape.
+
+    A depth-wise (optionally dilated) 3×3×3 convolution then a 1×1×1 channel mix: 27·C + C² weights instead of
+    a dense convolution's 27·C², so the head sees the whole ROI with a few thousand parameters.
+    """
+
+    def __init__(self, channels: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.spatial = FastConv3d(channels, channels, 3, padding=dilation, dilation=dilation, groups=channels)
+        self.mix = PointwiseConv3d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.relu(self.mix(self.spatial(x)))
+
+
 class ProposalHead(nn.Module):
     """ClickNet2 embedding (coarse (B, E, L/2³), fine (B, F, L³), images (B, 2, L³)) → class logits.
 
     ``forward`` returns (coarse logits (B, C, L/4, L/4, L/4), logits (B, C, L, L, L)); L = image_size / 2.
-    The context part runs at L/4 (16³ for a 128³ ROI: 12 mm voxels), where four dilated 3×3×3 convolutions see
-    the whole ROI at a cost a CPU trains quickly; per-voxel layers at L/2 (with the coarse features) and at L
-    (with the image features) sharpen the boundary.
+    The context part runs at L/4 (16³ for a 128³ ROI: 12 mm voxels), where four dilated separable blocks see
+    the whole ROI; at L/2 (6 mm, with the coarse features) a per-voxel layer and a depth-wise 3×3×3
+    convolution, and at L (3 mm, with the image features) a per-voxel MLP sharpen the boundary. About 10k
+    parameters at the default widths (2.5 % of the bundled model).
     """
 
     def __init__(self, config: ProposalConfig, coarse_channels: int, fine_channels: int, image_channels: int = 2):
         super().__init__()
         self.config = config
-        w, classes = config.width, len(config.classes)
-        layers: List[nn.Module] = []
-        for index, dilation in enumerate((1, 2, 4, 4)):  # receptive field 23 context voxels: the whole ROI
-            layers += [FastConv3d(coarse_channels + 3 if index == 0 else w, w, 3, padding=dilation,
-                                  dilation=dilation),
-                       nn.ReLU(inplace=True)]
-        self.context = nn.Sequential(*layers)
-        # The model's own inference layers (same state-dict keys as nn.Conv3d): PyTorch's generic 3D path took
-        # 84 of a proposal's ~100 ms on one thread.
+        w, m, f, classes = config.width, config.middle_width, config.fine_width, len(config.classes)
+        # 3 coordinate channels: where in the ROI a structure usually lies.
+        self.stem = nn.Sequential(PointwiseConv3d(coarse_channels + 3, w, 1), nn.ReLU(inplace=True))
+        # Dilations 1, 2, 4, 4: a receptive field of 23 context voxels, the whole 16³ ROI.
+        self.context = nn.Sequential(*(SeparableBlock(w, dilation) for dilation in (1, 2, 4, 4)))
+        # The model's own inference layers (same state-dict keys as nn.Conv3d): PyTorch's generic 3D path is
+        # several times slower on small 3D inputs (see FastConv3d).
         self.coarse_logits = PointwiseConv3d(w, classes, 1)
-        # Per voxel at L/2: the coarse features at their own resolution (6 mm) with the context.
-        self.middle = nn.Sequential(PointwiseConv3d(w + coarse_channels, w, 1), nn.ReLU(inplace=True))
-        self.fine = nn.Sequential(PointwiseConv3d(w + fine_channels + image_channels, config.fine_width, 1),
-                                  nn.ReLU(inplace=True), PointwiseConv3d(config.fine_width, classes, 1))
+        self.middle = nn.Sequential(PointwiseConv3d(w + coarse_channels, m, 1), nn.ReLU(inplace=True),
+                                    FastConv3d(m, m, 3, padding=1, groups=m), nn.ReLU(inplace=True),
+                                    PointwiseConv3d(m, f, 1))  # linear: the 32³ term of the 64³ layer
+        # The 64³ per-voxel MLP works channels-last (B, D, H, W, C): see forward.
+        self.fine_in = nn.Linear(fine_channels + image_channels, f)
+        self.fine_out = nn.Linear(f, classes)
         nn.init.constant_(self.coarse_logits.bias, -2.0)  # start from "mostly background"
 
     def forward(self, embedding: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         coarse, fine, images = embedding
         pooled = F.avg_pool3d(coarse, 2)
-        hidden = self.context(torch.cat([pooled, _coordinates(pooled)], 1))
+        hidden = self.context(self.stem(torch.cat([pooled, _coordinates(pooled)], 1)))
         coarse_logits = self.coarse_logits(hidden)
         middle = self.middle(torch.cat([F.interpolate(hidden, size=coarse.shape[2:], mode="trilinear",
                                                       align_corners=False), coarse], 1))
         size = fine.shape[2:]
+        # Channels-last from here: PyTorch's CPU trilinear upsampling vectorises over channels in that layout
+        # (16 channels 32³ → 64³: ~8 ms on one thread against ~36 ms), and the MLP is then two matrix products.
+        middle_up = F.interpolate(middle.contiguous(memory_format=torch.channels_last_3d), size=size,
+                                  mode="trilinear", align_corners=False).permute(0, 2, 3, 4, 1)
+        local = self.fine_in(torch.cat([fine, images], 1).permute(0, 2, 3, 4, 1))
+        detail = self.fine_out(F.relu(local + middle_up, inplace=not torch.is_grad_enabled())).permute(0, 4, 1, 2, 3)
         upsampled = F.interpolate(coarse_logits, size=size, mode="trilinear", align_corners=False)
-        detail = self.fine(torch.cat([F.interpolate(middle, size=size, mode="trilinear", align_corners=False),
-                                      fine, images], 1))
         return coarse_logits, upsampled + detail
 
 
@@ -364,12 +387,14 @@ def train_proposal_head(model: nn.Module, samples: Sequence[ProposalSample], cla
 
 
 
-def correction_episode(model: nn.Module, sample: ProposalSample, rng: np.random.Generator, clicks: int,
-                       channel: int = 0) -> torch.Tensor:
-    """Loss of one simulated episode on a cached embedding, what a user of a taught structure does: the
-    head's proposal (largest component) as the mask prompt with its deepest-point click, then ``clicks``
-    corrections at the largest error, each a :func:`local_edit` of the last mask (from an empty mask when the
-    head proposes nothing).
+def adapter_episode(model: nn.Module, sample: ProposalSample, rng: np.random.Generator, clicks: int,
+                    from_proposal: bool, channel: int = 0) -> torch.Tensor:
+    """Loss of one simulated episode on a cached embedding, what a user of a taught structure does.
+
+    ``from_proposal``: the head's proposal (largest component) is the mask prompt with its deepest-point
+    click, then ``clicks`` corrections at the largest error, each a :func:`local_edit` of the last mask (from
+    an empty mask when the head proposes nothing). Otherwise ``clicks`` clicks from an empty mask, placed as
+    the evaluation places them: the structure clicked from scratch.
 
     The loss (BCE + Dice against the soft low-res target) is the mean over the clicks; only modules with
     gradients enabled (the decoder adapter) learn.
@@ -386,14 +411,15 @@ def correction_episode(model: nn.Module, sample: ProposalSample, rng: np.random.
     labels: List[int] = []
     previous = torch.zeros_like(target)
     prediction: Optional[np.ndarray] = None
-    with torch.no_grad():
-        proposal = keep_largest_component(model.proposal_head(embedding)[1][0, channel])
-    deepest = deepest_point_roi((proposal > 0).numpy(), size)
-    if deepest is not None:
-        points.append(deepest.astype(np.float32))
-        labels.append(1)
-        previous = proposal[None, None] * PROPOSAL_PROMPT_GAIN
-        prediction = (proposal > 0).numpy()
+    if from_proposal:
+        with torch.no_grad():
+            proposal = keep_largest_component(model.proposal_head(embedding)[1][0, channel])
+        deepest = deepest_point_roi((proposal > 0).numpy(), size)
+        if deepest is not None:
+            points.append(deepest.astype(np.float32))
+            labels.append(1)
+            previous = proposal[None, None] * PROPOSAL_PROMPT_GAIN
+            prediction = (proposal > 0).numpy()
     local = bool(points)
     total = torch.zeros(())
     for _ in range(clicks):
@@ -410,16 +436,29 @@ def correction_episode(model: nn.Module, sample: ProposalSample, rng: np.random.
     return total / clicks
 
 
+#: Channels of the decoder adapter ``samvolseg teach`` trains (1,272 parameters on the bundled model; capped
+#: at a divisor of the decoder's width on other ClickNet2 models).
+TEACH_ADAPTER_HIDDEN = 24
+
+
 def train_decoder_adapter(model: nn.Module, samples: Sequence[ProposalSample], *, minutes: float,
                           max_steps: Optional[int] = None, seed: int = 0, lr: float = 2e-3, clicks: int = 3,
-                          progress: Optional[ProgressFn] = None) -> Dict[str, float]:
-    """Inject a decoder adapter that runs only on corrections of a proposal (:mod:`.model.adapters`, scope
-    "corrections") and train it on cached embeddings with :func:`correction_episode` (the model must have its
-    head). Clicks from scratch keep the base model's behaviour exactly; the base and the head stay frozen.
-    Returns ``{"steps", "minutes", "train_loss_last50"}``."""
+                          scope: str = "all", progress: Optional[ProgressFn] = None) -> Dict[str, float]:
+    """Inject a decoder adapter (:mod:`.model.adapters`) and train it on cached embeddings with
+    :func:`adapter_episode` (the model must have its head); the base and the head stay frozen.
+
+    ``scope`` "all": the adapter runs on every click and trains on episodes from scratch and from a proposal
+    (half each): the taught structure is segmented better whichever way the user starts. "corrections": it
+    runs only on clicks that correct a proposal and trains on those alone, so clicks from scratch stay exactly
+    the base model's (for a structure file also used on other structures). Returns ``{"steps", "minutes",
+    "train_loss_last50"}``."""
     from .model.adapters import AdapterConfig, inject_adapters, is_adapter_parameter
 
-    inject_adapters(model, AdapterConfig(clicknet2_coarse=False, clicknet2_decoder_scope="corrections"))
+    if scope not in ("all", "corrections"):
+        raise ValueError(f"The adapter scope is 'all' or 'corrections', not {scope!r}.")
+    hidden = math.gcd(TEACH_ADAPTER_HIDDEN, model.config.decoder_channels[0])
+    inject_adapters(model, AdapterConfig(clicknet2_coarse=False, clicknet2_decoder_hidden=hidden,
+                                         clicknet2_decoder_scope=scope))
     params = []
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(is_adapter_parameter(name))
@@ -428,8 +467,12 @@ def train_decoder_adapter(model: nn.Module, samples: Sequence[ProposalSample], *
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     model.train()
-    logs = _train_loop(params, samples, lambda sample: correction_episode(model, sample, rng, clicks), minutes,
-                       max_steps, lr, rng, "correction adapter", progress)
+
+    def loss_of(sample: ProposalSample) -> torch.Tensor:
+        from_proposal = scope == "corrections" or bool(rng.random() < 0.5)
+        return adapter_episode(model, sample, rng, clicks, from_proposal)
+
+    logs = _train_loop(params, samples, loss_of, minutes, max_steps, lr, rng, "decoder adapter", progress)
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(True)
@@ -483,6 +526,10 @@ def load_proposal_payload(model: nn.Module, payload: Dict[str, object], source: 
     Raises:
         CheckpointError: unreadable config or tensors that do not fit the model.
     """
+    state = payload.get("state_dict", {}) if isinstance(payload, dict) else {}
+    if "context.0.weight" in state:  # the first head layout (dense context convolutions, 2026-11)
+        raise CheckpointError(f"{source}: its proposal head has the first layout, which this SAMVolSegment no "
+                              "longer reads. Train it again: rerun `samvolseg teach` into a new --output folder.")
     try:
         config = ProposalConfig.from_dict(payload["config"])  # type: ignore[arg-type]
         head = attach_proposal_head(model, config)

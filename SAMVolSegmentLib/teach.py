@@ -6,9 +6,10 @@ One resumable command, in an output folder:
    reuses it, so reported cases never leak into training.
 2. The embeddings of the training cases' proposal ROIs, computed once with the frozen base model.
 3. A prompt-free proposal head (:mod:`.proposals`) trained on them (``head.pt``, ``head.json``).
-4. A correction adapter (:mod:`.model.adapters`, a decoder adapter with scope "corrections") trained on the
-   same embeddings with simulated corrections of the head's proposals; it runs only on clicks that correct a
-   proposal, so clicks from scratch stay exactly the base model's.
+4. A decoder adapter (:mod:`.model.adapters`) trained on the same embeddings with simulated clicks: from
+   scratch and correcting the head's proposals (``--adapter-scope all``, the default), or only the latter
+   (``corrections``: it then runs only on clicks that correct a proposal, and clicks from scratch stay exactly
+   the base model's).
 5. ``structure.pt``: one small file with both, naming its base model; load it as any model
    (``--model structure.pt``, ``load_model``), ``segment --auto CLASS`` and ``InteractiveSession.propose``.
 6. ``results.json`` and ``card.md``: base vs adapted Dice after 1 and 3 clicks, proposal Dice with 0, 1 and 2
@@ -52,9 +53,11 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--report", type=Path, action="append", default=[],
                    help="extra labelled case folder(s) to report on (never trained on); repeat for several")
     p.add_argument("--proposal-minutes", type=float, default=8.0, help="proposal head training budget")
-    p.add_argument("--adapter-minutes", type=float, default=6.0,
-                   help="correction adapter training budget (0: none); it runs only on clicks that correct a "
-                        "proposal, so clicks from scratch stay the base model's")
+    p.add_argument("--adapter-minutes", type=float, default=6.0, help="decoder adapter training budget (0: none)")
+    p.add_argument("--adapter-scope", choices=("all", "corrections"), default="all",
+                   help="clicks the adapter runs on: all (trained on clicks from scratch and corrections of a "
+                        "proposal) or only corrections of a proposal (clicks from scratch then stay exactly the "
+                        "base model's, e.g. when the file also serves other structures)")
     p.add_argument("--repeats", type=int, default=4, help="jittered proposal ROIs per training case")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of every random choice")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -123,6 +126,19 @@ def read_case(folder: str, label: Optional[int]):
     return load_volume(image), target.astype(bool)
 
 
+def tenths_printer(what: str):
+    """A progress callback ``(fraction, message)`` that prints one line per tenth of a stage."""
+    printed = [-1]
+
+    def report(fraction: float, message: str) -> None:
+        tenth = int(fraction * 10)
+        if tenth > printed[0]:
+            printed[0] = tenth
+            print(f"teach: {what} {100 * fraction:3.0f} % ({message})", flush=True)
+
+    return report
+
+
 def train_stages(args: argparse.Namespace, train_folders: Sequence[str]) -> Dict[str, Any]:
     """Proposal head, then decoder adapter, on cached embeddings of the training cases' proposal ROIs.
 
@@ -147,19 +163,19 @@ def train_stages(args: argparse.Namespace, train_folders: Sequence[str]) -> Dict
     rng = np.random.default_rng(args.seed)
     cases = [read_case(f, args.label) for f in train_folders]
     print(f"teach: embedding {len(cases)} training cases × {args.repeats} proposal ROIs", flush=True)
-    samples = build_samples(model, cases, args.repeats, rng)
+    samples = build_samples(model, cases, args.repeats, rng, progress=tenths_printer("embedding"))
     del cases
     if not resume_head:
         print(f"teach: proposal head, {args.proposal_minutes:g} min on {len(samples)} ROIs", flush=True)
         logs["head"] = train_proposal_head(model, samples, args.class_name, minutes=args.proposal_minutes,
-                                           seed=args.seed)
+                                           seed=args.seed, progress=tenths_printer("proposal head"))
         save_adapters(model, head_file, meta={"class": args.class_name, **logs["head"]})
         (args.output / "head.json").write_text(json.dumps(logs["head"]))
     if args.adapter_minutes > 0:
-        print(f"teach: correction adapter, {args.adapter_minutes:g} min (clicks that correct a proposal)",
-              flush=True)
+        print(f"teach: decoder adapter, {args.adapter_minutes:g} min (scope: {args.adapter_scope})", flush=True)
         torch.manual_seed(args.seed)
-        logs["adapter"] = train_decoder_adapter(model, samples, minutes=args.adapter_minutes, seed=args.seed)
+        logs["adapter"] = train_decoder_adapter(model, samples, minutes=args.adapter_minutes, seed=args.seed,
+                                                scope=args.adapter_scope, progress=tenths_printer("adapter"))
     else:
         logs["adapter"] = {"steps": 0.0, "minutes": 0.0}
     save_adapters(model, structure_file, meta={"class": args.class_name, **logs["adapter"]})
@@ -273,7 +289,7 @@ def write_card(args: argparse.Namespace, split: Dict[str, List[str]], results: D
         return f"| {name} | " + " | ".join(fmt(s.get(f"{key}@{n}")) if n in clicks else "" for n in range(4)) + " |"
 
     lines = [
-        f"# {args.class_name}: proposal head + correction adapter on {args.model}", "",
+        f"# {args.class_name}: proposal head + decoder adapter on {args.model}", "",
         f"Made by `samvolseg teach` ({time.strftime('%Y-%m-%d %H:%M')}); seed {args.seed}.", "",
         "## Data", "",
         f"* training: {len(split['train'])} cases ({', '.join(Path(f).name for f in split['train'][:6])}"
@@ -282,8 +298,9 @@ def write_card(args: argparse.Namespace, split: Dict[str, List[str]], results: D
         f"* extra report cases: {', '.join(p.name for p in args.report) or 'none'}",
         f"* target: {'label > 0' if args.label is None else f'label == {args.label}'}", "",
         "## Budget and size", "",
-        f"* proposal head {args.proposal_minutes:g} min ({logs['head']['steps']:.0f} steps), correction adapter "
-        f"{args.adapter_minutes:g} min ({logs['adapter']['steps']:.0f} steps), {args.threads} thread(s)",
+        f"* proposal head {args.proposal_minutes:g} min ({logs['head']['steps']:.0f} steps), decoder adapter "
+        f"{args.adapter_minutes:g} min ({logs['adapter']['steps']:.0f} steps, scope {args.adapter_scope}), "
+        f"{args.threads} thread(s)",
         f"* trained parameters: {sizes['head_parameters']:,} (head) + {sizes['adapter_parameters']:,} (adapter) = "
         f"{100 * sizes['trained_fraction']:.1f} % of the base's {sizes['base_parameters']:,}; structure file "
         f"{sizes['structure_file_bytes'] / 1e3:.0f} kB, base file {sizes['base_file_bytes'] / 1e3:.0f} kB", "",

@@ -65,6 +65,18 @@ def test_a_head_only_file_round_trips_and_adapters_plus_head_too(tiny_file, tmp_
     assert proposal_classes(both) == ("liver", "spleen") and getattr(both, "adapter_config", None) is not None
 
 
+def test_a_file_with_the_first_head_layout_is_refused_with_the_fix(tiny_file, tmp_path):
+    model = load_model(tiny_file)
+    attach_proposal_head(model, ProposalConfig(classes=("blob",)))
+    save_adapters(model, tmp_path / "head.pt")
+    checkpoint = torch.load(tmp_path / "head.pt", weights_only=False)
+    key = next(k for k in checkpoint if isinstance(checkpoint[k], dict) and "state_dict" in checkpoint[k])
+    checkpoint[key]["state_dict"] = {"context.0.weight": torch.zeros(16, 11, 3, 3, 3)}  # the first layout
+    torch.save(checkpoint, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="first layout.*samvolseg teach"):
+        load_model(tmp_path / "old.pt")
+
+
 def test_propose_is_one_undoable_step_that_clicks_then_refine(tiny_file):
     model = load_model(tiny_file)
     _constant_head(model, 5.0)
@@ -148,6 +160,49 @@ def test_a_trained_head_proposes_an_unseen_case_with_the_bundled_model():
             mask = session.mask_array_kji() > 0
         dices.append(2 * (mask & label).sum() / (mask.sum() + label.sum()))
     assert min(dices) > 0.6, dices
+
+
+def test_the_head_gives_the_same_logits_on_its_fast_inference_path_as_in_training(tiny_file):
+    model = load_model(tiny_file)
+    head = attach_proposal_head(model, ProposalConfig(classes=("a", "b")))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.normal_(0, 0.3)
+        embedding = model.encode_image(torch.randn(1, 1, 32, 32, 32))
+    with torch.enable_grad():  # the autograd path: standard convolutions, no in-place ReLU
+        expected = [t.detach() for t in head(embedding)]
+    with torch.inference_mode():  # oneDNN / matrix-product convolutions, channels-last MLP, in-place ReLU
+        actual = head(embedding)
+    for want, got in zip(expected, actual):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("scope", ["all", "corrections"])
+def test_the_adapter_scope_decides_which_clicks_the_trained_adapter_changes(tiny_file, scope):
+    from SAMVolSegmentLib.proposals import train_decoder_adapter
+
+    base = load_model(tiny_file)
+    model = load_model(tiny_file)
+    _constant_head(model, 5.0)
+    samples = build_samples(model, [_bright_ellipsoid_case(seed) for seed in range(2)], 1, np.random.default_rng(0))
+    log = train_decoder_adapter(model, samples, minutes=5, max_steps=6, scope=scope)
+    assert log["steps"] == 6
+    embedding = tuple(t.float() for t in samples[0].embedding)
+    points, labels = torch.tensor([[[16.0, 16.0, 16.0]]]), torch.tensor([[1]])
+    empty = torch.zeros(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        base_logits = base.decode_prompts(embedding, points, labels, empty)[0]
+        scratch = model.decode_prompts(embedding, points, labels, empty)[0]
+        correcting = model.decode_prompts(embedding, points, labels, empty, corrections=True)[0]
+    assert not torch.equal(correcting, base_logits)  # the adapter learned something
+    if scope == "all":
+        assert not torch.equal(scratch, base_logits)
+    else:  # clicks from scratch stay exactly the base model's
+        torch.testing.assert_close(scratch, base_logits, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="'all' or 'corrections'"):
+        train_decoder_adapter(load_model(tiny_file), samples, minutes=1, scope="some")
 
 
 def test_a_remote_session_proposes_what_a_local_one_does(tiny_file):
