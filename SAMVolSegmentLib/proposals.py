@@ -49,8 +49,10 @@ TRAIN_JITTER_MM = 12.0
 #: A proposal's logits are scaled by this before they become the ROI's mask prompt: the head's logits are
 #: calibrated for its own loss, the decoder's mask prompt is usually its own confident answer.
 PROPOSAL_PROMPT_GAIN = 4.0
-#: Reach (Gaussian σ, mm) of a click's change to a proposal: a correction changes the proposal near itself
-#: only (FocalClick-style local refinement), so one click cannot undo a good proposal elsewhere.
+#: Least reach (Gaussian σ, mm) of a click's change to a proposal: a correction changes the proposal near
+#: itself only (FocalClick-style local refinement), so one click cannot undo a good proposal elsewhere. A
+#: proposal larger than a ball of this radius gets its own equivalent radius as the reach: a correction of a
+#: 10 cm tumour has to move more than 15 mm of boundary.
 PROPOSAL_EDIT_SIGMA_MM = 15.0
 
 ProgressFn = Callable[[float, str], None]
@@ -180,9 +182,13 @@ def class_index(model: nn.Module, class_name: str) -> int:
     return classes.index(class_name)
 
 
-def edit_sigma_low(spacing_mm: float, roi_size: int, low: int) -> float:
-    """:data:`PROPOSAL_EDIT_SIGMA_MM` in low-res voxels of a ``roi_size`` ROI at ``spacing_mm`` with ``low``³ logits."""
-    return PROPOSAL_EDIT_SIGMA_MM / (spacing_mm * roi_size / low)
+def edit_sigma_low(spacing_mm: float, roi_size: int, low: int, proposal_voxels_low: int) -> float:
+    """Reach of a correction in low-res voxels of a ``roi_size`` ROI at ``spacing_mm`` with ``low``³ logits, for
+    a proposal of ``proposal_voxels_low`` low-res voxels: the larger of :data:`PROPOSAL_EDIT_SIGMA_MM` and the
+    radius of a ball of the proposal's volume."""
+    voxel_mm = spacing_mm * roi_size / low
+    radius_mm = (3.0 * max(proposal_voxels_low, 0) / (4.0 * np.pi)) ** (1.0 / 3.0) * voxel_mm
+    return max(PROPOSAL_EDIT_SIGMA_MM, radius_mm) / voxel_mm
 
 
 def local_edit(previous: torch.Tensor, predicted: torch.Tensor, point_roi: np.ndarray, roi_size: int,
@@ -406,7 +412,7 @@ def adapter_episode(model: nn.Module, sample: ProposalSample, rng: np.random.Gen
     target = sample.target
     target_low = target[0, 0].numpy()
     size, low = model.config.image_size, target.shape[-1]
-    sigma_low = edit_sigma_low(MODEL_SPACING_MM, size, low)
+    sigma_low = 1.0  # set from the proposal below; unused without one
     points: List[np.ndarray] = []
     labels: List[int] = []
     previous = torch.zeros_like(target)
@@ -420,6 +426,7 @@ def adapter_episode(model: nn.Module, sample: ProposalSample, rng: np.random.Gen
             labels.append(1)
             previous = proposal[None, None] * PROPOSAL_PROMPT_GAIN
             prediction = (proposal > 0).numpy()
+            sigma_low = edit_sigma_low(MODEL_SPACING_MM, size, low, int(prediction.sum()))
     local = bool(points)
     total = torch.zeros(())
     for _ in range(clicks):

@@ -531,7 +531,7 @@ class InteractiveSession:
         assert deepest is not None  # propose_logits refuses an empty proposal
         # The proposal becomes the ROI's mask prompt at the confidence of the model's own answers (its logits
         # are calibrated for the head's loss, not for the decoder's prompt), and corrections stay local.
-        sigma_low = edit_sigma_low(roi.spacing, roi.size, logits.shape[-1])
+        sigma_low = edit_sigma_low(roi.spacing, roi.size, logits.shape[-1], int((logits > 0).sum()))
         state = _Snapshot(clicks=(Click(roi.roi_to_ras(deepest[None])[0], True),),
                           rois=((roi.key, _RoiState(roi, logits * PROPOSAL_PROMPT_GAIN, sigma_low)),),
                           active_roi=roi.key)
