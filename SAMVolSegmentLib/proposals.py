@@ -182,13 +182,12 @@ def class_index(model: nn.Module, class_name: str) -> int:
     return classes.index(class_name)
 
 
-def edit_sigma_low(spacing_mm: float, roi_size: int, low: int, proposal_voxels_low: int) -> float:
+def edit_sigma_low(spacing_mm: float, roi_size: int, low: int, proposal_mm3: float) -> float:
     """Reach of a correction in low-res voxels of a ``roi_size`` ROI at ``spacing_mm`` with ``low``³ logits, for
-    a proposal of ``proposal_voxels_low`` low-res voxels: the larger of :data:`PROPOSAL_EDIT_SIGMA_MM` and the
-    radius of a ball of the proposal's volume."""
-    voxel_mm = spacing_mm * roi_size / low
-    radius_mm = (3.0 * max(proposal_voxels_low, 0) / (4.0 * np.pi)) ** (1.0 / 3.0) * voxel_mm
-    return max(PROPOSAL_EDIT_SIGMA_MM, radius_mm) / voxel_mm
+    a proposal of ``proposal_mm3`` (its volume in the image, mm³): the larger of :data:`PROPOSAL_EDIT_SIGMA_MM`
+    and the radius of a ball of that volume."""
+    radius_mm = (3.0 * max(proposal_mm3, 0.0) / (4.0 * np.pi)) ** (1.0 / 3.0)
+    return max(PROPOSAL_EDIT_SIGMA_MM, radius_mm) / (spacing_mm * roi_size / low)
 
 
 def local_edit(previous: torch.Tensor, predicted: torch.Tensor, point_roi: np.ndarray, roi_size: int,
@@ -426,7 +425,8 @@ def adapter_episode(model: nn.Module, sample: ProposalSample, rng: np.random.Gen
             labels.append(1)
             previous = proposal[None, None] * PROPOSAL_PROMPT_GAIN
             prediction = (proposal > 0).numpy()
-            sigma_low = edit_sigma_low(MODEL_SPACING_MM, size, low, int(prediction.sum()))
+            voxel_mm3 = (MODEL_SPACING_MM * size / low) ** 3
+            sigma_low = edit_sigma_low(MODEL_SPACING_MM, size, low, float(prediction.sum()) * voxel_mm3)
     local = bool(points)
     total = torch.zeros(())
     for _ in range(clicks):

@@ -529,13 +529,17 @@ class InteractiveSession:
         clear = self._updates_to(None)  # a proposal replaces the whole mask
         deepest = deepest_point_roi((logits[0, 0] > 0).cpu().numpy(), roi.size)
         assert deepest is not None  # propose_logits refuses an empty proposal
+        pasted = self._paste(roi, logits, None, self._label_with(clear))
         # The proposal becomes the ROI's mask prompt at the confidence of the model's own answers (its logits
-        # are calibrated for the head's loss, not for the decoder's prompt), and corrections stay local.
-        sigma_low = edit_sigma_low(roi.spacing, roi.size, logits.shape[-1], int((logits > 0).sum()))
+        # are calibrated for the head's loss, not for the decoder's prompt), and corrections stay local: their
+        # reach grows with the proposal's volume in the image (not in the ROI, which may extend past the image).
+        voxel_mm3 = float(np.prod(self._require_volume().geometry.spacing))
+        sigma_low = edit_sigma_low(roi.spacing, roi.size, logits.shape[-1],
+                                   float(np.count_nonzero(pasted.mask)) * voxel_mm3)
         state = _Snapshot(clicks=(Click(roi.roi_to_ras(deepest[None])[0], True),),
                           rois=((roi.key, _RoiState(roi, logits * PROPOSAL_PROMPT_GAIN, sigma_low)),),
                           active_roi=roi.key)
-        updates = [*clear, self._paste(roi, logits, None, self._label_with(clear))]
+        updates = [*clear, pasted]
         if self.auto_extend:
             state, more = self._extend(state, roi.key, logits, pending=updates)
             updates.extend(more)
