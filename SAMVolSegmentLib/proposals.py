@@ -11,9 +11,13 @@ Flow (:func:`propose_logits`, used by :meth:`InteractiveSession.propose`):
    returns. The session stores them as the ROI's mask prompt and adds one positive click at the proposal's
    deepest point, so corrective clicks refine the proposal the way the model refines its own last answer.
 
-The head (:class:`ProposalHead`, ClickNet2 embeddings) has two parts: dilated convolutions on the coarse
-features (pooled to 16³, plus 3 coordinate channels so it can learn where in the ROI a structure usually lies)
-give a coarse mask per class; per-voxel layers on the 32³ and 64³ features sharpen it. About 10k parameters.
+The head (:class:`ProposalHead`, ClickNet2 embeddings) has two parts: dilated depth-wise separable
+convolutions on the coarse features (pooled to 16³, plus 3 coordinate channels so it can learn where in the ROI
+a structure usually lies) give a coarse mask per class; layers on the 32³ and 64³ features sharpen it. About 10k
+parameters.
+
+Corrections of a proposal are local (:func:`local_edit`): a click changes the proposal within a Gaussian reach
+of 15 mm, or of the proposal's equivalent radius when that is larger (:func:`edit_sigma_low`).
 
 Training (:func:`train_proposal_head`): the embeddings of the training cases' proposal ROIs (with the same ROI
 rule, jittered) are computed once with the frozen model, then the head alone is trained on them (Dice + BCE),
