@@ -142,7 +142,7 @@ class ProposalHead(nn.Module):
         # (16 channels 32³ → 64³: ~8 ms on one thread against ~36 ms), and the MLP is then two matrix products.
         middle_up = F.interpolate(middle.contiguous(memory_format=torch.channels_last_3d), size=size,
                                   mode="trilinear", align_corners=False).permute(0, 2, 3, 4, 1)
-        local = self.fine_in(torch.cat([fine, images], 1).permute(0, 2, 3, 4, 1))
+        local = self.fine_in(torch.cat([fine.permute(0, 2, 3, 4, 1), images.permute(0, 2, 3, 4, 1)], -1))
         detail = self.fine_out(F.relu(local + middle_up, inplace=not torch.is_grad_enabled())).permute(0, 4, 1, 2, 3)
         upsampled = F.interpolate(coarse_logits, size=size, mode="trilinear", align_corners=False)
         return coarse_logits, upsampled + detail
