@@ -272,7 +272,9 @@ def _sizes(args: argparse.Namespace) -> Dict[str, Any]:
     base_count = sum(p.numel() for p in base.parameters())
     adapter = sum(p.numel() for n, p in structure.named_parameters() if is_adapter_parameter(n))
     head = sum(p.numel() for n, p in structure.named_parameters() if n.startswith("proposal_head."))
+    config = getattr(structure, "adapter_config", None)  # what was trained, whatever a rerun's options say
     return {"base_parameters": base_count, "adapter_parameters": adapter, "head_parameters": head,
+            "adapter_scope": getattr(config, "clicknet2_decoder_scope", None) if config is not None else None,
             "trained_fraction": (adapter + head) / base_count,
             "structure_file_bytes": (args.output / STRUCTURE_FILE).stat().st_size,
             "base_file_bytes": resolve_model_path(args.model).stat().st_size}
@@ -299,7 +301,7 @@ def write_card(args: argparse.Namespace, split: Dict[str, List[str]], results: D
         f"* target: {'label > 0' if args.label is None else f'label == {args.label}'}", "",
         "## Budget and size", "",
         f"* proposal head {args.proposal_minutes:g} min ({logs['head']['steps']:.0f} steps), decoder adapter "
-        f"{args.adapter_minutes:g} min ({logs['adapter']['steps']:.0f} steps, scope {args.adapter_scope}), "
+        f"{args.adapter_minutes:g} min ({logs['adapter']['steps']:.0f} steps, scope {sizes['adapter_scope']}), "
         f"{args.threads} thread(s)",
         f"* trained parameters: {sizes['head_parameters']:,} (head) + {sizes['adapter_parameters']:,} (adapter) = "
         f"{100 * sizes['trained_fraction']:.1f} % of the base's {sizes['base_parameters']:,}; structure file "

@@ -346,7 +346,8 @@ def test_teach_writes_split_structure_and_card_and_a_rerun_resumes(tiny_file, tm
     results = json.loads((out / "results.json").read_text())
     assert results["summary"]["cases"] == 1 and len(results["cases"][0]["base_dice"]) == 3
     assert proposal_classes(load_model(out / "structure.pt")) == ("ellipsoid",)
-    assert "| proposal + corrections with the adapter |" in (out / "card.md").read_text()
+    card = (out / "card.md").read_text()
+    assert "| proposal + corrections with the adapter |" in card and "scope all" in card
     capsys.readouterr()
     assert cli.main(argv) == 0  # finished stages are skipped, the split is reused
     assert "already trained" in capsys.readouterr().out
