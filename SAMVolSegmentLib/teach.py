@@ -53,13 +53,13 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--report", type=Path, action="append", default=[],
                    help="extra labelled case folder(s) to report on (never trained on); repeat for several")
     # Defaults: the recipe measured in the README (hippocampus, ~1 hour on a 2-core CPU); less gives less.
-    p.add_argument("--proposal-minutes", type=float, default=35.0, help="proposal head training budget")
-    p.add_argument("--adapter-minutes", type=float, default=25.0, help="decoder adapter training budget (0: none)")
+    p.add_argument("--proposal-minutes", type=float, default=35.0, help="proposal head training budget (default %(default)g)")
+    p.add_argument("--adapter-minutes", type=float, default=25.0, help="decoder adapter training budget (0: none; default %(default)g)")
     p.add_argument("--adapter-scope", choices=("all", "corrections"), default="all",
                    help="clicks the adapter runs on: all (trained on clicks from scratch and corrections of a "
                         "proposal) or only corrections of a proposal (clicks from scratch then stay exactly the "
                         "base model's, e.g. when the file also serves other structures)")
-    p.add_argument("--repeats", type=int, default=12, help="jittered proposal ROIs per training case")
+    p.add_argument("--repeats", type=int, default=12, help="jittered proposal ROIs per training case (default %(default)d)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of every random choice")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     from .cli import _add_device  # the CLI's one --device option (cli imports this module to register it)
