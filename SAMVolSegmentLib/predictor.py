@@ -104,7 +104,7 @@ class Prediction:
     """One decoder answer for one ROI.
 
     Attributes:
-        low_res_logits: (1, 1, L, L, L) float32 logits on the ROI's low-res grid (L = image_size // 4),
+        low_res_logits: (1, 1, L, L, L) float32 logits on the ROI's low-res grid (L = ``config.low_res_size``),
             tensor order (R, A, S). Fed back as the next click's mask prompt.
         iou: the model's predicted IoU (quality estimate, not a measurement).
         decode_s: wall time of prompt encoder + mask decoder.
