@@ -465,9 +465,8 @@ def train_decoder_adapter(model: nn.Module, samples: Sequence[ProposalSample], *
     "train_loss_last50"}``."""
     from .model.adapters import AdapterConfig, inject_adapters, is_adapter_parameter
 
-    if scope not in ("all", "corrections"):
-        raise ValueError(f"The adapter scope is 'all' or 'corrections', not {scope!r}.")
     hidden = math.gcd(TEACH_ADAPTER_HIDDEN, model.config.decoder_channels[0])
+    # The config checks the scope (ValueError) before anything touches the model.
     inject_adapters(model, AdapterConfig(clicknet2_coarse=False, clicknet2_decoder_hidden=hidden,
                                          clicknet2_decoder_scope=scope))
     params = []

@@ -55,6 +55,7 @@ def register_cli(sub: Any) -> None:
     # Defaults: the recipe measured in the README (hippocampus, ~1 hour on a 2-core CPU); less gives less.
     p.add_argument("--proposal-minutes", type=float, default=35.0, help="proposal head training budget (default %(default)g)")
     p.add_argument("--adapter-minutes", type=float, default=25.0, help="decoder adapter training budget (0: none; default %(default)g)")
+    # The choices are model.adapters.DECODER_SCOPES (that module imports torch, which `--help` must not).
     p.add_argument("--adapter-scope", choices=("all", "corrections"), default="all",
                    help="clicks the adapter runs on: all (trained on clicks from scratch and corrections of a "
                         "proposal) or only corrections of a proposal (clicks from scratch then stay exactly the "
@@ -273,9 +274,10 @@ def _sizes(args: argparse.Namespace) -> Dict[str, Any]:
     base_count = sum(p.numel() for p in base.parameters())
     adapter = sum(p.numel() for n, p in structure.named_parameters() if is_adapter_parameter(n))
     head = sum(p.numel() for n, p in structure.named_parameters() if n.startswith("proposal_head."))
-    config = getattr(structure, "adapter_config", None)  # what was trained, whatever a rerun's options say
+    # The scope the file was trained with, whatever a rerun's options say (None: no adapter).
+    scope = getattr(getattr(structure, "adapter_config", None), "clicknet2_decoder_scope", None)
     return {"base_parameters": base_count, "adapter_parameters": adapter, "head_parameters": head,
-            "adapter_scope": getattr(config, "clicknet2_decoder_scope", None) if config is not None else None,
+            "adapter_scope": scope,
             "trained_fraction": (adapter + head) / base_count,
             "structure_file_bytes": (args.output / STRUCTURE_FILE).stat().st_size,
             "base_file_bytes": resolve_model_path(args.model).stat().st_size}

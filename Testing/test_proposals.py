@@ -320,6 +320,21 @@ def test_batch_rows_without_prompts_use_the_auto_class(head_file, image_file, tm
         read_manifest(manifest)
 
 
+def test_teach_offers_exactly_the_adapter_scopes_the_adapters_accept():
+    import argparse
+
+    from SAMVolSegmentLib.model.adapters import DECODER_SCOPES, AdapterConfig
+    from SAMVolSegmentLib.teach import register_cli
+
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers())
+    teach = parser._subparsers._group_actions[0].choices["teach"]
+    scope = next(a for a in teach._actions if a.dest == "adapter_scope")
+    assert tuple(scope.choices) == DECODER_SCOPES
+    with pytest.raises(ValueError, match="'all' or 'corrections'"):
+        AdapterConfig(clicknet2_decoder_scope="some")
+
+
 def test_teach_writes_split_structure_and_card_and_a_rerun_resumes(tiny_file, tmp_path, capsys):
     import json
 

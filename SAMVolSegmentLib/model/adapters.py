@@ -49,6 +49,8 @@ ADAPTER_FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 #: Families adapters can be injected into.
 ADAPTER_FAMILIES = ("sam_med3d", "clicknet2")
+#: When ClickNet2's decoder adapter runs: on every click, or only on clicks that correct a proposal.
+DECODER_SCOPES = ("all", "corrections")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,11 @@ class AdapterConfig(ConfigSerialization):
     clicknet2_coarse: bool = True
     clicknet2_decoder_hidden: int = 8
     clicknet2_decoder_scope: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.clicknet2_decoder_scope not in DECODER_SCOPES:
+            raise ValueError(f"The adapter scope is {' or '.join(repr(s) for s in DECODER_SCOPES)}, not "
+                             f"{self.clicknet2_decoder_scope!r}.")
 
 
 class DepthwiseConvAdapter(nn.Module):
