@@ -128,19 +128,6 @@ def read_case(folder: str, label: Optional[int]):
     return load_volume(image), target.astype(bool)
 
 
-def tenths_printer(what: str):
-    """A progress callback ``(fraction, message)`` that prints one line per tenth of a stage."""
-    printed = [-1]
-
-    def report(fraction: float, message: str) -> None:
-        tenth = int(fraction * 10)
-        if tenth > printed[0]:
-            printed[0] = tenth
-            print(f"teach: {what} {100 * fraction:3.0f} % ({message})", flush=True)
-
-    return report
-
-
 def train_stages(args: argparse.Namespace, train_folders: Sequence[str]) -> Dict[str, Any]:
     """Proposal head, then decoder adapter, on cached embeddings of the training cases' proposal ROIs.
 
@@ -150,9 +137,18 @@ def train_stages(args: argparse.Namespace, train_folders: Sequence[str]) -> Dict
     import numpy as np
     import torch
 
+    from .cli import make_progress
     from .model import load_model
     from .model.adapters import save_adapters
     from .proposals import build_samples, train_decoder_adapter, train_proposal_head
+
+    def with_progress(what: str, run):
+        """``run(progress)`` with the CLI's progress display (a bar on a terminal, a line per 10 % in logs)."""
+        progress, close = make_progress(f"teach: {what}")
+        try:
+            return run(progress)
+        finally:
+            close()
 
     head_file, structure_file = args.output / HEAD_FILE, args.output / STRUCTURE_FILE
     logs = {name: json.loads((args.output / f"{name}.json").read_text())
@@ -165,19 +161,21 @@ def train_stages(args: argparse.Namespace, train_folders: Sequence[str]) -> Dict
     rng = np.random.default_rng(args.seed)
     cases = [read_case(f, args.label) for f in train_folders]
     print(f"teach: embedding {len(cases)} training cases × {args.repeats} proposal ROIs", flush=True)
-    samples = build_samples(model, cases, args.repeats, rng, progress=tenths_printer("embedding"))
-    del cases
+    samples = with_progress("embedding", lambda progress, cases=cases: build_samples(model, cases, args.repeats,
+                                                                                    rng, progress))
+    del cases  # the embeddings are all training needs: free the volumes
     if not resume_head:
         print(f"teach: proposal head, {args.proposal_minutes:g} min on {len(samples)} ROIs", flush=True)
-        logs["head"] = train_proposal_head(model, samples, args.class_name, minutes=args.proposal_minutes,
-                                           seed=args.seed, progress=tenths_printer("proposal head"))
+        logs["head"] = with_progress("proposal head", lambda progress: train_proposal_head(
+            model, samples, args.class_name, minutes=args.proposal_minutes, seed=args.seed, progress=progress))
         save_adapters(model, head_file, meta={"class": args.class_name, **logs["head"]})
         (args.output / "head.json").write_text(json.dumps(logs["head"]))
     if args.adapter_minutes > 0:
         print(f"teach: decoder adapter, {args.adapter_minutes:g} min (scope: {args.adapter_scope})", flush=True)
         torch.manual_seed(args.seed)
-        logs["adapter"] = train_decoder_adapter(model, samples, minutes=args.adapter_minutes, seed=args.seed,
-                                                scope=args.adapter_scope, progress=tenths_printer("adapter"))
+        logs["adapter"] = with_progress("adapter", lambda progress: train_decoder_adapter(
+            model, samples, minutes=args.adapter_minutes, seed=args.seed, scope=args.adapter_scope,
+            progress=progress))
     else:
         logs["adapter"] = {"steps": 0.0, "minutes": 0.0}
     save_adapters(model, structure_file, meta={"class": args.class_name, **logs["adapter"]})
