@@ -408,6 +408,9 @@ def test_bad_requests_get_clear_4xx_errors(server):
                        "InvalidPromptError")
     assert_clean_error(api(server, "POST", base + "/click", json={"point_ras": [1, 2, 3], "positive": "yes"}),
                        422, "InvalidPromptError")
+    for point in (b"[NaN, 0, 0]", b"[true, 0, 0]", b"[0, 0]"):  # JSON the engine's rule or the shape refuses
+        assert_clean_error(api(server, "POST", base + "/click", data=b'{"point_ras": ' + point + b"}"), 422,
+                           "InvalidPromptError")
     assert_clean_error(api(server, "POST", base + "/click", data=b"{" + b" " * 70_000 + b"}"), 413,
                        "PayloadTooLarge")
     deep = b"[" * 20_000 + b"]" * 20_000  # deeper than the JSON parser's stack, within the size limit

@@ -70,7 +70,7 @@ from ..errors import (
 )
 from ..mask_update import MaskUpdate
 from ..proposals import proposal_classes
-from ..session_protocol import as_click_sign
+from ..session_protocol import as_click_sign, as_point_ras
 from .protocol import (
     API_PREFIX,
     MASK_CODECS_HEADER,
@@ -671,9 +671,9 @@ def _header_json(request: Request) -> Any:
 
 
 def _point(value: Any, name: str) -> List[float]:
+    """JSON's stricter shape (a list of three numbers: no strings, no booleans, which numpy would convert), then
+    the engine's own point rule (:func:`as_point_ras`: finite)."""
     if (not isinstance(value, list) or len(value) != 3
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
         raise InvalidPromptError(f"{name} must be three numbers (R, A, S in mm), got {value!r}.")
-    if not all(math.isfinite(v) for v in value):
-        raise InvalidPromptError(f"{name} must be finite, got {value!r}.")
-    return [float(v) for v in value]
+    return as_point_ras(value, name).tolist()
