@@ -369,6 +369,11 @@ class RoiWindow:
     def key(self) -> Tuple[int, int, int]:
         return tuple(int(v) for v in self.start_model)  # type: ignore[return-value]
 
+    def embedding_key(self, fingerprint: str) -> Tuple[str, RoiWindow]:
+        """Cache key of this window's embedding in the volume with ``fingerprint``: one key per window of one
+        grid (start, size, origin, spacing), whichever step encodes it first (a click, a proposal)."""
+        return (fingerprint, self)
+
     @property
     def affine_ras(self) -> np.ndarray:
         """4×4 ROI index → RAS mm."""

@@ -623,9 +623,8 @@ class InteractiveSession:
 
     def _predict(self, roi_state: _RoiState, clicks: Sequence[Click]) -> torch.Tensor:
         roi = roi_state.roi
-        fingerprint = self._require_volume().fingerprint
         model_volume = self._model_volume()
-        cache_key = (fingerprint, tuple(int(v) for v in roi.start_model), roi.size)
+        cache_key = roi.embedding_key(self._require_volume().fingerprint)
         embedding = self.predictor.cached_embedding(cache_key)
         if embedding is None:  # crop and normalise only when the encoder has to run
             self._report(0.0, "Encoding the region (once per region)")
@@ -643,8 +642,10 @@ class InteractiveSession:
         )
         self.last_timing["decode_s"] = self.last_timing.get("decode_s", 0.0) + prediction.decode_s
         if roi_state.edit_sigma_low is not None and roi_state.logits is not None and inside.any():
-            return local_edit(roi_state.logits, prediction.low_res_logits, points_roi[inside][-1], roi.size,
-                               roi_state.edit_sigma_low)
+            last = int(np.flatnonzero(inside)[-1])
+            return local_edit(roi_state.logits, prediction.low_res_logits, points_roi[last], clicks[last].positive,
+                              roi.size, roi_state.edit_sigma_low,
+                              roi.spacing * roi.size / prediction.low_res_logits.shape[-1])
         return prediction.low_res_logits
 
     def _paste(self, roi: RoiWindow, logits: torch.Tensor, box_ras, base_label_kji: np.ndarray) -> MaskUpdate:

@@ -97,6 +97,20 @@ def test_propose_is_one_undoable_step_that_clicks_then_refine(tiny_file):
         assert session.mask_array_kji().all()
 
 
+def test_a_correction_decodes_on_the_embedding_the_proposal_computed():
+    # The bundled model: the tiny one's 32³ ROI has no interior for ROI_INTERIOR_MARGIN, so every click there
+    # opens a ROI of its own.
+    model = load_model("default")
+    _constant_head(model, 5.0)
+    array, matrix = _volume((40, 40, 40))
+    with InteractiveSession(model) as session:
+        session.set_volume(array, matrix)
+        session.propose("blob")
+        assert session.predictor.encoder_calls == 1
+        session.add_click(session.clicks[0].point_ras, False)
+        assert session.predictor.encoder_calls == 1 and session.last_timing["encode_s"] == 0.0
+
+
 def test_a_large_volume_is_searched_coarse_first_then_at_model_resolution(tiny_file):
     model = load_model(tiny_file)
     _constant_head(model, 5.0)
@@ -246,9 +260,28 @@ def test_the_local_edit_takes_the_prediction_near_the_click_and_keeps_the_rest()
 
     previous = torch.full((1, 1, 16, 16, 16), 10.0)
     predicted = torch.full((1, 1, 16, 16, 16), -10.0)
-    blended = local_edit(previous, predicted, np.array([3.5, 3.5, 3.5]), 32, sigma_low=2.0)[0, 0]
+    blended = local_edit(previous, predicted, np.array([3.5, 3.5, 3.5]), False, 32, 2.0, 3.0)[0, 0]
     assert blended[1, 1, 1] < -8 and blended[15, 15, 15] > 9.99  # ROI voxel 3.5 = low-res voxel 1.5
     assert torch.all(blended[8:, :, :] > 0) and torch.all(blended[1:3, 1:3, 1:3] < 0)
+    # The decoder agreed with the (negative) click: no bump, the blend alone.
+    weight = blended[1, 1, 1]
+    assert local_edit(previous, predicted, np.array([3.5, 3.5, 3.5]), False, 32, 2.0, 3.0)[0, 0][1, 1, 1] == weight
+
+
+def test_a_correction_always_takes_effect_where_it_was_placed():
+    from SAMVolSegmentLib.proposals import CLICK_BUMP_SIGMA_MM, CLICK_LOGIT_MARGIN, local_edit
+
+    # The decoder ignores the click (its answer equals the previous mask): the clicked voxel still flips,
+    # within about the bump's σ, and far away nothing changes.
+    previous = torch.full((1, 1, 16, 16, 16), -3.0)
+    point_roi = np.array([16.5, 16.5, 16.5])  # low-res voxel 8 of a 32³ ROI with 16³ logits
+    edited = local_edit(previous, previous.clone(), point_roi, True, 32, 4.0, CLICK_BUMP_SIGMA_MM)[0, 0]
+    assert edited[8, 8, 8] == pytest.approx(CLICK_LOGIT_MARGIN)
+    assert edited[8, 8, 10] < 0 < edited[8, 8, 9]  # σ of one low-res voxel: the bump stays local
+    assert (edited[:5] - previous[0, 0, :5]).abs().max() < 0.01  # 4σ away: 7·exp(-8) ≈ 0.002
+    # A negative click on a confident foreground voxel: brought down to −margin.
+    edited = local_edit(-previous, -previous, point_roi, False, 32, 4.0, CLICK_BUMP_SIGMA_MM)[0, 0]
+    assert edited[8, 8, 8] == pytest.approx(-CLICK_LOGIT_MARGIN)
 
 
 def test_a_correction_reaches_15_mm_or_the_radius_of_a_larger_proposal():
