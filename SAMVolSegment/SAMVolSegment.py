@@ -201,14 +201,20 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         check_session(session)
         try:
             classes = tuple(str(name) for name in self._runOnWorker(session.proposal_classes))
+            adapted = tuple(str(name) for name in self._runOnWorker(session.adapted_classes))
         except Exception:
             self.worker.run(session.close)
             raise
         self.closeSession()
         self.session, self.modelKey, self._proposalClasses = session, key, classes
-        self._status(_("Model {id} ready.").format(id=session.model_id) + (
-            " " + _("It proposes {classes} without a click (Propose).").format(classes=", ".join(classes))
-            if classes else ""))
+        status = _("Model {id} ready.").format(id=session.model_id)
+        if classes:
+            status += " " + _("It proposes {classes} without a click (Propose).").format(classes=", ".join(classes))
+        if adapted:
+            # A structure file taught with adapter scope "all" changes every click, not only on its structure.
+            status += " " + _("Its clicks are tuned to {classes}; for other structures load the base model.").format(
+                classes=", ".join(adapted))
+        self._status(status)
         return session.model_id
 
     def proposalClasses(self) -> Tuple[str, ...]:

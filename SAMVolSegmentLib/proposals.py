@@ -178,6 +178,13 @@ def proposal_classes(model: nn.Module) -> Tuple[str, ...]:
     return tuple(head.config.classes) if head is not None else ()
 
 
+def click_adapted_classes(model: nn.Module) -> Tuple[str, ...]:
+    """The structures ``model``'s clicks from scratch are adapted to: its proposal classes when its decoder
+    adapter runs on every click (a ``teach`` file of adapter scope "all"); empty when clicks from scratch are
+    the base model's. Callers warn with it: such a file segments other structures differently."""
+    return proposal_classes(model) if getattr(model, "decoder_adapter_on_every_click", False) else ()
+
+
 def class_index(model: nn.Module, class_name: str) -> int:
     """Output channel of ``class_name``.
 

@@ -41,6 +41,7 @@ from .prompts_io import MAX_CLICKS  # one limit for the session and prompt files
 from .proposals import (
     PROPOSAL_PROMPT_GAIN,
     class_index,
+    click_adapted_classes,
     edit_sigma_low,
     local_edit,
     proposal_classes,
@@ -352,6 +353,11 @@ class InteractiveSession:
     def proposal_classes(self) -> Tuple[str, ...]:
         """Class names :meth:`propose` accepts with this session's model (empty: it cannot propose)."""
         return proposal_classes(self.predictor.model)
+
+    def adapted_classes(self) -> Tuple[str, ...]:
+        """Structures this session's clicks from scratch are adapted to (empty: the base model's clicks); see
+        :func:`~SAMVolSegmentLib.proposals.click_adapted_classes`."""
+        return click_adapted_classes(self.predictor.model)
 
     def set_initial_mask(self, mask_kji: Optional[np.ndarray]) -> MaskUpdate:
         """Start from an existing mask (edit a segment that is already there); None starts from an empty one.

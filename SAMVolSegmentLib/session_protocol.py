@@ -114,6 +114,11 @@ class SegmentationSession(Protocol):
         """Class names :meth:`propose` accepts (empty when the model has no proposal head)."""
         ...
 
+    def adapted_classes(self) -> Tuple[str, ...]:
+        """Structures the model's clicks from scratch are adapted to (a model taught with ``samvolseg teach`` and
+        adapter scope "all"): clicks on other structures differ from the base model's. Empty otherwise."""
+        ...
+
     def propose(self, class_name: str) -> MaskUpdate:
         """Replace the mask with the model's prompt-free proposal for ``class_name`` (an undoable step that
         clicks then refine)."""
@@ -155,7 +160,7 @@ class SegmentationSession(Protocol):
 #: Every member a backend must have; used by tests and by callers that want a clear error for a wrong object.
 REQUIRED_MEMBERS = (
     "model_id", "is_ready", "can_undo", "can_redo", "clicks", "last_timing", "last_annotation", "set_volume",
-    "wait_until_ready", "set_initial_mask", "add_click", "proposal_classes", "propose", "set_box", "clear_box", "undo", "redo", "reset",
+    "wait_until_ready", "set_initial_mask", "add_click", "proposal_classes", "adapted_classes", "propose", "set_box", "clear_box", "undo", "redo", "reset",
     "annotate_last_step", "mask_array_kji", "close",
 )
 

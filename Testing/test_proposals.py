@@ -9,13 +9,14 @@ import torch
 
 from SAMVolSegmentLib.errors import CheckpointError, InvalidPromptError
 from SAMVolSegmentLib.model import load_model
-from SAMVolSegmentLib.model.adapters import inject_adapters, save_adapters
+from SAMVolSegmentLib.model.adapters import AdapterConfig, inject_adapters, save_adapters
 from SAMVolSegmentLib.model.clicknet2 import ClickNet2, ClickNet2Config
 from SAMVolSegmentLib.preprocessing import load_volume
 from SAMVolSegmentLib.proposals import (
     ProposalConfig,
     attach_proposal_head,
     build_samples,
+    click_adapted_classes,
     proposal_classes,
     train_proposal_head,
 )
@@ -201,8 +202,10 @@ def test_the_adapter_scope_decides_which_clicks_the_trained_adapter_changes(tiny
     model = load_model(tiny_file)
     _constant_head(model, 5.0)
     samples = build_samples(model, [_bright_ellipsoid_case(seed) for seed in range(2)], 1, np.random.default_rng(0))
+    assert click_adapted_classes(model) == ()  # a head alone leaves every click to the base model
     log = train_decoder_adapter(model, samples, minutes=5, max_steps=6, scope=scope)
     assert log["steps"] == 6
+    assert click_adapted_classes(model) == (("blob",) if scope == "all" else ())  # what the module warns about
     embedding = tuple(t.float() for t in samples[0].embedding)
     points, labels = torch.tensor([[[16.0, 16.0, 16.0]]]), torch.tensor([[1]])
     empty = torch.zeros(1, 1, 16, 16, 16)
@@ -225,14 +228,18 @@ def test_a_remote_session_proposes_what_a_local_one_does(tiny_file):
 
     model = load_model(tiny_file)
     _constant_head(model, 5.0, classes=("blob", "cyst"))
+    # An untrained decoder adapter of scope "all" (identity at initialisation): clicks count as adapted.
+    inject_adapters(model, AdapterConfig(clicknet2_coarse=False, clicknet2_decoder_hidden=4))
     array, matrix = _volume((40, 30, 30))
     with InteractiveSession(model) as local:
         local.set_volume(array, matrix)
         local.propose("cyst")
         expected = local.mask_array_kji()
+        assert local.adapted_classes() == ("blob", "cyst")
     with remote_tests.running_server(model, ServerConfig(token=remote_tests.TOKEN)) as url, \
             RemoteSession(url, token=remote_tests.TOKEN) as remote:
         assert remote.proposal_classes() == ("blob", "cyst")
+        assert remote.adapted_classes() == ("blob", "cyst")
         remote.set_volume(array, matrix)
         remote.wait_until_ready()
         remote.propose("cyst")
@@ -356,7 +363,7 @@ def test_batch_rows_without_prompts_use_the_auto_class(head_file, image_file, tm
 def test_teach_offers_exactly_the_adapter_scopes_the_adapters_accept():
     import argparse
 
-    from SAMVolSegmentLib.model.adapters import DECODER_SCOPES, AdapterConfig
+    from SAMVolSegmentLib.model.adapters import DECODER_SCOPES
     from SAMVolSegmentLib.teach import register_cli
 
     parser = argparse.ArgumentParser()

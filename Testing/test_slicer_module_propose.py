@@ -57,6 +57,12 @@ def proposing_session(*_args) -> InteractiveSession:
     return InteractiveSession(ProposingBallModel(), auto_extend=False)
 
 
+class AdaptedBallModel(ProposingBallModel):
+    """As if taught with adapter scope "all": its clicks are tuned to its classes (the engine's rule reads this)."""
+
+    decoder_adapter_on_every_click = True
+
+
 def plain_session(*_args) -> InteractiveSession:
     return InteractiveSession(BallModel(), auto_extend=False)
 
@@ -128,7 +134,7 @@ def test_the_class_list_comes_from_the_loaded_model_and_follows_model_and_backen
     widget.onLoadModel()
     assert [data for _text, data in combo.items] == list(CLASSES) and combo.currentData == "ball"
     assert combo.enabled and button.enabled and "without a click" in button.toolTip
-    assert "ball, absent" in widget.ui.statusLabel.text
+    assert "ball, absent" in widget.ui.statusLabel.text and "tuned" not in widget.ui.statusLabel.text
     combo.setCurrentIndex(combo.findData("absent"))
 
     # Another model (a new session on the next load) without a head: nothing to propose, and the tooltip says why.
@@ -148,6 +154,13 @@ def test_the_class_list_comes_from_the_loaded_model_and_follows_model_and_backen
     assert widget.logic.session is None and combo.items == [] and not button.enabled
     assert "Load the model" in combo.toolTip
     assert_clean()
+    assert state().errorDialogs == []
+
+
+def test_loading_a_model_whose_clicks_are_tuned_to_its_structures_says_so(env):
+    widget = env.make_widget(factory=lambda *_args: InteractiveSession(AdaptedBallModel(), auto_extend=False))
+    status = widget.ui.statusLabel.text
+    assert "tuned to ball, absent" in status and "load the base model" in status
     assert state().errorDialogs == []
 
 

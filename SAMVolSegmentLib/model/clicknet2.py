@@ -192,6 +192,13 @@ class ClickNet2(nn.Module):
         fine = self.refine_image(torch.cat([x64, images], 1))
         return coarse, fine, images
 
+    @property
+    def decoder_adapter_on_every_click(self) -> bool:
+        """A decoder adapter runs on clicks from scratch too (scope "all"), not only on corrections of a proposal:
+        clicks then differ from the base model's on every structure."""
+        return self.decoder_adapter is not None and getattr(self.adapter_config, "clicknet2_decoder_scope",
+                                                            "all") == "all"
+
     # ------------------------------------------------------------------ click side (per click)
     @staticmethod
     def heatmaps(points_roi: torch.Tensor, labels: torch.Tensor, size: int, image_size: int,
@@ -297,8 +304,7 @@ class ClickNet2(nn.Module):
             up32_input = up32_input.contiguous(memory_format=torch.channels_last_3d)
         y32 = self.dec_up32(up32_input)
         adapter = self.decoder_adapter  # per click: structure-specific decoding (adapters.py)
-        if adapter is not None and (corrections or getattr(self.adapter_config, "clicknet2_decoder_scope", "all")
-                                    == "all"):
+        if adapter is not None and (corrections or self.decoder_adapter_on_every_click):
             y32 = y32 + adapter(y32)
         logits32 = self.coarse_head(y32) + self.click_gain * (pooled[:, :1] - pooled[:, 1:2])
         up_logits = _up(logits32, fine)

@@ -257,6 +257,11 @@ class RemoteSession:
         """Class names the server's model can propose (from ``/info``)."""
         return tuple(str(c) for c in self.info.get("proposal_classes", ()))
 
+    def adapted_classes(self) -> Tuple[str, ...]:
+        """Structures the server model's clicks from scratch are adapted to (from ``/info``; empty from a server
+        that does not say)."""
+        return tuple(str(c) for c in self.info.get("adapted_classes", ()))
+
     def propose(self, class_name: str) -> MaskUpdate:
         """The server model's prompt-free proposal for ``class_name`` (see ``InteractiveSession.propose``).
 

@@ -69,7 +69,7 @@ from ..errors import (
     SessionStateError,
 )
 from ..mask_update import MaskUpdate
-from ..proposals import proposal_classes
+from ..proposals import click_adapted_classes, proposal_classes
 from ..session_protocol import as_click_sign, as_point_ras
 from .protocol import (
     API_PREFIX,
@@ -417,6 +417,7 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
         return {"service": "samvolseg", "version": __version__, "protocol": PROTOCOL_VERSION,
                 "model_id": predictor.model_id, "device": cfg.device, "auth_required": token is not None,
                 "proposal_classes": list(proposal_classes(predictor.model)),
+                "adapted_classes": list(click_adapted_classes(predictor.model)),
                 "lease_s": cfg.lease_s,
                 "limits": {"max_upload_bytes": cfg.max_upload_bytes, "max_voxels": cfg.max_voxels,
                            "max_json_bytes": cfg.max_json_bytes}}
