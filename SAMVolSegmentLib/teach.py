@@ -252,7 +252,8 @@ def report(args: argparse.Namespace, split: Dict[str, List[str]]) -> Dict[str, A
         values = [r[key][index] for r in rows if key in r]
         return float(np.mean(values)) if values else None
 
-    summary = {"cases": len(rows), "propose_s_median": float(np.nanmedian([r["propose_s"] for r in rows]))}
+    times = [r["propose_s"] for r in rows if np.isfinite(r["propose_s"])]  # NaN: nothing proposed on that case
+    summary = {"cases": len(rows), "propose_s_median": float(np.median(times)) if times else None}
     for key, clicks in (("base_dice", (1, 3)), ("adapted_dice", (1, 3)), ("head_proposal_dice", (0, 1, 2)),
                         ("proposal_dice", (0, 1, 2))):
         first = 0 if "proposal" in key else 1  # proposal lists start at 0 clicks, click lists at 1
@@ -313,8 +314,9 @@ def write_card(args: argparse.Namespace, split: Dict[str, List[str]], results: D
         row("with the adapter, clicks", "adapted_dice", (1, 3)),
         row("proposal (head only) + corrections", "head_proposal_dice", (0, 1, 2)),
         row("proposal + corrections with the adapter", "proposal_dice", (0, 1, 2)), "",
-        f"Proposal time once the embedding exists: median {1000 * s['propose_s_median']:.0f} ms. "
-        "Per-case numbers: results.json.", "",
+        (f"Proposal time once the embedding exists: median {1000 * s['propose_s_median']:.0f} ms. "
+         if s["propose_s_median"] is not None else "The head proposed nothing on any reported case. ")
+        + "Per-case numbers: results.json.", "",
     ]
     path = args.output / "card.md"
     path.write_text("\n".join(lines))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from SAMVolSegmentLib import proposals as proposals_module
 from SAMVolSegmentLib.errors import CheckpointError, InvalidPromptError
 from SAMVolSegmentLib.model import load_model
 from SAMVolSegmentLib.model.adapters import AdapterConfig, inject_adapters, save_adapters
@@ -66,15 +67,17 @@ def test_a_head_only_file_round_trips_and_adapters_plus_head_too(tiny_file, tmp_
     assert proposal_classes(both) == ("liver", "spleen") and getattr(both, "adapter_config", None) is not None
 
 
-def test_a_file_with_the_first_head_layout_is_refused_with_the_fix(tiny_file, tmp_path):
+@pytest.mark.parametrize("layout", [{"context.0.weight": torch.zeros(16, 11, 3, 3, 3)},  # dense context
+                                    {"fine_out.weight": torch.zeros(1, 8)}])  # no 64³ spatial layer
+def test_a_file_with_an_older_head_layout_is_refused_with_the_fix(tiny_file, tmp_path, layout):
     model = load_model(tiny_file)
     attach_proposal_head(model, ProposalConfig(classes=("blob",)))
     save_adapters(model, tmp_path / "head.pt")
     checkpoint = torch.load(tmp_path / "head.pt", weights_only=False)
     key = next(k for k in checkpoint if isinstance(checkpoint[k], dict) and "state_dict" in checkpoint[k])
-    checkpoint[key]["state_dict"] = {"context.0.weight": torch.zeros(16, 11, 3, 3, 3)}  # the first layout
+    checkpoint[key]["state_dict"] = layout
     torch.save(checkpoint, tmp_path / "old.pt")
-    with pytest.raises(CheckpointError, match="first layout.*samvolseg teach"):
+    with pytest.raises(CheckpointError, match="older layout.*samvolseg teach"):
         load_model(tmp_path / "old.pt")
 
 
@@ -192,6 +195,28 @@ def test_the_head_gives_the_same_logits_on_its_fast_inference_path_as_in_trainin
     for want, got in zip(expected, actual):
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_detail_of_a_box_reads_the_middle_features_exactly_as_the_whole_grid_would(tiny_file):
+    # The 64³ layers run on the open band's box only; the 32³ features' upsampling inside it must be the whole
+    # grid's (one 32³ voxel of margin), on the box's faces inside the grid and on the grid's own faces alike.
+    model = load_model(tiny_file)
+    head = attach_proposal_head(model, ProposalConfig(classes=("blob",)))
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.normal_(0, 0.3)
+        head.fine_spatial.weight.zero_()  # per-voxel layers only: the box's own zero padding plays no part
+        coarse, fine, images = model.encode_image(torch.randn(1, 1, 32, 32, 32))
+        pooled = torch.nn.functional.avg_pool3d(coarse, 2)
+        hidden = head.context(head.stem(torch.cat([pooled, proposals_module._coordinates(pooled)], 1)))
+        middle = head.middle(torch.cat([torch.nn.functional.interpolate(
+            hidden, size=coarse.shape[2:], mode="trilinear", align_corners=False), coarse], 1))
+        low = fine.shape[-1]
+        whole = head._detail(middle, fine, images, ((0, low),) * 3)
+        for box in (((2, 10), (4, 12), (6, low)), ((0, 4), (8, 14), (2, 6))):
+            window = tuple(slice(lo, hi) for lo, hi in box)
+            part = head._detail(middle, fine[(..., *window)], images[(..., *window)], box)
+            torch.testing.assert_close(part, whole[(..., *window)], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("scope", ["all", "corrections"])
