@@ -13,8 +13,8 @@ Flow (:func:`propose_logits`, used by :meth:`InteractiveSession.propose`):
 
 The head (:class:`ProposalHead`, ClickNet2 embeddings) has two parts: dilated depth-wise separable
 convolutions on the coarse features (pooled to 16³, plus 3 coordinate channels so it can learn where in the ROI
-a structure usually lies) give a coarse mask per class; layers on the 32³ and 64³ features sharpen it. About 10k
-parameters.
+a structure usually lies) give a coarse mask per class; layers on the 32³ and 64³ features (each with a 3×3×3
+depth-wise convolution) sharpen it. About 10k parameters.
 
 Corrections of a proposal are local (:func:`local_edit`): a click changes the proposal within a Gaussian reach
 of 15 mm, or of the proposal's equivalent radius when that is larger (:func:`edit_sigma_low`), and always
@@ -67,12 +67,6 @@ PROPOSAL_EDIT_SIGMA_MM = 15.0
 CLICK_BUMP_SIGMA_MM = 3.0
 CLICK_LOGIT_MARGIN = 4.0
 
-#: The 64³ detail of a proposal is computed (and trained) only where some class's upsampled coarse logit is
-#: above −DETAIL_BAND (the coarse stage is not sure it is background), inside that region's bounding box: the
-#: coarse stage learns to leave open where the structure may be, and the 64³ work shrinks to the structure's
-#: neighbourhood (a hippocampus: a few % of the ROI), which pays for a 3×3×3 layer there.
-DETAIL_BAND = 4.0
-
 ProgressFn = Callable[[float, str], None]
 
 
@@ -122,9 +116,8 @@ class ProposalHead(nn.Module):
     The context part runs at L/4 (16³ for a 128³ ROI: 12 mm voxels), where four dilated separable blocks see
     the whole ROI; at L/2 (6 mm, with the coarse features) a per-voxel layer and a depth-wise 3×3×3
     convolution, and at L (3 mm, with the image features) a per-voxel layer, a residual depth-wise 3×3×3
-    convolution and a per-voxel output add detail to the upsampled coarse logits, only in the band the coarse
-    stage leaves open (:data:`DETAIL_BAND`). About 10k parameters at the default widths (2.5 % of the bundled
-    model).
+    convolution (boundaries follow their 3 mm neighbours) and a per-voxel output add detail to the upsampled
+    coarse logits. About 10k parameters at the default widths (2.5 % of the bundled model).
     """
 
     def __init__(self, config: ProposalConfig, coarse_channels: int, fine_channels: int, image_channels: int = 2):
@@ -141,7 +134,7 @@ class ProposalHead(nn.Module):
         self.middle = nn.Sequential(PointwiseConv3d(w + coarse_channels, m, 1), nn.ReLU(inplace=True),
                                     FastConv3d(m, m, 3, padding=1, groups=m), nn.ReLU(inplace=True),
                                     PointwiseConv3d(m, f, 1))  # linear: the 32³ term of the 64³ layer
-        # The 64³ per-voxel layers work channels-last (B, D, H, W, C): see _detail.
+        # The 64³ per-voxel layers work channels-last (B, D, H, W, C): see forward.
         self.fine_in = nn.Linear(fine_channels + image_channels, f)
         self.fine_spatial = FastConv3d(f, f, 3, padding=1, groups=f)  # boundaries follow the 3 mm neighbours
         self.fine_mix = nn.Linear(f, f)
@@ -153,53 +146,20 @@ class ProposalHead(nn.Module):
         pooled = F.avg_pool3d(coarse, 2)
         hidden = self.context(self.stem(torch.cat([pooled, _coordinates(pooled)], 1)))
         coarse_logits = self.coarse_logits(hidden)
-        upsampled = F.interpolate(coarse_logits, size=fine.shape[2:], mode="trilinear", align_corners=False)
-        open_band = (upsampled.detach() > -DETAIL_BAND).any(1, keepdim=True)  # (B, 1, L, L, L)
-        box = _even_bbox(open_band)
-        if box is None:  # the coarse stage rules the whole ROI out
-            return coarse_logits, upsampled
         middle = self.middle(torch.cat([F.interpolate(hidden, size=coarse.shape[2:], mode="trilinear",
                                                       align_corners=False), coarse], 1))
-        window = tuple(slice(lo, hi) for lo, hi in box)
-        detail = self._detail(middle, fine[(..., *window)], images[(..., *window)], box)
-        detail = detail * open_band[(..., *window)]
-        size = fine.shape[-1]
-        padding = [p for lo, hi in reversed(box) for p in (lo, size - hi)]  # F.pad order: last axis first
-        return coarse_logits, upsampled + F.pad(detail, padding)
-
-    def _detail(self, middle: torch.Tensor, fine: torch.Tensor, images: torch.Tensor,
-                box: Tuple[Tuple[int, int], ...]) -> torch.Tensor:
-        """(B, C, *box) detail logits from the 32³ middle features and the box's 64³ features (tensor order)."""
-        # The middle features of the box (one 32³ voxel of margin, so the trilinear upsampling inside the box is
-        # exactly the whole grid's), upsampled channels-last: PyTorch's CPU trilinear upsampling vectorises over
-        # channels in that layout (16 channels 32³ → 64³: ~8 ms on one thread against ~36 ms).
-        half = middle.shape[-1]
-        lows = [max(lo // 2 - 1, 0) for lo, _ in box]
-        highs = [min(hi // 2 + 1, half) for _, hi in box]
-        part = middle[(..., *(slice(lo, hi) for lo, hi in zip(lows, highs)))]
-        part_up = F.interpolate(part.contiguous(memory_format=torch.channels_last_3d), scale_factor=2,
-                                mode="trilinear", align_corners=False)
-        part_up = part_up[(..., *(slice(lo - 2 * pl, hi - 2 * pl) for (lo, hi), pl in zip(box, lows)))]
+        size = fine.shape[2:]
+        # Channels-last from here: PyTorch's CPU trilinear upsampling vectorises over channels in that layout
+        # (16 channels 32³ → 64³: ~8 ms on one thread against ~36 ms), and the per-voxel layers are matrix products.
+        middle_up = F.interpolate(middle.contiguous(memory_format=torch.channels_last_3d), size=size,
+                                  mode="trilinear", align_corners=False).permute(0, 2, 3, 4, 1)
         local = self.fine_in(torch.cat([fine.permute(0, 2, 3, 4, 1), images.permute(0, 2, 3, 4, 1)], -1))
-        h = F.relu(local + part_up.permute(0, 2, 3, 4, 1))
-        spatial = self.fine_spatial(h.permute(0, 4, 1, 2, 3).contiguous()).permute(0, 2, 3, 4, 1)
-        h = h + F.relu(self.fine_mix(spatial), inplace=not torch.is_grad_enabled())
-        return self.fine_out(h).permute(0, 4, 1, 2, 3)
-
-
-def _even_bbox(mask: torch.Tensor) -> Optional[Tuple[Tuple[int, int], ...]]:
-    """Half-open box ((lo, hi),) * 3 of a (B, 1, L, L, L) mask's True voxels over the batch, widened to even
-    bounds (whole 32³ voxels), or None when the mask is empty."""
-    any_voxel = mask.any(0).any(0)  # (L, L, L)
-    if not bool(any_voxel.any()):
-        return None
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        present = torch.nonzero(any_voxel.any(other[1]).any(other[0])).flatten()
-        lo, hi = int(present[0]), int(present[-1]) + 1
-        box.append((lo - lo % 2, min(hi + hi % 2, any_voxel.shape[axis])))
-    return tuple(box)
+        hidden64 = F.relu(local + middle_up)
+        spatial = self.fine_spatial(hidden64.permute(0, 4, 1, 2, 3).contiguous()).permute(0, 2, 3, 4, 1)
+        hidden64 = hidden64 + F.relu(self.fine_mix(spatial), inplace=not torch.is_grad_enabled())
+        detail = self.fine_out(hidden64).permute(0, 4, 1, 2, 3)
+        upsampled = F.interpolate(coarse_logits, size=size, mode="trilinear", align_corners=False)
+        return coarse_logits, upsampled + detail
 
 
 # ---------------------------------------------------------------- the model side

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from SAMVolSegmentLib import proposals as proposals_module
 from SAMVolSegmentLib.errors import CheckpointError, InvalidPromptError
 from SAMVolSegmentLib.model import load_model
 from SAMVolSegmentLib.model.adapters import AdapterConfig, inject_adapters, save_adapters
@@ -195,28 +194,6 @@ def test_the_head_gives_the_same_logits_on_its_fast_inference_path_as_in_trainin
     for want, got in zip(expected, actual):
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-
-
-def test_the_detail_of_a_box_reads_the_middle_features_exactly_as_the_whole_grid_would(tiny_file):
-    # The 64³ layers run on the open band's box only; the 32³ features' upsampling inside it must be the whole
-    # grid's (one 32³ voxel of margin), on the box's faces inside the grid and on the grid's own faces alike.
-    model = load_model(tiny_file)
-    head = attach_proposal_head(model, ProposalConfig(classes=("blob",)))
-    with torch.no_grad():
-        for parameter in head.parameters():
-            parameter.normal_(0, 0.3)
-        head.fine_spatial.weight.zero_()  # per-voxel layers only: the box's own zero padding plays no part
-        coarse, fine, images = model.encode_image(torch.randn(1, 1, 32, 32, 32))
-        pooled = torch.nn.functional.avg_pool3d(coarse, 2)
-        hidden = head.context(head.stem(torch.cat([pooled, proposals_module._coordinates(pooled)], 1)))
-        middle = head.middle(torch.cat([torch.nn.functional.interpolate(
-            hidden, size=coarse.shape[2:], mode="trilinear", align_corners=False), coarse], 1))
-        low = fine.shape[-1]
-        whole = head._detail(middle, fine, images, ((0, low),) * 3)
-        for box in (((2, 10), (4, 12), (6, low)), ((0, 4), (8, 14), (2, 6))):
-            window = tuple(slice(lo, hi) for lo, hi in box)
-            part = head._detail(middle, fine[(..., *window)], images[(..., *window)], box)
-            torch.testing.assert_close(part, whole[(..., *window)], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("scope", ["all", "corrections"])
