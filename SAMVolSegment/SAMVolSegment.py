@@ -52,7 +52,7 @@ from SAMVolSegmentSlicerLib import backend, coordinates, local_session, progress
 from SAMVolSegmentSlicerLib.dependencies import InstallError  # noqa: E402
 from SAMVolSegmentSlicerLib.markers import PromptMarkers  # noqa: E402
 from SAMVolSegmentSlicerLib.progress_display import ProgressDisplay  # noqa: E402
-from SAMVolSegmentSlicerLib.propose import ProposeControl, checkProposalClass  # noqa: E402
+from SAMVolSegmentSlicerLib.propose import ProposeControl, checkProposalClass, modelReadyStatus  # noqa: E402
 from SAMVolSegmentSlicerLib.segment_merge import OtherSegments  # noqa: E402
 from SAMVolSegmentSlicerLib.segment_volume import VolumeJob  # noqa: E402
 from SAMVolSegmentSlicerLib.settings_panel import SettingsPanel  # noqa: E402
@@ -207,14 +207,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
             raise
         self.closeSession()
         self.session, self.modelKey, self._proposalClasses = session, key, classes
-        status = _("Model {id} ready.").format(id=session.model_id)
-        if classes:
-            status += " " + _("It proposes {classes} without a click (Propose).").format(classes=", ".join(classes))
-        if adapted:
-            # A structure file taught with adapter scope "all" changes every click, not only on its structure.
-            status += " " + _("Its clicks are tuned to {classes}; for other structures load the base model.").format(
-                classes=", ".join(adapted))
-        self._status(status)
+        self._status(modelReadyStatus(session.model_id, classes, adapted))
         return session.model_id
 
     def proposalClasses(self) -> Tuple[str, ...]:

@@ -1,4 +1,5 @@
-"""Propose (a model taught a structure): the Logic's class check and the panel's class list and button.
+"""Propose (a model taught a structure): the Logic's class check and status line, the panel's class list and
+button.
 
 MRML/Qt glue moved out of ``SAMVolSegment.py`` (uses ``slicer.i18n`` and the module's widgets), so it follows
 Slicer's camelCase. The step itself is ``SAMVolSegmentLogic.propose``; like the widget, the control makes one
@@ -26,6 +27,18 @@ def checkProposalClass(classes: Sequence[str], modelID: str, className: str) -> 
             "Model > From file...").format(model=modelID))
     raise InvalidPromptError(_("The model {model} cannot propose {name!r}; it proposes {classes}.").format(
         model=modelID, name=className, classes=", ".join(classes)))
+
+
+def modelReadyStatus(modelID: str, classes: Sequence[str], adapted: Sequence[str]) -> str:
+    """The status line after a model loads: what it proposes (``classes``) and, for a structure file whose
+    adapter runs on every click (``adapted``, adapter scope "all"), that its clicks are tuned to those."""
+    status = _("Model {id} ready.").format(id=modelID)
+    if classes:
+        status += " " + _("It proposes {classes} without a click (Propose).").format(classes=", ".join(classes))
+    if adapted:
+        status += " " + _("Its clicks are tuned to {classes}; for other structures load the base model.").format(
+            classes=", ".join(adapted))
+    return status
 
 
 class ProposeControl:
