@@ -394,6 +394,10 @@ class RoiWindow:
         to_roi[:3, 3] = (scale - 1.0) / 2.0
         return self.affine_ras @ to_roi
 
+    def lowres_spacing(self, low: int) -> float:
+        """Edge of one voxel (mm) of the ``low``-sample grid spanning the window."""
+        return self.spacing * self.size / float(low)
+
     def lowres_geometry(self, low: int) -> VolumeGeometry:
         """The ``low``³ grid of the window as a :class:`VolumeGeometry` ((i, j, k) = (R, A, S), like
         :meth:`ModelGrid.as_volume_geometry`)."""

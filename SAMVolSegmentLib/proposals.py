@@ -209,20 +209,18 @@ def class_index(model: nn.Module, class_name: str) -> int:
     return classes.index(class_name)
 
 
-def edit_sigma_low(spacing_mm: float, roi_size: int, low: int, proposal_mm3: float) -> float:
-    """Reach of a correction in low-res voxels of a ``roi_size`` ROI at ``spacing_mm`` with ``low``³ logits, for
-    a proposal of ``proposal_mm3`` (its volume in the image, mm³): the larger of :data:`PROPOSAL_EDIT_SIGMA_MM`
-    and the radius of a ball of that volume."""
+def edit_sigma_low(low_voxel_mm: float, proposal_mm3: float) -> float:
+    """Reach of a correction in low-res voxels (``low_voxel_mm`` each, :meth:`RoiWindow.lowres_spacing`) for a
+    proposal of ``proposal_mm3`` (its volume in the image, mm³): the larger of :data:`PROPOSAL_EDIT_SIGMA_MM` and
+    the radius of a ball of that volume."""
     radius_mm = (3.0 * max(proposal_mm3, 0.0) / (4.0 * np.pi)) ** (1.0 / 3.0)
-    return max(PROPOSAL_EDIT_SIGMA_MM, radius_mm) / (spacing_mm * roi_size / low)
+    return max(PROPOSAL_EDIT_SIGMA_MM, radius_mm) / low_voxel_mm
 
 
-def _gaussian_low(point_roi: np.ndarray, roi_size: int, low: int, sigma_low: float,
-                  device: torch.device) -> torch.Tensor:
-    """(1, 1, L, L, L) Gaussian of σ ``sigma_low`` low-res voxels centred on ``point_roi`` (ROI voxels (3,))."""
-    centre = (np.asarray(point_roi, dtype=np.float64) + 0.5) * low / roi_size - 0.5
+def _gaussian_low(centre_low: np.ndarray, low: int, sigma_low: float, device: torch.device) -> torch.Tensor:
+    """(1, 1, L, L, L) Gaussian of σ ``sigma_low`` low-res voxels centred on ``centre_low`` (low-res voxels (3,))."""
     axis = torch.arange(low, dtype=torch.float32, device=device)
-    g = [torch.exp(-((axis - float(c)) ** 2) / (2 * sigma_low**2)) for c in centre]
+    g = [torch.exp(-((axis - float(c)) ** 2) / (2 * sigma_low**2)) for c in centre_low]
     return (g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :])[None, None]
 
 
@@ -234,14 +232,16 @@ def local_edit(previous: torch.Tensor, predicted: torch.Tensor, point_roi: np.nd
     voxel size) raises (``positive``) or lowers the logits just enough that the clicked low-res voxel reaches
     ±:data:`CLICK_LOGIT_MARGIN`. Nothing is bumped where the blend already agrees with the click."""
     low = predicted.shape[-1]
-    weight = _gaussian_low(point_roi, roi_size, low, sigma_low, predicted.device)
+    # ROI voxel p sits at low-res coordinate (p + 0.5) * L / S - 0.5 (align_corners=False, as the upsampling).
+    centre = (np.asarray(point_roi, dtype=np.float64) + 0.5) * low / roi_size - 0.5
+    weight = _gaussian_low(centre, low, sigma_low, predicted.device)
     blended = weight * predicted + (1 - weight) * previous.to(predicted.dtype)
-    index = np.clip(np.rint((np.asarray(point_roi, dtype=np.float64) + 0.5) * low / roi_size - 0.5), 0, low - 1)
+    index = np.clip(np.rint(centre), 0, low - 1)
     value = float(blended[(0, 0, *(int(v) for v in index))].detach())
     shortfall = max(0.0, CLICK_LOGIT_MARGIN - value) if positive else min(0.0, -CLICK_LOGIT_MARGIN - value)
     if shortfall == 0.0:
         return blended
-    bump = _gaussian_low(point_roi, roi_size, low, CLICK_BUMP_SIGMA_MM / low_voxel_mm, predicted.device)
+    bump = _gaussian_low(centre, low, CLICK_BUMP_SIGMA_MM / low_voxel_mm, predicted.device)
     return blended + shortfall * bump
 
 
@@ -470,7 +470,7 @@ def adapter_episode(model: nn.Module, sample: ProposalSample, rng: np.random.Gen
             labels.append(1)
             previous = proposal[None, None] * PROPOSAL_PROMPT_GAIN
             prediction = (proposal > 0).numpy()
-            sigma_low = edit_sigma_low(MODEL_SPACING_MM, size, low, float(prediction.sum()) * voxel_mm**3)
+            sigma_low = edit_sigma_low(voxel_mm, float(prediction.sum()) * voxel_mm**3)
     local = bool(points)
     total = torch.zeros(())
     for _ in range(clicks):

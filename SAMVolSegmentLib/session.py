@@ -540,8 +540,7 @@ class InteractiveSession:
         # are calibrated for the head's loss, not for the decoder's prompt), and corrections stay local: their
         # reach grows with the proposal's volume in the image (not in the ROI, which may extend past the image).
         voxel_mm3 = float(np.prod(self._require_volume().geometry.spacing))
-        sigma_low = edit_sigma_low(roi.spacing, roi.size, logits.shape[-1],
-                                   float(np.count_nonzero(pasted.mask)) * voxel_mm3)
+        sigma_low = edit_sigma_low(roi.lowres_spacing(logits.shape[-1]), float(np.count_nonzero(pasted.mask)) * voxel_mm3)
         state = _Snapshot(clicks=(Click(roi.roi_to_ras(deepest[None])[0], True),),
                           rois=((roi.key, _RoiState(roi, logits * PROPOSAL_PROMPT_GAIN, sigma_low)),),
                           active_roi=roi.key)
@@ -650,8 +649,7 @@ class InteractiveSession:
         if roi_state.edit_sigma_low is not None and roi_state.logits is not None and inside.any():
             last = int(np.flatnonzero(inside)[-1])
             return local_edit(roi_state.logits, prediction.low_res_logits, points_roi[last], clicks[last].positive,
-                              roi.size, roi_state.edit_sigma_low,
-                              roi.spacing * roi.size / prediction.low_res_logits.shape[-1])
+                              roi.size, roi_state.edit_sigma_low, roi.lowres_spacing(prediction.low_res_logits.shape[-1]))
         return prediction.low_res_logits
 
     def _paste(self, roi: RoiWindow, logits: torch.Tensor, box_ras, base_label_kji: np.ndarray) -> MaskUpdate:

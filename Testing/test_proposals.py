@@ -297,10 +297,10 @@ def test_a_correction_reaches_15_mm_or_the_radius_of_a_larger_proposal():
     from SAMVolSegmentLib.proposals import PROPOSAL_EDIT_SIGMA_MM, edit_sigma_low
 
     voxel_mm = 1.5 * 128 / 64  # the bundled model: 3 mm low-res voxels
-    assert edit_sigma_low(1.5, 128, 64, 0.0) * voxel_mm == pytest.approx(PROPOSAL_EDIT_SIGMA_MM)
-    assert edit_sigma_low(1.5, 128, 64, 3500.0) * voxel_mm == pytest.approx(PROPOSAL_EDIT_SIGMA_MM)  # r = 9.4 mm
+    assert edit_sigma_low(voxel_mm, 0.0) * voxel_mm == pytest.approx(PROPOSAL_EDIT_SIGMA_MM)
+    assert edit_sigma_low(voxel_mm, 3500.0) * voxel_mm == pytest.approx(PROPOSAL_EDIT_SIGMA_MM)  # r = 9.4 mm
     ball_30mm = 4 / 3 * np.pi * 30.0**3
-    assert edit_sigma_low(1.5, 128, 64, ball_30mm) * voxel_mm == pytest.approx(30.0)
+    assert edit_sigma_low(voxel_mm, ball_30mm) * voxel_mm == pytest.approx(30.0)
 
 
 # ---------------------------------------------------------------- the API, the CLI and batch rows without prompts
