@@ -3,7 +3,7 @@
 Layers: the widget (``.ui`` + shortcuts) makes one Logic call per user action (``addPointFromMarkup``,
 ``setBoxFromROI``, ``propose``, ``undo``, ``redo``, ``reset``, ``acceptSegment``, ...). The Logic reads model, target and
 masking settings from the parameter node and owns the whole step: engine call on one persistent worker thread
-(only through the session protocol, ``SAMVolSegmentLib.session_protocol``, on the local engine or a remote
+(only through the session protocol, ``SAMVolSegmentLib.engine.session_protocol``, on the local engine or a remote
 server: ``SAMVolSegmentSlicerLib.backend``; secrets and preferences stay in QSettings), the target
 (``SAMVolSegmentSlicerLib.target``), segment write (``segment_io``), markers (``markers``), and one history (its
 segment edits hang on the engine's steps). ``segmentVolume`` (console, scripts) runs a whole prompt set through
@@ -61,8 +61,8 @@ from SAMVolSegmentSlicerLib.target import Target, TargetRemovedError  # noqa: E4
 from SAMVolSegmentSlicerLib.undo_stack import EditStep, Prompt  # noqa: E402
 from SAMVolSegmentSlicerLib.worker import EngineWorker, WorkerBusyError  # noqa: E402
 
-from SAMVolSegmentLib.mask_update import MaskUpdate  # noqa: E402
-from SAMVolSegmentLib.session_protocol import SegmentationSession, check_session  # noqa: E402
+from SAMVolSegmentLib.engine.mask_update import MaskUpdate  # noqa: E402
+from SAMVolSegmentLib.engine.session_protocol import SegmentationSession, check_session  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

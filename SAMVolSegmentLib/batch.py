@@ -1,7 +1,7 @@
 """Segmentation from saved prompts: one case (``segment``), many cases (``segment_cases``), and ``run_batch``.
 
 One code path for every caller: :func:`run_case` reads a case's prompts and image, runs an
-:class:`~SAMVolSegmentLib.session.InteractiveSession` (:func:`segment_volume`), writes the mask atomically and
+:class:`~SAMVolSegmentLib.engine.session.InteractiveSession` (:func:`segment_volume`), writes the mask atomically and
 optionally scores it; ``samvolseg segment`` (one case), ``samvolseg batch`` (a manifest) and the Python API
 :func:`segment` all go through it. The Slicer Logic's ``segmentVolume`` checks its prompts with
 :func:`check_prompt_arrays` and runs :func:`segment_volume` (local model) or its prompt sequence
@@ -22,9 +22,9 @@ failing case (bad prompts, missing file...) is recorded and never stops the othe
 Manifest: CSV with a header row and the columns ``image,prompts,output`` (required) and ``label``,
 ``label_value`` (optional: score the mask against ``label == label_value``, or ``label > 0`` when the value
 is empty) and ``auto`` (optional: a class name the model proposes first, prompt-free, see
-:meth:`~SAMVolSegmentLib.session.InteractiveSession.propose`; the row's prompts, which may then be empty,
+:meth:`~SAMVolSegmentLib.engine.session.InteractiveSession.propose`; the row's prompts, which may then be empty,
 correct that proposal). Relative paths are relative to the manifest's folder. ``image`` is a file or a DICOM series
-folder; ``prompts`` is any format :func:`SAMVolSegmentLib.prompts_io.read_prompts` reads.
+folder; ``prompts`` is any format :func:`SAMVolSegmentLib.engine.prompts_io.read_prompts` reads.
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def check_output_path(case: BatchCase) -> None:
 
 
 def read_case_prompts(case: BatchCase):
-    """The case's :class:`~SAMVolSegmentLib.prompts_io.Prompts`, with ``case.box_ras`` replacing the file's box.
+    """The case's :class:`~SAMVolSegmentLib.engine.prompts_io.Prompts`, with ``case.box_ras`` replacing the file's box.
 
     With ``case.auto`` the proposal is the starting point: the prompts (none when ``case.prompts`` is "")
     only correct it, so they need no positive point.
@@ -253,7 +253,7 @@ def read_case_prompts(case: BatchCase):
     Raises:
         InvalidPromptError: missing or malformed file, or neither a positive point nor a box (nor ``auto``).
     """
-    from .prompts_io import Prompts, read_prompts
+    from .engine.prompts_io import Prompts, read_prompts
 
     if case.prompts:
         # A box given with the case, or a proposal, starts the mask: the file may then hold only negatives.
@@ -287,10 +287,10 @@ def check_prompt_arrays(
         ``(points (N, 3) float64, signs (N,) bool, box or None)``, the box as ``(min corner, max corner)``.
     Raises:
         InvalidPromptError: points not (N, 3) finite numbers, a sign that is not 0/1/bool, a different number
-            of points and signs, more than :data:`~SAMVolSegmentLib.prompts_io.MAX_CLICKS` points, a box that is
+            of points and signs, more than :data:`~SAMVolSegmentLib.engine.prompts_io.MAX_CLICKS` points, a box that is
             not two finite 3D corners, or no positive point and no box.
     """
-    from .prompts_io import MAX_CLICKS, check_prompts
+    from .engine.prompts_io import MAX_CLICKS, check_prompts
 
     try:
         points = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
@@ -336,7 +336,7 @@ def run_prompts(
     propose: Optional[str] = None,
 ) -> np.ndarray:
     """The prompt sequence of :func:`segment_volume` on any open
-    :class:`~SAMVolSegmentLib.session_protocol.SegmentationSession` (local or ``RemoteSession``).
+    :class:`~SAMVolSegmentLib.engine.session_protocol.SegmentationSession` (local or ``RemoteSession``).
 
     Sets the volume, waits for its preprocessing, makes the ``propose`` class's proposal (if any), applies the
     box (if any), then the clicks in order. Arguments as :func:`segment_volume`. Returns the uint8 (k, j, i)
@@ -385,7 +385,7 @@ def segment_volume(
     input grid.
 
     Args:
-        model: a loaded model, a :class:`~SAMVolSegmentLib.predictor.Predictor`, or a
+        model: a loaded model, a :class:`~SAMVolSegmentLib.engine.predictor.Predictor`, or a
             :class:`~SAMVolSegmentLib.remote.client.RemoteBackend` (a fresh session on its server).
         image: ``SimpleITK.Image`` (3D scalar) or a (k, j, i) numpy array with ``ijk_to_ras``.
         points_ras: (N, 3) clicks in RAS mm, applied in this order.
@@ -397,11 +397,11 @@ def segment_volume(
         propose: a class the model proposes first (prompt-free; the model needs a proposal head).
     Returns:
         The uint8 (k, j, i) mask (1 = segment) on the input image's voxel grid, and that grid's
-        :class:`~SAMVolSegmentLib.geometry.VolumeGeometry` (``to_sitk_image`` gives the mask file's header).
+        :class:`~SAMVolSegmentLib.engine.geometry.VolumeGeometry` (``to_sitk_image`` gives the mask file's header).
     Raises:
         InvalidImageError, InvalidPromptError: the session refused the image or a prompt.
     """
-    from .session import InteractiveSession
+    from .engine.session import InteractiveSession
 
     # A remote backend (remote.RemoteBackend) opens a session on its server; anything else is a local model.
     open_session = getattr(model, "open_session", None)
@@ -468,7 +468,7 @@ def read_volume(path: PathLike, series: Optional[str] = None):
     Raises:
         InvalidImageError: unreadable, or not a 3D scalar volume (the message says what to give instead).
     """
-    from .preprocessing import read_image
+    from .engine.preprocessing import read_image
 
     image = read_image(path, series_uid=series)
     if image.GetDimension() != 3:
@@ -486,8 +486,8 @@ def score_mask(case: BatchCase, mask_kji: np.ndarray) -> float:
     Raises:
         InvalidImageError: the label is unreadable, off the image's grid, or has no target voxels.
     """
-    from .evaluation import Case, load_target
-    from .metrics import dice
+    from .engine.metrics import dice
+    from .tools.evaluation import Case, load_target
 
     assert case.label is not None
     _, target = load_target(Case(Path(case.output).name, Path(case.image), Path(case.label), case.label_value))
@@ -853,7 +853,7 @@ def segment(
         positive: (N,) bools (or 1/0), True = on the structure.
         box_ras: optional ``(min_ras (3,), max_ras (3,))`` box (corners in any order).
         model: registry name or checkpoint path (loaded once per process and kept), a loaded model, or a
-            :class:`~SAMVolSegmentLib.predictor.Predictor`.
+            :class:`~SAMVolSegmentLib.engine.predictor.Predictor`.
         device: torch device when ``model`` is a name or path.
         ijk_to_ras: (4, 4) voxel (i, j, k) → RAS matrix, for an array image.
         series: DICOM series UID when a folder holds several series.

@@ -186,7 +186,7 @@ def read_image_label(image_path: PathLike, label_path: PathLike) -> Tuple[sitk.I
         InvalidImageError: a file is missing/unreadable, or the label's size, spacing, origin or direction
             differ from the image's (the message says which).
     """
-    from .preprocessing import read_image
+    from .engine.preprocessing import read_image
 
     image, label = read_image(image_path), read_image(label_path)
     if label.GetNumberOfComponentsPerPixel() != 1 or label.GetDimension() != image.GetDimension():

@@ -16,8 +16,8 @@ from SAMVolSegmentLib.model.adapters import (
     save_adapters,
 )
 from SAMVolSegmentLib.model.clicknet2 import ClickNet2, ClickNet2Config
-from SAMVolSegmentLib.training import export_model, train
-from SAMVolSegmentLib.training_data import SampleSource
+from SAMVolSegmentLib.tools.training import export_model, train
+from SAMVolSegmentLib.tools.training_data import SampleSource
 
 TINY_CLICKNET2 = ClickNet2Config(image_size=32, encoder_channels=(4, 8, 8, 8), embed_dim=8,
                                  decoder_channels=(8, 8, 8), refine_channels=4)

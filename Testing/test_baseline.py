@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SAMVolSegmentLib.baseline import RegionGrowing, region_grow
 from SAMVolSegmentLib.errors import InvalidPromptError
-from SAMVolSegmentLib.evaluation import dice
+from SAMVolSegmentLib.tools.baseline import RegionGrowing, region_grow
+from SAMVolSegmentLib.tools.evaluation import dice
 
 
 def make_image(array_kji: np.ndarray, spacing=(1.0, 1.0, 2.0), noise=5.0) -> sitk.Image:
@@ -83,8 +83,8 @@ def test_click_outside_the_volume_is_refused():
 
 
 def test_phantom_spleen_one_click(tmp_path):
-    from SAMVolSegmentLib.evaluation import Case, first_click, load_target
-    from SAMVolSegmentLib.phantom import PHANTOM_LABELS, write_phantom
+    from SAMVolSegmentLib.tools.evaluation import Case, first_click, load_target
+    from SAMVolSegmentLib.tools.phantom import PHANTOM_LABELS, write_phantom
 
     image_path, label_path = write_phantom(tmp_path, spacing=(1.6, 1.6, 5.0))
     image, target = load_target(Case("spleen", image_path, label_path, PHANTOM_LABELS["spleen"]))

@@ -29,11 +29,11 @@ from SAMVolSegmentLib.batch import (
     segment_cases,
     write_manifest,
 )
-from SAMVolSegmentLib.cli import main
+from SAMVolSegmentLib.cli.main import main
+from SAMVolSegmentLib.engine.geometry import VolumeGeometry
 from SAMVolSegmentLib.errors import InvalidPromptError
-from SAMVolSegmentLib.evaluation import deepest_point, index_to_ras
-from SAMVolSegmentLib.geometry import VolumeGeometry
-from SAMVolSegmentLib.weights import resolve_model_path
+from SAMVolSegmentLib.model.registry import resolve_model_path
+from SAMVolSegmentLib.tools.evaluation import deepest_point, index_to_ras
 
 REPO = Path(__file__).resolve().parents[1]
 #: Small real cases (name, label value or None for label > 0): a few seconds each on one CPU thread.
@@ -218,7 +218,7 @@ def test_bad_cases_never_stop_the_others_and_a_rerun_finishes_them(cohort, model
 
 def _batch_process(manifest: Path, model_path: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "SAMVolSegmentLib.cli", "batch", str(manifest), "--model",
+    return subprocess.Popen([sys.executable, "-m", "SAMVolSegmentLib.cli.main", "batch", str(manifest), "--model",
                              str(model_path), "--threads", "1", *extra], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 

@@ -16,10 +16,10 @@ import SimpleITK as sitk
 import torch
 
 from SAMVolSegmentLib import __version__
-from SAMVolSegmentLib.cli import main, make_progress
-from SAMVolSegmentLib.evaluation import Case, evaluate_cases
+from SAMVolSegmentLib.cli.main import main, make_progress
 from SAMVolSegmentLib.model import ModelConfig, build_model
-from SAMVolSegmentLib.phantom import PHANTOM_LABELS, make_phantom, write_phantom
+from SAMVolSegmentLib.tools.evaluation import Case, evaluate_cases
+from SAMVolSegmentLib.tools.phantom import PHANTOM_LABELS, make_phantom, write_phantom
 
 TINY = ModelConfig(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,),
                    prompt_embed_dim=48, image_size=64)

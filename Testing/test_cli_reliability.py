@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import SAMVolSegmentLib.cli as cli
+import SAMVolSegmentLib.cli.main as cli
 from SAMVolSegmentLib import io_utils
-from SAMVolSegmentLib.cli import build_parser, main
+from SAMVolSegmentLib.cli.main import build_parser, main
+from SAMVolSegmentLib.engine.prompts_io import read_prompts
+from SAMVolSegmentLib.engine.session import MAX_CLICKS
 from SAMVolSegmentLib.errors import InvalidPromptError
-from SAMVolSegmentLib.prompts_io import read_prompts
-from SAMVolSegmentLib.session import MAX_CLICKS
 
 REPO = Path(__file__).resolve().parents[1]
 NO_MODEL = ["--model", "no-such-model-file.pt"]
@@ -146,7 +146,7 @@ def test_a_volume_with_a_huge_model_grid_is_one_line_under_a_4_gb_limit(tmp_path
     script = textwrap.dedent(f"""
         import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-        import SAMVolSegmentLib.cli as cli
+        import SAMVolSegmentLib.cli.main as cli
         {{transparent}}
         sys.exit(cli.main(["segment", {str(path)!r}, "--points", {str(points)!r}, "--output",
                        {str(tmp_path / "m.nii.gz")!r}, "--model", "clicknet-v1"]))
@@ -195,7 +195,7 @@ def start_cli(tmp_path, image, points, patch: str) -> subprocess.Popen:
     # A shell starts the program with Ctrl-C at its default action; the test process may not (an ignored signal
     # is inherited by children, and libraries loaded by earlier tests can set it), so the child restores it.
     script = (f"import signal, sys, threading, time\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
-              f"import SAMVolSegmentLib.cli as cli\n{TRANSPARENT_MODEL}\n{patch}\n"
+              f"import SAMVolSegmentLib.cli.main as cli\n{TRANSPARENT_MODEL}\n{patch}\n"
               f"sys.argv = {argv!r}\nsys.exit(cli.main())\n")
     return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=REPO)
@@ -220,7 +220,7 @@ def interrupt_when_ready(child: subprocess.Popen, timeout: float = 120.0):
 
 def test_ctrl_c_during_resampling_exits_at_once(tmp_path, image, points):
     patch = """
-import SAMVolSegmentLib.session as session
+import SAMVolSegmentLib.engine.session as session
 def slow_resample(volume):
     print("READY", flush=True)
     time.sleep(20)  # a long resampling
@@ -285,7 +285,7 @@ sys.stderr = Stderr(sys.stderr)
 """
     argv = ["samvolseg", "segment", str(image), "--points", str(points), "--output", str(image)]  # refused
     script = (f"import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
-              f"import SAMVolSegmentLib.cli as cli\n{patch}\nsys.argv = {argv!r}\nsys.exit(cli.main())\n")
+              f"import SAMVolSegmentLib.cli.main as cli\n{patch}\nsys.argv = {argv!r}\nsys.exit(cli.main())\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
@@ -295,7 +295,7 @@ sys.stderr = Stderr(sys.stderr)
 def test_an_ignored_ctrl_c_stays_ignored(tmp_path, image, points):
     """A program started with SIGINT ignored (a background job, nohup) keeps it ignored, before and after."""
     argv = ["samvolseg", "segment", str(image), "--points", str(points), "--output", str(image)]  # refused
-    script = ("import signal, sys\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nimport SAMVolSegmentLib.cli as cli\n"
+    script = ("import signal, sys\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nimport SAMVolSegmentLib.cli.main as cli\n"
               f"sys.argv = {argv!r}\ncode = cli.main()\nprint(code, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.stdout.split() == ["2", "True"], done.stdout + done.stderr

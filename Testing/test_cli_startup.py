@@ -19,7 +19,7 @@ HEAVY = ("torch", "SimpleITK", "scipy")
 def test_version_and_every_help_page_import_no_heavy_module():
     script = textwrap.dedent(f"""
         import argparse, contextlib, io, sys
-        from SAMVolSegmentLib.cli import build_parser, main
+        from SAMVolSegmentLib.cli.main import build_parser, main
 
         def commands(parser, prefix):
             for action in parser._actions:
@@ -55,5 +55,5 @@ def test_the_installed_program_prints_its_version_without_torch():
                           env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
     assert done.returncode == 0 and done.stdout.startswith("samvolseg "), done.stdout + done.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
-    assert "SAMVolSegmentLib.cli" in imported  # the listing works, so an absence below means something
+    assert "SAMVolSegmentLib.cli.main" in imported  # the listing works, so an absence below means something
     assert not imported & set(HEAVY), sorted(imported & set(HEAVY))

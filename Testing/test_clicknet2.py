@@ -8,11 +8,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from SAMVolSegmentLib.engine.predictor import Predictor, tensor_nbytes
+from SAMVolSegmentLib.engine.session import InteractiveSession
 from SAMVolSegmentLib.model import load_model
 from SAMVolSegmentLib.model.clicknet2 import CLICK_FEATURES, ClickNet2, ClickNet2Config, _grown_region
-from SAMVolSegmentLib.predictor import Predictor, tensor_nbytes
-from SAMVolSegmentLib.session import InteractiveSession
-from SAMVolSegmentLib.training import export_model
+from SAMVolSegmentLib.tools.training import export_model
 
 TINY = ClickNet2Config(image_size=32, encoder_channels=(4, 8, 8, 8), embed_dim=8, decoder_channels=(8, 8, 8),
                        refine_channels=4)

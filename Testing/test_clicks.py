@@ -1,4 +1,4 @@
-"""The click simulator's ROI placement (the rest of :mod:`SAMVolSegmentLib.clicks` is tested with the
+"""The click simulator's ROI placement (the rest of :mod:`SAMVolSegmentLib.engine.clicks` is tested with the
 evaluation protocol in test_evaluation.py)."""
 
 from __future__ import annotations
@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SAMVolSegmentLib import clicks, evaluation, training
-from SAMVolSegmentLib.clicks import deepest_point_roi
-from SAMVolSegmentLib.geometry import RoiWindow
+from SAMVolSegmentLib.engine import clicks
+from SAMVolSegmentLib.engine.clicks import deepest_point_roi
+from SAMVolSegmentLib.engine.geometry import RoiWindow
+from SAMVolSegmentLib.tools import evaluation, training
 
 
 def test_one_click_simulator_for_evaluation_and_training():

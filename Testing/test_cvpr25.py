@@ -10,8 +10,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from SAMVolSegmentLib.cli import main
-from SAMVolSegmentLib.cvpr25 import (
+from SAMVolSegmentLib.cli.main import main
+from SAMVolSegmentLib.engine.geometry import VolumeGeometry
+from SAMVolSegmentLib.engine.metrics import dice
+from SAMVolSegmentLib.engine.session import InteractiveSession
+from SAMVolSegmentLib.model import ModelConfig, build_model
+from SAMVolSegmentLib.tools.cvpr25 import (
     ChallengeBox,
     Cvpr25Result,
     _case_results,
@@ -23,11 +27,7 @@ from SAMVolSegmentLib.cvpr25 import (
     run_case,
     write_cvpr25_results,
 )
-from SAMVolSegmentLib.evaluation import Case, _BaselineMethod, _ModelMethod, discover_cases
-from SAMVolSegmentLib.geometry import VolumeGeometry
-from SAMVolSegmentLib.metrics import dice
-from SAMVolSegmentLib.model import ModelConfig, build_model
-from SAMVolSegmentLib.session import InteractiveSession
+from SAMVolSegmentLib.tools.evaluation import Case, _BaselineMethod, _ModelMethod, discover_cases
 
 SPACING_IJK = (0.9, 0.8, 2.5)
 

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from SAMVolSegmentLib.clicks import CVPR25_CLICKS, ClickRule, deepest_point, first_click, next_click
+from SAMVolSegmentLib.engine.clicks import CVPR25_CLICKS, ClickRule, deepest_point, first_click, next_click
+from SAMVolSegmentLib.engine.geometry import VolumeGeometry
 from SAMVolSegmentLib.errors import InvalidImageError
-from SAMVolSegmentLib.evaluation import (
+from SAMVolSegmentLib.tools.evaluation import (
     Case,
     EvaluationResult,
     _run_protocol,
@@ -28,7 +29,6 @@ from SAMVolSegmentLib.evaluation import (
     simulate_case,
     write_results,
 )
-from SAMVolSegmentLib.geometry import VolumeGeometry
 
 
 def blob_case(tmp_path, name="blob", spacing=(0.9, 0.8, 2.5), direction=None, label_value=1):

@@ -8,8 +8,7 @@ import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from SAMVolSegmentLib.errors import InvalidImageError
-from SAMVolSegmentLib.geometry import (
+from SAMVolSegmentLib.engine.geometry import (
     ModelGrid,
     RoiWindow,
     VolumeGeometry,
@@ -27,7 +26,8 @@ from SAMVolSegmentLib.geometry import (
     ras_to_lps,
     union_bbox,
 )
-from SAMVolSegmentLib.preprocessing import paste_back_logits, roi_footprint_bbox_kji
+from SAMVolSegmentLib.engine.preprocessing import paste_back_logits, roi_footprint_bbox_kji
+from SAMVolSegmentLib.errors import InvalidImageError
 
 
 def rotation(angles) -> np.ndarray:
@@ -270,7 +270,7 @@ def test_paste_back_of_a_roi_outside_the_volume_is_empty():
     st.sampled_from([4, 8, 16]),
 )
 def test_crop_roi_at_borders_and_outside(shape_model, start, size):
-    from SAMVolSegmentLib.preprocessing import ModelVolume, crop_roi
+    from SAMVolSegmentLib.engine.preprocessing import ModelVolume, crop_roi
 
     array = np.arange(1, np.prod(shape_model) + 1, dtype=np.float32).reshape(shape_model)
     grid = ModelGrid((0.0, 0.0, 0.0), shape_model)

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
+from SAMVolSegmentLib.engine.geometry import VolumeGeometry
+from SAMVolSegmentLib.engine.preprocessing import load_volume, read_image
 from SAMVolSegmentLib.errors import InvalidImageError
-from SAMVolSegmentLib.geometry import VolumeGeometry
-from SAMVolSegmentLib.preprocessing import load_volume, read_image
 
 
 def image_with(direction=None, spacing=(1.0, 1.0, 1.0), array=None) -> sitk.Image:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from scipy.integrate import cumulative_trapezoid
 from scipy.spatial.distance import cdist
 
-from SAMVolSegmentLib.metrics import corner_surface, interaction_auc, nsd
+from SAMVolSegmentLib.engine.metrics import corner_surface, interaction_auc, nsd
 
 SPACINGS = st.tuples(*[st.sampled_from([0.4, 1.0, 2.5])] * 3)
 

@@ -60,7 +60,7 @@ def test_small_checkpoint_reproduces_reference_outputs(fixtures_dir, impl):
 def test_bf16_precision_stays_close_to_fp32(fixtures_dir):
     """bf16 autocast is opt-in: its logits track fp32 closely, but on this random-weight fixture (logits
     near 0 everywhere) the thresholded mask moves noticeably (Dice ≈ 0.93), so it is never the default."""
-    from SAMVolSegmentLib.predictor import Predictor
+    from SAMVolSegmentLib.engine.predictor import Predictor
 
     ref = np.load(fixtures_dir / "small_sam_med3d_reference.npz")
     masks, logits_by_precision = [], []

@@ -14,7 +14,7 @@ from SAMVolSegmentLib.errors import CheckpointError
 from SAMVolSegmentLib.model import ModelConfig, build_model, load_model, register_family
 from SAMVolSegmentLib.model import build as build_module
 from SAMVolSegmentLib.model.build import file_sha256
-from SAMVolSegmentLib.weights import REGISTRY
+from SAMVolSegmentLib.model.registry import REGISTRY
 
 TINY = ModelConfig(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,),
                    prompt_embed_dim=48, image_size=64)

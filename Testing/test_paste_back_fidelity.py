@@ -24,9 +24,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from SAMVolSegmentLib.evaluation import dice
-from SAMVolSegmentLib.geometry import RoiWindow
-from SAMVolSegmentLib.preprocessing import (
+from SAMVolSegmentLib.engine.geometry import RoiWindow
+from SAMVolSegmentLib.engine.preprocessing import (
     ModelVolume,
     crop_roi,
     load_volume,
@@ -36,6 +35,7 @@ from SAMVolSegmentLib.preprocessing import (
     resample_to_model_grid,
     soft_label_to_model_grid,
 )
+from SAMVolSegmentLib.tools.evaluation import dice
 
 FIXTURE_CASES = ["ct_ibsi_sts003_sarcoma", "mr_msd_hippocampus_003", "mr_sct_t2_spinalcord"]
 #: Development cases with a real (not TotalSegmentator) label. DeepLesion's mask method and the pyradiomics

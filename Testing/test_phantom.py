@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from SAMVolSegmentLib.phantom import (
+from SAMVolSegmentLib.tools.phantom import (
     BODY_CENTRE_LPS,
     DEFAULT_SPACING,
     FIELD_OF_VIEW_MM,
@@ -106,8 +106,8 @@ def test_boundaries_have_partial_volume():
 
 
 def test_write_phantom_is_an_evaluation_case(tmp_path):
-    from SAMVolSegmentLib.evaluation import discover_cases
     from SAMVolSegmentLib.io_utils import read_image_label
+    from SAMVolSegmentLib.tools.evaluation import discover_cases
 
     image_path, label_path = write_phantom(tmp_path / "phantom", spacing=(4.0, 4.0, 5.0))
     image, label = read_image_label(image_path, label_path)

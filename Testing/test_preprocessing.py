@@ -10,9 +10,8 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from SAMVolSegmentLib.errors import InvalidImageError
-from SAMVolSegmentLib.geometry import ModelGrid, RoiWindow, VolumeGeometry
-from SAMVolSegmentLib.preprocessing import (
+from SAMVolSegmentLib.engine.geometry import ModelGrid, RoiWindow, VolumeGeometry
+from SAMVolSegmentLib.engine.preprocessing import (
     extract_roi,
     load_volume,
     normalize_roi,
@@ -20,6 +19,7 @@ from SAMVolSegmentLib.preprocessing import (
     read_image,
     resample_to_model_grid,
 )
+from SAMVolSegmentLib.errors import InvalidImageError
 
 FIXTURE_CASES = ["ct_ibsi_sts003_sarcoma", "mr_msd_hippocampus_003", "mr_sct_t2_spinalcord"]
 

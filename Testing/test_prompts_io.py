@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from SAMVolSegmentLib.engine.prompts_io import Prompts, check_prompts, read_prompts
 from SAMVolSegmentLib.errors import InvalidPromptError
-from SAMVolSegmentLib.prompts_io import Prompts, check_prompts, read_prompts
 
 
 def write(tmp_path, name, content) -> str:

@@ -7,12 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from SAMVolSegmentLib.errors import CheckpointError, InvalidPromptError
-from SAMVolSegmentLib.model import load_model
-from SAMVolSegmentLib.model.adapters import AdapterConfig, inject_adapters, save_adapters
-from SAMVolSegmentLib.model.clicknet2 import ClickNet2, ClickNet2Config
-from SAMVolSegmentLib.preprocessing import load_volume
-from SAMVolSegmentLib.proposals import (
+from SAMVolSegmentLib.engine.preprocessing import load_volume
+from SAMVolSegmentLib.engine.proposals import (
     ProposalConfig,
     attach_proposal_head,
     build_samples,
@@ -20,8 +16,12 @@ from SAMVolSegmentLib.proposals import (
     proposal_classes,
     train_proposal_head,
 )
-from SAMVolSegmentLib.session import InteractiveSession
-from SAMVolSegmentLib.training import export_model
+from SAMVolSegmentLib.engine.session import InteractiveSession
+from SAMVolSegmentLib.errors import CheckpointError, InvalidPromptError
+from SAMVolSegmentLib.model import load_model
+from SAMVolSegmentLib.model.adapters import AdapterConfig, inject_adapters, save_adapters
+from SAMVolSegmentLib.model.clicknet2 import ClickNet2, ClickNet2Config
+from SAMVolSegmentLib.tools.training import export_model
 
 TINY = ClickNet2Config(image_size=32, encoder_channels=(4, 8, 8, 8), embed_dim=8, decoder_channels=(8, 8, 8),
                        refine_channels=4)
@@ -198,7 +198,7 @@ def test_the_head_gives_the_same_logits_on_its_fast_inference_path_as_in_trainin
 
 @pytest.mark.parametrize("scope", ["all", "corrections"])
 def test_the_adapter_scope_decides_which_clicks_the_trained_adapter_changes(tiny_file, scope):
-    from SAMVolSegmentLib.proposals import train_decoder_adapter
+    from SAMVolSegmentLib.engine.proposals import train_decoder_adapter
 
     base = load_model(tiny_file)
     model = load_model(tiny_file)
@@ -265,7 +265,7 @@ def test_a_correction_changes_a_proposal_only_near_its_click(tiny_file):
 
 
 def test_the_local_edit_takes_the_prediction_near_the_click_and_keeps_the_rest():
-    from SAMVolSegmentLib.proposals import local_edit
+    from SAMVolSegmentLib.engine.proposals import local_edit
 
     previous = torch.full((1, 1, 16, 16, 16), 10.0)
     predicted = torch.full((1, 1, 16, 16, 16), -10.0)
@@ -278,7 +278,7 @@ def test_the_local_edit_takes_the_prediction_near_the_click_and_keeps_the_rest()
 
 
 def test_a_correction_always_takes_effect_where_it_was_placed():
-    from SAMVolSegmentLib.proposals import CLICK_BUMP_SIGMA_MM, CLICK_LOGIT_MARGIN, local_edit
+    from SAMVolSegmentLib.engine.proposals import CLICK_BUMP_SIGMA_MM, CLICK_LOGIT_MARGIN, local_edit
 
     # The decoder ignores the click (its answer equals the previous mask): the clicked voxel still flips,
     # within about the bump's σ, and far away nothing changes.
@@ -294,7 +294,7 @@ def test_a_correction_always_takes_effect_where_it_was_placed():
 
 
 def test_a_correction_reaches_15_mm_or_the_radius_of_a_larger_proposal():
-    from SAMVolSegmentLib.proposals import PROPOSAL_EDIT_SIGMA_MM, edit_sigma_low
+    from SAMVolSegmentLib.engine.proposals import PROPOSAL_EDIT_SIGMA_MM, edit_sigma_low
 
     voxel_mm = 1.5 * 128 / 64  # the bundled model: 3 mm low-res voxels
     assert edit_sigma_low(voxel_mm, 0.0) * voxel_mm == pytest.approx(PROPOSAL_EDIT_SIGMA_MM)
@@ -339,7 +339,7 @@ def test_segment_api_starts_from_a_proposal_and_needs_prompts_without_one(head_f
 
 
 def test_cli_segment_auto_writes_the_proposal_and_refuses_no_prompt_at_all(head_file, image_file, tmp_path, capsys):
-    from SAMVolSegmentLib import cli
+    from SAMVolSegmentLib.cli import main as cli
 
     out = tmp_path / "mask.nii.gz"
     assert cli.main(["segment", str(image_file), "--auto", "blob", "--model", str(head_file), "--output", str(out)]) == 0
@@ -366,7 +366,7 @@ def test_teach_offers_exactly_the_adapter_scopes_the_adapters_accept():
     import argparse
 
     from SAMVolSegmentLib.model.adapters import DECODER_SCOPES
-    from SAMVolSegmentLib.teach import register_cli
+    from SAMVolSegmentLib.tools.teach import register_cli
 
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers())
@@ -382,7 +382,7 @@ def test_teach_writes_split_structure_and_card_and_a_rerun_resumes(tiny_file, tm
 
     import SimpleITK as sitk
 
-    from SAMVolSegmentLib import cli
+    from SAMVolSegmentLib.cli import main as cli
 
     data = tmp_path / "cases"
     for seed in range(4):

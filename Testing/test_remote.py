@@ -31,7 +31,11 @@ requests = pytest.importorskip("requests")
 
 import uvicorn  # noqa: E402
 
-from SAMVolSegmentLib import cli  # noqa: E402
+from SAMVolSegmentLib.cli import main as cli  # noqa: E402
+from SAMVolSegmentLib.engine.mask_update import MaskUpdate  # noqa: E402
+from SAMVolSegmentLib.engine.predictor import Predictor  # noqa: E402
+from SAMVolSegmentLib.engine.session import InteractiveSession  # noqa: E402
+from SAMVolSegmentLib.engine.session_protocol import SegmentationSession, check_session  # noqa: E402
 from SAMVolSegmentLib.errors import (  # noqa: E402
     AuthenticationError,
     InvalidImageError,
@@ -41,10 +45,8 @@ from SAMVolSegmentLib.errors import (  # noqa: E402
     ServerUnavailableError,
     SessionStateError,
 )
-from SAMVolSegmentLib.mask_update import MaskUpdate  # noqa: E402
 from SAMVolSegmentLib.model import load_model  # noqa: E402
 from SAMVolSegmentLib.model.clicknet import ClickNet, ClickNetConfig  # noqa: E402
-from SAMVolSegmentLib.predictor import Predictor  # noqa: E402
 from SAMVolSegmentLib.remote import PROTOCOL_VERSION, RemoteSession, ServerConfig, create_app  # noqa: E402
 from SAMVolSegmentLib.remote.protocol import (  # noqa: E402
     API_PREFIX,
@@ -63,9 +65,7 @@ from SAMVolSegmentLib.remote.protocol import (  # noqa: E402
     encode_volume,
 )
 from SAMVolSegmentLib.remote.server import HTTPReplyError, ModelWorker  # noqa: E402
-from SAMVolSegmentLib.session import InteractiveSession  # noqa: E402
-from SAMVolSegmentLib.session_protocol import SegmentationSession, check_session  # noqa: E402
-from SAMVolSegmentLib.training import export_model  # noqa: E402
+from SAMVolSegmentLib.tools.training import export_model  # noqa: E402
 
 API = API_PREFIX
 TOKEN = "test-token-0123456789abcdef"
@@ -730,7 +730,7 @@ def test_samvolseg_serve_runs_a_real_server(checkpoint, tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "SAMVolSegmentLib.cli", "serve", "--model", str(checkpoint),
+    process = subprocess.Popen([sys.executable, "-m", "SAMVolSegmentLib.cli.main", "serve", "--model", str(checkpoint),
                                 "--port", str(port), "--token-file", str(token_file), "--log-level", "warning"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     try:

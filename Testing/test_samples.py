@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SAMVolSegmentLib import samples
-from SAMVolSegmentLib.cli import main
+from SAMVolSegmentLib.cli.main import main
 from SAMVolSegmentLib.download import download_file
 from SAMVolSegmentLib.errors import DownloadError
-from SAMVolSegmentLib.samples import (
+from SAMVolSegmentLib.tools import samples
+from SAMVolSegmentLib.tools.samples import (
     SAMPLES,
     SLICER_TESTING_DATA,
     Sample,

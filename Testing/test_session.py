@@ -7,10 +7,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from SAMVolSegmentLib.engine.predictor import EmbeddingCache, Predictor
+from SAMVolSegmentLib.engine.session import InteractiveSession
 from SAMVolSegmentLib.errors import InvalidImageError, InvalidPromptError, SessionStateError
 from SAMVolSegmentLib.model import ModelConfig, build_model
-from SAMVolSegmentLib.predictor import EmbeddingCache, Predictor
-from SAMVolSegmentLib.session import InteractiveSession
 
 TINY = dict(
     encoder_embed_dim=32,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from SAMVolSegmentLib.engine.session import InteractiveSession
+from SAMVolSegmentLib.engine.session_protocol import REQUIRED_MEMBERS, SegmentationSession, check_session
 from SAMVolSegmentLib.errors import InvalidPromptError, SessionStateError
-from SAMVolSegmentLib.session import InteractiveSession
-from SAMVolSegmentLib.session_protocol import REQUIRED_MEMBERS, SegmentationSession, check_session
 
 
 class _Config:

@@ -14,10 +14,10 @@ import pytest
 import SimpleITK as sitk
 from test_session_initial_mask import BallModel
 
-from SAMVolSegmentLib import session as session_module
+from SAMVolSegmentLib.engine import session as session_module
+from SAMVolSegmentLib.engine.mask_update import MaskUpdate
+from SAMVolSegmentLib.engine.session import InteractiveSession
 from SAMVolSegmentLib.errors import InvalidImageError, InvalidPromptError, SessionStateError
-from SAMVolSegmentLib.mask_update import MaskUpdate
-from SAMVolSegmentLib.session import InteractiveSession
 
 
 def volume(shape_kji=(30, 30, 30), spacing=1.0, seed=0):
@@ -234,8 +234,8 @@ def test_clicks_the_engine_adds_do_not_count_towards_the_limit(session, monkeypa
 
 
 def test_array_prompts_within_the_limit_run_and_beyond_it_are_refused_before_the_work(monkeypatch):
-    from SAMVolSegmentLib import prompts_io
     from SAMVolSegmentLib.batch import segment
+    from SAMVolSegmentLib.engine import prompts_io
 
     monkeypatch.setattr(session_module, "MAX_CLICKS", 3)
     monkeypatch.setattr(prompts_io, "MAX_CLICKS", 3)

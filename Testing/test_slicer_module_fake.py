@@ -17,7 +17,7 @@ import pytest
 import slicer_fake
 from test_session_initial_mask import BallModel
 
-from SAMVolSegmentLib.session import InteractiveSession
+from SAMVolSegmentLib.engine.session import InteractiveSession
 
 SHAPE = (30, 30, 30)
 

@@ -20,8 +20,8 @@ torch = pytest.importorskip("torch")
 
 from test_session_initial_mask import BallModel  # noqa: E402
 
+from SAMVolSegmentLib.engine.session import InteractiveSession  # noqa: E402
 from SAMVolSegmentLib.errors import InvalidPromptError  # noqa: E402
-from SAMVolSegmentLib.session import InteractiveSession  # noqa: E402
 
 LOW = BallModel.config.low_res_size
 CLASSES = ("ball", "absent")
@@ -396,7 +396,7 @@ def test_the_bundled_model_with_a_constant_head_through_the_kept_model_path(env,
     from test_proposals import _constant_head
 
     from SAMVolSegmentLib.model import load_model
-    from SAMVolSegmentLib.weights import resolve_model_path
+    from SAMVolSegmentLib.model.registry import resolve_model_path
 
     snapshot = tmp_path / "default_snapshot.pt"  # training may replace the bundled file while tests run
     shutil.copyfile(resolve_model_path("default"), snapshot)

@@ -33,13 +33,13 @@ torch = pytest.importorskip("torch")
 from test_remote import TINY, running_server  # noqa: E402
 
 from SAMVolSegmentLib import segment  # noqa: E402
+from SAMVolSegmentLib.engine.session import InteractiveSession  # noqa: E402
 from SAMVolSegmentLib.model import load_model  # noqa: E402
 from SAMVolSegmentLib.model.clicknet import ClickNet  # noqa: E402
+from SAMVolSegmentLib.model.registry import resolve_model_path  # noqa: E402
 from SAMVolSegmentLib.remote import ServerConfig  # noqa: E402
 from SAMVolSegmentLib.remote import client as remote_client  # noqa: E402
-from SAMVolSegmentLib.session import InteractiveSession  # noqa: E402
-from SAMVolSegmentLib.training import export_model  # noqa: E402
-from SAMVolSegmentLib.weights import resolve_model_path  # noqa: E402
+from SAMVolSegmentLib.tools.training import export_model  # noqa: E402
 
 TOKEN = "slicer-test-token-0123456789abcdef"
 

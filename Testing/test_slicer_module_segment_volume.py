@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")
 from SAMVolSegmentLib import batch, segment  # noqa: E402
 from SAMVolSegmentLib.errors import InvalidPromptError  # noqa: E402
 from SAMVolSegmentLib.model import load_model  # noqa: E402
-from SAMVolSegmentLib.weights import resolve_model_path  # noqa: E402
+from SAMVolSegmentLib.model.registry import resolve_model_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (32, 40, 36)  # (k, j, i)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from SAMVolSegmentLib.engine.predictor import Predictor
 from SAMVolSegmentLib.model import ModelConfig, build_model, load_model
 from SAMVolSegmentLib.model.clicknet import ClickNet, ClickNetConfig
 from SAMVolSegmentLib.model.clicknet2 import ClickNet2, ClickNet2Config
-from SAMVolSegmentLib.predictor import Predictor
-from SAMVolSegmentLib.synthetic import synthetic_sample
-from SAMVolSegmentLib.training import (
+from SAMVolSegmentLib.tools.synthetic import synthetic_sample
+from SAMVolSegmentLib.tools.training import (
     REPORT_CASES,
     episode_loss,
     export_model,
@@ -21,7 +21,7 @@ from SAMVolSegmentLib.training import (
     simulate_click,
     train,
 )
-from SAMVolSegmentLib.training_data import SampleSource
+from SAMVolSegmentLib.tools.training_data import SampleSource
 
 TINY_CLICKNET = ClickNetConfig(image_size=32, stem_channels=(4, 8), context_channels=(8, 8), embed_dim=8,
                                decoder_channels=8)
@@ -128,7 +128,7 @@ def test_simulated_clicks_start_inside_and_then_fix_the_largest_error():
 def test_finetune_the_official_format_fixture_through_the_cli(fixtures_dir, shared_data_dir, tmp_path, trainable):
     """`samvolseg finetune` on the small official-format SAM-Med3D checkpoint: the run exports a file that loads
     as the same family, the frozen part is bit-identical, the trained part changed."""
-    from SAMVolSegmentLib.cli import main
+    from SAMVolSegmentLib.cli.main import main
 
     base = load_model(fixtures_dir / "small_sam_med3d.pth")
     out = tmp_path / "run"
@@ -147,9 +147,9 @@ def test_finetune_the_official_format_fixture_through_the_cli(fixtures_dir, shar
 
 def test_average_of_exports_is_the_mean_of_their_weights_and_loads(tmp_path):
     """`samvolseg average`: the uniform average of a run's exports, loadable; other models are refused."""
-    from SAMVolSegmentLib.cli import main
+    from SAMVolSegmentLib.cli.main import main
     from SAMVolSegmentLib.errors import CheckpointError
-    from SAMVolSegmentLib.training import average_exports
+    from SAMVolSegmentLib.tools.training import average_exports
 
     paths = []
     for seed in range(3):

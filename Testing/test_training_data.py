@@ -8,8 +8,8 @@ import collections
 import numpy as np
 import pytest
 
-from SAMVolSegmentLib.preprocessing import extract_roi
-from SAMVolSegmentLib.training_data import (
+from SAMVolSegmentLib.engine.preprocessing import extract_roi
+from SAMVolSegmentLib.tools.training_data import (
     Case,
     SampleSource,
     augment_roi,

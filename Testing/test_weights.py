@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from SAMVolSegmentLib import weights
 from SAMVolSegmentLib.errors import ModelNotAvailableError
-from SAMVolSegmentLib.weights import (
+from SAMVolSegmentLib.model import registry as weights
+from SAMVolSegmentLib.model.registry import (
     REGISTRY,
     ModelSpec,
     cache_dir,

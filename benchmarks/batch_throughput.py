@@ -35,10 +35,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from SAMVolSegmentLib.batch import BatchCase, CaseResult, segment_cases
-from SAMVolSegmentLib.evaluation import deepest_point, index_to_ras
-from SAMVolSegmentLib.geometry import VolumeGeometry
+from SAMVolSegmentLib.engine.geometry import VolumeGeometry
 from SAMVolSegmentLib.io_utils import atomic_path, write_json
-from SAMVolSegmentLib.weights import resolve_model_path
+from SAMVolSegmentLib.model.registry import resolve_model_path
+from SAMVolSegmentLib.tools.evaluation import deepest_point, index_to_ras
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -28,8 +28,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from SAMVolSegmentLib.engine.session import InteractiveSession
 from SAMVolSegmentLib.model import ModelConfig, build_model
-from SAMVolSegmentLib.session import InteractiveSession
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from click_latency import RESULTS, click_points_ras, percentile, synthetic_ct, time_clicks
 
+from SAMVolSegmentLib.engine.predictor import Predictor
+from SAMVolSegmentLib.engine.session import InteractiveSession
 from SAMVolSegmentLib.model import load_model
-from SAMVolSegmentLib.predictor import Predictor
-from SAMVolSegmentLib.session import InteractiveSession
-from SAMVolSegmentLib.weights import resolve_model_path
+from SAMVolSegmentLib.model.registry import resolve_model_path
 
 
 def measure(name: str, clicks: int, encoder_runs: int) -> dict:

@@ -24,9 +24,9 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from SAMVolSegmentLib.engine.preprocessing import load_volume, read_image
+from SAMVolSegmentLib.engine.session import InteractiveSession
 from SAMVolSegmentLib.model import load_model
-from SAMVolSegmentLib.preprocessing import load_volume, read_image
-from SAMVolSegmentLib.session import InteractiveSession
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

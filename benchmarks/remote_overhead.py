@@ -45,12 +45,12 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
+from SAMVolSegmentLib.engine.predictor import Predictor
+from SAMVolSegmentLib.engine.session import InteractiveSession
 from SAMVolSegmentLib.model import build_model, load_model
-from SAMVolSegmentLib.phantom import PHANTOM_LABELS, make_phantom
-from SAMVolSegmentLib.predictor import Predictor
 from SAMVolSegmentLib.remote import RemoteSession
 from SAMVolSegmentLib.remote.protocol import MASK_CODECS, encode_bits
-from SAMVolSegmentLib.session import InteractiveSession
+from SAMVolSegmentLib.tools.phantom import PHANTOM_LABELS, make_phantom
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -105,7 +105,7 @@ def free_port() -> int:
 def start_server(model: str, threads: int, token: str):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "SAMVOLSEG_SERVER_TOKEN": token}
-    process = subprocess.Popen([sys.executable, "-m", "SAMVolSegmentLib.cli", "serve", "--model", model, "--port",
+    process = subprocess.Popen([sys.executable, "-m", "SAMVolSegmentLib.cli.main", "serve", "--model", model, "--port",
                                 str(port), "--log-level", "warning"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"

@@ -23,8 +23,8 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from SAMVolSegmentLib.evaluation import discover_cases, evaluate_cases, expand_label_values
-from SAMVolSegmentLib.training import REPORT_CASES
+from SAMVolSegmentLib.tools.evaluation import discover_cases, evaluate_cases, expand_label_values
+from SAMVolSegmentLib.tools.training import REPORT_CASES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

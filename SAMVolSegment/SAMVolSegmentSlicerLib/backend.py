@@ -19,7 +19,7 @@ LOCAL = "local"
 REMOTE = "remote"
 #: Combo-box entries (value, label), in order.
 BACKEND_CHOICES = ((LOCAL, "Local model (this computer)"), (REMOTE, "Remote server (samvolseg serve)"))
-#: Registry names of SAMVolSegmentLib.weights, in combo-box order; the last entry is "a file".
+#: Registry names of SAMVolSegmentLib.model.registry, in combo-box order; the last entry is "a file".
 MODEL_CHOICES = (("default", "Bundled default (offline)"), ("sam-med3d-turbo", "SAM-Med3D-turbo (download, 402 MB)"),
                  ("file", "From file..."))
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")

@@ -28,11 +28,12 @@ def localModel(source: str, device: str, download: bool, progress: Progress) -> 
     With ``download`` a registered model that is not on disk is downloaded first (with progress); without it,
     such a model raises ``ModelNotAvailableError``.
     """
-    from SAMVolSegmentLib import load_model, weights
+    from SAMVolSegmentLib import load_model
+    from SAMVolSegmentLib.model import registry
 
     resolved = resolveDevice(device)
-    if download and str(source) in weights.REGISTRY and not weights.REGISTRY[str(source)].bundled:
-        weights.download_model(str(source), progress=progress)
+    if download and str(source) in registry.REGISTRY and not registry.REGISTRY[str(source)].bundled:
+        registry.download_model(str(source), progress=progress)
     return load_model(source, device=resolved)
 
 

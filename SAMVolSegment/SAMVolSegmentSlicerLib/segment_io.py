@@ -17,7 +17,7 @@ import numpy as np
 import slicer
 import vtk
 
-from SAMVolSegmentLib.mask_update import BBoxKJI, MaskUpdate, union_bbox
+from SAMVolSegmentLib.engine.mask_update import BBoxKJI, MaskUpdate, union_bbox
 
 from . import coordinates, vtk_numpy
 from .segment_merge import EditPolicy, MaskMode, OtherSegment, OtherSegments, OverwriteMode, merge_region

@@ -15,7 +15,7 @@ from typing import Tuple
 
 import numpy as np
 
-from SAMVolSegmentLib.mask_update import BBoxKJI
+from SAMVolSegmentLib.engine.mask_update import BBoxKJI
 
 
 @dataclass(frozen=True)

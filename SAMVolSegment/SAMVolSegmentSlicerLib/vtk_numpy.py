@@ -19,7 +19,7 @@ from vtkmodules.util import numpy_support
 from vtkmodules.vtkCommonCore import VTK_UNSIGNED_CHAR
 from vtkmodules.vtkCommonDataModel import vtkImageData
 
-from SAMVolSegmentLib.mask_update import BBoxKJI
+from SAMVolSegmentLib.engine.mask_update import BBoxKJI
 
 Extent = Tuple[int, int, int, int, int, int]
 

@@ -22,11 +22,11 @@ Adapter file (``torch.save`` of plain data and tensors, read with ``weights_only
      "base_sha256": sha256 of the base file, "adapter_config": {...} or None, "adapter_state_dict": {...},
      "proposal": None or {"config": {...}, "state_dict": {...}}, "meta": {...}}
 
-Version 2 added the optional prompt-free proposal head (:mod:`SAMVolSegmentLib.proposals`) and allows a file
+Version 2 added the optional prompt-free proposal head (:mod:`SAMVolSegmentLib.engine.proposals`) and allows a file
 with a head but no adapters; version 1 files still load.
 
 API: ``load_model(adapter_file)`` (:func:`~SAMVolSegmentLib.model.build.load_model`) finds the base the file
-names (a registry name through :mod:`SAMVolSegmentLib.weights`, else the stored path; ``base=`` overrides
+names (a registry name through :mod:`SAMVolSegmentLib.model.registry`, else the stored path; ``base=`` overrides
 where it is), checks its SHA-256, and returns base + adapters. A different base file is refused.
 """
 
@@ -210,8 +210,8 @@ def save_adapters(model: nn.Module, path: Union[str, Path], meta: Optional[Mappi
         CheckpointError: the model has neither adapters nor a proposal head, or was not loaded from a file (no
             base to name).
     """
+    from ..engine.proposals import proposal_payload
     from ..io_utils import atomic_path
-    from ..proposals import proposal_payload
 
     proposal = proposal_payload(model)
     if not has_adapters(model) and proposal is None:
@@ -253,9 +253,9 @@ def compose(checkpoint: Mapping[str, Any], adapter_path: Path, base: Optional[Un
         ModelNotAvailableError: the named registry base is not on this machine (says how to download it).
         CheckpointError: the base file is missing or not the one the adapters were trained on.
     """
-    from ..proposals import load_proposal_payload
-    from ..weights import REGISTRY, resolve_model_path
+    from ..engine.proposals import load_proposal_payload
     from .build import file_sha256, model_from_checkpoint, read_checkpoint
+    from .registry import REGISTRY, resolve_model_path
 
     if int(checkpoint.get("version", 0)) not in READABLE_VERSIONS:
         raise CheckpointError(f"{adapter_path} is adapter format version {checkpoint.get('version')!r}; this "

@@ -167,7 +167,7 @@ def load_model(
         precision: "fp32" (default) or "bf16"/"fp16" autocast for encoder and decoder (small numeric drift).
         attention_impl: "fast" (exact closed form) or "reference" (plain computation, for comparison).
     """
-    from ..weights import REGISTRY, resolve_model_path
+    from .registry import REGISTRY, resolve_model_path
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")

@@ -283,7 +283,7 @@ class ClickNet2(nn.Module):
             labels: (B, N) 1 positive, 0 negative, anything else ignored.
             mask_logits: (B, 1, L, L, L) previous logits (zeros at the first click); L = S / 2.
             return_coarse: also return the (B, 1, S/4, S/4, S/4) coarse logits (training's auxiliary loss).
-            corrections: the clicks correct a proposal (:mod:`SAMVolSegmentLib.proposals`); a decoder adapter
+            corrections: the clicks correct a proposal (:mod:`SAMVolSegmentLib.engine.proposals`); a decoder adapter
                 whose scope is "corrections" runs only then.
         """
         coarse, fine, images = embedding

@@ -1,6 +1,6 @@
 """Remote inference: ``samvolseg serve`` (a FastAPI server around the engine) and ``RemoteSession`` (its client).
 
-``RemoteSession`` implements :class:`~SAMVolSegmentLib.session_protocol.SegmentationSession`, so the Slicer
+``RemoteSession`` implements :class:`~SAMVolSegmentLib.engine.session_protocol.SegmentationSession`, so the Slicer
 module, the CLI and batch code use a server exactly as they use a local ``InteractiveSession``::
 
     from SAMVolSegmentLib.remote import RemoteSession

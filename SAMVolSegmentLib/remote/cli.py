@@ -115,7 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ServerConfigError(f"The server needs FastAPI and uvicorn ({exc}); install them with: "
                                 "pip install 'samvolsegment[server]'.") from None
-    from ..cli import _check_device, load_model_verbose
+    from ..cli.main import _check_device, load_model_verbose
 
     device = getattr(args, "device", "cpu")
     _check_device(device)

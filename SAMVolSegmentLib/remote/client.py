@@ -1,7 +1,7 @@
 """``RemoteSession``: the engine's session protocol, served by a ``samvolseg serve`` machine.
 
-Stands in for :class:`~SAMVolSegmentLib.session.InteractiveSession` wherever a
-:class:`~SAMVolSegmentLib.session_protocol.SegmentationSession` is expected. Needs numpy and ``requests`` only
+Stands in for :class:`~SAMVolSegmentLib.engine.session.InteractiveSession` wherever a
+:class:`~SAMVolSegmentLib.engine.session_protocol.SegmentationSession` is expected. Needs numpy and ``requests`` only
 (no torch): a laptop without a GPU, or without torch at all, can segment with a model on another machine.
 
 What travels: the volume once (compressed; skipped when the server already holds it, e.g. after a
@@ -31,6 +31,9 @@ from urllib.parse import urlparse
 import numpy as np
 import requests
 
+from ..engine.geometry import VolumeGeometry
+from ..engine.mask_update import BBoxKJI, MaskUpdate, union_bbox
+from ..engine.session_protocol import as_click_sign, as_point_ras
 from ..errors import (
     AuthenticationError,
     InvalidImageError,
@@ -42,9 +45,6 @@ from ..errors import (
     SessionExpiredError,
     SessionStateError,
 )
-from ..geometry import VolumeGeometry
-from ..mask_update import BBoxKJI, MaskUpdate, union_bbox
-from ..session_protocol import as_click_sign, as_point_ras
 from .protocol import (
     API_PREFIX,
     ERROR_CLASSES,

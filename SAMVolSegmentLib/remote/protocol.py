@@ -29,6 +29,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..engine.mask_update import BBoxKJI, MaskUpdate
 from ..errors import (
     AuthenticationError,
     InvalidImageError,
@@ -40,7 +41,6 @@ from ..errors import (
     SessionExpiredError,
     SessionStateError,
 )
-from ..mask_update import BBoxKJI, MaskUpdate
 
 try:  # part of every CPython build that has libbz2 (Slicer's too); zlib is the fallback without it
     import bz2

@@ -60,6 +60,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..engine.mask_update import MaskUpdate
+from ..engine.proposals import click_adapted_classes, proposal_classes
+from ..engine.session_protocol import as_click_sign, as_point_ras
 from ..errors import (
     AuthenticationError,
     InvalidImageError,
@@ -68,9 +71,6 @@ from ..errors import (
     ServerBusyError,
     SessionStateError,
 )
-from ..mask_update import MaskUpdate
-from ..proposals import click_adapted_classes, proposal_classes
-from ..session_protocol import as_click_sign, as_point_ras
 from .protocol import (
     API_PREFIX,
     MASK_CODECS_HEADER,
@@ -344,14 +344,14 @@ class ResourceStore:
 
 # ---------------------------------------------------------------- the app
 def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
-    """The FastAPI app serving ``model`` (a loaded model or a :class:`~SAMVolSegmentLib.predictor.Predictor`).
+    """The FastAPI app serving ``model`` (a loaded model or a :class:`~SAMVolSegmentLib.engine.predictor.Predictor`).
 
     The app owns a worker thread and a store; both stop when the app shuts down (uvicorn's lifespan).
     """
     from contextlib import asynccontextmanager
 
-    from ..predictor import Predictor
-    from ..session import InteractiveSession
+    from ..engine.predictor import Predictor
+    from ..engine.session import InteractiveSession
 
     cfg = config or ServerConfig()
     predictor = model if isinstance(model, Predictor) else Predictor(model, cache_bytes=cfg.cache_bytes)
@@ -511,8 +511,8 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
         body = await read_body(request, cfg.max_upload_bytes, "volume upload")
 
         def decode() -> _StoredVolume:
-            from ..geometry import ModelGrid
-            from ..preprocessing import load_volume
+            from ..engine.geometry import ModelGrid
+            from ..engine.preprocessing import load_volume
 
             array = decode_volume(body, shape, dtype)
             if content_id(array, matrix) != volume_id:

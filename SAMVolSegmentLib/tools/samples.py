@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from .download import ProgressCallback, cache_root, download_file
-from .errors import DownloadError, InvalidImageError, UnknownSampleError
+from ..download import ProgressCallback, cache_root, download_file
+from ..errors import DownloadError, InvalidImageError, UnknownSampleError
 
 SLICER_TESTING_DATA = "https://github.com/Slicer/SlicerTestingData/releases/download/SHA256/"
 SLICER_SAMPLE_DATA_SOURCE = ("3D Slicer SampleData (Modules/Scripted/SampleData/SampleData.py, github.com/Slicer/"
@@ -191,8 +191,8 @@ def fetch_sample(name: str, progress: Optional[ProgressCallback] = None, timeout
 
 def _prepared_label(folder: Path, image_path: Path, segmentation_path: Path) -> Dict[str, int]:
     """The segment → value map of ``label.nii.gz``, converting the segmentation first if not done yet."""
-    from .io_utils import write_image, write_json
-    from .preprocessing import read_image
+    from ..engine.preprocessing import read_image
+    from ..io_utils import write_image, write_json
 
     names = folder / LABELS_JSON
     if names.is_file() and (folder / LABEL_FILE).is_file():
@@ -221,7 +221,7 @@ def segmentation_to_label_map(path: Path, reference):
     import numpy as np
     import SimpleITK as sitk
 
-    from .preprocessing import read_image
+    from ..engine.preprocessing import read_image
 
     segmentation = read_image(path)
     layers = segmentation.GetNumberOfComponentsPerPixel()

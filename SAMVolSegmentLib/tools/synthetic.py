@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .preprocessing import normalize_roi
+from ..engine.preprocessing import normalize_roi
 
 
 def smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:

@@ -8,7 +8,7 @@ the members, with no import of this module; ``isinstance(obj, SegmentationSessio
 Step semantics shared by every backend:
 
 * a step (``add_click``, ``set_box``, ``clear_box``, ``reset``, ``set_initial_mask``) either succeeds and
-  returns the :class:`~SAMVolSegmentLib.mask_update.MaskUpdate` of the region it changed, or raises and
+  returns the :class:`~SAMVolSegmentLib.engine.mask_update.MaskUpdate` of the region it changed, or raises and
   changes nothing;
 * ``undo``/``redo`` restore stored results (no model run) and return the region they changed;
 * the history is bounded (in steps and bytes); the oldest steps go first;
@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional, Protocol, Sequence, Tuple, runtime_check
 
 import numpy as np
 
-from .errors import InvalidPromptError
+from ..errors import InvalidPromptError
 from .mask_update import MaskUpdate
 
 
@@ -171,5 +171,5 @@ def check_session(session: Any) -> None:
     if missing:
         raise TypeError(
             f"{type(session).__name__} is not a SegmentationSession: it lacks {', '.join(missing)}. "
-            "Implement SAMVolSegmentLib.session_protocol.SegmentationSession."
+            "Implement SAMVolSegmentLib.engine.session_protocol.SegmentationSession."
         )

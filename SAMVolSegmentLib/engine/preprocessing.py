@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .errors import InvalidImageError
+from ..errors import InvalidImageError
 from .geometry import ModelGrid, RoiWindow, VolumeGeometry, kji_to_model_order
 from .mask_update import BBoxKJI, MaskUpdate
 

@@ -16,7 +16,7 @@ from typing import Hashable, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .errors import InvalidPromptError
+from ..errors import InvalidPromptError
 
 #: What a model's ``encode_image`` returns: one tensor (SAM-Med3D) or a tuple of tensors (ClickNet2 caches
 #: features at two resolutions and the image).

@@ -11,7 +11,7 @@ Protocol (deterministic: no randomness, so every run gives the same clicks and s
   Equally deep voxels: the one nearest their centroid (mm); equal components: the first in C order. Volume
   borders count as borders, so clicks never sit on the image's edge;
 * a method whose prediction equals the target gets no further click; its scores carry over;
-* the model gets each click as world RAS mm through :class:`~SAMVolSegmentLib.session.InteractiveSession`
+* the model gets each click as world RAS mm through :class:`~SAMVolSegmentLib.engine.session.InteractiveSession`
   (voxel index → RAS via the image's ``VolumeGeometry``), so the whole geometry chain is exercised;
 * the baseline (:mod:`.baseline`) gets the *same* clicks as the model by default ("shared": both see
   identical prompts, the ones the model's errors produced), or its own clicks from its own errors ("own":
@@ -40,14 +40,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import SimpleITK as sitk
 
-from .baseline import BASELINE_NAME, RegionGrowing
-
 # Click simulation lives in .clicks; deepest_point, the rules and index_to_ras are re-exported for the callers
 # (tests, benchmarks, teach) that still import them from here.
-from .clicks import CVPR25_CLICKS, SAMVOLSEG_CLICKS, ClickRule, deepest_point, first_click, next_click  # noqa: F401
-from .errors import InvalidImageError
-from .geometry import IndexKJI, VolumeGeometry, box_centre
-from .metrics import dice, hd95  # dice and hd95 re-exported: callers import them from here
+from ..engine.clicks import CVPR25_CLICKS, SAMVOLSEG_CLICKS, ClickRule, deepest_point, first_click, next_click  # noqa: F401
+from ..engine.geometry import IndexKJI, VolumeGeometry, box_centre
+from ..engine.metrics import dice, hd95  # dice and hd95 re-exported: callers import them from here
+from ..errors import InvalidImageError
+from .baseline import BASELINE_NAME, RegionGrowing
 
 index_to_ras = VolumeGeometry.index_to_ras  # index_to_ras(geometry, index_kji): (3,) RAS of the voxel's centre
 
@@ -166,7 +165,7 @@ def prepared_target(case: Case, label_value: Optional[int] = None):
 
 def load_target(case: Case, label_value: Optional[int] = None) -> Tuple[sitk.Image, np.ndarray]:
     """The image and the binary uint8 target (k, j, i) of a case (``label_value`` overrides the case's)."""
-    from .io_utils import read_image_label
+    from ..io_utils import read_image_label
 
     image, label = read_image_label(case.image_path, case.label_path)
     value = case.label_value if label_value is None else label_value
@@ -259,7 +258,7 @@ def expand_label_values(cases: Sequence[Case], min_voxels: int = 1) -> List[Case
     Cases that already name a label value are kept as they are; values with fewer than ``min_voxels``
     voxels are skipped (a 1-voxel structure cannot take a meaningful click).
     """
-    from .io_utils import read_image_label
+    from ..io_utils import read_image_label
 
     expanded: List[Case] = []
     for case in cases:
@@ -431,7 +430,7 @@ def resolve_model(model_source: Any, device: str = "cpu") -> Tuple[Any, str]:
     if model_source is None:
         return None, "none"
     if isinstance(model_source, (str, Path)):
-        from .model import load_model
+        from ..model import load_model
 
         return load_model(model_source, device=device), str(model_source)
     return model_source, str(getattr(model_source, "model_id", type(model_source).__name__))
@@ -474,7 +473,7 @@ def evaluate_cases(
 def for_each_case(cases: Sequence[Case], model: Any, progress: Optional[ProgressCallback],
                   run_one: Callable[[Any, Case, ProgressCallback], Any]) -> Iterator[Any]:
     """Yield ``run_one(session, case, case_progress)`` for every case — a fresh
-    :class:`~SAMVolSegmentLib.session.InteractiveSession` per case, or None when ``model`` is None (baseline
+    :class:`~SAMVolSegmentLib.engine.session.InteractiveSession` per case, or None when ``model`` is None (baseline
     only) — with ``progress(fraction, message)`` over all cases; the loop both click protocols share."""
     total = max(len(cases), 1)
     for index, case in enumerate(cases):
@@ -486,7 +485,7 @@ def for_each_case(cases: Sequence[Case], model: Any, progress: Optional[Progress
         if model is None:
             yield run_one(None, case, case_progress)
         else:
-            from .session import InteractiveSession
+            from ..engine.session import InteractiveSession
 
             with InteractiveSession(model) as session:
                 yield run_one(session, case, case_progress)
@@ -503,7 +502,7 @@ def write_results(result: EvaluationResult, out_dir: Union[str, Path], plot: boo
 
     Every file is written atomically. The plot needs matplotlib (skipped with a note in the JSON otherwise).
     """
-    from .io_utils import write_csv, write_json
+    from ..io_utils import write_csv, write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -531,7 +530,7 @@ def plot_dice_vs_clicks(result: EvaluationResult, path: Union[str, Path]) -> Pat
     matplotlib.use("Agg")  # no display needed; must precede pyplot
     import matplotlib.pyplot as plt
 
-    from .io_utils import atomic_path
+    from ..io_utils import atomic_path
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     colours = {"model": "tab:blue", "baseline": "tab:orange"}

@@ -1,7 +1,7 @@
 """Training samples for the default model: real cases, balanced by source, augmented, and re-synthesised.
 
 Three kinds of sample, all returned as a raw (un-normalised) ROI in model-grid order (R, A, S) and its binary
-target, then normalised with the inference rule (:func:`~SAMVolSegmentLib.preprocessing.normalize_roi`):
+target, then normalised with the inference rule (:func:`~SAMVolSegmentLib.engine.preprocessing.normalize_roi`):
 
 * **real**: a ROI of a real case on the 1.5 mm model grid, centred (with jitter) on the target's deepest
   point or a random target voxel, as the session centres a ROI on the first click; flips, axis permutations,
@@ -10,7 +10,7 @@ target, then normalised with the inference rule (:func:`~SAMVolSegmentLib.prepro
   case's labelled structures and intensity clusters of its image become classes, each gets a random mean and
   texture, then blur, bias field and noise. The shapes are real, the contrast is not, so the model learns to
   follow edges and regions rather than one scanner's intensities;
-* **synthetic blobs** (:mod:`SAMVolSegmentLib.synthetic`): deformed ellipsoids with distractors.
+* **synthetic blobs** (:mod:`SAMVolSegmentLib.tools.synthetic`): deformed ellipsoids with distractors.
 
 Real targets are drawn balanced: first a source group (sarcoma CT, sarcoma MR, hippocampus, lesions, spinal
 cord, each multi-organ case), then a case of the group, then a target of the case, so 45 hippocampus crops do
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .geometry import RoiWindow
-from .preprocessing import (
+from ..engine.geometry import RoiWindow
+from ..engine.preprocessing import (
     ModelVolume,
     crop_roi,
     load_volume,

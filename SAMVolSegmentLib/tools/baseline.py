@@ -24,8 +24,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .errors import InvalidPromptError
-from .geometry import IndexKJI, bbox_around, bbox_shape, bbox_slices, index_in_shape, mask_bbox
+from ..engine.geometry import IndexKJI, bbox_around, bbox_shape, bbox_slices, index_in_shape, mask_bbox
+from ..errors import InvalidPromptError
 
 #: Name used in reports and plots.
 BASELINE_NAME = "SimpleITK connected-threshold region growing"

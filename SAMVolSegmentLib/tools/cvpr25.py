@@ -74,7 +74,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .clicks import CVPR25_CLICKS, next_click
+from ..engine.clicks import CVPR25_CLICKS, next_click
+from ..engine.geometry import VolumeGeometry, box_centre, box_corners, ordered_box
+from ..engine.metrics import NSD_TOLERANCE_MM, dice, interaction_auc, nsd
 from .evaluation import (
     BASELINE_MODES,
     Case,
@@ -85,8 +87,6 @@ from .evaluation import (
     prepared_target,
     resolve_model,
 )
-from .geometry import VolumeGeometry, box_centre, box_corners, ordered_box
-from .metrics import NSD_TOLERANCE_MM, dice, interaction_auc, nsd
 
 #: Refinement clicks after the box (``n_clicks = 5`` in the script).
 NUM_CLICKS = 5
@@ -440,7 +440,7 @@ def evaluate_cvpr25(
 def write_cvpr25_results(result: Cvpr25Result, out_dir: Union[str, Path]) -> Dict[str, Path]:
     """Write ``cvpr25_steps.csv``, ``cvpr25_cases.csv`` (the challenge's column names) and
     ``cvpr25_summary.json``, each atomically."""
-    from .io_utils import write_csv, write_json
+    from ..io_utils import write_csv, write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

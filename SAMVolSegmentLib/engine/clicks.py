@@ -2,7 +2,7 @@
 training and the session's ROI placement.
 
 All work is on a voxel grid in array order (k, j, i) with its spacing (mm, same order); clicks come back as
-integer voxel indices ``IndexKJI`` (:meth:`~SAMVolSegmentLib.geometry.VolumeGeometry.index_to_ras` gives their
+integer voxel indices ``IndexKJI`` (:meth:`~SAMVolSegmentLib.engine.geometry.VolumeGeometry.index_to_ras` gives their
 RAS position). Deterministic: no randomness except the CVPR25 rule's fixed-seed tie-break.
 
 * :func:`first_click`: positive, at the target's deepest point (farthest from its border, volume edge included);
@@ -156,7 +156,7 @@ def deepest_point_roi(mask_low: np.ndarray, roi_size: int) -> Optional[np.ndarra
 
     Depth is in low-res voxels (the grid is isotropic). Low-res sample ``c`` sits at ROI coordinate
     ``(c + 0.5) * roi_size / low - 0.5``: the reference upsamples with ``align_corners=False`` (see
-    :meth:`~SAMVolSegmentLib.geometry.RoiWindow.lowres_affine_ras`).
+    :meth:`~SAMVolSegmentLib.engine.geometry.RoiWindow.lowres_affine_ras`).
     """
     if not mask_low.any():
         return None

@@ -2,7 +2,7 @@
 
 Subcommands: ``segment`` (prompts from a file → mask file), ``batch`` (a manifest of cases), ``evaluate`` (simulated clicks on labelled cases),
 ``demo`` (a generated CT phantom, a downloaded sample, or your own case), ``models list`` / ``models download NAME``,
-``train`` / ``average`` / ``finetune`` (:mod:`SAMVolSegmentLib.training`) and ``serve`` (:mod:`.remote.cli`). An image argument is a file (NIfTI, NRRD, MHA...) or a DICOM series folder.
+``train`` / ``average`` / ``finetune`` (:mod:`SAMVolSegmentLib.tools.training`) and ``serve`` (:mod:`.remote.cli`). An image argument is a file (NIfTI, NRRD, MHA...) or a DICOM series folder.
 Start-up stays light: building the parser (``--version``, ``--help``, ``COMMAND --help``) imports neither torch
 nor SimpleITK/scipy; each command imports what it needs when it runs.
 Progress bars (tqdm) are drawn only on a terminal; elsewhere (logs, CI) progress is a few plain lines. The
@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Tuple
 
-from .batch import MASK_SUFFIXES
-from .errors import InvalidPromptError, ModelNotAvailableError, SAMVolSegmentError
-from .phantom import DEFAULT_TARGET, PHANTOM_LABELS
-from .prompts_io import MAX_CLICKS
+from ..batch import MASK_SUFFIXES
+from ..engine.prompts_io import MAX_CLICKS
+from ..errors import InvalidPromptError, ModelNotAvailableError, SAMVolSegmentError
+from ..tools.phantom import DEFAULT_TARGET, PHANTOM_LABELS
 
 DEMO_MASK = "demo_mask.nii.gz"
 DEMO_OVERLAY = "demo_overlay.png"
@@ -34,7 +34,7 @@ SERIES_HELP = "DICOM series instance UID, when the image folder holds several se
 # ---------------------------------------------------------------- helpers
 def load_model_verbose(model: str, device: str):
     """``load_model`` with a one-line report of what was loaded and how long it took."""
-    from .model import load_model
+    from ..model import load_model
 
     start = time.perf_counter()
     loaded = load_model(model, device=device)
@@ -112,8 +112,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     """
     import numpy as np
 
-    from .batch import BatchCase, DeferredModel, run_case
-    from .io_utils import check_output_file
+    from ..batch import BatchCase, DeferredModel, run_case
+    from ..io_utils import check_output_file
 
     if args.points is None and args.auto is None:
         raise InvalidPromptError("Give the clicks with --points FILE, or --auto CLASS to start from the model's "
@@ -153,7 +153,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     """Segment every case of a manifest; JSON report, resumable, failures recorded (exit 1 if any)."""
     import os
 
-    from .batch import read_manifest, run_batch, summary_line
+    from ..batch import read_manifest, run_batch, summary_line
 
     if args.workers < 1:
         raise InvalidPromptError("--workers must be at least 1.")
@@ -190,8 +190,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Simulated clicks on labelled cases; writes clicks.csv, summary.json and dice_vs_clicks.png."""
-    from .evaluation import discover_cases, evaluate_cases, expand_label_values, write_results
-    from .io_utils import check_output_folder
+    from ..io_utils import check_output_folder
+    from ..tools.evaluation import discover_cases, evaluate_cases, expand_label_values, write_results
 
     if args.clicks < 1:
         raise InvalidPromptError("--clicks must be at least 1.")
@@ -228,7 +228,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_cvpr25(args: argparse.Namespace, cases, model, no_model: bool) -> list[Path]:
     """The CVPR 2025 challenge's protocol (box, then 5 clicks; DSC/NSD per step, AUCs); cvpr25_* files."""
-    from .cvpr25 import NUM_CLICKS, evaluate_cvpr25, format_table, write_cvpr25_results
+    from ..tools.cvpr25 import NUM_CLICKS, evaluate_cvpr25, format_table, write_cvpr25_results
 
     print(f"CVPR25 protocol: box, then {NUM_CLICKS} clicks per target (box mode {args.box_mode})")
     progress, close = make_progress("evaluate cvpr25")
@@ -258,9 +258,9 @@ def print_summary(result) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Click-segment a generated CT phantom, a downloaded sample or the user's case with simulated clicks;
     Dice per click."""
-    from .evaluation import Case, EvaluationResult, simulate_case, write_results
-    from .io_utils import check_output_folder, write_image
-    from .session import InteractiveSession
+    from ..engine.session import InteractiveSession
+    from ..io_utils import check_output_folder, write_image
+    from ..tools.evaluation import Case, EvaluationResult, simulate_case, write_results
 
     if args.list_samples:
         return _list_samples()
@@ -313,8 +313,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo_phantom_case(out: Path, target: str, seed: int):
     """Generate the phantom into ``out/phantom`` and describe it; the evaluation case for ``target``."""
-    from .evaluation import Case
-    from .phantom import DEFAULT_SPACING, write_phantom
+    from ..tools.evaluation import Case
+    from ..tools.phantom import DEFAULT_SPACING, write_phantom
 
     if target not in PHANTOM_LABELS:
         raise InvalidPromptError(f"--target {target!r} is not a phantom structure; choose one of "
@@ -333,9 +333,9 @@ def _demo_phantom_case(out: Path, target: str, seed: int):
 def _demo_sample_case(name: str, target: Optional[str]):
     """Download a registered sample (or find it in the cache) and describe it; the evaluation case for the
     segment ``target`` (default: the sample's)."""
-    from .download import host_of
-    from .evaluation import Case, target_name
-    from .samples import fetch_sample, get_sample, is_cached, sample_dir
+    from ..download import host_of
+    from ..tools.evaluation import Case, target_name
+    from ..tools.samples import fetch_sample, get_sample, is_cached, sample_dir
 
     sample = get_sample(name)  # an unknown name is refused before any download
     cached = is_cached(sample)
@@ -358,8 +358,8 @@ def _demo_sample_case(name: str, target: Optional[str]):
 
 def _list_samples() -> int:
     """``demo --list-samples``: every registered sample, where it comes from, and whether it is cached."""
-    from .download import cache_root
-    from .samples import is_cached, list_samples
+    from ..download import cache_root
+    from ..tools.samples import is_cached, list_samples
 
     print(f"samples for samvolseg demo --sample NAME (cache: {cache_root() / 'samples'}; set SAMVOLSEG_CACHE to "
           "change)")
@@ -385,8 +385,8 @@ def _write_overlay(case, mask, path: Path) -> Optional[Path]:
     import numpy as np
     import SimpleITK as sitk
 
-    from .evaluation import load_target
-    from .io_utils import atomic_path
+    from ..io_utils import atomic_path
+    from ..tools.evaluation import load_target
 
     image, target = load_target(case)
     hu = sitk.GetArrayViewFromImage(image)
@@ -418,7 +418,7 @@ def _write_overlay(case, mask, path: Path) -> Optional[Path]:
 # ---------------------------------------------------------------- models
 def cmd_models(args: argparse.Namespace) -> int:
     """``models list``: registry and local availability; ``models download NAME``: fetch into the cache dir."""
-    from .weights import cache_dir, download_model, list_models, resolve_model_path
+    from ..model.registry import cache_dir, download_model, list_models, resolve_model_path
 
     if args.action == "list":
         print(f"cache dir: {cache_dir()} (set SAMVOLSEGMENT_MODEL_DIR to change)")
@@ -449,10 +449,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .model.clicknet import ClickNet, ClickNetConfig
-    from .model.clicknet2 import ClickNet2, ClickNet2Config
-    from .training import train
-    from .training_data import SampleSource, load_cases
+    from ..model.clicknet import ClickNet, ClickNetConfig
+    from ..model.clicknet2 import ClickNet2, ClickNet2Config
+    from ..tools.training import train
+    from ..tools.training_data import SampleSource, load_cases
 
     _check_device(args.device)
     torch.set_num_threads(args.threads)
@@ -470,7 +470,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_average(args: argparse.Namespace) -> int:
     """Uniform weight average of a run's exports (SWA) into one weights file."""
-    from .training import average_exports
+    from ..tools.training import average_exports
 
     out = average_exports(args.exports, args.output)
     print(f"averaged {len(args.exports)} exports into {out}")
@@ -481,9 +481,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune any model on the user's labelled cases; writes finetuned.pt into the output folder."""
     import json
 
-    from .model import load_model
-    from .training import train
-    from .training_data import SampleSource, load_cases
+    from ..model import load_model
+    from ..tools.training import train
+    from ..tools.training_data import SampleSource, load_cases
 
     _check_device(args.device)
     model = load_model(args.model)
@@ -587,11 +587,11 @@ def _remote_backend(args: argparse.Namespace) -> Any:
     if args.model != "default" or args.device != "cpu":
         raise InvalidPromptError("With --server the server's model runs where the server put it: drop --model and "
                                  "--device (choose them in samvolseg serve).")
-    from .errors import ServerConfigError
-    from .remote.cli import resolve_token
+    from ..errors import ServerConfigError
+    from ..remote.cli import resolve_token
 
     try:
-        from .remote.client import RemoteBackend
+        from ..remote.client import RemoteBackend
     except ImportError as exc:
         raise ServerConfigError(f"--server needs the client extra ({exc.name} is missing): pip install "
                                 "'samvolsegment[client]'.") from None
@@ -734,10 +734,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     _add_training_commands(sub)
-    from .teach import register_cli as register_teach  # teach: adapters + proposals for one structure
+    from ..tools.teach import register_cli as register_teach  # teach: adapters + proposals for one structure
 
     register_teach(sub)
-    from .remote.cli import register_cli as register_serve  # serve: options live with the server code
+    from ..remote.cli import register_cli as register_serve  # serve: options live with the server code
 
     register_serve(sub)
     return parser
@@ -747,7 +747,7 @@ def version_text() -> str:
     """``samvolseg X (torch Y, Python Z)``; torch's version read without importing it (fast)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from . import __version__
+    from .. import __version__
 
     try:
         torch_version = version("torch")

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-from .download import ProgressCallback, cache_root, download_file, is_complete
-from .errors import DownloadError, ModelNotAvailableError
+from ..download import ProgressCallback, cache_root, download_file, is_complete
+from ..errors import DownloadError, ModelNotAvailableError
 
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
 

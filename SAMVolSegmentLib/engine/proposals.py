@@ -40,11 +40,11 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from .errors import CheckpointError, InvalidPromptError
+from ..errors import CheckpointError, InvalidPromptError
+from ..model.clicknet import FastConv3d
+from ..model.clicknet2 import PointwiseConv3d
+from ..model.config import ConfigSerialization
 from .geometry import MODEL_SPACING_MM, ModelGrid, RoiWindow
-from .model.clicknet import FastConv3d
-from .model.clicknet2 import PointwiseConv3d
-from .model.config import ConfigSerialization
 from .preprocessing import ModelVolume, Volume, crop_roi, resample_to_model_grid, soft_label_to_model_grid
 
 #: Model families whose embedding the head reads.
@@ -295,7 +295,7 @@ def propose_logits(
 ) -> Tuple[RoiWindow, torch.Tensor, Dict[str, float]]:
     """The proposal for one class: (model ROI, its (1, 1, L, L, L) logits, timings).
 
-    ``predictor``: a :class:`~SAMVolSegmentLib.predictor.Predictor` whose model has a proposal head; its
+    ``predictor``: a :class:`~SAMVolSegmentLib.engine.predictor.Predictor` whose model has a proposal head; its
     embedding cache is used for both the coarse and the model ROI. Timings: ``encode_s`` (encoder runs, 0 on
     cache hits), ``propose_s`` (the head and the component analysis).
 
@@ -448,8 +448,8 @@ def adapter_episode(model: nn.Module, sample: ProposalSample, rng: np.random.Gen
     The loss (BCE + Dice against the soft low-res target) is the mean over the clicks; only modules with
     gradients enabled (the decoder adapter) learn.
     """
+    from ..tools.training import bce_dice_loss, simulate_click
     from .clicks import deepest_point_roi
-    from .training import bce_dice_loss, simulate_click
 
     embedding = tuple(t.float() for t in sample.embedding)
     target = sample.target
@@ -503,7 +503,7 @@ def train_decoder_adapter(model: nn.Module, samples: Sequence[ProposalSample], *
     runs only on clicks that correct a proposal and trains on those alone, so clicks from scratch stay exactly
     the base model's (for a structure file also used on other structures). Returns ``{"steps", "minutes",
     "train_loss_last50"}``."""
-    from .model.adapters import AdapterConfig, inject_adapters, is_adapter_parameter
+    from ..model.adapters import AdapterConfig, inject_adapters, is_adapter_parameter
 
     hidden = math.gcd(TEACH_ADAPTER_HIDDEN, model.config.decoder_channels[0])
     # The config checks the scope (ValueError) before anything touches the model.

@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import InvalidImageError
+from ..errors import InvalidImageError
 
 BBoxKJI = Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]
 BoxRAS = Tuple[np.ndarray, np.ndarray]

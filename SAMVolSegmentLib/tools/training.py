@@ -1,6 +1,6 @@
 """Training the bundled default model and fine-tuning any model on labelled cases.
 
-Samples come from :mod:`SAMVolSegmentLib.training_data` (real ROIs on the inference model grid, balanced by
+Samples come from :mod:`SAMVolSegmentLib.tools.training_data` (real ROIs on the inference model grid, balanced by
 source, augmented; label-map re-synthesis; synthetic blobs). Each episode encodes the ROI once and simulates
 several clicks: the first at the target's deepest point (sometimes a random interior point), each next one at
 the deepest point of the largest error region, with the previous logits fed back — the loop the session runs.
@@ -22,15 +22,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io_utils import atomic_path
-from .model.adapters import (
+from ..engine.preprocessing import normalize_roi
+from ..io_utils import atomic_path
+from ..model.adapters import (
     has_adapters,
     inject_adapters,
     is_adapter_parameter,
     load_adapter_state_dict,
     save_adapters,
 )
-from .preprocessing import normalize_roi
 from .training_data import SampleSource
 
 #: Development cases of ../shared/data with expert labels: the report set, never trained on.
@@ -52,12 +52,12 @@ def simulate_click(target_low: np.ndarray, prediction_low: Optional[np.ndarray],
                    image_size: int) -> Tuple[np.ndarray, int]:
     """Next click in ROI voxel coordinates (R, A, S) and its label (1/0), from low-res masks.
 
-    The evaluation's click placement (:func:`~SAMVolSegmentLib.clicks.next_click`: the deepest point of the
+    The evaluation's click placement (:func:`~SAMVolSegmentLib.engine.clicks.next_click`: the deepest point of the
     largest error component, on the low-res grid), with training's randomness on top: the first click is at the
     target's deepest point 70 % of the time and at a random target voxel otherwise, and every click moves by up
     to half a low-res voxel.
     """
-    from .clicks import deepest_point, next_click
+    from ..engine.clicks import deepest_point, next_click
 
     low = target_low.shape[0]
     truth = target_low >= 0.5
@@ -187,8 +187,8 @@ def average_exports(paths: Sequence[Path], out_path: Path) -> Path:
     Raises:
         CheckpointError: fewer than two files, or files of different families, configurations or keys.
     """
-    from .errors import CheckpointError
-    from .model import read_checkpoint
+    from ..errors import CheckpointError
+    from ..model import read_checkpoint
 
     if len(paths) < 2:
         raise CheckpointError("Give at least two exports to average.")
@@ -236,7 +236,7 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
     """Train until ``minutes`` of (cumulative) wall time; checkpoint + export every ``checkpoint_every_s``.
 
     Args:
-        source: where samples come from (:class:`~SAMVolSegmentLib.training_data.SampleSource`).
+        source: where samples come from (:class:`~SAMVolSegmentLib.tools.training_data.SampleSource`).
         clicks: simulated clicks per episode; the first and one random later click carry gradients.
         trainable: "all", or "decoder" (SAM-Med3D: prompt encoder + mask decoder; ClickNet: the per-click part),
             or "adapters" (only adapters; injected first if the model has none, :mod:`~SAMVolSegmentLib.model.adapters`;

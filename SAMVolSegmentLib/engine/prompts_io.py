@@ -29,7 +29,7 @@ from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import InvalidPromptError
+from ..errors import InvalidPromptError
 from .geometry import BoxRAS, lps_to_ras, ordered_box
 
 #: Most clicks one mask takes (the session refuses more, so does a prompt file). The decoder attends to every

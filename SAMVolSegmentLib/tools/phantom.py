@@ -399,7 +399,7 @@ def write_phantom(folder: Union[str, Path], spacing: Sequence[float] = DEFAULT_S
     Returns:
         the image and label paths.
     """
-    from .io_utils import write_image, write_json
+    from ..io_utils import write_image, write_json
 
     folder = Path(folder)
     phantom = make_phantom(spacing, seed, noise_hu)

@@ -24,8 +24,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..errors import InvalidPromptError, SessionStateError
 from .clicks import deepest_point_roi
-from .errors import InvalidPromptError, SessionStateError
 from .geometry import RoiWindow, VolumeGeometry, bbox_shape, lps_to_ras, mask_bbox
 from .mask_update import BBoxKJI, MaskUpdate, union_bbox
 from .predictor import Predictor
@@ -337,7 +337,7 @@ class InteractiveSession:
 
         The proposal then behaves like any mask: clicks correct it (it is the ROI's mask prompt, with one
         positive click at its deepest point, listed in :attr:`clicks`), undo returns to the mask before it.
-        Only models with a proposal head can propose (:func:`~SAMVolSegmentLib.proposals.proposal_classes`,
+        Only models with a proposal head can propose (:func:`~SAMVolSegmentLib.engine.proposals.proposal_classes`,
         trained with ``samvolseg teach``).
 
         Raises:
@@ -356,7 +356,7 @@ class InteractiveSession:
 
     def adapted_classes(self) -> Tuple[str, ...]:
         """Structures this session's clicks from scratch are adapted to (empty: the base model's clicks); see
-        :func:`~SAMVolSegmentLib.proposals.click_adapted_classes`."""
+        :func:`~SAMVolSegmentLib.engine.proposals.click_adapted_classes`."""
         return click_adapted_classes(self.predictor.model)
 
     def set_initial_mask(self, mask_kji: Optional[np.ndarray]) -> MaskUpdate:

@@ -63,7 +63,9 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--repeats", type=int, default=12, help="jittered proposal ROIs per training case (default %(default)d)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of every random choice")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    from .cli import _add_device  # the CLI's one --device option (cli imports this module to register it)
+    from ..cli.main import (
+        _add_device,  # the CLI's one --device option (cli imports this module to register it)
+    )
 
     _add_device(p)
     p.set_defaults(func=cmd_teach)
@@ -111,7 +113,7 @@ def load_or_make_split(output: Path, folders: Sequence[Path], holdout: float, se
 
 # ---------------------------------------------------------------- stages
 def evaluation_case(folder: str, label: Optional[int]):
-    """The :class:`~SAMVolSegmentLib.evaluation.Case` of a case folder (``image.*``, ``label.*``)."""
+    """The :class:`~SAMVolSegmentLib.tools.evaluation.Case` of a case folder (``image.*``, ``label.*``)."""
     from .evaluation import Case
 
     folder_path = Path(folder)
@@ -121,8 +123,8 @@ def evaluation_case(folder: str, label: Optional[int]):
 
 def read_case(folder: str, label: Optional[int]):
     """(Volume, binary label (k, j, i)) of a case folder, the label checked to lie on the image's grid."""
+    from ..engine.preprocessing import load_volume
     from .evaluation import load_target
-    from .preprocessing import load_volume
 
     image, target = load_target(evaluation_case(folder, label))
     return load_volume(image), target.astype(bool)
@@ -137,10 +139,10 @@ def train_stages(args: argparse.Namespace, train_folders: Sequence[str]) -> Dict
     import numpy as np
     import torch
 
-    from .cli import make_progress
-    from .model import load_model
-    from .model.adapters import save_adapters
-    from .proposals import build_samples, train_decoder_adapter, train_proposal_head
+    from ..cli.main import make_progress
+    from ..engine.proposals import build_samples, train_decoder_adapter, train_proposal_head
+    from ..model import load_model
+    from ..model.adapters import save_adapters
 
     def with_progress(what: str, run):
         """``run(progress)`` with the CLI's progress display (a bar on a terminal, a line per 10 % in logs)."""
@@ -186,8 +188,8 @@ def train_stages(args: argparse.Namespace, train_folders: Sequence[str]) -> Dict
 # ---------------------------------------------------------------- report
 def click_dice(model: Any, folder: str, label: Optional[int], clicks: int) -> List[float]:
     """Dice after 1..clicks simulated clicks on one case: the evaluation's click protocol, model only."""
+    from ..engine.session import InteractiveSession
     from .evaluation import simulate_case
-    from .session import InteractiveSession
 
     with InteractiveSession(model) as session:
         rows = simulate_case(session, evaluation_case(folder, label), clicks, with_baseline=False)
@@ -196,10 +198,10 @@ def click_dice(model: Any, folder: str, label: Optional[int], clicks: int) -> Li
 
 def proposal_dice(model: Any, folder: str, label: Optional[int], class_name: str, corrections: int = 2):
     """(Dice after the proposal and after each corrective click, proposal seconds) on one case."""
-    from .clicks import next_click
-    from .errors import InvalidPromptError
-    from .metrics import dice
-    from .session import InteractiveSession
+    from ..engine.clicks import next_click
+    from ..engine.metrics import dice
+    from ..engine.session import InteractiveSession
+    from ..errors import InvalidPromptError
 
     volume, target = read_case(folder, label)
     spacing_kji = tuple(float(v) for v in volume.geometry.spacing[::-1])
@@ -227,7 +229,7 @@ def report(args: argparse.Namespace, split: Dict[str, List[str]]) -> Dict[str, A
     corrective clicks, without (``head.pt``) and with the adapter (``structure.pt``)."""
     import numpy as np
 
-    from .model import load_model
+    from ..model import load_model
 
     folders = [*split["heldout"], *(str(p) for p in args.report)]
     base = load_model(args.model, device=args.device)
@@ -264,9 +266,9 @@ def report(args: argparse.Namespace, split: Dict[str, List[str]]) -> Dict[str, A
 
 def _sizes(args: argparse.Namespace) -> Dict[str, Any]:
     """Parameter counts (trained vs base) and file sizes."""
-    from .model import load_model
-    from .model.adapters import is_adapter_parameter
-    from .weights import resolve_model_path
+    from ..model import load_model
+    from ..model.adapters import is_adapter_parameter
+    from ..model.registry import resolve_model_path
 
     base = load_model(args.model)
     structure = load_model(str(args.output / STRUCTURE_FILE))
@@ -326,7 +328,7 @@ def write_card(args: argparse.Namespace, split: Dict[str, List[str]], results: D
 def cmd_teach(args: argparse.Namespace) -> int:
     import torch
 
-    from .cli import _check_device
+    from ..cli.main import _check_device
 
     _check_device(args.device)
     torch.set_num_threads(args.threads)
