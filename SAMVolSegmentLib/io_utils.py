@@ -18,13 +18,11 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InvalidImageError, OutputPathError
+from .errors import OutputPathError
 
 PathLike = Union[str, Path]
 
 #: Tolerances for "label on the image's grid": headers written by different tools round differently.
-_GRID_ATOL_MM = 1e-3
-_DIRECTION_ATOL = 1e-4
 
 
 @contextlib.contextmanager
@@ -175,37 +173,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def read_image_label(image_path: PathLike, label_path: PathLike) -> Tuple[sitk.Image, np.ndarray]:
-    """Read an image and its label map, checked to share one voxel grid.
-
-    Returns:
-        The image, and the label as an integer numpy array (k, j, i) on the image's grid.
-    Raises:
-        InvalidImageError: a file is missing/unreadable, or the label's size, spacing, origin or direction
-            differ from the image's (the message says which).
-    """
-    from .engine.preprocessing import read_image
-
-    image, label = read_image(image_path), read_image(label_path)
-    if label.GetNumberOfComponentsPerPixel() != 1 or label.GetDimension() != image.GetDimension():
-        raise InvalidImageError(f"Label {label_path} must be a scalar {image.GetDimension()}D label map.")
-    checks = (
-        ("size", image.GetSize(), label.GetSize(), 0.0),
-        ("spacing", image.GetSpacing(), label.GetSpacing(), _GRID_ATOL_MM),
-        ("origin", image.GetOrigin(), label.GetOrigin(), _GRID_ATOL_MM),
-        ("direction", image.GetDirection(), label.GetDirection(), _DIRECTION_ATOL),
-    )
-    for what, expected, got, atol in checks:
-        if not np.allclose(np.asarray(expected, float), np.asarray(got, float), rtol=0, atol=atol):
-            raise InvalidImageError(
-                f"Label {label_path} has {what} {tuple(round(float(v), 4) for v in got)} but image {image_path} "
-                f"has {tuple(round(float(v), 4) for v in expected)}; resample the label onto the image's grid."
-            )
-    array = sitk.GetArrayFromImage(label)
-    if not np.issubdtype(array.dtype, np.integer):
-        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
-            raise InvalidImageError(f"Label {label_path} holds non-integer values; give an integer label map.")
-        array = array.astype(np.int64)
-    return image, array

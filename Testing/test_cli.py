@@ -16,8 +16,9 @@ import SimpleITK as sitk
 import torch
 
 from SAMVolSegmentLib import __version__
-from SAMVolSegmentLib.cli.main import main, make_progress
+from SAMVolSegmentLib.cli.main import main
 from SAMVolSegmentLib.model import ModelConfig, build_model
+from SAMVolSegmentLib.progress import make_progress
 from SAMVolSegmentLib.tools.evaluation import Case, evaluate_cases
 from SAMVolSegmentLib.tools.phantom import PHANTOM_LABELS, make_phantom, write_phantom
 

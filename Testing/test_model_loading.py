@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from SAMVolSegmentLib.errors import CheckpointError
-from SAMVolSegmentLib.model import ModelConfig, build_model, load_model, register_family
-from SAMVolSegmentLib.model import build as build_module
+from SAMVolSegmentLib.model import ModelConfig, build_model, families, load_model, register_family
 from SAMVolSegmentLib.model.build import file_sha256
 from SAMVolSegmentLib.model.registry import REGISTRY
 
@@ -179,7 +178,8 @@ def test_config_round_trip_and_fixture_dict():
 
 
 def test_checkpoint_family_selects_the_registered_builder(tmp_path, tiny_state, monkeypatch):
-    monkeypatch.setattr(build_module, "_FAMILIES", dict(build_module._FAMILIES))  # keep the test family local
+    # Keep the test family local: setitem removes the key again at teardown (register_family overwrites it).
+    monkeypatch.setitem(families.FAMILIES, "sam_med3d_test_alias", None)
     built = []
 
     def build(config):

@@ -106,7 +106,7 @@ def test_boundaries_have_partial_volume():
 
 
 def test_write_phantom_is_an_evaluation_case(tmp_path):
-    from SAMVolSegmentLib.io_utils import read_image_label
+    from SAMVolSegmentLib.engine.preprocessing import read_image_label
     from SAMVolSegmentLib.tools.evaluation import discover_cases
 
     image_path, label_path = write_phantom(tmp_path / "phantom", spacing=(4.0, 4.0, 5.0))

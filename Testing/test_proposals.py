@@ -8,19 +8,18 @@ import pytest
 import torch
 
 from SAMVolSegmentLib.engine.preprocessing import load_volume
-from SAMVolSegmentLib.engine.proposals import (
-    ProposalConfig,
-    attach_proposal_head,
-    build_samples,
-    click_adapted_classes,
-    proposal_classes,
-    train_proposal_head,
-)
 from SAMVolSegmentLib.engine.session import InteractiveSession
 from SAMVolSegmentLib.errors import CheckpointError, InvalidPromptError
 from SAMVolSegmentLib.model import load_model
 from SAMVolSegmentLib.model.adapters import AdapterConfig, inject_adapters, save_adapters
 from SAMVolSegmentLib.model.clicknet2 import ClickNet2, ClickNet2Config
+from SAMVolSegmentLib.model.proposal_head import (
+    ProposalConfig,
+    attach_proposal_head,
+    click_adapted_classes,
+    proposal_classes,
+)
+from SAMVolSegmentLib.tools.proposal_training import build_samples, train_proposal_head
 from SAMVolSegmentLib.tools.training import export_model
 
 TINY = ClickNet2Config(image_size=32, encoder_channels=(4, 8, 8, 8), embed_dim=8, decoder_channels=(8, 8, 8),
@@ -198,7 +197,7 @@ def test_the_head_gives_the_same_logits_on_its_fast_inference_path_as_in_trainin
 
 @pytest.mark.parametrize("scope", ["all", "corrections"])
 def test_the_adapter_scope_decides_which_clicks_the_trained_adapter_changes(tiny_file, scope):
-    from SAMVolSegmentLib.engine.proposals import train_decoder_adapter
+    from SAMVolSegmentLib.tools.proposal_training import train_decoder_adapter
 
     base = load_model(tiny_file)
     model = load_model(tiny_file)
@@ -365,8 +364,8 @@ def test_batch_rows_without_prompts_use_the_auto_class(head_file, image_file, tm
 def test_teach_offers_exactly_the_adapter_scopes_the_adapters_accept():
     import argparse
 
+    from SAMVolSegmentLib.cli.teach import register_cli
     from SAMVolSegmentLib.model.adapters import DECODER_SCOPES
-    from SAMVolSegmentLib.tools.teach import register_cli
 
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers())

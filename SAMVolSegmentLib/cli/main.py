@@ -17,92 +17,22 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence
 
 from ..batch import MASK_SUFFIXES
 from ..engine.prompts_io import MAX_CLICKS
 from ..errors import InvalidPromptError, ModelNotAvailableError, SAMVolSegmentError
+from ..progress import make_progress
 from ..tools.phantom import DEFAULT_TARGET, PHANTOM_LABELS
+from .common import DEVICE_HELP, add_device, check_device, load_model_verbose
 
 DEMO_MASK = "demo_mask.nii.gz"
 DEMO_OVERLAY = "demo_overlay.png"
-DEVICE_HELP = "torch device: cpu (default), cuda, cuda:1, mps; also accepted before the subcommand"
 IMAGE_HELP = "image file (NIfTI, NRRD, MHA...) or a folder holding one DICOM series"
 SERIES_HELP = "DICOM series instance UID, when the image folder holds several series"
 
 
 # ---------------------------------------------------------------- helpers
-def load_model_verbose(model: str, device: str):
-    """``load_model`` with a one-line report of what was loaded and how long it took."""
-    from ..model import load_model
-
-    start = time.perf_counter()
-    loaded = load_model(model, device=device)
-    print(f"model {model} ({getattr(loaded, 'model_id', '?')}) loaded on {device} in {time.perf_counter() - start:.1f} s")
-    return loaded
-
-
-def _check_device(device: str) -> None:
-    """Refuse a torch device this machine cannot use, in one line, before any model is built.
-
-    Raises:
-        ModelNotAvailableError: not a device name, or a device that this torch build or machine lacks.
-    """
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise ModelNotAvailableError(f"--device {device!r} is not a torch device ({exc}); use cpu, cuda, cuda:N or mps.") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            built = "was built without CUDA" if torch.version.cuda is None else "finds no CUDA GPU"
-            raise ModelNotAvailableError(f"--device {device} is not available: this torch ({torch.__version__}) {built}; "
-                                         "use --device cpu, or install a CUDA build of torch on a GPU machine.")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ModelNotAvailableError(f"--device {device} is not available: this machine has "
-                                         f"{torch.cuda.device_count()} CUDA device(s), cuda:0..; pick one of them.")
-    elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelNotAvailableError(f"--device {device} is not available (MPS needs Apple silicon and a torch built "
-                                     "with MPS); use --device cpu.")
-    elif parsed.type not in ("cpu", "cuda", "mps"):
-        raise ModelNotAvailableError(f"--device {device} is not supported; use cpu, cuda, cuda:N or mps.")
-
-
-def make_progress(description: str, stream=None) -> Tuple[Callable[[float, str], None], Callable[[], None]]:
-    """A ``progress(fraction, message)`` callback and a ``close()``.
-
-    A tqdm bar when ``stream`` (default stderr) is a terminal and tqdm is installed; otherwise at most ~11
-    plain lines on stdout (one per 10 %), which read well in logs and CI output.
-    """
-    stream = sys.stderr if stream is None else stream
-    tqdm = None
-    if hasattr(stream, "isatty") and stream.isatty():
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            pass
-    if tqdm is None:
-        last = [-1]
-
-        def plain(fraction: float, message: str) -> None:
-            percent = int(min(max(fraction, 0.0), 1.0) * 100)
-            if percent // 10 != last[0] // 10 or (fraction >= 1.0 and last[0] < 100):
-                last[0] = percent
-                print(f"{description}: {percent:3d}% {message}", flush=True)
-
-        return plain, (lambda: None)
-    bar = tqdm(total=100, desc=description, file=stream,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
-
-    def update(fraction: float, message: str) -> None:
-        bar.n = min(max(fraction, 0.0), 1.0) * 100
-        bar.set_postfix_str(message, refresh=False)
-        bar.refresh()
-
-    return update, bar.close
-
-
 # ---------------------------------------------------------------- segment
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment one image from a prompt file and write the mask with the image's geometry (atomically).
@@ -125,7 +55,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                      auto=args.auto)
 
     def load():
-        _check_device(args.device)
+        check_device(args.device)
         return load_model_verbose(args.model, args.device)
 
     def report(kind: str, info: dict) -> None:
@@ -160,7 +90,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     cases = read_manifest(args.manifest)  # a bad manifest is one line, before any worker starts
     backend = _remote_backend(args)  # with --workers/--scheduler refused by segment_cases, before any case
     if args.scheduler is None and backend is None:
-        _check_device(args.device)  # a cluster's workers may have devices this machine lacks
+        check_device(args.device)  # a cluster's workers may have devices this machine lacks
     threads = args.threads
     if threads is None and args.workers > 1 and args.scheduler is None:
         threads = max(1, (os.cpu_count() or 1) // args.workers)  # equal total threads: no oversubscription
@@ -203,7 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if no_model and args.no_baseline:
         raise InvalidPromptError("--model none with --no-baseline leaves nothing to evaluate.")
     if not no_model:
-        _check_device(args.device)
+        check_device(args.device)
     model = None if no_model else load_model_verbose(args.model, args.device)
     rule = "each label value" if args.each_label else (
         f"label {args.label}" if args.label is not None else "label > 0 (or the manifest's value)")
@@ -287,7 +217,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"The clicks are SIMULATED from the reference label: click 1 at the target's deepest point, then up to "
           f"{args.clicks - 1} more, each at the centre of the largest error (+ for a miss, - for a false "
           "positive). The region-growing baseline gets the same clicks.")
-    _check_device(args.device)
+    check_device(args.device)
     model = load_model_verbose(args.model, args.device)
     with InteractiveSession(model) as session:
         rows = simulate_case(session, case, args.clicks)
@@ -454,7 +384,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..tools.training import train
     from ..tools.training_data import SampleSource, load_cases
 
-    _check_device(args.device)
+    check_device(args.device)
     torch.set_num_threads(args.threads)
     exclude = [name for name in args.exclude.split(",") if name]
     cases = load_cases(args.data, exclude=exclude, allow_non_commercial=args.allow_non_commercial)
@@ -485,7 +415,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from ..tools.training import train
     from ..tools.training_data import SampleSource, load_cases
 
-    _check_device(args.device)
+    check_device(args.device)
     model = load_model(args.model)
     cases = load_cases(args.data, allow_non_commercial=True)  # the user's own data, the user's own weights
     source = SampleSource(cases, synthesis_fraction=0.0, blob_fraction=0.0)
@@ -513,7 +443,7 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--export", type=Path, default=None, help="weights file to (re)write at every checkpoint")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 is faster on a shared machine: OpenMP threads wait for each other)")
-    _add_device(p)
+    add_device(p)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
     p.add_argument("--clicks", type=int, default=5, help="simulated clicks per episode")
     p.add_argument("--decay-from-minute", type=float, default=None,
@@ -531,7 +461,7 @@ def _add_training_commands(sub) -> None:
     p.add_argument("model", help="registry name or checkpoint path")
     p.add_argument("--data", type=Path, action="append", required=True, help=data_help)
     _add_output(p, Path("runs/finetune"), "checkpoint, log and finetuned.pt")
-    _add_device(p)
+    add_device(p)
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget (cumulative over resumes)")
     p.add_argument("--trainable", choices=["all", "decoder", "adapters"], default="decoder",
                    help="decoder = prompt encoder + mask decoder only (the image encoder stays frozen); "
@@ -553,12 +483,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in text or hidden or not action.option_strings:
             return text
         return super()._get_help_string(action)
-
-
-def _add_device(parser: argparse.ArgumentParser) -> None:
-    # SUPPRESS: a subcommand sets args.device only when the flag is given after it, so
-    # "samvolseg --device cuda segment ..." and "samvolseg segment ... --device cuda" both work.
-    parser.add_argument("--device", default=argparse.SUPPRESS, help=DEVICE_HELP)
 
 
 def _add_server(parser: argparse.ArgumentParser) -> None:
@@ -639,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--points, optional then, correct it")
     p.add_argument("--series", default=None, help=SERIES_HELP)
     p.add_argument("--model", default="default", help="registry name (samvolseg models list) or checkpoint path")
-    _add_device(p)
+    add_device(p)
     _add_server(p)
     p.set_defaults(func=cmd_segment)
 
@@ -663,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, default=None,
                    help="JSON report path (default: <manifest name>.report.json beside the manifest)")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
-    _add_device(p)
+    add_device(p)
     _add_server(p)
     p.set_defaults(func=cmd_batch)
 
@@ -697,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cvpr25: the session clips the mask to the challenge's box; clip: for every step (default; "
                         "the challenge keeps its box in the input), initial: lift the clip before the first click")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    _add_device(p)
+    add_device(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = add("demo", help="segment a generated CT phantom with simulated clicks (no data needed)",
@@ -722,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default=None, help="with --image: its reference label map on the same grid")
     p.add_argument("--label-value", type=int, default=None,
                    help="with --label: the target's label value (default: label > 0)")
-    _add_device(p)
+    add_device(p)
     p.set_defaults(func=cmd_demo)
 
     p = add("models", help="list or download models")
@@ -734,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     _add_training_commands(sub)
-    from ..tools.teach import register_cli as register_teach  # teach: adapters + proposals for one structure
+    from .teach import register_cli as register_teach  # teach: adapters + proposals for one structure
 
     register_teach(sub)
     from ..remote.cli import register_cli as register_serve  # serve: options live with the server code

@@ -68,6 +68,44 @@ def read_image(path: Union[str, Path], series_uid: Optional[str] = None) -> sitk
         ) from exc
 
 
+#: How far a label's grid may differ from its image's and still count as the same grid.
+_GRID_ATOL_MM = 1e-3
+_DIRECTION_ATOL = 1e-4
+
+
+def read_image_label(image_path: Union[str, Path], label_path: Union[str, Path]) -> Tuple[sitk.Image, np.ndarray]:
+    """Read an image and its label map, checked to share one voxel grid.
+
+    Returns:
+        The image, and the label as an integer numpy array (k, j, i) on the image's grid.
+    Raises:
+        InvalidImageError: a file is missing/unreadable, or the label's size, spacing, origin or direction
+            differ from the image's (the message says which).
+    """
+    image, label = read_image(image_path), read_image(label_path)
+    if label.GetNumberOfComponentsPerPixel() != 1 or label.GetDimension() != image.GetDimension():
+        raise InvalidImageError(f"Label {label_path} must be a scalar {image.GetDimension()}D label map.")
+    checks = (
+        ("size", image.GetSize(), label.GetSize(), 0.0),
+        ("spacing", image.GetSpacing(), label.GetSpacing(), _GRID_ATOL_MM),
+        ("origin", image.GetOrigin(), label.GetOrigin(), _GRID_ATOL_MM),
+        ("direction", image.GetDirection(), label.GetDirection(), _DIRECTION_ATOL),
+    )
+    for what, expected, got, atol in checks:
+        if not np.allclose(np.asarray(expected, float), np.asarray(got, float), rtol=0, atol=atol):
+            raise InvalidImageError(
+                f"Label {label_path} has {what} {tuple(round(float(v), 4) for v in got)} but image {image_path} "
+                f"has {tuple(round(float(v), 4) for v in expected)}; resample the label onto the image's grid."
+            )
+    array = sitk.GetArrayFromImage(label)
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise InvalidImageError(f"Label {label_path} holds non-integer values; give an integer label map.")
+        array = array.astype(np.int64)
+    return image, array
+
+
+
 def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> sitk.Image:
     """One DICOM series of ``folder`` as a 3D image (slices sorted by position by GDCM)."""
     # GDCM warns "No Series were found" on stderr (three lines) for a folder without DICOM; the error below

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidPromptError, SessionStateError
+from ..model.proposal_head import class_index, click_adapted_classes, proposal_classes
 from .clicks import deepest_point_roi
 from .geometry import RoiWindow, VolumeGeometry, bbox_shape, lps_to_ras, mask_bbox
 from .mask_update import BBoxKJI, MaskUpdate, union_bbox
@@ -38,15 +39,7 @@ from .preprocessing import (
     resample_to_model_grid,
 )
 from .prompts_io import MAX_CLICKS  # one limit for the session and prompt files (the reason is there)
-from .proposals import (
-    PROPOSAL_PROMPT_GAIN,
-    class_index,
-    click_adapted_classes,
-    edit_sigma_low,
-    local_edit,
-    proposal_classes,
-    propose_logits,
-)
+from .proposals import PROPOSAL_PROMPT_GAIN, edit_sigma_low, local_edit, propose_logits
 from .session_protocol import as_click_sign, as_point_ras
 
 ProgressCallback = Callable[[float, str], None]
@@ -337,7 +330,7 @@ class InteractiveSession:
 
         The proposal then behaves like any mask: clicks correct it (it is the ROI's mask prompt, with one
         positive click at its deepest point, listed in :attr:`clicks`), undo returns to the mask before it.
-        Only models with a proposal head can propose (:func:`~SAMVolSegmentLib.engine.proposals.proposal_classes`,
+        Only models with a proposal head can propose (:func:`~SAMVolSegmentLib.model.proposal_head.proposal_classes`,
         trained with ``samvolseg teach``).
 
         Raises:
@@ -356,7 +349,7 @@ class InteractiveSession:
 
     def adapted_classes(self) -> Tuple[str, ...]:
         """Structures this session's clicks from scratch are adapted to (empty: the base model's clicks); see
-        :func:`~SAMVolSegmentLib.engine.proposals.click_adapted_classes`."""
+        :func:`~SAMVolSegmentLib.model.proposal_head.click_adapted_classes`."""
         return click_adapted_classes(self.predictor.model)
 
     def set_initial_mask(self, mask_kji: Optional[np.ndarray]) -> MaskUpdate:

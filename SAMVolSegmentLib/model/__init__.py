@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import importlib
 
-from .build import build_model, load_model, read_checkpoint, register_family
+from .build import build_model, load_model, read_checkpoint
 from .config import ModelConfig
+from .families import register_family
 from .sam3d import Sam3D
 
 for _module in ("clicknet", "clicknet2"):  # optional families register themselves on import

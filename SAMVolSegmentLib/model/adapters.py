@@ -22,10 +22,10 @@ Adapter file (``torch.save`` of plain data and tensors, read with ``weights_only
      "base_sha256": sha256 of the base file, "adapter_config": {...} or None, "adapter_state_dict": {...},
      "proposal": None or {"config": {...}, "state_dict": {...}}, "meta": {...}}
 
-Version 2 added the optional prompt-free proposal head (:mod:`SAMVolSegmentLib.engine.proposals`) and allows a file
+Version 2 added the optional prompt-free proposal head (:mod:`.proposal_head`) and allows a file
 with a head but no adapters; version 1 files still load.
 
-API: ``load_model(adapter_file)`` (:func:`~SAMVolSegmentLib.model.build.load_model`) finds the base the file
+API: ``load_model(adapter_file)`` (:func:`~SAMVolSegmentLib.model.build.load_model`, :func:`~SAMVolSegmentLib.model.build.compose`) finds the base the file
 names (a registry name through :mod:`SAMVolSegmentLib.model.registry`, else the stored path; ``base=`` overrides
 where it is), checks its SHA-256, and returns base + adapters. A different base file is refused.
 """
@@ -210,8 +210,8 @@ def save_adapters(model: nn.Module, path: Union[str, Path], meta: Optional[Mappi
         CheckpointError: the model has neither adapters nor a proposal head, or was not loaded from a file (no
             base to name).
     """
-    from ..engine.proposals import proposal_payload
     from ..io_utils import atomic_path
+    from .proposal_head import proposal_payload
 
     proposal = proposal_payload(model)
     if not has_adapters(model) and proposal is None:
@@ -243,58 +243,3 @@ def save_adapters(model: nn.Module, path: Union[str, Path], meta: Optional[Mappi
 
 def is_adapter_file(checkpoint: Mapping[str, Any]) -> bool:
     return checkpoint.get("format") == ADAPTER_FORMAT
-
-
-def compose(checkpoint: Mapping[str, Any], adapter_path: Path, base: Optional[Union[str, Path]],
-            attention_impl: str) -> nn.Module:
-    """Base model + the adapters of an adapter file (read by ``read_checkpoint``); see the module docstring.
-
-    Raises:
-        ModelNotAvailableError: the named registry base is not on this machine (says how to download it).
-        CheckpointError: the base file is missing or not the one the adapters were trained on.
-    """
-    from ..engine.proposals import load_proposal_payload
-    from .build import file_sha256, model_from_checkpoint, read_checkpoint
-    from .registry import REGISTRY, resolve_model_path
-
-    if int(checkpoint.get("version", 0)) not in READABLE_VERSIONS:
-        raise CheckpointError(f"{adapter_path} is adapter format version {checkpoint.get('version')!r}; this "
-                              f"SAMVolSegment reads versions {READABLE_VERSIONS}. Update SAMVolSegment.")
-    base_name, base_sha = str(checkpoint["base_model"]), str(checkpoint["base_sha256"])
-    how_to_get = (f"download it with `samvolseg models download {base_name}`" if base_name in REGISTRY
-                  and REGISTRY[base_name].url else f"use {base_name} or pass load_model(..., base=PATH) for its copy")
-    base_path = resolve_model_path(base if base is not None else base_name)
-    if not base_path.is_file():
-        raise CheckpointError(
-            f"{adapter_path} holds adapters for the base model {base_name!r} (sha256 {base_sha[:16]}…), which "
-            f"is not at {base_path}; pass base= the path of that file."
-        )
-    actual = file_sha256(base_path)
-    if actual != base_sha:
-        raise CheckpointError(
-            f"{adapter_path} holds adapters for the base model {base_name!r} (sha256 {base_sha[:16]}…), but "
-            f"{base_path} is a different file (sha256 {actual[:16]}…). Adapters only work on the exact base they "
-            f"were trained on: {how_to_get}."
-        )
-    base_checkpoint = read_checkpoint(base_path)
-    family = str(base_checkpoint.get("family", "sam_med3d"))
-    if family != checkpoint.get("family"):
-        raise CheckpointError(f"{adapter_path} holds {checkpoint.get('family')} adapters, but {base_path} is a "
-                              f"{family} model; {how_to_get}.")
-    model = model_from_checkpoint(base_checkpoint, f"{family}:{base_sha[:12]}", attention_impl)
-    model.checkpoint_source, model.checkpoint_sha256 = base_name, base_sha
-    # Version 1 files always hold adapters; from version 2 a file may hold only a proposal head.
-    if checkpoint.get("adapter_config") is not None or int(checkpoint.get("version", 0)) == 1:
-        try:
-            stored = dict(checkpoint.get("adapter_config") or {})
-            stored.setdefault("clicknet2_decoder_hidden", 0)  # files from before the decoder adapter have none
-            config = AdapterConfig.from_dict(stored)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{adapter_path} has an unreadable adapter_config ({exc}); update "
-                                  "SAMVolSegment.") from exc
-        inject_adapters(model, config)
-        load_adapter_state_dict(model, checkpoint["adapter_state_dict"])
-    if checkpoint.get("proposal") is not None:
-        load_proposal_payload(model, checkpoint["proposal"], adapter_path)
-    model.model_id = f"{family}:{base_sha[:12]}+adapters:{file_sha256(adapter_path)[:12]}"
-    return model.eval()

@@ -10,46 +10,29 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from .adapters import compose, is_adapter_file
+from .adapters import (
+    READABLE_VERSIONS,
+    AdapterConfig,
+    inject_adapters,
+    is_adapter_file,
+    load_adapter_state_dict,
+)
 from .config import ModelConfig
+from .families import FAMILIES
+from .proposal_head import load_proposal_payload
+from .registry import REGISTRY, resolve_model_path
 from .sam3d import Sam3D
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@dataclass(frozen=True)
-class ModelFamily:
-    """How to rebuild a family's model: its config from a checkpoint, and the module from the config."""
-
-    name: str
-    config_from_checkpoint: Callable[[Mapping[str, Any], Mapping[str, torch.Tensor]], Any]
-    build: Callable[[Any], nn.Module]
-
-
-_FAMILIES: Dict[str, ModelFamily] = {}
-
-
-def register_family(name: str, config_from_checkpoint: Callable, build: Callable) -> None:
-    """Register a model family. ``config_from_checkpoint(checkpoint_dict, state_dict) -> config`` and
-    ``build(config) -> nn.Module`` (implementing ``encode_image``/``decode_prompts``, see docs/ARCHITECTURE.md)."""
-    _FAMILIES[name] = ModelFamily(name, config_from_checkpoint, build)
-
-
-def _sam_config(checkpoint: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> ModelConfig:
-    if isinstance(checkpoint.get("config"), Mapping):
-        return ModelConfig.from_dict(checkpoint["config"])
-    return ModelConfig.infer_from_state_dict(state_dict)
-
-
-register_family("sam_med3d", _sam_config, Sam3D)
 
 
 def build_model(config: Optional[ModelConfig] = None, attention_impl: str = "fast") -> Sam3D:
@@ -107,9 +90,9 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
 def model_from_checkpoint(checkpoint: Mapping[str, Any], model_id: str, attention_impl: str = "fast") -> nn.Module:
     """Rebuild and strictly load the model a checkpoint describes."""
     family_name = str(checkpoint.get("family", "sam_med3d"))
-    family = _FAMILIES.get(family_name)
+    family = FAMILIES.get(family_name)
     if family is None:
-        raise CheckpointError(f"Unknown model family {family_name!r}; known: {sorted(_FAMILIES)}. Update SAMVolSegment.")
+        raise CheckpointError(f"Unknown model family {family_name!r}; known: {sorted(FAMILIES)}. Update SAMVolSegment.")
     state_dict = checkpoint["model_state_dict"]
     try:
         config = family.config_from_checkpoint(checkpoint, state_dict)
@@ -157,7 +140,7 @@ def load_model(
 
     An adapter file (``samvolseg finetune MODEL --trainable adapters``) loads as its base model + the adapters:
     the base is the registry name or path the file names, checked against the SHA-256 the file records
-    (:func:`.adapters.compose`).
+    (:func:`compose`).
 
     Args:
         source: registry name or file path (never downloads; see ``weights.download_model``).
@@ -167,8 +150,6 @@ def load_model(
         precision: "fp32" (default) or "bf16"/"fp16" autocast for encoder and decoder (small numeric drift).
         attention_impl: "fast" (exact closed form) or "reference" (plain computation, for comparison).
     """
-    from .registry import REGISTRY, resolve_model_path
-
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     path = resolve_model_path(source)
@@ -187,3 +168,55 @@ def load_model(
         model.checkpoint_sha256 = digest
     model.autocast_dtype = PRECISIONS[precision]
     return model.to(device)
+
+
+def compose(checkpoint: Mapping[str, Any], adapter_path: Path, base: Optional[Union[str, Path]],
+            attention_impl: str) -> nn.Module:
+    """Base model + the adapters of an adapter file (read by ``read_checkpoint``); see the module docstring.
+
+    Raises:
+        ModelNotAvailableError: the named registry base is not on this machine (says how to download it).
+        CheckpointError: the base file is missing or not the one the adapters were trained on.
+    """
+
+    if int(checkpoint.get("version", 0)) not in READABLE_VERSIONS:
+        raise CheckpointError(f"{adapter_path} is adapter format version {checkpoint.get('version')!r}; this "
+                              f"SAMVolSegment reads versions {READABLE_VERSIONS}. Update SAMVolSegment.")
+    base_name, base_sha = str(checkpoint["base_model"]), str(checkpoint["base_sha256"])
+    how_to_get = (f"download it with `samvolseg models download {base_name}`" if base_name in REGISTRY
+                  and REGISTRY[base_name].url else f"use {base_name} or pass load_model(..., base=PATH) for its copy")
+    base_path = resolve_model_path(base if base is not None else base_name)
+    if not base_path.is_file():
+        raise CheckpointError(
+            f"{adapter_path} holds adapters for the base model {base_name!r} (sha256 {base_sha[:16]}…), which "
+            f"is not at {base_path}; pass base= the path of that file."
+        )
+    actual = file_sha256(base_path)
+    if actual != base_sha:
+        raise CheckpointError(
+            f"{adapter_path} holds adapters for the base model {base_name!r} (sha256 {base_sha[:16]}…), but "
+            f"{base_path} is a different file (sha256 {actual[:16]}…). Adapters only work on the exact base they "
+            f"were trained on: {how_to_get}."
+        )
+    base_checkpoint = read_checkpoint(base_path)
+    family = str(base_checkpoint.get("family", "sam_med3d"))
+    if family != checkpoint.get("family"):
+        raise CheckpointError(f"{adapter_path} holds {checkpoint.get('family')} adapters, but {base_path} is a "
+                              f"{family} model; {how_to_get}.")
+    model = model_from_checkpoint(base_checkpoint, f"{family}:{base_sha[:12]}", attention_impl)
+    model.checkpoint_source, model.checkpoint_sha256 = base_name, base_sha
+    # Version 1 files always hold adapters; from version 2 a file may hold only a proposal head.
+    if checkpoint.get("adapter_config") is not None or int(checkpoint.get("version", 0)) == 1:
+        try:
+            stored = dict(checkpoint.get("adapter_config") or {})
+            stored.setdefault("clicknet2_decoder_hidden", 0)  # files from before the decoder adapter have none
+            config = AdapterConfig.from_dict(stored)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{adapter_path} has an unreadable adapter_config ({exc}); update "
+                                  "SAMVolSegment.") from exc
+        inject_adapters(model, config)
+        load_adapter_state_dict(model, checkpoint["adapter_state_dict"])
+    if checkpoint.get("proposal") is not None:
+        load_proposal_payload(model, checkpoint["proposal"], adapter_path)
+    model.model_id = f"{family}:{base_sha[:12]}+adapters:{file_sha256(adapter_path)[:12]}"
+    return model.eval()

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .build import register_family
 from .config import ConfigSerialization
+from .families import register_family
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from .build import register_family
 from .clicknet import FastConv3d, norm_conv
 from .config import ConfigSerialization
+from .families import register_family
 
 #: Half-widths (in z-normalised intensity units) below which a voxel counts as "similar" to a positive click
 #: for the two grown-region channels: a tight one that rarely leaks and a loose one that rarely stops short.

@@ -115,10 +115,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ServerConfigError(f"The server needs FastAPI and uvicorn ({exc}); install them with: "
                                 "pip install 'samvolsegment[server]'.") from None
-    from ..cli.main import _check_device, load_model_verbose
+    from ..cli.common import check_device, load_model_verbose
 
     device = getattr(args, "device", "cpu")
-    _check_device(device)
+    check_device(device)
     model = load_model_verbose(args.model, device)
     config = ServerConfig(
         token=token, device=device, lease_s=args.lease_minutes * 60, max_memory_bytes=int(args.max_memory_gb * 2**30),

@@ -61,7 +61,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..engine.mask_update import MaskUpdate
-from ..engine.proposals import click_adapted_classes, proposal_classes
 from ..engine.session_protocol import as_click_sign, as_point_ras
 from ..errors import (
     AuthenticationError,
@@ -71,6 +70,7 @@ from ..errors import (
     ServerBusyError,
     SessionStateError,
 )
+from ..model.proposal_head import click_adapted_classes, proposal_classes
 from .protocol import (
     API_PREFIX,
     MASK_CODECS_HEADER,

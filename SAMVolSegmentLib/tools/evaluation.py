@@ -165,7 +165,7 @@ def prepared_target(case: Case, label_value: Optional[int] = None):
 
 def load_target(case: Case, label_value: Optional[int] = None) -> Tuple[sitk.Image, np.ndarray]:
     """The image and the binary uint8 target (k, j, i) of a case (``label_value`` overrides the case's)."""
-    from ..io_utils import read_image_label
+    from ..engine.preprocessing import read_image_label
 
     image, label = read_image_label(case.image_path, case.label_path)
     value = case.label_value if label_value is None else label_value
@@ -258,7 +258,7 @@ def expand_label_values(cases: Sequence[Case], min_voxels: int = 1) -> List[Case
     Cases that already name a label value are kept as they are; values with fewer than ``min_voxels``
     voxels are skipped (a 1-voxel structure cannot take a meaningful click).
     """
-    from ..io_utils import read_image_label
+    from ..engine.preprocessing import read_image_label
 
     expanded: List[Case] = []
     for case in cases:

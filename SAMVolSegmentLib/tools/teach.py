@@ -26,49 +26,13 @@ import fnmatch
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..progress import make_progress
 
 SPLIT_FILE = "split.json"
 HEAD_FILE = "head.pt"
 STRUCTURE_FILE = "structure.pt"
-
-
-def register_cli(sub: Any) -> None:
-    """Add ``teach`` to the CLI's subparsers."""
-    p = sub.add_parser(
-        "teach", help="teach the model one structure: adapters + a prompt-free proposal head (resumable)",
-        description="Train adapters and a proposal head for one structure on labelled cases, keeping a held-out "
-                    "split for the report. Writes split.json, structure.pt (load it with --model), results.json "
-                    "and card.md in --output; rerun the same command to resume.")
-    p.add_argument("--data", type=Path, action="append", required=True,
-                   help="folder of <case>/image.* + label.* folders; repeat for several")
-    p.add_argument("--cases", default="*", help="shell pattern of the case folder names to use (e.g. "
-                                                "'mr_msd_hippocampus_*')")
-    p.add_argument("--class", dest="class_name", required=True, help="name of the structure (e.g. hippocampus)")
-    p.add_argument("--label", type=int, default=None,
-                   help="label value of the structure (default: every non-zero voxel)")
-    p.add_argument("--model", default="default", help="base model: registry name or checkpoint path (clicknet2)")
-    p.add_argument("--output", "-o", type=Path, required=True, help="output folder (resumes what is there)")
-    p.add_argument("--holdout", type=float, default=0.2, help="fraction of the cases kept out of training")
-    p.add_argument("--report", type=Path, action="append", default=[],
-                   help="extra labelled case folder(s) to report on (never trained on); repeat for several")
-    # Defaults: the recipe measured in the README (hippocampus, ~1 hour on a 2-core CPU); less gives less.
-    p.add_argument("--proposal-minutes", type=float, default=35.0, help="proposal head training budget (default %(default)g)")
-    p.add_argument("--adapter-minutes", type=float, default=25.0, help="decoder adapter training budget (0: none; default %(default)g)")
-    # The choices are model.adapters.DECODER_SCOPES (that module imports torch, which `--help` must not).
-    p.add_argument("--adapter-scope", choices=("all", "corrections"), default="all",
-                   help="clicks the adapter runs on: all (trained on clicks from scratch and corrections of a "
-                        "proposal) or only corrections of a proposal (clicks from scratch then stay exactly the "
-                        "base model's, e.g. when the file also serves other structures)")
-    p.add_argument("--repeats", type=int, default=12, help="jittered proposal ROIs per training case (default %(default)d)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and of every random choice")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    from ..cli.main import (
-        _add_device,  # the CLI's one --device option (cli imports this module to register it)
-    )
-
-    _add_device(p)
-    p.set_defaults(func=cmd_teach)
 
 
 # ---------------------------------------------------------------- split
@@ -139,10 +103,9 @@ def train_stages(args: argparse.Namespace, train_folders: Sequence[str]) -> Dict
     import numpy as np
     import torch
 
-    from ..cli.main import make_progress
-    from ..engine.proposals import build_samples, train_decoder_adapter, train_proposal_head
     from ..model import load_model
     from ..model.adapters import save_adapters
+    from .proposal_training import build_samples, train_decoder_adapter, train_proposal_head
 
     def with_progress(what: str, run):
         """``run(progress)`` with the CLI's progress display (a bar on a terminal, a line per 10 % in logs)."""
@@ -325,13 +288,10 @@ def write_card(args: argparse.Namespace, split: Dict[str, List[str]], results: D
     return path
 
 
-def cmd_teach(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..cli.main import _check_device
-
-    _check_device(args.device)
-    torch.set_num_threads(args.threads)
+# ---------------------------------------------------------------- the whole run
+def run(args: argparse.Namespace) -> Tuple[Dict[str, Any], Path]:
+    """Split, train (or resume), report and write the card in ``args.output`` (the options of ``samvolseg
+    teach``). Returns the results (also written to ``results.json``) and the card's path."""
     args.output.mkdir(parents=True, exist_ok=True)
     split = load_or_make_split(args.output, case_folders(args.data, args.cases), args.holdout, args.seed)
     print(f"teach: {len(split['train'])} training cases, {len(split['heldout'])} held out ({args.output / SPLIT_FILE})",
@@ -341,6 +301,4 @@ def cmd_teach(args: argparse.Namespace) -> int:
     results["training"] = logs
     results["sizes"] = _sizes(args)
     (args.output / "results.json").write_text(json.dumps(results, indent=1))
-    card = write_card(args, split, results)
-    print(f"teach: wrote {args.output / STRUCTURE_FILE}, {card}; summary {json.dumps(results['summary'])}")
-    return 0
+    return results, write_card(args, split, results)

@@ -190,8 +190,8 @@ class SAMVolSegmentSelfTest(unittest.TestCase):
         from SAMVolSegmentSlicerLib import local_session
 
         from SAMVolSegment import SAMVolSegmentLogic
-        from SAMVolSegmentLib.engine.proposals import ProposalConfig, attach_proposal_head
         from SAMVolSegmentLib.errors import InvalidPromptError
+        from SAMVolSegmentLib.model.proposal_head import ProposalConfig, attach_proposal_head
 
         def modelWithConstantHead(source, device, download, progress):
             model = local_session.localModel(source, device, download, progress)
