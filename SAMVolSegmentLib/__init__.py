@@ -21,6 +21,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .engine.threads import configure_openmp
+
+# Idle OpenMP threads sleep instead of spinning for ~3 ms after every operator (libgomp's default), which took
+# a core from other programs and, on a busy machine, from our own clicks (benchmarks/under_load.py). Effective
+# only when torch is imported after this package; OMP_WAIT_POLICY or GOMP_SPINCOUNT set by the user win.
+configure_openmp()
+
 __version__ = "0.1.0"
 
 _LAZY = {

@@ -519,13 +519,17 @@ def worker_model(model: PathLike, device: str = "cpu", threads: Optional[int] = 
 
 
 def limit_worker_threads(threads: Optional[int]) -> None:
-    """Give this process ``threads`` threads for torch (intra-op) and SimpleITK (its filters: reading,
-    resampling); None leaves both. SimpleITK's default is every core, so two workers on two cores would each
+    """Give this process ``threads`` threads for torch (intra-op; the model's encoder, its decoder keeps one:
+    ``engine/threads.py``) and SimpleITK (its filters: reading, resampling); None leaves both. SimpleITK's default is every core, so two workers on two cores would each
     resample with two threads (oversubscription) unless limited like torch."""
     if threads is None:
         return
     import SimpleITK as sitk
     import torch
+
+    from .engine.threads import ENV_THREADS
+
+    os.environ[ENV_THREADS] = str(int(threads))  # the Predictors this worker makes: encoder N, decoder 1
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(int(threads))

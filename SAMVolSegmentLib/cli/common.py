@@ -6,8 +6,11 @@ one-line report. The main parser (:mod:`.main`) and the subcommands registered f
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from typing import Union
 
+from ..engine.threads import ENV_THREADS, ThreadPolicy
 from ..errors import ModelNotAvailableError
 
 DEVICE_HELP = "torch device: cpu (default), cuda, cuda:1, mps; also accepted before the subcommand"
@@ -55,3 +58,28 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: a subcommand sets args.device only when the flag is given after it, so
     # "samvolseg --device cuda segment ..." and "samvolseg segment ... --device cuda" both work.
     parser.add_argument("--device", default=argparse.SUPPRESS, help=DEVICE_HELP)
+
+
+THREADS_HELP = ("CPU threads of the model: N (encoder N, per-click decoder 1) or ENCODER,DECODER; default: "
+                f"${ENV_THREADS}, else every CPU for the encoder and one for the decoder (clicks stay fast when "
+                "other programs are busy)")
+
+
+def thread_policy(text: str) -> ThreadPolicy:
+    """argparse type of ``--threads``: N or ENCODER,DECODER."""
+    try:
+        return ThreadPolicy.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    """Add ``--threads`` (N or ENCODER,DECODER) to a subcommand that runs a model."""
+    parser.add_argument("--threads", type=thread_policy, default=None, help=THREADS_HELP)
+
+
+def apply_threads(threads: Union[None, int, ThreadPolicy]) -> None:
+    """Make ``threads`` this process's thread policy: every ``Predictor`` made from here on (and local batch
+    workers, which inherit the environment) reads ``$SAMVOLSEG_THREADS``. None leaves it as it is."""
+    if threads is not None:
+        os.environ[ENV_THREADS] = str(ThreadPolicy.resolve(threads))

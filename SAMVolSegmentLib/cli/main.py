@@ -24,7 +24,7 @@ from ..engine.prompts_io import MAX_CLICKS
 from ..errors import InvalidPromptError, ModelNotAvailableError, SAMVolSegmentError
 from ..progress import make_progress
 from ..tools.phantom import DEFAULT_TARGET, PHANTOM_LABELS
-from .common import DEVICE_HELP, add_device, check_device, load_model_verbose
+from .common import DEVICE_HELP, add_device, add_threads, apply_threads, check_device, load_model_verbose
 
 DEMO_MASK = "demo_mask.nii.gz"
 DEMO_OVERLAY = "demo_overlay.png"
@@ -565,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="registry name (samvolseg models list) or checkpoint path")
     add_device(p)
     _add_server(p)
+    add_threads(p)
     p.set_defaults(func=cmd_segment)
 
     p = add("batch", help="segment many cases from saved prompts (resumable; local processes or Dask)",
@@ -622,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the challenge keeps its box in the input), initial: lift the clip before the first click")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     add_device(p)
+    add_threads(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = add("demo", help="segment a generated CT phantom with simulated clicks (no data needed)",
@@ -647,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-value", type=int, default=None,
                    help="with --label: the target's label value (default: label > 0)")
     add_device(p)
+    add_threads(p)
     p.set_defaults(func=cmd_demo)
 
     p = add("models", help="list or download models")
@@ -691,6 +694,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         _work_running[0] = True  # from here a Ctrl-C unwinds the work (temporaries are removed) to the except
         args = build_parser().parse_args(argv)
+        apply_threads(getattr(args, "threads", None))  # before any model: every Predictor reads it
         return int(args.func(args) or 0)
     except (SAMVolSegmentError, OSError) as exc:  # OSError: a file vanished or a disk filled up meanwhile
         _work_running[0] = False  # first statement: no Ctrl-C can be raised between the try and here

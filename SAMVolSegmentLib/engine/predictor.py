@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidPromptError
+from .threads import ThreadPolicy, torch_threads
 
 #: What a model's ``encode_image`` returns: one tensor (SAM-Med3D) or a tuple of tensors (ClickNet2 caches
 #: features at two resolutions and the image).
@@ -122,11 +123,16 @@ class Predictor:
         model: an ``nn.Module`` implementing ``encode_image``/``decode_prompts`` with ``config.image_size``,
             ``config.low_res_size`` and ``model_id`` (see docs/ARCHITECTURE.md).
         cache_bytes: budget of the embedding cache.
+        threads: CPU threads of the encoder and the decoder (:class:`~.threads.ThreadPolicy`, N or "E,D"); None:
+            ``$SAMVOLSEG_THREADS`` or the default (every CPU for the encoder, one for the decoder; see
+            :mod:`.threads` for why).
     """
 
-    def __init__(self, model: torch.nn.Module, cache_bytes: int = 1 << 30) -> None:
+    def __init__(self, model: torch.nn.Module, cache_bytes: int = 1 << 30,
+                 threads: Union[None, int, str, ThreadPolicy] = None) -> None:
         self.model = model.eval()
         self.cache = EmbeddingCache(cache_bytes)
+        self.threads = ThreadPolicy.resolve(threads)
         self.encoder_calls = 0
         self.last_encode_s = 0.0
 
@@ -184,7 +190,7 @@ class Predictor:
         if tuple(roi_image.shape) != (size, size, size):
             raise ValueError(f"ROI image must be {size}³, got {tuple(roi_image.shape)}")
         start = time.perf_counter()
-        with torch.inference_mode(), self._precision():
+        with torch_threads(self.threads.encoder), torch.inference_mode(), self._precision():
             image = torch.from_numpy(np.ascontiguousarray(roi_image, dtype=np.float32))
             embedding = _as_float(self.model.encode_image(image[None, None].to(self.device)))
         self.encoder_calls += 1
@@ -224,7 +230,7 @@ class Predictor:
         if mask_logits is None:
             mask_logits = torch.zeros((1, 1, low, low, low), dtype=torch.float32, device=device)
         start = time.perf_counter()
-        with torch.inference_mode(), self._precision():
+        with torch_threads(self.threads.decoder), torch.inference_mode(), self._precision():
             points_t = torch.from_numpy(points)[None].to(device)
             labels_t = torch.from_numpy(labels.astype(np.int64))[None].to(device)
             extra = {"corrections": True} if corrections else {}

@@ -41,6 +41,7 @@ from .preprocessing import (
 from .prompts_io import MAX_CLICKS  # one limit for the session and prompt files (the reason is there)
 from .proposals import PROPOSAL_PROMPT_GAIN, edit_sigma_low, local_edit, propose_logits
 from .session_protocol import as_click_sign, as_point_ras
+from .threads import ThreadPolicy, torch_threads
 
 ProgressCallback = Callable[[float, str], None]
 RoiKey = Tuple[int, int, int]
@@ -155,6 +156,9 @@ class InteractiveSession:
         max_undo_bytes: memory bound of the history (mask boxes stored as packed bits); the oldest steps go
             first, the last step is always kept.
         auto_extend: continue a mask that reaches a ROI face into neighbouring ROIs (one encoder run each).
+        threads: CPU threads of the encoder and the per-click decoder (N, "E,D" or a ``ThreadPolicy``); None:
+            ``$SAMVOLSEG_THREADS`` or the default (:mod:`.threads`). Given with a ``Predictor``, it replaces the
+            predictor's.
     """
 
     def __init__(
@@ -166,9 +170,15 @@ class InteractiveSession:
         max_undo: int = 100,
         max_undo_bytes: int = 256 << 20,
         auto_extend: bool = True,
+        threads: Union[None, int, str, ThreadPolicy] = None,
     ) -> None:
         self.auto_extend = auto_extend
-        self.predictor = model if isinstance(model, Predictor) else Predictor(model, cache_bytes=cache_bytes)
+        if isinstance(model, Predictor):
+            if threads is not None:
+                model.threads = ThreadPolicy.resolve(threads)
+            self.predictor = model
+        else:
+            self.predictor = Predictor(model, cache_bytes=cache_bytes, threads=threads)
         self._progress = progress
         self._executor = _DaemonWorker("samvolseg-preprocess")
         self._lock = threading.RLock()
@@ -648,7 +658,8 @@ class InteractiveSession:
     def _paste(self, roi: RoiWindow, logits: torch.Tensor, box_ras, base_label_kji: np.ndarray) -> MaskUpdate:
         """The ROI's mask on the original grid; voxels of the box outside the ROI keep ``base_label_kji``."""
         start = time.perf_counter()
-        update = paste_back_logits(logits[0, 0], roi, self.geometry, base_label_kji=base_label_kji)
+        with torch_threads(self.predictor.threads.decoder):  # small per-click work: as the decoder
+            update = paste_back_logits(logits[0, 0], roi, self.geometry, base_label_kji=base_label_kji)
         if box_ras is not None and not update.is_empty_box:
             inside = self.geometry.box_mask_kji(update.bbox_kji, box_ras[0], box_ras[1])
             update = MaskUpdate(update.bbox_kji, (update.mask & inside.astype(np.uint8)))

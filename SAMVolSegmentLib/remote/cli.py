@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from ..cli.common import add_threads
 from ..errors import ServerConfigError
 from .protocol import is_loopback_host
 
@@ -50,6 +51,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--max-upload-mb", type=float, default=2048.0, help="largest compressed volume upload")
     p.add_argument("--max-voxels", type=int, default=512 * 512 * 1024, help="largest volume, in voxels")
     p.add_argument("--queue", type=int, default=32, help="requests that may wait for the model; more get 503")
+    add_threads(p)
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",
                    help="server log level")
     p.set_defaults(func=cmd_serve)
