@@ -314,7 +314,7 @@ def propose_logits(
         if embedding is None:
             if progress is not None:
                 progress(0.0, "Encoding the region (once per region)")
-            embedding = predictor.embed(crop_roi(grid_volume, roi), key)
+            embedding = predictor.embed(crop_roi(grid_volume, roi, normalization=predictor.normalization), key)
             timings["encode_s"] += predictor.last_encode_s
         start = time.perf_counter()
         with torch.inference_mode():
@@ -390,7 +390,7 @@ def build_samples(model: nn.Module, cases: Sequence[Tuple[Volume, np.ndarray]], 
         model_volume = resample_to_model_grid(volume)
         for _ in range(repeats):
             for grid_volume, roi in training_rois(volume, model_volume, label_kji, size, rng):
-                embedding = predictor.embed(crop_roi(grid_volume, roi))
+                embedding = predictor.embed(crop_roi(grid_volume, roi, normalization=predictor.normalization))
                 target = lowres_target(label_kji, volume, roi, low)
                 samples.append(ProposalSample(tuple(t.to(torch.float16) for t in embedding),
                                               torch.from_numpy(target)[None, None]))
