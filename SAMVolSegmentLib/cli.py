@@ -491,7 +491,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                    decay_from_minute=args.decay_from_minute, lr=args.lr, clicks=args.clicks, device=args.device,
                    checkpoint_every_s=60.0 * args.checkpoint_minutes, box_fraction=args.box_fraction,
                    local_weight=args.local_loss, cvpr_click_fraction=args.cvpr_click_fraction,
-                   max_steps=args.max_steps)
+                   max_steps=args.max_steps, keep_exports_from_minute=args.keep_exports_from_minute)
     print(json.dumps(result))
     return 0
 
@@ -548,6 +548,8 @@ def _add_training_commands(sub) -> None:
                    help="keep the learning rate constant until this minute, then cosine-decay it (default: half)")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="checkpoint (and export) interval")
     p.add_argument("--max-steps", type=int, default=None, help="also stop after this many (cumulative) steps")
+    p.add_argument("--keep-exports-from-minute", type=float, default=None,
+                   help="from this minute on, keep every checkpoint's export as <export>_m<minute>.pt (for averaging)")
     v3 = p.add_argument_group("v3 options (a new run; a resumed run keeps its checkpoint's architecture)")
     v3.add_argument("--init-from", type=Path, default=None,
                     help="start from this export's weights (e.g. the shipped default); new inputs start at zero")

@@ -575,9 +575,10 @@ class InteractiveSession:
     def _box_prompt_step(self, state: _Snapshot) -> Tuple[_Snapshot, List[MaskUpdate]]:
         """A box for a model with a box input: no clip, no centre click. Without a ROI yet, one is opened at the
         box's centre and decoded from the box alone; otherwise the active ROI is decoded again with the new box
-        (or without it). Removing the box of a mask made by the box alone (no clicks) empties the mask."""
+        (or without it). Removing the box of a mask made by the box alone (no clicks) keeps that mask: with no
+        prompt left, nothing is decoded until the next click, which starts from it."""
         if state.box_ras is None and not state.clicks:
-            return self._reset_step(state)
+            return state, []
         if state.active_roi is None:
             model_volume = self._model_volume()
             centre = (np.asarray(state.box_ras[0]) + np.asarray(state.box_ras[1])) / 2

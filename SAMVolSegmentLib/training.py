@@ -344,7 +344,8 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
           checkpoint_every_s: float = 300.0, trainable: str = "all", decay_from_minute: Optional[float] = None,
           roi_sizes: Optional[Sequence[Tuple[int, float]]] = None, augment: bool = True,
           device: str = "cpu", max_steps: Optional[int] = None, box_fraction: float = 0.0,
-          local_weight: float = 0.0, cvpr_click_fraction: float = 0.0) -> dict:
+          local_weight: float = 0.0, cvpr_click_fraction: float = 0.0,
+          keep_exports_from_minute: Optional[float] = None) -> dict:
     """Train until ``minutes`` of (cumulative) wall time; checkpoint + export every ``checkpoint_every_s``.
 
     Args:
@@ -361,6 +362,8 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
             challenge's box and half a full 3D box (:func:`training_box`).
         local_weight: weight of the locality loss on correction steps (:func:`locality_loss`).
         cvpr_click_fraction: share of the episodes whose corrective clicks follow the challenge's rule.
+        keep_exports_from_minute: from this (cumulative) minute on, every checkpoint also keeps a copy of the
+            export as ``<export stem>_m<minute>.pt`` beside it (the files a tail weight average needs).
     The ROI is normalised with the model's rule (:func:`~SAMVolSegmentLib.preprocessing.model_normalization`).
     The learning rate follows :func:`learning_rate` (constant, then cosine decay over the rest of the budget).
     """
@@ -447,9 +450,10 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
             bar.set_postfix(step=step, loss=f"{loss.item():.3f}", dice=f"{np.mean(window):.3f}", refresh=False)
             bar.update(max(0, int(time.perf_counter() - start) - bar.n))  # redraws at most every 10 s
         if time.perf_counter() - last_ckpt > checkpoint_every_s:
-            best = _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, best)
+            best = _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, best,
+                               keep_exports_from_minute)
             last_ckpt = time.perf_counter()
-    best = _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, best)
+    best = _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, best, keep_exports_from_minute)
     log.close()
     if bar is not None:
         bar.close()
@@ -464,11 +468,16 @@ def _progress(minutes: float, elapsed: float):
     return tqdm(total=int(minutes * 60), initial=int(elapsed), unit="s", desc="training", mininterval=10)
 
 
-def _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, best) -> float:
+def _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, best,
+                keep_exports_from_minute: Optional[float] = None) -> float:
     elapsed = time.perf_counter() - start
     rng_state = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
     save_checkpoint(ckpt_path, model, optimizer, step, elapsed, rng_state, best)
     score = float(np.mean(window)) if window else 0.0
     if export is not None:  # the package always holds the latest model; training Dice is logged beside it
-        export_model(model, export, {"step": step, "train_dice_last100": score, "minutes": elapsed / 60})
+        meta = {"step": step, "train_dice_last100": score, "minutes": elapsed / 60}
+        export_model(model, export, meta)
+        if keep_exports_from_minute is not None and elapsed / 60 >= keep_exports_from_minute:
+            export = Path(export)
+            export_model(model, export.with_name(f"{export.stem}_m{elapsed / 60:.0f}{export.suffix}"), meta)
     return max(best, score)

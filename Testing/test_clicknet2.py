@@ -295,5 +295,7 @@ def test_a_box_model_takes_the_box_as_input_without_a_centre_click_or_clip():
         inside = geometry.box_mask_kji(((0, mask.shape[0]), (0, mask.shape[1]), (0, mask.shape[2])),
                                        centre_ras - 8.0, centre_ras + 8.0)
         assert (mask & ~inside).any()  # not clipped to the box
-        session.clear_box()  # the box alone made this mask: without it, nothing is left
-        assert not session.mask_array_kji().any()
+        session.clear_box()  # the box alone made this mask: lifting the box keeps it (the CVPR25 "initial" mode)
+        assert np.array_equal(session.mask_array_kji() > 0, mask) and session.box_ras is None
+        session.add_click(centre_ras, positive=True)  # the next click decodes without the box
+        assert session.clicks and session.mask_array_kji().any()
