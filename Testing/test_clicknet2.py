@@ -172,3 +172,130 @@ def test_heatmaps_match_full_gaussians_within_their_cutoff():
         g = [torch.exp(-((axis - c[d]) ** 2) / (2 * 1.5**2)) for d in range(3)]
         full = g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :]
         torch.testing.assert_close(maps[0, channel], full, atol=1e-7, rtol=0)
+
+
+# ---------------------------------------------------------------- v3: normalisation rule and box input
+def _sphere_in_negative_background(offset: float = 0.0):
+    """Issue 22's failing case on an oblique grid (so the covering model grid has padding): a +60 sphere
+    (radius 12 mm, noise σ 8) in a −100 background, 1.0 × 1.2 × 2.5 mm, intensities shifted by ``offset``.
+    Returns (array_kji, ijk_to_ras, sphere centre RAS)."""
+    rng = np.random.default_rng(22)
+    shape = (40, 90, 80)  # k, j, i
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    r2 = ((i - 40) * 1.0) ** 2 + ((j - 45) * 1.2) ** 2 + ((k - 20) * 2.5) ** 2
+    image = np.where(r2 <= 144.0, 60.0, -100.0) + rng.normal(0, 8, shape) + offset
+    angle = np.deg2rad(20)
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                                   [0, 0, 1]]) @ np.diag([1.0, 1.2, 2.5])
+    ijk_to_ras[:3, 3] = [10, -20, 5]
+    centre_ras = ijk_to_ras[:3, :3] @ np.array([40, 45, 20]) + ijk_to_ras[:3, 3]
+    return image.astype(np.float32), ijk_to_ras, centre_ras
+
+
+def _masks_after_two_clicks(model, offset: float = 0.0):
+    import hashlib
+
+    image, ijk_to_ras, centre_ras = _sphere_in_negative_background(offset)
+    masks = []
+    with InteractiveSession(model) as session:
+        session.set_volume(image, ijk_to_ras)
+        for point, positive in ((centre_ras, True), (centre_ras + np.array([0, 0, 12.0]), False)):
+            session.add_click(point, positive)
+            mask = session.mask_array_kji()
+            masks.append((int(mask.sum()), hashlib.sha256(np.packbits(mask > 0).tobytes()).hexdigest()[:16]))
+    return masks
+
+
+def _v2_weights_with(**config_changes) -> ClickNet2:
+    """The shipped v2 default's weights in a ClickNet2 whose configuration adds ``config_changes``."""
+    from SAMVolSegmentLib.model import read_checkpoint
+    from SAMVolSegmentLib.model.registry import resolve_model_path
+    from SAMVolSegmentLib.tools.training import initialise_from
+
+    path = resolve_model_path("default")
+    config = dict(read_checkpoint(path)["config"])
+    if "normalization" in config or "box_input" in config:
+        pytest.skip("the shipped default is no longer v2")
+    model = ClickNet2(ClickNet2Config.from_dict({**config, **config_changes}))
+    initialise_from(model, path)
+    model.model_id = f"v2-weights:{sorted(config_changes.items())}"
+    return model.eval()
+
+
+def test_the_v2_default_keeps_its_outputs_bit_for_bit():
+    """v1/v2 weight files declare no normalisation: they keep the reference rule and give the masks they gave
+    before v3 (computed with the code at 46e0ae0: click at the sphere's centre, then a negative click)."""
+    model = load_model("default")
+    if "normalization" in model.config.to_dict() and model.config.normalization != "zscore_positive":
+        pytest.skip("the shipped default is no longer v2")
+    torch.set_num_threads(1)
+    assert _masks_after_two_clicks(model) == [(9250, "2cccb13f6403ecdc"), (3408, "2695d9538fe7d003")]
+
+
+@pytest.mark.parametrize("offset", [-1000.0, 500.0])
+def test_the_robust_normalisation_gives_the_same_mask_for_shifted_intensities(offset):
+    """A model that declares the robust normalisation segments a volume and its intensity-shifted copy alike
+    (the v2 weights under that rule: the rule, not training, makes the masks equal)."""
+    model = _v2_weights_with(normalization="robust_zscore_inside")
+    reference = _masks_after_two_clicks(model)
+    assert reference[0][0] > 0
+    assert _masks_after_two_clicks(model, offset) == reference
+
+
+def test_box_input_starts_at_v2_and_round_trips_in_the_export(tmp_path):
+    """Zero-initialised box weights: with a box, the fine-tune's first model gives v2's logits exactly; the
+    export keeps box_input and the normalisation, and loads with the box wired to the predictor."""
+    v2 = _v2_weights_with()
+    v3 = _v2_weights_with(box_input=True, normalization="robust_zscore_inside")
+    torch.manual_seed(0)
+    image = torch.randn(1, 1, 128, 128, 128)
+    points, labels = torch.tensor([[[60.0, 64.0, 70.0]]]), torch.ones(1, 1, dtype=torch.int64)
+    with torch.inference_mode():
+        embedding = v2.encode_image(image)
+        expected, _ = v2.decode_prompts(embedding, points, labels, torch.zeros(1, 1, 64, 64, 64))
+        boxed, _ = v3.decode_prompts(embedding, points, labels, torch.zeros(1, 1, 64, 64, 64),
+                                     boxes_roi=torch.tensor([[[30.0, 40.0, 50.0], [90.0, 100.0, 110.0]]]))
+    assert torch.equal(expected, boxed)
+    with pytest.raises(ValueError, match="no box input"):
+        v2.decode_prompts(embedding, points, labels, torch.zeros(1, 1, 64, 64, 64), boxes_roi=torch.zeros(1, 2, 3))
+    loaded = load_model(export_model(v3, tmp_path / "v3.pt"))
+    assert loaded.config.box_input and loaded.config.normalization == "robust_zscore_inside"
+    predictor = Predictor(loaded)
+    assert predictor.accepts_box and predictor.normalization == "robust_zscore_inside"
+    assert not Predictor(v2).accepts_box and Predictor(v2).normalization == "zscore_positive"
+
+
+def test_box_channel_is_the_covered_share_of_each_voxel():
+    boxes = torch.tensor([[[-0.5, -0.5, -0.5], [3.5, 1.5, 7.5]], [[float("nan")] * 3] * 2])
+    channel = ClickNet2.box_channel(boxes, 4, 8)  # 4³ cells of 2 ROI voxels each
+    assert channel.shape == (2, 1, 4, 4, 4)
+    assert torch.all(channel[1] == 0)  # NaN: no box
+    np.testing.assert_allclose(channel[0, 0, :, 0, 0].numpy(), [1, 1, 0, 0])  # voxels 0..3 of dim 0
+    np.testing.assert_allclose(channel[0, 0, 0, :, 0].numpy(), [1, 0, 0, 0])  # voxels 0..1 of dim 1
+    assert float(channel[0].sum()) * 8 == pytest.approx(4 * 2 * 8)  # the box's volume in ROI voxels
+
+
+def test_a_box_model_takes_the_box_as_input_without_a_centre_click_or_clip():
+    """The engine passes the box to a model that declares box input: no engine click, and the mask is not
+    clipped (a box prompt, as the CVPR 2025 challenge's models read it)."""
+    model = _v2_weights_with(box_input=True, normalization="robust_zscore_inside")
+    with torch.no_grad():
+        # Weights that make the box alone give a mask, and a mask outside the box (a negative "outside"
+        # penalty): the engine must not clip it away.
+        model.box_decoder.weight.fill_(2.0)
+        model.box_outside_gain.fill_(-20.0)
+    image, ijk_to_ras, centre_ras = _sphere_in_negative_background()
+    with InteractiveSession(model) as session:
+        session.set_volume(image, ijk_to_ras)
+        update = session.set_box(centre_ras - 8.0, centre_ras + 8.0)
+        assert session.clicks == () and update.mask.any()
+        mask = session.mask_array_kji() > 0
+        geometry = session.geometry
+        inside = geometry.box_mask_kji(((0, mask.shape[0]), (0, mask.shape[1]), (0, mask.shape[2])),
+                                       centre_ras - 8.0, centre_ras + 8.0)
+        assert (mask & ~inside).any()  # not clipped to the box
+        session.clear_box()  # the box alone made this mask: lifting the box keeps it (the CVPR25 "initial" mode)
+        assert np.array_equal(session.mask_array_kji() > 0, mask) and session.box_ras is None
+        session.add_click(centre_ras, positive=True)  # the next click decodes without the box
+        assert session.clicks and session.mask_array_kji().any()

@@ -12,6 +12,10 @@ import torch.nn.functional as F
 
 from SAMVolSegmentLib.engine.geometry import ModelGrid, RoiWindow, VolumeGeometry
 from SAMVolSegmentLib.engine.preprocessing import (
+    NORMALIZATION_ROBUST_INSIDE,
+    ModelVolume,
+    crop_roi,
+    crop_roi_with_inside,
     extract_roi,
     load_volume,
     normalize_roi,
@@ -48,6 +52,48 @@ def test_normalize_roi_is_the_reference_rule():
     np.testing.assert_allclose(out, (roi - fg.mean()) / fg.std(), rtol=1e-5)
     assert np.all(np.isfinite(normalize_roi(np.zeros((4, 4, 4)))))
     assert np.all(np.isfinite(normalize_roi(np.full((4, 4, 4), 7.0))))
+
+
+@pytest.mark.parametrize("shift, scale", [(-1000.0, 1.0), (500.0, 1.0), (-300.0, 0.5), (0.0, 4.0)])
+def test_robust_normalisation_ignores_an_intensity_shift_and_scale(shift, scale):
+    rng = np.random.default_rng(0)
+    roi = rng.normal(-100.0, 30.0, (16, 16, 16)).astype(np.float32)
+    roi[4:10, 4:10, 4:10] += 160.0
+    roi[0, 0, 0] = 3000.0  # an outlier (metal): clipped, so it moves neither the mean nor the spread much
+    inside = np.ones(roi.shape, bool)
+    inside[:, :, 12:] = False  # padding beyond the volume
+    roi[~inside] = 0.0
+    reference = normalize_roi(roi, NORMALIZATION_ROBUST_INSIDE, inside)
+    moved = np.where(inside, roi * scale + shift, 0.0)
+    np.testing.assert_allclose(normalize_roi(moved, NORMALIZATION_ROBUST_INSIDE, inside), reference, atol=2e-4)
+    values = reference[inside]
+    assert abs(values.mean()) < 0.05 and 0.9 < values.std() < 1.1
+    assert np.all(reference[~inside] == values.min())  # the padding reads as the darkest clipped value
+    if shift:  # the reference rule is not: a shift moves voxels across 0 and changes its statistics
+        assert not np.allclose(normalize_roi(moved), normalize_roi(roi), atol=1e-2)
+
+
+def test_padding_outside_the_volume_stays_out_of_the_robust_statistics():
+    """A ROI overhanging the volume and an oblique volume's covering grid: only voxels inside the image count."""
+    rng = np.random.default_rng(1)
+    array = rng.normal(-500.0, 100.0, (20, 20, 20)).astype(np.float32)
+    grid = ModelGrid(origin_ras=(0.0, 0.0, 0.0), shape_model=(20, 20, 20))
+    roi = RoiWindow((-6, 0, 0), 16, grid.origin_ras, grid.spacing)
+    raw, inside = crop_roi_with_inside(ModelVolume(array, grid), roi)
+    assert inside[6:].all() and not inside[:6].any()
+    out = crop_roi(ModelVolume(array, grid), roi, normalization=NORMALIZATION_ROBUST_INSIDE)
+    expected = normalize_roi(raw[6:], NORMALIZATION_ROBUST_INSIDE)
+    np.testing.assert_allclose(out[6:], expected, atol=1e-5)
+    # Oblique volume: the covering model grid has voxels outside the image, which resampling marks.
+    angle = np.deg2rad(30)
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    ramp = np.linspace(-900.0, -700.0, 30, dtype=np.float32)[None, None, :].repeat(10, 0).repeat(30, 1)
+    model_volume = resample_to_model_grid(load_volume(ramp, ijk_to_ras))
+    assert model_volume.inside_model is not None and 0.3 < model_volume.inside_model.mean() < 0.95
+    assert np.all(model_volume.array_model[~model_volume.inside_model] == 0.0)
+    inside_values = model_volume.array_model[model_volume.inside_model]
+    assert inside_values.min() >= -900.001 and inside_values.max() <= -699.999
 
 
 def _image(array) -> sitk.Image:

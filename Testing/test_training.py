@@ -17,9 +17,12 @@ from SAMVolSegmentLib.tools.training import (
     REPORT_CASES,
     episode_loss,
     export_model,
+    initialise_from,
     learning_rate,
+    locality_loss,
     simulate_click,
     train,
+    training_box,
 )
 from SAMVolSegmentLib.tools.training_data import SampleSource
 
@@ -122,6 +125,64 @@ def test_simulated_clicks_start_inside_and_then_fix_the_largest_error():
     point, label = simulate_click(target, leak, rng, 32)
     assert label == 0 and 10 <= np.floor((point[0] + 0.5) / 2) < 16
     assert REPORT_CASES and len(set(REPORT_CASES)) == len(REPORT_CASES)
+
+
+def test_training_boxes_full_and_challenge():
+    """A full box holds the whole target; the challenge's box spans the target along the slice axis and, across
+    it, the target's extent on the middle slice only (here a wedge: narrower there than at its base)."""
+    target = np.zeros((32, 32, 32), np.uint8)
+    for k in range(8, 24):  # a wedge along the last axis: the in-plane size shrinks with k
+        half = (24 - k) // 2 + 1
+        target[16 - half:16 + half, 10:20, k] = 1
+    occupied = np.argwhere(target)
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        full = training_box(target, rng, "full")
+        assert np.all(full[0] <= occupied.min(0) - 0.5 + 1) and np.all(full[1] >= occupied.max(0) + 0.5 - 1)
+        challenge = training_box(target, np.random.default_rng(seed), "challenge")
+        assert np.all(challenge[1] > challenge[0])
+    rng = np.random.default_rng(0)
+    widths = [np.diff(training_box(target, rng, "challenge"), axis=0)[0, 0] for _ in range(50)]
+    assert min(widths) < np.ptp(occupied[:, 0]) - 2  # some boxes are cut to the middle slice's extent
+
+
+def test_locality_loss_counts_only_far_voxels_that_got_worse():
+    target = torch.zeros(1, 1, 16, 16, 16)
+    target[..., 2:6, 2:6, 2:6] = 1
+    previous = torch.where(target > 0, 5.0, -5.0)  # right everywhere
+    click = torch.tensor([[3.0, 3.0, 3.0]])
+    assert float(locality_loss(previous, previous, target, click)) == 0.0
+    near, far = previous.clone(), previous.clone()
+    near[..., 6, 3, 3] = 5.0  # a change next to the click
+    far[..., 14, 14, 14] = 5.0  # the same change far away
+    assert float(locality_loss(near, previous, target, click)) == 0.0
+    assert float(locality_loss(far, previous, target, click)) > 0.0
+
+
+def test_v3_options_train_a_box_model_and_resume(tmp_path):
+    """Box episodes, the challenge's click rule, the locality loss and the robust normalisation run end to end;
+    initialise_from loads a no-box export into a box model and refuses another architecture."""
+    from SAMVolSegmentLib.errors import CheckpointError
+
+    config = {**TINY_CLICKNET2.to_dict(), "box_input": True, "normalization": "robust_zscore_inside"}
+    torch.manual_seed(0)
+    base = export_model(ClickNet2(TINY_CLICKNET2), tmp_path / "base.pt")
+    model = ClickNet2(ClickNet2Config.from_dict(config))
+    assert initialise_from(model, base) == ["box_decoder.weight", "box_outside_gain", "box_refine.weight"]
+    with pytest.raises(CheckpointError):
+        initialise_from(ClickNet2(ClickNet2Config(image_size=32)), base)
+    kwargs = dict(minutes=5.0, seed=0, batch=2, clicks=3, box_fraction=1.0, local_weight=1.0, cvpr_click_fraction=1.0)
+    first = train(model, BLOBS_ONLY, tmp_path / "run", max_steps=2, export=tmp_path / "run" / "export.pt",
+                  keep_exports_from_minute=0.0, **kwargs)
+    assert first["steps"] == 2
+    assert (tmp_path / "run" / "export_m0.pt").is_file()  # the kept copy for a tail average
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all("+box_" in kind for row in log for kind in row["kinds"])
+    resumed = train(ClickNet2(ClickNet2Config.from_dict(config)), BLOBS_ONLY, tmp_path / "run", max_steps=3,
+                    resume=True, **kwargs)
+    assert resumed["steps"] == 3
+    with pytest.raises(ValueError, match="box input"):
+        train(ClickNet2(TINY_CLICKNET2), BLOBS_ONLY, tmp_path / "other", max_steps=1, **kwargs)
 
 
 @pytest.mark.parametrize("trainable", ["decoder", "all"])

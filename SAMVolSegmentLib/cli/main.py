@@ -374,26 +374,54 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- train / average / finetune
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train the small default model (ClickNet2 or ClickNet) on labelled cases + synthetic data; JSON result."""
+    """Train the small default model (ClickNet2 or ClickNet) on labelled cases + synthetic data; JSON result.
+
+    The architecture comes from the run's checkpoint when resuming, else from ``--init-from``'s export (its
+    weights are loaded; ``--box-input`` / ``--normalization`` may extend it), else from the defaults."""
     import json
 
     import torch
 
     from ..model.clicknet import ClickNet, ClickNetConfig
     from ..model.clicknet2 import ClickNet2, ClickNet2Config
-    from ..tools.training import train
+    from ..tools.training import initialise_from, train
     from ..tools.training_data import SampleSource, load_cases
 
     check_device(args.device)
     torch.set_num_threads(args.threads)
     exclude = [name for name in args.exclude.split(",") if name]
     cases = load_cases(args.data, exclude=exclude, allow_non_commercial=args.allow_non_commercial)
-    source = SampleSource(cases)
+    source = SampleSource(cases, large_fraction=args.large_fraction, large_blob_fraction=args.large_blob_fraction)
     print(f"{len(cases)} training cases, {sum(len(c.targets) for c in cases)} targets in {len(source.groups)} "
-          f"groups: {', '.join(f'{g} ({len(v)})' for g, v in sorted(source.groups.items()))}", flush=True)
-    model = ClickNet2(ClickNet2Config()) if args.family == "clicknet2" else ClickNet(ClickNetConfig())
+          f"groups: {', '.join(f'{g} ({len(v)})' for g, v in sorted(source.groups.items()))}; "
+          f"{len(source.large_targets)} large targets", flush=True)
+    overrides = {}
+    if args.box_input:
+        overrides["box_input"] = True
+    if args.normalization:
+        overrides["normalization"] = args.normalization
+    checkpoint_path = args.output / "checkpoint.pt"
+    if args.family == "clicknet":
+        model = ClickNet(ClickNetConfig())
+    elif args.resume and checkpoint_path.is_file():
+        saved = torch.load(str(checkpoint_path), map_location="cpu", weights_only=False)  # our own run's file
+        model = ClickNet2(ClickNet2Config.from_dict(saved.get("config") or {}))
+    elif args.init_from is not None:
+        from ..model import read_checkpoint
+
+        config = dict(read_checkpoint(args.init_from).get("config") or {})
+        config.update(overrides)
+        model = ClickNet2(ClickNet2Config.from_dict(config))
+        extra = initialise_from(model, args.init_from)
+        print(f"initialised from {args.init_from}; new parameters (zero-initialised): {', '.join(extra) or 'none'}",
+              flush=True)
+    else:
+        model = ClickNet2(ClickNet2Config(**overrides))
     result = train(model, source, args.output, args.minutes, args.seed, export=args.export, resume=args.resume,
-                   decay_from_minute=args.decay_from_minute, lr=args.lr, clicks=args.clicks, device=args.device)
+                   decay_from_minute=args.decay_from_minute, lr=args.lr, clicks=args.clicks, device=args.device,
+                   checkpoint_every_s=60.0 * args.checkpoint_minutes, box_fraction=args.box_fraction,
+                   local_weight=args.local_loss, cvpr_click_fraction=args.cvpr_click_fraction,
+                   max_steps=args.max_steps, keep_exports_from_minute=args.keep_exports_from_minute)
     print(json.dumps(result))
     return 0
 
@@ -448,6 +476,26 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--clicks", type=int, default=5, help="simulated clicks per episode")
     p.add_argument("--decay-from-minute", type=float, default=None,
                    help="keep the learning rate constant until this minute, then cosine-decay it (default: half)")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="checkpoint (and export) interval")
+    p.add_argument("--max-steps", type=int, default=None, help="also stop after this many (cumulative) steps")
+    p.add_argument("--keep-exports-from-minute", type=float, default=None,
+                   help="from this minute on, keep every checkpoint's export as <export>_m<minute>.pt (for averaging)")
+    v3 = p.add_argument_group("v3 options (a new run; a resumed run keeps its checkpoint's architecture)")
+    v3.add_argument("--init-from", type=Path, default=None,
+                    help="start from this export's weights (e.g. the shipped default); new inputs start at zero")
+    v3.add_argument("--box-input", action="store_true", help="give the model a box-prompt input channel")
+    v3.add_argument("--normalization", choices=["zscore_positive", "robust_zscore_inside"], default=None,
+                    help="intensity normalisation the model declares (default: the initial model's, else "
+                         "zscore_positive, the reference rule)")
+    v3.add_argument("--box-fraction", type=float, default=0.0, help="share of samples with a box prompt")
+    v3.add_argument("--local-loss", type=float, default=0.0,
+                    help="weight of the locality loss on correction steps (changes far from the new click)")
+    v3.add_argument("--cvpr-click-fraction", type=float, default=0.0,
+                    help="share of episodes whose corrective clicks follow the CVPR 2025 challenge's rule")
+    v3.add_argument("--large-fraction", type=float, default=0.0,
+                    help="share of real draws among the large targets (>= 30k voxels on the 1.5 mm grid)")
+    v3.add_argument("--large-blob-fraction", type=float, default=0.0,
+                    help="share of synthetic blobs drawn large (radius 60-120 mm)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("average", formatter_class=_HelpFormatter,

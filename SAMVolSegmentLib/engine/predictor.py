@@ -141,6 +141,19 @@ class Predictor:
         return str(getattr(self.model, "model_id", type(self.model).__name__))
 
     @property
+    def accepts_box(self) -> bool:
+        """True when the model takes a box prompt as an input (``decode_prompts(..., boxes_roi=...)``, ClickNet2
+        with ``box_input``); the session then passes the box instead of clipping to it and clicking its centre."""
+        return bool(getattr(self.model, "accepts_box", False))
+
+    @property
+    def normalization(self) -> str:
+        """The intensity normalisation the model's ROIs take (:func:`~.preprocessing.model_normalization`)."""
+        from .preprocessing import model_normalization
+
+        return model_normalization(self.model)
+
+    @property
     def image_size(self) -> int:
         return int(self.model.config.image_size)
 
@@ -206,6 +219,7 @@ class Predictor:
         positive: np.ndarray,
         mask_logits: Optional[torch.Tensor] = None,
         corrections: bool = False,
+        box_roi: Optional[np.ndarray] = None,
     ) -> Prediction:
         """Decode one set of clicks on a cached embedding.
 
@@ -218,7 +232,11 @@ class Predictor:
                 reference loop does at the first click.
             corrections: the clicks correct a proposal (only models with proposal heads get it: it turns on
                 an adapter trained for that, see ``AdapterConfig.clicknet2_decoder_scope``).
+            box_roi: (2, 3) box prompt, lower and upper corner as continuous ROI voxel indices (R, A, S) (voxel v
+                spans [v − 0.5, v + 0.5]), only for a model that :attr:`accepts_box`; None: no box.
         """
+        if box_roi is not None and not self.accepts_box:
+            raise InvalidPromptError("This model takes no box input; the session clips to the box instead.")
         points = np.asarray(points_roi, dtype=np.float32).reshape(-1, 3)
         labels = np.asarray(positive, dtype=bool).reshape(-1)
         if points.shape[0] != labels.shape[0]:
@@ -233,7 +251,10 @@ class Predictor:
         with torch_threads(self.threads.decoder), torch.inference_mode(), self._precision():
             points_t = torch.from_numpy(points)[None].to(device)
             labels_t = torch.from_numpy(labels.astype(np.int64))[None].to(device)
-            extra = {"corrections": True} if corrections else {}
+            extra: dict = {"corrections": True} if corrections else {}
+            if box_roi is not None:
+                box = np.asarray(box_roi, dtype=np.float32).reshape(1, 2, 3)
+                extra["boxes_roi"] = torch.from_numpy(box).to(device)
             logits, iou = self.model.decode_prompts(embedding, points_t, labels_t, mask_logits.to(device), **extra)
         return Prediction(
             low_res_logits=logits.float(), iou=float(iou.reshape(-1)[0]), decode_s=time.perf_counter() - start

@@ -2,7 +2,9 @@
 
 * :func:`load_volume` validates an image once (bad input raises :class:`InvalidImageError` naming the fix);
 * :func:`resample_to_model_grid` builds the 1.5 mm RAS model grid once per volume (linear, 0 outside);
-* :func:`crop_roi` / :func:`extract_roi` cut a cubic ROI (zero padding) and z-normalise it as the reference;
+* :func:`crop_roi` / :func:`extract_roi` cut a cubic ROI (zero padding) and normalise it with the model's rule
+  (:func:`normalize_roi`: the reference's z-score over voxels > 0 for SAM-Med3D and the v1/v2 default models, a
+  robust z-score over the voxels inside the image for models that declare it, see :data:`NORMALIZATIONS`);
 * :func:`paste_back_logits` interpolates the ROI's *logits* at the original voxel centres and thresholds
   them, returning the changed box as a :class:`MaskUpdate`. Resampling logits rather than a binarised 1.5 mm
   mask keeps small structures that the reference's nearest-neighbour round trip loses.
@@ -38,10 +40,15 @@ class Volume:
 
 @dataclass(frozen=True)
 class ModelVolume:
-    """The volume resampled to its model grid: float32, tensor order (R, A, S), 0 outside the volume."""
+    """The volume resampled to its model grid: float32, tensor order (R, A, S), 0 outside the volume.
+
+    ``inside_model``: bool (R, A, S), True where the model voxel lies inside the original volume (the padding of
+    the covering grid is False); None means every voxel is inside (label maps, tests).
+    """
 
     array_model: np.ndarray
     grid: ModelGrid
+    inside_model: Optional[np.ndarray] = None
 
 
 def read_image(path: Union[str, Path], series_uid: Optional[str] = None) -> sitk.Image:
@@ -278,12 +285,16 @@ def resample_to_model_grid(volume: Volume, grid: Optional[ModelGrid] = None) -> 
     """Linear resampling onto the (default: covering) model grid; voxels outside the volume are 0.
 
     Returns:
-        a :class:`ModelVolume` with a float32 array in model tensor order (R, A, S).
+        a :class:`ModelVolume` with a float32 array in model tensor order (R, A, S) and the mask of the model
+        voxels inside the volume (``inside_model``; NaN is the resampler's outside value, the input is finite).
     """
     grid = grid or ModelGrid.covering(volume.geometry)
     source = volume.geometry.to_sitk_image(volume.array_kji)
-    array_kji = _resample(source, grid.as_volume_geometry(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return ModelVolume(np.ascontiguousarray(kji_to_model_order(array_kji)), grid)
+    array_kji = _resample(source, grid.as_volume_geometry(), sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
+    outside = np.isnan(array_kji)
+    array_kji[outside] = 0.0
+    inside = None if not outside.any() else np.ascontiguousarray(kji_to_model_order(~outside))
+    return ModelVolume(np.ascontiguousarray(kji_to_model_order(array_kji)), grid, inside)
 
 
 def resample_label_to_model_grid(label_kji: np.ndarray, geometry: VolumeGeometry, grid: ModelGrid) -> np.ndarray:
@@ -324,12 +335,45 @@ def soft_label_to_model_grid(label_kji: np.ndarray, geometry: VolumeGeometry, gr
     return np.ascontiguousarray(np.clip(kji_to_model_order(array_kji), 0.0, 1.0))
 
 
-def normalize_roi(roi: np.ndarray) -> np.ndarray:
-    """The reference normalisation: z-score with mean/std of the voxels > 0 of the crop, applied to all voxels.
+#: The reference rule (SAM-Med3D, and the ClickNet/ClickNet2 weights v1 and v2): z-score with the mean/std of
+#: the ROI's voxels > 0, applied to all voxels (an MR habit: CT's negative tissues drop out of the statistics).
+NORMALIZATION_POSITIVE_ZSCORE = "zscore_positive"
+#: Robust, for CT and MR alike: over the ROI voxels inside the image (padding beyond the volume excluded), clip to
+#: the [0.5, 99.5] percentiles, then z-score with the clipped voxels' mean/std; voxels outside the image take
+#: the lower clip value. Invariant to a shift and a positive scale of the intensities.
+NORMALIZATION_ROBUST_INSIDE = "robust_zscore_inside"
+NORMALIZATIONS = (NORMALIZATION_POSITIVE_ZSCORE, NORMALIZATION_ROBUST_INSIDE)
+#: Percentiles of the robust rule's clip.
+ROBUST_CLIP_PERCENTILES = (0.5, 99.5)
 
-    With no voxel > 0 (or zero spread) the crop is only centred, so the output stays finite.
+
+def model_normalization(model) -> str:
+    """The intensity normalisation a model was trained with: its config's ``normalization`` (saved with its
+    weights), else the reference rule (SAM-Med3D checkpoints and the v1/v2 default weights carry none)."""
+    rule = getattr(getattr(model, "config", None), "normalization", None) or NORMALIZATION_POSITIVE_ZSCORE
+    if rule not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {rule!r}; known: {NORMALIZATIONS}")
+    return rule
+
+
+def normalize_roi(roi: np.ndarray, normalization: str = NORMALIZATION_POSITIVE_ZSCORE,
+                  inside: Optional[np.ndarray] = None) -> np.ndarray:
+    """The one place of the intensity normalisation rules (:data:`NORMALIZATIONS`).
+
+    Args:
+        roi: (S, S, S) raw intensities (any order; zero padding outside the image).
+        normalization: :data:`NORMALIZATION_POSITIVE_ZSCORE` (the reference: z-score with mean/std of the voxels
+            > 0, applied to all voxels; with no voxel > 0 or zero spread the crop is only centred) or
+            :data:`NORMALIZATION_ROBUST_INSIDE` (see there).
+        inside: bool, same shape: voxels inside the image (None: all); only the robust rule reads it.
+    Returns:
+        float32, same shape; always finite.
     """
     roi = np.asarray(roi, dtype=np.float32)
+    if normalization == NORMALIZATION_ROBUST_INSIDE:
+        return _normalize_robust(roi, inside)
+    if normalization != NORMALIZATION_POSITIVE_ZSCORE:
+        raise ValueError(f"unknown normalization {normalization!r}; known: {NORMALIZATIONS}")
     foreground = roi[roi > 0]
     if foreground.size == 0:
         return roi - roi.mean(dtype=np.float64).astype(np.float32)
@@ -340,24 +384,52 @@ def normalize_roi(roi: np.ndarray) -> np.ndarray:
     return ((roi - mean) / std).astype(np.float32)
 
 
-def crop_roi(model_volume: ModelVolume, roi: RoiWindow, normalize: bool = True) -> np.ndarray:
-    """(S, S, S) float32 crop of the model grid in (R, A, S) order, zero-padded outside, normalised."""
+def _normalize_robust(roi: np.ndarray, inside: Optional[np.ndarray]) -> np.ndarray:
+    """:data:`NORMALIZATION_ROBUST_INSIDE` of a float32 ROI; ``inside`` None means every voxel."""
+    values = roi if inside is None else roi[inside]
+    if values.size == 0:  # the ROI misses the image: nothing to normalise
+        return np.zeros(roi.shape, np.float32)
+    values = values.astype(np.float64).ravel()
+    low, high = np.percentile(values, ROBUST_CLIP_PERCENTILES)
+    clipped = np.clip(values, low, high)
+    mean, std = clipped.mean(), clipped.std()
+    scale = 1.0 / std if np.isfinite(std) and std > 1e-6 * max(abs(high), abs(low), 1e-30) else 1.0
+    out = ((np.clip(roi.astype(np.float64), low, high) - mean) * scale).astype(np.float32)
+    if inside is not None:
+        out[~inside] = np.float32((low - mean) * scale)
+    return out
+
+
+def crop_roi(model_volume: ModelVolume, roi: RoiWindow, normalize: bool = True,
+             normalization: str = NORMALIZATION_POSITIVE_ZSCORE) -> np.ndarray:
+    """(S, S, S) float32 crop of the model grid in (R, A, S) order, zero-padded outside, normalised with
+    ``normalization`` (:func:`normalize_roi`) unless ``normalize`` is False."""
+    out, inside = crop_roi_with_inside(model_volume, roi)
+    return normalize_roi(out, normalization, inside) if normalize else out
+
+
+def crop_roi_with_inside(model_volume: ModelVolume, roi: RoiWindow) -> Tuple[np.ndarray, np.ndarray]:
+    """The raw (S, S, S) crop of :func:`crop_roi` (R, A, S; 0 outside) and its bool mask of voxels inside the
+    image (beyond the model grid, or where ``model_volume.inside_model`` says so, False)."""
     out = np.zeros((roi.size,) * 3, dtype=np.float32)
+    inside = np.zeros((roi.size,) * 3, dtype=bool)
     src, dst = [], []
     for start, n in zip(roi.start_model, model_volume.array_model.shape):
         lo, hi = max(start, 0), min(start + roi.size, n)
         if hi <= lo:
-            return normalize_roi(out) if normalize else out
+            return out, inside
         src.append(slice(lo, hi))
         dst.append(slice(lo - start, hi - start))
     out[tuple(dst)] = model_volume.array_model[tuple(src)]
-    return normalize_roi(out) if normalize else out
+    inside[tuple(dst)] = True if model_volume.inside_model is None else model_volume.inside_model[tuple(src)]
+    return out, inside
 
 
-def extract_roi(model_volume: ModelVolume, centre_ras, size: int = 128) -> Tuple[np.ndarray, RoiWindow]:
+def extract_roi(model_volume: ModelVolume, centre_ras, size: int = 128,
+                normalization: str = NORMALIZATION_POSITIVE_ZSCORE) -> Tuple[np.ndarray, RoiWindow]:
     """The normalised ROI centred at ``centre_ras`` and its window."""
     roi = RoiWindow.centred_at(model_volume.grid, centre_ras, size)
-    return crop_roi(model_volume, roi), roi
+    return crop_roi(model_volume, roi, normalization=normalization), roi
 
 
 def roi_footprint_bbox_kji(roi: RoiWindow, geometry: VolumeGeometry) -> Optional[BBoxKJI]:

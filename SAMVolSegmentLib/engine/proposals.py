@@ -155,7 +155,7 @@ def propose_logits(
         if embedding is None:
             if progress is not None:
                 progress(0.0, "Encoding the region (once per region)")
-            embedding = predictor.embed(crop_roi(grid_volume, roi), key)
+            embedding = predictor.embed(crop_roi(grid_volume, roi, normalization=predictor.normalization), key)
             timings["encode_s"] += predictor.last_encode_s
         start = time.perf_counter()
         with torch.inference_mode():

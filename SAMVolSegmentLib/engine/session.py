@@ -27,7 +27,7 @@ import torch
 from ..errors import InvalidPromptError, SessionStateError
 from ..model.proposal_head import class_index, click_adapted_classes, proposal_classes
 from .clicks import deepest_point_roi
-from .geometry import RoiWindow, VolumeGeometry, bbox_shape, lps_to_ras, mask_bbox
+from .geometry import RoiWindow, VolumeGeometry, bbox_shape, box_corners, lps_to_ras, mask_bbox
 from .mask_update import BBoxKJI, MaskUpdate, union_bbox
 from .predictor import Predictor
 from .preprocessing import (
@@ -298,7 +298,12 @@ class InteractiveSession:
             )
 
     def set_box(self, min_ras: Sequence[float], max_ras: Sequence[float]) -> MaskUpdate:
-        """Restrict the segment to an axis-aligned RAS box; with no clicks yet, click its centre.
+        """Set an axis-aligned RAS box prompt.
+
+        A model with a box input (``Predictor.accepts_box``: ClickNet2 v3) gets the box in every decode; with no
+        clicks yet, the box alone gives the first mask, in a ROI centred on the box. Other models (SAM-Med3D,
+        the v1/v2 defaults) read it as a restriction: the segment is clipped to the box and, with no clicks yet,
+        a positive click goes to its centre.
 
         Raises:
             InvalidPromptError: corners not finite, the box is empty, or it misses the volume.
@@ -555,6 +560,8 @@ class InteractiveSession:
 
     def _box_step(self, state: _Snapshot, box_ras) -> Tuple[_Snapshot, List[MaskUpdate]]:
         state = replace(state, box_ras=box_ras)
+        if self.predictor.accepts_box:
+            return self._box_prompt_step(state)
         # A box bounds the whole mask: voxels of other ROIs (and of an initial mask) outside it go first;
         # the ROI decoded below is clipped by _paste, and its update is applied after this one.
         clip = [] if box_ras is None else self._clip_to_box(box_ras)
@@ -567,6 +574,32 @@ class InteractiveSession:
         # Re-decode the active ROI so the box clip (or its removal) applies to the current prediction.
         state, updates = self._decode_roi(state, state.active_roi, extend=False)
         return state, clip + updates
+
+    def _box_prompt_step(self, state: _Snapshot) -> Tuple[_Snapshot, List[MaskUpdate]]:
+        """A box for a model with a box input: no clip, no centre click. Without a ROI yet, one is opened at the
+        box's centre and decoded from the box alone; otherwise the active ROI is decoded again with the new box
+        (or without it). Removing the box of a mask made by the box alone (no clicks) keeps that mask: with no
+        prompt left, nothing is decoded until the next click, which starts from it."""
+        if state.box_ras is None and not state.clicks:
+            return state, []
+        if state.active_roi is None:
+            model_volume = self._model_volume()
+            centre = (np.asarray(state.box_ras[0]) + np.asarray(state.box_ras[1])) / 2
+            roi = RoiWindow.centred_at(model_volume.grid, centre, size=self.predictor.image_size)
+            key = tuple(int(v) for v in roi.start_model)
+            rois = dict(state.rois)
+            rois[key] = _RoiState(roi, self._seed_logits(roi, self._label_kji))
+            state = replace(state, rois=tuple(rois.items()), active_roi=key)
+            return self._decode_roi(state, key, extend=True)
+        return self._decode_roi(state, state.active_roi, extend=False)
+
+    def _box_roi(self, roi: RoiWindow, box_ras) -> Optional[np.ndarray]:
+        """The RAS box as the model's box prompt in ``roi``: (2, 3) lower/upper corner, continuous ROI voxel
+        indices (R, A, S); None without a box or for a model that takes none."""
+        if box_ras is None or not self.predictor.accepts_box:
+            return None
+        corners_roi = roi.ras_to_roi(box_corners(np.asarray(box_ras[0]), np.asarray(box_ras[1])))
+        return np.stack([corners_roi.min(axis=0), corners_roi.max(axis=0)]).astype(np.float32)
 
     def _clip_to_box(self, box_ras) -> List[MaskUpdate]:
         """The update clearing every label voxel whose centre lies outside the RAS box (none if there is none)."""
@@ -619,7 +652,7 @@ class InteractiveSession:
         """
         rois = dict(state.rois)
         roi_state = rois[key]
-        prediction_logits = self._predict(roi_state, state.clicks)
+        prediction_logits = self._predict(roi_state, state.clicks, state.box_ras)
         rois[key] = replace(roi_state, logits=prediction_logits)
         base_label_kji = self._label_with(list(pending)) if pending else self._label_kji
         updates = [self._paste(roi_state.roi, prediction_logits, state.box_ras, base_label_kji)]
@@ -629,14 +662,15 @@ class InteractiveSession:
             updates.extend(more)
         return state, updates
 
-    def _predict(self, roi_state: _RoiState, clicks: Sequence[Click]) -> torch.Tensor:
+    def _predict(self, roi_state: _RoiState, clicks: Sequence[Click], box_ras=None) -> torch.Tensor:
         roi = roi_state.roi
         model_volume = self._model_volume()
         cache_key = roi.embedding_key(self._require_volume().fingerprint)
         embedding = self.predictor.cached_embedding(cache_key)
         if embedding is None:  # crop and normalise only when the encoder has to run
             self._report(0.0, "Encoding the region (once per region)")
-            embedding = self.predictor.embed(crop_roi(model_volume, roi), cache_key)
+            embedding = self.predictor.embed(crop_roi(model_volume, roi, normalization=self.predictor.normalization),
+                                             cache_key)
         self.last_timing["encode_s"] = self.last_timing.get("encode_s", 0.0) + self.predictor.last_encode_s
         points_ras = np.array([c.point_ras for c in clicks], dtype=np.float64).reshape(-1, 3)
         points_roi = roi.ras_to_roi(points_ras)
@@ -647,6 +681,7 @@ class InteractiveSession:
             np.array([c.positive for c in clicks], dtype=bool)[inside],
             roi_state.logits,
             corrections=roi_state.edit_sigma_low is not None,
+            box_roi=self._box_roi(roi, box_ras),
         )
         self.last_timing["decode_s"] = self.last_timing.get("decode_s", 0.0) + prediction.decode_s
         if roi_state.edit_sigma_low is not None and roi_state.logits is not None and inside.any():
@@ -660,7 +695,7 @@ class InteractiveSession:
         start = time.perf_counter()
         with torch_threads(self.predictor.threads.decoder):  # small per-click work: as the decoder
             update = paste_back_logits(logits[0, 0], roi, self.geometry, base_label_kji=base_label_kji)
-        if box_ras is not None and not update.is_empty_box:
+        if box_ras is not None and not update.is_empty_box and not self.predictor.accepts_box:
             inside = self.geometry.box_mask_kji(update.bbox_kji, box_ras[0], box_ras[1])
             update = MaskUpdate(update.bbox_kji, (update.mask & inside.astype(np.uint8)))
         self.last_timing["paste_s"] = self.last_timing.get("paste_s", 0.0) + time.perf_counter() - start
@@ -739,7 +774,7 @@ class InteractiveSession:
                     clicks.append(Click(new_roi.roi_to_ras(deepest[None])[0], True))
                 rois[new_key] = _RoiState(new_roi, seed)
                 state = replace(state, clicks=tuple(clicks), rois=tuple(rois.items()))
-                new_logits = self._predict(rois[new_key], state.clicks)
+                new_logits = self._predict(rois[new_key], state.clicks, state.box_ras)
                 rois[new_key] = _RoiState(new_roi, new_logits)
                 state = replace(state, rois=tuple(rois.items()))
                 update = self._paste(new_roi, new_logits, state.box_ras, label_kji)

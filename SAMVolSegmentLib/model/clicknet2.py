@@ -18,6 +18,15 @@ returns) and adds:
   (a trained head, (B, 1)).
 
 Clicks use the engine's convention: ROI voxel indices (S = 128 grid) in tensor order (R, A, S).
+
+v3 options, declared in the config (saved with the weights; files without them are v1/v2 models and keep their
+behaviour bit for bit):
+
+* ``normalization``: the intensity rule the ROI is normalised with before ``encode_image``
+  (:func:`SAMVolSegmentLib.engine.preprocessing.normalize_roi`; default the reference's z-score over voxels > 0);
+* ``box_input``: ``decode_prompts`` takes ``boxes_roi``, rasterised as a soft box mask at 64³ (and pooled to
+  32³), fed next to the click features through zero-initialised weights — a model fine-tuned from v2 starts
+  exactly at v2's outputs.
 """
 
 from __future__ import annotations
@@ -50,6 +59,10 @@ class ClickNet2Config(ConfigSerialization):
     click_sigma_fine: float = 1.5  # heatmap width in 64³ voxels (4.5 mm)
     click_sigma_coarse: float = 1.5  # heatmap width in 32³ voxels (9 mm)
     similarity_width: float = 0.5  # Gaussian width of the intensity-similarity maps (z units)
+    #: Intensity normalisation of the ROI (``preprocessing.NORMALIZATIONS``); v1/v2 files carry none: the reference.
+    normalization: str = "zscore_positive"
+    #: ``decode_prompts`` takes a box prompt (``boxes_roi``) as an input channel (v3 on).
+    box_input: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encoder_channels", tuple(self.encoder_channels))
@@ -162,6 +175,14 @@ class ClickNet2(nn.Module):
         # a negative background instead of collapsing to background.
         self.click_gain = nn.Parameter(torch.tensor(4.0))
         nn.init.constant_(self.coarse_head.bias, -3.0)
+        if config.box_input:
+            # The box channel enters where the click features do (the 32³ decoder input and the 64³ refinement),
+            # plus a learned penalty outside the box; all zero-initialised, so loading v2's weights reproduces v2.
+            self.box_decoder = PointwiseConv3d(1, d0, 1, bias=False)
+            self.box_refine = PointwiseConv3d(1, r, 1, bias=False)
+            self.box_outside_gain = nn.Parameter(torch.tensor(0.0))
+            nn.init.zeros_(self.box_decoder.weight)
+            nn.init.zeros_(self.box_refine.weight)
         # Optional residual adapter on the coarse features (:mod:`.adapters`), None unless injected (a plain
         # attribute then: state-dict names unchanged).
         self.adapter: Optional[nn.Module] = None
@@ -232,6 +253,33 @@ class ClickNet2(nn.Module):
                 torch.maximum(window, blob, out=window)
         return maps
 
+    @property
+    def accepts_box(self) -> bool:
+        """True when ``decode_prompts`` reads a box prompt (the engine then passes the box instead of its centre
+        click)."""
+        return bool(self.config.box_input)
+
+    @staticmethod
+    def box_channel(boxes_roi: torch.Tensor, size: int, image_size: int) -> torch.Tensor:
+        """(B, 2, 3) boxes → (B, 1, size³) share of each grid voxel covered by the box (0 for a NaN row: no box).
+
+        Args:
+            boxes_roi: per item, the box's lower and upper corner as continuous ROI voxel indices (S grid,
+                tensor order (R, A, S)); ROI voxel v spans [v − 0.5, v + 0.5], so a box holding voxels a..b is
+                (a − 0.5, b + 0.5). A row with NaN marks an item without a box.
+            size: edge of the output grid; image_size: S, the ROI edge the boxes refer to.
+        """
+        boxes = boxes_roi.float()
+        batch = boxes.shape[0]
+        scale = image_size / size
+        edges = torch.arange(size + 1, device=boxes.device, dtype=torch.float32) * scale - 0.5  # (size + 1,)
+        lo, hi = torch.nan_to_num(boxes[:, 0], nan=0.0), torch.nan_to_num(boxes[:, 1], nan=-1.0)
+        cover = (torch.minimum(edges[1:], hi[..., None]) - torch.maximum(edges[:-1], lo[..., None])).clamp_min(0)
+        cover = cover / scale  # (B, 3, size): share of each grid cell along each axis
+        out = cover[:, 0, :, None, None] * cover[:, 1, None, :, None] * cover[:, 2, None, None, :]
+        has_box = ~torch.isnan(boxes).any(-1).any(-1)
+        return (out * has_box[:, None, None, None].to(out.dtype)).reshape(batch, 1, size, size, size)
+
     def click_features(self, images: torch.Tensor, points_roi: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(B, 2, L, L, L) image and smoothed image at the low-res grid + clicks → (B, 6, L, L, L) maps named in CLICK_FEATURES.
 
@@ -274,7 +322,7 @@ class ClickNet2(nn.Module):
 
     def decode_prompts(self, embedding: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], points_roi: torch.Tensor,
                        labels: torch.Tensor, mask_logits: torch.Tensor, return_coarse: bool = False,
-                       corrections: bool = False):
+                       corrections: bool = False, boxes_roi: Optional[torch.Tensor] = None):
         """Cached embedding + clicks + previous low-res logits → (B, 1, L, L, L) logits and IoU (B, 1).
 
         Args:
@@ -285,15 +333,27 @@ class ClickNet2(nn.Module):
             return_coarse: also return the (B, 1, S/4, S/4, S/4) coarse logits (training's auxiliary loss).
             corrections: the clicks correct a proposal (:mod:`SAMVolSegmentLib.engine.proposals`); a decoder adapter
                 whose scope is "corrections" runs only then.
+            boxes_roi: (B, 2, 3) box prompts (:meth:`box_channel`; NaN rows: no box), only for a model with
+                ``config.box_input``; None: no box.
         """
         coarse, fine, images = embedding
+        if boxes_roi is not None and not self.config.box_input:
+            raise ValueError("this ClickNet2 has no box input (config.box_input is False); give the box as a clip")
         clicks = self.click_features(images, points_roi, labels)
         prev = torch.tanh(mask_logits.float() / 4)
         pooled = _pool2(torch.cat([clicks, prev], 1))
         # The coarse heatmaps are wider (9 mm) than pooled fine ones: recompute them at 32³.
         pooled[:, :2] = self.heatmaps(points_roi, labels, coarse.shape[-1], 4 * coarse.shape[-1],
                                       self.config.click_sigma_coarse)
-        x32 = self.dec_in(torch.cat([coarse, pooled], 1))
+        box64 = box32 = None
+        if boxes_roi is not None:
+            low = fine.shape[-1]
+            box64 = self.box_channel(boxes_roi.to(fine.device), low, 2 * low)
+            box32 = _pool2(box64)
+        if box32 is None:
+            x32 = self.dec_in(torch.cat([coarse, pooled], 1))
+        else:
+            x32 = torch.relu(self.dec_in[0](torch.cat([coarse, pooled], 1)) + self.box_decoder(box32))
         x16 = self.dec_down16(x32)
         x8 = self.dec_down8(x16)
         y16 = self.dec_up16(_nearest(self.dec_skip16(x8), x16) + x16)
@@ -307,8 +367,14 @@ class ClickNet2(nn.Module):
         if adapter is not None and (corrections or self.decoder_adapter_on_every_click):
             y32 = y32 + adapter(y32)
         logits32 = self.coarse_head(y32) + self.click_gain * (pooled[:, :1] - pooled[:, 1:2])
+        if box32 is not None:
+            has_box = (~torch.isnan(boxes_roi).flatten(1).any(1)).to(box32.dtype)[:, None, None, None, None]
+            logits32 = logits32 - self.box_outside_gain * has_box * (1 - box32)
         up_logits = _up(logits32, fine)
-        logits = up_logits + self.refine(fine + self.refine_clicks(torch.cat([clicks, prev, up_logits / 4], 1)))
+        refine_in = fine + self.refine_clicks(torch.cat([clicks, prev, up_logits / 4], 1))
+        if box64 is not None:
+            refine_in = refine_in + self.box_refine(box64)
+        logits = up_logits + self.refine(refine_in)
         weights = torch.sigmoid(logits32).flatten(2)  # (B, 1, N)
         features = y32.flatten(2)  # (B, C, N)
         # Weighted sums as matrix products: an elementwise product + sum over 32³ costs ~10× more on a CPU.

@@ -28,8 +28,10 @@ Matched (array order (k, j, i) = the challenge's (z, y, x); "z" is array axis 0 
 
 Where this implementation differs:
 
-* **Box semantics.** Challenge models take the box as a prompt and may segment outside it. Our
-  :meth:`~.session.InteractiveSession.set_box` has no box input to the network: it clips the segment to an
+* **Box semantics.** Challenge models take the box as a prompt and may segment outside it. A model with a box
+  input (``Predictor.accepts_box``: ClickNet2 v3) gets it that way from :meth:`~.session.InteractiveSession.set_box`
+  (no clip, no centre click; ``box_mode`` then only decides whether the box stays in the model's input). For
+  other models set_box has no box input to the network: it clips the segment to an
   axis-aligned RAS box and, with no click yet, places a positive click at the box's centre (which may miss
   a curved target). The voxel box becomes the RAS box of its outer faces (an oblique volume gets the RAS box
   around the tilted voxel box). ``box_mode="clip"`` (default) keeps the box in force for every step, as the

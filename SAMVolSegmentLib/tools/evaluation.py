@@ -292,13 +292,15 @@ class _ModelMethod:
         return self._output(time.perf_counter() - start)
 
     def box(self, min_ras: np.ndarray, max_ras: np.ndarray) -> StepOutput:
-        """The session's box prompt: it clips the segment to the box and, with no click yet, clicks its centre."""
+        """The session's box prompt: an input of a model that takes boxes (``Predictor.accepts_box``); for other
+        models a clip of the segment and, with no click yet, a click at its centre."""
         start = time.perf_counter()
         self.session.set_box(min_ras, max_ras)
         return self._output(time.perf_counter() - start)
 
     def release_box(self) -> Tuple[np.ndarray, float]:
-        """Lift the box's clip (the session re-decodes the active ROI without it): (mask, seconds taken)."""
+        """Lift the box (the session re-decodes the active ROI without it; a box model's box-only mask is kept):
+        (mask, seconds taken)."""
         start = time.perf_counter()
         self.session.clear_box()
         latency = time.perf_counter() - start

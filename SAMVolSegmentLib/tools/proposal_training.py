@@ -90,7 +90,7 @@ def build_samples(model: nn.Module, cases: Sequence[Tuple[Volume, np.ndarray]], 
         model_volume = resample_to_model_grid(volume)
         for _ in range(repeats):
             for grid_volume, roi in training_rois(volume, model_volume, label_kji, size, rng):
-                embedding = predictor.embed(crop_roi(grid_volume, roi))
+                embedding = predictor.embed(crop_roi(grid_volume, roi, normalization=predictor.normalization))
                 target = lowres_target(label_kji, volume, roi, low)
                 samples.append(ProposalSample(tuple(t.to(torch.float16) for t in embedding),
                                               torch.from_numpy(target)[None, None]))

@@ -37,13 +37,14 @@ def synthetic_sample(rng: np.random.Generator, size: int = 128) -> Tuple[np.ndar
     return normalize_roi(image), target
 
 
-def synthetic_raw_sample(rng: np.random.Generator, size: int = 128) -> Tuple[np.ndarray, np.ndarray]:
+def synthetic_raw_sample(rng: np.random.Generator, size: int = 128, large: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """:func:`synthetic_sample` before the normalisation (size must be even).
 
     Shapes are drawn at half resolution (8× cheaper) and upsampled; voxel noise is added at full resolution.
+    ``large``: a blob of radius 60–120 mm (an organ as large as the ROI or larger) instead of 4.5–60 mm.
     """
     half = size // 2
-    image, target = _half_resolution_sample(rng, half)
+    image, target = _half_resolution_sample(rng, half, large)
     image_t = torch.from_numpy(image)[None, None]
     image = F.interpolate(image_t, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0].numpy()
     target = np.repeat(np.repeat(np.repeat(target, 2, 0), 2, 1), 2, 2)
@@ -53,9 +54,12 @@ def synthetic_raw_sample(rng: np.random.Generator, size: int = 128) -> Tuple[np.
     return image.astype(np.float32), target.astype(np.uint8)
 
 
-def _half_resolution_sample(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndarray]:
+def _half_resolution_sample(rng: np.random.Generator, size: int, large: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     centre = size / 2 + rng.uniform(-4, 4, 3)
-    radius = float(np.exp(rng.uniform(np.log(1.5), np.log(20))))  # 4.5–60 mm at 3 mm per voxel
+    if large:
+        radius = float(rng.uniform(20, 40))  # 60–120 mm
+    else:
+        radius = float(np.exp(rng.uniform(np.log(1.5), np.log(20))))  # 4.5–60 mm at 3 mm per voxel
     target = blob(rng, size, centre, radius)
     target[tuple(np.clip(np.round(centre).astype(int), 0, size - 1))] = True  # the ROI centre is inside
     background = rng.uniform(0, 300) + rng.uniform(5, 80) * smooth_noise(rng, size, int(rng.integers(4, 16)))

@@ -8,6 +8,13 @@ As in RITM, only two of the clicks carry gradients (the first, and one drawn fro
 without autograd, which makes an episode about twice as cheap. The loss is BCE + soft Dice on the model's
 low-res grid (+ the coarse logits and the IoU head for ClickNet2). Runs are bounded in wall-clock minutes,
 checkpoint atomically, resume exactly, and export the weights file the package ships.
+
+v3 additions (all off by default, so the v2 recipe is unchanged): box episodes for models with a box input
+(the CVPR 2025 challenge's box — a 2D box on the middle slice + the z range — or a full 3D box, both jittered;
+the first step then has the box and no click), corrective clicks drawn with the challenge's rule for a share of
+the episodes, and a locality loss on correction steps that penalises voxels far from the new click which were
+right before the click and got worse (:func:`locality_loss`). The ROI is normalised with the model's own rule
+(:func:`~SAMVolSegmentLib.engine.preprocessing.model_normalization`).
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine.preprocessing import normalize_roi
+from ..engine.clicks import CVPR25_CLICKS, SAMVOLSEG_CLICKS, ClickRule
+from ..engine.preprocessing import model_normalization, normalize_roi
 from ..io_utils import atomic_path
 from ..model.adapters import (
     has_adapters,
@@ -40,6 +48,11 @@ REPORT_CASES = ("ct_deeplesion_000001_lesion", "ct_ibsi_sts003_sarcoma", "ct_msd
 #: ROI edges (model voxels) drawn for ClickNet2 training, with their probabilities: mostly 96³ (2.4× cheaper
 #: than 128³; the network is fully convolutional), some 128³ so the inference size is seen too.
 TRAIN_ROI_SIZES = ((96, 0.8), (128, 0.2))
+#: Box prompts of box episodes: the challenge's (2D box on the middle slice + z range) or a full 3D box.
+BOX_KINDS = ("challenge", "full")
+#: Locality loss: voxels farther than this many low-res voxels (+ half the target's equivalent radius) from the
+#: new click count as "far".
+LOCALITY_MIN_RADIUS_LOW = 4.0
 
 
 def low_res_target(label_roi: np.ndarray, low: int) -> np.ndarray:
@@ -49,7 +62,7 @@ def low_res_target(label_roi: np.ndarray, low: int) -> np.ndarray:
 
 
 def simulate_click(target_low: np.ndarray, prediction_low: Optional[np.ndarray], rng: np.random.Generator,
-                   image_size: int) -> Tuple[np.ndarray, int]:
+                   image_size: int, rule: ClickRule = SAMVOLSEG_CLICKS) -> Tuple[np.ndarray, int]:
     """Next click in ROI voxel coordinates (R, A, S) and its label (1/0), from low-res masks.
 
     The evaluation's click placement (:func:`~SAMVolSegmentLib.engine.clicks.next_click`: the deepest point of the
@@ -64,7 +77,7 @@ def simulate_click(target_low: np.ndarray, prediction_low: Optional[np.ndarray],
     if not truth.any():
         truth = target_low > 0
     unit = (1.0, 1.0, 1.0)
-    click = None if prediction_low is None else next_click(truth, prediction_low, unit)
+    click = None if prediction_low is None else next_click(truth, prediction_low, unit, rule)
     if prediction_low is not None and click is None:  # perfect already: confirm the target
         click = (deepest_point(truth, unit), True)
     if click is None:
@@ -88,8 +101,68 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float)
     return bce + (1 - soft_dice).mean()
 
 
+def training_box(target_roi: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarray:
+    """A jittered box prompt for a non-empty (S, S, S) binary target: (2, 3) float32, lower/upper corner in
+    continuous ROI voxel indices (voxel v spans [v − 0.5, v + 0.5]), the format of
+    :meth:`~SAMVolSegmentLib.model.clicknet2.ClickNet2.box_channel`.
+
+    ``kind`` "full": the target's 3D bounding box; "challenge": the CVPR 2025 box
+    (:func:`~SAMVolSegmentLib.tools.cvpr25.challenge_box`): the full extent along a slice axis (the last, S, 70 % of
+    the time, as axial images map k to S; else a random axis) and, across it, the target's extent on the middle
+    occupied slice only. Each face then moves out by 0–3 voxels (in by 1 voxel 10 % of the time).
+    """
+    occupied = [np.flatnonzero(target_roi.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    lo = np.array([o[0] for o in occupied], dtype=np.float64)
+    hi = np.array([o[-1] for o in occupied], dtype=np.float64)
+    if kind == "challenge":
+        axis = 2 if rng.random() < 0.7 else int(rng.integers(3))
+        middle = int(occupied[axis][len(occupied[axis]) // 2])
+        plane = np.take(target_roi, middle, axis=axis)
+        others = [a for a in range(3) if a != axis]
+        for dim, a in enumerate(others):
+            used = np.flatnonzero(plane.any(axis=1 - dim))
+            lo[a], hi[a] = used[0], used[-1]
+    elif kind != "full":
+        raise ValueError(f"box kind must be one of {BOX_KINDS}, got {kind!r}")
+    grow_lo = np.where(rng.random(3) < 0.1, -1, rng.integers(0, 4, 3))
+    grow_hi = np.where(rng.random(3) < 0.1, -1, rng.integers(0, 4, 3))
+    lo, hi = lo - 0.5 - grow_lo, hi + 0.5 + grow_hi
+    hi = np.maximum(hi, lo + 1.0)
+    return np.stack([lo, hi]).astype(np.float32)
+
+
+def locality_loss(logits: torch.Tensor, previous_logits: torch.Tensor, target: torch.Tensor,
+                  click_low: torch.Tensor) -> torch.Tensor:
+    """Penalty of a correction step on what it undid far from its click.
+
+    Over the voxels farther than ``LOCALITY_MIN_RADIUS_LOW`` + half the target's equivalent radius from the new
+    click that the previous prediction had right, the amount by which the new probability moved away from the
+    target, summed and divided by the target's size (flipping a target-sized region far away costs ~1).
+
+    Args:
+        logits, previous_logits: (B, 1, L, L, L) this step's and the previous step's logits.
+        target: (B, 1, L, L, L) soft target in [0, 1].
+        click_low: (B, 3) the new click on the low-res grid (continuous indices, tensor order).
+    """
+    low = logits.shape[-1]
+    axis = torch.arange(low, dtype=torch.float32, device=logits.device)
+    d2 = ((axis[None, :, None, None] - click_low[:, 0, None, None, None]) ** 2
+          + (axis[None, None, :, None] - click_low[:, 1, None, None, None]) ** 2
+          + (axis[None, None, None, :] - click_low[:, 2, None, None, None]) ** 2)[:, None]
+    size = target.flatten(1).sum(1)
+    radius = LOCALITY_MIN_RADIUS_LOW + 0.5 * (3 * size / (4 * np.pi)).pow(1 / 3)
+    far = d2 > (radius ** 2)[:, None, None, None, None]
+    correct = (previous_logits > 0) == (target >= 0.5)
+    error_new = (target - torch.sigmoid(logits)).abs()
+    error_prev = (target - torch.sigmoid(previous_logits)).abs()
+    worse = torch.relu(error_new - error_prev) * (far & correct)
+    return (worse.flatten(1).sum(1) / (size + 1.0)).mean()
+
+
 def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: int, rng: np.random.Generator,
-                 pos_weight: float = 3.0, grad_clicks: Optional[Sequence[int]] = None) -> Tuple[torch.Tensor, List[float]]:
+                 pos_weight: float = 3.0, grad_clicks: Optional[Sequence[int]] = None,
+                 boxes_roi: Optional[np.ndarray] = None, local_weight: float = 0.0,
+                 click_rule: ClickRule = SAMVOLSEG_CLICKS) -> Tuple[torch.Tensor, List[float]]:
     """Encode once, simulate ``clicks`` clicks; returns the mean loss over the clicks that carry gradients and
     the Dice (low-res grid) after every click.
 
@@ -98,6 +171,10 @@ def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: in
         labels_roi: (B, S, S, S) binary targets.
         grad_clicks: 0-based click steps whose loss is back-propagated (default: all); the others run under
             ``torch.no_grad`` and only move the episode forward.
+        boxes_roi: (B, 2, 3) box prompts (:func:`training_box`; a NaN row: no box) for a model with a box input,
+            or None. An item with a box has no click at step 0 (the box alone), then corrective clicks.
+        local_weight: weight of :func:`locality_loss` on the correction steps that carry gradients.
+        click_rule: where corrective clicks go.
     """
     batch, image_size = images.shape[0], images.shape[-1]
     device = images.device
@@ -118,16 +195,22 @@ def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: in
     total = torch.zeros(())
     dices = []
     truth = targets_low >= 0.5
+    has_box = np.zeros(batch, bool) if boxes_roi is None else ~np.isnan(boxes_roi).reshape(batch, -1).any(1)
+    box_kwargs = {} if boxes_roi is None else {"boxes_roi": torch.from_numpy(np.asarray(boxes_roi, np.float32)).to(device)}
     for step in range(clicks):
         for b in range(batch):
-            p, lab = simulate_click(targets_low[b], predictions[b], rng, image_size)
+            if step == 0 and has_box[b]:  # the box alone: a padding click (label -1) that the model ignores
+                p, lab = np.zeros(3, np.float32), -1
+            else:
+                p, lab = simulate_click(targets_low[b], predictions[b], rng, image_size, click_rule)
             points[b].append(p)
             labels[b].append(lab)
         pts = torch.from_numpy(np.stack([np.stack(p) for p in points])).to(device)
         labs = torch.tensor(labels, dtype=torch.int64, device=device)
         with torch.set_grad_enabled(step in grad_steps and torch.is_grad_enabled()):
             if has_coarse:
-                logits, iou, logits_coarse = model.decode_prompts(embedding, pts, labs, previous, return_coarse=True)
+                logits, iou, logits_coarse = model.decode_prompts(embedding, pts, labs, previous, return_coarse=True,
+                                                                  **box_kwargs)
             else:
                 logits, iou = model.decode_prompts(embedding, pts, labs, previous)
             hard = (logits.detach() > 0).cpu().numpy()[:, 0]
@@ -139,6 +222,9 @@ def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: in
                     actual_iou = torch.from_numpy((inter / np.maximum(union, 1)).astype(np.float32))[:, None].to(device)
                     loss = loss + 0.5 * bce_dice_loss(logits_coarse, target_coarse, pos_weight) + \
                         F.mse_loss(iou.float(), actual_iou)
+                if local_weight > 0 and step > 0:
+                    click_low = (pts[:, -1].float() + 0.5) * low / image_size - 0.5
+                    loss = loss + local_weight * locality_loss(logits, previous, target_t, click_low)
                 total = total + loss
         previous = logits.detach()
         predictions = list(hard)
@@ -177,6 +263,31 @@ def export_model(model, out_path: Path, meta: Optional[dict] = None) -> Path:
     with atomic_path(out_path) as tmp:
         torch.save(payload, tmp)
     return Path(out_path)
+
+
+def initialise_from(model, path: Path) -> List[str]:
+    """Load the weights of an export (e.g. the shipped v2 default) into ``model`` of the same family whose
+    configuration may add inputs (``box_input``) or change the normalisation: every tensor of the file must
+    exist in the model with the same shape; the model's extra parameters (the new inputs' zero-initialised
+    weights) keep their initial values. Returns the names of those extra parameters.
+
+    Raises:
+        CheckpointError: another family, a tensor the model lacks, or a shape that differs.
+    """
+    from ..errors import CheckpointError
+    from ..model import read_checkpoint
+
+    checkpoint = read_checkpoint(path)
+    if checkpoint.get("family") != getattr(model, "family", None):
+        raise CheckpointError(f"{path} is a {checkpoint.get('family')!r} model; this run trains {model.family!r}.")
+    state = checkpoint["model_state_dict"]
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+    if bad:
+        raise CheckpointError(f"{path} does not fit this architecture ({', '.join(bad[:6])}); initialise from an "
+                              "export of the same family and widths.")
+    model.load_state_dict(state, strict=False)
+    return sorted(set(own) - set(state))
 
 
 def average_exports(paths: Sequence[Path], out_path: Path) -> Path:
@@ -232,7 +343,9 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
           clicks: int = 5, lr: float = 2e-3, export: Optional[Path] = None, resume: bool = False,
           checkpoint_every_s: float = 300.0, trainable: str = "all", decay_from_minute: Optional[float] = None,
           roi_sizes: Optional[Sequence[Tuple[int, float]]] = None, augment: bool = True,
-          device: str = "cpu", max_steps: Optional[int] = None) -> dict:
+          device: str = "cpu", max_steps: Optional[int] = None, box_fraction: float = 0.0,
+          local_weight: float = 0.0, cvpr_click_fraction: float = 0.0,
+          keep_exports_from_minute: Optional[float] = None) -> dict:
     """Train until ``minutes`` of (cumulative) wall time; checkpoint + export every ``checkpoint_every_s``.
 
     Args:
@@ -245,6 +358,13 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
             (ClickNet2: :data:`TRAIN_ROI_SIZES`).
         device: torch device for the model and the episodes (sampling and click simulation stay on the CPU).
         max_steps: also stop after this many (cumulative) steps (tests: a run that does not depend on speed).
+        box_fraction: share of the samples that get a box prompt (models with ``accepts_box`` only), half the
+            challenge's box and half a full 3D box (:func:`training_box`).
+        local_weight: weight of the locality loss on correction steps (:func:`locality_loss`).
+        cvpr_click_fraction: share of the episodes whose corrective clicks follow the challenge's rule.
+        keep_exports_from_minute: from this (cumulative) minute on, every checkpoint also keeps a copy of the
+            export as ``<export stem>_m<minute>.pt`` beside it (the files a tail weight average needs).
+    The ROI is normalised with the model's rule (:func:`~SAMVolSegmentLib.engine.preprocessing.model_normalization`).
     The learning rate follows :func:`learning_rate` (constant, then cosine decay over the rest of the budget).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -281,6 +401,9 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
         roi_sizes = TRAIN_ROI_SIZES if getattr(model, "family", "") == "clicknet2" else ((model.config.image_size, 1.0),)
     sizes = [size for size, _ in roi_sizes]
     size_p = np.array([p for _, p in roi_sizes], dtype=np.float64)
+    normalization = model_normalization(model)
+    if box_fraction > 0 and not getattr(model, "accepts_box", False):
+        raise ValueError("box_fraction > 0 needs a model with a box input (ClickNet2Config(box_input=True))")
     log = (out_dir / "log.jsonl").open("a")
     bar = _progress(minutes, elapsed)
     model.train()
@@ -288,18 +411,30 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
     window: List[float] = []
     while time.perf_counter() - start < minutes * 60 and (max_steps is None or step < max_steps):
         size = sizes[int(rng.choice(len(sizes), p=size_p / size_p.sum()))]
-        images, labels_roi, kinds = [], [], []
+        images, labels_roi, kinds, boxes = [], [], [], []
         for _ in range(batch):
-            raw, label, kind = source.draw(rng, size, augment=augment)
-            images.append(normalize_roi(raw))
+            raw, label, inside, kind = source.draw_with_inside(rng, size, augment=augment)
+            images.append(normalize_roi(raw, normalization, inside))
             labels_roi.append(label)
+            box = np.full((2, 3), np.nan, np.float32)
+            if box_fraction > 0 and label.any() and rng.random() < box_fraction:
+                box_kind = BOX_KINDS[int(rng.integers(len(BOX_KINDS)))]
+                box = training_box(label, rng, box_kind)
+                kind = f"{kind}+box_{box_kind}"
+            boxes.append(box)
             kinds.append(kind)
         x = torch.from_numpy(np.stack(images))[:, None].to(device)
+        episode_kwargs = {"local_weight": local_weight}
+        if box_fraction > 0:
+            episode_kwargs["boxes_roi"] = np.stack(boxes)
+        if cvpr_click_fraction > 0 and rng.random() < cvpr_click_fraction:
+            episode_kwargs["click_rule"] = CVPR25_CLICKS
         current_lr = learning_rate(time.perf_counter() - start, minutes, lr, decay_from_minute)
         for group in optimizer.param_groups:
             group["lr"] = current_lr
         grad_clicks = (0, int(rng.integers(1, clicks))) if clicks > 1 else (0,)
-        loss, dices = episode_loss(model, x, np.stack(labels_roi), clicks, rng, grad_clicks=grad_clicks)
+        loss, dices = episode_loss(model, x, np.stack(labels_roi), clicks, rng, grad_clicks=grad_clicks,
+                                   **episode_kwargs)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -315,9 +450,10 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
             bar.set_postfix(step=step, loss=f"{loss.item():.3f}", dice=f"{np.mean(window):.3f}", refresh=False)
             bar.update(max(0, int(time.perf_counter() - start) - bar.n))  # redraws at most every 10 s
         if time.perf_counter() - last_ckpt > checkpoint_every_s:
-            best = _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, best)
+            best = _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, best,
+                               keep_exports_from_minute)
             last_ckpt = time.perf_counter()
-    best = _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, best)
+    best = _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, best, keep_exports_from_minute)
     log.close()
     if bar is not None:
         bar.close()
@@ -332,11 +468,16 @@ def _progress(minutes: float, elapsed: float):
     return tqdm(total=int(minutes * 60), initial=int(elapsed), unit="s", desc="training", mininterval=10)
 
 
-def _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, best) -> float:
+def _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, best,
+                keep_exports_from_minute: Optional[float] = None) -> float:
     elapsed = time.perf_counter() - start
     rng_state = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
     save_checkpoint(ckpt_path, model, optimizer, step, elapsed, rng_state, best)
     score = float(np.mean(window)) if window else 0.0
     if export is not None:  # the package always holds the latest model; training Dice is logged beside it
-        export_model(model, export, {"step": step, "train_dice_last100": score, "minutes": elapsed / 60})
+        meta = {"step": step, "train_dice_last100": score, "minutes": elapsed / 60}
+        export_model(model, export, meta)
+        if keep_exports_from_minute is not None and elapsed / 60 >= keep_exports_from_minute:
+            export = Path(export)
+            export_model(model, export.with_name(f"{export.stem}_m{elapsed / 60:.0f}{export.suffix}"), meta)
     return max(best, score)

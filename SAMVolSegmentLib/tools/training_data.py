@@ -1,7 +1,8 @@
 """Training samples for the default model: real cases, balanced by source, augmented, and re-synthesised.
 
-Three kinds of sample, all returned as a raw (un-normalised) ROI in model-grid order (R, A, S) and its binary
-target, then normalised with the inference rule (:func:`~SAMVolSegmentLib.engine.preprocessing.normalize_roi`):
+Three kinds of sample, all returned as a raw (un-normalised) ROI in model-grid order (R, A, S), its binary
+target and the mask of its voxels inside the image, then normalised with the model's inference rule
+(:func:`~SAMVolSegmentLib.engine.preprocessing.normalize_roi`):
 
 * **real**: a ROI of a real case on the 1.5 mm model grid, centred (with jitter) on the target's deepest
   point or a random target voxel, as the session centres a ROI on the first click; flips, axis permutations,
@@ -14,7 +15,9 @@ target, then normalised with the inference rule (:func:`~SAMVolSegmentLib.engine
 
 Real targets are drawn balanced: first a source group (sarcoma CT, sarcoma MR, hippocampus, lesions, spinal
 cord, each multi-organ case), then a case of the group, then a target of the case, so 45 hippocampus crops do
-not drown four lesions and one case with 41 structures does not drown everything.
+not drown four lesions and one case with 41 structures does not drown everything. A share of the draws
+(``large_fraction``, v3) picks uniformly among the large targets instead (≥ :data:`LARGE_TARGET_VOXELS_MODEL`
+voxels: the multi-organ cases' big organs), and a share of the synthetic blobs is large (up to beyond one ROI).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from scipy import ndimage
 from ..engine.geometry import RoiWindow
 from ..engine.preprocessing import (
     ModelVolume,
-    crop_roi,
+    crop_roi_with_inside,
     load_volume,
     read_image,
     resample_label_to_model_grid,
@@ -43,6 +46,9 @@ from ..engine.preprocessing import (
 from .synthetic import smooth_noise, synthetic_raw_sample
 
 MIN_TARGET_VOXELS_MODEL = 20  # targets smaller than this on the 1.5 mm grid (~70 mm³) are skipped
+#: Targets at least this large on the 1.5 mm grid (~100 cm³: liver, lungs, spleen, kidneys, big muscles) form
+#: the pool of ``SampleSource(large_fraction=...)``.
+LARGE_TARGET_VOXELS_MODEL = 30_000
 #: Licence strings (from each case's meta.json) whose data may not train the shipped weights.
 NON_COMMERCIAL_MARKERS = ("NC-", "non-commercial", "NON-COMMERCIAL")
 
@@ -72,9 +78,11 @@ class Case:
 def case_group(name: str, meta: Dict[str, object]) -> str:
     """Source group used for balanced sampling: modality + structure with case ids removed
     (``ct_ibsi_sts003_sarcoma`` → ``ct_ibsi_sts_sarcoma``); lesions of any source form one group and every
-    multi-organ case is its own group."""
+    multi-organ case is its own group; PET cases of any source form one group."""
     if "totalseg" in name:
         return name
+    if name.startswith("pet_"):
+        return "pet"
     if name.endswith("_lesion"):
         return "lesion"
     if "spinalcord" in name:
@@ -144,17 +152,29 @@ class SampleSource:
         synthesis_fraction / blob_fraction: shares of label-map synthesis and synthetic blobs; the rest real.
     """
 
-    def __init__(self, cases: List[Case], synthesis_fraction: float = 0.3, blob_fraction: float = 0.2) -> None:
+    def __init__(self, cases: List[Case], synthesis_fraction: float = 0.3, blob_fraction: float = 0.2,
+                 large_fraction: float = 0.0, large_blob_fraction: float = 0.0) -> None:
         self.cases = cases
         self.synthesis_fraction = synthesis_fraction
         self.blob_fraction = blob_fraction if cases else 1.0
+        self.large_blob_fraction = large_blob_fraction
         self.groups: Dict[str, List[Case]] = {}
         for case in cases:
             self.groups.setdefault(case.group, []).append(case)
         self.group_names = sorted(self.groups)
+        self.large_targets: List[Tuple[Case, Tuple[int, ...]]] = []
+        if large_fraction > 0:
+            for case in cases:
+                counts = np.bincount(case.labels_model.ravel())
+                self.large_targets.extend((case, values) for _, values in case.targets
+                                          if int(counts[list(values)].sum()) >= LARGE_TARGET_VOXELS_MODEL)
+        self.large_fraction = large_fraction if self.large_targets else 0.0
 
     def pick_target(self, rng: np.random.Generator) -> Tuple[Case, Tuple[int, ...]]:
-        """A real target, balanced: a group uniformly, then a case of it, then a target of the case."""
+        """A real target: with probability ``large_fraction`` one of the large targets uniformly; otherwise
+        balanced: a group uniformly, then a case of it, then a target of the case."""
+        if self.large_fraction > 0 and rng.random() < self.large_fraction:
+            return self.large_targets[int(rng.integers(len(self.large_targets)))]
         group = self.groups[self.group_names[int(rng.integers(len(self.group_names)))]]
         case = group[int(rng.integers(len(group)))]
         _, values = case.targets[int(rng.integers(len(case.targets)))]
@@ -162,42 +182,57 @@ class SampleSource:
 
     def draw(self, rng: np.random.Generator, size: int, augment: bool = True) -> Tuple[np.ndarray, np.ndarray, str]:
         """(raw ROI float32 (size³), target uint8 (size³), kind) — the ROI is not normalised yet."""
+        raw, target, _, kind = self.draw_with_inside(rng, size, augment)
+        return raw, target, kind
+
+    def draw_with_inside(self, rng: np.random.Generator, size: int,
+                         augment: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        """(raw ROI float32 (size³), target uint8 (size³), inside bool (size³): voxels inside the image, kind)."""
         u = rng.random()
         if u < self.blob_fraction:
-            image, label = synthetic_raw_sample(rng, size)
-            return image, label, "blob"
+            large = self.large_blob_fraction > 0 and rng.random() < self.large_blob_fraction
+            image, label = synthetic_raw_sample(rng, size, large=large)
+            return image, label, np.ones(image.shape, bool), "blob_large" if large else "blob"
         case, values = self.pick_target(rng)
-        raw, labels = real_roi(case, values, rng, size)
+        raw, labels, inside = real_roi_with_inside(case, values, rng, size)
         target = np.isin(labels, values).astype(np.uint8)
         if u < self.blob_fraction + self.synthesis_fraction:
-            raw = synthesise_from_labels(raw, labels, rng)
+            raw = synthesise_from_labels(raw, labels, rng, inside)
             kind = "synthesis"
         else:
             kind = "real"
         if augment:
-            raw, target = augment_roi(raw, target, rng)
-        return raw, target, kind
+            raw, target, inside = augment_roi_with_inside(raw, target, inside, rng)
+        return raw, target, inside, kind
 
 
 def real_roi(case: Case, values: Tuple[int, ...], rng: np.random.Generator,
              size: int) -> Tuple[np.ndarray, np.ndarray]:
     """A raw size³ ROI of ``case`` and its label map (values as in the case), centred near the target: on its
     deepest point (half the time) or a random voxel of it, with a jitter of up to 8 voxels."""
+    raw, labels, _ = real_roi_with_inside(case, values, rng, size)
+    return raw, labels
+
+
+def real_roi_with_inside(case: Case, values: Tuple[int, ...], rng: np.random.Generator,
+                         size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`real_roi` and the bool mask of the ROI voxels inside the image."""
     deepest, points = case.centres(values)
     centre = deepest if rng.random() < 0.5 else points[rng.integers(len(points))]
     centre = centre + rng.integers(-8, 9, 3)
     roi = RoiWindow(tuple(int(c) - size // 2 for c in centre), size, case.volume.grid.origin_ras,
                     case.volume.grid.spacing)
-    raw = crop_roi(case.volume, roi, normalize=False)
-    labels = crop_roi(ModelVolume(case.labels_model, case.volume.grid), roi, normalize=False)
-    return raw, np.rint(labels).astype(np.uint16)
+    raw, inside = crop_roi_with_inside(case.volume, roi)
+    labels, _ = crop_roi_with_inside(ModelVolume(case.labels_model, case.volume.grid), roi)
+    return raw, np.rint(labels).astype(np.uint16), inside
 
 
-def synthesise_from_labels(raw: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def synthesise_from_labels(raw: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                           inside: Optional[np.ndarray] = None) -> np.ndarray:
     """Re-paint a ROI: classes = its labelled structures + 3–7 intensity clusters of the (smoothed) image;
     every class gets a random mean and texture; then blur, bias field and noise. Voxels outside the image
-    (the zero padding beyond the volume) stay 0, as they are at inference."""
-    inside = raw != 0
+    (``inside`` False; default: the zero padding, ``raw == 0``) stay 0, as they are at inference."""
+    inside = raw != 0 if inside is None else inside
     smooth = ndimage.gaussian_filter(raw, 1.0)
     n_clusters = int(rng.integers(3, 8))
     values = smooth[inside]
@@ -226,31 +261,53 @@ def synthesise_from_labels(raw: np.ndarray, labels: np.ndarray, rng: np.random.G
 def augment_roi(raw: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
     """Flips, axis permutations, zoom (0.8–1.25, about the centre), gamma and noise, applied to image and target
     together (the clicks are simulated from the target afterwards, so they stay consistent); the intensity
-    changes act on the raw ROI because the z-normalisation would undo a plain scale or shift."""
+    changes act on the raw ROI because the z-normalisation would undo a plain scale or shift. The image's
+    inside is where ``raw != 0`` (:func:`augment_roi_with_inside` takes it explicitly)."""
+    raw, target, _ = augment_roi_with_inside(raw, target, None, rng)
+    return raw, target
+
+
+def augment_roi_with_inside(raw: np.ndarray, target: np.ndarray, inside: Optional[np.ndarray],
+                            rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`augment_roi` with the bool mask of the voxels inside the image moved along (None: ``raw != 0``
+    after the geometric changes, the v2 rule)."""
+    explicit = inside is not None
     if rng.random() < 0.3:
         order = rng.permutation(3)
         raw, target = raw.transpose(order), target.transpose(order)
+        inside = inside.transpose(order) if explicit else None
     for axis in range(3):
         if rng.random() < 0.5:
             raw, target = np.flip(raw, axis), np.flip(target, axis)
+            inside = np.flip(inside, axis) if explicit else None
     if rng.random() < 0.3:
-        raw, target = _zoom(raw, target, float(np.exp(rng.uniform(np.log(0.8), np.log(1.25)))))
-    inside = raw != 0
+        zoom = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
+        if explicit:
+            raw, stacked = _zoom(raw, np.stack([target, inside]).astype(np.uint8), zoom)
+            target, inside = stacked[0], stacked[1].astype(bool)
+        else:
+            raw, target = _zoom(raw, target, zoom)
+    if not explicit:
+        inside = raw != 0
     lo, hi = (float(raw[inside].min()), float(raw[inside].max())) if inside.any() else (0.0, 0.0)
     if hi > lo and rng.random() < 0.5:
         unit = np.clip((raw - lo) / (hi - lo), 0, 1)
         raw = np.where(inside, lo + (hi - lo) * unit ** rng.uniform(0.7, 1.5), 0)
     if rng.random() < 0.5:
         raw = raw + rng.uniform(0, 0.1) * float(raw.std()) * rng.standard_normal(raw.shape) * inside
-    return np.ascontiguousarray(raw, dtype=np.float32), np.ascontiguousarray(target, dtype=np.uint8)
+    return (np.ascontiguousarray(raw, dtype=np.float32), np.ascontiguousarray(target, dtype=np.uint8),
+            np.ascontiguousarray(inside, dtype=bool))
 
 
 def _zoom(raw: np.ndarray, target: np.ndarray, scale: float) -> Tuple[np.ndarray, np.ndarray]:
-    """Scale content by ``scale`` about the ROI centre, keeping the ROI size (trilinear image, soft target)."""
+    """Scale content by ``scale`` about the ROI centre, keeping the ROI size (trilinear image, soft targets).
+
+    ``target``: (size³) or (C, size³) binary maps, each resampled and thresholded at 0.5."""
     size = raw.shape[0]
     theta = torch.zeros((1, 3, 4))
     theta[0, :, :3] = torch.eye(3) / scale
     grid = F.affine_grid(theta, [1, 1, size, size, size], align_corners=False)
-    stacked = torch.from_numpy(np.stack([raw, target.astype(np.float32)]))[None]
+    maps = target.reshape((-1,) + raw.shape).astype(np.float32)
+    stacked = torch.from_numpy(np.concatenate([raw[None], maps]))[None]
     out = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0].numpy()
-    return out[0], (out[1] > 0.5).astype(np.uint8)
+    return out[0], (out[1:] > 0.5).astype(np.uint8).reshape(target.shape)
