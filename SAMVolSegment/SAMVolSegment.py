@@ -679,7 +679,8 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is None or node is None:
             return
         self.logic.onNodeRemoved(node)
-        if node in self._observedMarkups and self._parameterNode is not None and not slicer.mrmlScene.IsClosing():
+        observed = any(node is markups for markups, _method in self._observedMarkups)
+        if observed and self._parameterNode is not None and not slicer.mrmlScene.IsClosing():
             self.setParameterNode(self._parameterNode)  # re-creates and re-observes the prompt nodes
 
     def initializeParameterNode(self) -> None:
@@ -706,16 +707,15 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _observeMarkups(self) -> None:
         pn = self._parameterNode
-        for node in (pn.positivePoints, pn.negativePoints):
-            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointDefined)
-            self._observedMarkups.append(node)
-        self.addObserver(pn.boxROI, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onBoxDefined)
-        self._observedMarkups.append(pn.boxROI)
+        for node, method in ((pn.positivePoints, self.onPointDefined), (pn.negativePoints, self.onPointDefined),
+                             (pn.boxROI, self.onBoxDefined)):
+            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, method)
+            self._observedMarkups.append((node, method))
 
     def _unobserveMarkups(self) -> None:
-        for node in self._observedMarkups:
-            self.removeObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointDefined)
-            self.removeObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onBoxDefined)
+        # Only what was observed: slicer.util.VTKObservationMixin.removeObserver warns about anything else.
+        for node, method in self._observedMarkups:
+            self.removeObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, method)
         self._observedMarkups = []
 
     def _syncSegmentSelector(self) -> None:
@@ -796,9 +796,9 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.proposeControl.onPropose()
 
     @vtk.calldata_type(vtk.VTK_INT)
-    def onPointDefined(self, caller, event, index) -> None:
+    def onPointDefined(self, caller, event, index=None) -> None:
         """A point was placed (the event carries its index, vtkMRMLMarkupsNode.cxx): one Logic step."""
-        if index is None:  # deferred events carry no index (vtkMRMLNode::InvokeCustomModifiedEvent)
+        if index is None:  # a deferred event has no call data, and VTK then passes no third argument
             return
         if self.logic.busy:  # placed while a step runs: the Logic removes it
             self.logic.addPointFromMarkup(caller, int(index))

@@ -61,6 +61,12 @@ class PromptMarkers:
         node = self._node(kind)
         if kind == "box":
             node.RemoveAllControlPoints()
+            # Once its two corners are placed, a box ROI keeps one centre point and allows no more
+            # (vtkMRMLMarkupsROINode.cxx: Required/MaximumNumberOfControlPoints become 1), so a second box could
+            # not get its second corner; setting the ROI type again restores the two-corner placement.
+            roiType = node.GetROIType()
+            node.SetROIType(node.ROITypeBoundingBox if roiType == node.ROITypeBox else node.ROITypeBox)
+            node.SetROIType(roiType)
             self._setBoxVisible(True)  # a proposal may have hidden the previous box
         selectionNode = slicer.app.applicationLogic().GetSelectionNode()
         selectionNode.SetReferenceActivePlaceNodeClassName(node.GetClassName())
