@@ -50,10 +50,11 @@ if _ENGINE_ROOT is not None and _ENGINE_ROOT not in sys.path:
 
 from SAMVolSegmentSlicerLib import backend, coordinates, local_session, progress_display, segment_io  # noqa: E402
 from SAMVolSegmentSlicerLib.dependencies import InstallError  # noqa: E402
-from SAMVolSegmentSlicerLib.markers import PromptMarkers  # noqa: E402
+from SAMVolSegmentSlicerLib.markers import PromptMarkers, isProgrammaticPoint  # noqa: E402
 from SAMVolSegmentSlicerLib.progress_display import ProgressDisplay  # noqa: E402
 from SAMVolSegmentSlicerLib.propose import ProposeControl, checkProposalClass, modelReadyStatus  # noqa: E402
 from SAMVolSegmentSlicerLib.segment_merge import OtherSegments  # noqa: E402
+from SAMVolSegmentSlicerLib.segment_selector import SelectorSync  # noqa: E402
 from SAMVolSegmentSlicerLib.segment_volume import VolumeJob  # noqa: E402
 from SAMVolSegmentSlicerLib.settings_panel import SettingsPanel  # noqa: E402
 from SAMVolSegmentSlicerLib.shortcuts import ModuleShortcuts  # noqa: E402
@@ -326,8 +327,9 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         On failure the point is removed and the error raised: nothing changed. While another action runs the
         point is removed and None returned (the widget shows no dialog for that).
         """
-        if self.markers.adding or index < 0 or index >= markupsNode.GetNumberOfControlPoints():
-            return None
+        if (self.markers.adding or isProgrammaticPoint(markupsNode) or index < 0
+                or index >= markupsNode.GetNumberOfControlPoints()):
+            return None  # a point added by code (this Logic or another one), or no longer there
         controlPointID = markupsNode.GetNthControlPointID(index)
         markerID = f"{markupsNode.GetID()}:{controlPointID}"
         if self._busy:
@@ -357,13 +359,13 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
     def addPoint(self, pointWorld: Sequence[float], positive: bool = True, markerID: str = "") -> MaskUpdate:
         """A click at a world RAS position on the current target (console; call ``setTarget`` first)."""
         with self._action():
-            self.target.require(self.session)
+            self.target.require(self.session, self._runOnWorker)
             return self._pointStep(pointWorld, positive, markerID)
 
     def setBox(self, minWorld: Sequence[float], maxWorld: Sequence[float], markerID: str = "") -> MaskUpdate:
         """A box prompt (axis-aligned world RAS corners) on the current target (console)."""
         with self._action():
-            self.target.require(self.session)
+            self.target.require(self.session, self._runOnWorker)
             return self._boxStep(minWorld, maxWorld, markerID)
 
     def propose(self, className: str) -> MaskUpdate:
@@ -598,7 +600,6 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self.shortcuts = ModuleShortcuts(self.onAction)
         self._observedMarkups: List = []
-        self._syncingSelector = False
 
     def setup(self) -> None:
         """Called when the module is first opened."""
@@ -606,6 +607,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SAMVolSegment.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
+        self.selectorSync = SelectorSync(self.ui.segmentSelector)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = SAMVolSegmentLogic()
@@ -639,6 +641,9 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
+        # A loaded scene's parameter node is copied over ours (vtkMRMLScene::AddNode of a singleton), naming
+        # its own point lists: observe those (Libs/MRML/Core/vtkMRMLScene.cxx, Import).
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndClose)
         self.initializeParameterNode()
         self._updateGUI()
 
@@ -669,7 +674,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateGUI()
 
     def onSceneEndClose(self, caller, event) -> None:
-        """Called just after the scene is closed."""
+        """Called just after the scene is closed or a scene was loaded into it."""
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -702,7 +707,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.ui.otherSegmentsComboBox.setCurrentIndex(
                 self.ui.otherSegmentsComboBox.findData(self._parameterNode.otherSegments.value))
-            self._syncSegmentSelector()
+            self.selectorSync.show(self._parameterNode)
             self._observeMarkups()
 
     def _observeMarkups(self) -> None:
@@ -717,21 +722,6 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for node, method in self._observedMarkups:
             self.removeObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, method)
         self._observedMarkups = []
-
-    def _syncSegmentSelector(self) -> None:
-        """Show the parameter node's target; the selector's own signals are ignored meanwhile, since
-        ``setCurrentSegmentID`` emits ``currentSegmentChanged`` (qMRMLSegmentSelectorWidget.cxx)."""
-        pn = self._parameterNode
-        if pn is None:
-            return
-        self._syncingSelector = True
-        try:
-            if self.ui.segmentSelector.currentNode() is not pn.segmentationNode:
-                self.ui.segmentSelector.setCurrentNode(pn.segmentationNode)
-            if pn.segmentID and self.ui.segmentSelector.currentSegmentID() != pn.segmentID:
-                self.ui.segmentSelector.setCurrentSegmentID(pn.segmentID)
-        finally:
-            self._syncingSelector = False
 
     # ------------------------------------------------------------------ running actions
     def _run(self, failureMessage: str, fn: Callable, *args):
@@ -759,7 +749,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.app.restoreOverrideCursor()
             self._setInputsEnabled(True)
             self.progress.hide()
-            self._syncSegmentSelector()
+            self.selectorSync.show(self._parameterNode)
             self._updateGUI()
 
     def _setInputsEnabled(self, enabled: bool) -> None:
@@ -837,18 +827,18 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegmentationChanged(self, node) -> None:
         """Store the chosen segmentation in the scene."""
-        if self._syncingSelector or self._parameterNode is None or node is self._parameterNode.segmentationNode:
+        if self.selectorSync.syncing or self._parameterNode is None or node is self._parameterNode.segmentationNode:
             return
         self._parameterNode.segmentationNode = node
 
     def onSegmentChanged(self, segmentID: str) -> None:
         """The user picked another target segment: its prompts start fresh (an existing one is edited)."""
         pn = self._parameterNode
-        if self._syncingSelector or pn is None or (segmentID or "") == pn.segmentID:
+        if self.selectorSync.syncing or pn is None or (segmentID or "") == pn.segmentID:
             return
         if self.logic.busy:  # the selector is disabled then; a late signal is put back after the step
             return
-        pn.segmentID = segmentID or ""
+        pn.segmentID = self.selectorSync.pickedSegment(pn, segmentID)  # not one it adopted after a deletion
         self.logic.onTargetSelected()
         self._updateGUI()
 

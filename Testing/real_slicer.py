@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import tempfile
 import types
 from typing import Optional
 
@@ -51,6 +52,9 @@ def available() -> bool:
     return hasattr(slicer, "vtkMRMLScene")
 
 
+_CACHE_DIR = tempfile.TemporaryDirectory(prefix="real_slicer_cache_")
+
+
 def _newScene():
     import slicer
     import vtk
@@ -59,6 +63,13 @@ def _newScene():
     crosshair = slicer.vtkMRMLCrosshairNode()  # qSlicerCoreApplication::setMRMLScene adds the default one
     crosshair.SetCrosshairName("default")
     scene.AddNode(crosshair)
+    # qSlicerCoreApplication gives the scene a cache and a data I/O manager (ReadFromMRB unpacks through them).
+    cacheManager = slicer.vtkCacheManager()
+    cacheManager.SetRemoteCacheDirectory(_CACHE_DIR.name)
+    dataIOManager = slicer.vtkDataIOManager()
+    dataIOManager.SetCacheManager(cacheManager)
+    scene.SetCacheManager(cacheManager)
+    scene.SetDataIOManager(dataIOManager)
     appLogic = slicer.vtkSlicerApplicationLogic()
     appLogic.SetMRMLScene(scene)
     appLogic.GetColorLogic().SetMRMLScene(scene)
@@ -338,3 +349,49 @@ def addThinPlateSplineTransform(name: str = "warp"):
     node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTransformNode", name)
     node.SetAndObserveTransformToParent(spline)
     return node
+
+
+def saveScene(path):
+    """Save the scene as Slicer does (File > Save Data): every storable node's data next to the ``.mrml``
+    (``.nrrd``, ``.seg.nrrd``, ``.mrk.json`` from each node's default storage node) or all in one ``.mrb``
+    (``vtkMRMLScene::WriteToMRB``). ``path``: a folder (the scene goes to ``scene.mrml`` in it) or an ``.mrb``
+    file; returns the file to load."""
+    import os
+
+    import slicer
+
+    scene = slicer.mrmlScene
+    path = str(path)
+    if path.endswith(".mrb"):
+        assert scene.WriteToMRB(path), "WriteToMRB failed"
+        return path
+    os.makedirs(path, exist_ok=True)
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLStorableNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLStorableNode")
+        if node.GetHideFromEditors() and not node.IsA("vtkMRMLMarkupsNode"):
+            continue
+        if node.GetStorageNode() is None and not node.AddDefaultStorageNode():
+            continue
+        storage = node.GetStorageNode()
+        fileName = os.path.join(path, f"{node.GetID()}.{storage.GetDefaultWriteFileExtension()}")
+        storage.SetFileName(fileName)
+        assert storage.WriteData(node), f"could not write {node.GetName()}"
+    mrml = os.path.join(path, "scene.mrml")
+    scene.SetRootDirectory(path)
+    scene.SetURL(mrml)
+    assert scene.Commit(), "could not write the .mrml"
+    return mrml
+
+
+def loadScene(path) -> None:
+    """Load a saved scene into the current one (File > Add Data of a scene: ``vtkMRMLScene::Import``, or
+    ``ReadFromMRB`` for a bundle)."""
+    import slicer
+
+    scene = slicer.mrmlScene
+    path = str(path)
+    if path.endswith(".mrb"):
+        assert scene.ReadFromMRB(path, False), "ReadFromMRB failed"
+        return
+    scene.SetURL(path)
+    assert scene.Import(), "Import failed"

@@ -62,8 +62,10 @@ class Target:
         segmentation = segmentationNode.GetSegmentation()
         if not segmentID or segmentation.GetSegment(segmentID) is None:
             segmentID = segmentation.AddEmptySegment("")
+        # A new SegmentIO for other nodes, and for the same nodes once their geometry changed (a transform,
+        # spacing or origin edit, voxels of another shape): it maps boxes of the volume's grid as it was read.
         ioChanged = (self.io is None or self.io.volumeNode is not volumeNode
-                     or self.io.segmentationNode is not segmentationNode)
+                     or self.io.segmentationNode is not segmentationNode or self.io.isStale())
         self.sendVolume(session, runOnWorker, volumeNode)
         if ioChanged:
             self.io = segment_io.SegmentIO(volumeNode, segmentationNode)
@@ -88,14 +90,19 @@ class Target:
         if pn.segmentID != segmentID:
             pn.segmentID = segmentID
 
-    def require(self, session) -> None:
-        """Raise unless a console step (``addPoint``/``setBox``) has a target to work on."""
+    def require(self, session, runOnWorker: Callable) -> None:
+        """Raise unless a console step (``addPoint``/``setBox``) has a target to work on; a target whose volume
+        moved or changed shape since it was selected is selected again (the engine gets the volume again)."""
         if session is None:
             raise RuntimeError(_("Load a model first."))
         if self.io is None or not self.segmentID:
             raise RuntimeError(_("Select the input volume and the target segment first."))
         if self.io.segmentationNode.GetSegmentation().GetSegment(self.segmentID) is None:
             raise RuntimeError(_("The target segment was deleted; select another segment."))
+        if self.io.isStale():
+            io = self.io
+            self.select(session, runOnWorker, io.volumeNode, io.segmentationNode, self.segmentID)
+            self.checkKept(self.io)
 
     def checkKept(self, io: Optional[segment_io.SegmentIO]) -> None:
         """Raise :class:`TargetRemovedError` when the step that started on ``io`` lost its volume or segmentation
