@@ -421,3 +421,55 @@ def test_save_clear_reload_and_continue_clicking(env, tmp_path, bundle):
     assert pn.segmentID == segmentIDBefore
     assert mask[15, 15, 22] and mask[15, 15, 8], "the click after loading edits the loaded segment"
     assert slicer.util.getNodesByClass("vtkMRMLSegmentationNode") == [segmentation]
+
+
+# ------------------------------------------------------------------------------------------ self-test
+@pytest.mark.slow
+def test_the_in_slicer_self_test_runs_end_to_end_on_the_real_core(env):
+    """SAMVolSegment/Testing/Python/SAMVolSegmentSelfTest.py (Reload and Test) with the bundled model on real MRML:
+    click -> segment -> undo -> redo -> box -> next segment under Protect, edit an existing segment, the console
+    segmentVolume path, propose -> refine -> undo -> redo, on an oblique phantom under a parent transform. Its
+    helpers read and write segments transform-safe (slicer.util's labelmap helpers double the transform)."""
+    pytest.importorskip("torch")
+    import unittest
+
+    from test_slicer_module_real import load_self_test
+
+    module = load_self_test()
+    result = unittest.TestResult()
+    unittest.defaultTestLoader.loadTestsFromTestCase(module.SAMVolSegmentSelfTest).run(result)
+    assert result.testsRun == 4 and not result.skipped
+    assert not result.errors and not result.failures, (result.errors + result.failures)[0][1]
+    assert real_slicer.state().errorsInCallbacks == []
+
+
+@pytest.mark.slow
+def test_a_plain_script_outside_pytest_runs_the_logic_on_real_nodes(tmp_path):
+    """``real_slicer.install()`` is all a script needs: ``import SAMVolSegment`` and ``SAMVolSegmentLogic()`` on a
+    real volume and segmentation, one click, read back from MRML."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path[:0] = [{str(Path(__file__).parent)!r}]\n"
+        "import numpy as np\n"
+        "import real_slicer\n"
+        "slicer = real_slicer.install()\n"
+        "import SAMVolSegment\n"
+        "from test_slicer_module_real import ball_session\n"
+        "logic = SAMVolSegment.SAMVolSegmentLogic()\n"
+        "logic.sessionFactory = ball_session\n"
+        "logic.loadModel()\n"
+        "volume = real_slicer.addVolume(np.random.default_rng(0).normal(100, 10, (20, 20, 20)).astype(np.float32))\n"
+        "segmentation = slicer.mrmlScene.AddNewNodeByClass('vtkMRMLSegmentationNode')\n"
+        "segmentID = logic.setTarget(volume, segmentation, '')\n"
+        "logic.addPoint([10.0, 10.0, 10.0])\n"
+        "print(type(segmentation).__module__, int(real_slicer.segmentArray(segmentation, segmentID, volume)[10, 10, 10]))\n"
+        "logic.cleanup()\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["slicer_core.MRMLCore", "1"], done.stdout
