@@ -34,6 +34,7 @@ from slicer import (
     vtkMRMLSegmentationNode,
 )
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -74,7 +75,7 @@ class SAMVolSegment(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("SAMVolSegment")
-        self.parent.categories = [_("Segmentation")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]  # Slicer's own category
         self.parent.dependencies = ["Markups", "Segmentations"]
         self.parent.contributors = ["SAMVolSegment contributors"]
         self.parent.helpText = _(
@@ -147,6 +148,8 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         self.processEvents: Optional[Callable[[], None]] = slicer.app.processEvents if slicer.app else None
         self.lastTiming: Dict[str, float] = {}
         self._busy = False
+        self._placingMarkerID = ""  # the marker of the click being run (kept when a new model drops the others)
+        self._cleanupRequested = False
         self.markers = PromptMarkers(self.getParameterNode)
         #: Volume, segmentation and segment of the interactive steps (``setTarget``); the history belongs to it.
         self.target = Target()
@@ -171,9 +174,19 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
             yield
         finally:
             self._busy = False
+            self._cleanupIfRequested()
 
     def _runOnWorker(self, fn, *args, **kwargs):
-        return self.worker.run(fn, *args, process_events=self.processEvents, on_slow=self.slowCallback, **kwargs)
+        try:
+            return self.worker.run(fn, *args, process_events=self.processEvents, on_slow=self.slowCallback, **kwargs)
+        finally:
+            if not self._busy:
+                self._cleanupIfRequested()
+
+    def _cleanupIfRequested(self) -> None:
+        if self._cleanupRequested:
+            self._cleanupRequested = False
+            self.cleanup()
 
     def _status(self, text: str) -> None:
         logger.info(text)
@@ -206,6 +219,8 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         except Exception:
             self.worker.run(session.close)
             raise
+        if self.session is not None and (self.session.can_undo or self.session.can_redo):
+            self.markers.clear(keep=self._placingMarkerID)  # their history belonged to the previous model
         self.closeSession()
         self.session, self.modelKey, self._proposalClasses = session, key, classes
         self._status(modelReadyStatus(session.model_id, classes, adapted))
@@ -277,7 +292,11 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         self._proposalClasses = ()
 
     def cleanup(self) -> None:
-        """Release the session, the kept model and the worker thread (module cleanup)."""
+        """Release the session, the kept model and the worker thread (module cleanup). Called from an event
+        pumped while the worker runs (Slicer closing, Reload), it happens when that call has returned."""
+        if self.worker.busy:
+            self._cleanupRequested = True
+            return
         self.closeSession()
         self.worker.close()
         self._keptModel.clear()
@@ -289,7 +308,11 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------ target
     def prepareVolume(self, volumeNode) -> None:
         """Start preprocessing a newly selected volume when a model is loaded, so the first click rarely waits."""
-        if volumeNode is None or volumeNode.GetImageData() is None or self.session is None or self._busy:
+        if self._busy:
+            return
+        if volumeNode is not None and self.target.io is not None and volumeNode is not self.target.io.volumeNode:
+            self.markers.clear()  # the next click starts a new history on this volume: the old markers are stale
+        if volumeNode is None or volumeNode.GetImageData() is None or self.session is None:
             return
         with self._action():
             self.target.sendVolume(self.session, self._runOnWorker, volumeNode)
@@ -341,11 +364,14 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         markupsNode.GetNthControlPointPositionWorld(index, pointWorld)
         try:
             with self._action():
+                self._placingMarkerID = markerID
                 self._ensureTargetFromParameterNode()
                 return self._pointStep(pointWorld, positive, markerID)
         except Exception:
             self.markers.remove(markerID)
             raise
+        finally:
+            self._placingMarkerID = ""
 
     def setBoxFromROI(self, roiNode) -> Optional[MaskUpdate]:
         """The box ROI changed: send it once both corners are placed (every size component > 0)."""
@@ -743,6 +769,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return None
         except Exception as exc:
             logger.error("%s\n%s", failureMessage, traceback.format_exc())
+            self.progress.hide()  # a modal progress dialog would sit over the error dialog
             slicer.util.errorDisplay(f"{failureMessage}\n\n{exc}", detailedText=traceback.format_exc())
             return None
         finally:
@@ -861,21 +888,9 @@ class SAMVolSegmentTest(ScriptedLoadableModuleTest):
 
     def runTest(self) -> None:
         """Run the self-test suite; it skips itself where torch is missing."""
-        import importlib.util
-        import unittest
+        from SAMVolSegmentSlicerLib.self_test import runSelfTest
 
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Testing", "Python",
-                            "SAMVolSegmentSelfTest.py")
-        if not os.path.isfile(path):
-            self.delayDisplay(_("The self-test ships with the source tree only ({path}).").format(path=path))
-            return
-        spec = importlib.util.spec_from_file_location("SAMVolSegmentSelfTest", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        result = unittest.TextTestRunner(verbosity=2).run(
-            unittest.defaultTestLoader.loadTestsFromTestCase(module.SAMVolSegmentSelfTest))
-        if not result.wasSuccessful():
-            raise AssertionError(_("SAMVolSegment self-test failed; see the Python console."))
+        runSelfTest(os.path.dirname(os.path.abspath(__file__)), self.delayDisplay)
 
 
 # Names used only by annotations or tests must stay importable for ruff's unused-import check.

@@ -76,7 +76,9 @@ def _newScene():
     appLogic.GetColorLogic().AddDefaultColorNodes()
     appLogic.SetSliceLogics(vtk.vtkCollection())
     appLogic.SetViewLogics(vtk.vtkCollection())
-    logics = {}
+    colors = appLogic.GetColorLogic()  # registered as the Colors module's logic, which the Volumes logic asks for
+    appLogic.SetModuleLogic("Colors", colors)
+    logics = {"Colors": colors}
     for name, cls in (("Volumes", slicer.vtkSlicerVolumesLogic),
                       ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
                       ("Markups", slicer.vtkSlicerMarkupsLogic),
@@ -87,7 +89,6 @@ def _newScene():
         logic.SetMRMLScene(scene)
         appLogic.SetModuleLogic(name, logic)
         logics[name] = logic
-    logics["Colors"] = appLogic.GetColorLogic()
     slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene, True)
     return scene, appLogic, logics
 
@@ -137,7 +138,7 @@ def install():
     util.mainWindow = lambda: None
     i18n = types.ModuleType("slicer.i18n")  # Base/Python/slicer/i18n.py translates through Qt
     i18n.tr = lambda text: text
-    i18n.translate = lambda context, text: text
+    i18n.translate = slicer_fake.translate
     wrapper = types.ModuleType("slicer.parameterNodeWrapper")
     wrapper.parameterNodeWrapper = slicer_fake.parameterNodeWrapper
     scripted = types.ModuleType("slicer.ScriptedLoadableModule")

@@ -54,6 +54,8 @@ class FakeState:
         self.progressDialogs: List[QProgressDialog] = []
         self.settings: Dict[str, Any] = {}
         self.timers: List[Callable] = []
+        #: (context, text) of each ``slicer.i18n.translate`` call.
+        self.translations: List[tuple] = []
 
 
 STATE = FakeState()
@@ -626,6 +628,12 @@ class ScriptedLoadableModuleWidget:
 class ScriptedLoadableModuleTest:
     def delayDisplay(self, message, msec=0) -> None:
         pass
+
+
+def translate(context: str, text: str) -> str:
+    """``slicer.i18n.translate`` (Base/Python/slicer/i18n.py: ``qt.QCoreApplication.translate``), recorded."""
+    STATE.translations.append((context, text))
+    return text
 
 
 def state() -> FakeState:

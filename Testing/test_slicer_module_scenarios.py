@@ -473,3 +473,86 @@ def test_a_plain_script_outside_pytest_runs_the_logic_on_real_nodes(tmp_path):
                           cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-2:] == ["slicer_core.MRMLCore", "1"], done.stdout
+
+
+# ------------------------------------------------------------------------------------------ probable bugs (issue 21)
+def test_markers_of_a_dropped_history_are_removed_when_the_volume_or_model_changes(env):
+    """A new input volume or a new model starts a new engine history: the locked markers of the old one can no
+    longer be undone and must not stay behind as stale prompts (a backend change already removed them)."""
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    real_slicer.placePoint(pn.positivePoints, world_of(env.volume, (15, 15, 15)))
+    assert pn.positivePoints.GetNumberOfControlPoints() == 1 and widget.logic.canUndo
+    other = real_slicer.addVolume(np.random.default_rng(5).normal(100, 10, SHAPE).astype(np.float32), ijk_to_ras(),
+                                  name="mr")
+    widget.ui.inputVolumeSelector.setCurrentNode(other)
+    assert pn.positivePoints.GetNumberOfControlPoints() == 0, "stale marker after a volume change"
+    real_slicer.placePoint(pn.positivePoints, world_of(other, (15, 15, 15)))
+    assert pn.positivePoints.GetNumberOfControlPoints() == 1 and widget.logic.canUndo
+    widget.logic.modelSource = "another model"  # as the settings panel sets it
+    real_slicer.placePoint(pn.negativePoints, world_of(other, (15, 15, 20)))
+    assert pn.positivePoints.GetNumberOfControlPoints() == 0, "stale marker after a model change"
+    assert pn.negativePoints.GetNumberOfControlPoints() == 1, "the click that loaded the new model keeps its marker"
+    assert real_slicer.state().errorDialogs == [] and real_slicer.state().errorsInCallbacks == []
+
+
+def test_an_error_dialog_comes_after_the_progress_dialog_closed(env):
+    """A step that fails after its progress dialog appeared: the dialog is closed before the error is shown,
+    so the error is never hidden behind (or blocked by) a modal progress dialog."""
+    from test_session_initial_mask import BallModel
+
+    from SAMVolSegmentLib.session import InteractiveSession
+
+    holder = {}
+
+    class SlowFailingSession(InteractiveSession):
+        def add_click(self, point_ras, positive=True):
+            holder["widget"].progress.onSlow(2.5, 0.5, "Encoding")  # the worker's slow callback, 2.5 s in
+            raise RuntimeError("engine failed")
+
+    widget = env.make_widget(lambda *a: SlowFailingSession(BallModel(), auto_extend=False))
+    holder["widget"] = widget
+    real_slicer.placePoint(widget.logic.getParameterNode().positivePoints, world_of(env.volume, (15, 15, 15)))
+    state = real_slicer.state()
+    assert len(state.errorDialogs) == 1 and state.progressDialogs
+    assert state.errorDialogsWithProgressOpen == [0], "the error dialog opened over the progress dialog"
+
+
+def test_the_category_uses_slicers_module_category_translation_context(env):
+    """Module categories are translated in the context "qSlicerAbstractCoreModule" (Slicer's module template,
+    Utilities/Templates/Modules/Scripted/TemplateKey.py), so that "Segmentation" joins Slicer's own category in a
+    translated Slicer instead of making a second one."""
+    parent = types.SimpleNamespace()
+    env.module.SAMVolSegment(parent)
+    assert ("qSlicerAbstractCoreModule", "Segmentation") in real_slicer.state().translations
+    assert parent.categories == ["Segmentation"]
+
+
+def test_cleanup_while_a_step_runs_ends_cleanly(env):
+    """The module is cleaned up (Slicer closing, Reload) while a click is being computed and events are pumped:
+    the cleanup closed the session under the running step ("The previous step is still running" dialog, worker
+    left running); now it waits for the step, which ends normally, then releases session and worker."""
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    widget.onLoadModel()
+    session = widget.logic.session
+    original = session.add_click
+    cleaned = []
+
+    def slow_click(*args, **kwargs):
+        time.sleep(0.2)
+        return original(*args, **kwargs)
+
+    def pump():
+        if not cleaned:
+            cleaned.append(True)
+            widget.cleanup()
+
+    session.add_click = slow_click
+    widget.logic.processEvents = pump
+    real_slicer.placePoint(pn.positivePoints, world_of(env.volume, (15, 15, 15)))
+    assert cleaned
+    assert real_slicer.state().errorsInCallbacks == [] and real_slicer.state().errorDialogs == []
+    assert not widget.logic.busy and widget.logic.session is None
+    assert not widget.logic.worker.thread.is_alive()
+    assert real_slicer.segmentArray(pn.segmentationNode, pn.segmentID, env.volume)[15, 15, 15]

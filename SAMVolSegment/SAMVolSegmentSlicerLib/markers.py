@@ -199,10 +199,16 @@ class PromptMarkers:
         if displayNode is not None:
             displayNode.SetVisibility(bool(visible))
 
-    def clear(self) -> None:
-        """Remove every prompt marker (a new target starts without them)."""
+    def clear(self, keep: str = "") -> None:
+        """Remove every prompt marker (a new target starts without them), except the point named ``keep``."""
         for kind in ("positive", "negative", "box"):
             node = self._node(kind)
-            if node is not None:
+            if node is None:
+                continue
+            if kind == "box" or not keep.startswith(node.GetID() + ":"):
                 node.RemoveAllControlPoints()
+                continue
+            for index in reversed(range(node.GetNumberOfControlPoints())):
+                if f"{node.GetID()}:{node.GetNthControlPointID(index)}" != keep:
+                    node.RemoveNthControlPoint(index)
         self._setBoxVisible(True)
