@@ -295,39 +295,43 @@ def labelmap_import(env, count: int, shape=(96, 128, 128)):
 
 @pytest.mark.slow
 def test_click_and_undo_in_a_large_shared_layer_scale_with_the_segment_not_the_layer(env):
-    """A label map import puts every segment in one shared layer. A click and its undo on one small segment must
-    cost about what they cost in a segmentation holding that segment alone, and leave the others untouched."""
-    volume, segmentation, labels = labelmap_import(env, 60)
+    """A label map import puts every segment in one shared layer, and Slicer's SetBinaryLabelmapToSegment passes
+    over the whole layer at each write there (18-50 ms for 1.5-4.7 M voxels here, against 1-2 ms for the segment
+    on its own layer). The first write moves the edited segment to its own layer (as Slicer does when segments
+    overlap); from then on a click's write and its undo cost what the segment-alone case costs. The other
+    segments never change."""
+    volume, segmentation, labels = labelmap_import(env, 60, shape=(128, 192, 192))
     segmentIDs = list(segmentation.GetSegmentation().GetSegmentIDs())
     assert len(segmentIDs) == 60
     layer = segmentation.GetBinaryLabelmapInternalRepresentation(segmentIDs[0])
     assert all(segmentation.GetBinaryLabelmapInternalRepresentation(s) is layer for s in segmentIDs)
-    target = segmentIDs[0]
     others = {sid: real_slicer.labelmapArray(segmentation, sid)[0].sum() for sid in segmentIDs[1:]}
 
-    def click_and_undo(segmentationNode, segmentID):
+    def costs(segmentationNode, segmentID):
+        """(write, undo) seconds of a click, the fastest of three, after a first click and its undo."""
         logic = env.make_logic()
         logic.setTarget(volume, segmentationNode, segmentID)
-        pn = logic.getParameterNode()
-        pn.otherSegments = env.module.OtherSegments.OVERLAP
-        point = world_of(volume, (10, 12, 12))
-        start = time.perf_counter()
+        point = world_of(volume, (14, 20, 20))
         logic.addPoint(point, positive=True)
-        clicked = time.perf_counter() - start
-        start = time.perf_counter()
         logic.undo()
-        return clicked, time.perf_counter() - start
+        writes, undos = [], []
+        for _ in range(3):
+            logic.addPoint(point, positive=True)
+            writes.append(logic.lastTiming["write_s"])
+            start = time.perf_counter()
+            logic.undo()
+            undos.append(time.perf_counter() - start)
+        return min(writes), min(undos)
 
     alone = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "alone")
     alone.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     aloneID = alone.GetSegmentation().AddEmptySegment("", "alone")
     real_slicer.writeSegment(alone, aloneID, labels == 1, volume)
-    click_and_undo(alone, aloneID)  # warm-up
-    aloneClick, aloneUndo = click_and_undo(alone, aloneID)
-    sharedClick, sharedUndo = click_and_undo(segmentation, target)
+    aloneWrite, aloneUndo = costs(alone, aloneID)
+    sharedWrite, sharedUndo = costs(segmentation, segmentIDs[0])
     assert {sid: real_slicer.labelmapArray(segmentation, sid)[0].sum() for sid in segmentIDs[1:]} == others
-    assert sharedClick < 3 * aloneClick + 0.3, (sharedClick, aloneClick)
-    assert sharedUndo < 3 * aloneUndo + 0.3, (sharedUndo, aloneUndo)
+    assert sharedWrite < 4 * aloneWrite + 0.01, (sharedWrite, aloneWrite)
+    assert sharedUndo < 4 * aloneUndo + 0.01, (sharedUndo, aloneUndo)
 
 
 # ------------------------------------------------------------------------------------------ markers and observers

@@ -318,6 +318,13 @@ class SegmentIO:
         segment = segmentationNode.GetSegmentation().GetSegment(segmentID)
         if segment is None:
             raise SegmentWriteError(f"Segment '{segmentID}' was deleted; undo is not possible for it any more.")
+        segmentation = segmentationNode.GetSegmentation()
+        layer = segmentation.GetLayerIndex(segmentID)
+        if layer >= 0 and len(segmentation.GetSegmentIDsForLayer(layer)) > 1:
+            # A shared layer (a label map import) costs Slicer a pass over the whole layer at every write; on
+            # its own layer (as Slicer moves a segment when segments overlap) the segment's writes cost what the
+            # segment does. The other segments' voxels do not change.
+            segmentation.SeparateSegmentLabelmap(segmentID)
         grid = self._storedGrid(segmentID)
         # MODE_REPLACE replaces the whole segment, also with an extent (seen on slicer-core 5.13), so the image
         # covers the segment's own voxels (not its whole shared layer: the cost follows the segment) and the box.
@@ -325,8 +332,8 @@ class SegmentIO:
         labelmap = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentID)
         if labelmap is not None and not vtk_numpy.bbox_is_empty(vtk_numpy.bbox_from_extent(labelmap.GetExtent())):
             layerBox = vtk_numpy.bbox_from_extent(labelmap.GetExtent())
-            own = vtk_numpy.nonzero_bbox(vtk_numpy.array_from_image(labelmap) == segment.GetLabelValue(),
-                                         tuple(lo for lo, _hi in layerBox))
+            own = vtk_numpy.bbox_of_mask(vtk_numpy.array_from_image(labelmap) == segment.GetLabelValue())
+            own = tuple((lo + b[0], hi + b[0]) for (lo, hi), b in zip(own, layerBox))
             if not vtk_numpy.bbox_is_empty(own):
                 cover = union_bbox(own, storedBox)
         binary = self._readStored(segmentID, cover)
