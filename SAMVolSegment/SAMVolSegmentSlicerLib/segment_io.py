@@ -104,6 +104,9 @@ class SegmentIO:
         self.ijkToWorld = volumeIjkToWorld(volumeNode)
         self.shapeKji: Tuple[int, int, int] = tuple(int(n) for n in slicer.util.arrayFromVolume(volumeNode).shape)
         self.fingerprint = geometryFingerprint(volumeNode, segmentationNode)
+        #: Volume IJK -> the segmentation's local frame, and its inverse (read once: every segment uses them).
+        self._ijkToSegmentation = np.linalg.inv(nodeToWorldMatrix(segmentationNode)) @ self.ijkToWorld
+        self._segmentationToIjk = np.linalg.inv(self._ijkToSegmentation)
 
     def isStale(self) -> bool:
         """True when the volume's grid (IJK -> RAS, parent transforms, shape) or the segmentation's transform
@@ -113,8 +116,7 @@ class SegmentIO:
     # ------------------------------------------------------------------ geometry
     def ijkToSegmentationMatrix(self) -> vtk.vtkMatrix4x4:
         """Volume IJK → the segmentation's local frame: the ImageToWorld matrix of the labelmaps written."""
-        local = np.linalg.inv(nodeToWorldMatrix(self.segmentationNode)) @ self.ijkToWorld
-        return slicer.util.vtkMatrixFromArray(local)
+        return slicer.util.vtkMatrixFromArray(self._ijkToSegmentation)
 
     def ensureReferenceGeometry(self) -> None:
         """Give the segmentation the volume's grid when it has no reference geometry yet.
@@ -261,8 +263,7 @@ class SegmentIO:
 
     def _volumeIndexFromStored(self, storedToSegmentation: np.ndarray) -> np.ndarray:
         """Stored-grid index (i, j, k, 1) -> volume-grid index."""
-        volumeToSegmentation = slicer.util.arrayFromVTKMatrix(self.ijkToSegmentationMatrix())
-        return np.linalg.inv(volumeToSegmentation) @ storedToSegmentation
+        return self._segmentationToIjk @ storedToSegmentation
 
     def _storedGrid(self, segmentID: str) -> np.ndarray:
         """Index -> segmentation-local matrix of the grid the segment is stored on: its labelmap layer's, or for an
@@ -277,7 +278,7 @@ class SegmentIO:
             matrix, extent = vtk.vtkMatrix4x4(), [0, -1, 0, -1, 0, -1]
             if slicer.vtkSegmentationConverter.DeserializeImageGeometry(geometry, matrix, extent):
                 return slicer.util.arrayFromVTKMatrix(matrix)
-        return slicer.util.arrayFromVTKMatrix(self.ijkToSegmentationMatrix())
+        return self._ijkToSegmentation.copy()
 
     def _readStored(self, segmentID: str, bbox: BBoxKJI) -> np.ndarray:
         """The segment's stored voxels in a box of its stored grid (bool)."""
