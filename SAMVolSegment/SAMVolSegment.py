@@ -9,7 +9,7 @@ server: ``SAMVolSegmentSlicerLib.backend``; secrets and preferences stay in QSet
 segment edits hang on the engine's steps). ``segmentVolume`` (console, scripts) runs a whole prompt set through
 the batch path on the same worker and model (``segment_volume``). The panel's parts live there too
 (``settings_panel``, ``propose``, ``progress_display``, ``shortcuts``); this file keeps the module classes and
-the glue between them. ``Testing/test_slicer_module_*.py`` runs it against a stand-in of the Slicer API.
+the glue between them. ``Testing/test_slicer_module_*.py`` runs it on Slicer's real core (slicer-core).
 """
 
 from __future__ import annotations
