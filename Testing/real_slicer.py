@@ -7,10 +7,11 @@ small stand-ins (``slicer_fake``) only for what needs PythonQt.
 ``setMRMLScene``; the module logics as ``trame_slicer.core.SlicerApp`` registers them):
 
 * ``slicer.mrmlScene``: a new real ``vtkMRMLScene`` (with the default crosshair, colour nodes, slice presets);
+* a cache and data I/O manager on the scene (``.mrb`` reading needs them);
 * a real ``vtkSlicerApplicationLogic`` on it (interaction and selection singletons), with the Volumes,
-  Segmentations, Markups, Colors and Subject Hierarchy logics registered (``SetModuleLogic``), reachable as
-  ``slicer.modules.<name>.logic()`` and ``slicer.app.moduleManager().module(name).logic()``;
-* ``slicer.app`` (``slicer_fake.FakeApp``: its GUI side recorded), ``qt``, ``ctk``-free widget stand-ins, dialogs,
+  Segmentations, Markups, Colors, Subject Hierarchy and Transforms logics registered (``SetModuleLogic``),
+  reachable as ``slicer.modules.<name>.logic()`` and ``slicer.app.moduleManager().module(name).logic()``;
+* ``slicer.app`` (``slicer_fake.FakeApp``: its GUI side recorded), a ``qt`` module of stand-ins, dialogs,
   ``slicer.ScriptedLoadableModule``, ``slicer.parameterNodeWrapper`` and ``slicer.i18n``; the Qt dialog functions of
   the real ``slicer.util`` (``errorDisplay``, ``confirmOkCancelDisplay``, ``confirmYesNoDisplay``, ``loadUI``,
   ``childWidgetVariables``, ``mainWindow``) are replaced by the stand-ins; the rest of ``slicer.util`` is real.
