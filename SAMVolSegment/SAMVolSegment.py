@@ -173,7 +173,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         try:
             yield
         finally:
-            self._busy = False
+            self._busy, self._placingMarkerID = False, ""
             self._cleanupIfRequested()
 
     def _runOnWorker(self, fn, *args, **kwargs):
@@ -370,8 +370,6 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         except Exception:
             self.markers.remove(markerID)
             raise
-        finally:
-            self._placingMarkerID = ""
 
     def setBoxFromROI(self, roiNode) -> Optional[MaskUpdate]:
         """The box ROI changed: send it once both corners are placed (every size component > 0)."""
@@ -379,6 +377,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         if box is None or self._busy:
             return None
         with self._action():
+            self._placingMarkerID = roiNode.GetID()
             self._ensureTargetFromParameterNode()
             return self._boxStep(box[0], box[1], roiNode.GetID())
 

@@ -502,6 +502,12 @@ def test_markers_of_a_dropped_history_are_removed_when_the_volume_or_model_chang
     real_slicer.placePoint(pn.negativePoints, world_of(other, (15, 15, 20)))
     assert pn.positivePoints.GetNumberOfControlPoints() == 0, "stale marker after a model change"
     assert pn.negativePoints.GetNumberOfControlPoints() == 1, "the click that loaded the new model keeps its marker"
+    widget.logic.modelSource = "a third model"
+    widget.onAction("box")
+    real_slicer.placeROICorners(pn.boxROI, world_of(other, (8, 8, 8)), world_of(other, (22, 22, 22)))
+    assert pn.negativePoints.GetNumberOfControlPoints() == 0, "stale marker after a model change"
+    assert pn.boxROI.GetNumberOfControlPoints() > 0, "the box that loaded the new model stays drawn"
+    assert widget.logic.canUndo
     assert real_slicer.state().errorDialogs == [] and real_slicer.state().errorsInCallbacks == []
 
 

@@ -200,10 +200,10 @@ class PromptMarkers:
             displayNode.SetVisibility(bool(visible))
 
     def clear(self, keep: str = "") -> None:
-        """Remove every prompt marker (a new target starts without them), except the point named ``keep``."""
+        """Remove every prompt marker (a new target starts without them), except the one named ``keep``."""
         for kind in ("positive", "negative", "box"):
             node = self._node(kind)
-            if node is None:
+            if node is None or (kind == "box" and keep == node.GetID()):
                 continue
             if kind == "box" or not keep.startswith(node.GetID() + ":"):
                 node.RemoveAllControlPoints()
