@@ -138,6 +138,31 @@ def test_volume_moved_after_the_first_click_next_click_lands_at_its_new_place(en
         assert contains_world(segmentation, segmentID, first), "the first click's voxels stay where they were"
 
 
+def test_volume_rotated_after_the_first_click_writes_on_the_stored_grid(env):
+    """The parent transform rotates after the first click: the segment stays on the grid it is stored on (now
+    oblique to the volume's), the next click's voxels land around the click in world, the first click's stay,
+    and undo restores the stored voxels exactly."""
+    transform = real_slicer.addLinearTransform(np.eye(4), "parent")
+    env.volume.SetAndObserveTransformNodeID(transform.GetID())
+    segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    logic = env.make_logic()
+    segmentID = logic.setTarget(env.volume, segmentation, "")
+    first = world_of(env.volume, (15, 15, 8))
+    logic.addPoint(first, positive=True)
+    before, beforeToWorld = real_slicer.labelmapArray(segmentation, segmentID)
+    transform.SetMatrixTransformToParent(env.slicer.util.vtkMatrixFromArray(rotation_translation(25.0, 2, [3, 0, 0])))
+    voxel = (15, 15, 22)
+    point = world_of(env.volume, voxel)
+    logic.addPoint(point, positive=True)
+    assert contains_world(segmentation, segmentID, point) and contains_world(segmentation, segmentID, first)
+    mask = real_slicer.segmentArray(segmentation, segmentID, env.volume)
+    assert mask[voxel] and mask[15, 15, 16:].sum() > 5
+    logic.undo()
+    after, afterToWorld = real_slicer.labelmapArray(segmentation, segmentID)
+    np.testing.assert_allclose(afterToWorld, beforeToWorld)
+    np.testing.assert_array_equal(after, before)
+
+
 def test_volume_spacing_changed_after_the_first_click(env):
     segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
     logic = env.make_logic()

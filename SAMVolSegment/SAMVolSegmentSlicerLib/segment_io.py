@@ -289,25 +289,50 @@ class SegmentIO:
         return vtk_numpy.read_region(labelmap, bbox, labelValue)
 
     def _storedBox(self, bbox: BBoxKJI, volumeFromStored: np.ndarray):
-        """The box of the stored grid whose voxel centres may fall in ``bbox`` of the volume's grid, and for each
-        of its voxels the volume-grid voxel (k, j, i) it maps to (nearest centre) and whether that is in ``bbox``."""
+        """The box of the stored grid whose voxel centres may fall in ``bbox`` of the volume's grid, and
+        ``update(before, region) -> after``: each stored voxel whose centre lies in a voxel of ``bbox`` takes that
+        voxel's value in ``region``, the others keep theirs in ``before``."""
         offset = _integerOffset(volumeFromStored)
-        if offset is not None:
+        if offset is not None:  # the same grid, or whole voxels apart: voxel for voxel
             storedBox = tuple((lo - d, hi - d) for (lo, hi), d in zip(bbox, offset))
-            return storedBox, None
+            return storedBox, lambda before, region: region.copy()
         storedFromVolume = np.linalg.inv(volumeFromStored)
         corners = np.array([[i, j, k, 1.0] for k in (bbox[0][0] - 0.5, bbox[0][1] - 0.5)
                             for j in (bbox[1][0] - 0.5, bbox[1][1] - 0.5) for i in (bbox[2][0] - 0.5, bbox[2][1] - 0.5)])
         mapped = (storedFromVolume @ corners.T)[:3]  # (i, j, k) rows
         lo, hi = np.floor(mapped.min(axis=1)).astype(int), np.ceil(mapped.max(axis=1)).astype(int) + 1
         storedBox = tuple((int(lo[a]), int(hi[a])) for a in (2, 1, 0))
-        k, j, i = np.indices(tuple(h - low for low, h in storedBox)).reshape(3, -1)
+        low = np.array([b[0] for b in bbox[::-1]])  # (i, j, k)
+        high = np.array([b[1] for b in bbox[::-1]])
+        linear = volumeFromStored[:3, :3]
+        if np.allclose(linear, np.diag(np.diag(linear)), atol=1e-9):
+            # Axes parallel (e.g. an oversampled geometry): each axis maps on its own, memory follows the box.
+            axes = []
+            for axis in (2, 1, 0):  # k, j, i
+                stored = np.arange(*storedBox[2 - axis])
+                volume = np.rint(linear[axis, axis] * stored + volumeFromStored[axis, 3]).astype(int)
+                keep = (volume >= low[axis]) & (volume < high[axis])
+                axes.append((np.flatnonzero(keep), volume[keep] - low[axis]))
+
+            def alongAxes(before, region):
+                after = before.copy()
+                (sk, vk), (sj, vj), (si, vi) = axes
+                after[np.ix_(sk, sj, si)] = region[np.ix_(vk, vj, vi)]
+                return after
+
+            return storedBox, alongAxes
+        k, j, i = np.indices(tuple(h - b for b, h in storedBox)).reshape(3, -1)
         index = np.stack([i + storedBox[2][0], j + storedBox[1][0], k + storedBox[0][0], np.ones_like(i)])
-        volumeIndex = np.rint((volumeFromStored @ index)[:3]).astype(int)  # (i, j, k)
-        lowIjk = np.array([bbox[2][0], bbox[1][0], bbox[0][0]])[:, None]
-        highIjk = np.array([bbox[2][1], bbox[1][1], bbox[0][1]])[:, None]
-        inside = np.all((volumeIndex >= lowIjk) & (volumeIndex < highIjk), axis=0)
-        return storedBox, (volumeIndex - lowIjk, inside)
+        volumeIndex = np.rint((volumeFromStored @ index)[:3]).astype(int) - low[:, None]  # (i, j, k)
+        inside = np.all((volumeIndex >= 0) & (volumeIndex < (high - low)[:, None]), axis=0)
+
+        def anyOrientation(before, region):
+            after = before.copy()
+            vi, vj, vk = volumeIndex[:, inside]
+            after.reshape(-1)[inside] = region[vk, vj, vi]
+            return after
+
+        return storedBox, anyOrientation
 
     def _writeStored(self, segmentID: str, storedBox: BBoxKJI, values: np.ndarray) -> None:
         """Set the segment's stored voxels in a box of its stored grid; every other voxel stays as stored.
@@ -368,17 +393,9 @@ class SegmentIO:
         if self.segmentationNode.GetSegmentation().GetSegment(segmentID) is None:
             raise SegmentWriteError(f"Segment '{segmentID}' was deleted; undo is not possible for it any more.")
         grid = self._storedGrid(segmentID)
-        storedBox, mapping = self._storedBox(bbox, self._volumeIndexFromStored(grid))
+        storedBox, update = self._storedBox(bbox, self._volumeIndexFromStored(grid))
         before = self._readStored(segmentID, storedBox)
-        region = np.asarray(region, bool)
-        if mapping is None:
-            after = region.copy()
-        else:
-            volumeIndex, inside = mapping
-            after = before.copy()
-            flat = after.reshape(-1)
-            i, j, k = volumeIndex[:, inside]
-            flat[inside] = region[k, j, i]
+        after = update(before, np.asarray(region, bool))
         self._writeStored(segmentID, storedBox, after)
         return StoredPatch(_matrixKey(grid), storedBox, before, after)
 
