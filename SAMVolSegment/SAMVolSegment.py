@@ -460,6 +460,8 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         refuses, the segmentation is restored, the engine step stays with an empty record and the error says to
         undo it; the engine is never asked to roll back. A target removed while the engine ran gets nothing.
         """
+        if self.target.takeHistoryDropped():  # the volume changed (voxels, geometry): earlier prompts are gone
+            self.markers.clear(keep=self._placingMarkerID)
         policy = self._policy()
         io, segmentID = self.target.io, self.target.segmentID
         io.checkWritable(segmentID, policy)

@@ -163,6 +163,27 @@ def test_volume_rotated_after_the_first_click_writes_on_the_stored_grid(env):
     np.testing.assert_array_equal(after, before)
 
 
+def test_markers_of_clicks_before_a_volume_move_are_removed_with_their_history(env):
+    """Moving the volume restarts the engine's history (the volume is sent again): the earlier clicks cannot be
+    undone any more, so their markers go; the click after the move keeps its marker and undoes exactly."""
+    transform = real_slicer.addLinearTransform(np.eye(4), "parent")
+    env.volume.SetAndObserveTransformNodeID(transform.GetID())
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    real_slicer.placePoint(pn.positivePoints, world_of(env.volume, (15, 15, 8)))
+    stored = real_slicer.labelmapArray(pn.segmentationNode, pn.segmentID)
+    matrix = np.eye(4)
+    matrix[0, 3] = 15.0
+    transform.SetMatrixTransformToParent(env.slicer.util.vtkMatrixFromArray(matrix))
+    real_slicer.placePoint(pn.positivePoints, world_of(env.volume, (15, 15, 22)))
+    assert pn.positivePoints.GetNumberOfControlPoints() == 1, "the marker of the click before the move is stale"
+    widget.onAction("undo")
+    assert pn.positivePoints.GetNumberOfControlPoints() == 0 and not widget.logic.canUndo
+    after = real_slicer.labelmapArray(pn.segmentationNode, pn.segmentID)
+    np.testing.assert_array_equal(after[0], stored[0])
+    assert real_slicer.state().errorDialogs == [] and real_slicer.state().errorsInCallbacks == []
+
+
 def test_volume_spacing_changed_after_the_first_click(env):
     segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
     logic = env.make_logic()

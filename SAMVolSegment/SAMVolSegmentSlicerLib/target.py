@@ -35,6 +35,9 @@ class Target:
         self.volumeFingerprint = None
         #: True once the session holds this segment's voxels as its initial mask (and its prompts since).
         self.seeded = False
+        #: Set when the volume was sent again to a session that had prompts (its content or geometry changed):
+        #: the engine's history restarted, so the markers of those prompts are stale (``takeHistoryDropped``).
+        self.historyDropped = False
 
     def sendVolume(self, session, runOnWorker: Callable, volumeNode) -> None:
         """Give the engine the volume again only when its content or world geometry changed."""
@@ -46,6 +49,7 @@ class Target:
         arrayKji = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
         runOnWorker(session.set_volume, arrayKji, ijkToWorld)
         self.volumeFingerprint = fingerprint
+        self.historyDropped = self.historyDropped or self.seeded
         self.seeded = False
 
     def select(self, session, runOnWorker: Callable, volumeNode, segmentationNode, segmentID: str = "") -> str:
@@ -76,6 +80,11 @@ class Target:
             runOnWorker(session.set_initial_mask, initial if initial.any() else None)
             self.seeded = True
         return segmentID
+
+    def takeHistoryDropped(self) -> bool:
+        """Whether the engine's history restarted since the last call (see ``historyDropped``)."""
+        dropped, self.historyDropped = self.historyDropped, False
+        return dropped
 
     def selectFromParameterNode(self, pn, session, runOnWorker: Callable) -> None:
         """Volume and target from the parameter node; creates the segmentation/segment when empty."""
