@@ -287,9 +287,17 @@ def test_oversampled_segmentation_keeps_the_detail_of_its_other_segments(env):
     assert not contains_world(segmentation, targetID, point)
 
 
+def edit_after_fine(edit) -> np.ndarray:
+    """A RegionEdit's result on the 2x fine grid (each volume voxel's value in its 8 fine voxels)."""
+    coarse = np.zeros(SHAPE, bool)
+    coarse[tuple(slice(lo, hi) for lo, hi in edit.bbox_kji)] = edit.after
+    return coarse.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+
+
 def test_editing_a_segment_of_an_oversampled_segmentation_undo_restores_its_fine_voxels(env):
-    """The edited segment itself on the fine grid: its fine voxels away from the click never change, and undo
-    gives back exactly what was stored."""
+    """The edited segment itself on the fine grid: fine voxels inside volume voxels the click did not change keep
+    their detail (a volume voxel counts as set when any of its fine voxels is), those it changed follow it, and
+    undo gives back exactly what was stored."""
     slicer = env.slicer
     segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "fine")
     geometry, fine = oversampled_geometry(env)
@@ -310,6 +318,23 @@ def test_editing_a_segment_of_an_oversampled_segmentation_undo_restores_its_fine
     point = world_of(env.volume, (15, 15, 15))
     logic.addPoint(point, positive=False)
     assert not contains_world(segmentation, segmentID, point), "the negative click removed voxels there"
+
+    def on_fine_grid(stored, toWorld, pad=4):
+        """The stored voxels on the fine reference grid (the layer's extent may differ from it)."""
+        full = np.zeros(tuple(n + 2 * pad for n in detail.shape), bool)
+        i0, j0, k0 = np.rint((np.linalg.inv(fine) @ toWorld)[:3, 3]).astype(int) + pad
+        full[k0:k0 + stored.shape[0], j0:j0 + stored.shape[1], i0:i0 + stored.shape[2]] = stored
+        return full[pad:-pad, pad:-pad, pad:-pad]
+
+    clicked = on_fine_grid(*real_slicer.labelmapArray(segmentation, segmentID))
+    (edit,) = [e for e in logic.session.last_annotation.edits if e.segment_id == segmentID]
+    changedCoarse = np.zeros(SHAPE, bool)  # the volume voxels the step changed
+    changedCoarse[tuple(slice(lo, hi) for lo, hi in edit.bbox_kji)] = edit.before != edit.after
+    assert changedCoarse.any()
+    changedFine = changedCoarse.repeat(2, 0).repeat(2, 1).repeat(2, 2)  # fine voxel (k, j, i) lies in (k//2, ...)
+    np.testing.assert_array_equal(clicked[~changedFine], detail[~changedFine] > 0,
+                                  err_msg="fine voxels of volume voxels the click did not change")
+    assert not clicked[changedFine & ~edit_after_fine(edit)].any()
     logic.undo()
     after, afterToWorld = real_slicer.labelmapArray(segmentation, segmentID)
     assert after.sum() == before.sum()

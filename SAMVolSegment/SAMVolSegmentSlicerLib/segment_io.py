@@ -175,7 +175,10 @@ class SegmentIO:
         resampled = slicer.vtkOrientedImageData()
         slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
             binary, reference, resampled, False, True)
-        return vtk_numpy.read_region(resampled, bbox) != 0
+        # A volume voxel holding any stored voxel of the segment counts as set (a finer grid's partial voxels),
+        # as the write below assumes; nearest-neighbour resampling alone could miss a thin structure.
+        storedBox, pool, _update = self._storedBox(bbox, self._volumeIndexFromStored(self._imageToSegmentation(labelmap)))
+        return (vtk_numpy.read_region(resampled, bbox) != 0) | pool(vtk_numpy.read_region(labelmap, storedBox, labelValue))
 
     # ------------------------------------------------------------------ writing
     def mergeUpdate(self, targetID: str, update: MaskUpdate, prompt: Prompt, policy: EditPolicy) -> EditStep:
@@ -290,12 +293,18 @@ class SegmentIO:
 
     def _storedBox(self, bbox: BBoxKJI, volumeFromStored: np.ndarray):
         """The box of the stored grid whose voxel centres may fall in ``bbox`` of the volume's grid, and
-        ``update(before, region) -> after``: each stored voxel whose centre lies in a voxel of ``bbox`` takes that
-        voxel's value in ``region``, the others keep theirs in ``before``."""
+        ``pool(before)``, the volume voxels of ``bbox`` holding any set stored voxel, and ``update(before, region)
+        -> after`` for the stored voxels of that box.
+
+        A stored voxel whose centre lies in a voxel of ``bbox`` takes that voxel's value in ``region`` when the
+        write changes it; a volume voxel counts as set before the write when any stored voxel in it was. So on a
+        finer grid (an oversampled segmentation) detail the write leaves alone stays: a positive result where the
+        segment already had voxels keeps its fine shape there, a negative one clears them.
+        """
         offset = _integerOffset(volumeFromStored)
         if offset is not None:  # the same grid, or whole voxels apart: voxel for voxel
             storedBox = tuple((lo - d, hi - d) for (lo, hi), d in zip(bbox, offset))
-            return storedBox, lambda before, region: region.copy()
+            return storedBox, lambda before: before.copy(), lambda before, region: region.copy()
         storedFromVolume = np.linalg.inv(volumeFromStored)
         corners = np.array([[i, j, k, 1.0] for k in (bbox[0][0] - 0.5, bbox[0][1] - 0.5)
                             for j in (bbox[1][0] - 0.5, bbox[1][1] - 0.5) for i in (bbox[2][0] - 0.5, bbox[2][1] - 0.5)])
@@ -314,25 +323,47 @@ class SegmentIO:
                 keep = (volume >= low[axis]) & (volume < high[axis])
                 axes.append((np.flatnonzero(keep), volume[keep] - low[axis]))
 
+            shape = tuple(hi - lo for lo, hi in bbox)
+
+            def poolAlongAxes(before):  # OR of the stored voxels in each volume voxel, one axis at a time
+                (sk, vk), (sj, vj), (si, vi) = axes
+                was = before[np.ix_(sk, sj, si)]
+                for axis, volumeIndex in enumerate((vk, vj, vi)):
+                    moved = np.moveaxis(was, axis, 0)
+                    pooled = np.zeros((shape[axis],) + moved.shape[1:], bool)
+                    np.logical_or.at(pooled, volumeIndex, moved)
+                    was = np.moveaxis(pooled, 0, axis)
+                return was
+
             def alongAxes(before, region):
                 after = before.copy()
                 (sk, vk), (sj, vj), (si, vi) = axes
-                after[np.ix_(sk, sj, si)] = region[np.ix_(vk, vj, vi)]
+                stored, volume = np.ix_(sk, sj, si), np.ix_(vk, vj, vi)
+                was = poolAlongAxes(before)
+                after[stored] = np.where(region[volume] != was[volume], region[volume], before[stored])
                 return after
 
-            return storedBox, alongAxes
+            return storedBox, poolAlongAxes, alongAxes
         k, j, i = np.indices(tuple(h - b for b, h in storedBox)).reshape(3, -1)
         index = np.stack([i + storedBox[2][0], j + storedBox[1][0], k + storedBox[0][0], np.ones_like(i)])
         volumeIndex = np.rint((volumeFromStored @ index)[:3]).astype(int) - low[:, None]  # (i, j, k)
         inside = np.all((volumeIndex >= 0) & (volumeIndex < (high - low)[:, None]), axis=0)
 
+        vi, vj, vk = volumeIndex[:, inside]
+
+        def poolAnyOrientation(before):
+            was = np.zeros(tuple(hi - lo for lo, hi in bbox), bool)
+            np.logical_or.at(was, (vk, vj, vi), before.reshape(-1)[inside])
+            return was
+
         def anyOrientation(before, region):
             after = before.copy()
-            vi, vj, vk = volumeIndex[:, inside]
-            after.reshape(-1)[inside] = region[vk, vj, vi]
+            flat = after.reshape(-1)
+            was = poolAnyOrientation(before)
+            flat[inside] = np.where(region[vk, vj, vi] != was[vk, vj, vi], region[vk, vj, vi], flat[inside])
             return after
 
-        return storedBox, anyOrientation
+        return storedBox, poolAnyOrientation, anyOrientation
 
     def _writeStored(self, segmentID: str, storedBox: BBoxKJI, values: np.ndarray) -> None:
         """Set the segment's stored voxels in a box of its stored grid; every other voxel stays as stored.
@@ -384,8 +415,9 @@ class SegmentIO:
         on the segment's stored grid.
 
         The box goes onto the grid the segment is stored on (:meth:`_storedGrid`): the stored voxels whose
-        centres fall in the box take the value of the volume voxel they lie in, all others keep theirs. On the
-        volume's own grid (or whole voxels apart from it) that is the box itself, voxel for voxel.
+        centres fall in the box take the value of the volume voxel they lie in where the write changes it
+        (:meth:`_storedBox`), all others keep theirs. On the volume's own grid (or whole voxels apart from it)
+        that is the box itself, voxel for voxel.
 
         Raises:
             SegmentWriteError: Slicer refused the labelmap (``SetBinaryLabelmapToSegment`` returned false).
@@ -393,7 +425,7 @@ class SegmentIO:
         if self.segmentationNode.GetSegmentation().GetSegment(segmentID) is None:
             raise SegmentWriteError(f"Segment '{segmentID}' was deleted; undo is not possible for it any more.")
         grid = self._storedGrid(segmentID)
-        storedBox, update = self._storedBox(bbox, self._volumeIndexFromStored(grid))
+        storedBox, _pool, update = self._storedBox(bbox, self._volumeIndexFromStored(grid))
         before = self._readStored(segmentID, storedBox)
         after = update(before, np.asarray(region, bool))
         self._writeStored(segmentID, storedBox, after)
