@@ -177,8 +177,10 @@ class SegmentIO:
             binary, reference, resampled, False, True)
         # A volume voxel holding any stored voxel of the segment counts as set (a finer grid's partial voxels),
         # as the write below assumes; nearest-neighbour resampling alone could miss a thin structure.
-        storedBox, pool, _update = self._storedBox(bbox, self._volumeIndexFromStored(self._imageToSegmentation(labelmap)))
-        return (vtk_numpy.read_region(resampled, bbox) != 0) | pool(vtk_numpy.read_region(labelmap, storedBox, labelValue))
+        volumeFromStored = self._volumeIndexFromStored(self._imageToSegmentation(labelmap))
+        storedBox, pool, _update = self._storedBox(bbox, volumeFromStored)
+        stored = vtk_numpy.read_region(labelmap, storedBox, labelValue)
+        return (vtk_numpy.read_region(resampled, bbox) != 0) | pool(stored)
 
     # ------------------------------------------------------------------ writing
     def mergeUpdate(self, targetID: str, update: MaskUpdate, prompt: Prompt, policy: EditPolicy) -> EditStep:
