@@ -9,7 +9,7 @@ server: ``SAMVolSegmentSlicerLib.backend``; secrets and preferences stay in QSet
 segment edits hang on the engine's steps). ``segmentVolume`` (console, scripts) runs a whole prompt set through
 the batch path on the same worker and model (``segment_volume``). The panel's parts live there too
 (``settings_panel``, ``propose``, ``progress_display``, ``shortcuts``); this file keeps the module classes and
-the glue between them. ``Testing/test_slicer_module_*.py`` runs it against a stand-in of the Slicer API.
+the glue between them. ``Testing/test_slicer_module_*.py`` runs it on Slicer's real core (slicer-core).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from slicer import (
     vtkMRMLSegmentationNode,
 )
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -50,10 +51,11 @@ if _ENGINE_ROOT is not None and _ENGINE_ROOT not in sys.path:
 
 from SAMVolSegmentSlicerLib import backend, coordinates, local_session, progress_display, segment_io  # noqa: E402
 from SAMVolSegmentSlicerLib.dependencies import InstallError  # noqa: E402
-from SAMVolSegmentSlicerLib.markers import PromptMarkers  # noqa: E402
+from SAMVolSegmentSlicerLib.markers import PromptMarkers, isProgrammaticPoint  # noqa: E402
 from SAMVolSegmentSlicerLib.progress_display import ProgressDisplay  # noqa: E402
 from SAMVolSegmentSlicerLib.propose import ProposeControl, checkProposalClass, modelReadyStatus  # noqa: E402
 from SAMVolSegmentSlicerLib.segment_merge import OtherSegments  # noqa: E402
+from SAMVolSegmentSlicerLib.segment_selector import SelectorSync  # noqa: E402
 from SAMVolSegmentSlicerLib.segment_volume import VolumeJob  # noqa: E402
 from SAMVolSegmentSlicerLib.settings_panel import SettingsPanel  # noqa: E402
 from SAMVolSegmentSlicerLib.shortcuts import ModuleShortcuts  # noqa: E402
@@ -73,7 +75,7 @@ class SAMVolSegment(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("SAMVolSegment")
-        self.parent.categories = [_("Segmentation")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]  # Slicer's own category
         self.parent.dependencies = ["Markups", "Segmentations"]
         self.parent.contributors = ["SAMVolSegment contributors"]
         self.parent.helpText = _(
@@ -146,6 +148,8 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         self.processEvents: Optional[Callable[[], None]] = slicer.app.processEvents if slicer.app else None
         self.lastTiming: Dict[str, float] = {}
         self._busy = False
+        self._placingMarkerID = ""  # the marker of the click being run (kept when a new model drops the others)
+        self._cleanupRequested = False
         self.markers = PromptMarkers(self.getParameterNode)
         #: Volume, segmentation and segment of the interactive steps (``setTarget``); the history belongs to it.
         self.target = Target()
@@ -169,10 +173,20 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         try:
             yield
         finally:
-            self._busy = False
+            self._busy, self._placingMarkerID = False, ""
+            self._cleanupIfRequested()
 
     def _runOnWorker(self, fn, *args, **kwargs):
-        return self.worker.run(fn, *args, process_events=self.processEvents, on_slow=self.slowCallback, **kwargs)
+        try:
+            return self.worker.run(fn, *args, process_events=self.processEvents, on_slow=self.slowCallback, **kwargs)
+        finally:
+            if not self._busy:
+                self._cleanupIfRequested()
+
+    def _cleanupIfRequested(self) -> None:
+        if self._cleanupRequested:
+            self._cleanupRequested = False
+            self.cleanup()
 
     def _status(self, text: str) -> None:
         logger.info(text)
@@ -205,6 +219,8 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         except Exception:
             self.worker.run(session.close)
             raise
+        if self.session is not None and (self.session.can_undo or self.session.can_redo):
+            self.markers.clear(keep=self._placingMarkerID)  # their history belonged to the previous model
         self.closeSession()
         self.session, self.modelKey, self._proposalClasses = session, key, classes
         self._status(modelReadyStatus(session.model_id, classes, adapted))
@@ -276,7 +292,11 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         self._proposalClasses = ()
 
     def cleanup(self) -> None:
-        """Release the session, the kept model and the worker thread (module cleanup)."""
+        """Release the session, the kept model and the worker thread (module cleanup). Called from an event
+        pumped while the worker runs (Slicer closing, Reload), it happens when that call has returned."""
+        if self.worker.busy:
+            self._cleanupRequested = True
+            return
         self.closeSession()
         self.worker.close()
         self._keptModel.clear()
@@ -288,7 +308,11 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------ target
     def prepareVolume(self, volumeNode) -> None:
         """Start preprocessing a newly selected volume when a model is loaded, so the first click rarely waits."""
-        if volumeNode is None or volumeNode.GetImageData() is None or self.session is None or self._busy:
+        if self._busy:
+            return
+        if volumeNode is not None and self.target.io is not None and volumeNode is not self.target.io.volumeNode:
+            self.markers.clear()  # the next click starts a new history on this volume: the old markers are stale
+        if volumeNode is None or volumeNode.GetImageData() is None or self.session is None:
             return
         with self._action():
             self.target.sendVolume(self.session, self._runOnWorker, volumeNode)
@@ -326,8 +350,9 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         On failure the point is removed and the error raised: nothing changed. While another action runs the
         point is removed and None returned (the widget shows no dialog for that).
         """
-        if self.markers.adding or index < 0 or index >= markupsNode.GetNumberOfControlPoints():
-            return None
+        if (self.markers.adding or isProgrammaticPoint(markupsNode) or index < 0
+                or index >= markupsNode.GetNumberOfControlPoints()):
+            return None  # a point added by code (this Logic or another one), or no longer there
         controlPointID = markupsNode.GetNthControlPointID(index)
         markerID = f"{markupsNode.GetID()}:{controlPointID}"
         if self._busy:
@@ -339,6 +364,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         markupsNode.GetNthControlPointPositionWorld(index, pointWorld)
         try:
             with self._action():
+                self._placingMarkerID = markerID
                 self._ensureTargetFromParameterNode()
                 return self._pointStep(pointWorld, positive, markerID)
         except Exception:
@@ -351,19 +377,20 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         if box is None or self._busy:
             return None
         with self._action():
+            self._placingMarkerID = roiNode.GetID()
             self._ensureTargetFromParameterNode()
             return self._boxStep(box[0], box[1], roiNode.GetID())
 
     def addPoint(self, pointWorld: Sequence[float], positive: bool = True, markerID: str = "") -> MaskUpdate:
         """A click at a world RAS position on the current target (console; call ``setTarget`` first)."""
         with self._action():
-            self.target.require(self.session)
+            self.target.require(self.session, self._runOnWorker)
             return self._pointStep(pointWorld, positive, markerID)
 
     def setBox(self, minWorld: Sequence[float], maxWorld: Sequence[float], markerID: str = "") -> MaskUpdate:
         """A box prompt (axis-aligned world RAS corners) on the current target (console)."""
         with self._action():
-            self.target.require(self.session)
+            self.target.require(self.session, self._runOnWorker)
             return self._boxStep(minWorld, maxWorld, markerID)
 
     def propose(self, className: str) -> MaskUpdate:
@@ -433,6 +460,8 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         refuses, the segmentation is restored, the engine step stays with an empty record and the error says to
         undo it; the engine is never asked to roll back. A target removed while the engine ran gets nothing.
         """
+        if self.target.takeHistoryDropped():  # the volume changed (voxels, geometry): earlier prompts are gone
+            self.markers.clear(keep=self._placingMarkerID)
         policy = self._policy()
         io, segmentID = self.target.io, self.target.segmentID
         io.checkWritable(segmentID, policy)
@@ -598,7 +627,6 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self.shortcuts = ModuleShortcuts(self.onAction)
         self._observedMarkups: List = []
-        self._syncingSelector = False
 
     def setup(self) -> None:
         """Called when the module is first opened."""
@@ -606,6 +634,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SAMVolSegment.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
+        self.selectorSync = SelectorSync(self.ui.segmentSelector)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = SAMVolSegmentLogic()
@@ -639,6 +668,9 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
+        # A loaded scene's parameter node is copied over ours (vtkMRMLScene::AddNode of a singleton), naming
+        # its own point lists: observe those (Libs/MRML/Core/vtkMRMLScene.cxx, Import).
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndClose)
         self.initializeParameterNode()
         self._updateGUI()
 
@@ -669,7 +701,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateGUI()
 
     def onSceneEndClose(self, caller, event) -> None:
-        """Called just after the scene is closed."""
+        """Called just after the scene is closed or a scene was loaded into it."""
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -679,7 +711,8 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is None or node is None:
             return
         self.logic.onNodeRemoved(node)
-        if node in self._observedMarkups and self._parameterNode is not None and not slicer.mrmlScene.IsClosing():
+        observed = any(node is markups for markups, _method in self._observedMarkups)
+        if observed and self._parameterNode is not None and not slicer.mrmlScene.IsClosing():
             self.setParameterNode(self._parameterNode)  # re-creates and re-observes the prompt nodes
 
     def initializeParameterNode(self) -> None:
@@ -701,37 +734,21 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.ui.otherSegmentsComboBox.setCurrentIndex(
                 self.ui.otherSegmentsComboBox.findData(self._parameterNode.otherSegments.value))
-            self._syncSegmentSelector()
+            self.selectorSync.show(self._parameterNode)
             self._observeMarkups()
 
     def _observeMarkups(self) -> None:
         pn = self._parameterNode
-        for node in (pn.positivePoints, pn.negativePoints):
-            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointDefined)
-            self._observedMarkups.append(node)
-        self.addObserver(pn.boxROI, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onBoxDefined)
-        self._observedMarkups.append(pn.boxROI)
+        for node, method in ((pn.positivePoints, self.onPointDefined), (pn.negativePoints, self.onPointDefined),
+                             (pn.boxROI, self.onBoxDefined)):
+            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, method)
+            self._observedMarkups.append((node, method))
 
     def _unobserveMarkups(self) -> None:
-        for node in self._observedMarkups:
-            self.removeObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointDefined)
-            self.removeObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onBoxDefined)
+        # Only what was observed: slicer.util.VTKObservationMixin.removeObserver warns about anything else.
+        for node, method in self._observedMarkups:
+            self.removeObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, method)
         self._observedMarkups = []
-
-    def _syncSegmentSelector(self) -> None:
-        """Show the parameter node's target; the selector's own signals are ignored meanwhile, since
-        ``setCurrentSegmentID`` emits ``currentSegmentChanged`` (qMRMLSegmentSelectorWidget.cxx)."""
-        pn = self._parameterNode
-        if pn is None:
-            return
-        self._syncingSelector = True
-        try:
-            if self.ui.segmentSelector.currentNode() is not pn.segmentationNode:
-                self.ui.segmentSelector.setCurrentNode(pn.segmentationNode)
-            if pn.segmentID and self.ui.segmentSelector.currentSegmentID() != pn.segmentID:
-                self.ui.segmentSelector.setCurrentSegmentID(pn.segmentID)
-        finally:
-            self._syncingSelector = False
 
     # ------------------------------------------------------------------ running actions
     def _run(self, failureMessage: str, fn: Callable, *args):
@@ -753,13 +770,14 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return None
         except Exception as exc:
             logger.error("%s\n%s", failureMessage, traceback.format_exc())
+            self.progress.hide()  # a modal progress dialog would sit over the error dialog
             slicer.util.errorDisplay(f"{failureMessage}\n\n{exc}", detailedText=traceback.format_exc())
             return None
         finally:
             slicer.app.restoreOverrideCursor()
             self._setInputsEnabled(True)
             self.progress.hide()
-            self._syncSegmentSelector()
+            self.selectorSync.show(self._parameterNode)
             self._updateGUI()
 
     def _setInputsEnabled(self, enabled: bool) -> None:
@@ -796,9 +814,9 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.proposeControl.onPropose()
 
     @vtk.calldata_type(vtk.VTK_INT)
-    def onPointDefined(self, caller, event, index) -> None:
+    def onPointDefined(self, caller, event, index=None) -> None:
         """A point was placed (the event carries its index, vtkMRMLMarkupsNode.cxx): one Logic step."""
-        if index is None:  # deferred events carry no index (vtkMRMLNode::InvokeCustomModifiedEvent)
+        if index is None:  # a deferred event has no call data, and VTK then passes no third argument
             return
         if self.logic.busy:  # placed while a step runs: the Logic removes it
             self.logic.addPointFromMarkup(caller, int(index))
@@ -837,18 +855,18 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegmentationChanged(self, node) -> None:
         """Store the chosen segmentation in the scene."""
-        if self._syncingSelector or self._parameterNode is None or node is self._parameterNode.segmentationNode:
+        if self.selectorSync.syncing or self._parameterNode is None or node is self._parameterNode.segmentationNode:
             return
         self._parameterNode.segmentationNode = node
 
     def onSegmentChanged(self, segmentID: str) -> None:
         """The user picked another target segment: its prompts start fresh (an existing one is edited)."""
         pn = self._parameterNode
-        if self._syncingSelector or pn is None or (segmentID or "") == pn.segmentID:
+        if self.selectorSync.syncing or pn is None or (segmentID or "") == pn.segmentID:
             return
         if self.logic.busy:  # the selector is disabled then; a late signal is put back after the step
             return
-        pn.segmentID = segmentID or ""
+        pn.segmentID = self.selectorSync.pickedSegment(pn, segmentID)  # not one it adopted after a deletion
         self.logic.onTargetSelected()
         self._updateGUI()
 
@@ -871,21 +889,9 @@ class SAMVolSegmentTest(ScriptedLoadableModuleTest):
 
     def runTest(self) -> None:
         """Run the self-test suite; it skips itself where torch is missing."""
-        import importlib.util
-        import unittest
+        from SAMVolSegmentSlicerLib.self_test import runSelfTest
 
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Testing", "Python",
-                            "SAMVolSegmentSelfTest.py")
-        if not os.path.isfile(path):
-            self.delayDisplay(_("The self-test ships with the source tree only ({path}).").format(path=path))
-            return
-        spec = importlib.util.spec_from_file_location("SAMVolSegmentSelfTest", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        result = unittest.TextTestRunner(verbosity=2).run(
-            unittest.defaultTestLoader.loadTestsFromTestCase(module.SAMVolSegmentSelfTest))
-        if not result.wasSuccessful():
-            raise AssertionError(_("SAMVolSegment self-test failed; see the Python console."))
+        runSelfTest(os.path.dirname(os.path.abspath(__file__)), self.delayDisplay)
 
 
 # Names used only by annotations or tests must stay importable for ruff's unused-import check.

@@ -1,59 +1,38 @@
 # ruff: noqa: N801, N802, N815, N816 - the stand-in mirrors Slicer's class and method names
-"""A stand-in for exactly the Slicer, MRML and Qt calls SAMVolSegment.py makes, so pytest can run its Logic and
-Widget without Slicer.
+"""Stand-ins for the parts of Slicer that need PythonQt: Qt/CTK widgets, ``slicer.app``'s GUI side, dialogs,
+``ScriptedLoadableModule*``, ``@parameterNodeWrapper`` and ``slicer.i18n``.
 
-Each behaviour that matters for correctness follows Slicer's own source (paths in github.com/Slicer/Slicer,
-checked against v5.6.0, v5.8.0 and main):
+Everything else (the MRML scene and nodes, segmentations, markups, transforms, storage, the module logics and
+``slicer.util``) is Slicer's own, from the ``slicer-core`` wheel: ``real_slicer.install()`` puts these stand-ins
+next to it. Each stand-in is small and cites the Slicer source it mirrors (paths in github.com/Slicer/Slicer,
+checked against v5.6, v5.8 and main):
 
-* ``slicer.util.tryWithErrorDisplay`` shows the dialog and then **re-raises** — Base/Python/slicer/util.py.
-* Markups control points get IDs "1", "2", ... from ``GenerateUniqueControlPointID`` and a re-added point gets a
-  new one; ``AddControlPoint`` fires ``PointAddedEvent`` then ``PointPositionDefinedEvent`` with the index as
-  call data; a placed point is first a preview, then defined by ``SetNthControlPointPosition`` —
-  Libs/MRML/Core/vtkMRMLMarkupsNode.cxx (v5.6: Modules/Loadable/Markups/MRML/),
-  Modules/Loadable/Markups/VTKWidgets/vtkSlicerMarkupsWidget.cxx (``PlacePoint``).
-* ``AddControlPointWorld(point, label)``: an empty label gets the automatic one (``autoLabel``), and the new point
-  is defined, so ``PointPositionDefinedEvent`` fires (``AddNControlPoints`` -> ``AddControlPoint``);
-  ``SetNthControlPointVisibility`` hides one point and keeps it (and its ID) — vtkMRMLMarkupsNode.h/.cxx;
-  ``vtkMRMLDisplayNode::SetVisibility`` hides a whole node's display — Libs/MRML/Core/vtkMRMLDisplayNode.h.
-* A box ROI is defined by two control points (``NUMBER_OF_BOX_CONTROL_POINTS = 2``), one click each, and
-  ``PointPositionDefinedEvent`` fires per corner; its size is the corners' bounding box, a zero side padded to
-  the smallest non-zero side, and once both corners are down they are replaced by one centre point —
-  Libs/MRML/Core/vtkMRMLMarkupsROINode.cxx (``UpdateBoxROIFromControlPoints``, ``UpdateControlPointsFromBoxROI``).
-* ``qMRMLSegmentSelectorWidget``: with ``noneEnabled`` it starts on None, repopulates on ``SegmentAdded``
-  keeping the selection with signals blocked, and ``setCurrentSegmentID`` emits ``currentSegmentChanged`` —
-  Libs/MRML/Widgets/qMRMLSegmentSelectorWidget.cxx.
-* Qt (and PythonQt) call the slots of one signal in connection order; an exception in a slot or a VTK observer
-  is printed and swallowed by the binding (recorded here in ``errorsInCallbacks``). PythonQt passes a slot only
-  as many of the signal's arguments as it declares — src/PythonQtSignalReceiver.cpp (commontk/PythonQt).
-* ``vtkMRMLScene::Clear``: StartCloseEvent, every non-singleton node removed with NodeRemovedEvent, singletons
-  reset, EndCloseEvent — Libs/MRML/Core/vtkMRMLScene.cxx.
-* ``@parameterNodeWrapper``'s ``connectGui`` connects its own handlers when called, i.e. after the widget's
-  ``setup`` connected its slots — Base/Python/slicer/parameterNodeWrapper/wrapper.py.
-* ``slicer.util.arrayFromMarkupsControlPoints(markupsNode, world=False)`` returns every control point, whatever
-  its position status; ``getNodesByClass`` includes subclasses (a labelmap is a ``vtkMRMLScalarVolumeNode``);
-  ``getModuleLogic`` of a scripted module is its widget's ``logic`` — Base/Python/slicer/util.py.
-* The Segment Editor's settings node (editable area, intensity range, *Modify other segments*), the singleton
-  tagged "SegmentEditor" — vtkMRMLSegmentEditorNode.h, Modules/Scripted/SegmentEditor/SegmentEditor.py; the
-  editable-area enum — vtkMRMLSegmentationNode.h.
-* A parent transform: ``IsTransformToWorldLinear`` / ``GetMatrixTransformToWorld`` —
-  Libs/MRML/Core/vtkMRMLTransformNode.h; ``GetParentTransformNode`` — vtkMRMLTransformableNode.h.
-
-Real VTK (``vtk`` from the venv) provides matrices and image data; segment labelmaps are real
-``vtkImageData`` with an ImageToWorld matrix, as ``vtkOrientedImageData`` is.
+* Qt (and PythonQt) call the slots of one signal in connection order; an exception in a slot is printed and
+  swallowed by the binding (recorded here in ``errorsInCallbacks``; ``real_slicer`` records the ones VTK swallows
+  in observers the same way). PythonQt passes a slot only as many of the signal's arguments as it declares —
+  src/PythonQtSignalReceiver.cpp (commontk/PythonQt).
+* ``qMRMLSegmentSelectorWidget``: with ``noneEnabled`` it starts on None, repopulates on the segmentation's
+  ``SegmentAdded``/``SegmentRemoved`` (real events of the real node here) keeping the selection with signals
+  blocked, and ``setCurrentSegmentID`` emits ``currentSegmentChanged`` — Libs/MRML/Widgets/qMRMLSegmentSelectorWidget.cxx.
+* ``@parameterNodeWrapper`` stores on the real ``vtkMRMLScriptedModuleNode``: node fields as node references
+  (``SetNodeReferenceID``), other fields as parameters (``SetParameter``); ``connectGui`` connects its own handlers
+  when called, i.e. after the widget's ``setup`` connected its slots —
+  Base/Python/slicer/parameterNodeWrapper/wrapper.py, serializers.py.
+* ``ScriptedLoadableModuleLogic.getParameterNode``: the scene's singleton ``vtkMRMLScriptedModuleNode`` tagged with
+  the module name, created when missing — Base/Python/slicer/ScriptedLoadableModule.py.
+* ``slicer.util.errorDisplay`` / ``confirmOkCancelDisplay`` open Qt dialogs — Base/Python/slicer/util.py; here they
+  are recorded (``errorDialogs``, ``confirmQuestions``) and answered from ``confirmAnswers``.
+* QSettings gives a bool back as the string "true"/"false" after a restart (qsettings.cpp).
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
+import enum
 import sys
 import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
-
-import numpy as np
-import vtk
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "SAMVolSegment"
@@ -64,621 +43,22 @@ class FakeState:
 
     def __init__(self) -> None:
         self.errorDialogs: List[str] = []
+        #: (text of the error dialog, number of progress dialogs open at that moment)
+        self.errorDialogsWithProgressOpen: List[int] = []
         self.confirmAnswers: List[bool] = []
         self.confirmQuestions: List[str] = []
         self.overrideCursorDepth = 0
         self.errorsInCallbacks: List[BaseException] = []
         self.processEventsCalls = 0
+        self.pauseRenderDepth = 0
         self.progressDialogs: List[QProgressDialog] = []
         self.settings: Dict[str, Any] = {}
         self.timers: List[Callable] = []
-        #: What ``slicer.util.getModuleLogic(name)`` returns (Slicer: the module widget's ``logic``).
-        self.moduleLogics: Dict[str, Any] = {}
+        #: (context, text) of each ``slicer.i18n.translate`` call.
+        self.translations: List[tuple] = []
 
 
 STATE = FakeState()
-
-
-# ---------------------------------------------------------------------------------------------- observers
-_EVENT_IDS = itertools.count(50000)
-
-
-class FakeVTKObject:
-    """Observer bookkeeping with VTK's call conventions: priority order, call data only for callbacks that
-    declare ``CallDataType`` (``vtk.calldata_type``), exceptions printed and swallowed."""
-
-    def __init__(self) -> None:
-        self._observers: Dict[int, tuple] = {}
-        self._tags = itertools.count(1)
-
-    def AddObserver(self, event, callback, priority: float = 0.0) -> int:
-        tag = next(self._tags)
-        self._observers[tag] = (event, callback, priority)
-        return tag
-
-    def RemoveObserver(self, tag: int) -> None:
-        self._observers.pop(tag, None)
-
-    def InvokeEvent(self, event, callData=None) -> None:
-        entries = sorted(((-p, tag, cb) for tag, (e, cb, p) in self._observers.items() if e == event))
-        for _p, tag, callback in entries:
-            if tag not in self._observers:
-                continue
-            try:
-                if hasattr(callback, "CallDataType"):
-                    callback(self, event, callData)
-                else:
-                    callback(self, event)
-            except Exception as exc:  # VTK prints the traceback and carries on
-                STATE.errorsInCallbacks.append(exc)
-
-
-# ---------------------------------------------------------------------------------------------- MRML nodes
-class vtkMRMLNode(FakeVTKObject):
-    ModifiedEvent = vtk.vtkCommand.ModifiedEvent
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._id = ""
-        self._name = ""
-        self.scene: Optional[FakeScene] = None
-        self._display = None
-
-    def GetID(self) -> str:
-        return self._id
-
-    def GetName(self) -> str:
-        return self._name
-
-    def SetName(self, name: str) -> None:
-        self._name = name
-
-    def GetClassName(self) -> str:
-        return type(self).__name__
-
-    def IsA(self, name: str) -> bool:
-        return any(cls.__name__ == name for cls in type(self).__mro__)
-
-    def SetAndObserveTransformNodeID(self, transformNodeID) -> None:
-        """vtkMRMLTransformableNode: put the node under a transform (None/"" removes it)."""
-        self._transformID = transformNodeID or ""
-
-    def GetParentTransformNode(self):
-        """vtkMRMLTransformableNode::GetParentTransformNode (Libs/MRML/Core/vtkMRMLTransformableNode.h)."""
-        transformID = getattr(self, "_transformID", "")
-        return self.scene.GetNodeByID(transformID) if transformID and self.scene else None
-
-    def CreateDefaultDisplayNodes(self) -> None:
-        if self._display is None:
-            self._display = FakeDisplayNode()
-
-    def GetDisplayNode(self):
-        return self._display
-
-    def Modified(self) -> None:
-        self.InvokeEvent(self.ModifiedEvent)
-
-
-class FakeDisplayNode:
-    def __init__(self) -> None:
-        self.visibility: Dict[str, bool] = {}
-        self.color = None
-        self.displayVisibility = 1
-
-    def SetVisibility(self, visible) -> None:
-        """vtkMRMLDisplayNode::SetVisibility (Libs/MRML/Core/vtkMRMLDisplayNode.h): the node's display as a whole."""
-        self.displayVisibility = int(bool(visible))
-
-    def GetVisibility(self) -> int:
-        return self.displayVisibility
-
-    def SetSelectedColor(self, color) -> None:
-        self.color = color
-
-    def SetPointLabelsVisibility(self, visible) -> None:
-        pass
-
-    def GetSegmentVisibility(self, segmentID: str) -> bool:
-        return self.visibility.get(segmentID, True)
-
-    def SetSegmentVisibility(self, segmentID: str, visible: bool) -> None:
-        self.visibility[segmentID] = bool(visible)
-
-
-class FakeImageData:
-    _mtime = itertools.count(1)
-
-    def __init__(self) -> None:
-        self.mtime = next(self._mtime)
-
-    def GetMTime(self) -> int:
-        return self.mtime
-
-
-class vtkMRMLScalarVolumeNode(vtkMRMLNode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.array: Optional[np.ndarray] = None
-        self.ijkToRas = np.eye(4)
-        self._image: Optional[FakeImageData] = None
-
-    def setArray(self, arrayKji: np.ndarray, ijkToRas: Optional[np.ndarray] = None) -> None:
-        """Test helper (``slicer.util.updateVolumeFromArray`` + geometry)."""
-        self.array = np.asarray(arrayKji)
-        if ijkToRas is not None:
-            self.ijkToRas = np.asarray(ijkToRas, float)
-        self._image = FakeImageData()
-
-    def GetImageData(self):
-        return self._image
-
-    def GetIJKToRASMatrix(self, matrix: vtk.vtkMatrix4x4) -> None:
-        matrix.DeepCopy(self.ijkToRas.ravel().tolist())
-
-
-class vtkMRMLLabelMapVolumeNode(vtkMRMLScalarVolumeNode):
-    pass
-
-
-class vtkMRMLTransformNode(vtkMRMLNode):
-    """A parent transform (Libs/MRML/Core/vtkMRMLTransformNode.h): ``IsTransformToWorldLinear`` and
-    ``GetMatrixTransformToWorld``; ``linear = False`` stands for a grid/B-spline transform. Nesting is not
-    modelled: the matrix given is the transform to world."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.toWorld = np.eye(4)
-        self.linear = True
-
-    def SetMatrixTransformToParent(self, matrix: vtk.vtkMatrix4x4) -> None:
-        self.toWorld = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-    def IsTransformToWorldLinear(self) -> int:
-        return int(self.linear)
-
-    def GetMatrixTransformToWorld(self, matrix: vtk.vtkMatrix4x4) -> int:
-        if not self.linear:
-            return 0
-        matrix.DeepCopy(self.toWorld.ravel().tolist())
-        return 1
-
-
-class vtkMRMLLinearTransformNode(vtkMRMLTransformNode):
-    pass
-
-
-class vtkMRMLMarkupsNode(vtkMRMLNode):
-    """Control points with IDs, lock and position status (vtkMRMLMarkupsNode.cxx)."""
-
-    PointAddedEvent = next(_EVENT_IDS)
-    PointModifiedEvent = next(_EVENT_IDS)
-    PointRemovedEvent = next(_EVENT_IDS)
-    PointPositionDefinedEvent = next(_EVENT_IDS)
-    PositionUndefined, PositionPreview, PositionDefined, PositionMissing = range(4)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.points: List[dict] = []
-        self.lastUsedControlPointNumber = 0
-
-    def _generateUniqueControlPointID(self) -> str:
-        self.lastUsedControlPointNumber += 1
-        return str(self.lastUsedControlPointNumber)
-
-    def _afterPointsChanged(self) -> None:
-        """Subclass hook: vtkMRMLMarkupsROINode recomputes its box from the points here."""
-
-    def AddControlPoint(self, position, status: int = 2, label: str = "") -> int:
-        pointID = self._generateUniqueControlPointID()
-        self.points.append({"id": pointID, "pos": np.array(list(position), float), "locked": False,
-                            "visible": True, "status": status, "label": label or f"{self.GetName()}-{pointID}"})
-        self._afterPointsChanged()
-        index = len(self.points) - 1
-        self.InvokeEvent(self.PointAddedEvent, index)
-        self.InvokeEvent(self.PointModifiedEvent, index)
-        if status == self.PositionDefined:
-            self.InvokeEvent(self.PointPositionDefinedEvent, index)
-        return index
-
-    def AddControlPointWorld(self, position, label: str = "") -> int:
-        """An empty label gets the automatic one (AddControlPoint's autoLabel); the point is defined."""
-        return self.AddControlPoint([position[0], position[1], position[2]], label=label)
-
-    def SetNthControlPointPositionWorld(self, n: int, position, status: int = 2) -> None:
-        point = self.points[n]
-        old = point["status"]
-        point["pos"] = np.array(list(position), float)
-        point["status"] = status
-        self._afterPointsChanged()
-        self.InvokeEvent(self.PointModifiedEvent, n)
-        if old != self.PositionDefined and status == self.PositionDefined:
-            self.InvokeEvent(self.PointPositionDefinedEvent, n)
-
-    def GetNumberOfControlPoints(self) -> int:
-        return len(self.points)
-
-    def GetNumberOfDefinedControlPoints(self, includePreview: bool = False) -> int:
-        ok = (self.PositionDefined, self.PositionPreview) if includePreview else (self.PositionDefined,)
-        return sum(p["status"] in ok for p in self.points)
-
-    def GetNthControlPointID(self, n: int) -> str:
-        return self.points[n]["id"]
-
-    def GetNthControlPointIndexByID(self, pointID: str) -> int:
-        return next((i for i, p in enumerate(self.points) if p["id"] == pointID), -1)
-
-    def SetNthControlPointLocked(self, n: int, locked: bool) -> None:
-        self.points[n]["locked"] = bool(locked)
-
-    def GetNthControlPointLocked(self, n: int) -> bool:
-        return self.points[n]["locked"]
-
-    def SetNthControlPointVisibility(self, n: int, visible: bool) -> None:
-        self.points[n]["visible"] = bool(visible)
-        self.InvokeEvent(self.PointModifiedEvent, n)
-
-    def GetNthControlPointVisibility(self, n: int) -> bool:
-        return self.points[n]["visible"]
-
-    def GetNthControlPointLabel(self, n: int) -> str:
-        return self.points[n]["label"]
-
-    def SetNthControlPointLabel(self, n: int, label: str) -> None:
-        self.points[n]["label"] = str(label)
-
-    def GetNthControlPointPositionStatus(self, n: int) -> int:
-        return self.points[n]["status"]
-
-    def GetNthControlPointPosition(self, n: int, out) -> None:
-        out[:] = self.points[n]["pos"].tolist()  # the fake's markups have no parent transform: local = world
-
-    def GetNthControlPointPositionWorld(self, n: int, out) -> None:
-        out[:] = self.points[n]["pos"].tolist()
-
-    def RemoveNthControlPoint(self, n: int) -> None:
-        del self.points[n]
-        self._afterPointsChanged()
-        self.InvokeEvent(self.PointRemovedEvent, n)
-
-    def RemoveAllControlPoints(self) -> None:
-        while self.points:
-            self.RemoveNthControlPoint(len(self.points) - 1)
-        self._afterPointsChanged()
-
-
-class vtkMRMLMarkupsFiducialNode(vtkMRMLMarkupsNode):
-    pass
-
-
-class vtkMRMLMarkupsROINode(vtkMRMLMarkupsNode):
-    """A box ROI: size/centre from control points as vtkMRMLMarkupsROINode::UpdateBoxROIFromControlPoints."""
-
-    NUMBER_OF_BOX_CONTROL_POINTS = 2
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.size = np.zeros(3)
-        self.center = np.zeros(3)
-        self._updating = False
-
-    def _afterPointsChanged(self) -> None:
-        if self._updating:
-            return
-        self._updating = True
-        try:
-            active = [p["pos"] for p in self.points if p["status"] in (self.PositionDefined, self.PositionPreview)]
-            if not active:
-                self.size = np.zeros(3)
-                return
-            lo, hi = np.min(active, axis=0), np.max(active, axis=0)
-            size = hi - lo
-            if len(self.points) >= self.NUMBER_OF_BOX_CONTROL_POINTS:
-                positive = size[size > 0]
-                size = np.where(size == 0, positive.min() if positive.size else 0.0, size)
-            self.size, self.center = size, (lo + hi) / 2
-            if self.GetNumberOfDefinedControlPoints() >= self.NUMBER_OF_BOX_CONTROL_POINTS:
-                # UpdateControlPointsFromBoxROI: the corners are replaced by one point at the centre; inside a
-                # modify blocker, so its events are deferred and carry no call data.
-                self.points = [dict(self.points[0], pos=self.center.copy())]
-        finally:
-            self._updating = False
-
-    def GetSize(self):
-        return tuple(float(v) for v in self.size)
-
-    def GetCenter(self, out) -> None:
-        out[:] = self.center.tolist()
-
-    def GetObjectToNodeMatrix(self) -> vtk.vtkMatrix4x4:
-        return vtk.vtkMatrix4x4()
-
-
-class FakeSegment:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.labelmap = None
-        self.status = None
-
-    def GetName(self) -> str:
-        return self.name
-
-    def SetName(self, name: str) -> None:
-        self.name = name
-
-    def GetLabelValue(self) -> int:
-        return 1
-
-
-class FakeSegmentation:
-    def __init__(self, owner: vtkMRMLSegmentationNode) -> None:
-        self.owner = owner
-        self.segments: Dict[str, FakeSegment] = {}
-        self.parameters: Dict[str, str] = {}
-        self.sourceRepresentation = "Binary labelmap"
-        self._ids = itertools.count(1)
-
-    def AddEmptySegment(self, segmentID: str = "", name: str = "") -> str:
-        number = next(self._ids)
-        segmentID = segmentID or f"Segment_{number}"
-        self.segments[segmentID] = FakeSegment(name or f"Segment_{number}")
-        self.owner.InvokeEvent(vtkMRMLSegmentationNode.SegmentAdded, segmentID)
-        return segmentID
-
-    def RemoveSegment(self, segmentID: str) -> None:
-        del self.segments[segmentID]
-        self.owner.InvokeEvent(vtkMRMLSegmentationNode.SegmentRemoved, segmentID)
-
-    def GetSegment(self, segmentID: str):
-        return self.segments.get(segmentID)
-
-    def GetSegmentIDs(self) -> List[str]:
-        return list(self.segments)
-
-    def GetNumberOfSegments(self) -> int:
-        return len(self.segments)
-
-    def GetSourceRepresentationName(self) -> str:
-        return self.sourceRepresentation
-
-    def ContainsRepresentation(self, name: str) -> bool:
-        return name == self.sourceRepresentation
-
-    def GetConversionParameter(self, name: str) -> str:
-        return self.parameters.get(name, "")
-
-    def SetConversionParameter(self, name: str, value: str) -> None:
-        self.parameters[name] = value
-
-
-class vtkMRMLSegmentationNode(vtkMRMLNode):
-    SegmentAdded = next(_EVENT_IDS)
-    SegmentRemoved = next(_EVENT_IDS)
-    # The Segment Editor's editable-area enum, in its order (Libs/MRML/Core/vtkMRMLSegmentationNode.h).
-    (EditAllowedEverywhere, EditAllowedInsideAllSegments, EditAllowedInsideVisibleSegments,
-     EditAllowedOutsideAllSegments, EditAllowedOutsideVisibleSegments, EditAllowedInsideSingleSegment) = range(6)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.segmentation = FakeSegmentation(self)
-
-    def GetSegmentation(self) -> FakeSegmentation:
-        return self.segmentation
-
-    def SetReferenceImageGeometryParameterFromVolumeNode(self, volumeNode) -> None:
-        self.segmentation.SetConversionParameter("ReferenceImageGeometry", f"geometry of {volumeNode.GetID()}")
-
-    @staticmethod
-    def GetReferenceImageGeometryReferenceRole() -> str:
-        return "referenceImageGeometryRef"
-
-    def GetNodeReference(self, role: str):
-        return None  # the module never sets node references; the geometry lives in the conversion parameter
-
-    def GetBinaryLabelmapInternalRepresentation(self, segmentID: str):
-        segment = self.segmentation.GetSegment(segmentID)
-        return None if segment is None else segment.labelmap
-
-    def CreateClosedSurfaceRepresentation(self) -> bool:
-        return True
-
-    def segmentArray(self, segmentID: str, shapeKji) -> np.ndarray:
-        """Test helper: a segment on the volume grid (the module writes on that grid)."""
-        from SAMVolSegmentSlicerLib import vtk_numpy
-
-        labelmap = self.GetBinaryLabelmapInternalRepresentation(segmentID)
-        full = tuple((0, n) for n in shapeKji)
-        if labelmap is None:
-            return np.zeros(shapeKji, bool)
-        return vtk_numpy.read_region(labelmap, full, 1)
-
-
-class vtkMRMLScriptedModuleNode(vtkMRMLNode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.values: Dict[str, Any] = {}
-
-
-class vtkMRMLSegmentEditorNode(vtkMRMLNode):
-    """The Segment Editor's settings (Modules/Loadable/Segmentations/MRML/vtkMRMLSegmentEditorNode.h): editable
-    area (``MaskMode``, default Everywhere, and ``MaskSegmentID``), editable intensity range
-    (``SourceVolumeIntensityMask`` + ``Range``) and *Modify other segments* (``OverwriteMode``, default All).
-    The Segment Editor module keeps it as the scene's singleton tagged "SegmentEditor"
-    (Modules/Scripted/SegmentEditor/SegmentEditor.py, ``selectParameterNode``)."""
-
-    OverwriteAllSegments, OverwriteVisibleSegments, OverwriteNone = range(3)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.maskMode, self.maskSegmentID = vtkMRMLSegmentationNode.EditAllowedEverywhere, None
-        self.intensityMask, self.intensityMaskRange = False, (0.0, 0.0)
-        self.overwriteMode = self.OverwriteAllSegments
-
-    def GetMaskMode(self) -> int:
-        return self.maskMode
-
-    def SetMaskMode(self, mode: int) -> None:
-        self.maskMode = int(mode)
-
-    def GetMaskSegmentID(self):
-        return self.maskSegmentID
-
-    def SetMaskSegmentID(self, segmentID) -> None:
-        self.maskSegmentID = segmentID
-
-    def GetSourceVolumeIntensityMask(self) -> bool:
-        return self.intensityMask
-
-    def SetSourceVolumeIntensityMask(self, enabled: bool) -> None:
-        self.intensityMask = bool(enabled)
-
-    def GetSourceVolumeIntensityMaskRange(self):
-        return self.intensityMaskRange
-
-    def SetSourceVolumeIntensityMaskRange(self, low: float, high: float) -> None:
-        self.intensityMaskRange = (float(low), float(high))
-
-    def GetOverwriteMode(self) -> int:
-        return self.overwriteMode
-
-    def SetOverwriteMode(self, mode: int) -> None:
-        self.overwriteMode = int(mode)
-
-
-class vtkOrientedImageData(vtk.vtkImageData):
-    """vtkImageData with an ImageToWorld matrix, as Slicer's vtkOrientedImageData."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._imageToWorld = np.eye(4)
-
-    def SetImageToWorldMatrix(self, matrix: vtk.vtkMatrix4x4) -> None:
-        self._imageToWorld = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-    def GetImageToWorldMatrix(self, matrix: vtk.vtkMatrix4x4) -> None:
-        matrix.DeepCopy(self._imageToWorld.ravel().tolist())
-
-
-class vtkSegmentationConverter:
-    @staticmethod
-    def GetReferenceImageGeometryParameterName() -> str:
-        return "ReferenceImageGeometry"
-
-    @staticmethod
-    def GetSegmentationBinaryLabelmapRepresentationName() -> str:
-        return "Binary labelmap"
-
-    @staticmethod
-    def GetSegmentationClosedSurfaceRepresentationName() -> str:
-        return "Closed surface"
-
-
-class vtkSlicerSegmentationsModuleLogic:
-    MODE_REPLACE, MODE_MERGE_MAX, MODE_MERGE_MIN, MODE_MERGE_MASK = range(4)
-    NotStarted, InProgress, Completed, Flagged = range(4)
-    refuseWrites = False  # a test sets it to see the module handle a False return
-
-    @classmethod
-    def SetBinaryLabelmapToSegment(cls, image, segmentationNode, segmentID, mode, extent=None) -> bool:
-        if cls.refuseWrites:
-            return False
-        copy = vtkOrientedImageData()
-        copy.DeepCopy(image)
-        matrix = vtk.vtkMatrix4x4()
-        image.GetImageToWorldMatrix(matrix)
-        copy.SetImageToWorldMatrix(matrix)
-        segmentationNode.GetSegmentation().GetSegment(segmentID).labelmap = copy
-        return True
-
-    @staticmethod
-    def SetSegmentStatus(segment, status) -> None:
-        segment.status = status
-
-
-class vtkOrientedImageDataResample:
-    @staticmethod
-    def ResampleOrientedImageToReferenceOrientedImage(*args) -> bool:
-        raise NotImplementedError("the fake writes segments on the volume grid only")
-
-
-# ---------------------------------------------------------------------------------------------- scene
-class FakeScene(FakeVTKObject):
-    NodeAddedEvent = next(_EVENT_IDS)
-    NodeRemovedEvent = next(_EVENT_IDS)
-    StartCloseEvent = next(_EVENT_IDS)
-    EndCloseEvent = next(_EVENT_IDS)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.nodes: Dict[str, vtkMRMLNode] = {}
-        self._ids = itertools.count(1)
-        self.singletons: Dict[str, vtkMRMLNode] = {}
-
-    def AddNewNodeByClass(self, className: str, name: str = ""):
-        node = getattr(sys.modules["slicer"], className)()
-        node._id = f"{className}{next(self._ids)}"
-        node._name = name
-        node.scene = self
-        self.nodes[node._id] = node
-        self.InvokeEvent(self.NodeAddedEvent, node)
-        return node
-
-    def RemoveNode(self, node) -> None:
-        self.nodes.pop(node.GetID(), None)
-        node.scene = None
-        self.InvokeEvent(self.NodeRemovedEvent, node)
-
-    def GetNodeByID(self, nodeID: str):
-        return self.nodes.get(nodeID)
-
-    def IsNodePresent(self, node) -> bool:
-        return node in self.nodes.values()
-
-    def GetNumberOfNodesByClass(self, className: str) -> int:
-        return sum(node.IsA(className) for node in self.nodes.values())
-
-    def GetNthNodeByClass(self, n: int, className: str):
-        return [node for node in self.nodes.values() if node.IsA(className)][n]
-
-    def GetFirstNodeByClass(self, className: str):
-        matches = [node for node in self.nodes.values() if node.IsA(className)]
-        return matches[0] if matches else None
-
-    def GetFirstNode(self, byName=None, byClass=None, byHideFromEditors=None, exactNameMatch=True):
-        """vtkMRMLScene::GetFirstNode (Libs/MRML/Core/vtkMRMLScene.h); ``byHideFromEditors`` is not modelled."""
-        for node in self.nodes.values():
-            if byClass and not node.IsA(byClass):
-                continue
-            if byName is not None and not (node.GetName() == byName if exactNameMatch
-                                           else node.GetName().startswith(byName)):
-                continue
-            return node
-        return None
-
-    def GetSingletonNode(self, tag: str, className: str):
-        return self.singletons.get(tag)
-
-    def IsClosing(self) -> bool:
-        """vtkMRMLScene::IsClosing: true between StartCloseEvent and EndCloseEvent of ``Clear``."""
-        return getattr(self, "_closing", False)
-
-    def Clear(self, removeSingletons: int = 0) -> None:
-        """vtkMRMLScene::Clear (Libs/MRML/Core/vtkMRMLScene.cxx): ``StartState(CloseState)`` fires StartCloseEvent,
-        ``RemoveAllNodes`` removes every node but the singletons one by one (``RemoveNode``: NodeRemovedEvent each),
-        ``ResetNodes`` gives the singletons a new node's content (vtkMRMLNode::Reset: a scripted module node loses
-        its parameters, so the module's parameter node is empty again), then ``EndState`` fires EndCloseEvent."""
-        self._closing = True
-        try:
-            self.InvokeEvent(self.StartCloseEvent)
-            kept = set() if removeSingletons else {id(node) for node in self.singletons.values()}
-            for node in [n for n in self.nodes.values() if id(n) not in kept]:
-                if node.GetID() in self.nodes:
-                    self.RemoveNode(node)
-            for node in self.nodes.values():
-                if isinstance(node, vtkMRMLScriptedModuleNode):
-                    node.values = {}
-        finally:
-            self._closing = False
-        self.InvokeEvent(self.EndCloseEvent)
 
 
 # ---------------------------------------------------------------------------------------------- Qt widgets
@@ -825,7 +205,8 @@ class qMRMLSegmentSelectorWidget(FakeWidget):
         self._node = node
         self._tags = []
         if node is not None:
-            for event in (vtkMRMLSegmentationNode.SegmentAdded, vtkMRMLSegmentationNode.SegmentRemoved):
+            segmentation = sys.modules["slicer"].vtkSegmentation
+            for event in (segmentation.SegmentAdded, segmentation.SegmentRemoved):
                 self._tags.append(node.AddObserver(event, lambda *a: self.populateSegmentCombobox()))
         # The node combo box's currentNodeChanged reaches onCurrentNodeChanged (which repopulates the segments,
         # possibly emitting currentSegmentChanged) before it is forwarded as the widget's own signal: connection
@@ -851,7 +232,7 @@ class qMRMLSegmentSelectorWidget(FakeWidget):
         self.comboItems, self.comboIndex = [], -1
         if self._node is None or self._node.GetSegmentation().GetNumberOfSegments() == 0:
             return
-        ids = self._node.GetSegmentation().GetSegmentIDs()
+        ids = list(self._node.GetSegmentation().GetSegmentIDs())
         self.comboItems = ([self.NONE] if self.noneEnabled else []) + ids
         if (self.noneEnabled and not self.currentID) or (self.currentID and self.currentID in ids):
             self._setCurrentSegmentID(self.currentID, blocked=True)
@@ -952,31 +333,47 @@ def childWidgetVariables(top) -> types.SimpleNamespace:
 
 # ---------------------------------------------------------------------------------------------- parameter node
 def parameterNodeWrapper(cls):
-    """``@parameterNodeWrapper``: typed fields stored on a scripted module node; node fields by reference."""
+    """``@parameterNodeWrapper`` on the real scripted module node (Base/Python/slicer/parameterNodeWrapper/): a
+    node field is a node reference (``SetNodeReferenceID``/``GetNodeReference``, so scene loading remaps it), a
+    bool ``str(value)``, an enum its name, a str itself (``SetParameter``); unset fields get their default when
+    the node is wrapped (wrapper.py, ``_initializeParameters``)."""
     annotations = dict(cls.__annotations__)
     defaults = {name: getattr(cls, name, None) for name in annotations}
+    isNode = {name: str(kind).startswith("vtkMRML") for name, kind in annotations.items()}
 
     class Wrapped:
         __name__ = cls.__name__
 
         def __init__(self, node) -> None:
-            object.__setattr__(self, "_node", node)
+            object.__setattr__(self, "parameterNode", node)
+            for name in annotations:
+                if not isNode[name] and not node.GetParameter(name) and defaults[name] is not None:
+                    setattr(self, name, defaults[name])
 
         def __getattr__(self, name):
             if name not in annotations:
                 raise AttributeError(name)
-            value = self._node.values.get(name, defaults[name])
-            if str(annotations[name]).startswith("vtkMRML"):
-                return None if not value else self._node.scene.GetNodeByID(value) if self._node.scene else None
-            return value
+            node = object.__getattribute__(self, "parameterNode")
+            if isNode[name]:
+                return node.GetNodeReference(name)
+            text = node.GetParameter(name)
+            default = defaults[name]
+            if isinstance(default, bool):
+                return text == "True"
+            if isinstance(default, enum.Enum):
+                return type(default)[text] if text else default
+            return text
 
         def __setattr__(self, name, value):
             if name not in annotations:
                 raise AttributeError(f"{cls.__name__} has no parameter {name!r}")
-            if str(annotations[name]).startswith("vtkMRML"):
-                value = value.GetID() if value is not None else ""
-            self._node.values[name] = value
-            self._node.Modified()
+            node = object.__getattribute__(self, "parameterNode")
+            if isNode[name]:
+                node.SetNodeReferenceID(name, value.GetID() if value is not None else None)
+            elif isinstance(value, enum.Enum):
+                node.SetParameter(name, value.name)
+            else:
+                node.SetParameter(name, str(value))
 
         def connectGui(self, ui) -> int:
             """Bind widgets that name a parameter; their handlers come after the ones connected before."""
@@ -1009,26 +406,12 @@ def parameterNodeWrapper(cls):
 _GUI_BINDINGS: Dict[int, list] = {}
 
 
-# ---------------------------------------------------------------------------------------------- slicer.util
-@contextlib.contextmanager
-def tryWithErrorDisplay(message=None, show=True, waitCursor=False):
-    """Copy of Base/Python/slicer/util.py: shows the error, then re-raises."""
-    try:
-        if waitCursor:
-            app.setOverrideCursor(Qt.WaitCursor)
-        yield
-        if waitCursor:
-            app.restoreOverrideCursor()
-    except Exception as e:
-        if waitCursor:
-            app.restoreOverrideCursor()
-        if show and not app.testingEnabled():
-            errorDisplay(f"{message}\n\n{e}" if message is not None else str(e))
-        raise
 
 
+# ---------------------------------------------------------------------------------------------- dialogs
 def errorDisplay(text, **kwargs) -> None:
     STATE.errorDialogs.append(str(text))
+    STATE.errorDialogsWithProgressOpen.append(sum(dialog.visible for dialog in STATE.progressDialogs))
 
 
 def confirmOkCancelDisplay(text, **kwargs) -> bool:
@@ -1039,120 +422,18 @@ def confirmOkCancelDisplay(text, **kwargs) -> bool:
 confirmYesNoDisplay = confirmOkCancelDisplay
 
 
-def arrayFromVTKMatrix(matrix) -> np.ndarray:
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
-def vtkMatrixFromArray(array) -> vtk.vtkMatrix4x4:
-    matrix = vtk.vtkMatrix4x4()
-    matrix.DeepCopy(np.asarray(array, float).ravel().tolist())
-    return matrix
-
-
-def arrayFromVolume(volumeNode) -> np.ndarray:
-    return volumeNode.array
-
-
-def arrayFromMarkupsControlPoints(markupsNode, world=False) -> np.ndarray:
-    """Copy of Base/Python/slicer/util.py: every control point (whatever its position status) as an (N, 3)
-    copy, world coordinates with ``world=True``."""
-    narray = np.zeros([markupsNode.GetNumberOfControlPoints(), 3])
-    for index in range(markupsNode.GetNumberOfControlPoints()):
-        if world:
-            markupsNode.GetNthControlPointPositionWorld(index, narray[index, :])
-        else:
-            markupsNode.GetNthControlPointPosition(index, narray[index, :])
-    return narray
-
-
-def getNodesByClass(className, scene=None) -> List[Any]:
-    """Base/Python/slicer/util.py: every node of the class or a subclass, in scene order."""
-    scene = sys.modules["slicer"].mrmlScene if scene is None else scene
-    return [node for node in scene.nodes.values() if node.IsA(className)]
-
-
-def getFirstNodeByClassByName(className, name, scene=None):
-    """Base/Python/slicer/util.py: ``scene.GetFirstNode(name, className)``."""
-    scene = sys.modules["slicer"].mrmlScene if scene is None else scene
-    return scene.GetFirstNode(name, className)
-
-
-def getModuleLogic(module):
-    """Base/Python/slicer/util.py returns the scripted module widget's ``logic`` and raises RuntimeError when
-    there is none; here a test registers it in ``state().moduleLogics``."""
-    logic = STATE.moduleLogics.get(module)
-    if not logic:
-        raise RuntimeError(f"Could not find module widget representation with name '{module}'")
-    return logic
-
-
-class RenderBlocker:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class VTKObservationMixin:
-    """Slicer's mixin (Base/Python/slicer/util.py), reduced to what the module calls."""
-
-    def __init__(self) -> None:
-        self._observations: Dict[tuple, int] = {}
-
-    def addObserver(self, obj, event, method, group="none", priority=0.0) -> None:
-        key = (obj, event, method)
-        if key not in self._observations:
-            self._observations[key] = obj.AddObserver(event, method, priority)
-
-    def removeObserver(self, obj, event, method) -> None:
-        tag = self._observations.pop((obj, event, method), None)
-        if tag is not None:
-            obj.RemoveObserver(tag)
-
-    def removeObservers(self, method=None) -> None:
-        for (obj, _event, _method), tag in list(self._observations.items()):
-            obj.RemoveObserver(tag)
-        self._observations.clear()
-
 
 # ---------------------------------------------------------------------------------------------- app and qt
-class FakeInteractionNode:
-    Place, ViewTransform = 1, 2
-
-    def __init__(self) -> None:
-        self.mode = self.ViewTransform
-        self.persistence = 0
-
-    def SetPlaceModePersistence(self, value) -> None:
-        self.persistence = value
-
-    def SetCurrentInteractionMode(self, mode) -> None:
-        self.mode = mode
-
-    def GetCurrentInteractionMode(self):
-        return self.mode
-
-
-class FakeSelectionNode:
-    def __init__(self) -> None:
-        self.activeID = ""
-        self.className = ""
-
-    def SetReferenceActivePlaceNodeClassName(self, name) -> None:
-        self.className = name
-
-    def SetActivePlaceNodeID(self, nodeID) -> None:
-        self.activeID = nodeID
-
-    def GetActivePlaceNodeID(self) -> str:
-        return self.activeID
 
 
 class FakeApp:
-    def __init__(self) -> None:
-        self.interaction = FakeInteractionNode()
-        self.selection = FakeSelectionNode()
+    """``slicer.app`` (qSlicerApplication, Base/QTGUI/qSlicerApplication.h; qSlicerCoreApplication.h): its GUI side
+    is recorded; ``applicationLogic()`` is the real ``vtkSlicerApplicationLogic`` that ``real_slicer`` made."""
+
+    def __init__(self, applicationLogic=None, scene=None) -> None:
+        self._applicationLogic = applicationLogic
+        self._scene = scene
+        self._moduleManager = ModuleManager()
 
     def processEvents(self) -> None:
         STATE.processEventsCalls += 1
@@ -1163,20 +444,67 @@ class FakeApp:
     def restoreOverrideCursor(self) -> None:
         STATE.overrideCursorDepth -= 1
 
+    def pauseRender(self) -> None:
+        STATE.pauseRenderDepth += 1
+
+    def resumeRender(self) -> None:
+        STATE.pauseRenderDepth -= 1
+
     def testingEnabled(self) -> bool:
         return False
 
     def applicationLogic(self):
-        return self
+        return self._applicationLogic
 
-    def GetInteractionNode(self):
-        return self.interaction
+    def mrmlScene(self):
+        return self._scene
 
-    def GetSelectionNode(self):
-        return self.selection
+    def moduleManager(self):
+        return self._moduleManager
 
     def openExtensionsManagerDialog(self) -> None:
         pass
+
+
+class qSlicerScriptedLoadableModule:
+    """A scripted module as ``slicer.util.getModuleLogic`` sees it (Base/QTGUI/qSlicerScriptedLoadableModule.h):
+    its widget representation's ``self()`` is the Python widget."""
+
+    def __init__(self, name: str, widget=None) -> None:
+        self.name = name
+        self.widget = widget
+
+    def widgetRepresentation(self):
+        return qSlicerScriptedLoadableModuleWidget(self.widget) if self.widget is not None else None
+
+
+class qSlicerScriptedLoadableModuleWidget:
+    def __init__(self, widget) -> None:
+        self._self = widget
+
+    def self(self):
+        return self._self
+
+
+class qSlicerCoreModule:
+    """A C++ loadable module (qSlicerAbstractCoreModule.h): ``logic()`` is its real VTK logic."""
+
+    def __init__(self, name: str, logic) -> None:
+        self.name = name
+        self._logic = logic
+
+    def logic(self):
+        return self._logic
+
+
+class ModuleManager:
+    """``slicer.app.moduleManager().module(name)`` (Base/QTCore/qSlicerModuleManager.h)."""
+
+    def __init__(self) -> None:
+        self.modules: Dict[str, Any] = {}
+
+    def module(self, name: str):
+        return self.modules.get(name)
 
 
 app = FakeApp()
@@ -1257,19 +585,32 @@ def QKeySequence(keys: str) -> str:
 class ScriptedLoadableModule:
     def __init__(self, parent) -> None:
         self.parent = parent
+        self.moduleName = self.__class__.__name__
 
 
 class ScriptedLoadableModuleLogic:
+    """Base/Python/slicer/ScriptedLoadableModule.py: the module's parameter node is the scene's singleton
+    ``vtkMRMLScriptedModuleNode`` tagged with the module name (created and added when missing; the ``ModuleName``
+    attribute is put back when a scene close removed it)."""
+
     def __init__(self, parent=None) -> None:
-        pass
+        self.moduleName = self.__class__.__name__
+        if self.moduleName.endswith("Logic"):
+            self.moduleName = self.moduleName[:-5]
 
     def getParameterNode(self):
         scene = sys.modules["slicer"].mrmlScene
-        node = scene.singletons.get("SAMVolSegmentParameters")
-        if node is None or not scene.IsNodePresent(node):
-            node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "SAMVolSegment")
-            scene.singletons["SAMVolSegmentParameters"] = node
-        return node
+        node = scene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+        if node:
+            if node.GetAttribute("ModuleName") != self.moduleName:
+                node.SetAttribute("ModuleName", self.moduleName)
+            return node
+        node = scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+        node.UnRegister(None)
+        node.SetSingletonTag(self.moduleName)
+        node.SetName(scene.GenerateUniqueName(self.moduleName))
+        node.SetAttribute("ModuleName", self.moduleName)
+        return scene.AddNode(node)
 
 
 class ScriptedLoadableModuleWidget:
@@ -1289,73 +630,18 @@ class ScriptedLoadableModuleTest:
         pass
 
 
-# ---------------------------------------------------------------------------------------------- install
-def install() -> types.ModuleType:
-    """Put the ``slicer``/``qt`` stand-ins into ``sys.modules``; each call starts a new scene, app and state.
-
-    The module objects are created once and then reused, because ``SAMVolSegment`` keeps the ``slicer`` it
-    imported: resetting their contents reaches it, replacing them would not.
-    """
-    global STATE, app
-    STATE = FakeState()
-    app = FakeApp()
-    vtkSlicerSegmentationsModuleLogic.refuseWrites = False
-    existing = sys.modules.get("slicer")
-    if existing is not None and getattr(existing, "isFake", False):
-        existing.app, existing.mrmlScene, existing.fake = app, FakeScene(), STATE
-        return existing
-    this = sys.modules[__name__]
-    slicer = types.ModuleType("slicer")
-    slicer.isFake = True
-    for name in ("vtkMRMLNode", "vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode", "vtkMRMLMarkupsNode",
-                 "vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsROINode", "vtkMRMLSegmentationNode",
-                 "vtkMRMLScriptedModuleNode", "vtkMRMLSegmentEditorNode", "vtkOrientedImageData",
-                 "vtkMRMLTransformNode", "vtkMRMLLinearTransformNode",
-                 "vtkSegmentationConverter", "vtkSlicerSegmentationsModuleLogic", "vtkOrientedImageDataResample"):
-        setattr(slicer, name, getattr(this, name))
-    slicer.app, slicer.mrmlScene, slicer.fake = app, FakeScene(), STATE
-    util = types.ModuleType("slicer.util")
-    for name in ("tryWithErrorDisplay", "errorDisplay", "confirmOkCancelDisplay", "confirmYesNoDisplay",
-                 "arrayFromVTKMatrix", "vtkMatrixFromArray", "arrayFromVolume", "RenderBlocker",
-                 "VTKObservationMixin", "loadUI", "childWidgetVariables", "arrayFromMarkupsControlPoints",
-                 "getNodesByClass", "getFirstNodeByClassByName", "getModuleLogic"):
-        setattr(util, name, getattr(this, name))
-    util.mainWindow = lambda: None
-    slicer.util = util
-    i18n = types.ModuleType("slicer.i18n")
-    i18n.tr = lambda text: text
-    slicer.i18n = i18n
-    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
-    wrapper.parameterNodeWrapper = parameterNodeWrapper
-    slicer.parameterNodeWrapper = wrapper
-    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleWidget",
-                 "ScriptedLoadableModuleTest"):
-        setattr(scripted, name, getattr(this, name))
-    slicer.ScriptedLoadableModule = scripted
-    qt = types.ModuleType("qt")
-    for name in ("Qt", "QSettings", "QProgressDialog", "QTimer", "QShortcut", "QKeySequence"):
-        setattr(qt, name, getattr(this, name))
-    sys.modules.update({"slicer": slicer, "slicer.util": util, "slicer.i18n": i18n,
-                        "slicer.parameterNodeWrapper": wrapper, "slicer.ScriptedLoadableModule": scripted, "qt": qt})
-    if str(MODULE_DIR) not in sys.path:
-        sys.path.insert(0, str(MODULE_DIR))
-    return slicer
+def translate(context: str, text: str) -> str:
+    """``slicer.i18n.translate`` (Base/Python/slicer/i18n.py: ``qt.QCoreApplication.translate``), recorded."""
+    STATE.translations.append((context, text))
+    return text
 
 
 def state() -> FakeState:
     return STATE
 
 
-# ---------------------------------------------------------------------------------------------- user gestures
-def placePoint(node: vtkMRMLMarkupsNode, positionWorld) -> int:
-    """A click in a view in place mode (vtkSlicerMarkupsWidget::PlacePoint): preview point, then defined."""
-    index = node.AddControlPoint(positionWorld, status=node.PositionPreview)
-    node.SetNthControlPointPositionWorld(index, positionWorld, node.PositionDefined)
-    return index
-
-
-def placeROICorners(roi: vtkMRMLMarkupsROINode, cornerA, cornerB) -> None:
-    """Two clicks placing a box ROI, as the ROI widget does: one defined control point per click."""
-    placePoint(roi, cornerA)
-    placePoint(roi, cornerB)
+def reset() -> FakeState:
+    """A new state (each ``real_slicer.install()``)."""
+    global STATE
+    STATE = FakeState()
+    return STATE

@@ -365,7 +365,6 @@ def test_teach_offers_exactly_the_adapter_scopes_the_adapters_accept():
     import argparse
 
     from SAMVolSegmentLib.cli.teach import register_cli
-
     from SAMVolSegmentLib.model.adapters import DECODER_SCOPES
 
     parser = argparse.ArgumentParser()

@@ -114,3 +114,26 @@ def test_python_slicer_executable_is_found_or_named():
     assert python_slicer_executable(which=lambda name: "/x/PythonSlicer") == "/x/PythonSlicer"
     with pytest.raises(InstallError, match="PyTorch module"):
         python_slicer_executable(which=lambda name: None, executable="/nonexistent/bin/SlicerApp")
+
+
+def test_torch_install_pins_the_packages_slicer_ships(monkeypatch):
+    """docs/SLICER.md promises pip never replaces Slicer's numpy, SimpleITK or requests: the torch install (pip
+    for light-the-torch, then light-the-torch for torch) runs with a constraints file pinning the protected
+    packages Slicer has installed (issue 21: it passed none)."""
+    from pathlib import Path
+
+    from SAMVolSegmentSlicerLib import dependencies
+
+    monkeypatch.setattr(dependencies, "is_importable", lambda name: True)
+    monkeypatch.setattr(dependencies, "python_slicer_executable", lambda: "/opt/slicer/bin/PythonSlicer")
+    monkeypatch.setattr(dependencies, "installed_versions",
+                        lambda names=dependencies.PROTECTED_DISTRIBUTIONS: {"numpy": "1.26.4", "requests": "2.31.0",
+                                                                            "simpleitk": None, "torch": None})
+    questions = []
+    job = dependencies.TorchInstallJob.fromSlicer(lambda question: questions.append(question) or True)
+    assert job is not None and len(job.commands) == 2
+    for command in job.commands:
+        assert "--constraint" in command, command
+        path = Path(command[command.index("--constraint") + 1])
+        assert path.read_text().split() == ["numpy==1.26.4", "requests==2.31.0"]
+    assert "--constraint" in questions[0]

@@ -1,4 +1,4 @@
-"""The module's *Propose* control (issue 13) on the Slicer stand-in (``slicer_fake``), on the real engine.
+"""The module's *Propose* control (issue 13) on Slicer's real MRML (``real_slicer``: slicer-core, Qt stand-ins), on the real engine.
 
 The model is ``BallModel`` (test_session_initial_mask: the mask prompt plus a ±ball around each click) with a
 transparent proposal head: class ``ball`` is a ball of radius 2 low-res voxels (12 mm) in the middle of the
@@ -13,8 +13,8 @@ import types
 
 import numpy as np
 import pytest
-import slicer_fake
-from test_slicer_module_fake import CENTRE, SHAPE, assert_clean, ijk_to_ras, segment_array, state
+import real_slicer
+from test_slicer_module_real import CENTRE, SHAPE, assert_clean, ijk_to_ras, segment_array, state
 
 torch = pytest.importorskip("torch")
 
@@ -28,6 +28,8 @@ CLASSES = ("ball", "absent")
 #: The proposal's click: the deepest point of the ball, in world RAS (the engine's choice, see the probe test).
 PROPOSAL_CLICK = np.array([-3.5, -3.5, -3.5])
 NEAR_EDGE = (15, 15, 4)  # (k, j, i): inside the proposed ball, 11 mm from CENTRE
+
+pytestmark = pytest.mark.skipif(not real_slicer.available(), reason="slicer-core is not installed (Python >= 3.10)")
 
 
 class BallHead(torch.nn.Module):
@@ -85,12 +87,11 @@ def proposal() -> np.ndarray:
 
 @pytest.fixture
 def env():
-    slicer = slicer_fake.install()
+    slicer = real_slicer.install()
     import SAMVolSegment as module
 
     env = types.SimpleNamespace(slicer=slicer, module=module, scene=slicer.mrmlScene, widgets=[])
-    env.volume = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
-    env.volume.setArray(volume_array(), ijk_to_ras())
+    env.volume = real_slicer.addVolume(volume_array(), ijk_to_ras(), name="ct")
 
     def make_widget(factory=proposing_session, load=True):
         widget = module.SAMVolSegmentWidget()
@@ -117,11 +118,17 @@ def press_propose(widget, className: str = "ball") -> None:
 
 def points(node):
     """(position, locked, visible, label) of each control point."""
-    return [(tuple(p["pos"]), p["locked"], p["visible"], p["label"]) for p in node.points]
+    result = []
+    for index in range(node.GetNumberOfControlPoints()):
+        position = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPositionWorld(index, position)
+        result.append((tuple(position), node.GetNthControlPointLocked(index),
+                       node.GetNthControlPointVisibility(index), node.GetNthControlPointLabel(index)))
+    return result
 
 
 def visible_points(node) -> int:
-    return sum(p["visible"] for p in node.points)
+    return sum(node.GetNthControlPointVisibility(index) for index in range(node.GetNumberOfControlPoints()))
 
 
 # ------------------------------------------------------------------------------------------ class list
@@ -194,7 +201,7 @@ def test_a_click_after_propose_refines_it_near_the_click(env, proposal):
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
     press_propose(widget)
-    slicer_fake.placePoint(pn.negativePoints, CENTRE)
+    real_slicer.placePoint(pn.negativePoints, CENTRE)
     assert_clean()
     assert state().errorDialogs == []
     refined = segment_array(env, pn)
@@ -218,9 +225,9 @@ def test_a_click_after_propose_refines_it_near_the_click(env, proposal):
 def test_the_prompts_a_proposal_replaces_are_hidden_until_it_is_undone(env, proposal):
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
-    slicer_fake.placePoint(pn.positivePoints, [6.0, 0.0, 0.0])
+    real_slicer.placePoint(pn.positivePoints, [6.0, 0.0, 0.0])
     widget.onAction("box")
-    slicer_fake.placeROICorners(pn.boxROI, [-10.0, -10.0, -10.0], [10.0, 10.0, 10.0])
+    real_slicer.placeROICorners(pn.boxROI, [-10.0, -10.0, -10.0], [10.0, 10.0, 10.0])
     assert widget.logic.canUndo and visible_points(pn.positivePoints) == 1
     press_propose(widget)
     # The engine dropped the click and the box (the proposal replaces them): their markers are hidden, not deleted.
@@ -254,22 +261,18 @@ def test_propose_never_damages_other_segments(env, proposal, otherSegments):
     otherID = segmentation.GetSegmentation().AddEmptySegment("", "other")
     slab = np.zeros(SHAPE, np.uint8)
     slab[13:17, :, :] = 1  # through the proposed ball
-    from SAMVolSegmentSlicerLib import vtk_numpy
-
-    image = vtk_numpy.image_from_array(slab, (0, 0, 0), slicer_fake.vtkOrientedImageData())
-    image.SetImageToWorldMatrix(slicer_fake.vtkMatrixFromArray(ijk_to_ras()))
-    slicer_fake.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(image, segmentation, otherID, 0)
+    real_slicer.writeSegment(segmentation, otherID, slab, env.volume)
     widget.ui.segmentSelector.setCurrentNode(segmentation)
     combo = widget.ui.otherSegmentsComboBox
     combo.setCurrentIndex(combo.findData(otherSegments))
     press_propose(widget)
     assert_clean()
     assert state().errorDialogs == [] and pn.segmentID and pn.segmentID != otherID
-    np.testing.assert_array_equal(segmentation.segmentArray(otherID, SHAPE), slab > 0)
+    np.testing.assert_array_equal(real_slicer.segmentArray(segmentation, otherID, env.volume), slab > 0)
     expected = proposal & (slab == 0) if otherSegments == "protect" else proposal
     np.testing.assert_array_equal(segment_array(env, pn), expected)
     widget.onAction("undo")
-    np.testing.assert_array_equal(segmentation.segmentArray(otherID, SHAPE), slab > 0)
+    np.testing.assert_array_equal(real_slicer.segmentArray(segmentation, otherID, env.volume), slab > 0)
     assert not segment_array(env, pn).any()
 
 
@@ -291,7 +294,7 @@ def test_nothing_found_shows_one_message_and_changes_nothing(env):
     assert not widget.logic.canUndo and not widget.logic.busy
 
     # With a target and a click: the segment, the markers and the history stay as they were.
-    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    real_slicer.placePoint(pn.positivePoints, CENTRE)
     mask = segment_array(env, pn)
     before = scene_snapshot(env, pn)
     press_propose(widget, "absent")
@@ -310,7 +313,7 @@ def test_nothing_found_shows_one_message_and_changes_nothing(env):
     assert scene_snapshot(env, pn) == before and segmentation.GetSegmentation().GetNumberOfSegments() == 0
     press_propose(widget, "ball")  # and the next step starts on what is selected
     assert len(state().errorDialogs) == 3 and pn.segmentationNode is segmentation
-    assert segmentation.GetSegmentation().GetSegmentIDs() == [pn.segmentID] and segment_array(env, pn).any()
+    assert list(segmentation.GetSegmentation().GetSegmentIDs()) == [pn.segmentID] and segment_array(env, pn).any()
     assert_clean()
 
 
@@ -353,7 +356,7 @@ def test_a_propose_pressed_while_a_step_runs_is_dropped(env):
         return original(*args, **kwargs)
 
     widget.logic.session.add_click = slow_click
-    slicer_fake.placePoint(pn.positivePoints, [6.0, 0.0, 0.0])
+    real_slicer.placePoint(pn.positivePoints, [6.0, 0.0, 0.0])
     assert_clean()
     assert pressed and state().errorDialogs == []
     assert len(widget.logic.session.clicks) == 1 and pn.positivePoints.GetNumberOfControlPoints() == 1
@@ -376,12 +379,12 @@ def test_the_logic_proposes_without_the_widget(env, proposal):
         logic.propose("ball")
         assert logic.proposalClasses() == CLASSES
         segmentation = slicer.util.getNodesByClass("vtkMRMLSegmentationNode")[0]
-        np.testing.assert_array_equal(segmentation.segmentArray(pn.segmentID, SHAPE), proposal)
+        np.testing.assert_array_equal(real_slicer.segmentArray(segmentation, pn.segmentID, env.volume), proposal)
         logic.addPoint(CENTRE, positive=False)
-        assert not segmentation.segmentArray(pn.segmentID, SHAPE)[15, 15, 15]
+        assert not real_slicer.segmentArray(segmentation, pn.segmentID, env.volume)[15, 15, 15]
         logic.undo()
         logic.undo()
-        assert not segmentation.segmentArray(pn.segmentID, SHAPE).any()
+        assert not real_slicer.segmentArray(segmentation, pn.segmentID, env.volume).any()
     finally:
         logic.cleanup()
 
@@ -408,7 +411,7 @@ def test_the_bundled_model_with_a_constant_head_through_the_kept_model_path(env,
 
     k, j, i = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
     ball = np.sqrt((k - 15.0) ** 2 + (j - 15.0) ** 2 + (i - 15.0) ** 2) < 7
-    env.volume.setArray((np.where(ball, 300.0, 20.0) + np.random.default_rng(1).normal(0, 5, SHAPE))
+    real_slicer.setVolume(env.volume, (np.where(ball, 300.0, 20.0) + np.random.default_rng(1).normal(0, 5, SHAPE))
                         .astype(np.float32), ijk_to_ras())
     widget = env.make_widget(load=False)
     widget.logic.sessionFactory = env.module.local_session.localSession  # the default: a session on the kept model
@@ -421,7 +424,7 @@ def test_the_bundled_model_with_a_constant_head_through_the_kept_model_path(env,
     assert state().errorDialogs == []
     assert segment_array(env, pn).all()
     assert points(pn.positivePoints)[0][1:] == (True, True, "everything")
-    slicer_fake.placePoint(pn.negativePoints, [-12.0, -12.0, -12.0])  # voxel (3, 3, 3), in the background
+    real_slicer.placePoint(pn.negativePoints, [-12.0, -12.0, -12.0])  # voxel (3, 3, 3), in the background
     refined = segment_array(env, pn)
     assert not refined[3, 3, 3] and refined[25:, 25:, 25:].all()
     widget.onAction("undo")

@@ -1,4 +1,4 @@
-"""``SAMVolSegmentLogic.segmentVolume`` (the console/batch path) against the Slicer stand-in, on a real model.
+"""``SAMVolSegmentLogic.segmentVolume`` (the console/batch path) on Slicer's real MRML (``real_slicer``), on a real model.
 
 The model is a frozen copy of the bundled default (training may replace the original while tests run). The
 reference is always the engine's own Python API, ``SAMVolSegmentLib.segment``, on the same voxels, IJK → world
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import slicer_fake
+import real_slicer
 import vtk
 
 torch = pytest.importorskip("torch")
@@ -32,6 +32,8 @@ SHAPE = (32, 40, 36)  # (k, j, i)
 CENTRE_IJK = np.array([18.0, 20.0, 16.0])
 SPACING_IJK = np.array([1.2, 1.0, 1.5])
 RADIUS_MM = 9.0
+
+pytestmark = pytest.mark.skipif(not real_slicer.available(), reason="slicer-core is not installed (Python >= 3.10)")
 
 
 def ijk_to_ras() -> np.ndarray:
@@ -49,7 +51,7 @@ def parent_to_world() -> np.ndarray:
     transform = vtk.vtkTransform()
     transform.Translate(12.0, -7.0, 30.0)
     transform.RotateX(-15.0)
-    return slicer_fake.arrayFromVTKMatrix(transform.GetMatrix())
+    return np.array([[transform.GetMatrix().GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
 def phantom() -> np.ndarray:
@@ -81,18 +83,21 @@ def expected(model) -> np.ndarray:
     return mask > 0
 
 
+#: The phantom volume of the running test (the grid ``segment_mask`` reads on).
+CURRENT = types.SimpleNamespace(volume=None)
+
+
 @pytest.fixture
 def env(model):
-    slicer = slicer_fake.install()
+    slicer = real_slicer.install()
     import SAMVolSegment as module
 
     env = types.SimpleNamespace(slicer=slicer, module=module, scene=slicer.mrmlScene, logics=[], loads=[])
-    transform = env.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "parent")
-    transform.SetMatrixTransformToParent(slicer_fake.vtkMatrixFromArray(parent_to_world()))
+    transform = real_slicer.addLinearTransform(parent_to_world(), "parent")
     env.transform = transform
-    env.volume = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
-    env.volume.setArray(phantom(), ijk_to_ras())
+    env.volume = real_slicer.addVolume(phantom(), ijk_to_ras(), name="ct")
     env.volume.SetAndObserveTransformNodeID(transform.GetID())
+    CURRENT.volume = env.volume
 
     def make_logic():
         logic = module.SAMVolSegmentLogic()
@@ -111,26 +116,33 @@ def env(model):
         logic.cleanup()
 
 
-def segment_mask(segmentationNode, segmentID) -> np.ndarray:
-    return segmentationNode.segmentArray(segmentID, SHAPE)
+def segment_mask(segmentationNode, segmentID, volume=None) -> np.ndarray:
+    """A segment at the voxels of ``volume`` (default: the transformed phantom), read independently of the module."""
+    volume = volume if volume is not None else CURRENT.volume
+    return real_slicer.segmentArray(segmentationNode, segmentID, volume)
 
 
 def add_segment(segmentationNode, name: str, mask: np.ndarray) -> str:
     """A segment written as Slicer stores one: a labelmap on the volume's grid (as the module writes)."""
-    from SAMVolSegmentSlicerLib import vtk_numpy
-
     segmentID = segmentationNode.GetSegmentation().AddEmptySegment("", name)
-    image = vtk_numpy.image_from_array(mask.astype(np.uint8), (0, 0, 0), slicer_fake.vtkOrientedImageData())
-    image.SetImageToWorldMatrix(slicer_fake.vtkMatrixFromArray(IJK_TO_WORLD))
-    slicer_fake.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentID, 0)
+    real_slicer.writeSegment(segmentationNode, segmentID, mask, CURRENT.volume)
     return segmentID
 
 
 def snapshot(segmentationNode):
-    """Everything a write could change: segment IDs, names, statuses, voxels, conversion parameters."""
+    """Everything a write could change: segment IDs, names, statuses, voxels, reference geometry."""
+    import slicer
+
     segmentation = segmentationNode.GetSegmentation()
-    return ({sid: (seg.GetName(), seg.status, segment_mask(segmentationNode, sid).copy())
-             for sid, seg in segmentation.segments.items()}, dict(segmentation.parameters))
+    status = slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentStatus
+    geometry = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    return ({sid: (segmentation.GetSegment(sid).GetName(), status(segmentation.GetSegment(sid)),
+                   segment_mask(segmentationNode, sid).copy()) for sid in segmentation.GetSegmentIDs()},
+            {geometry: segmentation.GetConversionParameter(geometry)})
+
+
+def node_ids(scene):
+    return [scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())]
 
 
 def assert_same(before, after) -> None:
@@ -160,8 +172,10 @@ def test_segment_volume_writes_the_batch_api_mask_on_a_transformed_volume(env, e
     assert env.loads[0][2] is logic.worker.thread, "the model is loaded on the worker too"
     segment = segmentation.GetSegmentation().GetSegment(segmentID)
     assert segment.GetName() == "ball"
-    assert segment.status == slicer_fake.vtkSlicerSegmentationsModuleLogic.Completed
-    assert segmentation.GetSegmentation().GetConversionParameter("ReferenceImageGeometry"), \
+    segmentationsLogic = env.slicer.vtkSlicerSegmentationsModuleLogic
+    assert segmentationsLogic.GetSegmentStatus(segment) == segmentationsLogic.Completed
+    geometry = env.slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    assert segmentation.GetSegmentation().GetConversionParameter(geometry), \
         "a segmentation without geometry gets the volume's"
     assert {"resample_s", "encode_s", "write_s", "total_s"} <= set(logic.lastTiming)
     assert not logic.busy and logic.session is None, "no interactive session was started"
@@ -189,7 +203,7 @@ def test_other_segments_never_change_overlap_and_protect(env, expected):
     np.testing.assert_array_equal(after[0][liverID][2], before[0][liverID][2])
     np.testing.assert_array_equal(segment_mask(segmentation, protectID), protected)
     assert_same(beforeOther, snapshot(other))
-    assert other.GetSegmentation().GetSegmentIDs() == [otherID]
+    assert list(other.GetSegmentation().GetSegmentIDs()) == [otherID]
     assert len(env.loads) == 1, "the model is loaded once for both calls"
 
 
@@ -212,11 +226,11 @@ def test_bad_prompts_change_nothing_and_load_nothing(env, case):
     logic = env.make_logic()
     segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
     add_segment(segmentation, "liver", np.ones(SHAPE, bool))
-    before, nodes = snapshot(segmentation), dict(env.scene.nodes)
+    before, nodes = snapshot(segmentation), node_ids(env.scene)
     with pytest.raises(error, match=re.escape(text)):
         logic.segmentVolume(env.volume, segmentation, points, labels, box=box)
     assert_same(before, snapshot(segmentation))
-    assert env.scene.nodes == nodes and env.loads == [] and not logic.busy
+    assert node_ids(env.scene) == nodes and env.loads == [] and not logic.busy
 
 
 def test_bad_targets_change_nothing_and_load_nothing(env):
@@ -236,14 +250,17 @@ def test_bad_targets_change_nothing_and_load_nothing(env):
         logic.segmentVolume(env.volume, segmentation, POINTS, LABELS, otherSegments="overwrite")
     with pytest.raises(ValueError, match="OVERLAP or"):
         logic.segmentVolume(env.volume, segmentation, POINTS, LABELS, otherSegments="merge")
-    env.transform.linear = False
+    warp = real_slicer.addThinPlateSplineTransform("warp")
+    env.volume.SetAndObserveTransformNodeID(warp.GetID())
     with pytest.raises(ValueError, match="non-linear transform"):
         logic.segmentVolume(env.volume, segmentation, POINTS, LABELS)
-    env.transform.linear = True
-    segmentation.GetSegmentation().sourceRepresentation = "Closed surface"
+    env.volume.SetAndObserveTransformNodeID(env.transform.GetID())
+    surface = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "from a model")
+    surface.GetSegmentation().SetSourceRepresentationName(
+        env.slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName())
     with pytest.raises(segment_io.SegmentWriteError, match="Binary labelmap"):
-        logic.segmentVolume(env.volume, segmentation, POINTS, LABELS)
-    segmentation.GetSegmentation().sourceRepresentation = "Binary labelmap"
+        logic.segmentVolume(env.volume, surface, POINTS, LABELS)
+    assert surface.GetSegmentation().GetNumberOfSegments() == 0
     logic.backend = backend.Backend(kind=backend.REMOTE, url="https://gpu-box:8765")
     with pytest.raises(ValueError, match="its own model"):
         logic.segmentVolume(env.volume, segmentation, POINTS, LABELS, model="sam-med3d-turbo")
@@ -269,11 +286,10 @@ def test_a_refused_write_removes_the_new_segment(env):
     segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
     add_segment(segmentation, "liver", np.zeros(SHAPE, bool))
     before = snapshot(segmentation)
-    slicer_fake.vtkSlicerSegmentationsModuleLogic.refuseWrites = True
-    with pytest.raises(segment_io.SegmentWriteError, match="refused"):
+    with real_slicer.refusingWrites(), pytest.raises(segment_io.SegmentWriteError, match="refused"):
         logic.segmentVolume(env.volume, segmentation, POINTS, LABELS, device="cpu")
-    slicer_fake.vtkSlicerSegmentationsModuleLogic.refuseWrites = False
-    before[1]["ReferenceImageGeometry"] = segmentation.GetSegmentation().parameters["ReferenceImageGeometry"]
+    (geometry,) = before[1]
+    before[1][geometry] = segmentation.GetSegmentation().GetConversionParameter(geometry)
     assert_same(before, snapshot(segmentation))
 
 
@@ -288,8 +304,8 @@ def test_interactive_session_shares_the_model_and_keeps_its_history(env, expecte
     logic.modelFactory = env.make_logic().modelFactory
     env.logics.append(logic)
     pn = logic.getParameterNode()
-    slicer_fake.placePoint(pn.positivePoints, CENTRE_WORLD)
-    assert slicer_fake.state().errorDialogs == [] and logic.canUndo
+    real_slicer.placePoint(pn.positivePoints, CENTRE_WORLD)
+    assert real_slicer.state().errorDialogs == [] and logic.canUndo
     clicked = segment_mask(pn.segmentationNode, pn.segmentID).copy()
     assert clicked.any()
 
@@ -300,7 +316,7 @@ def test_interactive_session_shares_the_model_and_keeps_its_history(env, expecte
     np.testing.assert_array_equal(segment_mask(pn.segmentationNode, pn.segmentID), clicked)
     assert logic.canUndo
     widget.onAction("undo")
-    assert slicer_fake.state().errorDialogs == []
+    assert real_slicer.state().errorDialogs == []
     assert not segment_mask(pn.segmentationNode, pn.segmentID).any()
     np.testing.assert_array_equal(segment_mask(console, newID), expected)
     widget.cleanup()
@@ -317,24 +333,24 @@ def readme_console_example() -> str:
 
 def test_readme_console_example_segments_each_volume_from_its_markups(env, expected, model, capsys):
     logic = env.make_logic()
-    env.slicer.fake.moduleLogics["SAMVolSegment"] = logic
+    real_slicer.registerWidget(types.SimpleNamespace(logic=logic))
     env.volume.SetName("ct")
     prompts = env.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "ct prompts")
-    prompts.AddControlPoint(POINTS[0], label="F-1")
-    prompts.AddControlPoint(POINTS[1], label="neg-1")
+    prompts.AddControlPoint(list(POINTS[0]), "F-1")
+    prompts.AddControlPoint(list(POINTS[1]), "neg-1")
 
     second = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mr")  # no parent transform
-    second.setArray(phantom()[::-1].copy(), ijk_to_ras())
+    real_slicer.setVolume(second, phantom()[::-1].copy(), ijk_to_ras())
     mrPoint = (ijk_to_ras() @ np.append(CENTRE_IJK * [1, 1, 0] + [0, 0, SHAPE[0] - 1 - CENTRE_IJK[2]], 1.0))[:3]
-    env.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "mr prompts").AddControlPoint(mrPoint, label="F-1")
+    env.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "mr prompts").AddControlPoint(list(mrPoint), "F-1")
 
-    onlyNegative = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "pet")
-    onlyNegative.setArray(phantom(), ijk_to_ras())
-    env.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "pet prompts").AddControlPoint(mrPoint, label="neg")
+    real_slicer.addVolume(phantom(), ijk_to_ras(), name="pet")
+    env.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "pet prompts").AddControlPoint(list(mrPoint), "neg")
     # A labelmap volume (a subclass of vtkMRMLScalarVolumeNode) with prompts, and a volume without: both skipped.
-    env.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels").setArray(np.zeros(SHAPE), ijk_to_ras())
-    env.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "labels prompts").AddControlPoint(mrPoint)
-    env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "no prompts").setArray(phantom(), ijk_to_ras())
+    labels = env.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    real_slicer.setVolume(labels, np.zeros(SHAPE, np.uint8), ijk_to_ras())
+    env.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "labels prompts").AddControlPoint(list(mrPoint))
+    real_slicer.addVolume(phantom(), ijk_to_ras(), name="no prompts")
 
     exec(compile(readme_console_example(), "README.md", "exec"), {"slicer": env.slicer})
 
@@ -346,7 +362,7 @@ def test_readme_console_example_segments_each_volume_from_its_markups(env, expec
     assert segmentations["ct SAM"].GetSegmentation().GetSegment(ctID).GetName() == "structure"
     np.testing.assert_array_equal(segment_mask(segmentations["ct SAM"], ctID), expected)
     (mrID,) = segmentations["mr SAM"].GetSegmentation().GetSegmentIDs()
-    mrExpected = segment(second.array, [mrPoint], [True], model=model, ijk_to_ras=ijk_to_ras()) > 0
+    mrExpected = segment(env.slicer.util.arrayFromVolume(second), [mrPoint], [True], model=model, ijk_to_ras=ijk_to_ras()) > 0
     assert mrExpected.any()
-    np.testing.assert_array_equal(segment_mask(segmentations["mr SAM"], mrID), mrExpected)
+    np.testing.assert_array_equal(segment_mask(segmentations["mr SAM"], mrID, second), mrExpected)
     assert len(env.loads) == 1, "the module's model is loaded once for the whole loop"

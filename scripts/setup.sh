@@ -36,9 +36,9 @@ step 2 "upgrading pip"
 .venv/bin/python -m pip install --quiet --upgrade pip
 step 3 "installing torch==$TORCH_VERSION (the largest download; a minute or more)"
 .venv/bin/python -m pip install --quiet "torch==$TORCH_VERSION"
-step 4 "installing SAMVolSegment (editable) with numpy, SimpleITK, scipy, matplotlib, tqdm, dask and the test tools"
+step 4 "installing SAMVolSegment (editable) with numpy, SimpleITK, scipy, matplotlib, tqdm, dask, the test tools and slicer-core"
 # setuptools prints an informational "Editable installation" notice for every editable install of a
 # flat-layout project; it is not a problem of this project, so it is filtered (by its message only).
-PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install --quiet -e ".[dev,eval,batch]"
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install --quiet -e ".[dev,eval,batch,slicer]"
 echo "SAMVolSegment installed in $(pwd)/.venv in $((SECONDS - START)) s."
 echo "Run .venv/bin/samvolseg demo (or 'source .venv/bin/activate' first, then samvolseg ...)."

@@ -7,7 +7,7 @@ Logic's volume/segmentation/segment and undo/redo's segment side), ``segment_io`
 ``segment_volume`` (``segmentVolume``), ``markers`` (prompt markups), ``settings_panel`` (Model and settings
 panel), ``propose`` (Propose control), ``shortcuts`` (keys), ``progress_display`` (progress bar, dialog, status
 texts), ``local_session`` (the kept local model) and ``backend`` (local or remote session, QSettings; no Qt
-import); they are tested against the Slicer stand-in ``Testing/slicer_fake.py``.
+import); they are tested on Slicer's real core (``slicer-core``, ``Testing/real_slicer.py``).
 """
 
 from __future__ import annotations

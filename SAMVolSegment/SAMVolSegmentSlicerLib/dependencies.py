@@ -225,13 +225,29 @@ def python_slicer_executable(which: Callable[[str], Optional[str]] = None, execu
                        "(Extensions Manager, 'PyTorch') instead.")
 
 
-def torch_install_commands(python: str) -> List[List[str]]:
+def torch_install_commands(python: str, constraints_path: Optional[str] = None) -> List[List[str]]:
     """The commands that install torch as the PyTorch extension does: light-the-torch picks a build that
-    matches the NVIDIA driver (or the CPU build). Mirrors ``PyTorchUtilsLogic.installTorch`` (SlicerPyTorch)."""
+    matches the NVIDIA driver (or the CPU build). Mirrors ``PyTorchUtilsLogic.installTorch`` (SlicerPyTorch).
+    With ``constraints_path`` both pass it to pip (``ltt install`` forwards pip's options), so neither replaces a
+    package Slicer ships (:func:`write_protected_constraints`)."""
+    pinned = ["--constraint", os.fspath(constraints_path)] if constraints_path else []
     return [
-        [python, "-m", "pip", "install", "light-the-torch>=0.5"],
-        [python, "-m", "light_the_torch", "install", f"torch{TORCH_REQUIREMENT}"],
+        [python, "-m", "pip", "install", "light-the-torch>=0.5", *pinned],
+        [python, "-m", "light_the_torch", "install", f"torch{TORCH_REQUIREMENT}", *pinned],
     ]
+
+
+def write_protected_constraints() -> Optional[str]:
+    """A pip constraints file pinning the protected packages installed here (numpy, requests, ... as Slicer ships
+    them: :func:`pip_plan`); its path, or None when none is installed with pip metadata."""
+    import tempfile
+
+    constraints = pip_plan([]).constraints
+    if not constraints:
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="SAMVolSegment-constraints-", delete=False) as f:
+        f.write("\n".join(constraints) + "\n")
+    return f.name
 
 
 class TorchInstallJob:
@@ -262,7 +278,7 @@ class TorchInstallJob:
         if not is_importable("PyTorchUtils"):
             raise InstallError("The PyTorch extension is required: install 'PyTorch' from the Extensions Manager, "
                                "restart Slicer, then click 'Install dependencies' again.", restartRequired=True)
-        commands = torch_install_commands(python_slicer_executable())
+        commands = torch_install_commands(python_slicer_executable(), write_protected_constraints())
         if not confirm("PyTorch will be downloaded and installed (this can take several minutes):\n\n"
                        + "\n".join(" ".join(c) for c in commands)):
             return None

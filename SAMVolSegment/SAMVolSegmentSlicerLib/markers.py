@@ -26,6 +26,17 @@ from .undo_stack import Prompt
 _POINT_LISTS = (("positivePoints", "SAMVolSegment positive", (0.2, 0.9, 0.2)),
                 ("negativePoints", "SAMVolSegment negative", (0.95, 0.25, 0.2)))
 
+#: Node attribute set on a point list while code (any Logic, any reload of this module) adds a control point
+#: to it: ``AddControlPoint*`` fires ``PointPositionDefinedEvent`` (vtkMRMLMarkupsNode.cxx) as a user's click does,
+#: and every panel observing the list must tell the two apart. Kept on the node, so a second Logic (a console
+#: script, Reload and Test) is recognised too; removed again right after the point is added.
+ADDING_ATTRIBUTE = "SAMVolSegment.addingPoint"
+
+
+def isProgrammaticPoint(markupsNode) -> bool:
+    """True while code adds a control point to ``markupsNode`` (see :data:`ADDING_ATTRIBUTE`)."""
+    return markupsNode.GetAttribute(ADDING_ATTRIBUTE) is not None
+
 
 class PromptMarkers:
     """Creates, places, removes and re-creates prompt markers for the parameter node ``getParameterNode()``."""
@@ -61,6 +72,12 @@ class PromptMarkers:
         node = self._node(kind)
         if kind == "box":
             node.RemoveAllControlPoints()
+            # Once its two corners are placed, a box ROI keeps one centre point and allows no more
+            # (vtkMRMLMarkupsROINode.cxx: Required/MaximumNumberOfControlPoints become 1), so a second box could
+            # not get its second corner; setting the ROI type again restores the two-corner placement.
+            roiType = node.GetROIType()
+            node.SetROIType(node.ROITypeBoundingBox if roiType == node.ROITypeBox else node.ROITypeBox)
+            node.SetROIType(roiType)
             self._setBoxVisible(True)  # a proposal may have hidden the previous box
         selectionNode = slicer.app.applicationLogic().GetSelectionNode()
         selectionNode.SetReferenceActivePlaceNodeClassName(node.GetClassName())
@@ -128,12 +145,14 @@ class PromptMarkers:
         self.ensureNodes()
         node = self._node("positive" if prompt.positive else "negative")
         self.adding = True
+        node.SetAttribute(ADDING_ATTRIBUTE, "1")
         try:
             # An empty label gets Slicer's automatic one (vtkMRMLMarkupsNode::AddControlPoint, autoLabel);
             # AddControlPointWorld fires PointPositionDefinedEvent (AddControlPoint), hence ``adding``.
             index = node.AddControlPointWorld(vtk.vtkVector3d(*prompt.position_ras), prompt.label)
         finally:
             self.adding = False
+            node.RemoveAttribute(ADDING_ATTRIBUTE)
         node.SetNthControlPointLocked(index, True)
         return replace(prompt, marker_id=f"{node.GetID()}:{node.GetNthControlPointID(index)}")
 
@@ -180,10 +199,16 @@ class PromptMarkers:
         if displayNode is not None:
             displayNode.SetVisibility(bool(visible))
 
-    def clear(self) -> None:
-        """Remove every prompt marker (a new target starts without them)."""
+    def clear(self, keep: str = "") -> None:
+        """Remove every prompt marker (a new target starts without them), except the one named ``keep``."""
         for kind in ("positive", "negative", "box"):
             node = self._node(kind)
-            if node is not None:
+            if node is None or (kind == "box" and keep == node.GetID()):
+                continue
+            if kind == "box" or not keep.startswith(node.GetID() + ":"):
                 node.RemoveAllControlPoints()
+                continue
+            for index in reversed(range(node.GetNumberOfControlPoints())):
+                if f"{node.GetID()}:{node.GetNthControlPointID(index)}" != keep:
+                    node.RemoveNthControlPoint(index)
         self._setBoxVisible(True)

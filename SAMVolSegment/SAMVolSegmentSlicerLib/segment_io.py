@@ -4,13 +4,20 @@ MRML glue (imports ``slicer``), so it follows Slicer's camelCase; the array work
 ``segment_merge``) is plain numpy and tested on its own. One :class:`SegmentIO` serves one target: a
 segmentation node and the volume whose grid the engine works on.
 
-Why every write goes through ``SetBinaryLabelmapToSegment`` with ``MODE_REPLACE`` on the segment's own extent:
-that call separates the segment from a shared layer when needed (so the other segments of the layer are not
-resampled or touched), re-converts the closed surface, and fires the events views need.
+Every write goes through ``SetBinaryLabelmapToSegment`` with ``MODE_REPLACE`` on the segment's own voxels plus the
+written box (the call replaces the whole segment), on the grid the segment is *stored* on: its labelmap layer's
+grid, or the segmentation's reference geometry for an empty segment. That grid may differ from the input
+volume's (a cropped input, an oversampled segmentation, a volume moved by its transform): the box is mapped
+onto it and only the stored voxels whose centres fall in the box change, so voxels outside the volume's grid
+never change, a shared layer is never resampled (the other segments keep their detail) and the cost scales with
+the segment, not the layer. Each write records the stored box before and after (``StoredPatch``), so undo and redo
+give back exactly what was stored. Slicer separates the segment from a shared layer when needed, re-converts
+the closed surface and fires the events views need.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -21,7 +28,7 @@ from SAMVolSegmentLib.engine.mask_update import BBoxKJI, MaskUpdate, union_bbox
 
 from . import coordinates, vtk_numpy
 from .segment_merge import EditPolicy, MaskMode, OtherSegment, OtherSegments, OverwriteMode, merge_region
-from .undo_stack import EditStep, Prompt, RegionEdit
+from .undo_stack import EditStep, Prompt, RegionEdit, StoredPatch
 
 
 class SegmentWriteError(RuntimeError):
@@ -65,6 +72,29 @@ def editPolicyFromSegmentEditor(segmentEditorNode, otherSegments: OtherSegments 
                       intensity_range=intensityRange, other_segments=otherSegments, overwrite_mode=overwrite)
 
 
+def geometryFingerprint(volumeNode, segmentationNode) -> Tuple:
+    """What the volume-grid mapping of a :class:`SegmentIO` depends on: the volume's IJK -> world (spacing, origin,
+    directions, parent transforms), its voxel array's shape, and the segmentation's node -> world."""
+    image = volumeNode.GetImageData()
+    return (volumeIjkToWorld(volumeNode).round(6).tobytes(),
+            tuple(image.GetDimensions()) if image is not None else None,
+            nodeToWorldMatrix(segmentationNode).round(6).tobytes())
+
+
+def _integerOffset(indexToIndex: np.ndarray) -> Optional[Tuple[int, int, int]]:
+    """(k, j, i) offset when a 4×4 index -> index matrix is a whole-voxel translation (aligned grids), else None."""
+    offset = indexToIndex[:3, 3]
+    if (np.allclose(indexToIndex[:3, :3], np.eye(3), atol=1e-6)
+            and np.allclose(offset, np.rint(offset), atol=coordinates.GRID_ATOL_MM)):
+        i, j, k = (int(v) for v in np.rint(offset))
+        return (k, j, i)
+    return None
+
+
+def _matrixKey(matrix: np.ndarray) -> Tuple[float, ...]:
+    return tuple(float(v) for v in np.asarray(matrix, float).round(6).ravel())
+
+
 class SegmentIO:
     """Segment voxels of one segmentation, as bool arrays of boxes of one volume's (k, j, i) grid."""
 
@@ -73,12 +103,20 @@ class SegmentIO:
         self.segmentationNode = segmentationNode
         self.ijkToWorld = volumeIjkToWorld(volumeNode)
         self.shapeKji: Tuple[int, int, int] = tuple(int(n) for n in slicer.util.arrayFromVolume(volumeNode).shape)
+        self.fingerprint = geometryFingerprint(volumeNode, segmentationNode)
+        #: Volume IJK -> the segmentation's local frame, and its inverse (read once: every segment uses them).
+        self._ijkToSegmentation = np.linalg.inv(nodeToWorldMatrix(segmentationNode)) @ self.ijkToWorld
+        self._segmentationToIjk = np.linalg.inv(self._ijkToSegmentation)
+
+    def isStale(self) -> bool:
+        """True when the volume's grid (IJK -> RAS, parent transforms, shape) or the segmentation's transform
+        changed since this object read them: it must be rebuilt before the next step."""
+        return geometryFingerprint(self.volumeNode, self.segmentationNode) != self.fingerprint
 
     # ------------------------------------------------------------------ geometry
     def ijkToSegmentationMatrix(self) -> vtk.vtkMatrix4x4:
         """Volume IJK → the segmentation's local frame: the ImageToWorld matrix of the labelmaps written."""
-        local = np.linalg.inv(nodeToWorldMatrix(self.segmentationNode)) @ self.ijkToWorld
-        return slicer.util.vtkMatrixFromArray(local)
+        return slicer.util.vtkMatrixFromArray(self._ijkToSegmentation)
 
     def ensureReferenceGeometry(self) -> None:
         """Give the segmentation the volume's grid when it has no reference geometry yet.
@@ -111,12 +149,6 @@ class SegmentIO:
                 "The segmentation's source representation is not a binary labelmap (it was made from a model or "
                 "a surface): in the Segmentations module, Representations, make 'Binary labelmap' the source.")
 
-    def _labelmapMatchesGrid(self, labelmap) -> bool:
-        matrix = vtk.vtkMatrix4x4()
-        labelmap.GetImageToWorldMatrix(matrix)
-        return coordinates.same_grid(slicer.util.arrayFromVTKMatrix(matrix),
-                                     slicer.util.arrayFromVTKMatrix(self.ijkToSegmentationMatrix()))
-
     # ------------------------------------------------------------------ reading
     def segmentArray(self, segmentID: str) -> np.ndarray:
         """The whole segment on the volume grid (uint8), e.g. to seed the engine when editing it."""
@@ -131,8 +163,10 @@ class SegmentIO:
         if labelmap is None or vtk_numpy.bbox_is_empty(vtk_numpy.bbox_from_extent(labelmap.GetExtent())):
             return np.zeros(shape, bool)
         labelValue = segmentationNode.GetSegmentation().GetSegment(segmentID).GetLabelValue()
-        if self._labelmapMatchesGrid(labelmap):
-            return vtk_numpy.read_region(labelmap, bbox, labelValue)
+        offset = _integerOffset(self._volumeIndexFromStored(self._imageToSegmentation(labelmap)))
+        if offset is not None:  # the same grid, or whole voxels apart (a cropped volume): read it as it is
+            shifted = tuple((lo - d, hi - d) for (lo, hi), d in zip(bbox, offset))
+            return vtk_numpy.read_region(labelmap, shifted, labelValue)
         reference = slicer.vtkOrientedImageData()
         reference.SetExtent(*vtk_numpy.extent_from_bbox(bbox))
         reference.SetImageToWorldMatrix(self.ijkToSegmentationMatrix())
@@ -141,7 +175,12 @@ class SegmentIO:
         resampled = slicer.vtkOrientedImageData()
         slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
             binary, reference, resampled, False, True)
-        return vtk_numpy.read_region(resampled, bbox) != 0
+        # A volume voxel holding any stored voxel of the segment counts as set (a finer grid's partial voxels),
+        # as the write below assumes; nearest-neighbour resampling alone could miss a thin structure.
+        volumeFromStored = self._volumeIndexFromStored(self._imageToSegmentation(labelmap))
+        storedBox, pool, _update = self._storedBox(bbox, volumeFromStored)
+        stored = vtk_numpy.read_region(labelmap, storedBox, labelValue)
+        return (vtk_numpy.read_region(resampled, bbox) != 0) | pool(stored)
 
     # ------------------------------------------------------------------ writing
     def mergeUpdate(self, targetID: str, update: MaskUpdate, prompt: Prompt, policy: EditPolicy) -> EditStep:
@@ -187,65 +226,212 @@ class SegmentIO:
     def writeStep(self, step: EditStep, after: bool = True) -> None:
         """Write a step's regions (``after``) or restore them (``before``).
 
-        If Slicer refuses one segment, the segments already written go back to their previous content and
-        :class:`SegmentWriteError` is raised: the segmentation is never left half-written.
+        The first write records what changed on each segment's stored grid (:class:`StoredPatch`, kept in
+        ``step.edits``); later writes (undo, redo) write those stored bytes back exactly. If Slicer refuses one
+        segment, the segments already written go back to their previous content and :class:`SegmentWriteError`
+        is raised: the segmentation is never left half-written.
         """
-        written: List[RegionEdit] = []
+        edits = list(step.edits)
+        written: List[int] = []
         try:
             with slicer.util.RenderBlocker():
-                for edit in step.edits:
-                    self.writeRegion(edit.segment_id, edit.bbox_kji, edit.after if after else edit.before)
-                    written.append(edit)
+                for index, edit in enumerate(edits):
+                    patch = self._writeEdit(edit, after)
+                    if edit.stored is None and patch is not None:
+                        edits[index] = replace(edit, stored=patch)
+                    written.append(index)
         except Exception:
-            for edit in reversed(written):
+            for index in reversed(written):
                 try:
-                    self.writeRegion(edit.segment_id, edit.bbox_kji, edit.before if after else edit.after)
+                    self._writeEdit(edits[index], not after)
                 except Exception:  # the original error matters more than a failed restore
                     pass
             raise
+        finally:
+            step.edits = tuple(edits)
 
-    def writeRegion(self, segmentID: str, bbox: BBoxKJI, region: np.ndarray) -> None:
-        """Set a segment's voxels in a box of the volume's grid; keeps its voxels elsewhere.
+    def _writeEdit(self, edit: RegionEdit, after: bool) -> Optional[StoredPatch]:
+        """One edit, through its stored patch when the segment is still stored on that grid, else mapped from
+        the volume-grid region; returns the patch of a first write."""
+        stored = edit.stored
+        if stored is not None and _matrixKey(self._storedGrid(edit.segment_id)) == stored.grid:
+            self._writeStored(edit.segment_id, stored.bbox_kji, stored.after if after else stored.before)
+            return None
+        return self.writeRegion(edit.segment_id, edit.bbox_kji, edit.after if after else edit.before)
 
-        The segment goes to ``SetBinaryLabelmapToSegment`` as one binary image covering its own extent plus
-        the box, so the cost scales with the segment, not the volume.
+    # ------------------------------------------------------------------ the stored grid
+    @staticmethod
+    def _imageToSegmentation(image) -> np.ndarray:
+        matrix = vtk.vtkMatrix4x4()
+        image.GetImageToWorldMatrix(matrix)
+        return slicer.util.arrayFromVTKMatrix(matrix)
+
+    def _volumeIndexFromStored(self, storedToSegmentation: np.ndarray) -> np.ndarray:
+        """Stored-grid index (i, j, k, 1) -> volume-grid index."""
+        return self._segmentationToIjk @ storedToSegmentation
+
+    def _storedGrid(self, segmentID: str) -> np.ndarray:
+        """Index -> segmentation-local matrix of the grid the segment is stored on: its labelmap layer's, or for an
+        empty segment the segmentation's reference geometry (where Slicer's editor would put it), else the
+        volume's grid."""
+        labelmap = self.segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentID)
+        if labelmap is not None and not vtk_numpy.bbox_is_empty(vtk_numpy.bbox_from_extent(labelmap.GetExtent())):
+            return self._imageToSegmentation(labelmap)
+        name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+        geometry = self.segmentationNode.GetSegmentation().GetConversionParameter(name)
+        if geometry:
+            matrix, extent = vtk.vtkMatrix4x4(), [0, -1, 0, -1, 0, -1]
+            if slicer.vtkSegmentationConverter.DeserializeImageGeometry(geometry, matrix, extent):
+                return slicer.util.arrayFromVTKMatrix(matrix)
+        return self._ijkToSegmentation.copy()
+
+    def _readStored(self, segmentID: str, bbox: BBoxKJI) -> np.ndarray:
+        """The segment's stored voxels in a box of its stored grid (bool)."""
+        labelmap = self.segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentID)
+        if labelmap is None or vtk_numpy.bbox_is_empty(vtk_numpy.bbox_from_extent(labelmap.GetExtent())):
+            return np.zeros(tuple(hi - lo for lo, hi in bbox), bool)
+        labelValue = self.segmentationNode.GetSegmentation().GetSegment(segmentID).GetLabelValue()
+        return vtk_numpy.read_region(labelmap, bbox, labelValue)
+
+    def _storedBox(self, bbox: BBoxKJI, volumeFromStored: np.ndarray):
+        """The box of the stored grid whose voxel centres may fall in ``bbox`` of the volume's grid, and
+        ``pool(before)``, the volume voxels of ``bbox`` holding any set stored voxel, and ``update(before, region)
+        -> after`` for the stored voxels of that box.
+
+        A stored voxel whose centre lies in a voxel of ``bbox`` takes that voxel's value in ``region`` when the
+        write changes it; a volume voxel counts as set before the write when any stored voxel in it was. So on a
+        finer grid (an oversampled segmentation) detail the write leaves alone stays: a positive result where the
+        segment already had voxels keeps its fine shape there, a negative one clears them.
+        """
+        offset = _integerOffset(volumeFromStored)
+        if offset is not None:  # the same grid, or whole voxels apart: voxel for voxel
+            storedBox = tuple((lo - d, hi - d) for (lo, hi), d in zip(bbox, offset))
+            return storedBox, lambda before: before.copy(), lambda before, region: region.copy()
+        storedFromVolume = np.linalg.inv(volumeFromStored)
+        corners = np.array([[i, j, k, 1.0] for k in (bbox[0][0] - 0.5, bbox[0][1] - 0.5)
+                            for j in (bbox[1][0] - 0.5, bbox[1][1] - 0.5) for i in (bbox[2][0] - 0.5, bbox[2][1] - 0.5)])
+        mapped = (storedFromVolume @ corners.T)[:3]  # (i, j, k) rows
+        lo, hi = np.floor(mapped.min(axis=1)).astype(int), np.ceil(mapped.max(axis=1)).astype(int) + 1
+        storedBox = tuple((int(lo[a]), int(hi[a])) for a in (2, 1, 0))
+        low = np.array([b[0] for b in bbox[::-1]])  # (i, j, k)
+        high = np.array([b[1] for b in bbox[::-1]])
+        linear = volumeFromStored[:3, :3]
+        if np.allclose(linear, np.diag(np.diag(linear)), atol=1e-9):
+            # Axes parallel (e.g. an oversampled geometry): each axis maps on its own, memory follows the box.
+            axes = []
+            for axis in (2, 1, 0):  # k, j, i
+                stored = np.arange(*storedBox[2 - axis])
+                volume = np.rint(linear[axis, axis] * stored + volumeFromStored[axis, 3]).astype(int)
+                keep = (volume >= low[axis]) & (volume < high[axis])
+                axes.append((np.flatnonzero(keep), volume[keep] - low[axis]))
+
+            shape = tuple(hi - lo for lo, hi in bbox)
+
+            def poolAlongAxes(before):  # OR of the stored voxels in each volume voxel, one axis at a time
+                (sk, vk), (sj, vj), (si, vi) = axes
+                was = before[np.ix_(sk, sj, si)]
+                for axis, volumeIndex in enumerate((vk, vj, vi)):
+                    moved = np.moveaxis(was, axis, 0)
+                    pooled = np.zeros((shape[axis],) + moved.shape[1:], bool)
+                    np.logical_or.at(pooled, volumeIndex, moved)
+                    was = np.moveaxis(pooled, 0, axis)
+                return was
+
+            def alongAxes(before, region):
+                after = before.copy()
+                (sk, vk), (sj, vj), (si, vi) = axes
+                stored, volume = np.ix_(sk, sj, si), np.ix_(vk, vj, vi)
+                was = poolAlongAxes(before)
+                after[stored] = np.where(region[volume] != was[volume], region[volume], before[stored])
+                return after
+
+            return storedBox, poolAlongAxes, alongAxes
+        k, j, i = np.indices(tuple(h - b for b, h in storedBox)).reshape(3, -1)
+        index = np.stack([i + storedBox[2][0], j + storedBox[1][0], k + storedBox[0][0], np.ones_like(i)])
+        volumeIndex = np.rint((volumeFromStored @ index)[:3]).astype(int) - low[:, None]  # (i, j, k)
+        inside = np.all((volumeIndex >= 0) & (volumeIndex < (high - low)[:, None]), axis=0)
+
+        vi, vj, vk = volumeIndex[:, inside]
+
+        def poolAnyOrientation(before):
+            was = np.zeros(tuple(hi - lo for lo, hi in bbox), bool)
+            np.logical_or.at(was, (vk, vj, vi), before.reshape(-1)[inside])
+            return was
+
+        def anyOrientation(before, region):
+            after = before.copy()
+            flat = after.reshape(-1)
+            was = poolAnyOrientation(before)
+            flat[inside] = np.where(region[vk, vj, vi] != was[vk, vj, vi], region[vk, vj, vi], flat[inside])
+            return after
+
+        return storedBox, poolAnyOrientation, anyOrientation
+
+    def _writeStored(self, segmentID: str, storedBox: BBoxKJI, values: np.ndarray) -> None:
+        """Set the segment's stored voxels in a box of its stored grid; every other voxel stays as stored.
 
         Raises:
             SegmentWriteError: Slicer refused the labelmap (``SetBinaryLabelmapToSegment`` returned false).
         """
         segmentationNode = self.segmentationNode
-        labelmap = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentID)
         segment = segmentationNode.GetSegmentation().GetSegment(segmentID)
         if segment is None:
             raise SegmentWriteError(f"Segment '{segmentID}' was deleted; undo is not possible for it any more.")
-        existing: BBoxKJI = ((0, 0), (0, 0), (0, 0))
-        if labelmap is not None:
-            existing = vtk_numpy.bbox_from_extent(labelmap.GetExtent())
-        if not vtk_numpy.bbox_is_empty(existing) and self._labelmapMatchesGrid(labelmap):
-            cover = union_bbox(existing, bbox)
-            binary = vtk_numpy.read_region(labelmap, cover, segment.GetLabelValue())
-        elif vtk_numpy.bbox_is_empty(existing):
-            cover, binary = bbox, np.zeros(tuple(hi - lo for lo, hi in bbox), bool)
-        else:  # stored on another grid: bring the whole segment onto the volume's grid once
-            cover = tuple((0, n) for n in self.shapeKji)
-            binary = self.readRegion(segmentID, cover)
-        inner = tuple(slice(lo - c[0], hi - c[0]) for (lo, hi), c in zip(bbox, cover))
-        binary[inner] = region
+        segmentation = segmentationNode.GetSegmentation()
+        layer = segmentation.GetLayerIndex(segmentID)
+        if layer >= 0 and len(segmentation.GetSegmentIDsForLayer(layer)) > 1:
+            # A shared layer (a label map import) costs Slicer a pass over the whole layer at every write; on
+            # its own layer (as Slicer moves a segment when segments overlap) the segment's writes cost what the
+            # segment does. The other segments' voxels do not change.
+            segmentation.SeparateSegmentLabelmap(segmentID)
+        grid = self._storedGrid(segmentID)
+        # MODE_REPLACE replaces the whole segment, also with an extent (seen on slicer-core 5.13), so the image
+        # covers the segment's own voxels (not its whole shared layer: the cost follows the segment) and the box.
+        cover = storedBox
+        labelmap = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentID)
+        if labelmap is not None and not vtk_numpy.bbox_is_empty(vtk_numpy.bbox_from_extent(labelmap.GetExtent())):
+            layerBox = vtk_numpy.bbox_from_extent(labelmap.GetExtent())
+            own = vtk_numpy.bbox_of_mask(vtk_numpy.array_from_image(labelmap) == segment.GetLabelValue())
+            own = tuple((lo + b[0], hi + b[0]) for (lo, hi), b in zip(own, layerBox))
+            if not vtk_numpy.bbox_is_empty(own):
+                cover = union_bbox(own, storedBox)
+        binary = self._readStored(segmentID, cover)
+        binary[tuple(slice(lo - c[0], hi - c[0]) for (lo, hi), c in zip(storedBox, cover))] = values
         image = vtk_numpy.image_from_array(binary.astype(np.uint8), tuple(lo for lo, _hi in cover),
                                            slicer.vtkOrientedImageData())
-        image.SetImageToWorldMatrix(self.ijkToSegmentationMatrix())
+        image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(grid))
         hadSurface = segmentationNode.GetSegmentation().ContainsRepresentation(
             slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName())
-        ok = slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            image, segmentationNode, segmentID, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        ok = logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentID, logic.MODE_REPLACE)
         if not ok:
             raise SegmentWriteError(
                 f"Slicer refused to write segment '{segment.GetName()}' (see the application log); check that "
                 "the segmentation's source representation is 'Binary labelmap'.")
         if hadSurface:
             segmentationNode.CreateClosedSurfaceRepresentation()
-        slicer.vtkSlicerSegmentationsModuleLogic.SetSegmentStatus(
-            segment, slicer.vtkSlicerSegmentationsModuleLogic.InProgress)
+        logic.SetSegmentStatus(segment, logic.InProgress)
+
+    def writeRegion(self, segmentID: str, bbox: BBoxKJI, region: np.ndarray) -> StoredPatch:
+        """Set a segment's voxels in a box of the volume's grid; keeps its voxels elsewhere; returns what changed
+        on the segment's stored grid.
+
+        The box goes onto the grid the segment is stored on (:meth:`_storedGrid`): the stored voxels whose
+        centres fall in the box take the value of the volume voxel they lie in where the write changes it
+        (:meth:`_storedBox`), all others keep theirs. On the volume's own grid (or whole voxels apart from it)
+        that is the box itself, voxel for voxel.
+
+        Raises:
+            SegmentWriteError: Slicer refused the labelmap (``SetBinaryLabelmapToSegment`` returned false).
+        """
+        if self.segmentationNode.GetSegmentation().GetSegment(segmentID) is None:
+            raise SegmentWriteError(f"Segment '{segmentID}' was deleted; undo is not possible for it any more.")
+        grid = self._storedGrid(segmentID)
+        storedBox, _pool, update = self._storedBox(bbox, self._volumeIndexFromStored(grid))
+        before = self._readStored(segmentID, storedBox)
+        after = update(before, np.asarray(region, bool))
+        self._writeStored(segmentID, storedBox, after)
+        return StoredPatch(_matrixKey(grid), storedBox, before, after)
 
 
 def boxFromROI(roiNode) -> Optional[Tuple[np.ndarray, np.ndarray]]:

@@ -35,6 +35,9 @@ class Target:
         self.volumeFingerprint = None
         #: True once the session holds this segment's voxels as its initial mask (and its prompts since).
         self.seeded = False
+        #: Set when the volume was sent again to a session that had prompts (its content or geometry changed):
+        #: the engine's history restarted, so the markers of those prompts are stale (``takeHistoryDropped``).
+        self.historyDropped = False
 
     def sendVolume(self, session, runOnWorker: Callable, volumeNode) -> None:
         """Give the engine the volume again only when its content or world geometry changed."""
@@ -46,6 +49,7 @@ class Target:
         arrayKji = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
         runOnWorker(session.set_volume, arrayKji, ijkToWorld)
         self.volumeFingerprint = fingerprint
+        self.historyDropped = self.historyDropped or self.seeded
         self.seeded = False
 
     def select(self, session, runOnWorker: Callable, volumeNode, segmentationNode, segmentID: str = "") -> str:
@@ -62,8 +66,10 @@ class Target:
         segmentation = segmentationNode.GetSegmentation()
         if not segmentID or segmentation.GetSegment(segmentID) is None:
             segmentID = segmentation.AddEmptySegment("")
+        # A new SegmentIO for other nodes, and for the same nodes once their geometry changed (a transform,
+        # spacing or origin edit, voxels of another shape): it maps boxes of the volume's grid as it was read.
         ioChanged = (self.io is None or self.io.volumeNode is not volumeNode
-                     or self.io.segmentationNode is not segmentationNode)
+                     or self.io.segmentationNode is not segmentationNode or self.io.isStale())
         self.sendVolume(session, runOnWorker, volumeNode)
         if ioChanged:
             self.io = segment_io.SegmentIO(volumeNode, segmentationNode)
@@ -74,6 +80,11 @@ class Target:
             runOnWorker(session.set_initial_mask, initial if initial.any() else None)
             self.seeded = True
         return segmentID
+
+    def takeHistoryDropped(self) -> bool:
+        """Whether the engine's history restarted since the last call (see ``historyDropped``)."""
+        dropped, self.historyDropped = self.historyDropped, False
+        return dropped
 
     def selectFromParameterNode(self, pn, session, runOnWorker: Callable) -> None:
         """Volume and target from the parameter node; creates the segmentation/segment when empty."""
@@ -88,14 +99,19 @@ class Target:
         if pn.segmentID != segmentID:
             pn.segmentID = segmentID
 
-    def require(self, session) -> None:
-        """Raise unless a console step (``addPoint``/``setBox``) has a target to work on."""
+    def require(self, session, runOnWorker: Callable) -> None:
+        """Raise unless a console step (``addPoint``/``setBox``) has a target to work on; a target whose volume
+        moved or changed shape since it was selected is selected again (the engine gets the volume again)."""
         if session is None:
             raise RuntimeError(_("Load a model first."))
         if self.io is None or not self.segmentID:
             raise RuntimeError(_("Select the input volume and the target segment first."))
         if self.io.segmentationNode.GetSegmentation().GetSegment(self.segmentID) is None:
             raise RuntimeError(_("The target segment was deleted; select another segment."))
+        if self.io.isStale():
+            io = self.io
+            self.select(session, runOnWorker, io.volumeNode, io.segmentationNode, self.segmentID)
+            self.checkKept(self.io)
 
     def checkKept(self, io: Optional[segment_io.SegmentIO]) -> None:
         """Raise :class:`TargetRemovedError` when the step that started on ``io`` lost its volume or segmentation

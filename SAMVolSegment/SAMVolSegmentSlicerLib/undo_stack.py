@@ -11,7 +11,7 @@ step it came from (``session.annotate_last_step``), gets it back from ``session.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -19,13 +19,35 @@ from SAMVolSegmentLib.engine.mask_update import BBoxKJI
 
 
 @dataclass(frozen=True)
+class StoredPatch:
+    """What a write changed in a segment *as Slicer stores it*: a box of the grid of the segment's labelmap layer
+    (which may differ from the volume's: a cropped input, an oversampled segmentation, a moved volume), before
+    and after. Undo and redo write these bytes back, so the stored voxels come back exactly.
+
+    ``grid`` is the layer's image-to-segmentation matrix (16 values, row-major) the box indexes.
+    """
+
+    grid: Tuple[float, ...]
+    bbox_kji: BBoxKJI
+    before: np.ndarray
+    after: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.before.nbytes + self.after.nbytes)
+
+
+@dataclass(frozen=True)
 class RegionEdit:
-    """One segment's box before and after a write (bool arrays of the box's shape, (k, j, i) order)."""
+    """One segment's box before and after a write (bool arrays of the box's shape, (k, j, i) order, on the volume's
+    grid, as the merge saw it), and what the write changed on the segment's stored grid (``stored``, once
+    written)."""
 
     segment_id: str
     bbox_kji: BBoxKJI
     before: np.ndarray
     after: np.ndarray
+    stored: Optional[StoredPatch] = None
 
     def __post_init__(self) -> None:
         shape = tuple(int(hi) - int(lo) for lo, hi in self.bbox_kji)
@@ -35,7 +57,7 @@ class RegionEdit:
     @property
     def nbytes(self) -> int:
         """Memory held by this edit."""
-        return int(self.before.nbytes + self.after.nbytes)
+        return int(self.before.nbytes + self.after.nbytes) + (self.stored.nbytes if self.stored else 0)
 
 
 @dataclass(frozen=True)

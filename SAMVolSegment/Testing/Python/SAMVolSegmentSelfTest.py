@@ -78,8 +78,55 @@ class SAMVolSegmentSelfTest(unittest.TestCase):
         centreWorld = (ijkToWorld @ np.append(centre_ijk, 1.0))[:3]
         return volumeNode, centreWorld, (22, 44, 50)
 
+    @staticmethod
+    def _toWorld(node) -> np.ndarray:
+        matrix = vtk.vtkMatrix4x4()
+        if node.GetParentTransformNode() is not None:
+            node.GetParentTransformNode().GetMatrixTransformToWorld(matrix)
+        return slicer.util.arrayFromVTKMatrix(matrix)
+
+    def _ijkToWorld(self, volumeNode) -> np.ndarray:
+        ijkToRas = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(ijkToRas)
+        return self._toWorld(volumeNode) @ slicer.util.arrayFromVTKMatrix(ijkToRas)
+
     def _label(self, segmentationNode, segmentID, volumeNode) -> np.ndarray:
-        return slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentID, volumeNode) > 0
+        """The segment at the volume's voxel centres, transform-safe: each centre goes to world (IJK -> RAS and
+        parent transforms) and into the segment's stored labelmap (nearest voxel). ``slicer.util``'s
+        ``arrayFromSegmentBinaryLabelmap`` / ``updateSegmentBinaryLabelmapFromArray`` put a segment of a volume
+        under a parent transform at the doubly transformed place (seen on slicer-core 5.13)."""
+        shape = slicer.util.arrayFromVolume(volumeNode).shape
+        layer = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentID)
+        extent = layer.GetExtent() if layer is not None else (0, -1, 0, -1, 0, -1)
+        if extent[1] < extent[0]:
+            return np.zeros(shape, bool)
+        imageToSegmentation = vtk.vtkMatrix4x4()
+        layer.GetImageToWorldMatrix(imageToSegmentation)
+        stored = slicer.util.arrayFromVTKMatrix(imageToSegmentation)
+        stored[:3, 3] += stored[:3, :3] @ np.array(extent[0::2], float)  # index 0 of the array
+        dims = [extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3)]
+        label = segmentationNode.GetSegmentation().GetSegment(segmentID).GetLabelValue()
+        from vtk.util import numpy_support
+
+        values = numpy_support.vtk_to_numpy(layer.GetPointData().GetScalars()).reshape(dims[::-1]) == label
+        k, j, i = np.indices(shape).reshape(3, -1)
+        toStored = np.linalg.inv(self._toWorld(segmentationNode) @ stored) @ self._ijkToWorld(volumeNode)
+        index = np.rint((toStored @ np.stack([i, j, k, np.ones_like(i)]).astype(float))[:3]).astype(int)
+        inside = np.all((index >= 0) & (index < np.array(dims)[:, None]), axis=0)
+        out = np.zeros(shape, bool).reshape(-1)
+        out[inside] = values[index[2, inside], index[1, inside], index[0, inside]]
+        return out.reshape(shape)
+
+    def _setLabel(self, maskKji, segmentationNode, segmentID, volumeNode) -> None:
+        """Put a mask on the volume's grid into a segment, transform-safe: the labelmap's image-to-world is the
+        volume's IJK -> segmentation matrix, parent transforms of both included (SetBinaryLabelmapToSegment)."""
+        from SAMVolSegmentSlicerLib import vtk_numpy
+
+        image = vtk_numpy.image_from_array(np.asarray(maskKji, np.uint8), (0, 0, 0), slicer.vtkOrientedImageData())
+        local = np.linalg.inv(self._toWorld(segmentationNode)) @ self._ijkToWorld(volumeNode)
+        image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(local))
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        self.assertTrue(logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentID, logic.MODE_REPLACE))
 
     def test_click_undo_redo_box_and_protect(self) -> None:
         volumeNode, centreWorld, centreKji = self._phantom()
@@ -131,8 +178,8 @@ class SAMVolSegmentSelfTest(unittest.TestCase):
         existing = np.zeros(slicer.util.arrayFromVolume(volumeNode).shape, np.uint8)
         k, j, i = centreKji
         existing[k - 4:k + 4, j - 10:j + 10, i - 10:i + 10] = 1
-        segmentID = segmentationNode.GetSegmentation().AddEmptySegment("existing")
-        slicer.util.updateSegmentBinaryLabelmapFromArray(existing, segmentationNode, segmentID, volumeNode)
+        segmentID = segmentationNode.GetSegmentation().AddEmptySegment("", "existing")
+        self._setLabel(existing, segmentationNode, segmentID, volumeNode)
         self.logic.setTarget(volumeNode, segmentationNode, segmentID)
         self.logic.addPoint(centreWorld, positive=False)
         after = self._label(segmentationNode, segmentID, volumeNode)
@@ -155,7 +202,7 @@ class SAMVolSegmentSelfTest(unittest.TestCase):
         k, j, i = centreKji
         slab[k - 3:k + 3, j - 30:j + 30, i - 30:i + 30] = 1  # through the ball
         otherID = segmentationNode.GetSegmentation().AddEmptySegment("", "slab")
-        slicer.util.updateSegmentBinaryLabelmapFromArray(slab, segmentationNode, otherID, volumeNode)
+        self._setLabel(slab, segmentationNode, otherID, volumeNode)
         slabBefore = self._label(segmentationNode, otherID, volumeNode)
         self.assertTrue(slabBefore[centreKji])
 
@@ -217,7 +264,7 @@ class SAMVolSegmentSelfTest(unittest.TestCase):
         slab = np.zeros(slicer.util.arrayFromVolume(volumeNode).shape, np.uint8)
         slab[centreKji[0] - 3:centreKji[0] + 3] = 1
         otherID = segmentationNode.GetSegmentation().AddEmptySegment("", "slab")
-        slicer.util.updateSegmentBinaryLabelmapFromArray(slab, segmentationNode, otherID, volumeNode)
+        self._setLabel(slab, segmentationNode, otherID, volumeNode)
         slabBefore = self._label(segmentationNode, otherID, volumeNode)
         pn = logic.getParameterNode()
         pn.inputVolume, pn.segmentationNode, pn.segmentID = volumeNode, segmentationNode, ""

@@ -1,4 +1,5 @@
-"""SAMVolSegment.py's Widget and Logic against a stand-in of the Slicer API (``slicer_fake``), on the real engine.
+"""SAMVolSegment.py's Widget and Logic on Slicer's real MRML (``slicer-core``, ``real_slicer``; only the Qt parts are
+stand-ins, ``slicer_fake``), on the real engine.
 
 The engine is a real ``InteractiveSession`` with a transparent model (mask prompt ± balls around clicks), so
 these tests cover the Logic ↔ session-protocol path too. Each of the six definite bugs of issue 9 has a test
@@ -14,12 +15,14 @@ import unittest
 
 import numpy as np
 import pytest
-import slicer_fake
+import real_slicer
 from test_session_initial_mask import BallModel
 
 from SAMVolSegmentLib.engine.session import InteractiveSession
 
 SHAPE = (30, 30, 30)
+
+pytestmark = pytest.mark.skipif(not real_slicer.available(), reason="slicer-core is not installed (Python >= 3.10)")
 
 
 def ijk_to_ras(offset: float = -15.0) -> np.ndarray:
@@ -34,12 +37,11 @@ def ball_session(*_args) -> InteractiveSession:
 
 @pytest.fixture
 def env():
-    slicer = slicer_fake.install()
+    slicer = real_slicer.install()
     import SAMVolSegment as module
 
     env = types.SimpleNamespace(slicer=slicer, module=module, scene=slicer.mrmlScene, widgets=[])
-    env.volume = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
-    env.volume.setArray(np.random.default_rng(0).normal(100, 10, SHAPE).astype(np.float32), ijk_to_ras())
+    env.volume = real_slicer.addVolume(np.random.default_rng(0).normal(100, 10, SHAPE).astype(np.float32), ijk_to_ras())
 
     def make_widget(factory=ball_session):
         widget = module.SAMVolSegmentWidget()
@@ -56,11 +58,11 @@ def env():
 
 
 def state():
-    return slicer_fake.state()
+    return real_slicer.state()
 
 
 def segment_array(env, pn) -> np.ndarray:
-    return pn.segmentationNode.segmentArray(pn.segmentID, SHAPE)
+    return real_slicer.segmentArray(pn.segmentationNode, pn.segmentID, env.volume)
 
 
 CENTRE = np.array([0.0, 0.0, 0.0])  # voxel (15, 15, 15)
@@ -84,7 +86,7 @@ def test_failed_click_shows_one_dialog_removes_its_marker_and_escapes_nowhere(en
     pn = widget.logic.getParameterNode()
     widget.onAction("positive")
     widget.ui.progressBar.show()
-    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    real_slicer.placePoint(pn.positivePoints, CENTRE)
     assert_clean()
     assert len(state().errorDialogs) == 1 and "engine failed" in state().errorDialogs[0]
     assert pn.positivePoints.GetNumberOfControlPoints() == 0
@@ -97,7 +99,7 @@ def test_model_load_failure_shows_one_dialog(env):
 
     widget = env.make_widget(broken)
     widget.onLoadModel()
-    slicer_fake.placePoint(widget.logic.getParameterNode().positivePoints, CENTRE)
+    real_slicer.placePoint(widget.logic.getParameterNode().positivePoints, CENTRE)
     assert_clean()
     assert len(state().errorDialogs) == 2  # one per user action, never two for one
     assert all("checkpoint is corrupt" in text for text in state().errorDialogs)
@@ -110,10 +112,10 @@ def test_box_is_sent_only_when_both_corners_are_placed(env):
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
     widget.onAction("box")
-    slicer_fake.placePoint(pn.boxROI, [-6.0, -6.0, -6.0])
+    real_slicer.placePoint(pn.boxROI, [-6.0, -6.0, -6.0])
     assert_clean()
     assert state().errorDialogs == [] and not widget.logic.canUndo
-    slicer_fake.placePoint(pn.boxROI, [6.0, 6.0, 6.0])
+    real_slicer.placePoint(pn.boxROI, [6.0, 6.0, 6.0])
     assert_clean()
     assert state().errorDialogs == []
     assert widget.logic.canUndo
@@ -127,11 +129,11 @@ def test_a_box_drawn_again_replaces_the_first_and_undo_goes_back_to_it(env):
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
     widget.onAction("box")
-    slicer_fake.placeROICorners(pn.boxROI, [-6.0, -6.0, -6.0], [6.0, 6.0, 6.0])
+    real_slicer.placeROICorners(pn.boxROI, [-6.0, -6.0, -6.0], [6.0, 6.0, 6.0])
     first = segment_array(env, pn)
     widget.onAction("box")
     assert pn.boxROI.GetNumberOfControlPoints() == 0
-    slicer_fake.placeROICorners(pn.boxROI, [-3.0, -3.0, -3.0], [3.0, 3.0, 3.0])
+    real_slicer.placeROICorners(pn.boxROI, [-3.0, -3.0, -3.0], [3.0, 3.0, 3.0])
     assert_clean()
     assert state().errorDialogs == []
     second = segment_array(env, pn)
@@ -152,7 +154,7 @@ def test_first_click_with_selector_on_none_keeps_its_marker(env, existing_segmen
         segmentation.GetSegmentation().AddEmptySegment("", "other")
         widget.ui.segmentSelector.setCurrentNode(segmentation)
         assert widget.ui.segmentSelector.currentSegmentID() == ""  # None
-    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    real_slicer.placePoint(pn.positivePoints, CENTRE)
     assert_clean()
     assert state().errorDialogs == []
     assert pn.positivePoints.GetNumberOfControlPoints() == 1
@@ -166,7 +168,7 @@ def test_undo_after_redo_removes_the_recreated_marker(env):
     """Redo re-creates the control point with a new ID (vtkMRMLMarkupsNode::GenerateUniqueControlPointID)."""
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
-    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    real_slicer.placePoint(pn.positivePoints, CENTRE)
     widget.onAction("undo")
     assert pn.positivePoints.GetNumberOfControlPoints() == 0 and not segment_array(env, pn).any()
     widget.onAction("redo")
@@ -183,8 +185,7 @@ def test_volume_change_prepares_the_volume_just_selected(env):
     the widget's, so the old handler read the previous volume from the parameter node."""
     widget = env.make_widget()
     widget.onLoadModel()
-    other = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mr")
-    other.setArray(np.random.default_rng(1).normal(50, 5, (12, 20, 24)).astype(np.float32), ijk_to_ras(-5.0))
+    other = real_slicer.addVolume(np.random.default_rng(1).normal(50, 5, (12, 20, 24)).astype(np.float32), ijk_to_ras(-5.0), name="mr")
     widget.ui.inputVolumeSelector.setCurrentNode(other)
     assert_clean()
     assert widget.logic.session.mask_array_kji().shape == (12, 20, 24)
@@ -192,7 +193,7 @@ def test_volume_change_prepares_the_volume_just_selected(env):
 
 # ------------------------------------------------------------------------------------------ bug 6
 def load_self_test():
-    path = slicer_fake.MODULE_DIR / "Testing" / "Python" / "SAMVolSegmentSelfTest.py"
+    path = real_slicer.MODULE_DIR / "Testing" / "Python" / "SAMVolSegmentSelfTest.py"
     spec = importlib.util.spec_from_file_location("SAMVolSegmentSelfTest", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -209,7 +210,7 @@ def test_self_test_skips_without_torch_and_is_registered_once(env, monkeypatch):
     unittest.defaultTestLoader.loadTestsFromTestCase(module.SAMVolSegmentSelfTest).run(result)
     assert result.testsRun >= 3 and len(result.skipped) == result.testsRun
     assert not result.errors and not result.failures
-    cmake = "".join(p.read_text() for p in slicer_fake.MODULE_DIR.rglob("CMakeLists.txt"))
+    cmake = "".join(p.read_text() for p in real_slicer.MODULE_DIR.rglob("CMakeLists.txt"))
     registered = re.findall(r"slicer_add_python_unittest\(\s*SCRIPT\s+(\S+?)\)", cmake)
     assert registered == ["SAMVolSegmentSelfTest.py"], registered
 
@@ -222,15 +223,11 @@ def test_editing_an_existing_segment_negative_click_removes_its_voxels(env):
     segmentID = segmentation.GetSegmentation().AddEmptySegment("", "liver")
     cube = np.zeros(SHAPE, np.uint8)
     cube[4:26, 4:26, 4:26] = 1
-    from SAMVolSegmentSlicerLib import vtk_numpy
-
-    image = vtk_numpy.image_from_array(cube, (0, 0, 0), slicer_fake.vtkOrientedImageData())
-    image.SetImageToWorldMatrix(slicer_fake.vtkMatrixFromArray(ijk_to_ras()))
-    slicer_fake.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(image, segmentation, segmentID, 0)
+    real_slicer.writeSegment(segmentation, segmentID, cube, env.volume)
     widget.ui.segmentSelector.setCurrentNode(segmentation)
     widget.ui.segmentSelector.userSelects(segmentID)
     assert pn.segmentID == segmentID
-    slicer_fake.placePoint(pn.negativePoints, CENTRE)
+    real_slicer.placePoint(pn.negativePoints, CENTRE)
     assert_clean()
     mask = segment_array(env, pn)
     assert not mask[15, 15, 15] and mask[6, 6, 6], "the click removes voxels there and keeps the rest"
@@ -247,7 +244,7 @@ def test_in_flight_guard_drops_clicks_and_shortcuts_during_a_step(env):
     def pump():  # the user keeps clicking and pressing keys while the step runs
         if not reentered:
             reentered.append(True)
-            slicer_fake.placePoint(pn.positivePoints, [5.0, 5.0, 5.0])
+            real_slicer.placePoint(pn.positivePoints, [5.0, 5.0, 5.0])
             widget.onAction("undo")
             widget.onAction("accept")
 
@@ -262,7 +259,7 @@ def test_in_flight_guard_drops_clicks_and_shortcuts_during_a_step(env):
         return original(*args, **kwargs)
 
     widget.logic.session.add_click = slow_click
-    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    real_slicer.placePoint(pn.positivePoints, CENTRE)
     assert_clean()
     assert reentered and state().errorDialogs == []
     assert pn.positivePoints.GetNumberOfControlPoints() == 1, "the click placed during the step is removed"
@@ -284,7 +281,7 @@ def test_t_toggles_polarity_and_v_toggles_visibility(env):
     press_key(widget, "T")
     assert widget.logic.markers.placingKind() == "negative"
     assert "negative" in widget.ui.statusLabel.text, "the status line says it at once, not after the next step"
-    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    real_slicer.placePoint(pn.positivePoints, CENTRE)
     display = pn.segmentationNode.GetDisplayNode()
     press_key(widget, "V")
     assert display.GetSegmentVisibility(pn.segmentID) is False
@@ -296,12 +293,12 @@ def test_t_toggles_polarity_and_v_toggles_visibility(env):
 def test_deleted_segmentation_and_point_list_are_recovered(env):
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
-    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    real_slicer.placePoint(pn.positivePoints, CENTRE)
     old = pn.segmentationNode
     env.scene.RemoveNode(old)
     env.scene.RemoveNode(pn.negativePoints)
     assert pn.negativePoints is not None, "a deleted point list is re-created"
-    slicer_fake.placePoint(pn.positivePoints, [3.0, 0.0, 0.0])
+    real_slicer.placePoint(pn.positivePoints, [3.0, 0.0, 0.0])
     assert_clean()
     assert state().errorDialogs == []
     assert pn.segmentationNode is not None and pn.segmentationNode is not old
@@ -321,46 +318,39 @@ def test_progress_dialog_appears_after_two_seconds_and_closes(env):
 def test_refused_write_leaves_the_segment_unchanged_and_the_step_undoable(env):
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
-    slicer_fake.vtkSlicerSegmentationsModuleLogic.refuseWrites = True
-    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    with real_slicer.refusingWrites():
+        real_slicer.placePoint(pn.positivePoints, CENTRE)
     assert_clean()
     assert len(state().errorDialogs) == 1 and "undo" in state().errorDialogs[0].lower()
     assert not segment_array(env, pn).any()
-    slicer_fake.vtkSlicerSegmentationsModuleLogic.refuseWrites = False
     widget.onAction("undo")
     assert not widget.logic.canUndo and pn.positivePoints.GetNumberOfControlPoints() == 0
 
 
-def add_segment(segmentation, name: str, mask: np.ndarray) -> str:
+def add_segment(segmentation, name: str, mask: np.ndarray, volume) -> str:
     """A segment holding ``mask`` on the volume grid, written as Slicer would store it."""
-    from SAMVolSegmentSlicerLib import vtk_numpy
-
     segmentID = segmentation.GetSegmentation().AddEmptySegment("", name)
-    image = vtk_numpy.image_from_array(mask.astype(np.uint8), (0, 0, 0), slicer_fake.vtkOrientedImageData())
-    image.SetImageToWorldMatrix(slicer_fake.vtkMatrixFromArray(ijk_to_ras()))
-    slicer_fake.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(image, segmentation, segmentID, 0)
+    real_slicer.writeSegment(segmentation, segmentID, mask, volume)
     return segmentID
 
 
 def segment_editor(env):
     """The Segment Editor's settings node, found as Slicer's module keeps it (singleton tag "SegmentEditor")."""
-    node = env.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "SegmentEditor")
-    env.scene.singletons["SegmentEditor"] = node
-    return node
+    return real_slicer.segmentEditorNode()
 
 
 @pytest.mark.parametrize("masking", [True, False])
 def test_the_segment_editor_intensity_range_limits_a_click_unless_masking_is_off(env, masking):
     """editPolicyFromSegmentEditor reads vtkMRMLSegmentEditorNode's SourceVolumeIntensityMask(Range)."""
     voxels = np.where(np.arange(SHAPE[2]) < 15, 0.0, 200.0)[None, None, :] * np.ones(SHAPE)
-    env.volume.setArray(voxels.astype(np.float32), ijk_to_ras())
+    real_slicer.setVolume(env.volume, voxels.astype(np.float32), ijk_to_ras())
     editor = segment_editor(env)
     editor.SetSourceVolumeIntensityMask(True)
     editor.SetSourceVolumeIntensityMaskRange(150.0, 250.0)
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
     pn.useSegmentEditorMasking = masking
-    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    real_slicer.placePoint(pn.positivePoints, CENTRE)
     assert_clean()
     mask = segment_array(env, pn)
     assert mask[15, 15, 15] and mask[:, :, 15:].any()
@@ -374,31 +364,31 @@ def test_overwrite_follows_the_segment_editor_and_spares_hidden_segments(env):
     segmentation.CreateDefaultDisplayNodes()
     slab = np.zeros(SHAPE, bool)
     slab[:, :, 13:17] = True
-    visible = add_segment(segmentation, "visible", slab)
-    hidden = add_segment(segmentation, "hidden", slab)
+    visible = add_segment(segmentation, "visible", slab, env.volume)
+    hidden = add_segment(segmentation, "hidden", slab, env.volume)
     segmentation.GetDisplayNode().SetSegmentVisibility(hidden, False)
-    segment_editor(env).SetOverwriteMode(slicer_fake.vtkMRMLSegmentEditorNode.OverwriteVisibleSegments)
+    segment_editor(env).SetOverwriteMode(env.slicer.vtkMRMLSegmentEditorNode.OverwriteVisibleSegments)
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
     pn.segmentationNode = segmentation
     pn.otherSegments = env.module.OtherSegments.OVERWRITE
-    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    real_slicer.placePoint(pn.positivePoints, CENTRE)
     assert_clean()
     assert segment_array(env, pn)[15, 15, 15]
-    assert not segmentation.segmentArray(visible, SHAPE)[15, 15, 15], "the visible segment gave its voxels"
-    np.testing.assert_array_equal(segmentation.segmentArray(hidden, SHAPE), slab)
+    assert not real_slicer.segmentArray(segmentation, visible, env.volume)[15, 15, 15], "the visible segment gave its voxels"
+    np.testing.assert_array_equal(real_slicer.segmentArray(segmentation, hidden, env.volume), slab)
     widget.onAction("undo")
-    np.testing.assert_array_equal(segmentation.segmentArray(visible, SHAPE), slab)
+    np.testing.assert_array_equal(real_slicer.segmentArray(segmentation, visible, env.volume), slab)
 
 
 def test_a_deleted_masking_segment_is_refused_before_the_engine_runs(env):
     """Editable area 'Inside single segment' whose segment is gone: one dialog naming the fix, nothing changes."""
     editor = segment_editor(env)
-    editor.SetMaskMode(slicer_fake.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
+    editor.SetMaskMode(env.slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
     editor.SetMaskSegmentID("Segment_gone")
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
-    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    real_slicer.placePoint(pn.positivePoints, CENTRE)
     assert_clean()
     assert len(state().errorDialogs) == 1 and "Editable area" in state().errorDialogs[0]
     assert pn.positivePoints.GetNumberOfControlPoints() == 0 and not widget.logic.canUndo
@@ -409,15 +399,21 @@ def test_loaded_segmentation_keeps_its_reference_geometry(env):
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
     segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "loaded")
-    segmentation.GetSegmentation().SetConversionParameter("ReferenceImageGeometry", "from the .seg.nrrd")
+    other = real_slicer.addVolume(np.zeros((10, 12, 14), np.float32), np.diag([0.5, 0.5, 0.5, 1.0]), name="fine")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(other)  # as a .seg.nrrd brings its own
+    name = env.slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    loaded = segmentation.GetSegmentation().GetConversionParameter(name)
     pn.segmentationNode = segmentation
-    slicer_fake.placePoint(pn.positivePoints, CENTRE)
-    assert segmentation.GetSegmentation().GetConversionParameter("ReferenceImageGeometry") == "from the .seg.nrrd"
+    real_slicer.placePoint(pn.positivePoints, CENTRE)
+    assert_clean()
+    assert segmentation.GetSegmentation().GetConversionParameter(name) == loaded
 
 
 def test_default_volume_is_a_scalar_volume_not_a_labelmap(env):
     env.scene.RemoveNode(env.volume)
-    env.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels").setArray(np.zeros(SHAPE), ijk_to_ras())
+    labels = env.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    real_slicer.setVolume(labels, np.zeros(SHAPE, np.uint8), ijk_to_ras())
+    env.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
     scalar = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct2")
     assert __import__("SAMVolSegmentSlicerLib.segment_io").segment_io.firstScalarVolume(env.scene) is scalar
 
@@ -425,8 +421,8 @@ def test_default_volume_is_a_scalar_volume_not_a_labelmap(env):
 def test_reset_and_accept(env):
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
-    slicer_fake.placePoint(pn.positivePoints, CENTRE)
-    slicer_fake.placePoint(pn.negativePoints, [6.0, 6.0, 6.0])
+    real_slicer.placePoint(pn.positivePoints, CENTRE)
+    real_slicer.placePoint(pn.negativePoints, [6.0, 6.0, 6.0])
     first = pn.segmentID
     widget.onAction("reset")
     assert not segment_array(env, pn).any() and pn.positivePoints.GetNumberOfControlPoints() == 0
@@ -434,11 +430,12 @@ def test_reset_and_accept(env):
     assert segment_array(env, pn)[15, 15, 15]
     widget.onAction("accept")
     assert pn.segmentID != first and widget.ui.segmentSelector.currentSegmentID() == pn.segmentID
-    assert pn.segmentationNode.GetSegmentation().GetSegment(first).status == \
-        slicer_fake.vtkSlicerSegmentationsModuleLogic.Completed
-    slicer_fake.placePoint(pn.positivePoints, [6.0, 0.0, 0.0])
+    segmentationsLogic = env.slicer.vtkSlicerSegmentationsModuleLogic
+    assert segmentationsLogic.GetSegmentStatus(pn.segmentationNode.GetSegmentation().GetSegment(first)) == \
+        segmentationsLogic.Completed
+    real_slicer.placePoint(pn.positivePoints, [6.0, 0.0, 0.0])
     assert_clean()
-    first_mask = pn.segmentationNode.segmentArray(first, SHAPE)
+    first_mask = real_slicer.segmentArray(pn.segmentationNode, first, env.volume)
     assert first_mask[15, 15, 15], "Protect: the accepted segment keeps its voxels"
 
 
@@ -450,10 +447,14 @@ def test_the_point_defined_is_the_event_index_not_the_last_point(env):
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
     points = pn.positivePoints
-    points.AddControlPoint([6.0, 6.0, 6.0], status=points.PositionUndefined)  # unplaced, index 0
-    slicer_fake.placePoint(points, CENTRE)  # index 1: the first step
+    wasModifying = points.StartModify()  # the events come after EndModify, deferred, without an index
+    points.AddControlPoint([6.0, 6.0, 6.0])
+    points.UnsetNthControlPointPosition(0)  # unplaced, index 0
+    points.EndModify(wasModifying)
+    assert points.GetNumberOfControlPoints() == 1 and not widget.logic.canUndo
+    real_slicer.placePoint(points, CENTRE)  # index 1: the first step
     assert not segment_array(env, pn)[15, 15, 3]
-    points.SetNthControlPointPositionWorld(0, [-12.0, 0.0, 0.0], points.PositionDefined)  # voxel (15, 15, 3)
+    points.SetNthControlPointPositionWorld(0, -12.0, 0.0, 0.0)  # voxel (15, 15, 3): defined now
     assert_clean()
     assert state().errorDialogs == []
     assert segment_array(env, pn)[15, 15, 3], "the point defined at index 0 was segmented"
@@ -467,7 +468,7 @@ def test_after_a_failed_step_undo_and_redo_stay_on_one_history(env):
     removes it again, and the failed click's marker is gone."""
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
-    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    real_slicer.placePoint(pn.positivePoints, CENTRE)
     widget.onAction("undo")
     session = widget.logic.session
     original = session.add_click
@@ -477,7 +478,7 @@ def test_after_a_failed_step_undo_and_redo_stay_on_one_history(env):
         raise RuntimeError("engine failed")
 
     session.add_click = fails_once
-    slicer_fake.placePoint(pn.positivePoints, [6.0, 0.0, 0.0])
+    real_slicer.placePoint(pn.positivePoints, [6.0, 0.0, 0.0])
     assert len(state().errorDialogs) == 1 and pn.positivePoints.GetNumberOfControlPoints() == 0
     assert widget.logic.canRedo
     widget.onAction("redo")
@@ -512,7 +513,7 @@ def test_closing_the_scene_during_a_step_writes_nothing_and_the_next_scene_works
     session.add_click = slow_click
     widget.logic.processEvents = pump
     old_points = pn.positivePoints
-    slicer_fake.placePoint(old_points, CENTRE)
+    real_slicer.placePoint(old_points, CENTRE)
     assert closed, "the scene closed during the step"
     assert_clean()
     assert state().errorDialogs == []
@@ -521,10 +522,9 @@ def test_closing_the_scene_during_a_step_writes_nothing_and_the_next_scene_works
     # The new scene: a new volume, a click, a new segmentation.
     pn = widget.logic.getParameterNode()
     assert pn.segmentationNode is None and pn.positivePoints is not None and pn.positivePoints is not old_points
-    volume = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
-    volume.setArray(np.random.default_rng(2).normal(100, 10, SHAPE).astype(np.float32), ijk_to_ras())
+    volume = real_slicer.addVolume(np.random.default_rng(2).normal(100, 10, SHAPE).astype(np.float32), ijk_to_ras(), name="ct")
     widget.ui.inputVolumeSelector.setCurrentNode(volume)
-    slicer_fake.placePoint(pn.positivePoints, CENTRE)
+    real_slicer.placePoint(pn.positivePoints, CENTRE)
     assert_clean()
     assert state().errorDialogs == [] and segment_array(env, pn)[15, 15, 15]
 
