@@ -401,11 +401,14 @@ def segment_volume(
     Raises:
         InvalidImageError, InvalidPromptError: the session refused the image or a prompt.
     """
-    from .engine.session import InteractiveSession
-
-    # A remote backend (remote.RemoteBackend) opens a session on its server; anything else is a local model.
+    # A remote backend (remote.RemoteBackend) opens a session on its server; anything else is a local model
+    # (imported only then: a client-only install has no torch).
     open_session = getattr(model, "open_session", None)
-    with (open_session() if open_session is not None else InteractiveSession(model)) as session:
+    if open_session is None:
+        from .engine.session import InteractiveSession
+
+        open_session = lambda: InteractiveSession(model)  # noqa: E731
+    with open_session() as session:
         mask_kji = run_prompts(session, image, points_ras, positive, box_ras, ijk_to_ras=ijk_to_ras,
                                timings=timings, on_event=on_event, propose=propose)
         return mask_kji, session.geometry

@@ -696,6 +696,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _work_running[0] = False  # first statement: no Ctrl-C can be raised between the try and here
         print(f"samvolseg: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        _work_running[0] = False
+        if exc.name != "torch":
+            raise
+        # A client-only install (pip install 'samvolsegment[client]') has no torch: only --server runs there.
+        print("samvolseg: error: this command runs a model on this machine and needs torch, which is not installed: "
+              "pip install 'samvolsegment[torch]' (install torch for your platform first, see the README), or "
+              "run on a server with --server URL (segment, batch).", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         _work_running[0] = False
         if program:
