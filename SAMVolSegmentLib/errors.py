@@ -77,6 +77,10 @@ class ServerConfigError(RemoteError, ValueError):
     """A server cannot start as configured (no token on a non-loopback address, half a TLS key pair...)."""
 
 
+class LabelMapWarning(UserWarning):
+    """The image looks like a label map (few integer values), not a CT/MR image: probably the wrong file."""
+
+
 class DownloadError(SAMVolSegmentError):
     """A download failed; nothing was kept under the target name.
 

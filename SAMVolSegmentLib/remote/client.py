@@ -33,6 +33,7 @@ import numpy as np
 import requests
 
 from ..engine.geometry import VolumeGeometry
+from ..engine.image_checks import warn_about_image
 from ..engine.mask_update import BBoxKJI, MaskUpdate, union_bbox
 from ..engine.session_protocol import as_click_sign, as_point_ras
 from ..errors import (
@@ -140,6 +141,8 @@ class RemoteSession:
         self._reset_volume_state()
         self.last_timing: Dict[str, float] = {}
         self.last_annotation: Any = None
+        #: Warnings about the current volume (e.g. it looks like a label map); empty for an ordinary image.
+        self.image_warnings: Tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ connection
     def check_connection(self) -> Dict[str, Any]:
@@ -197,6 +200,8 @@ class RemoteSession:
         Raises:
             InvalidImageError: the image cannot be segmented (checked here, and by the server); the session
                 keeps its previous volume.
+        Warns:
+            LabelMapWarning: the image looks like a label map (also in :attr:`image_warnings`), as locally.
             RemoteError: the server could not be reached or refused the upload.
         """
         array, matrix = _as_array(image, ijk_to_ras)
@@ -204,6 +209,7 @@ class RemoteSession:
         with self._lock:
             if volume_id == self._volume_id:
                 return  # same content and geometry: keep clicks, mask and history (as the local session does)
+            found = warn_about_image(array)  # before the upload, as the local session does
             self._report(0.0, "Compressing the volume for upload")
             body, meta = encode_volume(array, matrix)
             limits = self.info.get("limits", {})
@@ -224,6 +230,7 @@ class RemoteSession:
             self._ijk_to_ras = matrix
             self._label = np.zeros(self._shape, np.uint8)
             self._sid = sid
+            self.image_warnings = found
             self._apply_state(state)
             self.last_annotation = None
             if old is not None:
