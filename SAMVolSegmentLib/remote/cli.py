@@ -131,7 +131,10 @@ def self_signed_files(args: argparse.Namespace) -> Tuple[Path, Path]:
     print(f"TLS certificate {state}: {cert.cert_path} (key {cert.key_path}), for {', '.join(cert.names)}")
     if cert.created:
         print("  a new certificate: clients that trusted an earlier one need this one (copy it to them again)")
-    name = next((n for n in cert.names if n not in ("localhost", "127.0.0.1", "::1")), "localhost")
+    # The example URL: the first --san (the name remote clients were said to use), else this host's name.
+    sans = [n.strip().strip("[]").lower() for n in args.san]
+    others = [n for n in cert.names if n not in ("localhost", "127.0.0.1", "::1")]
+    name = (sans or others or ["localhost"])[0]
     host = f"[{name}]" if ":" in name else name
     print(f"  copy {cert.cert_path} to each client (it is public; never the key), then trust it there:\n"
           f"    samvolseg segment ... --server https://{host}:{args.port} --token-file token.txt --ca-file cert.pem\n"
