@@ -217,3 +217,18 @@ def test_self_signed_prints_the_certificate_and_the_client_options(servers):
     assert f"TLS certificate made: {servers['cert']}" in output, output
     assert "--ca-file cert.pem" in output and 'verify="cert.pem"' in output and "CA / certificate" in output
     assert SAN in output and "never the key" in output and TOKEN not in output
+
+
+@pytest.mark.parametrize("reason, cause", [
+    ("certificate verify failed: certificate has expired", "expired"),
+    ("certificate verify failed: Hostname mismatch, certificate is not valid for 'gpu-box'", "hostname"),
+    ("certificate verify failed: unable to get local issuer certificate", "untrusted"),
+    ("certificate verify failed: self signed certificate", "untrusted"),  # OpenSSL 1.1's spelling
+    ("wrong version number", "use-http"), ("record layer failure", "use-http"),  # OpenSSL 3.0 / 3.2+
+    ("tlsv1 alert internal error", "other"),
+])
+def test_each_openssl_reason_maps_to_its_cause(reason, cause):
+    from SAMVolSegmentLib.remote.client import tls_error
+
+    error = tls_error("https://gpu-box:8765", True, reason)
+    assert error.cause == cause and reason in str(error) and str(error).startswith("TLS")

@@ -679,8 +679,8 @@ def tls_error(url: str, verify: Union[bool, str], reason: str) -> TLSError:
             f"TLS: the certificate of {url} has expired or is not yet valid ({reason}); check this machine's clock, "
             "and renew the server's certificate (samvolseg serve --self-signed replaces an expiring one) and copy "
             "it to the clients again.", "expired")
-    if "wrong version number" in text or "record layer failure" in text or "packet length too long" in text \
-            or "http request" in text or "unexpected eof" in text and url.startswith("https://"):
+    plain_answer = ("wrong version number", "record layer failure", "packet length too long", "http request")
+    if any(words in text for words in plain_answer):  # OpenSSL reading an HTTP reply as a TLS record
         return TLSError(
             f"TLS: {url} did not answer with TLS ({reason}): the server speaks plain HTTP; use {plain}, or start "
             "the server with --self-signed (or --ssl-certfile/--ssl-keyfile) for HTTPS.", "use-http")
