@@ -55,9 +55,14 @@ def test_a_small_structure_in_a_large_volume_is_still_a_label_map():
     assert "2 integer values (0, 1)" in label_map_warning(label)
 
 
+def coarse_ct() -> np.ndarray:
+    """A CT with few distinct values (like Slicer's TinyPatient: 104), air included: not a label map."""
+    return (np.round(ct_like() / 40.0) * 40).astype(np.int16)
+
+
 @pytest.mark.parametrize("array", [
     ct_like(), ct_like().astype(np.float32) / 7.0, np.full((8, 8, 8), 5, np.int16), np.zeros((0, 4, 4)),
-    np.arange(20 * 48 * 48).reshape(20, 48, 48) % (MAX_LABEL_VALUES + 1),
+    np.arange(20 * 48 * 48).reshape(20, 48, 48) % (MAX_LABEL_VALUES + 1), coarse_ct(),
 ])
 def test_images_are_not_label_maps(array):
     assert label_map_warning(array) is None

@@ -17,8 +17,8 @@ import numpy as np
 
 from ..errors import LabelMapWarning
 
-#: At most this many distinct values (all integers) make an image look like a label map. Label maps with
-#: a hundred structures exist (TotalSegmentator: 117); CT and MR images have far more values.
+#: At most this many distinct values (all integers, none negative) make an image look like a label map. Label
+#: maps with a hundred structures exist (TotalSegmentator: 117); MR images have far more values.
 MAX_LABEL_VALUES = 128
 #: Voxels looked at: a regular subsample of a large volume (a few ms), enough to see a scanner's noise.
 SAMPLE_VOXELS = 1 << 20
@@ -26,6 +26,10 @@ SAMPLE_VOXELS = 1 << 20
 
 def label_map_warning(image: Any) -> Optional[str]:
     """A one-sentence warning if ``image`` looks like a label map rather than a CT/MR image, else None.
+
+    A label map here: integer values only, none negative, at most :data:`MAX_LABEL_VALUES` distinct values in
+    a regular subsample. A CT has negative values (air), and an MR image has many more values; a coarsely
+    quantised CT (3D Slicer's TinyPatient sample: 104 values) is therefore not mistaken for one.
 
     Args:
         image: a (k, j, i) numpy array, or a ``SimpleITK.Image`` (read without copying its voxels).
@@ -41,6 +45,8 @@ def label_map_warning(image: Any) -> Optional[str]:
     sample = np.asarray(array).reshape(-1)[::step]
     if np.issubdtype(sample.dtype, np.floating) and not (
             np.isfinite(sample).all() and np.array_equal(sample, np.round(sample))):
+        return None
+    if sample.min() < 0:  # label values are never negative; CT has air at about -1000 (even a coarse CT)
         return None
     values = np.unique(sample)
     if len(values) == 1:  # a small structure's label map may show only its background in the subsample
