@@ -124,6 +124,7 @@ class CaseResult:
         dice: Dice against the manifest's label (None without one).
         worker: ``host:pid`` of the process that ran it.
         model_load_s: seconds spent loading the model for this case: > 0 only for a worker's first case.
+        warnings: sentences about the input that did not stop the case (e.g. the image looks like a label map).
     """
 
     row: int
@@ -139,6 +140,7 @@ class CaseResult:
     dice: Optional[float] = None
     worker: str = ""
     model_load_s: float = 0.0
+    warnings: List[str] = field(default_factory=list)
 
     @staticmethod
     def of(case: BatchCase, status: str, **kwargs: Any) -> CaseResult:
@@ -401,11 +403,14 @@ def segment_volume(
     Raises:
         InvalidImageError, InvalidPromptError: the session refused the image or a prompt.
     """
-    from .engine.session import InteractiveSession
-
-    # A remote backend (remote.RemoteBackend) opens a session on its server; anything else is a local model.
+    # A remote backend (remote.RemoteBackend) opens a session on its server; anything else is a local model
+    # (imported only then: a client-only install has no torch).
     open_session = getattr(model, "open_session", None)
-    with (open_session() if open_session is not None else InteractiveSession(model)) as session:
+    if open_session is None:
+        from .engine.session import InteractiveSession
+
+        open_session = lambda: InteractiveSession(model)  # noqa: E731
+    with open_session() as session:
         mask_kji = run_prompts(session, image, points_ras, positive, box_ras, ijk_to_ras=ijk_to_ras,
                                timings=timings, on_event=on_event, propose=propose)
         return mask_kji, session.geometry
@@ -432,6 +437,7 @@ def run_case(case: BatchCase, model: Any, on_event: Optional[EventCallback] = No
     Raises:
         SAMVolSegmentError, FileNotFoundError: the case cannot be done; nothing is written.
     """
+    from .engine.image_checks import label_map_warning
     from .io_utils import write_image
 
     start = time.perf_counter()
@@ -439,6 +445,7 @@ def run_case(case: BatchCase, model: Any, on_event: Optional[EventCallback] = No
     check_output_path(case)
     prompts = read_case_prompts(case)  # prompts first: a wrong prompt file costs no image reading
     image = read_volume(case.image, case.series)
+    found = [w for w in (label_map_warning(image),) if w]  # in the report; the session's warnings.warn too
     timings["read_s"] = time.perf_counter() - start
     load_s = 0.0
     if isinstance(model, DeferredModel):
@@ -457,7 +464,7 @@ def run_case(case: BatchCase, model: Any, on_event: Optional[EventCallback] = No
         timings["score_s"] = time.perf_counter() - scored_at
     seconds = time.perf_counter() - start - load_s
     return CaseResult.of(case, "done", seconds=seconds, timings=timings, voxels=int(np.count_nonzero(mask_kji)),
-                         dice=dice, worker=_worker_name(), model_load_s=load_s)
+                         dice=dice, worker=_worker_name(), model_load_s=load_s, warnings=found)
 
 
 def read_volume(path: PathLike, series: Optional[str] = None):
@@ -679,7 +686,7 @@ def _run_processes(cases: List[BatchCase], workers: int, model: str, device: str
     restarts = 0
     while pending:
         # spawn: a forked child would inherit torch's thread pools and locks mid-state.
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)),
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), initializer=quiet_input_warnings,
                                    mp_context=multiprocessing.get_context("spawn"))
         futures = {pool.submit(_run_case_safely, case, model, device, threads, score): case for case in pending}
         finished: List[BatchCase] = []
@@ -707,6 +714,16 @@ def _run_processes(cases: List[BatchCase], workers: int, model: str, device: str
                                           "this case was pending; rerun the batch to finish it (or run it alone "
                                           "with samvolseg segment to see whether it is the cause).")
             return
+
+
+def quiet_input_warnings() -> None:
+    """Silence :class:`~SAMVolSegmentLib.errors.LabelMapWarning` in this process: a batch worker's or the CLI's
+    results carry them (``CaseResult.warnings``), so the session's Python warning would only repeat them."""
+    import warnings
+
+    from .errors import LabelMapWarning
+
+    warnings.filterwarnings("ignore", category=LabelMapWarning)
 
 
 def _run_dask(cases: List[BatchCase], scheduler: Any, model: str, device: str, threads: Optional[int],

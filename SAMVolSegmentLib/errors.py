@@ -43,6 +43,20 @@ class ServerUnavailableError(RemoteError, ConnectionError):
     """The server cannot be reached: refused, timed out, unknown host, or a TLS certificate not trusted."""
 
 
+class TLSError(ServerUnavailableError):
+    """TLS between client and server failed; the message names the cause and the option that fixes it.
+
+    Attributes:
+        cause: ``"untrusted"`` (certificate not trusted: pass the server's certificate), ``"hostname"`` (trusted,
+            but it does not name the host in the URL), ``"expired"``, ``"use-https"`` (``http://`` sent to an
+            HTTPS server), ``"use-http"`` (``https://`` sent to a plain HTTP server) or ``"other"``.
+    """
+
+    def __init__(self, message: str, cause: str = "other") -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
 class AuthenticationError(RemoteError, PermissionError):
     """The server refused the token (missing, wrong, or the server requires one)."""
 
@@ -61,6 +75,10 @@ class ProtocolMismatchError(RemoteError):
 
 class ServerConfigError(RemoteError, ValueError):
     """A server cannot start as configured (no token on a non-loopback address, half a TLS key pair...)."""
+
+
+class LabelMapWarning(UserWarning):
+    """The image looks like a label map (few integer values), not a CT/MR image: probably the wrong file."""
 
 
 class DownloadError(SAMVolSegmentError):

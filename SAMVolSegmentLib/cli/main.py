@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -42,7 +43,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     """
     import numpy as np
 
-    from ..batch import BatchCase, DeferredModel, run_case
+    from ..batch import BatchCase, DeferredModel, quiet_input_warnings, run_case
     from ..io_utils import check_output_file
 
     if args.points is None and args.auto is None:
@@ -73,8 +74,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
                   f"{timing.get('total_s', 0.0) * 1000:.0f} ms (encoder {timing.get('encode_s', 0.0) * 1000:.0f} ms)")
 
     backend = _remote_backend(args)
-    result = run_case(case, backend if backend is not None else DeferredModel(load), on_event=report)
+    with warnings.catch_warnings():
+        quiet_input_warnings()  # said once below, as a plain line, not as a Python warning with a source line
+        result = run_case(case, backend if backend is not None else DeferredModel(load), on_event=report)
     print(f"wrote {args.output} ({result.voxels} voxels) in {result.seconds:.2f} s total")
+    for warning in result.warnings:
+        print(f"samvolseg: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -83,7 +88,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     """Segment every case of a manifest; JSON report, resumable, failures recorded (exit 1 if any)."""
     import os
 
-    from ..batch import read_manifest, run_batch, summary_line
+    from ..batch import quiet_input_warnings, read_manifest, run_batch, summary_line
 
     if args.workers < 1:
         raise InvalidPromptError("--workers must be at least 1.")
@@ -105,12 +110,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
             print(f"model {args.model} loaded on {result.worker} in {result.model_load_s:.1f} s", flush=True)
         if result.status == "failed":
             print(f"batch: {result.name} failed: {result.error}", flush=True)
+        for warning in result.warnings:  # the case was done; the report keeps the sentence too
+            print(f"batch: {result.name}: warning: {warning}", flush=True)
 
     try:
-        summary = run_batch(args.manifest, args.report, progress=progress, on_result=on_result,
-                            model=backend if backend is not None else args.model,
-                            device=args.device, workers=args.workers, scheduler=args.scheduler, threads=threads,
-                            overwrite=args.overwrite)
+        with warnings.catch_warnings():
+            quiet_input_warnings()  # serial cases run here; worker processes quiet their own
+            summary = run_batch(args.manifest, args.report, progress=progress, on_result=on_result,
+                                model=backend if backend is not None else args.model,
+                                device=args.device, workers=args.workers, scheduler=args.scheduler,
+                                threads=threads, overwrite=args.overwrite)
     finally:
         close()
     print(summary_line(summary))
@@ -747,6 +756,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (SAMVolSegmentError, OSError) as exc:  # OSError: a file vanished or a disk filled up meanwhile
         _work_running[0] = False  # first statement: no Ctrl-C can be raised between the try and here
         print(f"samvolseg: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        _work_running[0] = False
+        if exc.name != "torch":
+            raise
+        # A client-only install (pip install 'samvolsegment[client]') has no torch: only --server runs there.
+        print("samvolseg: error: this command runs a model on this machine and needs torch, which is not installed: "
+              "pip install 'samvolsegment[torch]' (install torch for your platform first, see the README), or "
+              "run on a server with --server URL (segment, batch).", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         _work_running[0] = False

@@ -16,17 +16,19 @@ import hashlib
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import TYPE_CHECKING, Optional, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from ..errors import InvalidImageError
 from .geometry import ModelGrid, RoiWindow, VolumeGeometry, kji_to_model_order
 from .mask_update import BBoxKJI, MaskUpdate
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
+if TYPE_CHECKING:  # torch is imported where logits are pasted: reading an image needs no torch (the client)
+    import torch
+
+ArrayLike = Union[np.ndarray, "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -469,6 +471,8 @@ def paste_back_logits(
         the original-grid box of the ROI footprint clipped to the volume, with its new uint8 content
         (an empty update when the ROI misses the volume).
     """
+    import torch
+
     logits = torch.as_tensor(logits_roi).detach().to(device="cpu", dtype=torch.float32)
     while logits.dim() > 3 and logits.shape[0] == 1:
         logits = logits[0]

@@ -28,6 +28,7 @@ from ..errors import InvalidPromptError, SessionStateError
 from ..model.proposal_head import class_index, click_adapted_classes, proposal_classes
 from .clicks import deepest_point_roi
 from .geometry import RoiWindow, VolumeGeometry, bbox_shape, box_corners, lps_to_ras, mask_bbox
+from .image_checks import warn_about_image
 from .mask_update import BBoxKJI, MaskUpdate, union_bbox
 from .predictor import Predictor
 from .preprocessing import (
@@ -191,6 +192,8 @@ class InteractiveSession:
         self._history = _History(max_steps=max_undo, max_bytes=max_undo_bytes)
         self.last_timing: Dict[str, float] = {}
         self.last_annotation: Any = None
+        #: Warnings about the current volume (e.g. it looks like a label map); empty for an ordinary image.
+        self.image_warnings: Tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ protocol facts
     @property
@@ -213,6 +216,9 @@ class InteractiveSession:
                 composed with the volume's parent transform).
         Raises:
             InvalidImageError: the image cannot be segmented; the session keeps its previous volume.
+        Warns:
+            LabelMapWarning: the image looks like a label map (few integer values); it is segmented anyway, and
+                the sentence is also in :attr:`image_warnings`.
         """
         self._require_open()
         volume = load_volume(image, ijk_to_ras)
@@ -220,6 +226,7 @@ class InteractiveSession:
             self._require_open()
             if self._volume is not None and self._volume.fingerprint == volume.fingerprint:
                 return  # same content and geometry: keep clicks, mask and cached embeddings
+            self.image_warnings = warn_about_image(image)
             # Everything that can fail runs before the first assignment, so a refused call changes nothing.
             label_kji = np.zeros(volume.geometry.shape_kji, dtype=np.uint8)
             future = self._executor.submit(self._prepare_model_volume, volume)

@@ -2,7 +2,7 @@
 
 Safe defaults: binds 127.0.0.1; any other address needs a token (``--token-file`` or the
 ``SAMVOLSEG_SERVER_TOKEN`` variable keep it out of the process list, unlike ``--token``); TLS with
-``--ssl-certfile``/``--ssl-keyfile``.
+``--ssl-certfile``/``--ssl-keyfile``, or ``--self-signed`` (:mod:`.tls`: a certificate for the names it serves).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from ..cli.common import add_threads
 from ..errors import ServerConfigError
@@ -43,6 +43,14 @@ def register_cli(subparsers) -> None:
     p.add_argument("--token-file", type=Path, default=None, help="file whose first line is the token")
     p.add_argument("--ssl-certfile", type=Path, default=None, help="TLS certificate (PEM); enables HTTPS")
     p.add_argument("--ssl-keyfile", type=Path, default=None, help="TLS private key (PEM) of --ssl-certfile")
+    p.add_argument("--self-signed", action="store_true",
+                   help="HTTPS with a certificate made (and then reused) for localhost, 127.0.0.1, this host's name, "
+                        "--host and every --san; prints where it is and how clients trust it (--ca-file)")
+    p.add_argument("--san", action="append", default=[], metavar="NAME",
+                   help="with --self-signed: another host name or IP address clients connect to (repeatable), "
+                        "e.g. the server's DNS name or its address behind a NAT")
+    p.add_argument("--tls-dir", type=Path, default=None,
+                   help="with --self-signed: folder of cert.pem and key.pem (default ~/.cache/samvolsegment/tls)")
     p.add_argument("--lease-minutes", type=float, default=30.0,
                    help="a session idle this long expires (the client restores it by itself)")
     p.add_argument("--max-memory-gb", type=float, default=8.0,
@@ -94,6 +102,11 @@ def check_serve_options(args: argparse.Namespace) -> Optional[str]:
     if token is None and not is_loopback_host(args.host):
         raise ServerConfigError(f"--host {args.host} lets other machines connect: give a token with --token-file, "
                                 f"--token or ${TOKEN_ENV} ({TOKEN_HINT}), or bind 127.0.0.1.")
+    if args.self_signed and (args.ssl_certfile is not None or args.ssl_keyfile is not None):
+        raise ServerConfigError("Give --self-signed or --ssl-certfile/--ssl-keyfile, not both.")
+    if not args.self_signed and (args.san or args.tls_dir is not None):
+        raise ServerConfigError("--san and --tls-dir describe the certificate of --self-signed: add --self-signed "
+                                "(or drop them and give --ssl-certfile/--ssl-keyfile).")
     if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
         raise ServerConfigError("TLS needs both --ssl-certfile and --ssl-keyfile.")
     for name, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile)):
@@ -105,6 +118,32 @@ def check_serve_options(args: argparse.Namespace) -> Optional[str]:
         if not getattr(args, name) > 0:
             raise ServerConfigError(f"--{name.replace('_', '-')} must be positive.")
     return token
+
+
+def self_signed_files(args: argparse.Namespace) -> Tuple[Path, Path]:
+    """``--self-signed``: make or reuse the certificate, print where it is and how clients trust it.
+
+    Raises:
+        ServerConfigError: cryptography missing, a bad ``--san``, or an unwritable ``--tls-dir``.
+    """
+    from .tls import default_tls_dir, ensure_self_signed, server_names
+
+    cert = ensure_self_signed(args.tls_dir or default_tls_dir(), server_names(args.host, args.san))
+    state = "made" if cert.created else "reused"
+    print(f"TLS certificate {state}: {cert.cert_path} (key {cert.key_path}), for {', '.join(cert.names)}")
+    if cert.created:
+        print("  a new certificate: clients that trusted an earlier one need this one (copy it to them again)")
+    # The example URL: the first --san (the name remote clients were said to use), else this host's name.
+    sans = [n.strip().strip("[]").lower() for n in args.san]
+    others = [n for n in cert.names if n not in ("localhost", "127.0.0.1", "::1")]
+    name = (sans or others or ["localhost"])[0]
+    host = f"[{name}]" if ":" in name else name
+    print(f"  copy {cert.cert_path} to each client (it is public; never the key), then trust it there:\n"
+          f"    samvolseg segment ... --server https://{host}:{args.port} --token-file token.txt --ca-file cert.pem\n"
+          f"    RemoteSession(\"https://{host}:{args.port}\", token=..., verify=\"cert.pem\")\n"
+          "    Slicer: Run on: remote server, CA / certificate file: cert.pem\n"
+          "  a client reaching this machine by another name or address: restart with --san NAME")
+    return cert.cert_path, cert.key_path
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -119,6 +158,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                 "pip install 'samvolsegment[server]'.") from None
     from ..cli.common import check_device, load_model_verbose
 
+    if args.self_signed:
+        args.ssl_certfile, args.ssl_keyfile = self_signed_files(args)
     device = getattr(args, "device", "cpu")
     check_device(device)
     model = load_model_verbose(args.model, device)

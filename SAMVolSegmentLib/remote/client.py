@@ -22,6 +22,7 @@ have run); the error says so.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import numpy as np
 import requests
 
 from ..engine.geometry import VolumeGeometry
+from ..engine.image_checks import warn_about_image
 from ..engine.mask_update import BBoxKJI, MaskUpdate, union_bbox
 from ..engine.session_protocol import as_click_sign, as_point_ras
 from ..errors import (
@@ -44,6 +46,7 @@ from ..errors import (
     ServerUnavailableError,
     SessionExpiredError,
     SessionStateError,
+    TLSError,
 )
 from .protocol import (
     API_PREFIX,
@@ -115,6 +118,9 @@ class RemoteSession:
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ServerUnavailableError(f"{url!r} is not a server URL; give http(s)://host:port, e.g. "
                                          "http://127.0.0.1:8765.")
+        if isinstance(verify, str) and not os.path.exists(verify):
+            raise TLSError(f"verify={verify!r}: no such file; give the server's certificate (cert.pem) or a CA "
+                           "bundle, or True for the system's trusted CAs.", "untrusted")
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.max_busy_retries = int(max_busy_retries)
@@ -135,6 +141,8 @@ class RemoteSession:
         self._reset_volume_state()
         self.last_timing: Dict[str, float] = {}
         self.last_annotation: Any = None
+        #: Warnings about the current volume (e.g. it looks like a label map); empty for an ordinary image.
+        self.image_warnings: Tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ connection
     def check_connection(self) -> Dict[str, Any]:
@@ -192,6 +200,8 @@ class RemoteSession:
         Raises:
             InvalidImageError: the image cannot be segmented (checked here, and by the server); the session
                 keeps its previous volume.
+        Warns:
+            LabelMapWarning: the image looks like a label map (also in :attr:`image_warnings`), as locally.
             RemoteError: the server could not be reached or refused the upload.
         """
         array, matrix = _as_array(image, ijk_to_ras)
@@ -199,6 +209,7 @@ class RemoteSession:
         with self._lock:
             if volume_id == self._volume_id:
                 return  # same content and geometry: keep clicks, mask and history (as the local session does)
+            found = warn_about_image(array)  # before the upload, as the local session does
             self._report(0.0, "Compressing the volume for upload")
             body, meta = encode_volume(array, matrix)
             limits = self.info.get("limits", {})
@@ -219,6 +230,7 @@ class RemoteSession:
             self._ijk_to_ras = matrix
             self._label = np.zeros(self._shape, np.uint8)
             self._sid = sid
+            self.image_warnings = found
             self._apply_state(state)
             self.last_annotation = None
             if old is not None:
@@ -534,13 +546,15 @@ class RemoteSession:
         busy = failures = 0
         while True:
             try:
-                response = self._http.request(method, url, timeout=timeout or self.timeout, **kwargs)
+                # verify passed per request: a session's own would lose to $REQUESTS_CA_BUNDLE/$CURL_CA_BUNDLE
+                # (requests merges the environment over session settings), so cert.pem was silently ignored.
+                response = self._http.request(method, url, timeout=timeout or self.timeout,
+                                              verify=self._http.verify, **kwargs)
             except requests.exceptions.SSLError as exc:
-                raise ServerUnavailableError(
-                    f"TLS with {self.url} failed ({_reason(exc)}). If the server uses a self-signed certificate, "
-                    "pass verify='/path/to/its/cert.pem' (RemoteSession) or add it to the trusted CAs; if the "
-                    "server speaks plain HTTP, use an http:// URL.") from None
+                raise tls_error(self.url, self._http.verify, _tls_reason(exc)) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                if failures == 0 and not isinstance(exc, requests.exceptions.Timeout):
+                    _raise_if_https_expected(self.url)
                 failures += 1
                 if idempotent and failures <= 2:
                     time.sleep(0.2 * failures)
@@ -638,6 +652,80 @@ def _as_array(image: Any, ijk_to_ras: Optional[np.ndarray]) -> Tuple[np.ndarray,
     return array, geometry.ijk_to_ras
 
 
+#: How each client names the certificate to trust (the message cannot know which one the user is running).
+TRUST_OPTIONS = ("--ca-file cert.pem (samvolseg segment/batch), verify='cert.pem' (RemoteSession) or, in "
+                 "Slicer, Model and settings > CA / certificate")
+
+
+def tls_error(url: str, verify: Union[bool, str], reason: str) -> TLSError:
+    """A :class:`TLSError` naming the real cause of a failed TLS handshake with ``url`` and the fix.
+
+    Args:
+        url: the server URL as given.
+        verify: what the client trusted (True: the system's CAs; a path: that file).
+        reason: the TLS library's reason (OpenSSL's words).
+    """
+    text = reason.lower()
+    host = urlparse(url).hostname or "?"
+    plain = url.replace("https://", "http://", 1)
+    if "mismatch" in text or "doesn't match" in text or "not valid for" in text:
+        return TLSError(
+            f"TLS: the server {url} presents a certificate that does not name '{host}' (hostname mismatch; "
+            f"{reason}). Connect with a name or address the certificate lists (samvolseg serve --self-signed "
+            f"prints them), or have the server's certificate cover this one: restart it with --self-signed --san "
+            f"{host} and copy its new cert.pem to this machine. The trusted file is not the problem.", "hostname")
+    if "expired" in text or "not yet valid" in text:
+        return TLSError(
+            f"TLS: the certificate of {url} has expired or is not yet valid ({reason}); check this machine's clock, "
+            "and renew the server's certificate (samvolseg serve --self-signed replaces an expiring one) and copy "
+            "it to the clients again.", "expired")
+    plain_answer = ("wrong version number", "record layer failure", "packet length too long", "http request")
+    if any(words in text for words in plain_answer):  # OpenSSL reading an HTTP reply as a TLS record
+        return TLSError(
+            f"TLS: {url} did not answer with TLS ({reason}): the server speaks plain HTTP; use {plain}, or start "
+            "the server with --self-signed (or --ssl-certfile/--ssl-keyfile) for HTTPS.", "use-http")
+    if "certificate verify failed" in text or "self-signed" in text or "self signed" in text \
+            or "issuer certificate" in text:
+        if isinstance(verify, str):
+            return TLSError(
+                f"TLS: the certificate of {url} is not the one in {verify}, nor signed by it ({reason}). The file "
+                "is another server's certificate, or the server made a new one since it was copied: copy the "
+                "server's current cert.pem (samvolseg serve --self-signed prints its path) and trust that one: "
+                f"{TRUST_OPTIONS}.", "untrusted")
+        return TLSError(
+            f"TLS: the certificate of {url} is not signed by a CA this machine trusts ({reason}); a self-signed "
+            "server certificate has to be trusted explicitly: copy the server's cert.pem (samvolseg serve "
+            f"--self-signed prints its path; never the key) and pass it with {TRUST_OPTIONS}.", "untrusted")
+    return TLSError(f"TLS with {url} failed ({reason}). Trust the server's certificate with {TRUST_OPTIONS}; if the "
+                    f"server speaks plain HTTP, use {plain}.", "other")
+
+
+def _raise_if_https_expected(url: str) -> None:
+    """Raise :class:`TLSError` (``"use-https"``) when an ``http://`` URL's server completes a TLS handshake.
+
+    A TLS server that gets plain HTTP closes the connection without a reply ("Remote end closed connection");
+    one handshake, without certificate checks (nothing is sent over it), tells the two apart.
+    """
+    import socket
+    import ssl
+
+    parsed = urlparse(url)
+    if parsed.scheme != "http" or parsed.hostname is None:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 80), timeout=3) as raw, \
+                context.wrap_socket(raw, server_hostname=parsed.hostname):
+            pass
+    except (OSError, ValueError):
+        return  # not TLS either: the caller reports the connection failure
+    secure = url.replace("http://", "https://", 1)
+    raise TLSError(f"TLS: the server {url} speaks HTTPS, not plain HTTP (it closed the connection without a "
+                   f"reply): try {secure}, and trust its certificate with {TRUST_OPTIONS}.", "use-https")
+
+
 def _retry_after(response: requests.Response) -> float:
     try:
         return min(10.0, max(0.05, float(response.headers.get("Retry-After", "1"))))
@@ -652,6 +740,15 @@ def _reason(exc: Exception) -> str:
         if marker in text:
             text = text.split(marker, 1)[1]
     return text.strip("()'\" ")[:200]
+
+
+def _tls_reason(exc: Exception) -> str:
+    """OpenSSL's words from a requests SSLError (e.g. "certificate verify failed: Hostname mismatch, ...")."""
+    import re
+
+    text = str(exc)
+    match = re.search(r"\[SSL(?:: [A-Z_]+)?\] ?(.*?)\s*\(_ssl\.c", text)
+    return match.group(1).strip() if match else _reason(exc)
 
 
 def _as_list_point(value: Sequence[float], what: str) -> List[float]:
