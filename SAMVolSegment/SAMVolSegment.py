@@ -830,7 +830,8 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showTiming()
 
     def _showTiming(self) -> None:
-        self.ui.statusLabel.setText(progress_display.stepText(self.logic.lastTiming, self.logic.markers.placingKind()))
+        self.ui.statusLabel.setText(progress_display.stepText(self.logic.lastTiming, self.logic.markers.placingKind(),
+                                                              getattr(self.logic.session, "image_warnings", ())))
 
     # ------------------------------------------------------------------ settings and model
     def onOtherSegmentsChanged(self, *_args) -> None:

@@ -558,3 +558,17 @@ def test_install_dependencies_runs_in_the_background_and_a_failure_shows_one_dia
     assert len(state().errorDialogs) == 1 and "exited with 1" in state().errorDialogs[0]
     assert widget.ui.installButton.enabled and not widget.ui.progressBar.visible
     assert_clean()
+
+
+def test_a_label_map_as_input_is_segmented_with_a_warning_in_the_status_line(env):
+    """Issue 25: the engine's label-map check reaches the status line; an ordinary image gets no warning."""
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    real_slicer.placePoint(pn.positivePoints, CENTRE)
+    assert "Segment updated" in widget.ui.statusLabel.text and "Warning" not in widget.ui.statusLabel.text
+    labels = (np.random.default_rng(1).random(SHAPE) > 0.5).astype(np.float32)
+    widget.ui.inputVolumeSelector.setCurrentNode(real_slicer.addVolume(labels, ijk_to_ras(), name="labels"))
+    real_slicer.placePoint(pn.positivePoints, CENTRE)
+    assert_clean()
+    status = widget.ui.statusLabel.text
+    assert status.startswith("Warning: ") and "label map" in status and "Segment updated" in status

@@ -8,9 +8,23 @@ batch path), so a model is loaded once per Logic, not once per session or per vo
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Optional, Tuple
 
 Progress = Optional[Callable[[float, str], None]]
+
+
+def slicerThreads(environ: Any = None, cpus: Optional[int] = None) -> str:
+    """The model's CPU threads in Slicer, as ``"ENCODER,DECODER"``: ``$SAMVOLSEG_THREADS`` when set (the user's
+    choice wins), else the encoder on every CPU but one, so Slicer's GUI thread keeps a core while a region is
+    encoded, and the per-click decoder on one (``SAMVolSegmentLib/engine/threads.py`` says why)."""
+    from SAMVolSegmentLib.engine.threads import ENV_THREADS, ThreadPolicy, available_cpus
+
+    environ = os.environ if environ is None else environ
+    if str(environ.get(ENV_THREADS, "")).strip():
+        return str(ThreadPolicy.parse(environ[ENV_THREADS]))
+    cpus = available_cpus() if cpus is None else int(cpus)
+    return str(ThreadPolicy(encoder=max(1, min(cpus - 1, 8)), decoder=1))
 
 
 def resolveDevice(device: str) -> str:
@@ -44,7 +58,7 @@ def localSession(source: str, device: str, download: bool, progress: Progress, m
 
     if model is None:
         model = localModel(source, device, download, progress)
-    return InteractiveSession(model, progress=progress)
+    return InteractiveSession(model, progress=progress, threads=slicerThreads())
 
 
 class KeptModel:

@@ -8,7 +8,7 @@ The status line's texts after a step or a place-mode key (:func:`stepText`, :fun
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import qt
 import slicer
@@ -62,9 +62,11 @@ def placingText(kind: str) -> str:
             "box": _("Placing a box.")}.get(kind, "")
 
 
-def stepText(timing: dict, kind: str) -> str:
-    """The status line after a step: its time (model and segment write) and what a click places now."""
+def stepText(timing: dict, kind: str, imageWarnings: Sequence[str] = ()) -> str:
+    """The status line after a step: its time (model and segment write) and what a click places now, after the
+    engine's warnings about the volume (e.g. it looks like a label map: probably the wrong input volume)."""
     total = 1000 * timing.get("total_s", 0.0)
     write = 1000 * timing.get("write_s", 0.0)
-    return _("Segment updated in {total:.0f} ms (model {model:.0f} ms, write {write:.0f} ms). {placing}").format(
+    text = _("Segment updated in {total:.0f} ms (model {model:.0f} ms, write {write:.0f} ms). {placing}").format(
         total=total, model=total - write, write=write, placing=placingText(kind))
+    return " ".join([_("Warning: {text}").format(text=w) for w in imageWarnings] + [text])
