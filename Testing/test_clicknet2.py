@@ -151,7 +151,7 @@ def test_inference_decode_equals_the_training_path():
     torch.testing.assert_close(fast_iou, iou.detach(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("count", [1, 5, 40])
+@pytest.mark.parametrize("count", [1, 5, 40, 64, 65, 150])
 def test_nearest_value_distance_is_the_minimum_over_values(count):
     from SAMVolSegmentLib.model.clicknet2 import _nearest_value_distance
 
