@@ -16,8 +16,9 @@ on the same model, so nothing depends on which process ran it):
 
 In the last two each worker process loads the model once, on its first case, and keeps it in
 :data:`_WORKER_MODELS`; a case never loads a model. Resumable: a case whose output exists is skipped
-(outputs are only ever renamed into place when complete, see :mod:`SAMVolSegmentLib.io_utils`), and a
-failing case (bad prompts, missing file...) is recorded and never stops the others.
+(outputs are only ever renamed into place when complete and read back, see :mod:`SAMVolSegmentLib.io_utils`;
+an empty or unreadable file is redone), and a failing case (bad prompts, missing file...) is recorded, leaves
+no output and never stops the others.
 
 Manifest: CSV with a header row and the columns ``image,prompts,output`` (required) and ``label``,
 ``label_value`` (optional: score the mask against ``label == label_value``, or ``label > 0`` when the value
@@ -628,7 +629,7 @@ def segment_cases(
         ManifestError: the manifest is unusable (before any case runs).
         ModelNotAvailableError, CheckpointError: the model cannot be loaded (the batch stops).
     """
-    from .io_utils import remove_stale_temporaries
+    from .io_utils import is_complete_image, remove_stale_temporaries
 
     cases = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
     if workers < 1:
@@ -638,7 +639,7 @@ def segment_cases(
                             "one model worker, so parallel clients only queue there.")
     todo = []
     for case in cases:
-        if not overwrite and Path(case.output).is_file():
+        if not overwrite and is_complete_image(case.output):  # an empty or unreadable file is redone
             yield CaseResult.of(case, "skipped")
         else:
             remove_stale_temporaries(case.output)  # a killed earlier run's half-written mask; nothing runs yet

@@ -11,6 +11,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence, Tuple, Union
@@ -142,10 +143,63 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def write_image(image: sitk.Image, path: PathLike) -> Path:
-    """Write a SimpleITK image atomically (format from the extension, compressed when it supports it)."""
+    """Write a SimpleITK image atomically (format from the extension, compressed when it supports it).
+
+    The temporary file is read back and compared with ``image`` before it is renamed into place: ITK's writers
+    do not report every failed write (on a full disk they leave a 0-byte or truncated file and return), and a
+    resumable job trusts any output that exists.
+
+    Raises:
+        OutputPathError: the file could not be written completely (full disk, quota...); nothing is left under
+            ``path`` (an earlier file there is kept as it was).
+    """
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, tmp, True)
+        _check_written_image(image, tmp, Path(path))
     return Path(path)
+
+
+def _check_written_image(image: sitk.Image, written: str, path: Path) -> None:
+    """Raise :class:`OutputPathError` unless ``written`` reads back as ``image`` (same grid and voxels)."""
+    try:
+        if os.path.getsize(written) == 0:
+            raise RuntimeError("0 bytes written")
+        back = sitk.ReadImage(written)
+        same = (back.GetSize() == image.GetSize() and np.allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-4)
+                and np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image)))
+    except (RuntimeError, OSError):
+        same = False
+    if not same:
+        raise OutputPathError(f"Output {path} could not be written completely ({_free_space(path.parent)}); free "
+                              "some disk space or choose another output folder, then run again.")
+
+
+def _free_space(folder: Path) -> str:
+    """``"disk full: 12 kB free in DIR"`` or ``"N MB free in DIR"`` for an error message."""
+    try:
+        free = shutil.disk_usage(str(folder)).free
+    except OSError:
+        return "the disk may be full"
+    amount = f"{free / 1e6:.1f} MB" if free >= 1e6 else f"{free / 1e3:.0f} kB"
+    return f"{'disk full: ' if free < 1e6 else ''}{amount} free in {folder}"
+
+
+def is_complete_image(path: PathLike) -> bool:
+    """Whether ``path`` is a non-empty image file whose header reads (what a resumed job may skip).
+
+    Outputs written by :func:`write_image` are always complete; this catches files left by other writers
+    (e.g. a 0-byte mask from an earlier version that missed a full disk) so that they are redone, not skipped.
+    """
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return True
+    except (RuntimeError, OSError):
+        return False
 
 
 def write_json(data: Any, path: PathLike) -> Path:
