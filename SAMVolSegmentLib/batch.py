@@ -162,7 +162,8 @@ def read_manifest(path: PathLike) -> List[BatchCase]:
 
     Raises:
         ManifestError: not found, no header/rows, missing columns, an empty required cell, a ``label_value``
-            that is not an integer, an output without a mask extension, or two rows with one output.
+            that is not an integer, an output without a mask extension, two rows with one output, or an output
+            that is a row's input (:func:`check_batch_outputs`).
     """
     path = Path(path)
     if not path.is_file():
@@ -179,7 +180,6 @@ def read_manifest(path: PathLike) -> List[BatchCase]:
                             f"{','.join(header) or 'none'}); the first row must name image,prompts,output"
                             "[,label,label_value].")
     cases: List[BatchCase] = []
-    seen: Dict[str, int] = {}
     for (number, _), values in zip(numbered[1:], parsed[1:]):
         row = dict(zip(header, (v.strip() for v in values)))
         auto = row.get("auto") or None
@@ -191,10 +191,6 @@ def read_manifest(path: PathLike) -> List[BatchCase]:
         if not output.lower().endswith(MASK_SUFFIXES):
             raise ManifestError(f"Manifest {path} row {number}: output {row['output']} needs one of the extensions "
                                 f"{', '.join(MASK_SUFFIXES)}.")
-        if output in seen:
-            raise ManifestError(f"Manifest {path} rows {seen[output]} and {number} both write {row['output']}; give "
-                                "each case its own output.")
-        seen[output] = number
         value = row.get("label_value") or None
         if value is not None:
             try:
@@ -211,6 +207,7 @@ def read_manifest(path: PathLike) -> List[BatchCase]:
                                auto=auto))
     if not cases:
         raise ManifestError(f"Manifest {path} has no cases; add rows image,prompts,output below the header.")
+    check_batch_outputs(cases, f"Manifest {path}")
     return cases
 
 
@@ -242,7 +239,76 @@ def check_output_path(case: BatchCase) -> None:
     path = case.output
     if not str(path).lower().endswith(MASK_SUFFIXES):
         raise InvalidPromptError(f"Output {path} needs one of the extensions {', '.join(MASK_SUFFIXES)}.")
-    check_output_file(path, inputs=[p for p in (case.image, case.prompts) if p], suffixes=MASK_SUFFIXES)
+    check_output_file(path, inputs=[p for p in (case.image, case.prompts, case.label) if p], suffixes=MASK_SUFFIXES)
+
+
+def check_batch_outputs(cases: Sequence[BatchCase], where: str = "The batch") -> None:
+    """Refuse, before any case runs, two rows that write one file and an output that is any row's input.
+
+    Paths are compared resolved (symbolic links, ``..``, ``//``) and, for files that exist, by identity (hard
+    links), so ``out/x.nii.gz`` and ``out/sub/../x.nii.gz`` are one output, and a row cannot write over
+    another row's image, prompt file or label (``--overwrite`` included), nor into a row's DICOM folder.
+
+    Args:
+        cases: the batch's cases.
+        where: how messages name the batch (``"Manifest m.csv"``).
+    Raises:
+        ManifestError: the first such row; nothing has been read or written.
+    """
+    inputs: Dict[str, Tuple[BatchCase, str]] = {}
+    identities: Dict[Tuple[int, int], Tuple[BatchCase, str]] = {}
+    folders: List[Tuple[str, BatchCase]] = []
+    for case in cases:
+        for column, value in (("image", case.image), ("prompts", case.prompts), ("label", case.label)):
+            if not value:
+                continue
+            resolved = os.path.realpath(value)
+            inputs.setdefault(resolved, (case, column))
+            identity = _file_identity(value)
+            if identity is not None:
+                identities.setdefault(identity, (case, column))
+            if column == "image" and os.path.isdir(resolved):
+                folders.append((resolved, case))
+    outputs: Dict[str, BatchCase] = {}
+    for case in cases:
+        output = os.path.realpath(case.output)
+        if output in outputs:
+            first = outputs[output]
+            raise ManifestError(f"{where} {_rows(first, case)} both write {output} (spelled {first.output} and "
+                                f"{case.output}); give each case its own output.")
+        outputs[output] = case
+        identity = _file_identity(case.output)
+        hit = inputs.get(output) or (identities.get(identity) if identity is not None else None)
+        if hit is not None:
+            owner, column = hit
+            whose = "its own" if owner is case else f"the {_row_name(owner)}'s"
+            raise ManifestError(f"{where} {_row_name(case)}: output {case.output} is {whose} {column} "
+                                f"({getattr(owner, column)}); give the row another output so no input is "
+                                "overwritten.")
+        for folder, owner in folders:
+            if output.startswith(folder + os.sep):
+                raise ManifestError(f"{where} {_row_name(case)}: output {case.output} lies inside the DICOM folder "
+                                    f"{owner.image} of {'this row' if owner is case else _row_name(owner)}; write "
+                                    "masks outside image folders.")
+
+
+def _file_identity(path: str) -> Optional[Tuple[int, int]]:
+    """``(device, inode)`` of an existing file (hard links share it), or None."""
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (status.st_dev, status.st_ino)
+
+
+def _row_name(case: BatchCase) -> str:
+    return f"row {case.row}" if case.row else f"case {Path(case.output).name}"
+
+
+def _rows(first: BatchCase, second: BatchCase) -> str:
+    if first.row and second.row:
+        return f"rows {first.row} and {second.row}"
+    return f"{_row_name(first)} and {_row_name(second)}"
 
 
 def read_case_prompts(case: BatchCase):
@@ -626,12 +692,17 @@ def segment_cases(
         overwrite: redo cases whose output exists (default: skip them; that is how a batch resumes).
         score: Dice against the manifest's labels.
     Raises:
-        ManifestError: the manifest is unusable (before any case runs).
+        ManifestError: the manifest is unusable, two cases write one file or a case would write over an input
+            (before any case runs, ``overwrite`` or not).
         ModelNotAvailableError, CheckpointError: the model cannot be loaded (the batch stops).
     """
     from .io_utils import is_complete_image, remove_stale_temporaries
 
-    cases = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
+    if isinstance(manifest, (str, Path)):
+        cases = read_manifest(manifest)
+    else:
+        cases = list(manifest)
+        check_batch_outputs(cases)
     if workers < 1:
         raise ManifestError(f"workers must be at least 1, got {workers}.")
     if hasattr(model, "open_session") and (scheduler is not None or workers > 1):  # before any file is touched

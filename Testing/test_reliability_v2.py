@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from test_session_initial_mask import BallModel
 
 import SAMVolSegmentLib.cli.main as cli
-from SAMVolSegmentLib.batch import BatchCase, run_batch, write_manifest
+from SAMVolSegmentLib.batch import BatchCase, ManifestError, run_batch, segment_cases, write_manifest
 from SAMVolSegmentLib.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,3 +108,60 @@ def test_an_empty_or_unreadable_output_is_redone_not_skipped(tmp_path, image, po
     assert (summary["done"], summary["skipped"], summary["failed"]) == (3, 0, 0)
     for name in "abc":
         assert sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / f"{name}.nii.gz"))).sum() > 0
+
+
+# ---------------------------------------------------------------- faults 2, 3: outputs that are inputs or twins
+def _two_patients(tmp_path: Path, image: Path, points: Path):
+    """Two rows' real inputs: images, prompt files and labels (each its own file)."""
+    files = {}
+    for name in ("a", "b"):
+        files[name] = {"image": tmp_path / f"{name}.nii.gz", "prompts": tmp_path / f"{name}.csv",
+                       "label": tmp_path / f"{name}_label.nii.gz"}
+        files[name]["image"].write_bytes(image.read_bytes())
+        files[name]["prompts"].write_text(points.read_text())
+        label = np.zeros((10, 11, 12), np.uint8)
+        label[2:8, 2:8, 2:8] = 1
+        sitk.WriteImage(sitk.GetImageFromArray(label), str(files[name]["label"]))
+    return files
+
+
+def _snapshot(folder: Path):
+    return {p.name: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("target", ["other image", "own label", "other image dotted", "other label via a link"])
+def test_batch_overwrite_never_writes_over_any_rows_input(tmp_path, capsys, image, points, ball_model, target):
+    files = _two_patients(tmp_path, image, points)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.nii.gz").symlink_to(files["b"]["label"])
+    output = {"other image": files["b"]["image"], "own label": files["a"]["label"],
+              "other image dotted": tmp_path / "sub" / ".." / "b.nii.gz",
+              "other label via a link": tmp_path / "link.nii.gz"}[target]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,prompts,output,label\n"
+                        f"a.nii.gz,a.csv,{output},a_label.nii.gz\n"
+                        f"b.nii.gz,{files['b']['prompts'].name},out_b.nii.gz,b_label.nii.gz\n")
+    before = _snapshot(tmp_path)
+    code = main(["batch", str(manifest), "--overwrite"])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, captured
+    assert "row 2: output" in lines[0] and "give the row another output" in lines[0], lines
+    assert _snapshot(tmp_path) == before  # nothing written, no report
+
+
+@pytest.mark.parametrize("spelling", ["out/sub/../x.nii.gz", "out//x.nii.gz", "linked/x.nii.gz", "./out/x.nii.gz"])
+def test_one_output_spelled_two_ways_is_refused(tmp_path, capsys, image, points, spelling):
+    (tmp_path / "out" / "sub").mkdir(parents=True)
+    (tmp_path / "linked").symlink_to(tmp_path / "out")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"image,prompts,output\n{image.name},{points.name},out/x.nii.gz\n"
+                        f"{image.name},{points.name},{spelling}\n")
+    before = _snapshot(tmp_path)
+    code = main(["batch", str(manifest), "--model", "no-such-model.pt"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "rows 2 and 3 both write" in err[0], err
+    assert _snapshot(tmp_path) == before
+    with pytest.raises(ManifestError, match="both write"):  # the Python API with cases refuses them too
+        list(segment_cases([BatchCase(str(image), str(points), str(tmp_path / "out/x.nii.gz")),
+                            BatchCase(str(image), str(points), str(tmp_path / spelling))], model=BallModel()))
