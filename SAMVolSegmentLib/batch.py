@@ -497,7 +497,8 @@ def run_case(case: BatchCase, model: Any, on_event: Optional[EventCallback] = No
     Returns:
         A ``"done"`` :class:`CaseResult` with per-stage timings.
     Raises:
-        SAMVolSegmentError, FileNotFoundError: the case cannot be done; nothing is written.
+        SAMVolSegmentError, FileNotFoundError: the case cannot be done; nothing is written (the label is read
+            and checked before the model runs, and the mask is written last).
     """
     from .io_utils import write_image
 
@@ -507,6 +508,11 @@ def run_case(case: BatchCase, model: Any, on_event: Optional[EventCallback] = No
     prompts = read_case_prompts(case)  # prompts first: a wrong prompt file costs no image reading
     image = read_volume(case.image, case.series)
     timings["read_s"] = time.perf_counter() - start
+    target = None
+    if score and case.label:  # before the model: a wrong label or label value fails the row and writes nothing
+        scored_at = time.perf_counter()
+        target = case_target(case)
+        timings["score_s"] = time.perf_counter() - scored_at
     load_s = 0.0
     if isinstance(model, DeferredModel):
         loaded_at = time.perf_counter()
@@ -514,14 +520,16 @@ def run_case(case: BatchCase, model: Any, on_event: Optional[EventCallback] = No
         load_s = time.perf_counter() - loaded_at
     mask_kji, geometry = segment_volume(model, image, prompts.points_ras, prompts.positive, prompts.box_ras,
                                         timings=timings, on_event=on_event, propose=case.auto)
-    written_at = time.perf_counter()
-    write_image(geometry.to_sitk_image(mask_kji), case.output)
-    timings["write_s"] = time.perf_counter() - written_at
     dice = None
-    if score and case.label:
+    if target is not None:
+        from .engine.metrics import dice as dice_of
+
         scored_at = time.perf_counter()
-        dice = score_mask(case, mask_kji)
-        timings["score_s"] = time.perf_counter() - scored_at
+        dice = float(dice_of(mask_kji > 0, target > 0))
+        timings["score_s"] += time.perf_counter() - scored_at
+    written_at = time.perf_counter()
+    write_image(geometry.to_sitk_image(mask_kji), case.output)  # the last step: a failed case leaves no mask
+    timings["write_s"] = time.perf_counter() - written_at
     seconds = time.perf_counter() - start - load_s
     return CaseResult.of(case, "done", seconds=seconds, timings=timings, voxels=int(np.count_nonzero(mask_kji)),
                          dice=dice, worker=_worker_name(), model_load_s=load_s)
@@ -554,11 +562,27 @@ def score_mask(case: BatchCase, mask_kji: np.ndarray) -> float:
         InvalidImageError: the label is unreadable, off the image's grid, or has no target voxels.
     """
     from .engine.metrics import dice
+
+    return float(dice(mask_kji > 0, case_target(case) > 0))
+
+
+def case_target(case: BatchCase) -> np.ndarray:
+    """The case's binary uint8 (k, j, i) target: its label ``== label_value`` (or ``> 0``).
+
+    Raises:
+        InvalidImageError: the label is unreadable, off the image's grid, or has no target voxels (the message
+            lists the values present and names the manifest's ``label_value`` column).
+    """
     from .tools.evaluation import Case, load_target
 
     assert case.label is not None
-    _, target = load_target(Case(Path(case.output).name, Path(case.image), Path(case.label), case.label_value))
-    return float(dice(mask_kji > 0, target > 0))
+    try:
+        _, target = load_target(Case(Path(case.output).name, Path(case.image), Path(case.label), case.label_value))
+    except InvalidImageError as exc:
+        # evaluate's message names its --label option; a manifest row sets the value in its label_value column.
+        raise InvalidImageError(str(exc).replace("Pick one of them with --label.",
+                                                 "Put one of them in the row's label_value column.")) from None
+    return target
 
 
 # ---------------------------------------------------------------- models, once per process

@@ -18,6 +18,7 @@ import pytest
 import SimpleITK as sitk
 from test_session_initial_mask import BallModel
 
+import SAMVolSegmentLib.batch as batch
 import SAMVolSegmentLib.cli.main as cli
 from SAMVolSegmentLib.batch import BatchCase, ManifestError, run_batch, segment_cases, write_manifest
 from SAMVolSegmentLib.cli.main import main
@@ -45,8 +46,9 @@ def points(tmp_path) -> Path:
 
 @pytest.fixture()
 def ball_model(monkeypatch):
-    """The CLI loads the transparent test model for any --model."""
+    """The CLI and serial batches load the transparent test model for any --model."""
     monkeypatch.setattr(cli, "load_model_verbose", lambda model, device: BallModel())
+    monkeypatch.setattr(batch, "worker_model", lambda model, device="cpu", threads=None: BallModel())
     return BallModel()
 
 
@@ -165,3 +167,25 @@ def test_one_output_spelled_two_ways_is_refused(tmp_path, capsys, image, points,
     with pytest.raises(ManifestError, match="both write"):  # the Python API with cases refuses them too
         list(segment_cases([BatchCase(str(image), str(points), str(tmp_path / "out/x.nii.gz")),
                             BatchCase(str(image), str(points), str(tmp_path / spelling))], model=BallModel()))
+
+
+# ---------------------------------------------------------------- fault 9: a failed row leaves no mask
+def test_a_row_whose_label_value_is_absent_fails_without_a_mask_and_fails_again(tmp_path, capsys, image, points,
+                                                                                 ball_model):
+    files = _two_patients(tmp_path, image, points)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,prompts,output,label,label_value\n"
+                        "a.nii.gz,a.csv,out/a.nii.gz,a_label.nii.gz,7\n"  # the label holds only 0 and 1
+                        "b.nii.gz,b.csv,out/b.nii.gz,b_label.nii.gz,1\n")
+    assert files["a"]["label"].is_file()
+    for attempt in range(2):  # the rerun must not skip the failed row
+        code = main(["batch", str(manifest), "--model", "m"])
+        out = capsys.readouterr().out
+        assert not (tmp_path / "out" / "a.nii.gz").exists()
+        assert (tmp_path / "out" / "b.nii.gz").is_file()
+        assert code == 1, out
+        failed = [line for line in out.splitlines() if " failed: " in line]
+        assert len(failed) == 1 and "row 2 (a.nii.gz)" in failed[0] and "values present: [1]" in failed[0]
+        assert "label_value column" in failed[0] and "--label" not in failed[0]
+        done = "1 done, 0 skipped" if attempt == 0 else "0 done, 1 skipped"
+        assert f"batch: 2 cases: {done} (already written), 1 failed" in out, out
