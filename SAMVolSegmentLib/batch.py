@@ -30,6 +30,7 @@ folder; ``prompts`` is any format :func:`SAMVolSegmentLib.engine.prompts_io.read
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -753,16 +754,27 @@ def segment_cases(
         results = _run_processes(todo, workers, str(model), device, threads, score)
     else:
         results = (_run_case_safely(case, model, device, threads, score) for case in todo)
-    for result in results:
-        if result.error_type in {e.__name__ for e in FATAL_ERRORS}:
-            error_class = next(e for e in FATAL_ERRORS if e.__name__ == result.error_type)
-            raise error_class(result.error or "the model cannot be loaded")
-        yield result
+    try:
+        for result in results:
+            if result.error_type in {e.__name__ for e in FATAL_ERRORS}:
+                error_class = next(e for e in FATAL_ERRORS if e.__name__ == result.error_type)
+                raise error_class(result.error or "the model cannot be loaded")
+            yield result
+    finally:  # stopped or failed: the workers stop now, not when the garbage collector finds this generator
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
 
 
 def _run_processes(cases: List[BatchCase], workers: int, model: str, device: str, threads: Optional[int],
                    score: bool) -> Iterator[CaseResult]:
-    """Cases on a pool of ``spawn`` processes; a pool whose worker died is restarted for the pending cases."""
+    """Cases on a pool of ``spawn`` processes; a pool whose worker died is restarted for the pending cases.
+
+    Stopping (an exception in the caller, e.g. Ctrl-C or :class:`~SAMVolSegmentLib.errors.StopRequested`, or
+    closing this generator) terminates the workers at once instead of waiting for their cases, then removes
+    the temporaries they were writing. The workers ignore Ctrl-C and SIGHUP (the batch decides; a Ctrl-C to the
+    process group printed a traceback per worker) and, on Linux, die with the batch even when it is killed.
+    """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
@@ -770,12 +782,14 @@ def _run_processes(cases: List[BatchCase], workers: int, model: str, device: str
     pending = list(cases)
     restarts = 0
     while pending:
-        # spawn: a forked child would inherit torch's thread pools and locks mid-state.
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)),
-                                   mp_context=multiprocessing.get_context("spawn"))
-        futures = {pool.submit(_run_case_safely, case, model, device, threads, score): case for case in pending}
         finished: List[BatchCase] = []
         broken = False
+        with _stop_signals_blocked():  # spawned workers start with them blocked (no window before their set-up)
+            # spawn: a forked child would inherit torch's thread pools and locks mid-state.
+            pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)),
+                                       mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_init_worker_process, initargs=(os.getpid(),))
+            futures = {pool.submit(_run_case_safely, case, model, device, threads, score): case for case in pending}
         try:
             for future in as_completed(futures):
                 try:
@@ -785,8 +799,14 @@ def _run_processes(cases: List[BatchCase], workers: int, model: str, device: str
                     break
                 finished.append(futures[future])
                 yield result
-        finally:
-            pool.shutdown(wait=not broken, cancel_futures=True)
+        except BaseException:  # a stop (Ctrl-C, SIGTERM, the caller closed us): no case is waited for
+            _terminate_pool(pool)
+            from .io_utils import remove_stale_temporaries
+
+            for case in pending:
+                remove_stale_temporaries(case.output)
+            raise
+        pool.shutdown(wait=not broken, cancel_futures=True)
         done = {id(c) for c in finished}
         pending = [c for c in pending if id(c) not in done]
         if not broken:
@@ -799,6 +819,66 @@ def _run_processes(cases: List[BatchCase], workers: int, model: str, device: str
                                           "this case was pending; rerun the batch to finish it (or run it alone "
                                           "with samvolseg segment to see whether it is the cause).")
             return
+
+
+#: Signals a batch's worker processes leave to the batch (it stops them); SIGTERM keeps its default (death).
+_WORKER_IGNORED_SIGNALS = ("SIGINT", "SIGHUP")
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block Ctrl-C and SIGHUP in this thread while worker processes are spawned (they inherit the mask, so
+    they cannot be interrupted before :func:`_init_worker_process` ignores them); a signal that arrives
+    meanwhile is delivered to this process once unblocked. Does nothing where signal masks do not exist."""
+    import signal
+
+    numbers = {getattr(signal, name) for name in _WORKER_IGNORED_SIGNALS if hasattr(signal, name)}
+    if not hasattr(signal, "pthread_sigmask") or not numbers:
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, numbers)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _init_worker_process(parent_pid: int) -> None:
+    """Set up a batch worker process: Ctrl-C and SIGHUP ignored, and (Linux) SIGTERM when the batch dies."""
+    import signal
+
+    for name in _WORKER_IGNORED_SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the batch died before the line above: nobody waits for this worker
+        os._exit(1)
+
+
+def _terminate_pool(pool: Any) -> None:
+    """Stop a ``ProcessPoolExecutor`` now: cancel its queued cases and terminate its workers (not waited for by
+    ``shutdown``, which lets running cases finish)."""
+    workers = getattr(pool, "_processes", None)  # {pid: Process} in Python 3.9-3.13 (no public way before 3.14)
+    processes = list(workers.values()) if isinstance(workers, dict) else []
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.terminate()
+    deadline = time.monotonic() + 5.0
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(1.0)
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_dask(cases: List[BatchCase], scheduler: Any, model: str, device: str, threads: Optional[int],
@@ -871,16 +951,18 @@ def run_batch(
         ordered = [entries[c.row] for c in cases if c.row in entries]
         write_json({"summary": summary, "cases": ordered}, report_path)
 
-    for result in segment_cases(cases, **options):
-        entry = result.to_json()
-        if result.status == "skipped" and result.output in previous:
-            entry = {**previous[result.output], "status": "skipped"}
-        entries[result.row] = entry
-        write()
-        if on_result is not None:
-            on_result(result)
-        if progress is not None:
-            progress(len(entries) / len(cases), f"{result.name} {result.status}")
+    results = segment_cases(cases, **options)
+    with contextlib.closing(results):  # a Ctrl-C or stop signal stops the workers before it propagates
+        for result in results:
+            entry = result.to_json()
+            if result.status == "skipped" and result.output in previous:
+                entry = {**previous[result.output], "status": "skipped"}
+            entries[result.row] = entry
+            write()
+            if on_result is not None:
+                on_result(result)
+            if progress is not None:
+                progress(len(entries) / len(cases), f"{result.name} {result.status}")
     write()
     summary["report"] = str(report_path)
     return summary

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +193,79 @@ def test_a_row_whose_label_value_is_absent_fails_without_a_mask_and_fails_again(
         assert "label_value column" in failed[0] and "--label" not in failed[0]
         done = "1 done, 0 skipped" if attempt == 0 else "0 done, 1 skipped"
         assert f"batch: 2 cases: {done} (already written), 1 failed" in out, out
+
+
+# ---------------------------------------------------------------- fault 4: stopping a multi-worker batch
+#: The batch program with 2 spawn workers whose writes linger after the temporary file is written (a case
+#: caught mid-write). A file, not ``-c``: spawn workers import it as ``__mp_main__``, so its patches apply there.
+STOPPABLE_BATCH = """
+import os, signal, sys, time
+sys.path.insert(0, {testing!r})
+import SimpleITK as sitk
+import SAMVolSegmentLib.batch as batch
+from test_session_initial_mask import BallModel
+
+batch.worker_model = lambda model, device="cpu", threads=None: BallModel()
+_write = sitk.WriteImage
+def lingering_write(image, path, *args):
+    _write(image, path, *args)
+    open(os.path.join({marks!r}, "writing-%d" % os.getpid()), "w").close()
+    time.sleep(120)
+sitk.WriteImage = lingering_write
+
+if __name__ == "__main__":
+    # As a shell starts a program: every stop signal at its default action.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
+    import SAMVolSegmentLib.cli.main as cli
+    sys.argv = ["samvolseg", "batch", {manifest!r}, "--workers", "2", "--model", "ball"]
+    sys.exit(cli.main())
+"""
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, to_group, code, line", [
+    (signal.SIGTERM, False, 143, "samvolseg: stopped (SIGTERM)"),
+    (signal.SIGINT, True, 130, "samvolseg: interrupted"),
+    (signal.SIGHUP, True, 129, "samvolseg: stopped (SIGHUP)"),
+])
+def test_a_stopped_multi_worker_batch_stops_its_workers_and_removes_temporaries(tmp_path, image, points, signum,
+                                                                                to_group, code, line):
+    cases = [BatchCase(str(image), str(points), str(tmp_path / "out" / f"case{n}.nii.gz")) for n in range(6)]
+    manifest = write_manifest(cases, tmp_path / "m.csv")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = tmp_path / "stoppable_batch.py"
+    script.write_text(STOPPABLE_BATCH.format(testing=str(Path(__file__).parent), marks=str(marks),
+                                             manifest=str(manifest)))
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(marks.iterdir())) < 2:  # both workers hold a temporary mask
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+            time.sleep(0.1)
+        assert len(list((tmp_path / "out").glob(".*.tmp.nii.gz"))) == 2
+        (os.killpg if to_group else os.kill)(child.pid, signum)
+        out, err = child.communicate(timeout=30)
+        deadline = time.monotonic() + 15
+        while _group_alive(child.pid) and time.monotonic() < deadline:  # workers, resource tracker
+            time.sleep(0.1)
+        leftovers = _group_alive(child.pid)
+    finally:
+        if child.poll() is None or _group_alive(child.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    assert not leftovers, "processes of the batch are still running after it stopped"
+    assert child.returncode == code and err.strip().splitlines() == [line], (child.returncode, err)
+    assert list((tmp_path / "out").iterdir()) == []  # no temporaries, no half-written masks

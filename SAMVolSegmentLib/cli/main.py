@@ -681,10 +681,11 @@ def version_text() -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the CLI; returns the exit code (0 success, 2 error with a message on stderr, 130 interrupted).
+    """Run the CLI; returns the exit code (0 success, 2 error with a message on stderr, 130 interrupted, 143 / 129
+    stopped by SIGTERM / SIGHUP).
 
-    Called without ``argv`` (the ``samvolseg`` program), an interrupt ends the process at once with exit code
-    130 and one line, also during start-up and after the work: the interpreter would otherwise wait for
+    Called without ``argv`` (the ``samvolseg`` program), an interrupt or stop signal unwinds the work (a batch
+    stops its workers, temporaries are removed) and ends the process with exit code 128 + signal and one line, also during start-up and after the work: the interpreter would otherwise wait for
     background threads at exit, or print a traceback for a Ctrl-C that lands while it shuts down.
     """
     program = argv is None and _take_interrupts()
@@ -696,12 +697,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _work_running[0] = False  # first statement: no Ctrl-C can be raised between the try and here
         print(f"samvolseg: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or StopRequested (SIGTERM, SIGHUP): the work has unwound
         _work_running[0] = False
+        signum = int(getattr(exc, "signum", 2))
         if program:
-            _exit_interrupted()
-        print("samvolseg: interrupted", file=sys.stderr)
-        return 130
+            _exit_interrupted(signum)
+        print(_stop_line(signum), file=sys.stderr)
+        return 128 + signum
     finally:
         _work_running[0] = False  # the work is done or refused: a Ctrl-C from here on exits at once
 
@@ -721,6 +723,13 @@ def _take_interrupts() -> bool:
 
     if threading.current_thread() is not threading.main_thread():
         return False
+    # SIGTERM (kill, a scheduler) and SIGHUP (the terminal closed) unwind the work like a Ctrl-C, so a batch
+    # stops its worker processes and removes its temporaries; where they are not at their default action (an
+    # embedding program's handler, nohup) they are left alone.
+    for name in ("SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) is signal.SIG_DFL:
+            signal.signal(number, _on_stop)
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         return False  # ignored (a background job) or the embedding program's own handler: leave it
     signal.signal(signal.SIGINT, _on_interrupt)
@@ -734,8 +743,26 @@ def _on_interrupt(signum: int, frame: object) -> None:
     _exit_interrupted()
 
 
-def _exit_interrupted() -> None:
-    """One line on stderr and exit 130 now, without waiting for threads (the program only, never a caller)."""
+def _on_stop(signum: int, frame: object) -> None:
+    """The program's SIGTERM/SIGHUP handler: unwind the running work, or exit at once when there is none."""
+    from ..errors import StopRequested
+
+    if _work_running[0]:
+        _work_running[0] = False  # a second signal while the work unwinds exits at once
+        raise StopRequested(signum)
+    _exit_interrupted(signum)
+
+
+def _stop_line(signum: int) -> str:
+    """``samvolseg: interrupted`` (Ctrl-C) or ``samvolseg: stopped (SIGTERM)``."""
+    from ..errors import StopRequested
+
+    return "samvolseg: interrupted" if signum == 2 else f"samvolseg: stopped ({StopRequested(signum).name})"
+
+
+def _exit_interrupted(signum: int = 2) -> None:
+    """One line on stderr and exit 128 + signum (130 for Ctrl-C) now, without waiting for threads (the program
+    only, never a caller)."""
     import os
 
     for stream in (sys.stdout, sys.stderr):
@@ -744,9 +771,9 @@ def _exit_interrupted() -> None:
         except (OSError, ValueError):  # a closed pipe: nothing more to say on it
             pass
     try:
-        print("samvolseg: interrupted", file=sys.stderr, flush=True)
+        print(_stop_line(signum), file=sys.stderr, flush=True)
     finally:
-        os._exit(130)
+        os._exit(128 + signum)
 
 
 if __name__ == "__main__":
