@@ -269,3 +269,70 @@ def test_a_stopped_multi_worker_batch_stops_its_workers_and_removes_temporaries(
     assert not leftovers, "processes of the batch are still running after it stopped"
     assert child.returncode == code and err.strip().splitlines() == [line], (child.returncode, err)
     assert list((tmp_path / "out").iterdir()) == []  # no temporaries, no half-written masks
+
+
+# ---------------------------------------------------------------- fault 8: a clean exit
+EXIT_AFTER_SET_VOLUME = """
+import sys
+sys.path.insert(0, {testing!r})
+import numpy as np, SimpleITK as sitk
+from SAMVolSegmentLib.engine.session import InteractiveSession
+from test_session_initial_mask import BallModel
+image = sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 1, (120, 200, 200)).astype(np.float32))
+image.SetSpacing((0.7, 0.7, 1.3))
+session = InteractiveSession(BallModel())
+session.set_volume(image)  # the resampling runs in the session's background thread
+if {clicks}:
+    session.wait_until_ready()
+    for n in range({clicks}):
+        session.add_click((-10.0 - n % 5, -20.0, 20.0), n % 3 != 2)
+    session.close()
+sys.exit(0)
+"""
+
+
+def _exit_codes(tmp_path: Path, runs: int, clicks: int):
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_AFTER_SET_VOLUME.format(testing=str(Path(__file__).parent), clicks=clicks))
+    results = []
+    for _ in range(runs):
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        results.append((done.returncode, done.stderr.strip()[-300:]))
+    return results
+
+
+def test_exit_right_after_set_volume_is_clean(tmp_path):
+    """It aborted every time (rc 134, "FATAL: exception not rethrown"): the resampling thread was killed in ITK."""
+    assert _exit_codes(tmp_path, 2, 0) == [(0, "")] * 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clicks", [0, 30])
+def test_exit_is_clean_in_50_runs(tmp_path, clicks):
+    results = _exit_codes(tmp_path, 50 if clicks == 0 else 10, clicks)
+    assert [r for r in results if r != (0, "")] == []
+
+
+def test_a_session_is_not_kept_alive_by_its_idle_background_thread():
+    """The thread kept the last job's bound method (hence the session, its tensors) until its next job, so a
+    session dropped or closed was freed by that thread, possibly while the interpreter shut down."""
+    import gc
+    import weakref
+
+    from SAMVolSegmentLib.engine.session import InteractiveSession
+
+    for close in (False, True):
+        session = InteractiveSession(BallModel())
+        session.set_volume(np.zeros((20, 20, 20), np.float32) + np.arange(20, dtype=np.float32), np.eye(4))
+        session.wait_until_ready()
+        worker = session._executor
+        alive = weakref.ref(session)
+        if close:
+            session.close()
+        del session
+        gc.collect()
+        assert alive() is None, f"close={close}"
+        worker.shutdown()
+        worker.join(5)
+        assert not worker._thread.is_alive()

@@ -14,9 +14,11 @@ Every step is recorded with the box content before and after it, so undo/redo re
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -756,7 +758,13 @@ class _DaemonWorker:
     """One daemon thread running submitted calls in order (the session's background preprocessing).
 
     Not a ``ThreadPoolExecutor``: the interpreter joins those threads at exit, so a CLI interrupted during
-    a long resampling printed "interrupted" at once but exited only when the resampling had finished.
+    a long resampling printed "interrupted" at once but exited only when the resampling had finished (the CLI
+    now ends with ``os._exit`` on an interrupt, which runs no exit handlers).
+
+    At a normal interpreter exit (:func:`_stop_workers_at_exit`, an ``atexit`` handler) every worker is shut
+    down and its thread joined: a daemon thread still inside ITK or torch when the interpreter finalises is
+    killed mid-C++ ("FATAL: exception not rethrown", SIGABRT), and one that frees tensors then aborts too.
+    Between jobs the thread holds nothing of the session (its bound method, volume or result).
     """
 
     def __init__(self, name: str) -> None:
@@ -775,6 +783,7 @@ class _DaemonWorker:
             self._jobs.put((future, fn, args))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                _LIVE_WORKERS.add(self)
                 self._thread.start()
             return future
 
@@ -794,20 +803,47 @@ class _DaemonWorker:
                     job[0].cancel()
             self._jobs.put(None)
 
+    def join(self, timeout: Optional[float] = None) -> None:
+        """Wait for the thread to end (after :meth:`shutdown`); returns at once from the thread itself."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     def _run(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            future, fn, args = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn(*args)
-            except BaseException as exc:  # handed to the caller through the future
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+            self._run_one(*job)
+            del job  # nothing of the job (the session's method, its volume) stays referenced while waiting
+
+    @staticmethod
+    def _run_one(future: Future, fn: Callable[..., Any], args: Tuple[Any, ...]) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the caller through the future
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+
+#: Workers whose thread was started; :func:`_stop_workers_at_exit` stops them before the interpreter finalises.
+_LIVE_WORKERS: weakref.WeakSet[_DaemonWorker] = weakref.WeakSet()
+
+
+def _stop_workers_at_exit() -> None:
+    """``atexit``: cancel every worker's queued calls, then wait for the running ones (a resampling still in
+    ITK or torch would abort the interpreter's finalisation)."""
+    workers = list(_LIVE_WORKERS)
+    for worker in workers:
+        worker.shutdown()
+    for worker in workers:
+        worker.join()
+
+
+atexit.register(_stop_workers_at_exit)  # after torch's own handlers were registered: runs before them
 
 
 def _outside_message(point_ras: np.ndarray, geometry: VolumeGeometry) -> str:
