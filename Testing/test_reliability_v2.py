@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -336,3 +337,141 @@ def test_a_session_is_not_kept_alive_by_its_idle_background_thread():
         worker.shutdown()
         worker.join(5)
         assert not worker._thread.is_alive()
+
+
+# ---------------------------------------------------------------- faults 5-7: a real `samvolseg serve`
+SERVER_TOKEN = "test-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    import torch
+
+    from SAMVolSegmentLib.model.clicknet import ClickNet, ClickNetConfig
+    from SAMVolSegmentLib.tools.training import export_model
+
+    torch.manual_seed(0)
+    config = ClickNetConfig(image_size=32, stem_channels=(4, 8), context_channels=(8, 8), embed_dim=8,
+                            decoder_channels=8)
+    return export_model(ClickNet(config).eval(), tmp_path_factory.mktemp("model") / "tiny.pt", {"step": 0})
+
+
+@contextlib.contextmanager
+def serve(checkpoint: Path, *options: str):
+    """``samvolseg serve`` in a child process on a free port; yields (url, psutil process)."""
+    import socket
+
+    psutil = pytest.importorskip("psutil")
+    requests = pytest.importorskip("requests")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    child = subprocess.Popen([sys.executable, "-m", "SAMVolSegmentLib.cli.main", "serve", "--model", str(checkpoint),
+                              "--port", str(port), "--token", SERVER_TOKEN, "--log-level", "warning", *options],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert child.poll() is None, child.stdout.read()
+            with contextlib.suppress(requests.exceptions.ConnectionError):
+                if requests.get(url + "/health", timeout=2).ok:
+                    break
+            assert time.monotonic() < deadline, "samvolseg serve did not come up in 60 s"
+            time.sleep(0.2)
+        yield url, psutil.Process(child.pid)
+    finally:
+        child.terminate()
+        try:
+            child.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+
+
+class PeakRSS:
+    """The largest resident set size of a process, sampled every 20 ms in a thread."""
+
+    def __init__(self, process) -> None:
+        import threading
+
+        self.process, self.peak, self._stop = process, process.memory_info().rss, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            with contextlib.suppress(Exception):
+                self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _inflation_bomb(shape=(512, 512, 512), dtype="float64"):
+    """An upload that declares ``shape`` voxels of ``dtype`` and sends zlib zeros (about 1 MB for 512³ float64)."""
+    import zlib
+
+    from SAMVolSegmentLib.remote.protocol import META_HEADER, VOLUME_CODEC
+
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    compressor = zlib.compressobj(9)
+    zeros = bytes(64 << 20)
+    body = b"".join(compressor.compress(zeros[:min(len(zeros), size - done)]) for done in range(0, size, len(zeros)))
+    body += compressor.flush()
+    meta = {"shape": list(shape), "dtype": dtype, "codec": VOLUME_CODEC,
+            "ijk_to_ras": np.eye(4).reshape(-1).tolist()}
+    headers = {META_HEADER: json.dumps(meta), "Authorization": f"Bearer {SERVER_TOKEN}",
+               "Content-Type": "application/octet-stream"}
+    return body, headers
+
+
+@pytest.mark.slow
+def test_an_upload_bomb_is_refused_before_inflation_and_costs_no_memory(tiny_checkpoint):
+    import requests
+
+    from SAMVolSegmentLib.remote.protocol import API_PREFIX
+
+    body, headers = _inflation_bomb()
+    assert len(body) < 2 << 20
+    with serve(tiny_checkpoint, "--max-memory-gb", "1") as (url, process):
+        before = process.memory_info().rss
+        with PeakRSS(process) as rss:
+            start = time.monotonic()
+            reply = requests.put(f"{url}{API_PREFIX}/volumes/{'0' * 32}", data=body, headers=headers, timeout=120)
+            seconds = time.monotonic() - start
+        assert reply.status_code == 413 and "memory budget" in reply.json()["detail"], reply.text
+        assert seconds < 3, seconds
+        assert rss.peak - before < 100e6, f"RSS rose by {(rss.peak - before) / 1e6:.0f} MB"
+
+
+@pytest.mark.slow
+def test_concurrent_upload_bombs_are_counted_against_the_memory_budget(tiny_checkpoint):
+    """Three at once used to inflate together (6.8 GB for three 512³ float64) and keep 1.6 GB resident."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from SAMVolSegmentLib.remote.protocol import API_PREFIX
+
+    body, headers = _inflation_bomb((256, 256, 512))  # 256 MB of float64 each
+    with serve(tiny_checkpoint, "--max-memory-gb", "1") as (url, process):
+        before = process.memory_info().rss
+
+        def put(n: int):
+            return requests.put(f"{url}{API_PREFIX}/volumes/{n:032x}", data=body, headers=headers, timeout=300)
+
+        with PeakRSS(process) as rss, ThreadPoolExecutor(3) as pool:
+            replies = list(pool.map(put, range(3)))
+        statuses = sorted(r.status_code for r in replies)
+        assert all(s in (422, 503) for s in statuses), [r.text for r in replies]
+        # One upload's peak (raw + voxels + float32 copy, about 0.9 GB) fits the 1 GB budget; three never run
+        # together.
+        assert rss.peak - before < 1.1e9, f"RSS rose by {(rss.peak - before) / 1e6:.0f} MB"
+        time.sleep(0.5)
+        assert process.memory_info().rss - before < 200e6, "memory stayed resident after the refusals"
