@@ -475,3 +475,44 @@ def test_concurrent_upload_bombs_are_counted_against_the_memory_budget(tiny_chec
         assert rss.peak - before < 1.1e9, f"RSS rose by {(rss.peak - before) / 1e6:.0f} MB"
         time.sleep(0.5)
         assert process.memory_info().rss - before < 200e6, "memory stayed resident after the refusals"
+
+
+@pytest.fixture(scope="module")
+def default_checkpoint(tmp_path_factory) -> Path:
+    """A frozen copy of the default model (64³ low-res logits: 1 MB per click; training replaces the original)."""
+    import shutil
+
+    from SAMVolSegmentLib.model.registry import resolve_model_path
+
+    path = tmp_path_factory.mktemp("model") / "default_snapshot.pt"
+    shutil.copyfile(resolve_model_path("default"), path)
+    return path
+
+
+@pytest.mark.slow
+def test_the_server_memory_budget_holds_the_undo_logits(default_checkpoint):
+    """Each undo step kept a 64³ logits tensor (1 MB) the history bound did not count: 4 sessions × 60 clicks
+    held about 240 MB under a 4 MB history bound each. RSS is measured, not the server's counter."""
+    from SAMVolSegmentLib.remote.client import RemoteSession
+
+    rng = np.random.default_rng(0)
+    array = rng.normal(0, 1, (40, 40, 40)).astype(np.float32)
+    array[10:30, 10:30, 10:30] += 3
+    ijk_to_ras = np.diag([1.5, 1.5, 1.5, 1.0])  # one ROI holds the whole volume: a single encode per session
+
+    def clicks(count: int) -> None:
+        session = RemoteSession(url, token=SERVER_TOKEN)
+        session.set_volume(array, ijk_to_ras)
+        for n in range(count):
+            session.add_click((15.0 + n % 7, 15.0 + n % 5, 15.0 + n % 3), n % 4 != 3)
+        sessions.append(session)  # kept open: its history stays on the server
+
+    sessions: list = []
+    with serve(default_checkpoint, "--max-memory-gb", "0.25", "--history-mb", "4", "--cache-gb", "0.05") as (
+            url, process):
+        clicks(3)  # warm-up: the model's first runs allocate their working memory
+        before = process.memory_info().rss
+        for _ in range(4):
+            clicks(60)
+        grown = process.memory_info().rss - before
+    assert grown < 120e6, f"RSS grew by {grown / 1e6:.0f} MB for 4 sessions with a 4 MB history bound each"

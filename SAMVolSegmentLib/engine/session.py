@@ -116,16 +116,30 @@ class _Step:
     region_before: _PackedRegion
     region_after: _PackedRegion
     annotation: Any = None  # caller data (annotate_last_step); counted in nbytes when it has one
+    #: Bytes of the low-res logits this step created (its ``after`` holds them; unchanged ROIs share the
+    #: tensors of ``before``): 1 MB per click for 64³ logits, which the byte bound must count.
+    logits_nbytes: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.logits_nbytes = _new_logits_nbytes(self.before, self.after)
 
     @property
     def nbytes(self) -> int:
         extra = int(getattr(self.annotation, "nbytes", 0) or 0)
-        return self.region_before.nbytes + self.region_after.nbytes + extra
+        return self.region_before.nbytes + self.region_after.nbytes + self.logits_nbytes + extra
+
+
+def _new_logits_nbytes(before: _Snapshot, after: _Snapshot) -> int:
+    """Bytes of the logits tensors in ``after`` that ``before`` does not hold (compared by identity)."""
+    held = {id(state.logits) for _, state in before.rois if state.logits is not None}
+    new = {id(state.logits): state.logits for _, state in after.rois
+           if state.logits is not None and id(state.logits) not in held}
+    return int(sum(t.element_size() * t.nelement() for t in new.values()))
 
 
 @dataclass
 class _History:
-    """Undo/redo stacks, bounded in steps and in bytes of stored mask boxes (oldest steps go first)."""
+    """Undo/redo stacks, bounded in steps and in bytes of stored mask boxes and logits (oldest steps go first)."""
 
     undo: List[_Step] = field(default_factory=list)
     redo: List[_Step] = field(default_factory=list)
@@ -154,8 +168,8 @@ class InteractiveSession:
         cache_bytes: embedding-cache budget when a model (not a predictor) is given.
         progress: optional ``callback(fraction, message)`` for slow stages (preprocessing, encoding).
         max_undo: history depth.
-        max_undo_bytes: memory bound of the history (mask boxes stored as packed bits); the oldest steps go
-            first, the last step is always kept.
+        max_undo_bytes: memory bound of the history (mask boxes stored as packed bits, and the low-res logits
+            each step keeps for the next click); the oldest steps go first, the last step is always kept.
         auto_extend: continue a mask that reaches a ROI face into neighbouring ROIs (one encoder run each).
     """
 

@@ -47,6 +47,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--max-memory-gb", type=float, default=8.0,
                    help="memory for uploaded volumes and sessions; least recently used go first")
     p.add_argument("--cache-gb", type=float, default=2.0, help="memory for cached image embeddings")
+    p.add_argument("--history-mb", type=float, default=64.0,
+                   help="undo history of each session (mask boxes and the model's logits of each step; about "
+                        "1 MB per click); counted in --max-memory-gb")
     p.add_argument("--max-upload-mb", type=float, default=2048.0, help="largest compressed volume upload")
     p.add_argument("--max-voxels", type=int, default=512 * 512 * 1024, help="largest volume, in voxels")
     p.add_argument("--queue", type=int, default=32, help="requests that may wait for the model; more get 503")
@@ -122,7 +125,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model = load_model_verbose(args.model, device)
     config = ServerConfig(
         token=token, device=device, lease_s=args.lease_minutes * 60, max_memory_bytes=int(args.max_memory_gb * 2**30),
-        cache_bytes=int(args.cache_gb * 2**30), max_upload_bytes=int(args.max_upload_mb * 2**20),
+        cache_bytes=int(args.cache_gb * 2**30), history_bytes=int(args.history_mb * 2**20),
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_voxels=args.max_voxels, queue_size=args.queue)
     app = create_app(model, config)
     tls = args.ssl_certfile is not None
