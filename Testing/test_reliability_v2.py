@@ -516,3 +516,67 @@ def test_the_server_memory_budget_holds_the_undo_logits(default_checkpoint):
             clicks(60)
         grown = process.memory_info().rss - before
     assert grown < 120e6, f"RSS grew by {grown / 1e6:.0f} MB for 4 sessions with a 4 MB history bound each"
+
+
+@pytest.mark.slow
+def test_a_session_that_expires_while_its_click_waits_in_the_queue_is_replayed(tiny_checkpoint):
+    """It failed with 409 SessionStateError ("create a new InteractiveSession"); now 410, which the client
+    answers by replaying its steps on a new session, as for an expiry between requests."""
+    import threading
+
+    import requests
+
+    from SAMVolSegmentLib.remote.client import RemoteSession
+    from SAMVolSegmentLib.remote.protocol import API_PREFIX
+
+    rng = np.random.default_rng(0)
+    small = rng.normal(0, 1, (20, 20, 20)).astype(np.float32)
+    small[5:15, 5:15, 5:15] += 3
+    # Coarse voxels (4 mm): their model grid (1.5 mm) has 533³ voxels, so the first click waits on the model
+    # worker for the resampling (seconds).
+    large = (np.tile(np.linspace(0, 1, 200, dtype=np.float32), (200, 200, 1))
+             + rng.normal(0, 0.01, (200, 200, 200)).astype(np.float32))
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    auth = {"Authorization": f"Bearer {SERVER_TOKEN}"}
+    with serve(tiny_checkpoint, "--lease-minutes", "0.02") as (url, process):  # a 1.2 s lease
+        slow, victim = RemoteSession(url, token=SERVER_TOKEN), RemoteSession(url, token=SERVER_TOKEN)
+        victim.set_volume(small, affine)
+        victim.add_click((10.0, 10.0, 10.0), True)
+        first_sid = victim._sid
+        renewing = threading.Event()
+        renewing.set()
+
+        def renew() -> None:  # keeps the victim's lease while the large volume is uploaded
+            while renewing.is_set():
+                requests.get(f"{url}{API_PREFIX}/sessions/{first_sid}", headers=auth, timeout=30)
+                time.sleep(0.2)
+
+        renewer = threading.Thread(target=renew)
+        renewer.start()
+        slow.set_volume(large, np.diag([4.0, 4.0, 4.0, 1.0]))  # its resampling starts now
+        results = {}
+
+        def click(name, session, point):
+            try:
+                results[name] = session.add_click(point, True)
+            except Exception as exc:  # recorded for the assertion
+                results[name] = exc
+
+        # A click sent at once (without the client's wait for readiness) holds the model worker meanwhile.
+        blocker = threading.Thread(target=lambda: requests.post(
+            f"{url}{API_PREFIX}/sessions/{slow._sid}/click", json={"point_ras": [400.0, 400.0, 400.0]},
+            headers=auth, timeout=120))
+        blocker.start()
+        time.sleep(0.2)
+        renewing.clear()
+        renewer.join()
+        queued = threading.Thread(target=click, args=("victim", victim, (8.0, 8.0, 8.0)))
+        queued.start()
+        time.sleep(2.0)  # the victim's lease runs out while its click waits behind the resampling
+        stats = requests.get(f"{url}{API_PREFIX}/stats", headers=auth, timeout=30).json()  # reaps expired ones
+        blocker.join(120)
+        queued.join(120)
+        assert stats["store"]["expired"] >= 1 and stats["queue_depth"] >= 1, stats
+        assert not isinstance(results["victim"], Exception), repr(results["victim"])
+        assert victim._sid != first_sid  # replayed on a new session
+        assert len(victim.clicks) == 2 and results["victim"].mask.any()

@@ -270,6 +270,26 @@ class ResourceStore:
         raise HTTPReplyError(404, "SessionNotFound",
                           f"No session {sid} on this server (it may have restarted); create a new session.")
 
+    def require_live(self, entry: _ServerSession) -> None:
+        """Renew the lease of a session a queued job is about to use, or refuse the job as for a lookup.
+
+        A request looks its session up before it waits in the model queue; meanwhile the session may expire,
+        be evicted or be deleted (and closed). Its job then answers 410 (the client replays its steps on a new
+        session) instead of the closed session's error.
+
+        Raises:
+            HTTPReplyError: 410 with the reason the session ended.
+        """
+        with self._lock:
+            if self._entries.get(("session", entry.sid)) is entry:
+                entry.last_used = time.monotonic()
+                self._entries.move_to_end(("session", entry.sid))
+                return
+            reason = self._gone.get(entry.sid, "ended")
+        raise HTTPReplyError(410, "SessionExpiredError",
+                             f"Session {entry.sid} {reason} while this request waited for the model; create a new "
+                             "session and replay the steps (RemoteSession does this by itself).")
+
     def remove_session(self, sid: str, reason: str = "was closed by its client") -> bool:
         with self._lock:
             entry = self._entries.pop(("session", sid), None)
@@ -528,9 +548,14 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
         codec = choose_mask_codec(request.headers.get(MASK_CODECS_HEADER))
 
         def job() -> Tuple[MaskUpdate, Dict[str, Any]]:
+            store.require_live(entry)  # it may have ended while this job waited in the queue: 410, not 409
             session = entry.session
             moved = session.can_undo if kind == "undo" else session.can_redo if kind == "redo" else False
-            update = step(session)
+            try:
+                update = step(session)
+            except SessionStateError:
+                store.require_live(entry)  # closed (evicted, deleted) while the step ran: 410 as well
+                raise
             # Every step this server creates is tagged below, so an untagged newest step is one just created
             # (a no-op such as clear_box without a box leaves the previous tag in last_annotation).
             pushed = kind == "step" and session.can_undo and session.last_annotation is None
