@@ -580,3 +580,52 @@ def test_a_session_that_expires_while_its_click_waits_in_the_queue_is_replayed(t
         assert not isinstance(results["victim"], Exception), repr(results["victim"])
         assert victim._sid != first_sid  # replayed on a new session
         assert len(victim.clicks) == 2 and results["victim"].mask.any()
+
+
+# ---------------------------------------------------------------- faults 10, 11: prompt files
+def test_a_csv_with_a_utf8_bom_keeps_its_first_click(tmp_path):
+    from SAMVolSegmentLib.engine.prompts_io import read_prompts
+
+    path = tmp_path / "p.csv"
+    path.write_bytes("\ufeff1.5,2,3,1\n4,5,6,0\n".encode("utf-8"))  # Excel's "CSV UTF-8", no header
+    prompts = read_prompts(path)
+    assert len(prompts) == 2 and prompts.points_ras[0].tolist() == [1.5, 2.0, 3.0]
+    path.write_bytes("\ufeffr,a,s,positive\n1.5,2,3,1\n".encode("utf-8"))  # with a header
+    assert len(read_prompts(path)) == 1
+
+
+@pytest.mark.parametrize("first", ["3O,12,5,1", "3,12,5O,1", "1e,2,3"])
+def test_a_first_row_with_a_typo_is_an_error_not_a_header(tmp_path, first):
+    from SAMVolSegmentLib.engine.prompts_io import read_prompts
+    from SAMVolSegmentLib.errors import InvalidPromptError
+
+    path = tmp_path / "p.csv"
+    path.write_text(f"{first}\n4,5,6,1\n")
+    with pytest.raises(InvalidPromptError, match=r"row 1 \(.*\) is not r,a,s"):
+        read_prompts(path)
+
+
+def test_a_deeply_nested_prompt_json_is_one_line(tmp_path, capsys, image):
+    path = tmp_path / "deep.json"
+    path.write_text('{"points": ' + "[" * 3000 + "]" * 3000 + "}")
+    code = main(["segment", str(image), "--points", str(path), "--output", str(tmp_path / "m.nii.gz"),
+                 "--model", "no-such-model.pt"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "nested" in err[0] and "Traceback" not in err[0], err
+
+
+def test_a_csv_comment_in_cp1252_is_read(tmp_path):
+    from SAMVolSegmentLib.engine.prompts_io import read_prompts
+
+    path = tmp_path / "p.csv"
+    path.write_bytes("# Patient: Müller, résumé\n1,2,3,1\n".encode("cp1252"))
+    assert read_prompts(path).points_ras.tolist() == [[1.0, 2.0, 3.0]]
+
+
+def test_a_prompt_json_that_is_not_utf8_is_one_line(tmp_path, capsys, image):
+    path = tmp_path / "p.json"
+    path.write_bytes('{"points": [{"ras": [1, 2, 3], "label": "Müller"}]}'.encode("cp1252"))
+    code = main(["segment", str(image), "--points", str(path), "--output", str(tmp_path / "m.nii.gz"),
+                 "--model", "no-such-model.pt"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "UTF-8" in err[0], err
