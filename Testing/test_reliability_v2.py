@@ -629,3 +629,41 @@ def test_a_prompt_json_that_is_not_utf8_is_one_line(tmp_path, capsys, image):
                  "--model", "no-such-model.pt"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "UTF-8" in err[0], err
+
+
+# ---------------------------------------------------------------- fault 12: train on bad data
+def _training_case(folder: Path, label_size=(30, 30, 30), label_origin=(0.0, 0.0, 0.0)) -> Path:
+    folder.mkdir(parents=True)
+    array = np.random.default_rng(0).normal(0, 1, (30, 30, 30)).astype(np.float32)
+    array[8:22, 8:22, 8:22] += 4
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.5, 1.5, 1.5))
+    sitk.WriteImage(image, str(folder / "image.nii.gz"))
+    label = np.zeros(label_size[::-1], np.uint8)
+    label[8:22, 8:22, 8:22] = 1
+    label_image = sitk.GetImageFromArray(label)
+    label_image.SetSpacing((1.5, 1.5, 1.5))
+    label_image.SetOrigin(label_origin)
+    sitk.WriteImage(label_image, str(folder / "label.nii.gz"))
+    return folder
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("label size", "has size (32.0, 30.0, 30.0)"),
+    ("label origin", "has origin (26.0, 0.0, 0.0)"),
+    ("no case", "No training case in"),
+])
+def test_train_on_bad_data_is_one_line_and_writes_nothing(tmp_path, capsys, problem, message):
+    data = tmp_path / "data"
+    if problem == "label size":
+        _training_case(data / "a", label_size=(32, 30, 30))
+    elif problem == "label origin":
+        _training_case(data / "a", label_origin=(26.0, 0.0, 0.0))
+    else:
+        data.mkdir()
+    output = tmp_path / "run"
+    code = main(["train", "--data", str(data), "--output", str(output), "--minutes", "0.01"])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], (code, captured)
+    assert not output.exists()

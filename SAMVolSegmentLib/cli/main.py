@@ -382,12 +382,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..model.clicknet import ClickNet, ClickNetConfig
     from ..model.clicknet2 import ClickNet2, ClickNet2Config
     from ..tools.training import train
-    from ..tools.training_data import SampleSource, load_cases
+    from ..tools.training_data import SampleSource, load_cases, require_cases
 
     check_device(args.device)
     torch.set_num_threads(args.threads)
     exclude = [name for name in args.exclude.split(",") if name]
     cases = load_cases(args.data, exclude=exclude, allow_non_commercial=args.allow_non_commercial)
+    require_cases(cases, args.data)
     source = SampleSource(cases)
     print(f"{len(cases)} training cases, {sum(len(c.targets) for c in cases)} targets in {len(source.groups)} "
           f"groups: {', '.join(f'{g} ({len(v)})' for g, v in sorted(source.groups.items()))}", flush=True)
@@ -413,11 +414,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     from ..model import load_model
     from ..tools.training import train
-    from ..tools.training_data import SampleSource, load_cases
+    from ..tools.training_data import SampleSource, load_cases, require_cases
 
     check_device(args.device)
-    model = load_model(args.model)
     cases = load_cases(args.data, allow_non_commercial=True)  # the user's own data, the user's own weights
+    require_cases(cases, args.data)  # before the model loads
+    model = load_model(args.model)
     source = SampleSource(cases, synthesis_fraction=0.0, blob_fraction=0.0)
     result = train(model, source, args.output, args.minutes, args.seed, export=args.output / "finetuned.pt",
                    resume=args.resume, trainable=args.trainable, lr=args.lr, device=args.device)
