@@ -170,9 +170,14 @@ def read_manifest(path: PathLike) -> List[BatchCase]:
     if not path.is_file():
         raise ManifestError(f"Manifest {path} not found; give a CSV with the columns {','.join(MANIFEST_REQUIRED)}.")
     base = path.resolve().parent
-    with open(path, newline="") as f:
-        # Line numbers are the file's (comments and blank lines included), so a message points at the right row.
-        numbered = [(n, line) for n, line in enumerate(f, start=1) if line.strip() and not line.lstrip().startswith("#")]
+    data = path.read_bytes()
+    try:  # UTF-8 with or without Excel's byte-order mark (it showed as an invisible character in the header)
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("cp1252", errors="replace")  # Excel's other CSV encoding
+    # Line numbers are the file's (comments and blank lines included), so a message points at the right row.
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(keepends=True), start=1)
+                if line.strip() and not line.lstrip().startswith("#")]
     parsed = list(csv.reader(line for _, line in numbered))
     header = [h.strip().lower() for h in (parsed[0] if parsed else [])]
     missing = [c for c in MANIFEST_REQUIRED if c not in header]

@@ -12,9 +12,10 @@ import csv
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence, Tuple, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -86,8 +87,8 @@ def check_output_file(
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     Raises:
-        OutputPathError: the output is an input, an existing folder, lies under a file, sits in a folder that
-            cannot be written, or spells a known extension in upper case.
+        OutputPathError: the output is an input, an existing folder or special file (FIFO, device, socket), lies
+            under a file, sits in a folder that cannot be written, or spells a known extension in upper case.
     """
     path = Path(path)
     name = path.name
@@ -103,6 +104,10 @@ def check_output_file(
                                   "is not overwritten.")
     if path.is_dir():
         raise OutputPathError(f"Output {path} is a folder; give a file name (e.g. {path / 'mask.nii.gz'}).")
+    kind = _special_file_kind(path)
+    if kind is not None:  # the atomic rename would replace the FIFO or device node with a regular file
+        raise OutputPathError(f"Output {path} is {kind}, not a regular file; give a file name to write the output "
+                              "to.")
     parent = resolved.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -133,6 +138,21 @@ def check_output_folder(path: PathLike) -> Path:
         raise OutputPathError(f"Output folder {path}: cannot write into {existing} (permission denied); choose a "
                               "folder you can write to.")
     return path
+
+
+def _special_file_kind(path: Path) -> Optional[str]:
+    """``"a FIFO"``, ``"a device"``, ``"a socket"`` for an existing special file (links followed), else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -25,7 +25,14 @@ from test_session_initial_mask import BallModel
 
 import SAMVolSegmentLib.batch as batch
 import SAMVolSegmentLib.cli.main as cli
-from SAMVolSegmentLib.batch import BatchCase, ManifestError, run_batch, segment_cases, write_manifest
+from SAMVolSegmentLib.batch import (
+    BatchCase,
+    ManifestError,
+    read_manifest,
+    run_batch,
+    segment_cases,
+    write_manifest,
+)
 from SAMVolSegmentLib.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -667,3 +674,57 @@ def test_train_on_bad_data_is_one_line_and_writes_nothing(tmp_path, capsys, prob
     lines = captured.err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and message in lines[0], (code, captured)
     assert not output.exists()
+
+
+# ---------------------------------------------------------------- fault 13: messages
+def test_a_manifest_with_a_byte_order_mark_reads(tmp_path, image, points):
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(f"\ufeffimage,prompts,output\n{image.name},{points.name},out/a.nii.gz\n".encode())
+    (case,) = read_manifest(manifest)
+    assert case.image == str(image) and case.row == 2
+
+
+def test_a_click_just_past_the_far_face_is_less_than_a_tenth_of_a_mm_beyond_it():
+    from SAMVolSegmentLib.engine.session import InteractiveSession
+    from SAMVolSegmentLib.errors import InvalidPromptError
+
+    with InteractiveSession(BallModel()) as session:
+        session.set_volume(np.random.default_rng(0).normal(0, 1, (10, 11, 12)).astype(np.float32), np.eye(4))
+        session.wait_until_ready()
+        with pytest.raises(InvalidPromptError) as info:
+            session.add_click((11.5 + 1e-6, 5.0, 5.0))  # the far face in i is at 11.5 (centres 0..11)
+    message = str(info.value)
+    assert "less than 0.1 mm beyond its R side" in message and "to [11.5, 10.5, 9.5] mm" in message, message
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_an_existing_fifo_given_as_output_is_refused_and_kept(tmp_path, capsys, image, points):
+    import stat
+
+    fifo = tmp_path / "m.nii.gz"
+    os.mkfifo(fifo)
+    code = main(["segment", str(image), "--points", str(points), "--output", str(fifo), "--model", "none.pt"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is a FIFO" in err[0], err
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_a_tls_key_of_another_certificate_is_one_line_naming_the_files(tmp_path, capsys, self_signed):
+    cert, _ = self_signed
+    other_key = tmp_path / "other.key"
+    subprocess.run(["openssl", "genrsa", "-out", str(other_key), "2048"], check=True, capture_output=True)
+    code = main(["serve", "--model", "no-such-model.pt", "--ssl-certfile", str(cert), "--ssl-keyfile", str(other_key)])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "serving" not in captured.out, captured
+    assert str(other_key) in lines[0] and "not the private key" in lines[0], lines
+
+
+@pytest.mark.slow
+def test_server_without_a_token_names_the_cli_option(tmp_path, capsys, tiny_checkpoint, image, points, monkeypatch):
+    monkeypatch.delenv("SAMVOLSEG_SERVER_TOKEN", raising=False)
+    with serve(tiny_checkpoint) as (url, _):
+        code = main(["segment", str(image), "--points", str(points), "--output", str(tmp_path / "m.nii.gz"),
+                     "--server", url])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--token-file" in err[0] and "token=" not in err[0], err

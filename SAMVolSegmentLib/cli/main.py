@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 
 from ..batch import MASK_SUFFIXES
 from ..engine.prompts_io import MAX_CLICKS
-from ..errors import InvalidPromptError, ModelNotAvailableError, SAMVolSegmentError
+from ..errors import AuthenticationError, InvalidPromptError, ModelNotAvailableError, SAMVolSegmentError
 from ..progress import make_progress
 from ..tools.phantom import DEFAULT_TARGET, PHANTOM_LABELS
 from .common import DEVICE_HELP, add_device, check_device, load_model_verbose
@@ -524,10 +524,18 @@ def _remote_backend(args: argparse.Namespace) -> Any:
 
     if args.ca_file is not None and not args.ca_file.is_file():
         raise ServerConfigError(f"--ca-file {args.ca_file} is not a file.")
-    backend = RemoteBackend(args.server, resolve_token(None, args.token_file),
-                            str(args.ca_file) if args.ca_file is not None else True)
-    with backend.open_session() as session:  # connection, token and certificate checked before any work
-        print(f"server {args.server}: model {session.model_id}")
+    token = resolve_token(None, args.token_file)
+    backend = RemoteBackend(args.server, token, str(args.ca_file) if args.ca_file is not None else True)
+    try:
+        with backend.open_session() as session:  # connection, token and certificate checked before any work
+            print(f"server {args.server}: model {session.model_id}")
+    except AuthenticationError:
+        if token is not None:
+            raise
+        from ..remote.cli import TOKEN_ENV
+
+        raise AuthenticationError(f"The server at {args.server} requires a token: give --token-file FILE (or set "
+                                  f"${TOKEN_ENV}) with the value of its --token / --token-file.") from None
     return backend
 
 

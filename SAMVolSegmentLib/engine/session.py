@@ -29,7 +29,7 @@ import torch
 from ..errors import InvalidPromptError, SessionStateError
 from ..model.proposal_head import class_index, click_adapted_classes, proposal_classes
 from .clicks import deepest_point_roi
-from .geometry import RoiWindow, VolumeGeometry, bbox_shape, lps_to_ras, mask_bbox
+from .geometry import RoiWindow, VolumeGeometry, bbox_shape, box_corners, lps_to_ras, mask_bbox, ordered_box
 from .mask_update import BBoxKJI, MaskUpdate, union_bbox
 from .predictor import Predictor
 from .preprocessing import (
@@ -862,10 +862,14 @@ atexit.register(_stop_workers_at_exit)  # after torch's own handlers were regist
 
 def _outside_message(point_ras: np.ndarray, geometry: VolumeGeometry) -> str:
     """Why a click is outside: which way and how far, and the two usual causes (an LPS point, a transform)."""
-    low_ras, high_ras = geometry.bounds_ras()
+    # The volume's outer faces (voxel centres ± half a voxel), where clicks are accepted (contains_ras), not
+    # its extreme voxel centres: a click just past the far face was "0.5 mm beyond" it.
+    last = np.array(geometry.shape_kji[::-1], dtype=np.float64) - 0.5
+    low_ras, high_ras = ordered_box(geometry.ijk_to_ras_points(box_corners((-0.5, -0.5, -0.5), last)))
     below, above = low_ras - point_ras, point_ras - high_ras
     names = (("L", "R"), ("P", "A"), ("I", "S"))  # RAS: the low side of x is Left, of y Posterior, of z Inferior
-    ways = [f"{_format_mm(d)} mm beyond its {names[axis][0] if below[axis] > 0 else names[axis][1]} side"
+    ways = [f"{_format_mm(d) if d >= 0.05 else 'less than 0.1'} mm beyond its "
+            f"{names[axis][0] if below[axis] > 0 else names[axis][1]} side"
             for axis, d in enumerate(np.maximum(below, above)) if d > 0]
     where = ", ".join(ways) if ways else "inside its RAS bounding box but off its oblique voxel grid"
     flipped = lps_to_ras(point_ras[None])[0]
@@ -873,8 +877,8 @@ def _outside_message(point_ras: np.ndarray, geometry: VolumeGeometry) -> str:
             "it with SAMVolSegmentLib.lps_to_ras." if geometry.contains_ras(flipped[None])[0] else
             " Check that the point is RAS (not LPS: SAMVolSegmentLib.lps_to_ras converts) and the volume's "
             "parent transform.")
-    return (f"Click at RAS {_format_point(point_ras)} mm is outside the volume ({where}; the volume spans RAS "
-            f"{_format_point(low_ras)} to {_format_point(high_ras)} mm).{hint}")
+    return (f"Click at RAS {_format_point(point_ras)} mm is outside the volume ({where}; the volume's faces span "
+            f"RAS {_format_point(low_ras)} to {_format_point(high_ras)} mm).{hint}")
 
 
 def _format_mm(value: float) -> str:

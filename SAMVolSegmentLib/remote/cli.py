@@ -100,12 +100,36 @@ def check_serve_options(args: argparse.Namespace) -> Optional[str]:
     for name, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile)):
         if path is not None and not path.is_file():
             raise ServerConfigError(f"{name} {path} is not a file.")
+    if args.ssl_certfile is not None:
+        check_key_pair(args.ssl_certfile, args.ssl_keyfile)
     if not 0 < args.port < 65536:
         raise ServerConfigError(f"--port {args.port} is not a TCP port (1-65535).")
     for name in ("lease_minutes", "max_memory_gb", "cache_gb", "max_upload_mb", "max_voxels", "queue"):
         if not getattr(args, name) > 0:
             raise ServerConfigError(f"--{name.replace('_', '-')} must be positive.")
     return token
+
+
+def check_key_pair(certfile: Path, keyfile: Path) -> None:
+    """Load the TLS certificate and key as the server will, before anything is served.
+
+    Raises:
+        ServerConfigError: a file is not PEM, or the key is not the certificate's (uvicorn printed "serving on
+            https://..." and then "[SSL] PEM lib", naming no file).
+    """
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(certfile), str(keyfile))
+    except ssl.SSLError as exc:
+        reason = exc.reason or str(exc)
+        if "KEY_VALUES_MISMATCH" in str(exc) or "mismatch" in str(reason).lower():
+            raise ServerConfigError(f"--ssl-keyfile {keyfile} is not the private key of --ssl-certfile {certfile}; "
+                                    "give the key the certificate was made with.") from None
+        raise ServerConfigError(f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile} cannot be loaded ({reason}); "
+                                "give a PEM certificate and its unencrypted PEM private key.") from None
+    except OSError as exc:
+        raise ServerConfigError(f"TLS files {certfile}, {keyfile} cannot be read ({exc.strerror}).") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
