@@ -228,7 +228,7 @@ def write_manifest(cases: Iterable[BatchCase], path: PathLike) -> Path:
 
     rows = [{"image": c.image, "prompts": c.prompts, "output": c.output, "label": c.label or "",
              "label_value": "" if c.label_value is None else c.label_value, "auto": c.auto or ""} for c in cases]
-    return write_csv(rows, path, [*MANIFEST_REQUIRED, *MANIFEST_OPTIONAL])
+    return write_csv(rows, path, [*MANIFEST_REQUIRED, *MANIFEST_OPTIONAL], neutralise_formulas=False)
 
 
 # ---------------------------------------------------------------- one case

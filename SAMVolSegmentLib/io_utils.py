@@ -229,14 +229,29 @@ def write_json(data: Any, path: PathLike) -> Path:
     return Path(path)
 
 
-def write_csv(rows: Iterable[Mapping[str, Any]], path: PathLike, fieldnames: Sequence[str]) -> Path:
-    """Write dict rows as CSV with a header row, atomically."""
+#: First characters that make a spreadsheet read a cell as a formula (OWASP's CSV injection list).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def write_csv(rows: Iterable[Mapping[str, Any]], path: PathLike, fieldnames: Sequence[str],
+              neutralise_formulas: bool = True) -> Path:
+    """Write dict rows as CSV with a header row, atomically.
+
+    Args:
+        neutralise_formulas: text cells (not numbers) starting with ``= + - @``, a tab or a carriage return get
+            a leading ``'``, so a spreadsheet shows them as text instead of running them (a case folder named
+            ``=HYPERLINK(...)``). False for files this package reads back (a batch manifest).
+    """
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(fieldnames), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow(row)
+            writer.writerow({k: _neutralised(v) for k, v in row.items()} if neutralise_formulas else row)
     return Path(path)
+
+
+def _neutralised(value: Any) -> Any:
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) else value
 
 
 def _json_default(value: Any) -> Any:

@@ -728,3 +728,23 @@ def test_server_without_a_token_names_the_cli_option(tmp_path, capsys, tiny_chec
                      "--server", url])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--token-file" in err[0] and "token=" not in err[0], err
+
+
+# ---------------------------------------------------------------- fault 14: CSV injection
+def test_a_case_named_like_a_formula_is_text_in_clicks_csv(tmp_path, capsys):
+    import csv
+
+    name = '=HYPERLINK("evil.example","open me")'
+    _training_case(tmp_path / "data" / name)
+    _training_case(tmp_path / "data" / "-plain")
+    code = main(["evaluate", str(tmp_path / "data"), "--model", "none", "--clicks", "1", "--output",
+                 str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr()
+    with open(tmp_path / "out" / "clicks.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows
+    cells = [value for row in rows for value in row.values()]
+    formulas = [v for v in cells if v.startswith(("=", "+", "-", "@"))
+                and not v.lstrip("+-").replace(".", "", 1).replace("e-", "", 1).replace("e+", "", 1).isdigit()]
+    assert formulas == [], formulas  # negative numbers stay numbers
+    assert f"'{name}" in cells and "'-plain" in cells
