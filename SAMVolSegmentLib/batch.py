@@ -789,13 +789,16 @@ def _run_processes(cases: List[BatchCase], workers: int, model: str, device: str
     while pending:
         finished: List[BatchCase] = []
         broken = False
-        with _stop_signals_blocked():  # spawned workers start with them blocked (no window before their set-up)
-            # spawn: a forked child would inherit torch's thread pools and locks mid-state.
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)),
-                                       mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_init_worker_process, initargs=(os.getpid(),))
-            futures = {pool.submit(_run_case_safely, case, model, device, threads, score): case for case in pending}
+        pool = None
         try:
+            with _stop_signals_blocked():  # spawned workers start with them blocked (no window before their set-up)
+                # spawn: a forked child would inherit torch's thread pools and locks mid-state.
+                pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)),
+                                           mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_init_worker_process, initargs=(os.getpid(),))
+                futures = {pool.submit(_run_case_safely, case, model, device, threads, score): case
+                           for case in pending}
+            # A Ctrl-C that came while the signals were blocked is raised here, inside the try.
             for future in as_completed(futures):
                 try:
                     result = future.result()
@@ -805,12 +808,14 @@ def _run_processes(cases: List[BatchCase], workers: int, model: str, device: str
                 finished.append(futures[future])
                 yield result
         except BaseException:  # a stop (Ctrl-C, SIGTERM, the caller closed us): no case is waited for
-            _terminate_pool(pool)
+            if pool is not None:
+                _terminate_pool(pool)
             from .io_utils import remove_stale_temporaries
 
             for case in pending:
                 remove_stale_temporaries(case.output)
             raise
+        assert pool is not None
         pool.shutdown(wait=not broken, cancel_futures=True)
         done = {id(c) for c in finished}
         pending = [c for c in pending if id(c) not in done]

@@ -111,6 +111,18 @@ def test_a_full_disk_fails_the_batch_row_and_a_rerun_redoes_it(tmp_path, image, 
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(full_disk / "m.nii.gz"))).sum() > 0
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_the_read_back_check_accepts_headers_rounded_by_the_format(tmp_path, suffix):
+    """NIfTI keeps the origin in float32: a far origin comes back rounded, and the mask is still complete."""
+    from SAMVolSegmentLib.io_utils import write_image
+
+    image = sitk.GetImageFromArray(np.ones((4, 5, 6), np.uint8))
+    image.SetOrigin((-123456.789, 98765.4321, 0.1))
+    image.SetSpacing((0.7123456789, 0.7, 3.3))
+    write_image(image, tmp_path / f"m{suffix}")
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"m{suffix}"))).sum() == 120
+
+
 def test_an_empty_or_unreadable_output_is_redone_not_skipped(tmp_path, image, points):
     """What an earlier version left on a full disk (a 0-byte mask) is not a finished case."""
     cases = [BatchCase(str(image), str(points), str(tmp_path / "out" / f"{name}.nii.gz")) for name in "abc"]
