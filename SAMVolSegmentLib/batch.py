@@ -16,8 +16,9 @@ on the same model, so nothing depends on which process ran it):
 
 In the last two each worker process loads the model once, on its first case, and keeps it in
 :data:`_WORKER_MODELS`; a case never loads a model. Resumable: a case whose output exists is skipped
-(outputs are only ever renamed into place when complete, see :mod:`SAMVolSegmentLib.io_utils`), and a
-failing case (bad prompts, missing file...) is recorded and never stops the others.
+(outputs are only ever renamed into place when complete and read back, see :mod:`SAMVolSegmentLib.io_utils`;
+an empty or unreadable file is redone), and a failing case (bad prompts, missing file...) is recorded, leaves
+no output and never stops the others.
 
 Manifest: CSV with a header row and the columns ``image,prompts,output`` (required) and ``label``,
 ``label_value`` (optional: score the mask against ``label == label_value``, or ``label > 0`` when the value
@@ -29,6 +30,7 @@ folder; ``prompts`` is any format :func:`SAMVolSegmentLib.engine.prompts_io.read
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -163,15 +165,21 @@ def read_manifest(path: PathLike) -> List[BatchCase]:
 
     Raises:
         ManifestError: not found, no header/rows, missing columns, an empty required cell, a ``label_value``
-            that is not an integer, an output without a mask extension, or two rows with one output.
+            that is not an integer, an output without a mask extension, two rows with one output, or an output
+            that is a row's input (:func:`check_batch_outputs`).
     """
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"Manifest {path} not found; give a CSV with the columns {','.join(MANIFEST_REQUIRED)}.")
     base = path.resolve().parent
-    with open(path, newline="") as f:
-        # Line numbers are the file's (comments and blank lines included), so a message points at the right row.
-        numbered = [(n, line) for n, line in enumerate(f, start=1) if line.strip() and not line.lstrip().startswith("#")]
+    data = path.read_bytes()
+    try:  # UTF-8 with or without Excel's byte-order mark (it showed as an invisible character in the header)
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("cp1252", errors="replace")  # Excel's other CSV encoding
+    # Line numbers are the file's (comments and blank lines included), so a message points at the right row.
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(keepends=True), start=1)
+                if line.strip() and not line.lstrip().startswith("#")]
     parsed = list(csv.reader(line for _, line in numbered))
     header = [h.strip().lower() for h in (parsed[0] if parsed else [])]
     missing = [c for c in MANIFEST_REQUIRED if c not in header]
@@ -180,7 +188,6 @@ def read_manifest(path: PathLike) -> List[BatchCase]:
                             f"{','.join(header) or 'none'}); the first row must name image,prompts,output"
                             "[,label,label_value].")
     cases: List[BatchCase] = []
-    seen: Dict[str, int] = {}
     for (number, _), values in zip(numbered[1:], parsed[1:]):
         row = dict(zip(header, (v.strip() for v in values)))
         auto = row.get("auto") or None
@@ -192,10 +199,6 @@ def read_manifest(path: PathLike) -> List[BatchCase]:
         if not output.lower().endswith(MASK_SUFFIXES):
             raise ManifestError(f"Manifest {path} row {number}: output {row['output']} needs one of the extensions "
                                 f"{', '.join(MASK_SUFFIXES)}.")
-        if output in seen:
-            raise ManifestError(f"Manifest {path} rows {seen[output]} and {number} both write {row['output']}; give "
-                                "each case its own output.")
-        seen[output] = number
         value = row.get("label_value") or None
         if value is not None:
             try:
@@ -212,6 +215,7 @@ def read_manifest(path: PathLike) -> List[BatchCase]:
                                auto=auto))
     if not cases:
         raise ManifestError(f"Manifest {path} has no cases; add rows image,prompts,output below the header.")
+    check_batch_outputs(cases, f"Manifest {path}")
     return cases
 
 
@@ -226,7 +230,7 @@ def write_manifest(cases: Iterable[BatchCase], path: PathLike) -> Path:
 
     rows = [{"image": c.image, "prompts": c.prompts, "output": c.output, "label": c.label or "",
              "label_value": "" if c.label_value is None else c.label_value, "auto": c.auto or ""} for c in cases]
-    return write_csv(rows, path, [*MANIFEST_REQUIRED, *MANIFEST_OPTIONAL])
+    return write_csv(rows, path, [*MANIFEST_REQUIRED, *MANIFEST_OPTIONAL], neutralise_formulas=False)
 
 
 # ---------------------------------------------------------------- one case
@@ -243,7 +247,76 @@ def check_output_path(case: BatchCase) -> None:
     path = case.output
     if not str(path).lower().endswith(MASK_SUFFIXES):
         raise InvalidPromptError(f"Output {path} needs one of the extensions {', '.join(MASK_SUFFIXES)}.")
-    check_output_file(path, inputs=[p for p in (case.image, case.prompts) if p], suffixes=MASK_SUFFIXES)
+    check_output_file(path, inputs=[p for p in (case.image, case.prompts, case.label) if p], suffixes=MASK_SUFFIXES)
+
+
+def check_batch_outputs(cases: Sequence[BatchCase], where: str = "The batch") -> None:
+    """Refuse, before any case runs, two rows that write one file and an output that is any row's input.
+
+    Paths are compared resolved (symbolic links, ``..``, ``//``) and, for files that exist, by identity (hard
+    links), so ``out/x.nii.gz`` and ``out/sub/../x.nii.gz`` are one output, and a row cannot write over
+    another row's image, prompt file or label (``--overwrite`` included), nor into a row's DICOM folder.
+
+    Args:
+        cases: the batch's cases.
+        where: how messages name the batch (``"Manifest m.csv"``).
+    Raises:
+        ManifestError: the first such row; nothing has been read or written.
+    """
+    inputs: Dict[str, Tuple[BatchCase, str]] = {}
+    identities: Dict[Tuple[int, int], Tuple[BatchCase, str]] = {}
+    folders: List[Tuple[str, BatchCase]] = []
+    for case in cases:
+        for column, value in (("image", case.image), ("prompts", case.prompts), ("label", case.label)):
+            if not value:
+                continue
+            resolved = os.path.realpath(value)
+            inputs.setdefault(resolved, (case, column))
+            identity = _file_identity(value)
+            if identity is not None:
+                identities.setdefault(identity, (case, column))
+            if column == "image" and os.path.isdir(resolved):
+                folders.append((resolved, case))
+    outputs: Dict[str, BatchCase] = {}
+    for case in cases:
+        output = os.path.realpath(case.output)
+        if output in outputs:
+            first = outputs[output]
+            raise ManifestError(f"{where} {_rows(first, case)} both write {output} (spelled {first.output} and "
+                                f"{case.output}); give each case its own output.")
+        outputs[output] = case
+        identity = _file_identity(case.output)
+        hit = inputs.get(output) or (identities.get(identity) if identity is not None else None)
+        if hit is not None:
+            owner, column = hit
+            whose = "its own" if owner is case else f"the {_row_name(owner)}'s"
+            raise ManifestError(f"{where} {_row_name(case)}: output {case.output} is {whose} {column} "
+                                f"({getattr(owner, column)}); give the row another output so no input is "
+                                "overwritten.")
+        for folder, owner in folders:
+            if output.startswith(folder + os.sep):
+                raise ManifestError(f"{where} {_row_name(case)}: output {case.output} lies inside the DICOM folder "
+                                    f"{owner.image} of {'this row' if owner is case else _row_name(owner)}; write "
+                                    "masks outside image folders.")
+
+
+def _file_identity(path: str) -> Optional[Tuple[int, int]]:
+    """``(device, inode)`` of an existing file (hard links share it), or None."""
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (status.st_dev, status.st_ino)
+
+
+def _row_name(case: BatchCase) -> str:
+    return f"row {case.row}" if case.row else f"case {Path(case.output).name}"
+
+
+def _rows(first: BatchCase, second: BatchCase) -> str:
+    if first.row and second.row:
+        return f"rows {first.row} and {second.row}"
+    return f"{_row_name(first)} and {_row_name(second)}"
 
 
 def read_case_prompts(case: BatchCase):
@@ -435,7 +508,8 @@ def run_case(case: BatchCase, model: Any, on_event: Optional[EventCallback] = No
     Returns:
         A ``"done"`` :class:`CaseResult` with per-stage timings.
     Raises:
-        SAMVolSegmentError, FileNotFoundError: the case cannot be done; nothing is written.
+        SAMVolSegmentError, FileNotFoundError: the case cannot be done; nothing is written (the label is read
+            and checked before the model runs, and the mask is written last).
     """
     from .engine.image_checks import label_map_warning
     from .io_utils import write_image
@@ -447,6 +521,11 @@ def run_case(case: BatchCase, model: Any, on_event: Optional[EventCallback] = No
     image = read_volume(case.image, case.series)
     found = [w for w in (label_map_warning(image),) if w]  # in the report; the session's warnings.warn too
     timings["read_s"] = time.perf_counter() - start
+    target = None
+    if score and case.label:  # before the model: a wrong label or label value fails the row and writes nothing
+        scored_at = time.perf_counter()
+        target = case_target(case)
+        timings["score_s"] = time.perf_counter() - scored_at
     load_s = 0.0
     if isinstance(model, DeferredModel):
         loaded_at = time.perf_counter()
@@ -454,14 +533,16 @@ def run_case(case: BatchCase, model: Any, on_event: Optional[EventCallback] = No
         load_s = time.perf_counter() - loaded_at
     mask_kji, geometry = segment_volume(model, image, prompts.points_ras, prompts.positive, prompts.box_ras,
                                         timings=timings, on_event=on_event, propose=case.auto)
-    written_at = time.perf_counter()
-    write_image(geometry.to_sitk_image(mask_kji), case.output)
-    timings["write_s"] = time.perf_counter() - written_at
     dice = None
-    if score and case.label:
+    if target is not None:
+        from .engine.metrics import dice as dice_of
+
         scored_at = time.perf_counter()
-        dice = score_mask(case, mask_kji)
-        timings["score_s"] = time.perf_counter() - scored_at
+        dice = float(dice_of(mask_kji > 0, target > 0))
+        timings["score_s"] += time.perf_counter() - scored_at
+    written_at = time.perf_counter()
+    write_image(geometry.to_sitk_image(mask_kji), case.output)  # the last step: a failed case leaves no mask
+    timings["write_s"] = time.perf_counter() - written_at
     seconds = time.perf_counter() - start - load_s
     return CaseResult.of(case, "done", seconds=seconds, timings=timings, voxels=int(np.count_nonzero(mask_kji)),
                          dice=dice, worker=_worker_name(), model_load_s=load_s, warnings=found)
@@ -494,11 +575,27 @@ def score_mask(case: BatchCase, mask_kji: np.ndarray) -> float:
         InvalidImageError: the label is unreadable, off the image's grid, or has no target voxels.
     """
     from .engine.metrics import dice
+
+    return float(dice(mask_kji > 0, case_target(case) > 0))
+
+
+def case_target(case: BatchCase) -> np.ndarray:
+    """The case's binary uint8 (k, j, i) target: its label ``== label_value`` (or ``> 0``).
+
+    Raises:
+        InvalidImageError: the label is unreadable, off the image's grid, or has no target voxels (the message
+            lists the values present and names the manifest's ``label_value`` column).
+    """
     from .tools.evaluation import Case, load_target
 
     assert case.label is not None
-    _, target = load_target(Case(Path(case.output).name, Path(case.image), Path(case.label), case.label_value))
-    return float(dice(mask_kji > 0, target > 0))
+    try:
+        _, target = load_target(Case(Path(case.output).name, Path(case.image), Path(case.label), case.label_value))
+    except InvalidImageError as exc:
+        # evaluate's message names its --label option; a manifest row sets the value in its label_value column.
+        raise InvalidImageError(str(exc).replace("Pick one of them with --label.",
+                                                 "Put one of them in the row's label_value column.")) from None
+    return target
 
 
 # ---------------------------------------------------------------- models, once per process
@@ -636,12 +733,17 @@ def segment_cases(
         overwrite: redo cases whose output exists (default: skip them; that is how a batch resumes).
         score: Dice against the manifest's labels.
     Raises:
-        ManifestError: the manifest is unusable (before any case runs).
+        ManifestError: the manifest is unusable, two cases write one file or a case would write over an input
+            (before any case runs, ``overwrite`` or not).
         ModelNotAvailableError, CheckpointError: the model cannot be loaded (the batch stops).
     """
-    from .io_utils import remove_stale_temporaries
+    from .io_utils import is_complete_image, remove_stale_temporaries
 
-    cases = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
+    if isinstance(manifest, (str, Path)):
+        cases = read_manifest(manifest)
+    else:
+        cases = list(manifest)
+        check_batch_outputs(cases)
     if workers < 1:
         raise ManifestError(f"workers must be at least 1, got {workers}.")
     if hasattr(model, "open_session") and (scheduler is not None or workers > 1):  # before any file is touched
@@ -649,7 +751,7 @@ def segment_cases(
                             "one model worker, so parallel clients only queue there.")
     todo = []
     for case in cases:
-        if not overwrite and Path(case.output).is_file():
+        if not overwrite and is_complete_image(case.output):  # an empty or unreadable file is redone
             yield CaseResult.of(case, "skipped")
         else:
             remove_stale_temporaries(case.output)  # a killed earlier run's half-written mask; nothing runs yet
@@ -668,16 +770,27 @@ def segment_cases(
         results = _run_processes(todo, workers, str(model), device, threads, score)
     else:
         results = (_run_case_safely(case, model, device, threads, score) for case in todo)
-    for result in results:
-        if result.error_type in {e.__name__ for e in FATAL_ERRORS}:
-            error_class = next(e for e in FATAL_ERRORS if e.__name__ == result.error_type)
-            raise error_class(result.error or "the model cannot be loaded")
-        yield result
+    try:
+        for result in results:
+            if result.error_type in {e.__name__ for e in FATAL_ERRORS}:
+                error_class = next(e for e in FATAL_ERRORS if e.__name__ == result.error_type)
+                raise error_class(result.error or "the model cannot be loaded")
+            yield result
+    finally:  # stopped or failed: the workers stop now, not when the garbage collector finds this generator
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
 
 
 def _run_processes(cases: List[BatchCase], workers: int, model: str, device: str, threads: Optional[int],
                    score: bool) -> Iterator[CaseResult]:
-    """Cases on a pool of ``spawn`` processes; a pool whose worker died is restarted for the pending cases."""
+    """Cases on a pool of ``spawn`` processes; a pool whose worker died is restarted for the pending cases.
+
+    Stopping (an exception in the caller, e.g. Ctrl-C or :class:`~SAMVolSegmentLib.errors.StopRequested`, or
+    closing this generator) terminates the workers at once instead of waiting for their cases, then removes
+    the temporaries they were writing. The workers ignore Ctrl-C and SIGHUP (the batch decides; a Ctrl-C to the
+    process group printed a traceback per worker) and, on Linux, die with the batch even when it is killed.
+    """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
@@ -685,13 +798,18 @@ def _run_processes(cases: List[BatchCase], workers: int, model: str, device: str
     pending = list(cases)
     restarts = 0
     while pending:
-        # spawn: a forked child would inherit torch's thread pools and locks mid-state.
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), initializer=quiet_input_warnings,
-                                   mp_context=multiprocessing.get_context("spawn"))
-        futures = {pool.submit(_run_case_safely, case, model, device, threads, score): case for case in pending}
         finished: List[BatchCase] = []
         broken = False
+        pool = None
         try:
+            with _stop_signals_blocked():  # spawned workers start with them blocked (no window before their set-up)
+                # spawn: a forked child would inherit torch's thread pools and locks mid-state.
+                pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)),
+                                           mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_init_worker_process, initargs=(os.getpid(),))
+                futures = {pool.submit(_run_case_safely, case, model, device, threads, score): case
+                           for case in pending}
+            # A Ctrl-C that came while the signals were blocked is raised here, inside the try.
             for future in as_completed(futures):
                 try:
                     result = future.result()
@@ -700,8 +818,16 @@ def _run_processes(cases: List[BatchCase], workers: int, model: str, device: str
                     break
                 finished.append(futures[future])
                 yield result
-        finally:
-            pool.shutdown(wait=not broken, cancel_futures=True)
+        except BaseException:  # a stop (Ctrl-C, SIGTERM, the caller closed us): no case is waited for
+            if pool is not None:
+                _terminate_pool(pool)
+            from .io_utils import remove_stale_temporaries
+
+            for case in pending:
+                remove_stale_temporaries(case.output)
+            raise
+        assert pool is not None
+        pool.shutdown(wait=not broken, cancel_futures=True)
         done = {id(c) for c in finished}
         pending = [c for c in pending if id(c) not in done]
         if not broken:
@@ -724,6 +850,68 @@ def quiet_input_warnings() -> None:
     from .errors import LabelMapWarning
 
     warnings.filterwarnings("ignore", category=LabelMapWarning)
+
+
+#: Signals a batch's worker processes leave to the batch (it stops them); SIGTERM keeps its default (death).
+_WORKER_IGNORED_SIGNALS = ("SIGINT", "SIGHUP")
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block Ctrl-C and SIGHUP in this thread while worker processes are spawned (they inherit the mask, so
+    they cannot be interrupted before :func:`_init_worker_process` ignores them); a signal that arrives
+    meanwhile is delivered to this process once unblocked. Does nothing where signal masks do not exist."""
+    import signal
+
+    numbers = {getattr(signal, name) for name in _WORKER_IGNORED_SIGNALS if hasattr(signal, name)}
+    if not hasattr(signal, "pthread_sigmask") or not numbers:
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, numbers)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _init_worker_process(parent_pid: int) -> None:
+    """Set up a batch worker process: Ctrl-C and SIGHUP ignored, (Linux) SIGTERM when the batch dies, and the
+    label-map warning left to the case results (:func:`quiet_input_warnings`)."""
+    import signal
+
+    for name in _WORKER_IGNORED_SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the batch died before the line above: nobody waits for this worker
+        os._exit(1)
+    quiet_input_warnings()
+
+
+def _terminate_pool(pool: Any) -> None:
+    """Stop a ``ProcessPoolExecutor`` now: cancel its queued cases and terminate its workers (not waited for by
+    ``shutdown``, which lets running cases finish)."""
+    workers = getattr(pool, "_processes", None)  # {pid: Process} in Python 3.9-3.13 (no public way before 3.14)
+    processes = list(workers.values()) if isinstance(workers, dict) else []
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.terminate()
+    deadline = time.monotonic() + 5.0
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(1.0)
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_dask(cases: List[BatchCase], scheduler: Any, model: str, device: str, threads: Optional[int],
@@ -796,16 +984,18 @@ def run_batch(
         ordered = [entries[c.row] for c in cases if c.row in entries]
         write_json({"summary": summary, "cases": ordered}, report_path)
 
-    for result in segment_cases(cases, **options):
-        entry = result.to_json()
-        if result.status == "skipped" and result.output in previous:
-            entry = {**previous[result.output], "status": "skipped"}
-        entries[result.row] = entry
-        write()
-        if on_result is not None:
-            on_result(result)
-        if progress is not None:
-            progress(len(entries) / len(cases), f"{result.name} {result.status}")
+    results = segment_cases(cases, **options)
+    with contextlib.closing(results):  # a Ctrl-C or stop signal stops the workers before it propagates
+        for result in results:
+            entry = result.to_json()
+            if result.status == "skipped" and result.output in previous:
+                entry = {**previous[result.output], "status": "skipped"}
+            entries[result.row] = entry
+            write()
+            if on_result is not None:
+                on_result(result)
+            if progress is not None:
+                progress(len(entries) / len(cases), f"{result.name} {result.status}")
     write()
     summary["report"] = str(report_path)
     return summary

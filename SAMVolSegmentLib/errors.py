@@ -98,3 +98,24 @@ class DownloadError(SAMVolSegmentError):
 
 class UnknownSampleError(SAMVolSegmentError, ValueError):
     """No registered sample has this name."""
+
+
+class StopRequested(KeyboardInterrupt):
+    """A stop signal (SIGTERM, SIGHUP) received while work runs, raised so that the work unwinds like a Ctrl-C:
+    worker processes are stopped and temporary files removed. Not an :class:`Exception` (nothing that catches
+    a case's errors may swallow it).
+
+    Attributes:
+        signum: the signal's number (the program exits with ``128 + signum``).
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = int(signum)
+        try:
+            name = signal.Signals(self.signum).name
+        except ValueError:
+            name = f"signal {self.signum}"
+        super().__init__(name)
+        self.name = name

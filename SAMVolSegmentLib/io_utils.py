@@ -11,9 +11,11 @@ import contextlib
 import csv
 import json
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence, Tuple, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -85,8 +87,8 @@ def check_output_file(
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     Raises:
-        OutputPathError: the output is an input, an existing folder, lies under a file, sits in a folder that
-            cannot be written, or spells a known extension in upper case.
+        OutputPathError: the output is an input, an existing folder or special file (FIFO, device, socket), lies
+            under a file, sits in a folder that cannot be written, or spells a known extension in upper case.
     """
     path = Path(path)
     name = path.name
@@ -102,6 +104,10 @@ def check_output_file(
                                   "is not overwritten.")
     if path.is_dir():
         raise OutputPathError(f"Output {path} is a folder; give a file name (e.g. {path / 'mask.nii.gz'}).")
+    kind = _special_file_kind(path)
+    if kind is not None:  # the atomic rename would replace the FIFO or device node with a regular file
+        raise OutputPathError(f"Output {path} is {kind}, not a regular file; give a file name to write the output "
+                              "to.")
     parent = resolved.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -134,6 +140,21 @@ def check_output_folder(path: PathLike) -> Path:
     return path
 
 
+def _special_file_kind(path: Path) -> Optional[str]:
+    """``"a FIFO"``, ``"a device"``, ``"a socket"`` for an existing special file (links followed), else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -142,10 +163,64 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def write_image(image: sitk.Image, path: PathLike) -> Path:
-    """Write a SimpleITK image atomically (format from the extension, compressed when it supports it)."""
+    """Write a SimpleITK image atomically (format from the extension, compressed when it supports it).
+
+    The temporary file is read back and compared with ``image`` before it is renamed into place: ITK's writers
+    do not report every failed write (on a full disk they leave a 0-byte or truncated file and return), and a
+    resumable job trusts any output that exists.
+
+    Raises:
+        OutputPathError: the file could not be written completely (full disk, quota...); nothing is left under
+            ``path`` (an earlier file there is kept as it was).
+    """
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, tmp, True)
+        _check_written_image(image, tmp, Path(path))
     return Path(path)
+
+
+def _check_written_image(image: sitk.Image, written: str, path: Path) -> None:
+    """Raise :class:`OutputPathError` unless ``written`` reads back as ``image`` (same grid and voxels)."""
+    try:
+        if os.path.getsize(written) == 0:
+            raise RuntimeError("0 bytes written")
+        back = sitk.ReadImage(written)
+        # Size and voxels, not the header's floats (NIfTI stores them in float32: a far origin is rounded).
+        same = (back.GetSize() == image.GetSize()
+                and np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image)))
+    except (RuntimeError, OSError):
+        same = False
+    if not same:
+        raise OutputPathError(f"Output {path} could not be written completely ({_free_space(path.parent)}); free "
+                              "some disk space or choose another output folder, then run again.")
+
+
+def _free_space(folder: Path) -> str:
+    """``"disk full: 12 kB free in DIR"`` or ``"N MB free in DIR"`` for an error message."""
+    try:
+        free = shutil.disk_usage(str(folder)).free
+    except OSError:
+        return "the disk may be full"
+    amount = f"{free / 1e6:.1f} MB" if free >= 1e6 else f"{free / 1e3:.0f} kB"
+    return f"{'disk full: ' if free < 1e6 else ''}{amount} free in {folder}"
+
+
+def is_complete_image(path: PathLike) -> bool:
+    """Whether ``path`` is a non-empty image file whose header reads (what a resumed job may skip).
+
+    Outputs written by :func:`write_image` are always complete; this catches files left by other writers
+    (e.g. a 0-byte mask from an earlier version that missed a full disk) so that they are redone, not skipped.
+    """
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return True
+    except (RuntimeError, OSError):
+        return False
 
 
 def write_json(data: Any, path: PathLike) -> Path:
@@ -155,14 +230,29 @@ def write_json(data: Any, path: PathLike) -> Path:
     return Path(path)
 
 
-def write_csv(rows: Iterable[Mapping[str, Any]], path: PathLike, fieldnames: Sequence[str]) -> Path:
-    """Write dict rows as CSV with a header row, atomically."""
+#: First characters that make a spreadsheet read a cell as a formula (OWASP's CSV injection list).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def write_csv(rows: Iterable[Mapping[str, Any]], path: PathLike, fieldnames: Sequence[str],
+              neutralise_formulas: bool = True) -> Path:
+    """Write dict rows as CSV with a header row, atomically.
+
+    Args:
+        neutralise_formulas: text cells (not numbers) starting with ``= + - @``, a tab or a carriage return get
+            a leading ``'``, so a spreadsheet shows them as text instead of running them (a case folder named
+            ``=HYPERLINK(...)``). False for files this package reads back (a batch manifest).
+    """
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(fieldnames), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow(row)
+            writer.writerow({k: _neutralised(v) for k, v in row.items()} if neutralise_formulas else row)
     return Path(path)
+
+
+def _neutralised(value: Any) -> Any:
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) else value
 
 
 def _json_default(value: Any) -> Any:

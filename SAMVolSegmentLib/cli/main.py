@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 
 from ..batch import MASK_SUFFIXES
 from ..engine.prompts_io import MAX_CLICKS
-from ..errors import InvalidPromptError, ModelNotAvailableError, SAMVolSegmentError
+from ..errors import AuthenticationError, InvalidPromptError, ModelNotAvailableError, SAMVolSegmentError
 from ..progress import make_progress
 from ..tools.phantom import DEFAULT_TARGET, PHANTOM_LABELS
 from .common import DEVICE_HELP, add_device, add_threads, apply_threads, check_device, load_model_verbose
@@ -394,12 +394,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..model.clicknet import ClickNet, ClickNetConfig
     from ..model.clicknet2 import ClickNet2, ClickNet2Config
     from ..tools.training import initialise_from, train
-    from ..tools.training_data import SampleSource, load_cases
+    from ..tools.training_data import SampleSource, load_cases, require_cases
 
     check_device(args.device)
     torch.set_num_threads(args.threads)
     exclude = [name for name in args.exclude.split(",") if name]
     cases = load_cases(args.data, exclude=exclude, allow_non_commercial=args.allow_non_commercial)
+    require_cases(cases, args.data)
     source = SampleSource(cases, large_fraction=args.large_fraction, large_blob_fraction=args.large_blob_fraction)
     print(f"{len(cases)} training cases, {sum(len(c.targets) for c in cases)} targets in {len(source.groups)} "
           f"groups: {', '.join(f'{g} ({len(v)})' for g, v in sorted(source.groups.items()))}; "
@@ -450,11 +451,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     from ..model import load_model
     from ..tools.training import train
-    from ..tools.training_data import SampleSource, load_cases
+    from ..tools.training_data import SampleSource, load_cases, require_cases
 
     check_device(args.device)
-    model = load_model(args.model)
     cases = load_cases(args.data, allow_non_commercial=True)  # the user's own data, the user's own weights
+    require_cases(cases, args.data)  # before the model loads
+    model = load_model(args.model)
     source = SampleSource(cases, synthesis_fraction=0.0, blob_fraction=0.0)
     result = train(model, source, args.output, args.minutes, args.seed, export=args.output / "finetuned.pt",
                    resume=args.resume, trainable=args.trainable, lr=args.lr, device=args.device)
@@ -579,10 +581,18 @@ def _remote_backend(args: argparse.Namespace) -> Any:
 
     if args.ca_file is not None and not args.ca_file.is_file():
         raise ServerConfigError(f"--ca-file {args.ca_file} is not a file.")
-    backend = RemoteBackend(args.server, resolve_token(None, args.token_file),
-                            str(args.ca_file) if args.ca_file is not None else True)
-    with backend.open_session() as session:  # connection, token and certificate checked before any work
-        print(f"server {args.server}: model {session.model_id}")
+    token = resolve_token(None, args.token_file)
+    backend = RemoteBackend(args.server, token, str(args.ca_file) if args.ca_file is not None else True)
+    try:
+        with backend.open_session() as session:  # connection, token and certificate checked before any work
+            print(f"server {args.server}: model {session.model_id}")
+    except AuthenticationError:
+        if token is not None:
+            raise
+        from ..remote.cli import TOKEN_ENV
+
+        raise AuthenticationError(f"The server at {args.server} requires a token: give --token-file FILE (or set "
+                                  f"${TOKEN_ENV}) with the value of its --token / --token-file.") from None
     return backend
 
 
@@ -741,10 +751,11 @@ def version_text() -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the CLI; returns the exit code (0 success, 2 error with a message on stderr, 130 interrupted).
+    """Run the CLI; returns the exit code (0 success, 2 error with a message on stderr, 130 interrupted, 143 / 129
+    stopped by SIGTERM / SIGHUP).
 
-    Called without ``argv`` (the ``samvolseg`` program), an interrupt ends the process at once with exit code
-    130 and one line, also during start-up and after the work: the interpreter would otherwise wait for
+    Called without ``argv`` (the ``samvolseg`` program), an interrupt or stop signal unwinds the work (a batch
+    stops its workers, temporaries are removed) and ends the process with exit code 128 + signal and one line, also during start-up and after the work: the interpreter would otherwise wait for
     background threads at exit, or print a traceback for a Ctrl-C that lands while it shuts down.
     """
     program = argv is None and _take_interrupts()
@@ -766,12 +777,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "pip install 'samvolsegment[torch]' (install torch for your platform first, see the README), or "
               "run on a server with --server URL (segment, batch).", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or StopRequested (SIGTERM, SIGHUP): the work has unwound
         _work_running[0] = False
+        signum = int(getattr(exc, "signum", 2))
         if program:
-            _exit_interrupted()
-        print("samvolseg: interrupted", file=sys.stderr)
-        return 130
+            _exit_interrupted(signum)
+        print(_stop_line(signum), file=sys.stderr)
+        return 128 + signum
     finally:
         _work_running[0] = False  # the work is done or refused: a Ctrl-C from here on exits at once
 
@@ -791,6 +803,13 @@ def _take_interrupts() -> bool:
 
     if threading.current_thread() is not threading.main_thread():
         return False
+    # SIGTERM (kill, a scheduler) and SIGHUP (the terminal closed) unwind the work like a Ctrl-C, so a batch
+    # stops its worker processes and removes its temporaries; where they are not at their default action (an
+    # embedding program's handler, nohup) they are left alone.
+    for name in ("SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) is signal.SIG_DFL:
+            signal.signal(number, _on_stop)
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         return False  # ignored (a background job) or the embedding program's own handler: leave it
     signal.signal(signal.SIGINT, _on_interrupt)
@@ -804,8 +823,26 @@ def _on_interrupt(signum: int, frame: object) -> None:
     _exit_interrupted()
 
 
-def _exit_interrupted() -> None:
-    """One line on stderr and exit 130 now, without waiting for threads (the program only, never a caller)."""
+def _on_stop(signum: int, frame: object) -> None:
+    """The program's SIGTERM/SIGHUP handler: unwind the running work, or exit at once when there is none."""
+    from ..errors import StopRequested
+
+    if _work_running[0]:
+        _work_running[0] = False  # a second signal while the work unwinds exits at once
+        raise StopRequested(signum)
+    _exit_interrupted(signum)
+
+
+def _stop_line(signum: int) -> str:
+    """``samvolseg: interrupted`` (Ctrl-C) or ``samvolseg: stopped (SIGTERM)``."""
+    from ..errors import StopRequested
+
+    return "samvolseg: interrupted" if signum == 2 else f"samvolseg: stopped ({StopRequested(signum).name})"
+
+
+def _exit_interrupted(signum: int = 2) -> None:
+    """One line on stderr and exit 128 + signum (130 for Ctrl-C) now, without waiting for threads (the program
+    only, never a caller)."""
     import os
 
     for stream in (sys.stdout, sys.stderr):
@@ -814,9 +851,9 @@ def _exit_interrupted() -> None:
         except (OSError, ValueError):  # a closed pipe: nothing more to say on it
             pass
     try:
-        print("samvolseg: interrupted", file=sys.stderr, flush=True)
+        print(_stop_line(signum), file=sys.stderr, flush=True)
     finally:
-        os._exit(130)
+        os._exit(128 + signum)
 
 
 if __name__ == "__main__":

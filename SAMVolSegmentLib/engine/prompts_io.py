@@ -13,7 +13,8 @@ Formats and sign rules:
 * **Simple JSON**: ``{"points": [{"ras": [r, a, s], "positive": true}, ...], "box_ras": [[r, a, s], [r, a, s]]}``;
   ``positive`` defaults to true and accepts true/false, 1/0, "+"/"-"; the box corners may come in any order.
 * **CSV**: rows ``r,a,s[,positive]`` with ``positive`` 1/0, true/false, +/-, pos/neg (default positive); a
-  first row that is not numeric is a header; ``#`` starts a comment row.
+  first row none of whose r, a, s cells is a number is a header (a row with one misspelt number is an error);
+  ``#`` starts a comment row. UTF-8 (with or without a byte-order mark) or Windows-1252.
 
 Clicks keep the file's order (the session applies them in that order).
 """
@@ -84,7 +85,7 @@ def read_prompts(path: Union[str, Path], require_positive: bool = True) -> Promp
         raise InvalidPromptError(f"Prompt file {path} is a folder; give the prompt file inside it.")
     if not path.is_file():
         raise InvalidPromptError(f"Prompt file {path} not found; check the path.")
-    text = path.read_text()
+    text = _read_text(path)
     if not text.strip():
         raise InvalidPromptError(f"Prompt file {path} is empty; {_FORMATS}.")
     try:
@@ -98,6 +99,9 @@ def read_prompts(path: Union[str, Path], require_positive: bool = True) -> Promp
                     f"Prompt file {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
                     f"{_FORMATS} (a .csv name is read as CSV)."
                 ) from None
+            except RecursionError:
+                raise InvalidPromptError(f"Prompt file {path} is JSON nested too deeply to be a prompt file; "
+                                         f"{_FORMATS}.") from None
             if not isinstance(data, dict):
                 raise ValueError("the top level must be a JSON object")
             prompts = _read_markups(data) if "markups" in data else _read_simple_json(data)
@@ -213,6 +217,31 @@ def _read_simple_json(data: dict) -> Prompts:
     return _prompts(points, signs, box)
 
 
+def _read_text(path: Path) -> str:
+    """A prompt file's text: UTF-8 (a leading byte-order mark, as Excel's "CSV UTF-8" writes, is dropped); a CSV
+    that is not UTF-8 is read as Windows-1252 (Excel's other CSV), where only comments hold letters.
+
+    Raises:
+        InvalidPromptError: a JSON file that is not UTF-8 (JSON is UTF-8 by definition).
+    """
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if path.name.lower().endswith(".csv"):
+            return data.decode("cp1252", errors="replace")
+        raise InvalidPromptError(f"Prompt file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at position "
+                                 f"{exc.start}); save it as UTF-8.") from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _read_csv(text: str) -> Prompts:
     points: List[np.ndarray] = []
     signs: List[bool] = []
@@ -221,8 +250,10 @@ def _read_csv(text: str) -> Prompts:
         try:
             xyz = _xyz([float(v) for v in row[:3]])
         except ValueError:
-            if number == 0:
-                continue  # header row
+            # A header names its columns: none of r, a, s is a number. A row with a typo in one number ("3O")
+            # is a click that cannot be read, not a header to skip.
+            if number == 0 and not any(_is_number(v) for v in row[:3]):
+                continue
             raise ValueError(f"row {number + 1} ({','.join(row)}) is not r,a,s[,positive]") from None
         points.append(xyz)
         signs.append(_parse_sign(row[3]) if len(row) > 3 and row[3].strip() else True)

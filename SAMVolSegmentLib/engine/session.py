@@ -14,9 +14,11 @@ Every step is recorded with the box content before and after it, so undo/redo re
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -27,7 +29,7 @@ import torch
 from ..errors import InvalidPromptError, SessionStateError
 from ..model.proposal_head import class_index, click_adapted_classes, proposal_classes
 from .clicks import deepest_point_roi
-from .geometry import RoiWindow, VolumeGeometry, bbox_shape, box_corners, lps_to_ras, mask_bbox
+from .geometry import RoiWindow, VolumeGeometry, bbox_shape, box_corners, lps_to_ras, mask_bbox, ordered_box
 from .image_checks import warn_about_image
 from .mask_update import BBoxKJI, MaskUpdate, union_bbox
 from .predictor import Predictor
@@ -116,16 +118,30 @@ class _Step:
     region_before: _PackedRegion
     region_after: _PackedRegion
     annotation: Any = None  # caller data (annotate_last_step); counted in nbytes when it has one
+    #: Bytes of the low-res logits this step created (its ``after`` holds them; unchanged ROIs share the
+    #: tensors of ``before``): 1 MB per click for 64³ logits, which the byte bound must count.
+    logits_nbytes: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.logits_nbytes = _new_logits_nbytes(self.before, self.after)
 
     @property
     def nbytes(self) -> int:
         extra = int(getattr(self.annotation, "nbytes", 0) or 0)
-        return self.region_before.nbytes + self.region_after.nbytes + extra
+        return self.region_before.nbytes + self.region_after.nbytes + self.logits_nbytes + extra
+
+
+def _new_logits_nbytes(before: _Snapshot, after: _Snapshot) -> int:
+    """Bytes of the logits tensors in ``after`` that ``before`` does not hold (compared by identity)."""
+    held = {id(state.logits) for _, state in before.rois if state.logits is not None}
+    new = {id(state.logits): state.logits for _, state in after.rois
+           if state.logits is not None and id(state.logits) not in held}
+    return int(sum(t.element_size() * t.nelement() for t in new.values()))
 
 
 @dataclass
 class _History:
-    """Undo/redo stacks, bounded in steps and in bytes of stored mask boxes (oldest steps go first)."""
+    """Undo/redo stacks, bounded in steps and in bytes of stored mask boxes and logits (oldest steps go first)."""
 
     undo: List[_Step] = field(default_factory=list)
     redo: List[_Step] = field(default_factory=list)
@@ -154,8 +170,8 @@ class InteractiveSession:
         cache_bytes: embedding-cache budget when a model (not a predictor) is given.
         progress: optional ``callback(fraction, message)`` for slow stages (preprocessing, encoding).
         max_undo: history depth.
-        max_undo_bytes: memory bound of the history (mask boxes stored as packed bits); the oldest steps go
-            first, the last step is always kept.
+        max_undo_bytes: memory bound of the history (mask boxes stored as packed bits, and the low-res logits
+            each step keeps for the next click); the oldest steps go first, the last step is always kept.
         auto_extend: continue a mask that reaches a ROI face into neighbouring ROIs (one encoder run each).
         threads: CPU threads of the encoder and the per-click decoder (N, "E,D" or a ``ThreadPolicy``); None:
             ``$SAMVOLSEG_THREADS`` or the default (:mod:`.threads`). Given with a ``Predictor``, it replaces the
@@ -809,7 +825,13 @@ class _DaemonWorker:
     """One daemon thread running submitted calls in order (the session's background preprocessing).
 
     Not a ``ThreadPoolExecutor``: the interpreter joins those threads at exit, so a CLI interrupted during
-    a long resampling printed "interrupted" at once but exited only when the resampling had finished.
+    a long resampling printed "interrupted" at once but exited only when the resampling had finished (the CLI
+    now ends with ``os._exit`` on an interrupt, which runs no exit handlers).
+
+    At a normal interpreter exit (:func:`_stop_workers_at_exit`, an ``atexit`` handler) every worker is shut
+    down and its thread joined: a daemon thread still inside ITK or torch when the interpreter finalises is
+    killed mid-C++ ("FATAL: exception not rethrown", SIGABRT), and one that frees tensors then aborts too.
+    Between jobs the thread holds nothing of the session (its bound method, volume or result).
     """
 
     def __init__(self, name: str) -> None:
@@ -828,6 +850,7 @@ class _DaemonWorker:
             self._jobs.put((future, fn, args))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                _LIVE_WORKERS.add(self)
                 self._thread.start()
             return future
 
@@ -847,28 +870,59 @@ class _DaemonWorker:
                     job[0].cancel()
             self._jobs.put(None)
 
+    def join(self, timeout: Optional[float] = None) -> None:
+        """Wait for the thread to end (after :meth:`shutdown`); returns at once from the thread itself."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     def _run(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            future, fn, args = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn(*args)
-            except BaseException as exc:  # handed to the caller through the future
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+            self._run_one(*job)
+            del job  # nothing of the job (the session's method, its volume) stays referenced while waiting
+
+    @staticmethod
+    def _run_one(future: Future, fn: Callable[..., Any], args: Tuple[Any, ...]) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the caller through the future
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+
+#: Workers whose thread was started; :func:`_stop_workers_at_exit` stops them before the interpreter finalises.
+_LIVE_WORKERS: weakref.WeakSet[_DaemonWorker] = weakref.WeakSet()
+
+
+def _stop_workers_at_exit() -> None:
+    """``atexit``: cancel every worker's queued calls, then wait for the running ones (a resampling still in
+    ITK or torch would abort the interpreter's finalisation)."""
+    workers = list(_LIVE_WORKERS)
+    for worker in workers:
+        worker.shutdown()
+    for worker in workers:
+        worker.join()
+
+
+atexit.register(_stop_workers_at_exit)  # after torch's own handlers were registered: runs before them
 
 
 def _outside_message(point_ras: np.ndarray, geometry: VolumeGeometry) -> str:
     """Why a click is outside: which way and how far, and the two usual causes (an LPS point, a transform)."""
-    low_ras, high_ras = geometry.bounds_ras()
+    # The volume's outer faces (voxel centres ± half a voxel), where clicks are accepted (contains_ras), not
+    # its extreme voxel centres: a click just past the far face was "0.5 mm beyond" it.
+    last = np.array(geometry.shape_kji[::-1], dtype=np.float64) - 0.5
+    low_ras, high_ras = ordered_box(geometry.ijk_to_ras_points(box_corners((-0.5, -0.5, -0.5), last)))
     below, above = low_ras - point_ras, point_ras - high_ras
     names = (("L", "R"), ("P", "A"), ("I", "S"))  # RAS: the low side of x is Left, of y Posterior, of z Inferior
-    ways = [f"{_format_mm(d)} mm beyond its {names[axis][0] if below[axis] > 0 else names[axis][1]} side"
+    ways = [f"{_format_mm(d) if d >= 0.05 else 'less than 0.1'} mm beyond its "
+            f"{names[axis][0] if below[axis] > 0 else names[axis][1]} side"
             for axis, d in enumerate(np.maximum(below, above)) if d > 0]
     where = ", ".join(ways) if ways else "inside its RAS bounding box but off its oblique voxel grid"
     flipped = lps_to_ras(point_ras[None])[0]
@@ -876,8 +930,8 @@ def _outside_message(point_ras: np.ndarray, geometry: VolumeGeometry) -> str:
             "it with SAMVolSegmentLib.lps_to_ras." if geometry.contains_ras(flipped[None])[0] else
             " Check that the point is RAS (not LPS: SAMVolSegmentLib.lps_to_ras converts) and the volume's "
             "parent transform.")
-    return (f"Click at RAS {_format_point(point_ras)} mm is outside the volume ({where}; the volume spans RAS "
-            f"{_format_point(low_ras)} to {_format_point(high_ras)} mm).{hint}")
+    return (f"Click at RAS {_format_point(point_ras)} mm is outside the volume ({where}; the volume's faces span "
+            f"RAS {_format_point(low_ras)} to {_format_point(high_ras)} mm).{hint}")
 
 
 def _format_mm(value: float) -> str:

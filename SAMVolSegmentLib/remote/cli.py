@@ -56,6 +56,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--max-memory-gb", type=float, default=8.0,
                    help="memory for uploaded volumes and sessions; least recently used go first")
     p.add_argument("--cache-gb", type=float, default=2.0, help="memory for cached image embeddings")
+    p.add_argument("--history-mb", type=float, default=64.0,
+                   help="undo history of each session (mask boxes and the model's logits of each step; about "
+                        "1 MB per click); counted in --max-memory-gb")
     p.add_argument("--max-upload-mb", type=float, default=2048.0, help="largest compressed volume upload")
     p.add_argument("--max-voxels", type=int, default=512 * 512 * 1024, help="largest volume, in voxels")
     p.add_argument("--queue", type=int, default=32, help="requests that may wait for the model; more get 503")
@@ -112,6 +115,8 @@ def check_serve_options(args: argparse.Namespace) -> Optional[str]:
     for name, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile)):
         if path is not None and not path.is_file():
             raise ServerConfigError(f"{name} {path} is not a file.")
+    if args.ssl_certfile is not None:
+        check_key_pair(args.ssl_certfile, args.ssl_keyfile)
     if not 0 < args.port < 65536:
         raise ServerConfigError(f"--port {args.port} is not a TCP port (1-65535).")
     for name in ("lease_minutes", "max_memory_gb", "cache_gb", "max_upload_mb", "max_voxels", "queue"):
@@ -146,6 +151,28 @@ def self_signed_files(args: argparse.Namespace) -> Tuple[Path, Path]:
     return cert.cert_path, cert.key_path
 
 
+def check_key_pair(certfile: Path, keyfile: Path) -> None:
+    """Load the TLS certificate and key as the server will, before anything is served.
+
+    Raises:
+        ServerConfigError: a file is not PEM, or the key is not the certificate's (uvicorn printed "serving on
+            https://..." and then "[SSL] PEM lib", naming no file).
+    """
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(certfile), str(keyfile))
+    except ssl.SSLError as exc:
+        reason = exc.reason or str(exc)
+        if "KEY_VALUES_MISMATCH" in str(exc) or "mismatch" in str(reason).lower():
+            raise ServerConfigError(f"--ssl-keyfile {keyfile} is not the private key of --ssl-certfile {certfile}; "
+                                    "give the key the certificate was made with.") from None
+        raise ServerConfigError(f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile} cannot be loaded ({reason}); "
+                                "give a PEM certificate and its unencrypted PEM private key.") from None
+    except OSError as exc:
+        raise ServerConfigError(f"TLS files {certfile}, {keyfile} cannot be read ({exc.strerror}).") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Check the options, load the model, serve until interrupted."""
     token = check_serve_options(args)
@@ -165,7 +192,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model = load_model_verbose(args.model, device)
     config = ServerConfig(
         token=token, device=device, lease_s=args.lease_minutes * 60, max_memory_bytes=int(args.max_memory_gb * 2**30),
-        cache_bytes=int(args.cache_gb * 2**30), max_upload_bytes=int(args.max_upload_mb * 2**20),
+        cache_bytes=int(args.cache_gb * 2**30), history_bytes=int(args.history_mb * 2**20),
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_voxels=args.max_voxels, queue_size=args.queue)
     app = create_app(model, config)
     tls = args.ssl_certfile is not None

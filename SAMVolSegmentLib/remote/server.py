@@ -230,6 +230,7 @@ class ResourceStore:
         self._entries: OrderedDict = OrderedDict()  # ("volume"|"session", key) → _StoredVolume | _ServerSession
         self._gone: OrderedDict = OrderedDict()  # session id → why it ended
         self.nbytes = 0
+        self.reserved = 0  # bytes of work in flight (uploads being decoded), counted in nbytes too
         self.evicted = 0
         self.expired = 0
 
@@ -269,6 +270,26 @@ class ResourceStore:
         raise HTTPReplyError(404, "SessionNotFound",
                           f"No session {sid} on this server (it may have restarted); create a new session.")
 
+    def require_live(self, entry: _ServerSession) -> None:
+        """Renew the lease of a session a queued job is about to use, or refuse the job as for a lookup.
+
+        A request looks its session up before it waits in the model queue; meanwhile the session may expire,
+        be evicted or be deleted (and closed). Its job then answers 410 (the client replays its steps on a new
+        session) instead of the closed session's error.
+
+        Raises:
+            HTTPReplyError: 410 with the reason the session ended.
+        """
+        with self._lock:
+            if self._entries.get(("session", entry.sid)) is entry:
+                entry.last_used = time.monotonic()
+                self._entries.move_to_end(("session", entry.sid))
+                return
+            reason = self._gone.get(entry.sid, "ended")
+        raise HTTPReplyError(410, "SessionExpiredError",
+                             f"Session {entry.sid} {reason} while this request waited for the model; create a new "
+                             "session and replay the steps (RemoteSession does this by itself).")
+
     def remove_session(self, sid: str, reason: str = "was closed by its client") -> bool:
         with self._lock:
             entry = self._entries.pop(("session", sid), None)
@@ -307,32 +328,83 @@ class ResourceStore:
         for entry in entries:
             entry.session.close()
 
+    def reserve(self, nbytes: int, what: str, retry_after_s: int = 1) -> int:
+        """Count ``nbytes`` of work in flight (an upload being decoded) against the budget until :meth:`release`;
+        least recently used entries go as for an added one. Returns ``nbytes`` (what to release).
+
+        Raises:
+            HTTPReplyError: 413 when the work alone exceeds the whole budget; 503 (retry) when work already in
+                flight leaves no room for it. Nothing is reserved then.
+        """
+        self._check_fits(nbytes, what)
+        with self._lock:
+            if self.reserved + nbytes > self.max_bytes:
+                raise HTTPReplyError(503, ServerBusyError.__name__,
+                                     f"The server is decoding other uploads ({self.reserved / 1e6:.0f} MB of its "
+                                     f"{self.max_bytes / 1e6:.0f} MB memory budget); retry in {retry_after_s} s.",
+                                     {"Retry-After": str(retry_after_s)})
+            self.reserved += nbytes
+            self.nbytes += nbytes
+            ended = self._evict_locked()
+        for entry in ended:
+            entry.session.close()
+        return nbytes
+
+    def release(self, nbytes: int) -> None:
+        """End a :meth:`reserve`."""
+        with self._lock:
+            self.reserved -= nbytes
+            self.nbytes -= nbytes
+
+    def grow_session(self, sid: str, nbytes: int) -> None:
+        """Count ``nbytes`` more (or fewer, when negative) for a live session; evict others when over budget."""
+        with self._lock:
+            entry = self._entries.get(("session", sid))
+            if entry is None:
+                return
+            entry.nbytes += nbytes
+            self.nbytes += nbytes
+            ended = self._evict_locked(keep=("session", sid))
+        for ended_entry in ended:
+            ended_entry.session.close()
+
     # internals
-    def _add(self, key: Tuple[str, str], value: Any, nbytes: int, what: str) -> None:
+    def _check_fits(self, nbytes: int, what: str) -> None:
         if nbytes > self.max_bytes:
             raise HTTPReplyError(413, "InsufficientMemory",
                               f"This {what} needs about {nbytes / 1e6:.0f} MB, more than the server's whole memory "
                               f"budget ({self.max_bytes / 1e6:.0f} MB); crop or resample the volume, or start the "
-                              "server with a larger --max-memory.")
-        ended: List[_ServerSession] = []
+                              "server with a larger --max-memory-gb.")
+
+    def _add(self, key: Tuple[str, str], value: Any, nbytes: int, what: str) -> None:
+        self._check_fits(nbytes, what)
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
                 self.nbytes -= old.nbytes
             self._entries[key] = value
             self.nbytes += nbytes
-            while self.nbytes > self.max_bytes:
-                oldest_key = next(iter(self._entries))
-                oldest = self._entries.pop(oldest_key)
-                self.evicted += 1
-                if oldest_key[0] == "volume":
-                    self.nbytes -= oldest.nbytes
-                else:  # _forget does the byte count of a session
-                    self._forget(oldest, "was closed to free memory for other work (the server's memory "
-                                         "budget was reached)")
-                    ended.append(oldest)
+            ended = self._evict_locked()
         for entry in ended:
             entry.session.close()
+
+    def _evict_locked(self, keep: Optional[Tuple[str, str]] = None) -> List[_ServerSession]:
+        """Drop least recently used entries (never ``keep``) until the budget holds; the sessions to close."""
+        ended: List[_ServerSession] = []
+        for oldest_key in list(self._entries):
+            if self.nbytes <= self.max_bytes:
+                break
+            if oldest_key == keep:
+                continue
+            oldest = self._entries.pop(oldest_key)
+            self.evicted += 1
+            if oldest_key[0] == "volume":
+                self.nbytes -= oldest.nbytes
+            else:  # _forget does the byte count of a session
+                self._forget(oldest, "was closed to free memory for other work (the server's memory "
+                                     "budget was reached)")
+                ended.append(oldest)
+        return ended
 
     def _forget(self, entry: Any, reason: str) -> None:
         """Book-keeping of an entry just removed from ``_entries`` (lock held)."""
@@ -357,6 +429,7 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
     predictor = model if isinstance(model, Predictor) else Predictor(model, cache_bytes=cfg.cache_bytes)
     worker = ModelWorker(cfg.queue_size, cfg.retry_after_s)
     store = ResourceStore(cfg.max_memory_bytes, cfg.lease_s)
+    inflating = threading.Semaphore(1)  # uploads inflated at once (see decode_upload)
     token = cfg.token.encode("utf-8") if cfg.token else None
 
     @asynccontextmanager
@@ -475,9 +548,14 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
         codec = choose_mask_codec(request.headers.get(MASK_CODECS_HEADER))
 
         def job() -> Tuple[MaskUpdate, Dict[str, Any]]:
+            store.require_live(entry)  # it may have ended while this job waited in the queue: 410, not 409
             session = entry.session
             moved = session.can_undo if kind == "undo" else session.can_redo if kind == "redo" else False
-            update = step(session)
+            try:
+                update = step(session)
+            except SessionStateError:
+                store.require_live(entry)  # closed (evicted, deleted) while the step ran: 410 as well
+                raise
             # Every step this server creates is tagged below, so an untagged newest step is one just created
             # (a no-op such as clear_box without a box leaves the previous tag in last_annotation).
             pushed = kind == "step" and session.can_undo and session.last_annotation is None
@@ -508,30 +586,48 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
             return JSONResponse({"volume": volume_id, "stored": False}, status_code=200)
         meta = _header_json(request)
         shape, dtype, matrix = check_volume_meta(meta, cfg.max_voxels)
-        body = await read_body(request, cfg.max_upload_bytes, "volume upload")
-
-        def decode() -> _StoredVolume:
-            from ..engine.geometry import ModelGrid
-            from ..engine.preprocessing import load_volume
-
-            array = decode_volume(body, shape, dtype)
-            if content_id(array, matrix) != volume_id:
-                raise WireFormatError("The uploaded volume does not match its content id (corrupted in transit, or "
-                                      "the client computed it differently); upload it again.")
-            volume = load_volume(array, matrix)  # the engine's validation (NaN, constant, degenerate geometry)
-            grid = ModelGrid.covering(volume.geometry)
-            model_voxels = math.prod(int(v) for v in grid.shape_model)
-            if model_voxels > cfg.max_voxels:  # coarse voxels: the session's resampled copy would be too big
-                raise InvalidImageError(
-                    f"Resampled to the model's {grid.spacing:g} mm grid this volume has {model_voxels} voxels "
-                    f"({' × '.join(str(v) for v in grid.shape_model)}); this server accepts at most "
-                    f"{cfg.max_voxels}. Check the voxel spacing in the image header, or crop the volume.")
-            array.setflags(write=False)
-            return _StoredVolume(array, matrix, int(array.nbytes), model_voxels)
-
-        stored = await run_in_threadpool(decode)  # outside the model worker: clicks go on meanwhile
+        # Before the body is read or inflated: what decoding it holds at its peak (the inflated bytes and the
+        # voxels, then the voxels and the engine's float32 copy, and the body) counts against the budget, so an
+        # upload that cannot fit is refused at once and uploads at once cannot add up beyond it.
+        voxels = math.prod(shape)
+        declared = request.headers.get("content-length", "")
+        peak = 2 * voxels * dtype.itemsize + 4 * voxels + (int(declared) if declared.isdigit() else 0)
+        reservation = store.reserve(peak, "volume upload (while it is decoded)", cfg.retry_after_s)
+        try:
+            body = await read_body(request, cfg.max_upload_bytes, "volume upload")
+            stored = await run_in_threadpool(decode_upload, body, volume_id, shape, dtype, matrix)
+        finally:
+            store.release(reservation)
+            _return_freed_memory()
         store.add_volume(volume_id, stored)
         return JSONResponse({"volume": volume_id, "stored": True}, status_code=201)
+
+    def decode_upload(body: bytes, volume_id: str, shape: Tuple[int, int, int], dtype: np.dtype,
+                      matrix: np.ndarray) -> _StoredVolume:
+        """Inflate, verify and validate an upload (a thread of the pool, never the model worker)."""
+        with inflating:  # one upload inflates at a time: memory peaks never add up
+            return decode(body, volume_id, shape, dtype, matrix)
+
+    def decode(body: bytes, volume_id: str, shape: Tuple[int, int, int], dtype: np.dtype,
+               matrix: np.ndarray) -> _StoredVolume:
+        """The stored volume of an upload body, or an error (corrupt, mismatched id, invalid image)."""
+        from ..engine.geometry import ModelGrid
+        from ..engine.preprocessing import load_volume
+
+        array = decode_volume(body, shape, dtype)
+        if content_id(array, matrix) != volume_id:
+            raise WireFormatError("The uploaded volume does not match its content id (corrupted in transit, or "
+                                  "the client computed it differently); upload it again.")
+        volume = load_volume(array, matrix)  # the engine's validation (NaN, constant, degenerate geometry)
+        grid = ModelGrid.covering(volume.geometry)
+        model_voxels = math.prod(int(v) for v in grid.shape_model)
+        if model_voxels > cfg.max_voxels:  # coarse voxels: the session's resampled copy would be too big
+            raise InvalidImageError(
+                f"Resampled to the model's {grid.spacing:g} mm grid this volume has {model_voxels} voxels "
+                f"({' × '.join(str(v) for v in grid.shape_model)}); this server accepts at most "
+                f"{cfg.max_voxels}. Check the voxel spacing in the image header, or crop the volume.")
+        array.setflags(write=False)
+        return _StoredVolume(array, matrix, int(array.nbytes), model_voxels)
 
     # sessions
     @api.post("/sessions")
@@ -651,6 +747,23 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
 
 
 # ---------------------------------------------------------------- helpers
+def _return_freed_memory() -> None:
+    """Give the heap's free memory back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    After a large upload is decoded (or refused), its freed buffers would otherwise stay resident: glibc raises
+    its mmap threshold after freeing large blocks, so the next ones come from the heap, which it seldom trims.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # musl and other C libraries
+        pass
+
+
 def _check_id(volume_id: str) -> str:
     if len(volume_id) != 32 or any(c not in "0123456789abcdef" for c in volume_id):
         raise HTTPReplyError(400, "WireFormatError", "A volume id is 32 lowercase hex digits (protocol.content_id).")
