@@ -51,7 +51,7 @@ if _ENGINE_ROOT is not None and _ENGINE_ROOT not in sys.path:
 
 from SAMVolSegmentSlicerLib import backend, coordinates, local_session, progress_display, segment_io  # noqa: E402
 from SAMVolSegmentSlicerLib.dependencies import InstallError  # noqa: E402
-from SAMVolSegmentSlicerLib.markers import PromptMarkers, isProgrammaticPoint  # noqa: E402
+from SAMVolSegmentSlicerLib.markers import BoxPlacement, PromptMarkers, isProgrammaticPoint  # noqa: E402
 from SAMVolSegmentSlicerLib.progress_display import ProgressDisplay  # noqa: E402
 from SAMVolSegmentSlicerLib.propose import ProposeControl, checkProposalClass, modelReadyStatus  # noqa: E402
 from SAMVolSegmentSlicerLib.segment_merge import OtherSegments  # noqa: E402
@@ -626,7 +626,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode: Optional[SAMVolSegmentParameterNode] = None
         self._parameterNodeGuiTag = None
         self.shortcuts = ModuleShortcuts(self.onAction)
-        self._observedMarkups: List = []
+        self._observedMarkups, self._boxPlacement = [], BoxPlacement()
 
     def setup(self) -> None:
         """Called when the module is first opened."""
@@ -711,7 +711,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is None or node is None:
             return
         self.logic.onNodeRemoved(node)
-        observed = any(node is markups for markups, _method in self._observedMarkups)
+        observed = any(node is markups for markups, _event, _method in self._observedMarkups)
         if observed and self._parameterNode is not None and not slicer.mrmlScene.IsClosing():
             self.setParameterNode(self._parameterNode)  # re-creates and re-observes the prompt nodes
 
@@ -738,17 +738,16 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._observeMarkups()
 
     def _observeMarkups(self) -> None:
-        pn = self._parameterNode
-        for node, method in ((pn.positivePoints, self.onPointDefined), (pn.negativePoints, self.onPointDefined),
-                             (pn.boxROI, self.onBoxDefined)):
-            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, method)
-            self._observedMarkups.append((node, method))
+        pn, evt = self._parameterNode, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent
+        self._observedMarkups = self._boxPlacement.observations(pn.boxROI, self.onBoxChanged) + [
+            (pn.positivePoints, evt, self.onPointDefined), (pn.negativePoints, evt, self.onPointDefined)]
+        for node, event, method in self._observedMarkups:
+            self.addObserver(node, event, method)
 
     def _unobserveMarkups(self) -> None:
         # Only what was observed: slicer.util.VTKObservationMixin.removeObserver warns about anything else.
-        for node, method in self._observedMarkups:
-            self.removeObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, method)
-        self._observedMarkups = []
+        while self._observedMarkups:
+            self.removeObserver(*self._observedMarkups.pop())  # (node, event, method)
 
     # ------------------------------------------------------------------ running actions
     def _run(self, failureMessage: str, fn: Callable, *args):
@@ -824,14 +823,14 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._run(_("Segmentation failed."), self.logic.addPointFromMarkup, caller, int(index)) is not None:
             self._showTiming()
 
-    def onBoxDefined(self, caller, event) -> None:
-        """A box corner was placed; the Logic acts once both are (the ROI then has a size on every axis)."""
-        if self._run(_("Box prompt failed."), self.logic.setBoxFromROI, caller) is not None:
+    def onBoxChanged(self, caller, event) -> None:
+        """A box corner was placed; the Logic acts once both are, once per placement (``BoxPlacement``)."""
+        if self._boxPlacement.completedBy(caller) and self._run(
+                _("Box prompt failed."), self.logic.setBoxFromROI, caller) is not None:
             self._showTiming()
 
     def _showTiming(self) -> None:
-        self.ui.statusLabel.setText(progress_display.stepText(self.logic.lastTiming, self.logic.markers.placingKind(),
-                                                              getattr(self.logic.session, "image_warnings", ())))
+        progress_display.showStep(self.ui.statusLabel, self.logic)
 
     # ------------------------------------------------------------------ settings and model
     def onOtherSegmentsChanged(self, *_args) -> None:

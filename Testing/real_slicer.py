@@ -280,7 +280,10 @@ def writeSegment(segmentationNode, segmentID: str, maskKji: np.ndarray, volumeNo
 def placePoint(node, positionWorld) -> int:
     """A click in a view in place mode: the markups widget ends with a defined control point, which fires
     ``PointAddedEvent`` and ``PointPositionDefinedEvent`` with the point's index as call data
-    (vtkMRMLMarkupsNode.cxx ``AddControlPoint``; vtkSlicerMarkupsWidget.cxx ``PlacePoint``)."""
+    (vtkMRMLMarkupsNode.cxx ``AddControlPoint``; vtkSlicerMarkupsWidget.cxx ``PlacePoint``). Except for a box ROI's
+    second corner: the ROI deletes the added point (its corners become one centre point) before
+    ``AddControlPoint`` reads the point's status for ``PointPositionDefinedEvent``, so that event comes only while
+    the freed memory is unchanged (test_slicer_module_real.py runs the box tests with it poisoned)."""
     import vtk
 
     return node.AddControlPointWorld(vtk.vtkVector3d(*[float(v) for v in positionWorld]), "")

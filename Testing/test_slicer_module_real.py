@@ -9,9 +9,14 @@ here that fails on the module as it was (SAMVolSegment.py before the Logic owned
 from __future__ import annotations
 
 import importlib.util
+import os
+import platform
 import re
+import subprocess
+import sys
 import types
 import unittest
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,6 +145,63 @@ def test_a_box_drawn_again_replaces_the_first_and_undo_goes_back_to_it(env):
     assert second[15, 15, 15] and not np.array_equal(first, second) and not (second & ~first).any()
     widget.onAction("undo")
     np.testing.assert_array_equal(segment_array(env, pn), first)
+
+
+def test_a_box_placement_is_one_step_and_a_previewed_corner_sends_nothing(env):
+    """The ROI is observed for PointAddedEvent and PointPositionDefinedEvent (the latter is not always fired,
+    see the next test): a placement that fires both is one step; dragging the placed box sends nothing; a corner
+    that is only previewed (vtkSlicerMarkupsWidget: the point follows the mouse until the click) already gives
+    the ROI a size, and is not sent until it is placed."""
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    roi = pn.boxROI
+    widget.onAction("box")
+    real_slicer.placeROICorners(roi, [-6.0, -6.0, -6.0], [6.0, 6.0, 6.0])
+    assert_clean()
+    assert state().errorDialogs == [] and widget.logic.canUndo
+    roi.SetNthControlPointPositionWorld(0, 1.0, 1.0, 1.0)  # a handle dragged
+    widget.onAction("undo")
+    assert not widget.logic.canUndo, "one placement, one step"
+
+    widget.onAction("box")
+    real_slicer.placePoint(roi, [-6.0, -6.0, -6.0])
+    roi.SetNthControlPointPositionWorld(0, -6.0, -6.0, -6.0, roi.PositionPreview)
+    real_slicer.placePoint(roi, [6.0, 6.0, 6.0])  # one corner placed, one previewed: the ROI has a size
+    assert roi.GetSize()[0] > 0 and roi.GetNumberOfDefinedControlPoints() == 1
+    assert not widget.logic.canUndo
+    roi.SetNthControlPointPositionWorld(0, -6.0, -6.0, -6.0)  # the click (PointPositionDefinedEvent only)
+    assert_clean()
+    assert state().errorDialogs == [] and widget.logic.canUndo
+    mask = segment_array(env, pn)
+    assert mask[15, 15, 15] and not mask[2, 2, 2]
+
+
+POISONED_FREE = "glibc.malloc.tcache_count=0:glibc.malloc.perturb=170"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="poisons freed memory through glibc's malloc tunables")
+def test_box_tests_pass_when_slicer_does_not_fire_point_position_defined_for_the_second_corner():
+    """Slicer's AddControlPoint reads the added point after a box ROI deleted it (its two corners become one
+    centre point: vtkMRMLMarkupsNode.cxx AddControlPoint, vtkMRMLMarkupsROINode.cxx
+    UpdateControlPointsFromBoxROI), so PointPositionDefinedEvent of a second corner added by code comes only
+    while the freed memory still holds the point. The box tests failed when earlier test files had reused it
+    (test_label_map_warning.py, test_model_fixtures.py); freed memory poisoned by glibc makes that
+    deterministic, in a fresh process."""
+    env = dict(os.environ, GLIBC_TUNABLES=POISONED_FREE)
+    probe = ("import slicer, vtk; roi = slicer.vtkMRMLScene().AddNewNodeByClass('vtkMRMLMarkupsROINode'); "
+             "seen = []; roi.AddObserver(roi.PointPositionDefinedEvent, lambda *a: seen.append(1)); "
+             "roi.AddControlPointWorld(vtk.vtkVector3d(0, 0, 0), ''); roi.AddControlPointWorld(vtk.vtkVector3d(5, 5, 5), ''); "
+             "print(len(seen))")
+    fired = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert fired.returncode == 0, fired.stderr
+    # 1: Slicer fired no event for the second corner (the condition tested); 2: a Slicer with the read fixed.
+    assert fired.stdout.strip() in ("1", "2"), fired.stdout
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+         "box_is_sent_only_when_both_corners or box_drawn_again or box_placement_is_one_step"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=str(Path(__file__).resolve().parents[1]))
+    assert result.returncode == 0 and re.search(r"\b3 passed", result.stdout), result.stdout[-3000:] + result.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------------------ bug 3

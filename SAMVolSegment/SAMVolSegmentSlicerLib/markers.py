@@ -21,6 +21,7 @@ from typing import Callable, List, Sequence, Tuple
 import slicer
 import vtk
 
+from .segment_io import boxFromROI
 from .undo_stack import Prompt
 
 _POINT_LISTS = (("positivePoints", "SAMVolSegment positive", (0.2, 0.9, 0.2)),
@@ -36,6 +37,39 @@ ADDING_ATTRIBUTE = "SAMVolSegment.addingPoint"
 def isProgrammaticPoint(markupsNode) -> bool:
     """True while code adds a control point to ``markupsNode`` (see :data:`ADDING_ATTRIBUTE`)."""
     return markupsNode.GetAttribute(ADDING_ATTRIBUTE) is not None
+
+
+class BoxPlacement:
+    """When the panel sends the box ROI: once per placement, when its second corner is placed.
+
+    The ROI is observed for ``PointPositionDefinedEvent`` and ``PointAddedEvent``. When code adds the second
+    corner (``AddControlPoint*``: a script, the console, the tests), Slicer fires ``PointPositionDefinedEvent``
+    only by chance: the ROI turns its two corners into one centre point inside ``AddControlPoint``, deleting the
+    added point, and ``AddControlPoint`` then reads that point's position status (vtkMRMLMarkupsNode.cxx
+    ``AddControlPoint``; vtkMRMLMarkupsROINode.cxx ``UpdateControlPointsFromBoxROI``), so whether the event
+    comes depends on whether the freed memory was reused meanwhile, i.e. on what ran before. ``PointAddedEvent``
+    is fired unconditionally, after the corners became one. A click in a view defines a preview point instead,
+    which fires ``PointPositionDefinedEvent`` only. A placement fires one or both; it is sent once, and dragging
+    the placed box's handles (neither event) sends nothing.
+    """
+
+    def __init__(self) -> None:
+        #: True once the ROI was seen without its box (a corner missing or only previewed) since the last send.
+        self.armed = True
+
+    def observations(self, roiNode, method: Callable) -> List[tuple]:
+        """(node, event, method) to observe; a box the ROI already has (a loaded scene) is not sent."""
+        self.armed = boxFromROI(roiNode) is None
+        return [(roiNode, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, method),
+                (roiNode, slicer.vtkMRMLMarkupsNode.PointAddedEvent, method)]
+
+    def completedBy(self, roiNode) -> bool:
+        """An observed event of the ROI: True when it completes a new placement (send its box now)."""
+        if boxFromROI(roiNode) is None:
+            self.armed = True
+            return False
+        completed, self.armed = self.armed, False
+        return completed
 
 
 class PromptMarkers:

@@ -70,3 +70,8 @@ def stepText(timing: dict, kind: str, imageWarnings: Sequence[str] = ()) -> str:
     text = _("Segment updated in {total:.0f} ms (model {model:.0f} ms, write {write:.0f} ms). {placing}").format(
         total=total, model=total - write, write=write, placing=placingText(kind))
     return " ".join([_("Warning: {text}").format(text=w) for w in imageWarnings] + [text])
+
+
+def showStep(label, logic) -> None:
+    """Show :func:`stepText` for the Logic's last step in ``label``, with its session's warnings about the volume."""
+    label.setText(stepText(logic.lastTiming, logic.markers.placingKind(), getattr(logic.session, "image_warnings", ())))

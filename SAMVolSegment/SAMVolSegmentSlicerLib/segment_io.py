@@ -438,8 +438,12 @@ def boxFromROI(roiNode) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """World-RAS axis-aligned box around a (possibly rotated, transformed) markups ROI; None until it is defined.
 
     A box ROI is placed corner by corner and has a zero size component until its second corner is down
-    (``vtkMRMLMarkupsROINode::UpdateBoxROIFromControlPoints``), so "defined" means every size component > 0.
+    (``vtkMRMLMarkupsROINode::UpdateBoxROIFromControlPoints``), so "defined" means every size component > 0,
+    with no corner only previewed: in a view the second corner is a preview point that follows the mouse until
+    the click, and the ROI already has a size from it (vtkSlicerMarkupsWidget.cxx ``UpdatePreviewPoint``).
     """
+    if roiNode.GetNumberOfDefinedControlPoints() < roiNode.GetNumberOfControlPoints():
+        return None
     size = [float(v) for v in roiNode.GetSize()]
     if not all(np.isfinite(v) and v > 0 for v in size):
         return None
