@@ -633,7 +633,7 @@ def limit_worker_threads(threads: Optional[int]) -> None:
 
     from .engine.threads import ENV_THREADS
 
-    os.environ[ENV_THREADS] = str(int(threads))  # the Predictors this worker makes: encoder N, decoder 1
+    os.environ[ENV_THREADS] = str(int(threads))  # the Predictors this worker makes: encoder N, decoder min(N, 2)
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(int(threads))

@@ -17,7 +17,7 @@ from SAMVolSegmentLib.engine.predictor import Predictor
 from SAMVolSegmentLib.engine.threads import ENV_THREADS, ThreadPolicy, available_cpus, torch_threads
 
 
-@pytest.mark.parametrize(("text", "expected"), [("2", (2, 1)), ("1", (1, 1)), ("4,2", (4, 2)), (" 3 , 3 ", (3, 3))])
+@pytest.mark.parametrize(("text", "expected"), [("2", (2, 2)), ("1", (1, 1)), ("3", (3, 2)), ("4,1", (4, 1)), (" 3 , 3 ", (3, 3))])
 def test_parse(text, expected):
     policy = ThreadPolicy.parse(text)
     assert (policy.encoder, policy.decoder) == expected
@@ -37,17 +37,17 @@ def test_a_policy_refuses_bad_counts():
         ThreadPolicy(encoder=1, decoder=True)
 
 
-def test_default_uses_the_available_cpus_for_the_encoder_and_one_for_the_decoder(monkeypatch):
+def test_default_uses_the_available_cpus_for_the_encoder_and_up_to_two_for_the_decoder(monkeypatch):
     monkeypatch.delenv(ENV_THREADS, raising=False)
     policy = ThreadPolicy.resolve()
     assert policy == ThreadPolicy.default()
-    assert policy.encoder == min(available_cpus(), 8) and policy.decoder == 1
+    assert policy.encoder == min(available_cpus(), 8) and policy.decoder == min(policy.encoder, 2)
 
 
 def test_explicit_beats_environment_beats_default(monkeypatch):
     monkeypatch.setenv(ENV_THREADS, "3,2")
     assert ThreadPolicy.resolve() == ThreadPolicy(3, 2)
-    assert ThreadPolicy.resolve(5) == ThreadPolicy(5, 1)
+    assert ThreadPolicy.resolve(5) == ThreadPolicy(5, 2)
     assert ThreadPolicy.resolve("1,1") == ThreadPolicy(1, 1)
     monkeypatch.setenv(ENV_THREADS, "many")
     with pytest.raises(ValueError, match=ENV_THREADS):

@@ -92,18 +92,22 @@ def worker(policy: str) -> None:
     """Serve requests on stdin, one JSON line each on stdout: ``clicks K`` (reset, then K clicks on the cached
     embedding: their times), ``encode R`` (R encoder runs without the cache), ``long N`` (reset, N clicks on one
     mask)."""
+    import importlib
+
     if policy == "today":
-        import torch
+        importlib.import_module("torch")  # first: the engine then leaves OpenMP's settings alone
+    # Otherwise the engine first (its import sets OMP_WAIT_POLICY), then torch and what imports it (click_latency).
+    engine = importlib.import_module("SAMVolSegmentLib")
     import numpy as np
     import torch
+
+    from SAMVolSegmentLib.engine.predictor import Predictor
+    from SAMVolSegmentLib.engine.threads import ThreadPolicy
 
     sys.path.insert(0, str(HERE))
     from click_latency import click_points_ras, synthetic_ct
 
-    from SAMVolSegmentLib import InteractiveSession, load_model
-    from SAMVolSegmentLib.engine.predictor import Predictor
-    from SAMVolSegmentLib.engine.threads import ThreadPolicy
-
+    InteractiveSession, load_model = engine.InteractiveSession, engine.load_model
     threads = ThreadPolicy(torch.get_num_threads(), torch.get_num_threads()) if policy == "today" else None
     model = load_model("default")
     encoder = Predictor(model, cache_bytes=0, threads=threads)

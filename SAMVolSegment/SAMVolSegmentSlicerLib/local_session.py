@@ -16,15 +16,16 @@ Progress = Optional[Callable[[float, str], None]]
 
 def slicerThreads(environ: Any = None, cpus: Optional[int] = None) -> str:
     """The model's CPU threads in Slicer, as ``"ENCODER,DECODER"``: ``$SAMVOLSEG_THREADS`` when set (the user's
-    choice wins), else the encoder on every CPU but one, so Slicer's GUI thread keeps a core while a region is
-    encoded, and the per-click decoder on one (``SAMVolSegmentLib/engine/threads.py`` says why)."""
+    choice wins), else every CPU but one (up to 8 for the encoder, 2 for the per-click decoder), so Slicer's GUI
+    thread keeps a core while the model runs (``SAMVolSegmentLib/engine/threads.py`` has the measurements)."""
     from SAMVolSegmentLib.engine.threads import ENV_THREADS, ThreadPolicy, available_cpus
 
     environ = os.environ if environ is None else environ
     if str(environ.get(ENV_THREADS, "")).strip():
         return str(ThreadPolicy.parse(environ[ENV_THREADS]))
     cpus = available_cpus() if cpus is None else int(cpus)
-    return str(ThreadPolicy(encoder=max(1, min(cpus - 1, 8)), decoder=1))
+    spare = max(1, cpus - 1)
+    return str(ThreadPolicy(encoder=min(spare, 8), decoder=min(spare, 2)))
 
 
 def resolveDevice(device: str) -> str:

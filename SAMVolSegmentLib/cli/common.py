@@ -60,8 +60,8 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=argparse.SUPPRESS, help=DEVICE_HELP)
 
 
-THREADS_HELP = ("CPU threads of the model: N (encoder N, per-click decoder 1) or ENCODER,DECODER; default: "
-                f"${ENV_THREADS}, else every CPU for the encoder and one for the decoder (clicks stay fast when "
+THREADS_HELP = ("CPU threads of the model: N (encoder N, per-click decoder min(N, 2)) or ENCODER,DECODER; default: "
+                f"${ENV_THREADS}, else every CPU (up to 8) for the encoder and up to 2 for the decoder (clicks stay fast when "
                 "other programs are busy)")
 
 

@@ -124,7 +124,7 @@ class Predictor:
             ``config.low_res_size`` and ``model_id`` (see docs/ARCHITECTURE.md).
         cache_bytes: budget of the embedding cache.
         threads: CPU threads of the encoder and the decoder (:class:`~.threads.ThreadPolicy`, N or "E,D"); None:
-            ``$SAMVOLSEG_THREADS`` or the default (every CPU for the encoder, one for the decoder; see
+            ``$SAMVOLSEG_THREADS`` or the default (every CPU for the encoder, up to two for the decoder; see
             :mod:`.threads` for why).
     """
 

@@ -3,16 +3,19 @@
 Why it matters (``benchmarks/under_load.py``): torch's CPU build runs its operators on an OpenMP team as wide
 as the machine. A click is hundreds of small operators, each a parallel region that ends in a barrier; when
 another process (Slicer's GUI, a browser, an evaluation run) holds one of the cores, every barrier waits for a
-descheduled team member, and a 50 ms click becomes 0.2–2 s. One thread has no team and no barrier, and the
-decoder's small operators gain little from a second thread anyway, so clicks decode on one thread. The encoder
-(a few large convolutions, once per region) keeps several threads. By default libgomp also spins up to
-~300,000 iterations in every idle team member after each parallel region, burning a core that another process
-could use; :func:`configure_openmp` makes idle members sleep instead (``OMP_WAIT_POLICY=PASSIVE``), which has to
-happen before torch is first imported.
+descheduled team member that spins while it waits, and a 50 ms click becomes 0.2–2 s. libgomp's idle team
+members spin up to ~300,000 iterations (about 3 ms) after every parallel region, burning the core that the other
+process needs; :func:`configure_openmp` makes them sleep instead (``OMP_WAIT_POLICY=PASSIVE``, which has to
+happen before torch is first imported). Measured on a 2-core VM with one competing busy process, that alone takes
+the click p50 from 4.2x to 1.3x its quiet value; one decoder thread instead of two takes it to 1.05x but costs
+~20 % on a quiet machine and doubles the click time at click 100 of one mask, so the decoder keeps two threads
+where there are two cores (Slicer's default, ``SAMVolSegment/SAMVolSegmentSlicerLib/local_session.py``, leaves
+a core to its GUI thread instead). The encoder (a few large convolutions, once per region) uses every CPU up
+to eight.
 
 Resolution order: an explicit ``threads`` argument (``Predictor``, ``InteractiveSession``, ``--threads``), then
 the environment variable ``SAMVOLSEG_THREADS``, then :meth:`ThreadPolicy.default`. Each is ``"N"`` (encoder N
-threads, decoder ``min(N, default decoder)``) or ``"E,D"`` (both given).
+threads, decoder ``min(N, 2)``) or ``"E,D"`` (both given).
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Union
 
 ENV_THREADS = "SAMVOLSEG_THREADS"
-#: Threads of the per-click decoder by default (measured: no slower than two threads on a quiet machine, and
-#: far faster than two beside a busy process; see the module docstring).
-DEFAULT_DECODER_THREADS = 1
+#: Most threads of the per-click decoder by default: its operators are small, and more threads mostly add
+#: barriers (see the module docstring for the measurements behind 2).
+DEFAULT_DECODER_THREADS = 2
 #: Upper bound of the default encoder threads: more gains little on one 128³ ROI and takes cores from the rest
 #: of the machine.
 MAX_DEFAULT_ENCODER_THREADS = 8
@@ -54,7 +57,8 @@ class ThreadPolicy:
 
     @classmethod
     def default(cls) -> ThreadPolicy:
-        """Encoder: every available CPU (at most :data:`MAX_DEFAULT_ENCODER_THREADS`); decoder: one thread."""
+        """Encoder: every available CPU (at most :data:`MAX_DEFAULT_ENCODER_THREADS`); decoder: at most
+        :data:`DEFAULT_DECODER_THREADS`."""
         encoder = min(available_cpus(), MAX_DEFAULT_ENCODER_THREADS)
         return cls(encoder=encoder, decoder=min(encoder, DEFAULT_DECODER_THREADS))
 
