@@ -491,7 +491,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                    decay_from_minute=args.decay_from_minute, lr=args.lr, clicks=args.clicks, device=args.device,
                    checkpoint_every_s=60.0 * args.checkpoint_minutes, box_fraction=args.box_fraction,
                    local_weight=args.local_loss, cvpr_click_fraction=args.cvpr_click_fraction,
-                   max_steps=args.max_steps, keep_exports_from_minute=args.keep_exports_from_minute)
+                   max_steps=args.max_steps, keep_exports_from_minute=args.keep_exports_from_minute,
+                   seed_fraction=args.seed_fraction)
     print(json.dumps(result))
     return 0
 
@@ -566,6 +567,9 @@ def _add_training_commands(sub) -> None:
                     help="share of real draws among the large targets (>= 30k voxels on the 1.5 mm grid)")
     v3.add_argument("--large-blob-fraction", type=float, default=0.0,
                     help="share of synthetic blobs drawn large (radius 60-120 mm)")
+    v3.add_argument("--seed-fraction", type=float, default=0.0,
+                    help="share of no-box episodes starting from a seed mask prompt (an imperfect copy of the target, "
+                         "as the session seeds extension and context ROIs)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("average", formatter_class=_HelpFormatter,

@@ -23,6 +23,7 @@ from SAMVolSegmentLib.training import (
     simulate_click,
     train,
     training_box,
+    training_seed,
 )
 from SAMVolSegmentLib.training_data import SampleSource
 
@@ -144,6 +145,24 @@ def test_training_boxes_full_and_challenge():
     rng = np.random.default_rng(0)
     widths = [np.diff(training_box(target, rng, "challenge"), axis=0)[0, 0] for _ in range(50)]
     assert min(widths) < np.ptp(occupied[:, 0]) - 2  # some boxes are cut to the middle slice's extent
+
+
+def test_seeded_episodes_start_from_an_imperfect_copy_of_the_target():
+    """Seeds as the session gives them (±1 logits): close to the target, not equal to it in general."""
+    target = np.zeros((16, 16, 16), np.float32)
+    target[3:11, 4:12, 2:13] = 1.0
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        seed = training_seed(target, rng)
+        assert set(np.unique(seed)) <= {-1.0, 1.0}
+        mask = seed > 0
+        assert 0.4 < 2 * (mask & (target > 0)).sum() / (mask.sum() + (target > 0).sum()) <= 1.0
+    torch.manual_seed(0)
+    model = ClickNet2(TINY_CLICKNET2)
+    image, label = synthetic_sample(np.random.default_rng(0), 32)
+    x = torch.from_numpy(image)[None, None]
+    loss, dices = episode_loss(model, x, label[None], clicks=2, rng=np.random.default_rng(0), seed_fraction=1.0)
+    assert len(dices) == 2 and torch.isfinite(loss)
 
 
 def test_locality_loss_counts_only_far_voxels_that_got_worse():
