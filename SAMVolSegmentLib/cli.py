@@ -215,7 +215,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         try:
             result = evaluate_cases(cases, model, args.clicks, progress=progress, with_baseline=not args.no_baseline,
                                     baseline_clicks=args.baseline_clicks or "shared",
-                                    model_name=None if no_model else args.model)
+                                    model_name=None if no_model else args.model,
+                                    session_options=_session_options(args))
         finally:
             close()
         written.extend(write_results(result, args.output, plot=not args.no_plot).values())
@@ -224,6 +225,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         written.extend(_evaluate_cvpr25(args, cases, model, no_model))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _session_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of the evaluation's sessions from the command line."""
+    return {"coarse_context": True} if getattr(args, "coarse_context", False) else {}
 
 
 def _evaluate_cvpr25(args: argparse.Namespace, cases, model, no_model: bool) -> list[Path]:
@@ -235,7 +241,8 @@ def _evaluate_cvpr25(args: argparse.Namespace, cases, model, no_model: bool) -> 
     try:
         result = evaluate_cvpr25(cases, model, progress=progress, with_baseline=not args.no_baseline,
                                  baseline_clicks=args.baseline_clicks or "own",
-                                 model_name=None if no_model else args.model, box_mode=args.box_mode)
+                                 model_name=None if no_model else args.model, box_mode=args.box_mode,
+                                 session_options=_session_options(args))
     finally:
         close()
     print(format_table(result))
@@ -749,6 +756,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cvpr25: the session clips the mask to the challenge's box; clip: for every step (default; "
                         "the challenge keeps its box in the input), initial: lift the clip before the first click")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--coarse-context", action="store_true",
+                   help="sessions with coarse_context: the first prompt also runs on a 3 mm ROI (384 mm field) for "
+                        "structures larger than one ROI (an experiment of issue 22)")
     _add_device(p)
     p.set_defaults(func=cmd_evaluate)
 
