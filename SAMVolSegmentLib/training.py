@@ -427,6 +427,7 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
         step, elapsed, best = state["step"], state["elapsed_s"], state["best_train_dice"]
         rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"].cpu())
+        _truncate_log(out_dir / "log.jsonl", step)
     if roi_sizes is None:
         roi_sizes = TRAIN_ROI_SIZES if getattr(model, "family", "") == "clicknet2" else ((model.config.image_size, 1.0),)
     sizes = [size for size, _ in roi_sizes]
@@ -488,6 +489,18 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
     if bar is not None:
         bar.close()
     return {"steps": step, "minutes": (time.perf_counter() - start) / 60, "train_dice_last100": float(np.mean(window or [0]))}
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the log lines of steps after the checkpoint a run resumes from (a stopped run logs a few steps past
+    its last checkpoint; the resumed run logs them again). Atomic; a missing log is left alone."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text("".join(line + "\n" for line in keep))
 
 
 def _progress(minutes: float, elapsed: float):

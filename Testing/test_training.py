@@ -197,9 +197,13 @@ def test_v3_options_train_a_box_model_and_resume(tmp_path):
     assert (tmp_path / "run" / "export_m0.pt").is_file()  # the kept copy for a tail average
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all("+box_" in kind for row in log for kind in row["kinds"])
+    with (tmp_path / "run" / "log.jsonl").open("a") as f:  # a step logged after the last checkpoint
+        f.write(json.dumps({"step": 3, "loss": 0.0}) + "\n")
     resumed = train(ClickNet2(ClickNet2Config.from_dict(config)), BLOBS_ONLY, tmp_path / "run", max_steps=3,
                     resume=True, **kwargs)
     assert resumed["steps"] == 3
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # the stale step 3 was dropped on resume, then logged again
     with pytest.raises(ValueError, match="box input"):
         train(ClickNet2(TINY_CLICKNET2), BLOBS_ONLY, tmp_path / "other", max_steps=1, **kwargs)
 
