@@ -299,3 +299,34 @@ def test_a_box_model_takes_the_box_as_input_without_a_centre_click_or_clip():
         assert np.array_equal(session.mask_array_kji() > 0, mask) and session.box_ras is None
         session.add_click(centre_ras, positive=True)  # the next click decodes without the box
         assert session.clicks and session.mask_array_kji().any()
+
+
+def _ball(extent_mm: float, radius_mm: float, spacing_mm: float = 2.0) -> np.ndarray:
+    """(K, J, I) bool: a centred ball in a cube of ``extent_mm`` sampled at ``spacing_mm``."""
+    axis = (np.arange(int(extent_mm / spacing_mm)) - (extent_mm / spacing_mm - 1) / 2) * spacing_mm
+    k, j, i = np.meshgrid(axis, axis, axis, indexing="ij")
+    return i**2 + j**2 + k**2 <= radius_mm**2
+
+
+def test_coarse_context_finds_a_structure_larger_than_one_roi_and_leaves_small_ones_alone():
+    """``coarse_context``: a sphere 240 mm across (the 192 mm ROI lies inside it) is found by the 3 mm context ROI;
+    a small sphere's mask is the same with and without it (the context mask stays inside the first ROI)."""
+    from SAMVolSegmentLib.engine.metrics import dice
+
+    model = load_model("default")
+    torch.set_num_threads(1)
+    ijk_to_ras = np.diag([2.0, 2.0, 2.0, 1.0])
+    for radius, extent in ((120.0, 300.0), (12.0, 64.0)):
+        truth = _ball(extent, radius)
+        image = (np.where(truth, 140.0, 40.0) + np.random.default_rng(0).normal(0, 8, truth.shape)).astype(np.float32)
+        centre_ras = ijk_to_ras[:3, :3] @ ((np.array(truth.shape) - 1) / 2)
+        masks = []
+        for context in (False, True):
+            with InteractiveSession(model, coarse_context=context) as session:
+                session.set_volume(image, ijk_to_ras)
+                session.add_click(centre_ras, positive=True)
+                masks.append(session.mask_array_kji() > 0)
+        if radius > 100:
+            assert dice(masks[1], truth) > dice(masks[0], truth) + 0.2
+        else:
+            assert np.array_equal(masks[0], masks[1])

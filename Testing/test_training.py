@@ -23,6 +23,7 @@ from SAMVolSegmentLib.tools.training import (
     simulate_click,
     train,
     training_box,
+    training_seed,
 )
 from SAMVolSegmentLib.tools.training_data import SampleSource
 
@@ -146,6 +147,24 @@ def test_training_boxes_full_and_challenge():
     assert min(widths) < np.ptp(occupied[:, 0]) - 2  # some boxes are cut to the middle slice's extent
 
 
+def test_seeded_episodes_start_from_an_imperfect_copy_of_the_target():
+    """Seeds as the session gives them (±1 logits): close to the target, not equal to it in general."""
+    target = np.zeros((16, 16, 16), np.float32)
+    target[3:11, 4:12, 2:13] = 1.0
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        seed = training_seed(target, rng)
+        assert set(np.unique(seed)) <= {-1.0, 1.0}
+        mask = seed > 0
+        assert 0.4 < 2 * (mask & (target > 0)).sum() / (mask.sum() + (target > 0).sum()) <= 1.0
+    torch.manual_seed(0)
+    model = ClickNet2(TINY_CLICKNET2)
+    image, label = synthetic_sample(np.random.default_rng(0), 32)
+    x = torch.from_numpy(image)[None, None]
+    loss, dices = episode_loss(model, x, label[None], clicks=2, rng=np.random.default_rng(0), seed_fraction=1.0)
+    assert len(dices) == 2 and torch.isfinite(loss)
+
+
 def test_locality_loss_counts_only_far_voxels_that_got_worse():
     target = torch.zeros(1, 1, 16, 16, 16)
     target[..., 2:6, 2:6, 2:6] = 1
@@ -178,9 +197,13 @@ def test_v3_options_train_a_box_model_and_resume(tmp_path):
     assert (tmp_path / "run" / "export_m0.pt").is_file()  # the kept copy for a tail average
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all("+box_" in kind for row in log for kind in row["kinds"])
+    with (tmp_path / "run" / "log.jsonl").open("a") as f:  # a step logged after the last checkpoint
+        f.write(json.dumps({"step": 3, "loss": 0.0}) + "\n")
     resumed = train(ClickNet2(ClickNet2Config.from_dict(config)), BLOBS_ONLY, tmp_path / "run", max_steps=3,
                     resume=True, **kwargs)
     assert resumed["steps"] == 3
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # the stale step 3 was dropped on resume, then logged again
     with pytest.raises(ValueError, match="box input"):
         train(ClickNet2(TINY_CLICKNET2), BLOBS_ONLY, tmp_path / "other", max_steps=1, **kwargs)
 

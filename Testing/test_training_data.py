@@ -80,6 +80,21 @@ def test_sampling_is_balanced_by_group_then_case():
     assert all(abs(counts[g] / 3000 - 1 / 3) < 0.04 for g in ("hippocampus", "lesion", "multiorgan")), counts
 
 
+def test_large_fraction_draws_from_the_large_targets(monkeypatch):
+    import SAMVolSegmentLib.tools.training_data as training_data
+
+    monkeypatch.setattr(training_data, "LARGE_TARGET_VOXELS_MODEL", 100)  # toy cases: 64 voxels per slab
+    small = [_toy_case(f"hippo{i}", "hippocampus", 2) for i in range(5)]
+    big = _toy_case("organs", "multiorgan", 1)
+    big.labels_model[:4] = 1  # 256 voxels of label 1
+    source = SampleSource(small + [big], large_fraction=0.5)
+    assert [values for _, values in source.large_targets] == [(1,)]
+    rng = np.random.default_rng(0)
+    picks = collections.Counter(source.pick_target(rng)[0].name for _ in range(2000))
+    assert abs(picks["organs"] / 2000 - (0.5 + 0.5 / 2)) < 0.04  # the large pool, plus its group's share
+    assert SampleSource(small).large_fraction == 0.0
+
+
 def test_augmentation_moves_image_and_target_together():
     rng = np.random.default_rng(0)
     raw = np.full((16, 16, 16), 10.0, np.float32)

@@ -54,12 +54,15 @@ def main(argv=None) -> int:
     parser.add_argument("--clicks", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--coarse-context", action="store_true",
+                        help="sessions with coarse_context (a 3 mm context ROI on the first click; issue 22)")
     args = parser.parse_args(argv)
+    session_options = {"coarse_context": True} if args.coarse_context else {}
     torch.set_num_threads(args.threads)
     targets = report_targets(args.data)
     report = {"machine": {"python": sys.version.split()[0], "torch": torch.__version__,
                           "platform": platform.platform(), "threads": args.threads},
-              "targets": len(targets), "clicks": args.clicks, "models": {}}
+              "targets": len(targets), "clicks": args.clicks, "session_options": session_options, "models": {}}
     # The baseline also with its own clicks (each next click at its own largest error), so that the comparison
     # on the model's clicks can be read against what region growing does when it drives the clicks itself.
     own = per_target(evaluate_cases(targets, None, args.clicks).rows)
@@ -67,7 +70,7 @@ def main(argv=None) -> int:
                                      "mean": np.mean([v["baseline"] for v in own.values()], axis=0).tolist()}
     for name in args.models.split(","):
         start = time.perf_counter()
-        result = evaluate_cases(targets, name, args.clicks, model_name=name)
+        result = evaluate_cases(targets, name, args.clicks, model_name=name, session_options=session_options)
         table = per_target(result.rows)
         methods = ("model", "baseline")
         means = {m: np.mean([table[t][m] for t in table], axis=0).tolist() for m in methods}

@@ -25,21 +25,22 @@ RADIUS_MM, NOISE_SIGMA, EXTENT_MM = 12.0, 8.0, 64.0
 
 
 def sphere_volume(spacing_ijk: Sequence[float], inside: float, outside: float, seed: int = 0,
-                  extent_mm: float = EXTENT_MM) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image (K, J, I) float32, ijk_to_ras 4×4, truth (K, J, I) bool): a sphere of ``RADIUS_MM`` at the centre
+                  extent_mm: float = EXTENT_MM, radius_mm: float = RADIUS_MM) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image (K, J, I) float32, ijk_to_ras 4×4, truth (K, J, I) bool): a sphere of ``radius_mm`` at the centre
     of an ``extent_mm`` cube, Gaussian noise σ ``NOISE_SIGMA`` (same seed for every intensity pair)."""
     spacing = np.asarray(spacing_ijk, dtype=np.float64)
     shape_ijk = np.round(extent_mm / spacing).astype(int)
     axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape_ijk, spacing)]
     k, j, i = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
-    truth = i**2 + j**2 + k**2 <= RADIUS_MM**2
+    truth = i**2 + j**2 + k**2 <= radius_mm**2
     noise = np.random.default_rng(seed).normal(0.0, NOISE_SIGMA, truth.shape)
     image = np.where(truth, inside, outside) + noise
     ijk_to_ras = np.diag([*spacing, 1.0])
     return image.astype(np.float32), ijk_to_ras, truth
 
 
-def run(models: Sequence[str], threads: int, extent_mm: float = EXTENT_MM) -> List[Dict[str, object]]:
+def run(models: Sequence[str], threads: int, extent_mm: float = EXTENT_MM, radius_mm: float = RADIUS_MM,
+        coarse_context: bool = False) -> List[Dict[str, object]]:
     import torch
 
     from SAMVolSegmentLib.engine.metrics import dice
@@ -52,15 +53,17 @@ def run(models: Sequence[str], threads: int, extent_mm: float = EXTENT_MM) -> Li
         model = load_model(name)
         for spacing in SPACINGS:
             for inside, outside in INTENSITY_PAIRS:
-                image, ijk_to_ras, truth = sphere_volume(spacing, inside, outside, extent_mm=extent_mm)
+                image, ijk_to_ras, truth = sphere_volume(spacing, inside, outside, extent_mm=extent_mm,
+                                                         radius_mm=radius_mm)
                 centre_ras = ijk_to_ras[:3, :3] @ ((np.array(image.shape[::-1]) - 1) / 2)
-                with InteractiveSession(model) as session:
+                with InteractiveSession(model, coarse_context=coarse_context) as session:
                     session.set_volume(image, ijk_to_ras)
                     start = time.perf_counter()
                     session.add_click(centre_ras, positive=True)
                     seconds = time.perf_counter() - start
                     mask = session.mask_array_kji() > 0
-                rows.append({"model": name, "extent_mm": extent_mm, "spacing_ijk": list(spacing), "sphere": inside, "background": outside,
+                rows.append({"model": name, "coarse_context": coarse_context, "extent_mm": extent_mm,
+                             "radius_mm": radius_mm, "spacing_ijk": list(spacing), "sphere": inside, "background": outside,
                              "dice_click1": round(dice(mask, truth), 4),
                              "mask_over_truth": round(float(mask.sum()) / float(truth.sum()), 3),
                              "click_s": round(seconds, 3)})
@@ -74,8 +77,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--extent-mm", type=float, default=EXTENT_MM,
                         help="edge of the cubic volume (the ROI is 192 mm: a smaller volume means padding)")
+    parser.add_argument("--radius-mm", type=float, default=RADIUS_MM,
+                        help="sphere radius (e.g. 80 in a 240 mm cube: an organ larger than one 192 mm ROI)")
+    parser.add_argument("--coarse-context", action="store_true",
+                        help="sessions with coarse_context=True (a 3 mm context ROI on the first click)")
     args = parser.parse_args()
-    run([m for m in args.models.split(",") if m], args.threads, args.extent_mm)
+    run([m for m in args.models.split(",") if m], args.threads, args.extent_mm, args.radius_mm, args.coarse_context)
 
 
 if __name__ == "__main__":

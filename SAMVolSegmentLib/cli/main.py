@@ -154,7 +154,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         try:
             result = evaluate_cases(cases, model, args.clicks, progress=progress, with_baseline=not args.no_baseline,
                                     baseline_clicks=args.baseline_clicks or "shared",
-                                    model_name=None if no_model else args.model)
+                                    model_name=None if no_model else args.model,
+                                    session_options=_session_options(args))
         finally:
             close()
         written.extend(write_results(result, args.output, plot=not args.no_plot).values())
@@ -163,6 +164,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         written.extend(_evaluate_cvpr25(args, cases, model, no_model))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _session_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of the evaluation's sessions from the command line."""
+    return {"coarse_context": True} if getattr(args, "coarse_context", False) else {}
 
 
 def _evaluate_cvpr25(args: argparse.Namespace, cases, model, no_model: bool) -> list[Path]:
@@ -174,7 +180,8 @@ def _evaluate_cvpr25(args: argparse.Namespace, cases, model, no_model: bool) -> 
     try:
         result = evaluate_cvpr25(cases, model, progress=progress, with_baseline=not args.no_baseline,
                                  baseline_clicks=args.baseline_clicks or "own",
-                                 model_name=None if no_model else args.model, box_mode=args.box_mode)
+                                 model_name=None if no_model else args.model, box_mode=args.box_mode,
+                                 session_options=_session_options(args))
     finally:
         close()
     print(format_table(result))
@@ -431,7 +438,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                    decay_from_minute=args.decay_from_minute, lr=args.lr, clicks=args.clicks, device=args.device,
                    checkpoint_every_s=60.0 * args.checkpoint_minutes, box_fraction=args.box_fraction,
                    local_weight=args.local_loss, cvpr_click_fraction=args.cvpr_click_fraction,
-                   max_steps=args.max_steps, keep_exports_from_minute=args.keep_exports_from_minute)
+                   max_steps=args.max_steps, keep_exports_from_minute=args.keep_exports_from_minute,
+                   seed_fraction=args.seed_fraction)
     print(json.dumps(result))
     return 0
 
@@ -507,6 +515,9 @@ def _add_training_commands(sub) -> None:
                     help="share of real draws among the large targets (>= 30k voxels on the 1.5 mm grid)")
     v3.add_argument("--large-blob-fraction", type=float, default=0.0,
                     help="share of synthetic blobs drawn large (radius 60-120 mm)")
+    v3.add_argument("--seed-fraction", type=float, default=0.0,
+                    help="share of no-box episodes starting from a seed mask prompt (an imperfect copy of the target, "
+                         "as the session seeds extension and context ROIs)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("average", formatter_class=_HelpFormatter,
@@ -689,6 +700,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cvpr25: the session clips the mask to the challenge's box; clip: for every step (default; "
                         "the challenge keeps its box in the input), initial: lift the clip before the first click")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--coarse-context", action="store_true",
+                   help="sessions with coarse_context: the first prompt also runs on a 3 mm ROI (384 mm field) for "
+                        "structures larger than one ROI (an experiment of issue 22)")
     add_device(p)
     add_threads(p)
     p.set_defaults(func=cmd_evaluate)

@@ -29,7 +29,16 @@ import torch
 from ..errors import InvalidPromptError, SessionStateError
 from ..model.proposal_head import class_index, click_adapted_classes, proposal_classes
 from .clicks import deepest_point_roi
-from .geometry import RoiWindow, VolumeGeometry, bbox_shape, box_corners, lps_to_ras, mask_bbox, ordered_box
+from .geometry import (
+    ModelGrid,
+    RoiWindow,
+    VolumeGeometry,
+    bbox_shape,
+    box_corners,
+    lps_to_ras,
+    mask_bbox,
+    ordered_box,
+)
 from .image_checks import warn_about_image
 from .mask_update import BBoxKJI, MaskUpdate, union_bbox
 from .predictor import Predictor
@@ -58,6 +67,10 @@ MAX_EXTENSIONS_PER_CLICK = 2
 #: Logit given to the seed mask prompt of a new ROI (binary mask → ±value); the CVPR-branch reference
 #: feeds the previous segmentation as a binary mask.
 SEED_MASK_LOGIT = 1.0
+#: ``coarse_context``: the context ROI's voxels are this many model voxels (3 mm: a 384 mm field for 128³).
+CONTEXT_SPACING_FACTOR = 2
+#: ``coarse_context``: the context mask is used when it reaches this far (mm) beyond the first ROI's faces.
+CONTEXT_BEYOND_ROI_MM = 6.0
 
 
 @dataclass(frozen=True)
@@ -176,6 +189,10 @@ class InteractiveSession:
         threads: CPU threads of the encoder and the per-click decoder (N, "E,D" or a ``ThreadPolicy``); None:
             ``$SAMVOLSEG_THREADS`` or the default (:mod:`.threads`). Given with a ``Predictor``, it replaces the
             predictor's.
+        coarse_context: the first prompt of a new mask also runs the model on a ROI at
+            ``CONTEXT_SPACING_FACTOR`` × the model spacing (one more encoder run); when that coarse mask reaches
+            beyond the first ROI (a structure larger than one ROI: a lung, a liver), it becomes the mask outside
+            the first ROI and the seed of the ROIs that refine it. Off by default (an experiment of issue 22).
     """
 
     def __init__(
@@ -188,8 +205,11 @@ class InteractiveSession:
         max_undo_bytes: int = 256 << 20,
         auto_extend: bool = True,
         threads: Union[None, int, str, ThreadPolicy] = None,
+        coarse_context: bool = False,
     ) -> None:
         self.auto_extend = auto_extend
+        self.coarse_context = coarse_context
+        self._context_volume: Optional[Tuple[str, ModelVolume]] = None  # (fingerprint, coarse model volume)
         if isinstance(model, Predictor):
             if threads is not None:
                 model.threads = ThreadPolicy.resolve(threads)
@@ -611,9 +631,12 @@ class InteractiveSession:
             roi = RoiWindow.centred_at(model_volume.grid, centre, size=self.predictor.image_size)
             key = tuple(int(v) for v in roi.start_model)
             rois = dict(state.rois)
-            rois[key] = _RoiState(roi, self._seed_logits(roi, self._label_kji))
+            context = [] if rois else self._context_update(roi, centre, state.clicks, state.box_ras, self._label_kji)
+            label_kji = self._label_with(context) if context else self._label_kji
+            rois[key] = _RoiState(roi, self._seed_logits(roi, label_kji))
             state = replace(state, rois=tuple(rois.items()), active_roi=key)
-            return self._decode_roi(state, key, extend=True)
+            state, updates = self._decode_roi(state, key, extend=True, pending=context)
+            return state, [*context, *updates]
         return self._decode_roi(state, state.active_roi, extend=False)
 
     def _box_roi(self, roi: RoiWindow, box_ras) -> Optional[np.ndarray]:
@@ -645,15 +668,52 @@ class InteractiveSession:
         rois = dict(state.rois)
         key = self._roi_for_point(rois, click.point_ras)
         label_kji = self._label_with(list(base)) if base else self._label_kji
+        context: List[MaskUpdate] = []
         if key is None:
             centre = click.point_ras
             if not state.clicks and state.box_ras is not None:
                 centre = (np.asarray(state.box_ras[0]) + np.asarray(state.box_ras[1])) / 2
             roi = RoiWindow.centred_at(model_volume.grid, centre, size=self.predictor.image_size)
             key = tuple(int(v) for v in roi.start_model)
+            if not rois:
+                context = self._context_update(roi, centre, (*state.clicks, click), state.box_ras, label_kji)
+                if context:
+                    label_kji = self._label_with([*base, *context])
             rois[key] = _RoiState(roi, self._seed_logits(roi, label_kji))
         state = replace(state, clicks=(*state.clicks, click), rois=tuple(rois.items()), active_roi=key)
-        return self._decode_roi(state, key, extend=True, pending=list(base))
+        state, updates = self._decode_roi(state, key, extend=True, pending=[*base, *context])
+        return state, [*context, *updates]
+
+    def _context_model_volume(self) -> ModelVolume:
+        """The volume on the coarse context grid (``CONTEXT_SPACING_FACTOR`` × the model spacing), made once."""
+        volume = self._require_volume()
+        if self._context_volume is None or self._context_volume[0] != volume.fingerprint:
+            spacing = self._model_volume().grid.spacing * CONTEXT_SPACING_FACTOR
+            self._context_volume = (volume.fingerprint,
+                                    resample_to_model_grid(volume, ModelGrid.covering(volume.geometry, spacing)))
+        return self._context_volume[1]
+
+    def _context_update(self, roi: RoiWindow, centre_ras: np.ndarray, clicks: Sequence[Click], box_ras,
+                        label_kji: np.ndarray) -> List[MaskUpdate]:
+        """``coarse_context``: the mask of the first prompt on a coarse ROI centred like ``roi``, as an update of
+        the label — only for a fresh mask (empty label) whose coarse mask reaches more than
+        ``CONTEXT_BEYOND_ROI_MM`` beyond ``roi``; otherwise no update (the fine ROI alone decides)."""
+        if not self.coarse_context or label_kji.any():
+            return []
+        volume = self._context_model_volume()
+        context_roi = RoiWindow.centred_at(volume.grid, centre_ras, size=self.predictor.image_size)
+        logits = self._predict(_RoiState(context_roi, None), clicks, box_ras, model_volume=volume)
+        foreground = (logits[0, 0] > 0).cpu().numpy()
+        if not foreground.any():
+            return []
+        low = foreground.shape[0]
+        centres_ras = context_roi.lowres_geometry(low).ijk_to_ras_points(np.argwhere(foreground).astype(np.float64))
+        inner = roi.ras_to_roi(centres_ras)
+        reach = CONTEXT_BEYOND_ROI_MM / roi.spacing
+        beyond = np.any((inner < -0.5 - reach) | (inner > roi.size - 0.5 + reach), axis=1)
+        if not beyond.any():
+            return []
+        return [self._paste(context_roi, logits, box_ras, label_kji)]
 
     def _roi_for_point(self, rois: Dict[RoiKey, _RoiState], point_ras: np.ndarray) -> Optional[RoiKey]:
         """The ROI whose interior holds the point (nearest centre first), or None to open a new one."""
@@ -685,9 +745,12 @@ class InteractiveSession:
             updates.extend(more)
         return state, updates
 
-    def _predict(self, roi_state: _RoiState, clicks: Sequence[Click], box_ras=None) -> torch.Tensor:
+    def _predict(self, roi_state: _RoiState, clicks: Sequence[Click], box_ras=None,
+                 model_volume: Optional[ModelVolume] = None) -> torch.Tensor:
+        """The ROI's new low-res logits (1, 1, L, L, L) for ``clicks`` (those inside it) and the box;
+        ``model_volume``: the grid the ROI belongs to (default: the model grid; the coarse context grid)."""
         roi = roi_state.roi
-        model_volume = self._model_volume()
+        model_volume = model_volume or self._model_volume()
         cache_key = roi.embedding_key(self._require_volume().fingerprint)
         embedding = self.predictor.cached_embedding(cache_key)
         if embedding is None:  # crop and normalise only when the encoder has to run

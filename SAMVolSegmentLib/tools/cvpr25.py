@@ -420,11 +420,12 @@ def evaluate_cvpr25(
     model_name: Optional[str] = None,
     num_clicks: int = NUM_CLICKS,
     box_mode: str = "clip",
+    session_options: Optional[Dict[str, Any]] = None,
 ) -> Cvpr25Result:
     """The challenge's protocol on every case; see :func:`run_case` for the arguments.
 
     ``model_source``: a registry name or checkpoint path, a loaded model or ``Predictor``, or None for the
-    baseline alone.
+    baseline alone. ``session_options``: keyword arguments of every session (e.g. ``{"coarse_context": True}``).
     """
     model, name = resolve_model(model_source, device)
     result = Cvpr25Result(model=model_name or name, num_clicks=num_clicks, box_mode=box_mode,
@@ -432,7 +433,7 @@ def evaluate_cvpr25(
     for steps, per_case in for_each_case(cases, model, progress, lambda session, case, case_progress: run_case(
             session, case, with_baseline if session is not None else True,
             baseline_clicks if session is not None else "own", label_value, num_clicks, box_mode,
-            progress=case_progress)):
+            progress=case_progress), session_options):
         result.steps.extend(steps)
         result.cases.extend(per_case)
     return result

@@ -448,6 +448,7 @@ def evaluate_cases(
     baseline_clicks: str = "shared",
     device: str = "cpu",
     model_name: Optional[str] = None,
+    session_options: Optional[Dict[str, Any]] = None,
 ) -> EvaluationResult:
     """Evaluate a model and the baseline on labelled cases with simulated clicks.
 
@@ -461,22 +462,26 @@ def evaluate_cases(
         progress: ``progress(fraction, message)`` over all cases.
         baseline_clicks: "shared" or "own", see :func:`simulate_case`.
         model_name: name recorded in the results (default: the source's name or ``model_id``).
+        session_options: keyword arguments of every :class:`~SAMVolSegmentLib.engine.session.InteractiveSession`
+            (e.g. ``{"coarse_context": True}``).
     """
     model, name = resolve_model(model_source, device)
     result = EvaluationResult(model=model_name or name, num_clicks=num_clicks,
                               baseline_clicks=baseline_clicks if model is not None else "own")
     for rows in for_each_case(cases, model, progress, lambda session, case, case_progress: simulate_case(
             session, case, num_clicks, with_baseline if session is not None else True,
-            baseline_clicks if session is not None else "own", label_value, case_progress)):
+            baseline_clicks if session is not None else "own", label_value, case_progress), session_options):
         result.rows.extend(rows)
     return result
 
 
 def for_each_case(cases: Sequence[Case], model: Any, progress: Optional[ProgressCallback],
-                  run_one: Callable[[Any, Case, ProgressCallback], Any]) -> Iterator[Any]:
+                  run_one: Callable[[Any, Case, ProgressCallback], Any],
+                  session_options: Optional[Dict[str, Any]] = None) -> Iterator[Any]:
     """Yield ``run_one(session, case, case_progress)`` for every case — a fresh
-    :class:`~SAMVolSegmentLib.engine.session.InteractiveSession` per case, or None when ``model`` is None (baseline
-    only) — with ``progress(fraction, message)`` over all cases; the loop both click protocols share."""
+    :class:`~SAMVolSegmentLib.engine.session.InteractiveSession` per case (with ``session_options``), or None when
+    ``model`` is None (baseline only) — with ``progress(fraction, message)`` over all cases; the loop both click
+    protocols share."""
     total = max(len(cases), 1)
     for index, case in enumerate(cases):
         def case_progress(fraction: float, message: str, index: int = index) -> None:
@@ -489,7 +494,7 @@ def for_each_case(cases: Sequence[Case], model: Any, progress: Optional[Progress
         else:
             from ..engine.session import InteractiveSession
 
-            with InteractiveSession(model) as session:
+            with InteractiveSession(model, **(session_options or {})) as session:
                 yield run_one(session, case, case_progress)
     if progress is not None:
         progress(1.0, "done")

@@ -131,6 +131,27 @@ def training_box(target_roi: np.ndarray, rng: np.random.Generator, kind: str) ->
     return np.stack([lo, hi]).astype(np.float32)
 
 
+def training_seed(target_low: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A seed mask prompt as the session gives a new ROI (its current mask there, ±``SEED_MASK_LOGIT``): an
+    imperfect copy of the (L, L, L) soft target — at half resolution (the coarse context's 6 mm mask), dilated
+    by 1–2 voxels or eroded by 1 — as float32 (L, L, L) logits."""
+    from scipy import ndimage
+
+    from ..engine.session import SEED_MASK_LOGIT
+
+    mask = target_low >= 0.5
+    kind = int(rng.integers(3))
+    if kind == 0 and mask.shape[0] % 2 == 0:
+        half = low_res_target(mask.astype(np.float32), mask.shape[0] // 2) >= 0.5
+        mask = half.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    elif kind == 1:
+        mask = ndimage.binary_dilation(mask, iterations=int(rng.integers(1, 3)))
+    else:
+        eroded = ndimage.binary_erosion(mask)
+        mask = eroded if eroded.any() else mask
+    return ((mask.astype(np.float32) * 2 - 1) * SEED_MASK_LOGIT).astype(np.float32)
+
+
 def locality_loss(logits: torch.Tensor, previous_logits: torch.Tensor, target: torch.Tensor,
                   click_low: torch.Tensor) -> torch.Tensor:
     """Penalty of a correction step on what it undid far from its click.
@@ -162,7 +183,8 @@ def locality_loss(logits: torch.Tensor, previous_logits: torch.Tensor, target: t
 def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: int, rng: np.random.Generator,
                  pos_weight: float = 3.0, grad_clicks: Optional[Sequence[int]] = None,
                  boxes_roi: Optional[np.ndarray] = None, local_weight: float = 0.0,
-                 click_rule: ClickRule = SAMVOLSEG_CLICKS) -> Tuple[torch.Tensor, List[float]]:
+                 click_rule: ClickRule = SAMVOLSEG_CLICKS,
+                 seed_fraction: float = 0.0) -> Tuple[torch.Tensor, List[float]]:
     """Encode once, simulate ``clicks`` clicks; returns the mean loss over the clicks that carry gradients and
     the Dice (low-res grid) after every click.
 
@@ -175,6 +197,9 @@ def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: in
             or None. An item with a box has no click at step 0 (the box alone), then corrective clicks.
         local_weight: weight of :func:`locality_loss` on the correction steps that carry gradients.
         click_rule: where corrective clicks go.
+        seed_fraction: share of the items without a box whose first step starts from a seed mask prompt
+            (:func:`training_seed`: what the session feeds an extension ROI or the ROI refining a coarse context
+            mask) instead of an empty one.
     """
     batch, image_size = images.shape[0], images.shape[-1]
     device = images.device
@@ -188,6 +213,10 @@ def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: in
         target_coarse = torch.from_numpy(np.stack([low_res_target(label, coarse_size)
                                                    for label in labels_roi]))[:, None].to(device)
     previous = torch.zeros((batch, 1, low, low, low), device=device)
+    if seed_fraction > 0:
+        for b in range(batch):
+            if (boxes_roi is None or np.isnan(boxes_roi[b]).any()) and rng.random() < seed_fraction:
+                previous[b, 0] = torch.from_numpy(training_seed(targets_low[b], rng))
     points: List[List[np.ndarray]] = [[] for _ in range(batch)]
     labels: List[List[int]] = [[] for _ in range(batch)]
     predictions: List[Optional[np.ndarray]] = [None] * batch
@@ -345,7 +374,7 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
           roi_sizes: Optional[Sequence[Tuple[int, float]]] = None, augment: bool = True,
           device: str = "cpu", max_steps: Optional[int] = None, box_fraction: float = 0.0,
           local_weight: float = 0.0, cvpr_click_fraction: float = 0.0,
-          keep_exports_from_minute: Optional[float] = None) -> dict:
+          keep_exports_from_minute: Optional[float] = None, seed_fraction: float = 0.0) -> dict:
     """Train until ``minutes`` of (cumulative) wall time; checkpoint + export every ``checkpoint_every_s``.
 
     Args:
@@ -362,6 +391,7 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
             challenge's box and half a full 3D box (:func:`training_box`).
         local_weight: weight of the locality loss on correction steps (:func:`locality_loss`).
         cvpr_click_fraction: share of the episodes whose corrective clicks follow the challenge's rule.
+        seed_fraction: share of the episodes without a box that start from a seed mask prompt (:func:`training_seed`).
         keep_exports_from_minute: from this (cumulative) minute on, every checkpoint also keeps a copy of the
             export as ``<export stem>_m<minute>.pt`` beside it (the files a tail weight average needs).
     The ROI is normalised with the model's rule (:func:`~SAMVolSegmentLib.engine.preprocessing.model_normalization`).
@@ -397,6 +427,7 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
         step, elapsed, best = state["step"], state["elapsed_s"], state["best_train_dice"]
         rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"].cpu())
+        _truncate_log(out_dir / "log.jsonl", step)
     if roi_sizes is None:
         roi_sizes = TRAIN_ROI_SIZES if getattr(model, "family", "") == "clicknet2" else ((model.config.image_size, 1.0),)
     sizes = [size for size, _ in roi_sizes]
@@ -424,7 +455,7 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
             boxes.append(box)
             kinds.append(kind)
         x = torch.from_numpy(np.stack(images))[:, None].to(device)
-        episode_kwargs = {"local_weight": local_weight}
+        episode_kwargs = {"local_weight": local_weight, "seed_fraction": seed_fraction}
         if box_fraction > 0:
             episode_kwargs["boxes_roi"] = np.stack(boxes)
         if cvpr_click_fraction > 0 and rng.random() < cvpr_click_fraction:
@@ -458,6 +489,18 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
     if bar is not None:
         bar.close()
     return {"steps": step, "minutes": (time.perf_counter() - start) / 60, "train_dice_last100": float(np.mean(window or [0]))}
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the log lines of steps after the checkpoint a run resumes from (a stopped run logs a few steps past
+    its last checkpoint; the resumed run logs them again). Atomic; a missing log is left alone."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text("".join(line + "\n" for line in keep))
 
 
 def _progress(minutes: float, elapsed: float):

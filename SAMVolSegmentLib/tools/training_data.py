@@ -170,6 +170,9 @@ class SampleSource:
         size: ROI edge in model voxels (training may use a smaller ROI than inference: the model is fully
             convolutional).
         synthesis_fraction / blob_fraction: shares of label-map synthesis and synthetic blobs; the rest real.
+        large_fraction: share of the real draws taken uniformly among the targets of at least
+            :data:`LARGE_TARGET_VOXELS_MODEL` voxels (``large_targets``; 0 when there are none).
+        large_blob_fraction: share of the synthetic blobs drawn large (radius 60–120 mm).
     """
 
     def __init__(self, cases: List[Case], synthesis_fraction: float = 0.3, blob_fraction: float = 0.2,
