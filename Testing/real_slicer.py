@@ -168,6 +168,17 @@ def registerWidget(widget) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- data on real nodes
+def showWidget(module, sessionFactory, widgets: list):
+    """The module's widget set up and entered (as Slicer does when the module is shown), its Logic's sessions
+    from ``sessionFactory``; appended to ``widgets``, which the test's teardown cleans up."""
+    widget = module.SAMVolSegmentWidget()
+    widget.setup()
+    widget.enter()
+    widget.logic.sessionFactory = sessionFactory
+    widgets.append(widget)
+    return widget
+
+
 def addVolume(arrayKji: np.ndarray, ijkToRas: Optional[np.ndarray] = None, name: str = "ct"):
     """A scalar volume with these voxels ((k, j, i)) and IJK -> RAS matrix (spacing and directions included)."""
     import slicer

@@ -49,12 +49,7 @@ def env():
     env.volume = real_slicer.addVolume(np.random.default_rng(0).normal(100, 10, SHAPE).astype(np.float32), ijk_to_ras())
 
     def make_widget(factory=ball_session):
-        widget = module.SAMVolSegmentWidget()
-        widget.setup()
-        widget.enter()
-        widget.logic.sessionFactory = factory
-        env.widgets.append(widget)
-        return widget
+        return real_slicer.showWidget(module, factory, env.widgets)
 
     env.make_widget = make_widget
     yield env

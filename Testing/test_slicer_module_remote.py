@@ -86,12 +86,7 @@ def env(monkeypatch):
     monkeypatch.setattr(remote_client, "RemoteSession", RecordedRemoteSession)
 
     def make_widget():
-        widget = module.SAMVolSegmentWidget()
-        widget.setup()
-        widget.enter()
-        widget.logic.sessionFactory = ball_session  # the local backend, when chosen
-        env.widgets.append(widget)
-        return widget
+        return real_slicer.showWidget(module, ball_session, env.widgets)  # ball_session: the local backend
 
     env.make_widget = make_widget
     yield env

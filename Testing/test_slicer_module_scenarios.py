@@ -35,12 +35,7 @@ def env():
         return logic
 
     def make_widget(factory=ball_session):
-        widget = module.SAMVolSegmentWidget()
-        widget.setup()
-        widget.enter()
-        widget.logic.sessionFactory = factory
-        env.widgets.append(widget)
-        return widget
+        return real_slicer.showWidget(module, factory, env.widgets)
 
     env.make_logic, env.make_widget = make_logic, make_widget
     yield env
