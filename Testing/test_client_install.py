@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from processes import stop
 
 requests = pytest.importorskip("requests")
 pytest.importorskip("fastapi")
@@ -92,12 +93,7 @@ def server(tmp_path_factory):
             time.sleep(0.3)
         yield {"url": url, "cert": cert, "token_file": token_file}
     finally:
-        process.terminate()
-        try:
-            process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
+        stop(process)
 
 
 def test_the_client_install_has_no_torch(client_venv):

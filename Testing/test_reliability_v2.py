@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from processes import stop
 from test_session_initial_mask import BallModel
 
 import SAMVolSegmentLib.batch as batch
@@ -401,12 +402,7 @@ def serve(checkpoint: Path, *options: str):
             time.sleep(0.2)
         yield url, psutil.Process(child.pid)
     finally:
-        child.terminate()
-        try:
-            child.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.communicate()
+        stop(child)
 
 
 class PeakRSS:

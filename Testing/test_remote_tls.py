@@ -22,6 +22,7 @@ from typing import Iterator, List, Tuple
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from processes import stop
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -63,15 +64,6 @@ def start_server(args: List[str], token_file: Path, ready_url: str, cert: Path) 
             pass
         assert time.monotonic() < deadline, "samvolseg serve did not come up in 90 s"
         time.sleep(0.3)
-
-
-def stop(process: subprocess.Popen) -> str:
-    process.terminate()
-    try:
-        return process.communicate(timeout=30)[0]
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.communicate()[0]
 
 
 @pytest.fixture(scope="module")

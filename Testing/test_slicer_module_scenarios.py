@@ -246,24 +246,31 @@ def oversampled_geometry(env, factor: int = 2) -> str:
     return slicer.vtkSegmentationConverter.SerializeImageGeometry(image), fine
 
 
-def test_oversampled_segmentation_keeps_the_detail_of_its_other_segments(env):
-    """Bug (detail loss): a segmentation on a 2x oversampled geometry holds segment X with fine detail; a click
-    creating a new target segment resampled the shared layer onto the volume's grid and X lost its detail,
-    which undo did not bring back."""
+def oversampled_segment(env, detail: np.ndarray, name: str):
+    """A segmentation on the 2x oversampled geometry holding one segment ``name`` with the fine voxels ``detail``
+    (stored on that fine grid). Returns (segmentation node, segment ID, fine IJK -> world)."""
     slicer = env.slicer
     segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "fine")
     geometry, fine = oversampled_geometry(env)
-    name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
-    segmentation.GetSegmentation().SetConversionParameter(name, geometry)
-    detail = np.zeros((SHAPE[0] * 2, SHAPE[1] * 2, SHAPE[2] * 2), np.uint8)
-    detail[20:40, 20:40, 4:20:2] = 1  # thin sheets, one fine voxel thick: lost on the volume's grid
-    xID = segmentation.GetSegmentation().AddEmptySegment("", "X")
+    parameter = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    segmentation.GetSegmentation().SetConversionParameter(parameter, geometry)
+    segmentID = segmentation.GetSegmentation().AddEmptySegment("", name)
     from SAMVolSegmentSlicerLib import vtk_numpy
 
     image = vtk_numpy.image_from_array(detail, (0, 0, 0), slicer.vtkOrientedImageData())
     image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(fine))
     assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        image, segmentation, xID, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+        image, segmentation, segmentID, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    return segmentation, segmentID, fine
+
+
+def test_oversampled_segmentation_keeps_the_detail_of_its_other_segments(env):
+    """Bug (detail loss): a segmentation on a 2x oversampled geometry holds segment X with fine detail; a click
+    creating a new target segment resampled the shared layer onto the volume's grid and X lost its detail,
+    which undo did not bring back."""
+    detail = np.zeros((SHAPE[0] * 2, SHAPE[1] * 2, SHAPE[2] * 2), np.uint8)
+    detail[20:40, 20:40, 4:20:2] = 1  # thin sheets, one fine voxel thick: lost on the volume's grid
+    segmentation, xID, _fine = oversampled_segment(env, detail, "X")
     storedX, xToWorld = real_slicer.labelmapArray(segmentation, xID)
     assert storedX.sum() == detail.sum()
 
@@ -293,20 +300,9 @@ def test_editing_a_segment_of_an_oversampled_segmentation_undo_restores_its_fine
     """The edited segment itself on the fine grid: fine voxels inside volume voxels the click did not change keep
     their detail (a volume voxel counts as set when any of its fine voxels is), those it changed follow it, and
     undo gives back exactly what was stored."""
-    slicer = env.slicer
-    segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "fine")
-    geometry, fine = oversampled_geometry(env)
-    name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
-    segmentation.GetSegmentation().SetConversionParameter(name, geometry)
     detail = np.zeros((SHAPE[0] * 2, SHAPE[1] * 2, SHAPE[2] * 2), np.uint8)
     detail[10:50, 10:50, 4:56:2] = 1
-    segmentID = segmentation.GetSegmentation().AddEmptySegment("", "edited")
-    from SAMVolSegmentSlicerLib import vtk_numpy
-
-    image = vtk_numpy.image_from_array(detail, (0, 0, 0), slicer.vtkOrientedImageData())
-    image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(fine))
-    assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        image, segmentation, segmentID, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    segmentation, segmentID, fine = oversampled_segment(env, detail, "edited")
     before, beforeToWorld = real_slicer.labelmapArray(segmentation, segmentID)
     logic = env.make_logic()
     logic.setTarget(env.volume, segmentation, segmentID)
