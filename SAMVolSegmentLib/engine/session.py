@@ -53,6 +53,7 @@ from .preprocessing import (
 from .prompts_io import MAX_CLICKS  # one limit for the session and prompt files (the reason is there)
 from .proposals import PROPOSAL_PROMPT_GAIN, edit_sigma_low, local_edit, propose_logits
 from .session_protocol import as_click_sign, as_point_ras
+from .strokes import StrokePrompt, apply_drawn, lasso_prompt, scribble_prompt
 from .threads import ThreadPolicy, torch_threads
 
 ProgressCallback = Callable[[float, str], None]
@@ -98,9 +99,12 @@ class _Snapshot:
     rois: Tuple[Tuple[RoiKey, _RoiState], ...] = ()
     active_roi: Optional[RoiKey] = None
     box_ras: Optional[Tuple[Tuple[float, float, float], Tuple[float, float, float]]] = None
-    #: Clicks placed through ``add_click`` (at most :data:`MAX_CLICKS`). ``clicks`` also holds those the engine
-    #: adds (a box's centre, a proposal's anchor, the seed of an extension ROI), which no caller can count ahead.
+    #: Clicks placed through ``add_click`` and those a scribble or lasso gives the model (at most
+    #: :data:`MAX_CLICKS`). ``clicks`` also holds those the engine adds (a box's centre, a proposal's anchor, the
+    #: seed of an extension ROI), which no caller can count ahead.
     user_clicks: int = 0
+    #: Scribbles and lassos of this mask, oldest first: the voxels they decide win over every later decode.
+    drawn: Tuple[StrokePrompt, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -337,8 +341,55 @@ class InteractiveSession:
                 )
             click = Click(point, bool(positive))
             return self._run_step(
-                lambda state: self._click_step(replace(state, user_clicks=state.user_clicks + 1), click)
+                lambda state: self._click_step(replace(state, user_clicks=state.user_clicks + 1), (click,))
             )
+
+    def add_scribble(self, points_ras: Sequence[Sequence[float]], positive: bool = True) -> MaskUpdate:
+        """Add a scribble: a freehand stroke (an open polyline of (N, 3) world points, RAS mm, any orientation)
+        inside the structure (positive) or outside it (negative); one undoable step.
+
+        Every voxel the stroke passes through becomes foreground (positive) or background (negative) and stays
+        so through later clicks until the scribble is undone; the model gets the stroke as clicks of its sign
+        spread along it (one per ``strokes.SCRIBBLE_CLICK_SPACING_MM``, at most ``MAX_SCRIBBLE_CLICKS``), which
+        every model takes. Parts of the stroke outside the volume are ignored.
+
+        Raises:
+            InvalidPromptError: not a list of finite [r, a, s] points, no part in the volume, or too many clicks
+                for one mask; nothing changes.
+        """
+        return self._add_stroke(scribble_prompt, points_ras, positive)
+
+    def add_lasso(self, points_ras: Sequence[Sequence[float]], positive: bool = True) -> MaskUpdate:
+        """Add a lasso: a closed contour of (N ≥ 3, 3) world points (RAS mm) drawn on one plane (a slice view,
+        any orientation); the polygon it encloses on its plane is the prompt. One undoable step.
+
+        The filled polygon's voxels (a one-voxel-thick slab on the plane) become foreground (positive) or
+        background (negative) and stay so until the lasso is undone; the model gets the lasso as clicks of its
+        sign at the deepest points of the polygon (``strokes.LASSO_CLICKS``) and extends the mask beyond the
+        plane from them.
+
+        Raises:
+            InvalidPromptError: fewer than 3 distinct points, points off one plane (the message gives the
+                distance), a contour enclosing no voxel, outside the volume, or too many clicks; nothing changes.
+        """
+        return self._add_stroke(lasso_prompt, points_ras, positive)
+
+    def _add_stroke(self, make: Callable[..., StrokePrompt], points_ras: Sequence[Sequence[float]],
+                    positive: bool) -> MaskUpdate:
+        with self._lock:
+            self._require_open()
+            volume = self._require_volume()
+            positive = as_click_sign(positive)
+            prompt = make(volume.geometry, points_ras, positive)
+            count = len(prompt.clicks_ras)
+            if self._state.user_clicks + count > MAX_CLICKS:
+                raise InvalidPromptError(
+                    f"This mask already has {self._state.user_clicks} clicks and this prompt adds {count}, more "
+                    f"than one mask takes ({MAX_CLICKS}); reset it (or undo) and use fewer prompts."
+                )
+            clicks = tuple(Click(point, positive) for point in prompt.clicks_ras)
+            return self._run_step(lambda state: self._stroke_step(
+                replace(state, user_clicks=state.user_clicks + count, drawn=(*state.drawn, prompt)), clicks, prompt))
 
     def set_box(self, min_ras: Sequence[float], max_ras: Sequence[float]) -> MaskUpdate:
         """Set an axis-aligned RAS box prompt.
@@ -610,7 +661,7 @@ class InteractiveSession:
         clip = [] if box_ras is None else self._clip_to_box(box_ras)
         if box_ras is not None and not any(c.positive for c in state.clicks):
             centre = (np.asarray(box_ras[0]) + np.asarray(box_ras[1])) / 2
-            state, updates = self._click_step(state, Click(centre, True), base=clip)
+            state, updates = self._click_step(state, (Click(centre, True),), base=clip)
             return state, clip + updates
         if state.active_roi is None:
             return state, clip
@@ -661,28 +712,36 @@ class InteractiveSession:
         return [MaskUpdate(bbox, region.mask & inside.astype(np.uint8))]
 
     def _click_step(
-        self, state: _Snapshot, click: Click, base: Sequence[MaskUpdate] = ()
+        self, state: _Snapshot, clicks: Sequence[Click], base: Sequence[MaskUpdate] = ()
     ) -> Tuple[_Snapshot, List[MaskUpdate]]:
-        """Add a click and decode its ROI; ``base``: updates of the same step applied before this one's."""
+        """Add clicks and decode the ROI of the first; ``base``: updates of the same step applied before."""
         model_volume = self._model_volume()
         rois = dict(state.rois)
-        key = self._roi_for_point(rois, click.point_ras)
+        anchor = clicks[0].point_ras
+        key = self._roi_for_point(rois, anchor)
         label_kji = self._label_with(list(base)) if base else self._label_kji
         context: List[MaskUpdate] = []
         if key is None:
-            centre = click.point_ras
+            centre = anchor
             if not state.clicks and state.box_ras is not None:
                 centre = (np.asarray(state.box_ras[0]) + np.asarray(state.box_ras[1])) / 2
             roi = RoiWindow.centred_at(model_volume.grid, centre, size=self.predictor.image_size)
             key = tuple(int(v) for v in roi.start_model)
             if not rois:
-                context = self._context_update(roi, centre, (*state.clicks, click), state.box_ras, label_kji)
+                context = self._context_update(roi, centre, (*state.clicks, *clicks), state.box_ras, label_kji)
                 if context:
                     label_kji = self._label_with([*base, *context])
             rois[key] = _RoiState(roi, self._seed_logits(roi, label_kji))
-        state = replace(state, clicks=(*state.clicks, click), rois=tuple(rois.items()), active_roi=key)
+        state = replace(state, clicks=(*state.clicks, *clicks), rois=tuple(rois.items()), active_roi=key)
         state, updates = self._decode_roi(state, key, extend=True, pending=[*base, *context])
         return state, [*context, *updates]
+
+    def _stroke_step(self, state: _Snapshot, clicks: Sequence[Click], prompt: StrokePrompt
+                     ) -> Tuple[_Snapshot, List[MaskUpdate]]:
+        """A scribble's or lasso's clicks decoded as one step, then its voxels written over the result."""
+        state, updates = self._click_step(state, clicks)
+        drawn = MaskUpdate.covering(self._label_with(updates), prompt.bbox_kji)
+        return state, [*updates, apply_drawn(drawn, (prompt,))]
 
     def _context_model_volume(self) -> ModelVolume:
         """The volume on the coarse context grid (``CONTEXT_SPACING_FACTOR`` × the model spacing), made once."""
@@ -738,7 +797,7 @@ class InteractiveSession:
         prediction_logits = self._predict(roi_state, state.clicks, state.box_ras)
         rois[key] = replace(roi_state, logits=prediction_logits)
         base_label_kji = self._label_with(list(pending)) if pending else self._label_kji
-        updates = [self._paste(roi_state.roi, prediction_logits, state.box_ras, base_label_kji)]
+        updates = [self._paste(roi_state.roi, prediction_logits, state.box_ras, base_label_kji, state.drawn)]
         state = replace(state, rois=tuple(rois.items()))
         if extend and self.auto_extend:
             state, more = self._extend(state, key, prediction_logits, pending=[*pending, *updates])
@@ -776,14 +835,17 @@ class InteractiveSession:
                               roi.size, roi_state.edit_sigma_low, roi.lowres_spacing(prediction.low_res_logits.shape[-1]))
         return prediction.low_res_logits
 
-    def _paste(self, roi: RoiWindow, logits: torch.Tensor, box_ras, base_label_kji: np.ndarray) -> MaskUpdate:
-        """The ROI's mask on the original grid; voxels of the box outside the ROI keep ``base_label_kji``."""
+    def _paste(self, roi: RoiWindow, logits: torch.Tensor, box_ras, base_label_kji: np.ndarray,
+               drawn: Sequence[StrokePrompt] = ()) -> MaskUpdate:
+        """The ROI's mask on the original grid; voxels of the box outside the ROI keep ``base_label_kji``, voxels
+        a scribble or lasso decided (``drawn``) keep what it decided."""
         start = time.perf_counter()
         with torch_threads(self.predictor.threads.decoder):  # small per-click work: as the decoder
             update = paste_back_logits(logits[0, 0], roi, self.geometry, base_label_kji=base_label_kji)
         if box_ras is not None and not update.is_empty_box and not self.predictor.accepts_box:
             inside = self.geometry.box_mask_kji(update.bbox_kji, box_ras[0], box_ras[1])
             update = MaskUpdate(update.bbox_kji, (update.mask & inside.astype(np.uint8)))
+        update = apply_drawn(update, drawn)
         self.last_timing["paste_s"] = self.last_timing.get("paste_s", 0.0) + time.perf_counter() - start
         return update
 
@@ -863,7 +925,7 @@ class InteractiveSession:
                 new_logits = self._predict(rois[new_key], state.clicks, state.box_ras)
                 rois[new_key] = _RoiState(new_roi, new_logits)
                 state = replace(state, rois=tuple(rois.items()))
-                update = self._paste(new_roi, new_logits, state.box_ras, label_kji)
+                update = self._paste(new_roi, new_logits, state.box_ras, label_kji, state.drawn)
                 update.apply_to(label_kji)
                 updates.append(update)
         return state, updates
