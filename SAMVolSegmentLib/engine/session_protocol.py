@@ -110,6 +110,16 @@ class SegmentationSession(Protocol):
         """Add a positive or negative click and update the mask."""
         ...
 
+    def add_scribble(self, points_ras: Sequence[Sequence[float]], positive: bool = True) -> MaskUpdate:
+        """Add a freehand stroke ((N, 3) world RAS points, an open polyline) inside (positive) or outside
+        (negative) the structure; the voxels it passes through keep its sign. One undoable step."""
+        ...
+
+    def add_lasso(self, points_ras: Sequence[Sequence[float]], positive: bool = True) -> MaskUpdate:
+        """Add a closed planar contour ((N ≥ 3, 3) world RAS points); the polygon it encloses on its plane is
+        foreground (positive) or background (negative). One undoable step."""
+        ...
+
     def proposal_classes(self) -> Tuple[str, ...]:
         """Class names :meth:`propose` accepts (empty when the model has no proposal head)."""
         ...
