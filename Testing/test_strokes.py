@@ -1,0 +1,230 @@
+"""Scribbles and lassos: stroke geometry (property tests) and the session steps they make."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_session import centre_ras, ct_image, tiny_model  # noqa: F401  (fixture)
+
+from SAMVolSegmentLib.engine import strokes
+from SAMVolSegmentLib.engine.geometry import VolumeGeometry, bbox_slices
+from SAMVolSegmentLib.engine.mask_update import MaskUpdate
+from SAMVolSegmentLib.engine.session import InteractiveSession
+from SAMVolSegmentLib.engine.strokes import (
+    StrokePrompt,
+    apply_drawn,
+    inside_polygon,
+    lasso_prompt,
+    scribble_prompt,
+)
+from SAMVolSegmentLib.errors import InvalidPromptError
+
+
+def rotation(angles) -> np.ndarray:
+    a, b, c = angles
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def geometry(spacing=(1.0, 1.0, 1.0), angles=(0.0, 0.0, 0.0), shape_kji=(40, 50, 60)) -> VolumeGeometry:
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation(angles) * np.asarray(spacing)
+    matrix[:3, 3] = (-20.0, 15.0, 7.0)
+    return VolumeGeometry.from_matrix(matrix, shape_kji)
+
+
+def voxel_centres_ras(geom: VolumeGeometry, bbox, voxels) -> np.ndarray:
+    kji = np.argwhere(voxels) + np.array([lo for lo, _ in bbox])
+    return geom.ijk_to_ras_points(kji[:, ::-1].astype(np.float64))
+
+
+spacings = st.tuples(*[st.floats(0.5, 3.0)] * 3)
+angle_sets = st.tuples(*[st.floats(-0.6, 0.6)] * 3)
+
+
+def convex_polygon(draw_angles, radius) -> np.ndarray:
+    angles = np.sort(np.asarray(draw_angles))
+    return np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0, 2 * np.pi - 1e-3), min_size=3, max_size=12, unique=True),
+       st.floats(2.0, 20.0), st.integers(0, 2 ** 31 - 1))
+def test_inside_polygon_agrees_with_convexity(angles, radius, seed):
+    polygon = convex_polygon(angles, radius)
+    rel, nxt = polygon - polygon[0], np.roll(polygon, -1, axis=0) - polygon[0]
+    area2 = (rel[:, 0] * nxt[:, 1] - rel[:, 1] * nxt[:, 0]).sum()
+    if abs(area2) < 1.0:
+        return
+    points = np.random.default_rng(seed).uniform(-radius, radius, (300, 2))
+    edges = np.roll(polygon, -1, axis=0) - polygon
+    cross = edges[None, :, 0] * (points[:, None, 1] - polygon[None, :, 1]) - edges[None, :, 1] * (
+        points[:, None, 0] - polygon[None, :, 0])
+    margin = np.abs(cross) / np.maximum(np.linalg.norm(edges, axis=1), 1e-12)[None]
+    clear = margin.min(axis=1) > 1e-6  # points on an edge may go either way
+    expected = np.all(cross > 0, axis=1)  # angles sorted: counter-clockwise
+    np.testing.assert_array_equal(inside_polygon(points, polygon)[clear], expected[clear])
+
+
+@settings(max_examples=25, deadline=None)
+@given(spacings, angle_sets, st.floats(4.0, 12.0), st.floats(-0.45, 0.45))
+def test_lasso_fills_its_polygon_on_one_voxel_slab(spacing, angles, radius, slice_offset):
+    geom = geometry(spacing, angles)
+    centre = geom.ijk_to_ras_points(np.array([[30.0, 25.0, 20.0 + slice_offset]]))[0]
+    # A circle in the volume's own k slice plane (directions of i and j), drawn in world coordinates.
+    u, v = geom.ijk_to_ras[:3, 0] / spacing[0], geom.ijk_to_ras[:3, 1] / spacing[1]
+    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    polygon = centre + radius * (np.cos(t)[:, None] * u + np.sin(t)[:, None] * v)
+    prompt = lasso_prompt(geom, polygon, positive=True)
+    kji = np.argwhere(prompt.voxels_kji) + np.array([lo for lo, _ in prompt.bbox_kji])
+    assert len(np.unique(kji[:, 0])) == 1, "a lasso in a slice plane fills one slice"
+    centres = voxel_centres_ras(geom, prompt.bbox_kji, prompt.voxels_kji)
+    in_plane = centres - centre
+    in_plane -= np.outer(in_plane @ np.cross(u, v), np.cross(u, v))
+    assert np.all(np.linalg.norm(in_plane, axis=1) <= radius + 1e-6)
+    expected = np.pi * radius ** 2 / (spacing[0] * spacing[1])
+    assert abs(prompt.voxels_kji.sum() - expected) <= 2 * np.pi * radius / min(spacing[:2]) + 4
+    assert 1 <= len(prompt.clicks_ras) <= strokes.LASSO_CLICKS
+    assert np.all(np.linalg.norm(prompt.clicks_ras - centre, axis=1) < radius)
+
+
+@settings(max_examples=25, deadline=None)
+@given(spacings, angle_sets, st.tuples(*[st.floats(-1.0, 1.0)] * 3))
+def test_oblique_lasso_stays_within_half_a_voxel_of_its_plane(spacing, angles, normal_direction):
+    normal = np.asarray(normal_direction) + np.array([0.0, 0.0, 1e-3])
+    if np.linalg.norm(normal) < 0.2:
+        return
+    normal /= np.linalg.norm(normal)
+    u = np.cross(normal, [1.0, 0.0, 0.0] if abs(normal[0]) < 0.9 else [0.0, 1.0, 0.0])
+    u /= np.linalg.norm(u)
+    v = np.cross(normal, u)
+    geom = geometry(spacing, angles)
+    centre = geom.ijk_to_ras_points(np.array([[30.0, 25.0, 20.0]]))[0]
+    t = np.linspace(0, 2 * np.pi, 7, endpoint=False)
+    prompt = lasso_prompt(geom, centre + 8 * (np.cos(t)[:, None] * u + np.sin(t)[:, None] * v), positive=False)
+    centres = voxel_centres_ras(geom, prompt.bbox_kji, prompt.voxels_kji)
+    slab = np.abs(normal @ geom.ijk_to_ras[:3, :3]).sum() / 2
+    assert prompt.voxels_kji.any()
+    assert np.all(np.abs((centres - centre) @ normal) <= slab + 1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(spacings, angle_sets, st.lists(st.tuples(*[st.floats(2.0, 35.0)] * 3), min_size=1, max_size=8))
+def test_scribble_draws_every_voxel_its_points_lie_in(spacing, angles, points_ijk):
+    geom = geometry(spacing, angles)
+    points_ras = geom.ijk_to_ras_points(np.asarray(points_ijk, dtype=np.float64))
+    prompt = scribble_prompt(geom, points_ras, positive=True)
+    drawn = set(map(tuple, np.argwhere(prompt.voxels_kji) + np.array([lo for lo, _ in prompt.bbox_kji])))
+    for ijk in np.rint(np.asarray(points_ijk)).astype(int):
+        assert tuple(ijk[::-1]) in drawn
+    length = strokes.polyline_length_mm(strokes.as_polyline_ras(points_ras, "scribble", 1))
+    expected = int(np.clip(np.ceil(length / strokes.SCRIBBLE_CLICK_SPACING_MM), 1, strokes.MAX_SCRIBBLE_CLICKS))
+    assert len(prompt.clicks_ras) == expected
+    assert np.all(geom.contains_ras(prompt.clicks_ras))
+
+
+@pytest.mark.parametrize("points, message", [
+    ([[0, 0, 0], [10, 0, 0]], "at least 3"),
+    ([[0, 0, 0], [10, 0, 0], [20, 0, 0], [30, 0, 0]], "no area"),
+    ([[0, 0, 0], [10, 0, 0], [10, 10, 5], [0, 10, 0]], "off one plane"),
+    ([[0, 0, 0], [10, 0, np.nan], [10, 10, 0]], "finite"),
+    ([[500, 500, 0], [510, 500, 0], [510, 510, 0]], "outside the volume"),
+    ("not points", "list of"),
+])
+def test_bad_lassos_are_refused_with_the_fix(points, message):
+    geom = geometry(shape_kji=(40, 50, 60))
+    with pytest.raises(InvalidPromptError, match=message):
+        lasso_prompt(geom, points, positive=True)
+
+
+def test_scribble_outside_the_volume_is_refused():
+    with pytest.raises(InvalidPromptError, match="outside the volume"):
+        scribble_prompt(geometry(), [[900.0, 900.0, 900.0], [910.0, 900.0, 900.0]], positive=True)
+
+
+def test_later_drawn_prompts_win_where_they_overlap():
+    update = MaskUpdate(((0, 2), (0, 4), (0, 4)), np.zeros((2, 4, 4), np.uint8))
+    first = StrokePrompt(((0, 1), (0, 4), (0, 4)), np.ones((1, 4, 4), bool), np.zeros((1, 3)), True)
+    second = StrokePrompt(((0, 1), (1, 2), (0, 10)), np.ones((1, 1, 10), bool), np.zeros((1, 3)), False)
+    out = apply_drawn(update, (first, second)).mask
+    assert out[0].sum() == 12 and out[0, 1].sum() == 0 and out[1].sum() == 0
+    assert apply_drawn(update, ()) is update
+
+
+# ---------------------------------------------------------------- session steps
+@pytest.fixture()
+def session(tiny_model):  # noqa: F811
+    image = ct_image()
+    with InteractiveSession(tiny_model) as s:
+        s.set_volume(image)
+        yield s, image
+
+
+def slice_circle(image, radius_mm=6.0, k_offset_mm=0.0):
+    centre = centre_ras(image) + np.array([0.0, 0.0, k_offset_mm])
+    t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+    return centre + radius_mm * np.stack([np.cos(t), np.sin(t), np.zeros_like(t)], axis=1)
+
+
+def drawn_values(session, prompt_points, make):
+    prompt = make(session.geometry, prompt_points, True)
+    return session.mask_array_kji()[bbox_slices(prompt.bbox_kji)][prompt.voxels_kji]
+
+
+def test_lasso_voxels_stay_foreground_through_later_clicks_and_undo_is_exact(session):
+    s, image = session
+    mirror = np.zeros(image.GetSize()[::-1], np.uint8)
+    empty = s.mask_array_kji()
+    polygon = slice_circle(image)
+    s.add_lasso(polygon).apply_to(mirror)
+    after_lasso = s.mask_array_kji()
+    assert np.all(drawn_values(s, polygon, lasso_prompt) == 1)
+    assert len(s.clicks) >= 1 and s.predictor.encoder_calls == 1
+    s.add_click(centre_ras(image), positive=False).apply_to(mirror)
+    assert np.all(drawn_values(s, polygon, lasso_prompt) == 1), "a click does not erase what the lasso drew"
+    np.testing.assert_array_equal(mirror, s.mask_array_kji())
+    s.undo()
+    np.testing.assert_array_equal(s.mask_array_kji(), after_lasso)
+    s.undo()
+    np.testing.assert_array_equal(s.mask_array_kji(), empty)
+    assert s.clicks == () and not s.can_undo
+    s.redo()
+    np.testing.assert_array_equal(s.mask_array_kji(), after_lasso)
+
+
+def test_negative_scribble_clears_its_stroke(session):
+    s, image = session
+    s.add_click(centre_ras(image), True)
+    stroke = centre_ras(image) + np.array([[-8.0, 0, 0], [0, 0, 0], [8.0, 2.0, 0]])
+    before_clicks = len(s.clicks)
+    s.add_scribble(stroke, positive=False)
+    assert np.all(drawn_values(s, stroke, scribble_prompt) == 0)
+    assert len(s.clicks) == before_clicks + 2 and not any(c.positive for c in s.clicks[before_clicks:])
+    s.reset()
+    s.add_click(centre_ras(image), True)  # a reset forgets the scribble: its stroke may be foreground again
+
+
+def test_a_refused_lasso_changes_nothing(session):
+    s, image = session
+    s.add_click(centre_ras(image), True)
+    mask, clicks = s.mask_array_kji(), s.clicks
+    crooked = slice_circle(image)
+    crooked[::2, 2] += 10.0
+    with pytest.raises(InvalidPromptError, match="off one plane"):
+        s.add_lasso(crooked)
+    np.testing.assert_array_equal(s.mask_array_kji(), mask)
+    assert s.clicks == clicks
+    s.undo()
+    assert not s.can_undo
+
+
+def test_strokes_count_towards_the_click_limit(session, monkeypatch):
+    s, image = session
+    monkeypatch.setattr("SAMVolSegmentLib.engine.session.MAX_CLICKS", 2)
+    with pytest.raises(InvalidPromptError, match="more than one mask takes"):
+        s.add_lasso(slice_circle(image, radius_mm=9.0))
+    assert not s.can_undo
