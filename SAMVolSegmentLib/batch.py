@@ -58,7 +58,8 @@ from .errors import (
 
 PathLike = Union[str, Path]
 BoxRAS = Tuple[np.ndarray, np.ndarray]
-#: ``on_event(kind, info)``: ``"ready"`` (volume resampled), ``"box"`` and ``"click"`` (one per prompt step).
+#: ``on_event(kind, info)``: ``"ready"`` (volume resampled), ``"propose"``, ``"box"``, ``"lasso"``, ``"scribble"``
+#: and ``"click"`` (one per prompt step).
 EventCallback = Callable[[str, Dict[str, Any]], None]
 ProgressCallback = Callable[[float, str], None]
 
@@ -340,8 +341,7 @@ def read_case_prompts(case: BatchCase):
     if case.box_ras is None:
         return prompts
     corners = np.asarray(case.box_ras, dtype=np.float64).reshape(2, 3)
-    box = (corners.min(axis=0), corners.max(axis=0))
-    return Prompts(prompts.points_ras, prompts.positive, box)
+    return replace(prompts, box_ras=(corners.min(axis=0), corners.max(axis=0)))
 
 
 def check_prompt_arrays(
@@ -350,6 +350,7 @@ def check_prompt_arrays(
     box_ras: Any = None,
     *,
     proposal: bool = False,
+    positive_strokes: bool = False,
 ) -> Tuple[np.ndarray, np.ndarray, Optional[BoxRAS]]:
     """Prompts given as arrays (the Python API, the Slicer Logic), checked before any work.
 
@@ -358,6 +359,7 @@ def check_prompt_arrays(
         positive: N signs, each a bool or the number 0 or 1 (a string, 2 or -1 is refused, not guessed).
         box_ras: optional ``(min_ras (3,), max_ras (3,))``, corners in any order.
         proposal: a proposal starts the mask, so the prompts need no positive point (they only correct it).
+        positive_strokes: a positive scribble or lasso comes with the points (it counts as a positive prompt).
     Returns:
         ``(points (N, 3) float64, signs (N,) bool, box or None)``, the box as ``(min corner, max corner)``.
     Raises:
@@ -394,7 +396,7 @@ def check_prompt_arrays(
             raise InvalidPromptError("A box corner has a coordinate that is not a finite number.")
         box = (corners.min(axis=0), corners.max(axis=0))
     if not proposal:
-        check_prompts(signs, box is not None, where="The prompts")
+        check_prompts(signs, box is not None, where="The prompts", positive_strokes=positive_strokes)
     return points, signs, box
 
 
@@ -409,14 +411,18 @@ def run_prompts(
     timings: Optional[Dict[str, float]] = None,
     on_event: Optional[EventCallback] = None,
     propose: Optional[str] = None,
+    scribbles: Sequence[Any] = (),
+    lassos: Sequence[Any] = (),
 ) -> np.ndarray:
     """The prompt sequence of :func:`segment_volume` on any open
     :class:`~SAMVolSegmentLib.engine.session_protocol.SegmentationSession` (local or ``RemoteSession``).
 
     Sets the volume, waits for its preprocessing, makes the ``propose`` class's proposal (if any), applies the
-    box (if any), then the clicks in order. Arguments as :func:`segment_volume`. Returns the uint8 (k, j, i)
-    mask on the input grid.
+    box (if any), the lassos, the scribbles, then the clicks, each kind in order. Arguments as
+    :func:`segment_volume`. Returns the uint8 (k, j, i) mask on the input grid.
     """
+    from .engine.prompts_io import as_strokes
+
     timings = {} if timings is None else timings
     start = time.perf_counter()
     session.set_volume(image, ijk_to_ras)
@@ -431,6 +437,11 @@ def run_prompts(
     if box_ras is not None:
         lo, hi = np.asarray(box_ras[0], dtype=np.float64), np.asarray(box_ras[1], dtype=np.float64)
         steps.append(("box", lambda lo=lo, hi=hi: session.set_box(lo, hi), {"min_ras": lo, "max_ras": hi}))
+    for kind, strokes, method in (("lasso", lassos, "add_lasso"), ("scribble", scribbles, "add_scribble")):
+        for stroke in as_strokes(strokes, kind):
+            add = getattr(session, method)
+            steps.append((kind, lambda add=add, st=stroke: add(st.points_ras, st.positive),
+                          {"points_ras": stroke.points_ras, "positive": stroke.positive}))
     for point, sign in zip(np.asarray(points_ras, dtype=np.float64).reshape(-1, 3),
                            np.asarray(positive, dtype=bool).reshape(-1)):
         steps.append(("click", lambda p=point, s=sign: session.add_click(p, bool(s)),
@@ -455,9 +466,11 @@ def segment_volume(
     timings: Optional[Dict[str, float]] = None,
     on_event: Optional[EventCallback] = None,
     propose: Optional[str] = None,
+    scribbles: Sequence[Any] = (),
+    lassos: Sequence[Any] = (),
 ) -> Tuple[np.ndarray, Any]:
-    """Run one session: the proposal (if any), the box (if any), then the clicks in order; the mask on the
-    input grid.
+    """Run one session: the proposal (if any), the box (if any), the lassos, the scribbles, then the clicks,
+    each kind in order; the mask on the input grid.
 
     Args:
         model: a loaded model, a :class:`~SAMVolSegmentLib.engine.predictor.Predictor`, or a
@@ -468,8 +481,11 @@ def segment_volume(
         box_ras: optional ``(min_ras (3,), max_ras (3,))``.
         ijk_to_ras: (4, 4) voxel (i, j, k) → RAS matrix, for an array image.
         timings: filled with ``resample_s``, ``encode_s``, ``decode_s``, ``paste_s`` (summed over steps).
-        on_event: ``on_event(kind, info)`` after the volume is ready and after each proposal/box/click step.
+        on_event: ``on_event(kind, info)`` after the volume is ready and after each proposal/box/lasso/scribble/
+            click step.
         propose: a class the model proposes first (prompt-free; the model needs a proposal head).
+        scribbles, lassos: :class:`~SAMVolSegmentLib.engine.prompts_io.Stroke` objects or
+            ``(points_ras (N, 3), positive)`` pairs (see ``InteractiveSession.add_scribble``/``add_lasso``).
     Returns:
         The uint8 (k, j, i) mask (1 = segment) on the input image's voxel grid, and that grid's
         :class:`~SAMVolSegmentLib.engine.geometry.VolumeGeometry` (``to_sitk_image`` gives the mask file's header).
@@ -485,7 +501,8 @@ def segment_volume(
         open_session = lambda: InteractiveSession(model)  # noqa: E731
     with open_session() as session:
         mask_kji = run_prompts(session, image, points_ras, positive, box_ras, ijk_to_ras=ijk_to_ras,
-                               timings=timings, on_event=on_event, propose=propose)
+                               timings=timings, on_event=on_event, propose=propose, scribbles=scribbles,
+                               lassos=lassos)
         return mask_kji, session.geometry
 
 
@@ -532,7 +549,8 @@ def run_case(case: BatchCase, model: Any, on_event: Optional[EventCallback] = No
         model = model.load()
         load_s = time.perf_counter() - loaded_at
     mask_kji, geometry = segment_volume(model, image, prompts.points_ras, prompts.positive, prompts.box_ras,
-                                        timings=timings, on_event=on_event, propose=case.auto)
+                                        timings=timings, on_event=on_event, propose=case.auto,
+                                        scribbles=prompts.scribbles, lassos=prompts.lassos)
     dice = None
     if target is not None:
         from .engine.metrics import dice as dice_of
@@ -1054,6 +1072,8 @@ def segment(
     ijk_to_ras: Optional[np.ndarray] = None,
     series: Optional[str] = None,
     auto: Optional[str] = None,
+    scribbles: Sequence[Any] = (),
+    lassos: Sequence[Any] = (),
 ) -> Any:
     """Segment one structure from prompts; the mask on the input geometry.
 
@@ -1070,6 +1090,10 @@ def segment(
         series: DICOM series UID when a folder holds several series.
         auto: a class the model proposes first, prompt-free (a model made by ``samvolseg teach``); the points
             and box, which may then be empty, correct the proposal.
+        scribbles: freehand strokes, each ``(points_ras (N, 3), positive)``: the voxels a stroke passes keep its
+            sign (``InteractiveSession.add_scribble``).
+        lassos: closed contours on one plane, each ``(points_ras (N ≥ 3, 3), positive)``: the enclosed polygon
+            is the prompt (``InteractiveSession.add_lasso``). Applied after the box, before scribbles and clicks.
     Returns:
         A uint8 ``SimpleITK.Image`` (1 = structure) with the image's geometry, or for an array image a uint8
         (k, j, i) array.
@@ -1078,10 +1102,15 @@ def segment(
             no box.
         InvalidImageError: the image cannot be read or segmented.
     """
-    points, signs, box = check_prompt_arrays(points_ras, positive, box_ras, proposal=auto is not None)
+    from .engine.prompts_io import as_strokes
+
+    scribbles, lassos = as_strokes(scribbles, "scribble"), as_strokes(lassos, "lasso")
+    points, signs, box = check_prompt_arrays(points_ras, positive, box_ras, proposal=auto is not None,
+                                             positive_strokes=any(s.positive for s in (*scribbles, *lassos)))
     if isinstance(image, (str, Path)):
         image = read_volume(image, series)
     if isinstance(model, (str, Path)):
         model = worker_model(model, device)  # kept: a loop over many volumes loads it once
-    mask_kji, geometry = segment_volume(model, image, points, signs, box, ijk_to_ras=ijk_to_ras, propose=auto)
+    mask_kji, geometry = segment_volume(model, image, points, signs, box, ijk_to_ras=ijk_to_ras, propose=auto,
+                                        scribbles=scribbles, lassos=lassos)
     return mask_kji if isinstance(image, np.ndarray) else geometry.to_sitk_image(mask_kji)

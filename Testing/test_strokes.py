@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import SimpleITK as sitk
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_session import centre_ras, ct_image, tiny_model  # noqa: F401  (fixture)
+from test_session import TINY, centre_ras, ct_image, tiny_model  # noqa: F401  (fixture)
 
+from SAMVolSegmentLib.batch import segment
+from SAMVolSegmentLib.cli.main import main
 from SAMVolSegmentLib.engine import strokes
 from SAMVolSegmentLib.engine.geometry import VolumeGeometry, bbox_slices
 from SAMVolSegmentLib.engine.mask_update import MaskUpdate
+from SAMVolSegmentLib.engine.prompts_io import read_prompts
 from SAMVolSegmentLib.engine.session import InteractiveSession
 from SAMVolSegmentLib.engine.strokes import (
     StrokePrompt,
@@ -20,6 +27,7 @@ from SAMVolSegmentLib.engine.strokes import (
     scribble_prompt,
 )
 from SAMVolSegmentLib.errors import InvalidPromptError
+from SAMVolSegmentLib.model import ModelConfig
 
 
 def rotation(angles) -> np.ndarray:
@@ -228,3 +236,63 @@ def test_strokes_count_towards_the_click_limit(session, monkeypatch):
     with pytest.raises(InvalidPromptError, match="more than one mask takes"):
         s.add_lasso(slice_circle(image, radius_mm=9.0))
     assert not s.can_undo
+
+
+# ---------------------------------------------------------------- prompt files, segment(), samvolseg segment
+def markups_file(path, curves):
+    """A Slicer markups file (LPS, Slicer's default) with ``(type, name, points_ras)`` curves."""
+    markups = [{"type": kind, "name": name, "coordinateSystem": "LPS", "controlPoints": [
+        {"position": [-p[0], -p[1], p[2]], "positionStatus": "defined"} for p in points]}
+        for kind, name, points in curves]
+    path.write_text(json.dumps({"markups": markups}))
+    return path
+
+
+def test_prompt_files_carry_scribbles_and_lassos(tmp_path):
+    lasso = np.array([[0.0, 0, 5], [10, 0, 5], [10, 10, 5], [0, 10, 5]])
+    scribble = np.array([[1.0, 2, 3], [4, 5, 6]])
+    path = markups_file(tmp_path / "p.mrk.json", [("ClosedCurve", "tumour", lasso), ("Curve", "negative", scribble)])
+    prompts = read_prompts(path)
+    assert len(prompts) == 0 and len(prompts.lassos) == 1 and len(prompts.scribbles) == 1
+    np.testing.assert_allclose(prompts.lassos[0].points_ras, lasso)
+    assert prompts.lassos[0].positive and not prompts.scribbles[0].positive
+    (tmp_path / "p.json").write_text(json.dumps(prompts.to_json()))
+    again = read_prompts(tmp_path / "p.json")
+    np.testing.assert_allclose(again.scribbles[0].points_ras, scribble)
+    assert again.to_json() == prompts.to_json()
+    only_negative = markups_file(tmp_path / "n.mrk.json", [("Curve", "negative", scribble)])
+    with pytest.raises(InvalidPromptError, match="no positive scribble or lasso"):
+        read_prompts(only_negative)
+    (tmp_path / "bad.json").write_text(json.dumps({"lassos": [{"ras": [[0, 0, "x"]]}]}))
+    with pytest.raises(InvalidPromptError, match="Cannot read prompts"):
+        read_prompts(tmp_path / "bad.json")
+
+
+def test_segment_api_and_cli_apply_lassos_then_scribbles_then_clicks(tiny_model, tmp_path, capsys):  # noqa: F811
+    image = ct_image()
+    lasso = slice_circle(image, radius_mm=7.0)
+    scribble = centre_ras(image) + np.array([[-6.0, 3.0, 4.0], [6.0, 3.0, 4.0]])
+    click = centre_ras(image) + np.array([0.0, -3.0, 0.0])
+    with InteractiveSession(tiny_model) as s:
+        s.set_volume(image)
+        s.add_lasso(lasso, True)
+        s.add_scribble(scribble, False)
+        s.add_click(click, True)
+        expected = s.mask_array_kji()
+    mask = segment(image, [click], [True], model=tiny_model, lassos=[(lasso, True)], scribbles=[(scribble, False)])
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), expected)
+
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save({"model_state_dict": tiny_model.state_dict(), "config": ModelConfig(**TINY).to_dict()}, checkpoint)
+    sitk.WriteImage(image, str(tmp_path / "image.nii.gz"))
+    path = markups_file(tmp_path / "prompts.mrk.json", [("Curve", "negative", scribble), ("ClosedCurve", "", lasso),
+                                                         ("Fiducial", "", click[None])])
+    out = tmp_path / "mask.nii.gz"
+    assert main(["segment", str(tmp_path / "image.nii.gz"), "--points", str(path), "--output", str(out),
+                 "--model", str(checkpoint), "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("+ lasso of 32 points") < printed.index("- scribble of 2 points") < printed.index("+ click")
+    # The file's header stores 0.8 mm as float32: compare with the image as read back, and the loaded checkpoint.
+    from_file = segment(sitk.ReadImage(str(tmp_path / "image.nii.gz")), [click], [True], model=str(checkpoint),
+                        lassos=[(lasso, True)], scribbles=[(scribble, False)])
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), sitk.GetArrayFromImage(from_file))

@@ -69,6 +69,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
         elif kind == "box":
             print(f"box RAS {np.round(info['min_ras'], 1).tolist()}..{np.round(info['max_ras'], 1).tolist()}: "
                   f"{timing.get('total_s', 0.0) * 1000:.0f} ms")
+        elif kind in ("lasso", "scribble"):
+            print(f"{'+' if info['positive'] else '-'} {kind} of {len(info['points_ras'])} points around RAS "
+                  f"{np.round(np.mean(info['points_ras'], axis=0), 1).tolist()}: "
+                  f"{timing.get('total_s', 0.0) * 1000:.0f} ms (encoder {timing.get('encode_s', 0.0) * 1000:.0f} ms)")
         else:
             print(f"{'+' if info['positive'] else '-'} click at RAS {np.round(info['point_ras'], 1).tolist()}: "
                   f"{timing.get('total_s', 0.0) * 1000:.0f} ms (encoder {timing.get('encode_s', 0.0) * 1000:.0f} ms)")
@@ -625,13 +629,16 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, **kwargs) -> argparse.ArgumentParser:
         return sub.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
 
-    p = add("segment", help="segment an image from clicks in a file",
-            description="Segment IMAGE from the clicks in --points and write the mask with IMAGE's geometry.")
+    p = add("segment", help="segment an image from clicks, scribbles or lassos in a file",
+            description="Segment IMAGE from the prompts in --points and write the mask with IMAGE's geometry. "
+                        "The box, lassos, scribbles and clicks are applied in that order.")
     p.add_argument("image", help=IMAGE_HELP)
     p.add_argument("--points", default=None,
-                   help="Slicer .mrk.json (LPS or RAS; negative = point list/label/description starting with 'neg'), "
-                        "JSON {'points': [{'ras': [r,a,s], 'positive': true}], 'box_ras': [[..],[..]]} "
-                        "or CSV r,a,s,positive; RAS mm; at least one positive point (or a box); at most "
+                   help="Slicer .mrk.json (LPS or RAS; point lists are clicks, a Curve a scribble, a ClosedCurve a "
+                        "lasso, a ROI the box; negative = name/label/description starting with 'neg'), "
+                        "JSON {'points': [{'ras': [r,a,s], 'positive': true}], 'box_ras': [[..],[..]], "
+                        "'scribbles': [{'ras': [[r,a,s],..], 'positive': false}], 'lassos': [{'ras': [..]}]} "
+                        "or CSV r,a,s,positive; RAS mm; at least one positive prompt (or a box); at most "
                         f"{MAX_CLICKS} points")
     _add_output(p, None, f"mask file; format from the extension ({', '.join(MASK_SUFFIXES)})")
     p.add_argument("--box", nargs=6, type=float, metavar=("R0", "A0", "S0", "R1", "A1", "S1"),

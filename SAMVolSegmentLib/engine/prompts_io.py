@@ -1,4 +1,4 @@
-"""Reading click prompts from files: Slicer markups (``.mrk.json``), a simple JSON, or CSV — all in RAS mm.
+"""Reading prompts from files: Slicer markups (``.mrk.json``), a simple JSON, or CSV — all in RAS mm.
 
 Formats and sign rules:
 
@@ -9,14 +9,18 @@ Formats and sign rules:
   skipped. A point is **negative** when its markup's ``name`` or the point's ``label`` or ``description``
   starts with ``neg``, ``-``, ``exclude`` or ``background`` (case-insensitive), e.g. a point list named
   "negative" or a point labelled "neg-1"; all other points are positive. One ``ROI`` markup (axis-aligned)
-  gives the box.
-* **Simple JSON**: ``{"points": [{"ras": [r, a, s], "positive": true}, ...], "box_ras": [[r, a, s], [r, a, s]]}``;
-  ``positive`` defaults to true and accepts true/false, 1/0, "+"/"-"; the box corners may come in any order.
+  gives the box. A ``Curve`` markup is a **scribble** and a ``ClosedCurve`` a **lasso** (through their control
+  points; the same sign rule by the markup's name or description).
+* **Simple JSON**: ``{"points": [{"ras": [r, a, s], "positive": true}, ...], "box_ras": [[r, a, s], [r, a, s]],
+  "scribbles": [{"ras": [[r, a, s], ...], "positive": false}], "lassos": [{"ras": [[r, a, s], ...]}]}``;
+  ``positive`` defaults to true and accepts true/false, 1/0, "+"/"-"; the box corners may come in any order;
+  every key is optional.
 * **CSV**: rows ``r,a,s[,positive]`` with ``positive`` 1/0, true/false, +/-, pos/neg (default positive); a
   first row none of whose r, a, s cells is a number is a header (a row with one misspelt number is an error);
   ``#`` starts a comment row. UTF-8 (with or without a byte-order mark) or Windows-1252.
 
-Clicks keep the file's order (the session applies them in that order).
+A session applies a file's prompts kind by kind — the box, the lassos, the scribbles, then the clicks — each
+kind in file order (:func:`SAMVolSegmentLib.batch.run_prompts`): the outline first, corrections last.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -45,18 +49,32 @@ _FORMATS = ('give a Slicer .mrk.json, a JSON {"points": [{"ras": [r, a, s], "pos
 
 
 @dataclass(frozen=True)
+class Stroke:
+    """A scribble (open polyline) or lasso (closed contour): (N, 3) float64 RAS mm points and its sign."""
+
+    points_ras: np.ndarray
+    positive: bool = True
+
+    def to_json(self) -> dict:
+        return {"ras": np.asarray(self.points_ras).tolist(), "positive": bool(self.positive)}
+
+
+@dataclass(frozen=True)
 class Prompts:
-    """Clicks and an optional box, all in RAS mm.
+    """Clicks, an optional box, scribbles and lassos, all in RAS mm.
 
     Attributes:
         points_ras: (N, 3) float64, file order.
         positive: (N,) bool.
         box_ras: ``(min_ras (3,), max_ras (3,))`` of an axis-aligned box, or None.
+        scribbles, lassos: :class:`Stroke` tuples in file order.
     """
 
     points_ras: np.ndarray
     positive: np.ndarray
     box_ras: Optional[BoxRAS] = None
+    scribbles: Tuple[Stroke, ...] = ()
+    lassos: Tuple[Stroke, ...] = ()
 
     def __len__(self) -> int:
         return int(self.points_ras.shape[0])
@@ -66,7 +84,29 @@ class Prompts:
         data: dict = {"points": [{"ras": p.tolist(), "positive": bool(s)} for p, s in zip(self.points_ras, self.positive)]}
         if self.box_ras is not None:
             data["box_ras"] = [np.asarray(c).tolist() for c in self.box_ras]
+        for key, strokes in (("scribbles", self.scribbles), ("lassos", self.lassos)):
+            if strokes:
+                data[key] = [stroke.to_json() for stroke in strokes]
         return data
+
+
+def as_strokes(value: Any, what: str) -> Tuple[Stroke, ...]:
+    """Scribbles or lassos given to the Python API: :class:`Stroke` objects or ``(points_ras (N, 3), positive)``
+    pairs. Raises :class:`InvalidPromptError` for anything else (the points themselves are checked by the session).
+    """
+    if value is None:
+        return ()
+    strokes = []
+    for number, item in enumerate(value):
+        if isinstance(item, Stroke):
+            strokes.append(item)
+            continue
+        try:
+            points, positive = item
+            strokes.append(Stroke(np.asarray(points, dtype=np.float64).reshape(-1, 3), _parse_sign(positive)))
+        except (TypeError, ValueError):
+            raise InvalidPromptError(f"{what} {number + 1}: give (points_ras (N, 3), positive) or a Stroke.") from None
+    return tuple(strokes)
 
 
 def read_prompts(path: Union[str, Path], require_positive: bool = True) -> Prompts:
@@ -113,24 +153,27 @@ def read_prompts(path: Union[str, Path], require_positive: bool = True) -> Promp
         raise InvalidPromptError(f"Prompt file {path} holds {len(prompts)} points; a mask takes at most {MAX_CLICKS} "
                                  "clicks. Keep the points that matter (a box plus a few clicks usually suffice).")
     if require_positive:
-        check_prompts(prompts.positive, prompts.box_ras is not None, where=str(path))
+        check_prompts(prompts.positive, prompts.box_ras is not None, where=str(path),
+                      positive_strokes=any(s.positive for s in (*prompts.scribbles, *prompts.lassos)))
     return prompts
 
 
-def check_prompts(positive: Sequence[bool], has_box: bool, where: str = "The prompts") -> None:
-    """A prompt set must hold at least one positive point or a box.
+def check_prompts(positive: Sequence[bool], has_box: bool, where: str = "The prompts",
+                  positive_strokes: bool = False) -> None:
+    """A prompt set must hold at least one positive point, positive scribble or lasso, or a box.
 
-    Negative clicks only take voxels away from a mask; without a positive point or a box there is nothing
+    Negative clicks only take voxels away from a mask; without a positive prompt or a box there is nothing
     to take them from, and a model would answer with an arbitrary mask.
 
     Raises:
-        InvalidPromptError: no positive point and no box (the message says which of the two is missing).
+        InvalidPromptError: no positive prompt and no box (the message says which of the two is missing).
     """
     signs = np.asarray(positive, dtype=bool).reshape(-1)
-    if signs.any() or has_box:
+    if signs.any() or has_box or positive_strokes:
         return
     if signs.size == 0:
-        raise InvalidPromptError(f"{where} holds no points and no box; add at least one positive point.")
+        raise InvalidPromptError(f"{where} holds no points, no positive scribble or lasso and no box; add at least "
+                                 "one positive point.")
     raise InvalidPromptError(
         f"{where} holds only negative points ({signs.size}); add at least one positive point on the structure "
         "(or a box): negative points only remove voxels from a mask."
@@ -164,6 +207,7 @@ def _xyz(values: Any) -> np.ndarray:
 def _read_markups(data: dict) -> Prompts:
     points: List[np.ndarray] = []
     signs: List[bool] = []
+    curves: dict = {"Curve": [], "ClosedCurve": []}
     box = None
     file_system = str(data.get("coordinateSystem", "LPS")).upper()
     markups = data["markups"]
@@ -193,15 +237,24 @@ def _read_markups(data: dict) -> Prompts:
         control_points = markup.get("controlPoints") or []
         if not isinstance(control_points, list):
             raise ValueError(f'"controlPoints" of markup {number + 1} must be a list of points')
+        defined = []
         for point in control_points:
             if not isinstance(point, dict):
                 raise ValueError(f"a control point of markup {number + 1} must be an object, got {point!r}")
             if str(point.get("positionStatus", "defined")).lower() != "defined":
                 continue  # a point still being placed, or removed from the view
+            defined.append(point)
+        if markup.get("type") in curves:  # a curve is one prompt: its sign is the markup's
+            if defined:
+                negative = markup_negative or _is_negative(markup.get("description"))
+                stroke = Stroke(np.stack([to_ras(point["position"]) for point in defined]), not negative)
+                curves[markup["type"]].append(stroke)
+            continue
+        for point in defined:
             negative = markup_negative or _is_negative(point.get("label")) or _is_negative(point.get("description"))
             points.append(to_ras(point["position"]))
             signs.append(not negative)
-    return _prompts(points, signs, box)
+    return _prompts(points, signs, box, curves["Curve"], curves["ClosedCurve"])
 
 
 def _read_simple_json(data: dict) -> Prompts:
@@ -214,7 +267,9 @@ def _read_simple_json(data: dict) -> Prompts:
         if corners.shape != (2, 3):
             raise ValueError("box_ras needs two corners [[r, a, s], [r, a, s]]")
         box = ordered_box(corners)
-    return _prompts(points, signs, box)
+    strokes = {key: [Stroke(np.stack([_xyz(p) for p in entry["ras"]]), _parse_sign(entry.get("positive", True)))
+                     for entry in data.get(key) or []] for key in ("scribbles", "lassos")}
+    return _prompts(points, signs, box, strokes["scribbles"], strokes["lassos"])
 
 
 def _read_text(path: Path) -> str:
@@ -260,9 +315,11 @@ def _read_csv(text: str) -> Prompts:
     return _prompts(points, signs, None)
 
 
-def _prompts(points: List[np.ndarray], signs: List[bool], box) -> Prompts:
+def _prompts(points: List[np.ndarray], signs: List[bool], box, scribbles: Sequence[Stroke] = (),
+             lassos: Sequence[Stroke] = ()) -> Prompts:
     array = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    finite = np.all(np.isfinite(array)) and (box is None or all(np.all(np.isfinite(c)) for c in box))
+    finite = (np.all(np.isfinite(array)) and (box is None or all(np.all(np.isfinite(c)) for c in box))
+              and all(np.all(np.isfinite(s.points_ras)) for s in (*scribbles, *lassos)))
     if not finite:
         raise InvalidPromptError("Prompt coordinates must be finite numbers; fix the file.")
-    return Prompts(array, np.asarray(signs, dtype=bool).reshape(-1), box)
+    return Prompts(array, np.asarray(signs, dtype=bool).reshape(-1), box, tuple(scribbles), tuple(lassos))
