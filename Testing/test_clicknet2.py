@@ -330,3 +330,28 @@ def test_coarse_context_finds_a_structure_larger_than_one_roi_and_leaves_small_o
             assert dice(masks[1], truth) > dice(masks[0], truth) + 0.2
         else:
             assert np.array_equal(masks[0], masks[1])
+
+
+def test_click_features_extended_click_by_click_equal_those_from_scratch(model):
+    """Inference keeps each embedding's click summary and adds only the new clicks: bit-identical logits at every
+    click (past the 64-value running minimum too), for two ROIs taking turns, after a click is dropped (no
+    longer a prefix) and for padding labels."""
+    rng = np.random.default_rng(1)
+    with torch.inference_mode():
+        embeddings = [model.encode_image(torch.randn(1, 1, 32, 32, 32)) for _ in range(2)]
+        points = torch.from_numpy(rng.uniform(0, 31, (1, 80, 3)).astype(np.float32))
+        labels = torch.from_numpy(rng.choice([1, 0, -1], (1, 80), p=[0.5, 0.4, 0.1]))
+        previous = torch.zeros(1, 1, 16, 16, 16)
+        sequence = [(e, n) for n in range(1, 81) for e in (0, 1)] + [(0, 79), (0, 80), (1, 5)]
+        for which, n in sequence:
+            cached = model.decode_prompts(embeddings[which], points[:, :n], labels[:, :n], previous)[0]
+            kept = model._click_cache
+            model._click_cache = {}
+            fresh = model.decode_prompts(embeddings[which], points[:, :n], labels[:, :n], previous)[0]
+            model._click_cache = kept
+            assert torch.equal(cached, fresh), (which, n)
+        assert len(model._click_cache) == 2
+    with torch.no_grad():
+        model.train()
+        model.decode_prompts(embeddings[0], points[:, :3], labels[:, :3], previous)  # training never uses it
+    assert all(entry[1].points.shape[0] != 3 for entry in model._click_cache.values())

@@ -31,8 +31,9 @@ behaviour bit for bit):
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -189,6 +190,8 @@ class ClickNet2(nn.Module):
         # Optional residual adapter on the click-conditioned decoder's 32³ features, likewise.
         self.decoder_adapter: Optional[nn.Module] = None
         self.adapter_config: Optional[Any] = None  # set by inject_adapters
+        #: Inference only: id(images) → (weak reference to the embedding's images, its last _ClickState).
+        self._click_cache: Dict[int, Tuple[Any, _ClickState]] = {}
 
     # ------------------------------------------------------------------ image side (once per ROI)
     def encode_image(self, image_roi: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -289,35 +292,56 @@ class ClickNet2(nn.Module):
         * the connected components of {|I − I_click| < h} that contain a positive click, for the two half
           widths of ``GROWN_REGION_HALF_WIDTHS`` (6-connectivity).
         """
-        config = self.config
-        image_low, smooth = images[:, :1], images[:, 1:]
-        low = image_low.shape[-1]
-        batch = image_low.shape[0]
+        return self._click_features(images, self._click_states(images, points_roi, labels, None))
+
+    def _click_states(self, images: torch.Tensor, points_roi: torch.Tensor, labels: torch.Tensor,
+                      coarse_size: Optional[int]) -> List[_ClickState]:
+        """Per batch item, the order-independent summary of its clicks (:class:`_ClickState`); in inference on a
+        batch of one, the previous decode's summary on the same embedding is extended by the new clicks only, so
+        a click costs the same at click 100 as at click 10 (max and min are exact: the same numbers as from
+        scratch)."""
+        low = images.shape[-1]
         image_size = 2 * low  # the ROI size (training may use smaller ROIs than config.image_size)
-        heat = self.heatmaps(points_roi, labels, low, image_size, config.click_sigma_fine)
-        out = torch.zeros((batch, len(CLICK_FEATURES), low, low, low), device=image_low.device)
-        out[:, :2] = heat
-        index = torch.clamp(torch.round((points_roi.float() + 0.5) * low / image_size - 0.5), 0, low - 1).long()
-        for b in range(batch):
-            image = image_low[b, 0]
-            click_values: Tuple[list, list] = ([], [])  # smoothed intensity at the positive / negative clicks
-            seeds = []
-            for k in range(labels.shape[1]):
-                label = int(labels[b, k])
-                if label not in (0, 1):
-                    continue
-                i, j, m = (int(v) for v in index[b, k])
-                click_values[0 if label == 1 else 1].append(smooth[b, 0, i, j, m])
-                if label == 1:
-                    seeds.append((i, j, m))
-            best_distance = [_nearest_value_distance(image, values) if values else None for values in click_values]
+        cacheable = not self.training and not torch.is_grad_enabled() and images.shape[0] == 1
+        states = []
+        for b in range(images.shape[0]):
+            previous = self._cached_click_state(images, points_roi[b], labels[b]) if cacheable else None
+            states.append(_ClickState.extend(previous, images[b], points_roi[b], labels[b], self.config, image_size,
+                                             coarse_size))
+        if cacheable:
+            # Keyed by the embedding's images tensor, checked by identity (a weak reference: a freed tensor's
+            # address may be reused by another ROI's); a few ROIs of one session take turns.
+            cache = {k: v for k, v in self._click_cache.items() if v[0]() is not None}
+            cache[id(images)] = (weakref.ref(images), states[0])
+            while len(cache) > CLICK_CACHE_ROIS:
+                cache.pop(next(iter(cache)))
+            self._click_cache = cache
+        return states
+
+    def _cached_click_state(self, images: torch.Tensor, points: torch.Tensor, labels: torch.Tensor
+                            ) -> Optional[_ClickState]:
+        entry = self._click_cache.get(id(images))
+        if entry is None or entry[0]() is not images:
+            return None
+        state = entry[1]
+        n = state.points.shape[0]
+        if n > points.shape[0] or not (torch.equal(state.points, points[:n]) and torch.equal(state.labels, labels[:n])):
+            return None
+        return state
+
+    def _click_features(self, images: torch.Tensor, states: List[_ClickState]) -> torch.Tensor:
+        config = self.config
+        low = images.shape[-1]
+        out = torch.zeros((images.shape[0], len(CLICK_FEATURES), low, low, low), device=images.device)
+        for b, state in enumerate(states):
+            out[b, :2] = state.heat_fine
             for slot in (0, 1):
-                if best_distance[slot] is not None:
-                    out[b, 2 + slot] = torch.exp(-best_distance[slot] ** 2 / (2 * config.similarity_width**2))
-            if seeds:
-                distance_np = best_distance[0].detach().cpu().numpy()
+                if state.best_distance[slot] is not None:
+                    out[b, 2 + slot] = torch.exp(-state.best_distance[slot] ** 2 / (2 * config.similarity_width**2))
+            if state.seeds:
+                distance_np = state.best_distance[0].detach().cpu().numpy()
                 for channel, half_width in zip((4, 5), GROWN_REGION_HALF_WIDTHS):
-                    out[b, channel] = torch.from_numpy(_grown_region(distance_np < half_width, seeds))
+                    out[b, channel] = torch.from_numpy(_grown_region(distance_np < half_width, state.seeds))
         return out
 
     def decode_prompts(self, embedding: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], points_roi: torch.Tensor,
@@ -339,12 +363,12 @@ class ClickNet2(nn.Module):
         coarse, fine, images = embedding
         if boxes_roi is not None and not self.config.box_input:
             raise ValueError("this ClickNet2 has no box input (config.box_input is False); give the box as a clip")
-        clicks = self.click_features(images, points_roi, labels)
+        states = self._click_states(images, points_roi, labels, coarse.shape[-1])
+        clicks = self._click_features(images, states)
         prev = torch.tanh(mask_logits.float() / 4)
         pooled = _pool2(torch.cat([clicks, prev], 1))
-        # The coarse heatmaps are wider (9 mm) than pooled fine ones: recompute them at 32³.
-        pooled[:, :2] = self.heatmaps(points_roi, labels, coarse.shape[-1], 4 * coarse.shape[-1],
-                                      self.config.click_sigma_coarse)
+        # The coarse heatmaps are wider (9 mm) than pooled fine ones: made at 32³ with the click state.
+        pooled[:, :2] = torch.stack([state.heat_coarse for state in states])
         box64 = box32 = None
         if boxes_roi is not None:
             low = fine.shape[-1]
@@ -383,6 +407,73 @@ class ClickNet2(nn.Module):
         if return_coarse:
             return logits, iou, logits32
         return logits, iou
+
+
+#: ROIs whose last click state is kept for the next decode (a session decodes its active ROI and up to
+#: ``MAX_EXTENSIONS_PER_CLICK`` neighbours per click).
+CLICK_CACHE_ROIS = 4
+
+
+@dataclass(frozen=True)
+class _ClickState:
+    """What the click features of one item need from its clicks, all of it independent of their order.
+
+    Attributes:
+        points: (N, 3) and ``labels`` (N,): the clicks summarised (tensor copies).
+        heat_fine: (2, L, L, L) max-Gaussian heatmaps (+, −) on the click-feature grid.
+        heat_coarse: (2, C, C, C) the same at the decoder's coarse grid (None when not asked for).
+        best_distance: per sign, min over its clicks of |image − smoothed image at the click| (L³), or None.
+        seeds: low-res (i, j, k) of the positive clicks.
+    """
+
+    points: torch.Tensor
+    labels: torch.Tensor
+    heat_fine: torch.Tensor
+    heat_coarse: Optional[torch.Tensor]
+    best_distance: Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]
+    seeds: Tuple[Tuple[int, int, int], ...]
+
+    @staticmethod
+    def extend(previous: Optional[_ClickState], images: torch.Tensor, points: torch.Tensor, labels: torch.Tensor,
+               config: ClickNet2Config, image_size: int, coarse_size: Optional[int]) -> _ClickState:
+        """The state of ``points``/``labels`` ((N, 3), (N,)) on one item's ``images`` (2, L, L, L); ``previous``
+        (the state of their first n clicks, or None) is extended by the rest."""
+        low = images.shape[-1]
+        start = 0 if previous is None else previous.points.shape[0]
+        new_points, new_labels = points[None, start:], labels[None, start:]
+        heat_fine = ClickNet2.heatmaps(new_points, new_labels, low, image_size, config.click_sigma_fine)[0]
+        heat_coarse = None
+        if coarse_size is not None:
+            heat_coarse = ClickNet2.heatmaps(new_points, new_labels, coarse_size, 4 * coarse_size,
+                                             config.click_sigma_coarse)[0]
+        best: List[Optional[torch.Tensor]] = [None, None]
+        seeds: List[Tuple[int, int, int]] = []
+        if previous is not None:
+            heat_fine = torch.maximum(heat_fine, previous.heat_fine)
+            if heat_coarse is not None and previous.heat_coarse is not None:
+                heat_coarse = torch.maximum(heat_coarse, previous.heat_coarse)
+            elif heat_coarse is not None:
+                heat_coarse = ClickNet2.heatmaps(points[None], labels[None], coarse_size, 4 * coarse_size,
+                                                 config.click_sigma_coarse)[0]
+            best = list(previous.best_distance)
+            seeds = list(previous.seeds)
+        image, smooth = images[0], images[1]
+        index = torch.clamp(torch.round((new_points[0].float() + 0.5) * low / image_size - 0.5), 0, low - 1).long()
+        values: Tuple[list, list] = ([], [])  # smoothed intensity at the new positive / negative clicks
+        for k in range(new_labels.shape[1]):
+            label = int(new_labels[0, k])
+            if label not in (0, 1):
+                continue
+            i, j, m = (int(v) for v in index[k])
+            values[0 if label == 1 else 1].append(smooth[i, j, m])
+            if label == 1:
+                seeds.append((i, j, m))
+        for slot in (0, 1):
+            if values[slot]:
+                distance = _nearest_value_distance(image, values[slot])
+                best[slot] = distance if best[slot] is None else torch.minimum(best[slot], distance)
+        return _ClickState(points.detach().clone(), labels.detach().clone(), heat_fine, heat_coarse,
+                           (best[0], best[1]), tuple(seeds))
 
 
 #: Up to this many click values, the nearest-value distance is a running minimum (~0.1 ms per value on 64³ on
