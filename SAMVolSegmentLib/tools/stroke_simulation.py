@@ -18,8 +18,8 @@ user draws it on a slice view; the session's :func:`~SAMVolSegmentLib.engine.str
   :func:`~SAMVolSegmentLib.engine.clicks.largest_error` does, positive for a miss, negative for a false
   positive), a stroke on the axial slice through the region's deepest point (mm), starting there and walking
   both ways along the longer principal axis of the region's cross-section (its 8-connected component through
-  that point), bending towards the cross-section's ridge (the deepest voxels across the walking direction), as
-  long as it stays one voxel inside the region (every voxel within one voxel of the stroke belongs to it).
+  that point), bending towards the cross-section's ridge (the deepest voxels across the walking direction) by at
+  most 90° in all, as long as it stays one voxel inside the region (every voxel within one voxel of the stroke belongs to it).
   It is then smoothed (moving average) and cut where a voxel it would draw lies outside the region, so a
   scribble never decides a voxel the region does not hold. Where the cross-section is too thin to keep a voxel
   inside, the walk may touch its border; a region thinner than that gets a one-point scribble at its deepest
@@ -50,6 +50,8 @@ SCRIBBLE_STEP_VOXELS = 0.5
 SCRIBBLE_RIDGE_VOXELS = 1.0
 #: Weight of the previous direction when the walk bends towards the ridge (0: follow the ridge at once).
 SCRIBBLE_MOMENTUM = 0.7
+#: The walk stops where it has turned more than this from its first direction (degrees): no hooks at the ends.
+SCRIBBLE_MAX_TURN_DEGREES = 90.0
 #: Moving-average window (walk points) of the smoothing.
 SCRIBBLE_SMOOTHING_POINTS = 5
 _FULL_2D = np.ones((3, 3), dtype=bool)
@@ -290,10 +292,13 @@ def _principal_axis_mm(section: np.ndarray, spacing_ji: np.ndarray) -> np.ndarra
 def _walk(start: np.ndarray, direction_mm: np.ndarray, allowed: np.ndarray, depth: np.ndarray,
           spacing_ji: np.ndarray) -> np.ndarray:
     """Points (M, 2) in (j, i) from ``start`` (excluded) walking along ``direction_mm``, bending towards the
-    deepest voxels across the way, while each point's voxel is ``allowed``; at most 2 × the slice's perimeter."""
+    deepest voxels across the way, while each point's voxel is ``allowed`` and the way has turned at most
+    :data:`SCRIBBLE_MAX_TURN_DEGREES`; at most 2 × the slice's perimeter."""
     points: List[np.ndarray] = []
     position = start.copy()
     heading = direction_mm / np.linalg.norm(direction_mm)
+    initial = heading.copy()
+    min_cos = np.cos(np.radians(SCRIBBLE_MAX_TURN_DEGREES))
     offsets = np.linspace(-SCRIBBLE_RIDGE_VOXELS, SCRIBBLE_RIDGE_VOXELS, 9)
     for _ in range(2 * sum(allowed.shape) * int(round(1 / SCRIBBLE_STEP_VOXELS))):
         step = heading / spacing_ji
@@ -313,6 +318,8 @@ def _walk(start: np.ndarray, direction_mm: np.ndarray, allowed: np.ndarray, dept
         moved_mm = (new - position) * spacing_ji
         heading = SCRIBBLE_MOMENTUM * heading + (1 - SCRIBBLE_MOMENTUM) * moved_mm / np.linalg.norm(moved_mm)
         heading /= np.linalg.norm(heading)
+        if float(heading @ initial) < min_cos - 1e-9:
+            break
         position = new
         points.append(new)
     return np.array(points).reshape(-1, 2)
