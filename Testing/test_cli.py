@@ -328,3 +328,19 @@ def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one(capsys):
     close()
     assert "\r" in terminal.getvalue() and "50%" in terminal.getvalue()
     assert capsys.readouterr().out == ""
+
+
+def test_evaluate_stroke_protocols_beside_the_click_protocol(tmp_path, tiny_checkpoint, phantom_dir, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(phantom_dir), "--model", str(tiny_checkpoint), "--cases", "phantom", "--label", "1",
+                 "--clicks", "2", "--protocol", "strokes", "--output", str(out), "--threads", "1"]) == 0
+    for protocol, first in (("lasso", "lasso"), ("scribbles", "scribble")):
+        summary = json.loads((out / f"{protocol}_summary.json").read_text())
+        assert summary["protocol"] == protocol and set(summary["mean_dice"]) == {"model", "baseline"}
+        assert (out / f"dice_vs_prompts_{protocol}.png").stat().st_size > 1000
+        with open(out / f"{protocol}.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["prompt"] for r in rows if r["click"] == "1"] == [first, first]  # model and baseline
+    assert not (out / "summary.json").exists()  # the click protocol was not asked for
+    printed = capsys.readouterr().out
+    assert "lasso protocol" in printed and "scribbles protocol" in printed

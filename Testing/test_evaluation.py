@@ -387,3 +387,50 @@ def test_cvpr25_click_is_deepest_in_voxels_in_the_largest_error(seed, spacing):
     inside = np.argwhere(component)
     depth = cdist(inside, outside).min(axis=1)
     assert cdist([index], outside).min() == pytest.approx(depth.max())
+
+
+# ------------------------------------------------------------------ stroke protocols (issue 24)
+@pytest.mark.parametrize("protocol, kinds", [("lasso", ["lasso", "click", "click"]),
+                                             ("scribbles", ["scribble", "scribble", "scribble"])])
+def test_stroke_protocols_baseline_only_deterministic_and_written(tmp_path, protocol, kinds):
+    case, blob = blob_case(tmp_path)
+    rows = simulate_case(None, case, num_clicks=3, protocol=protocol)
+    again = simulate_case(None, case, num_clicks=3, protocol=protocol)
+    assert [(r.prompt, r.positive, r.r, r.dice) for r in rows] == [(r.prompt, r.positive, r.r, r.dice) for r in again]
+    placed = [r.prompt for r in rows if r.placed]
+    assert placed == kinds[:len(placed)] and rows[0].positive
+    assert rows[0].dice > 0.5  # a lasso or scribble in a bright blob: region growing finds it
+    result = evaluate_cases([case], None, num_clicks=3, protocol=protocol)
+    paths = write_results(result, tmp_path / "out")
+    assert {p.name for p in paths.values()} == {f"{protocol}.csv", f"{protocol}_summary.json",
+                                                f"dice_vs_prompts_{protocol}.png"}
+    summary = json.loads(paths["json"].read_text())
+    assert summary["protocol"] == protocol and set(summary["mean_dice"]["baseline"]) == {"1", "2", "3"}
+    assert kinds[0] in summary["methods"]["baseline"]["latency_by_prompt_s"]
+    with open(paths["csv"], newline="") as f:
+        assert [r["prompt"] for r in csv.DictReader(f)][0] == kinds[0]
+
+
+def test_baseline_keeps_a_strokes_drawn_voxels(tmp_path):
+    from SAMVolSegmentLib.tools.evaluation import Prompt, _BaselineMethod, prepared_target
+    from SAMVolSegmentLib.tools.stroke_simulation import simulate_lasso, simulate_scribble
+
+    case, blob = blob_case(tmp_path)
+    image, target, geometry, _, _ = prepared_target(case)
+    method = _BaselineMethod(image)
+    lasso = simulate_lasso(target, geometry)
+    mask, _, _ = method.stroke(Prompt("lasso", True, lasso.anchor_kji, lasso.points_ras))
+    k = lasso.anchor_kji[0]
+    assert mask[k][target[k] > 0].all()  # the filled lasso is foreground whatever region growing found
+    scribble = simulate_scribble(target, geometry)  # negative, through the target: its voxels become background
+    mask, _, _ = method.stroke(Prompt("scribble", False, scribble.anchor_kji, scribble.points_ras))
+    index_kji = np.rint(geometry.ras_to_ijk(scribble.points_ras)[:, ::-1]).astype(int)
+    assert not mask[tuple(index_kji.T)].any()
+    mask, _, _ = method.step((0, 0, 0), geometry.index_to_ras((0, 0, 0)), False)  # ... and stay so after a click
+    assert not mask[tuple(index_kji.T)].any()
+
+
+def test_unknown_protocol_is_refused(tmp_path):
+    case, _ = blob_case(tmp_path)
+    with pytest.raises(ValueError, match="protocol"):
+        simulate_case(None, case, num_clicks=2, protocol="boxes")

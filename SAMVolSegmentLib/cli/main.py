@@ -152,22 +152,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"label {args.label}" if args.label is not None else "label > 0 (or the manifest's value)")
     print(f"{len(cases)} target(s); target: {rule}")
     written: list[Path] = []
-    if args.protocol in ("clicks", "both"):
-        print(f"click protocol: {args.clicks} simulated clicks per target")
-        progress, close = make_progress("evaluate")
+    for protocol in EVALUATE_PROTOCOLS[args.protocol]:
+        if protocol == "cvpr25":
+            written.extend(_evaluate_cvpr25(args, cases, model, no_model))
+            continue
+        print(f"{protocol} protocol: {PROTOCOL_LINES[protocol].format(n=args.clicks, rest=args.clicks - 1)}")
+        progress, close = make_progress(f"evaluate {protocol}" if protocol != "clicks" else "evaluate")
         try:
             result = evaluate_cases(cases, model, args.clicks, progress=progress, with_baseline=not args.no_baseline,
                                     baseline_clicks=args.baseline_clicks or "shared",
                                     model_name=None if no_model else args.model,
-                                    session_options=_session_options(args))
+                                    session_options=_session_options(args), protocol=protocol)
         finally:
             close()
         written.extend(write_results(result, args.output, plot=not args.no_plot).values())
         print_summary(result)
-    if args.protocol in ("cvpr25", "both"):
-        written.extend(_evaluate_cvpr25(args, cases, model, no_model))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+#: What each ``--protocol`` choice runs, in order.
+EVALUATE_PROTOCOLS = {"clicks": ("clicks",), "cvpr25": ("cvpr25",), "both": ("clicks", "cvpr25"),
+                      "lasso": ("lasso",), "scribbles": ("scribbles",), "strokes": ("lasso", "scribbles"),
+                      "all": ("clicks", "cvpr25", "lasso", "scribbles")}
+PROTOCOL_LINES = {"clicks": "{n} simulated clicks per target",
+                  "lasso": "a simulated lasso on the target's largest axial cross-section, then {rest} clicks",
+                  "scribbles": "a simulated scribble inside the target, then {rest} correcting scribbles"}
 
 
 def _session_options(args: argparse.Namespace) -> dict:
@@ -193,14 +203,15 @@ def _evaluate_cvpr25(args: argparse.Namespace, cases, model, no_model: bool) -> 
 
 
 def print_summary(result) -> None:
-    """Mean Dice per click count per method, and the model's click latency."""
+    """Mean Dice per click (prompt) count per method, and the latency of later prompts."""
     summary = result.summary()
+    what = "click" if getattr(result, "protocol", "clicks") == "clicks" else "prompt"
     for method in result.methods:
         means = result.mean_dice(method)
         print(f"{method:>9} mean Dice: " + "  ".join(f"{k}:{v:.3f}" for k, v in means.items()))
         later = summary["methods"][method]["latency_later_clicks_s"]
         if later["p50"] is not None:
-            print(f"{'':>9} latency after the first click: p50 {later['p50'] * 1000:.0f} ms, "
+            print(f"{'':>9} latency after the first {what}: p50 {later['p50'] * 1000:.0f} ms, "
                   f"p95 {later['p95'] * 1000:.0f} ms")
 
 
@@ -680,12 +691,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("evaluate", help="click-simulation evaluation on labelled cases",
             description="Simulated clicks (deepest point of the target, then of the largest error) on labelled "
                         "cases; Dice and HD95 after each click for the model and a region-growing baseline; "
-                        "writes clicks.csv, summary.json, dice_vs_clicks.png.")
+                        "writes clicks.csv, summary.json, dice_vs_clicks.png. --protocol lasso / scribbles: drawn prompts "
+                        "(a simulated lasso, then clicks; simulated scribbles) with the same tables and plot.")
     p.add_argument("data", type=Path,
                    help="folder of <case>/image.* + label.* folders (image may be a DICOM series folder), or a CSV "
                         "manifest image,label[,label_value]")
     p.add_argument("--model", default="default", help="registry name, checkpoint path, or 'none' (baseline only)")
-    p.add_argument("--clicks", type=int, default=10, help="clicks per case in the click protocol")
+    p.add_argument("--clicks", type=int, default=10,
+                   help="prompts per target in the clicks, lasso and scribbles protocols (lasso: the lasso and "
+                        "CLICKS-1 clicks; scribbles: CLICKS scribbles)")
     _add_output(p, Path("samvolseg-eval"), "output folder")
     p.add_argument("--label", type=int, default=None,
                    help="target label value for cases whose manifest row gives none (default: label > 0, all "
@@ -699,10 +713,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="baseline gets the model's clicks (shared) or clicks from its own errors (own); default: "
                         "shared for the click protocol, own for cvpr25 (the challenge scores each method on its own "
                         "errors)")
-    p.add_argument("--protocol", choices=["clicks", "cvpr25", "both"], default="clicks",
+    p.add_argument("--protocol", choices=list(EVALUATE_PROTOCOLS), default="clicks",
                    help="clicks: --clicks clicks from the target's deepest point (clicks.csv, summary.json); "
                         "cvpr25: the CVPR 2025 interactive challenge's box + 5 clicks with DSC/NSD (2 mm) per step "
-                        "and their AUCs (cvpr25_steps.csv, cvpr25_cases.csv, cvpr25_summary.json); both: both")
+                        "and their AUCs (cvpr25_steps.csv, cvpr25_cases.csv, cvpr25_summary.json); both: clicks and "
+                        "cvpr25; lasso: a lasso on the target's largest axial cross-section, then clicks "
+                        "(lasso.csv, lasso_summary.json); scribbles: a scribble inside the target, then scribbles "
+                        "in the largest error (scribbles.csv, scribbles_summary.json); strokes: lasso and scribbles; "
+                        "all: all four. Region growing gets a stroke's clicks as seeds and its drawn voxels as "
+                        "fixed")
     p.add_argument("--box-mode", choices=["clip", "initial"], default="clip",
                    help="cvpr25: the session clips the mask to the challenge's box; clip: for every step (default; "
                         "the challenge keeps its box in the input), initial: lift the clip before the first click")

@@ -6,8 +6,8 @@ integer voxel indices ``IndexKJI`` (:meth:`~SAMVolSegmentLib.engine.geometry.Vol
 RAS position). Deterministic: no randomness except the CVPR25 rule's fixed-seed tie-break.
 
 * :func:`first_click`: positive, at the target's deepest point (farthest from its border, volume edge included);
-* :func:`next_click`: the deepest point of the largest 26-connected error component, positive for a miss and
-  negative for a false positive, or None when the prediction is exact;
+* :func:`next_click`: the deepest point of the largest 26-connected error component (:func:`largest_error`),
+  positive for a miss and negative for a false positive, or None when the prediction is exact;
 * :class:`ClickRule`: this project's rule (:data:`SAMVOLSEG_CLICKS`) or the CVPR 2025 challenge's
   (:data:`CVPR25_CLICKS`), which differ in how errors are grouped, depth is measured and ties are broken;
 * :func:`deepest_point_roi`: the deepest point of a low-res mask as ROI voxel coordinates (the session's
@@ -113,18 +113,18 @@ def first_click(target: np.ndarray, spacing_kji: Sequence[float]) -> Tuple[Index
     return deepest_point(target, spacing_kji), True
 
 
-def next_click(
-    target: np.ndarray, prediction: np.ndarray, spacing_kji: Sequence[float], rule: ClickRule = SAMVOLSEG_CLICKS,
-) -> Optional[Tuple[IndexKJI, bool]]:
-    """The next simulated click: the deepest point of the largest error component, and its sign.
+def largest_error(
+    target: np.ndarray, prediction: np.ndarray, rule: ClickRule = SAMVOLSEG_CLICKS,
+) -> Optional[Tuple[np.ndarray, Tuple[slice, ...]]]:
+    """The largest error component of a prediction, as :func:`next_click` chooses it.
 
     Components are 26-connected; the largest has the most voxels (voxels all have one volume, so also the
     most mm³); equal sizes go to the first in C order (and, with ``rule.split_signs``, to a miss over a false
     positive).
 
     Returns:
-        ``((k, j, i), positive)`` — positive where the target is foreground (a miss) — or None when the
-        prediction equals the target.
+        ``(component, box)``: a bool (k, j, i) mask of the component within ``box`` (slices of the volume's
+        array, the errors' bounding box), or None when the prediction equals the target.
     """
     target, prediction = np.asarray(target).astype(bool), np.asarray(prediction).astype(bool)
     if rule.split_signs:
@@ -142,12 +142,26 @@ def next_click(
         largest = int(np.argmax(sizes))
         if best is None or sizes[largest] > best[0]:
             best = (int(sizes[largest]), components == largest + 1, box)
-    if best is None:
+    return None if best is None else (best[1], best[2])
+
+
+def next_click(
+    target: np.ndarray, prediction: np.ndarray, spacing_kji: Sequence[float], rule: ClickRule = SAMVOLSEG_CLICKS,
+) -> Optional[Tuple[IndexKJI, bool]]:
+    """The next simulated click: the deepest point of the largest error component (:func:`largest_error`),
+    and its sign.
+
+    Returns:
+        ``((k, j, i), positive)`` — positive where the target is foreground (a miss) — or None when the
+        prediction equals the target.
+    """
+    error = largest_error(target, prediction, rule)
+    if error is None:
         return None
-    _, component, box = best
+    component, box = error
     local = deepest_point(component, spacing_kji, rule)
     index = tuple(int(v) + int(s.start) for v, s in zip(local, box))
-    return index, bool(target[index])  # type: ignore[return-value]
+    return index, bool(np.asarray(target)[index])  # type: ignore[return-value]
 
 
 def deepest_point_roi(mask_low: np.ndarray, roi_size: int) -> Optional[np.ndarray]:

@@ -24,6 +24,24 @@ HD95 in mm (95th percentile of the symmetric surface distances, computed with sp
 transforms on the two masks' bounding box only, which keeps it to a few ms on the development cases); an
 empty prediction scores Dice 0 and HD95 ``None``.
 
+**Stroke protocols** (issue 24; ``protocol``): prompt 1 is drawn, the rest follow the same errors.
+
+* ``"lasso"``: prompt 1 is a positive lasso around the target's largest axial cross-section
+  (:func:`~.stroke_simulation.simulate_lasso`: the exact outline, ≤ 64 vertices), then clicks as above
+  (:func:`~.clicks.next_click`) — ``num_clicks`` prompts in all;
+* ``"scribbles"``: prompt 1 is a positive scribble inside the target, every later prompt a scribble in the
+  largest error component (:func:`~.stroke_simulation.simulate_scribble`,
+  :func:`~.stroke_simulation.correction_scribble`: positive in a miss, negative in a false positive).
+
+The model gets strokes through ``InteractiveSession.add_lasso`` / ``add_scribble``. Region growing gets what the
+session makes of a stroke (:mod:`~SAMVolSegmentLib.engine.strokes`): the stroke's clicks
+(``StrokePrompt.clicks_ras``, the same points the model is given) as seeds of its sign, and the drawn voxels (the
+filled polygon, the stroke's voxels) set to its sign after growing, through later steps too — the session's hard
+constraints. Seeding from every drawn voxel was not chosen: one growing per voxel (hundreds per stroke), and a
+model and a baseline that are given different seeds would not compare like for like. Rows record the stroke's
+anchor (a lasso's deepest cross-section voxel, a scribble's deepest point) as the prompt's position and its kind
+in ``prompt``.
+
 Click placement is :mod:`.clicks` (:func:`~.clicks.first_click`, :func:`~.clicks.next_click`). The CVPR 2025
 challenge's protocol (box, then 5 clicks; DSC/NSD and their AUCs) lives in :mod:`.cvpr25` and shares the click
 placement (with :data:`~.clicks.CVPR25_CLICKS`), this module's methods and its cases.
@@ -44,14 +62,19 @@ import SimpleITK as sitk
 # (tests, benchmarks, teach) that still import them from here.
 from ..engine.clicks import CVPR25_CLICKS, SAMVOLSEG_CLICKS, ClickRule, deepest_point, first_click, next_click  # noqa: F401
 from ..engine.geometry import IndexKJI, VolumeGeometry, box_centre
+from ..engine.mask_update import MaskUpdate
 from ..engine.metrics import dice, hd95  # dice and hd95 re-exported: callers import them from here
+from ..engine.strokes import StrokePrompt, apply_drawn, lasso_prompt, scribble_prompt
 from ..errors import InvalidImageError
 from .baseline import BASELINE_NAME, RegionGrowing
+from .stroke_simulation import correction_scribble, simulate_lasso, simulate_scribble
 
 index_to_ras = VolumeGeometry.index_to_ras  # index_to_ras(geometry, index_kji): (3,) RAS of the voxel's centre
 
 ProgressCallback = Callable[[float, str], None]
 BASELINE_MODES = ("shared", "own")
+#: Prompt protocols of :func:`simulate_case` (the CVPR 2025 challenge's box + clicks is :mod:`.cvpr25`).
+PROTOCOLS = ("clicks", "lasso", "scribbles")
 
 
 @dataclass(frozen=True)
@@ -77,15 +100,16 @@ class ClickResult:
     label: str  # "all" (label > 0) or the label value
     method: str
     click: int
-    placed: bool  # False: the prediction was already perfect, no new click (scores carried over)
+    placed: bool  # False: the prediction was already perfect, no new prompt (scores carried over)
     positive: Optional[bool]
-    r: Optional[float]  # the click, RAS mm
+    r: Optional[float]  # the click (a stroke: its anchor voxel), RAS mm
     a: Optional[float]
     s: Optional[float]
     dice: float
     hd95_mm: Optional[float]
-    latency_s: float  # wall time of the step (model: add_click; baseline: region growing)
+    latency_s: float  # wall time of the step (model: add_click / add_lasso / add_scribble; baseline: region growing)
     encode_s: Optional[float] = None  # model only: part of latency_s spent in the image encoder
+    prompt: str = "click"  # "click", "lasso", "scribble"; "none" where no prompt was placed
 
 
 @dataclass
@@ -93,9 +117,10 @@ class EvaluationResult:
     """All rows of an evaluation plus what produced them."""
 
     model: str
-    num_clicks: int
+    num_clicks: int  # prompts per target (clicks, or a stroke and then clicks or strokes)
     baseline_clicks: str = "shared"
     rows: List[ClickResult] = field(default_factory=list)
+    protocol: str = "clicks"
 
     @property
     def methods(self) -> List[str]:
@@ -118,7 +143,8 @@ class EvaluationResult:
         return {k: float(np.mean(v)) for k, v in self._values(method, "dice").items()}
 
     def summary(self) -> Dict[str, Any]:
-        """JSON-ready summary: per method and click count mean/median Dice and HD95, latencies, per-case Dice."""
+        """JSON-ready summary: per method and click count mean/median Dice and HD95, latencies (also per prompt
+        kind: the first prompt with and without the encoder's share, later ones), per-case Dice."""
         per_method: Dict[str, Any] = {}
         for method in self.methods:
             dices, hds = self._values(method, "dice"), self._values(method, "hd95_mm")
@@ -131,12 +157,14 @@ class EvaluationResult:
                 "mean_hd95_mm": {str(k): float(np.mean(v)) for k, v in hds.items()},
                 "latency_first_click_s": _percentiles(first),
                 "latency_later_clicks_s": _percentiles(later),
+                "latency_by_prompt_s": _latency_by_prompt(placed),
             }
         per_case: Dict[str, Dict[str, Dict[str, float]]] = {}
         for row in self.rows:
             per_case.setdefault(row.case, {}).setdefault(row.method, {})[str(row.click)] = row.dice
         return {
             "model": self.model,
+            "protocol": self.protocol,
             "num_clicks": self.num_clicks,
             "baseline": BASELINE_NAME,
             "baseline_clicks": self.baseline_clicks,
@@ -145,6 +173,19 @@ class EvaluationResult:
             "methods": per_method,
             "per_case_dice": per_case,
         }
+
+
+def _latency_by_prompt(placed: Sequence[ClickResult]) -> Dict[str, Dict[str, Dict[str, Optional[float]]]]:
+    """{prompt kind: {"first", "first_without_encoder", "later": percentiles}} of placed rows: the first
+    prompt encodes the image, so its time is also given without the encoder's share."""
+    out: Dict[str, Dict[str, Dict[str, Optional[float]]]] = {}
+    for kind in dict.fromkeys(r.prompt for r in placed):
+        rows = [r for r in placed if r.prompt == kind]
+        first = [r for r in rows if r.click == 1]
+        out[kind] = {"first": _percentiles([r.latency_s for r in first]),
+                     "first_without_encoder": _percentiles([r.latency_s - (r.encode_s or 0.0) for r in first]),
+                     "later": _percentiles([r.latency_s for r in rows if r.click > 1])}
+    return out
 
 
 def _percentiles(values: Sequence[float]) -> Dict[str, Optional[float]]:
@@ -291,6 +332,13 @@ class _ModelMethod:
         self.session.add_click(point_ras, positive)
         return self._output(time.perf_counter() - start)
 
+    def stroke(self, prompt: Prompt) -> StepOutput:
+        """A simulated lasso or scribble through the session's ``add_lasso`` / ``add_scribble``."""
+        add = self.session.add_lasso if prompt.kind == "lasso" else self.session.add_scribble
+        start = time.perf_counter()
+        add(prompt.points_ras, prompt.positive)
+        return self._output(time.perf_counter() - start)
+
     def box(self, min_ras: np.ndarray, max_ras: np.ndarray) -> StepOutput:
         """The session's box prompt: an input of a model that takes boxes (``Predictor.accepts_box``); for other
         models a clip of the segment and, with no click yet, a click at its centre."""
@@ -318,14 +366,34 @@ class _BaselineMethod:
         self.geometry = VolumeGeometry.from_sitk(image)
         self.clicks: List[Tuple[IndexKJI, bool]] = []
         self.clip_kji: Optional[np.ndarray] = None
+        self.drawn: List[StrokePrompt] = []
 
     def step(self, index_kji: IndexKJI, point_ras: np.ndarray, positive: bool) -> StepOutput:
         self.clicks.append((index_kji, positive))
         start = time.perf_counter()
+        mask = self._segment()
+        return mask, time.perf_counter() - start, None
+
+    def stroke(self, prompt: Prompt) -> StepOutput:
+        """What the session makes of a stroke: its clicks as seeds of its sign, its drawn voxels set to its sign
+        (:mod:`~SAMVolSegmentLib.engine.strokes`; kept through later steps)."""
+        start = time.perf_counter()
+        make = lasso_prompt if prompt.kind == "lasso" else scribble_prompt
+        stroke = make(self.geometry, prompt.points_ras, prompt.positive)
+        self.drawn.append(stroke)
+        self.clicks.extend((self.geometry.nearest_index_kji(p), prompt.positive) for p in stroke.clicks_ras)
+        mask = self._segment()
+        return mask, time.perf_counter() - start, None
+
+    def _segment(self) -> np.ndarray:
+        """Region growing from the clicks so far, the drawn voxels' signs applied, clipped to the box if any."""
         mask = self.grower.segment(self.clicks)
+        if self.drawn:
+            full = tuple((0, n) for n in self.geometry.shape_kji)
+            mask = apply_drawn(MaskUpdate(full, mask), self.drawn).mask  # type: ignore[arg-type]
         if self.clip_kji is not None:
             mask &= self.clip_kji
-        return mask, time.perf_counter() - start, None
+        return mask
 
     def box(self, min_ras: np.ndarray, max_ras: np.ndarray) -> StepOutput:
         """Region growing has no box input: it gets what the session makes of a box — a positive seed at the
@@ -336,42 +404,79 @@ class _BaselineMethod:
         if not any(positive for _, positive in self.clicks):
             self.clicks.append((self.geometry.nearest_index_kji(box_centre((min_ras, max_ras))), True))
         start = time.perf_counter()
-        mask = self.grower.segment(self.clicks) & self.clip_kji
+        mask = self._segment()
         return mask, time.perf_counter() - start, None
 
     def release_box(self) -> Tuple[np.ndarray, float]:
         """Stop clipping to the box; the box's seed click stays: (mask, seconds taken)."""
         self.clip_kji = None
         start = time.perf_counter()
-        mask = self.grower.segment(self.clicks)
+        mask = self._segment()
         return mask, time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One simulated prompt: a click, or a lasso / scribble.
+
+    Attributes:
+        kind: "click", "lasso" or "scribble".
+        positive: its sign.
+        index_kji: the click's voxel, or the stroke's anchor (rows record its centre as the prompt's position).
+        points_ras: a stroke's (N, 3) points, world RAS mm; None for a click.
+    """
+
+    kind: str
+    positive: bool
+    index_kji: IndexKJI
+    points_ras: Optional[np.ndarray] = None
+
+
+def next_prompt(protocol: str, n: int, target: np.ndarray, prediction: np.ndarray, geometry: VolumeGeometry,
+                spacing_kji: Sequence[float]) -> Optional[Prompt]:
+    """Prompt ``n`` (1-based) of a protocol given the driver's current prediction; None when it is exact
+    (never for prompt 1). See the module's docstring for the protocols."""
+    if protocol == "clicks" or (protocol == "lasso" and n > 1):
+        click = first_click(target, spacing_kji) if n == 1 else next_click(target, prediction, spacing_kji)
+        return None if click is None else Prompt("click", click[1], click[0])
+    if protocol == "lasso":
+        stroke = simulate_lasso(target, geometry)
+    elif protocol == "scribbles":
+        stroke = (simulate_scribble(target, geometry, True) if n == 1
+                  else correction_scribble(target, prediction, geometry))
+    else:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    return None if stroke is None else Prompt(stroke.kind, stroke.positive, stroke.anchor_kji, stroke.points_ras)
 
 
 def _run_protocol(
     case_name: str, label: str, target: np.ndarray, geometry: VolumeGeometry, spacing_kji: Sequence[float],
     driver, followers: Sequence, num_clicks: int, on_click: Optional[Callable[[int], None]] = None,
+    protocol: str = "clicks",
 ) -> List[ClickResult]:
-    """Clicks from the driver's errors; followers get the same clicks. Returns rows of all methods."""
+    """Prompts from the driver's errors; followers get the same prompts. Returns rows of all methods."""
     methods = [driver, *followers]
     rows: List[ClickResult] = []
     last: Dict[str, ClickResult] = {}
     prediction = np.zeros_like(target)
     for n in range(1, num_clicks + 1):
-        click = first_click(target, spacing_kji) if n == 1 else next_click(target, prediction, spacing_kji)
-        if click is None:  # the driver is perfect: no new click, every method keeps its scores
+        prompt = next_prompt(protocol, n, target, prediction, geometry, spacing_kji)
+        if prompt is None:  # the driver is perfect: no new prompt, every method keeps its scores
             for method in methods:
                 rows.append(_carry_over(last[method.name], n))
                 last[method.name] = rows[-1]
         else:
-            index_kji, positive = click
-            point_ras = geometry.index_to_ras(index_kji)
+            point_ras = geometry.index_to_ras(prompt.index_kji)
             for method in methods:
-                mask, latency, encode_s = method.step(index_kji, point_ras, positive)
+                if prompt.kind == "click":
+                    mask, latency, encode_s = method.step(prompt.index_kji, point_ras, prompt.positive)
+                else:
+                    mask, latency, encode_s = method.stroke(prompt)
                 if method is driver:
                     prediction = mask
                 rows.append(ClickResult(
-                    case_name, label, method.name, n, True, positive, *(float(v) for v in point_ras),
-                    dice(mask, target), hd95(mask, target, spacing_kji), latency, encode_s,
+                    case_name, label, method.name, n, True, prompt.positive, *(float(v) for v in point_ras),
+                    dice(mask, target), hd95(mask, target, spacing_kji), latency, encode_s, prompt.kind,
                 ))
                 last[method.name] = rows[-1]
         if on_click is not None:
@@ -381,22 +486,23 @@ def _run_protocol(
 
 def _carry_over(row: ClickResult, click: int) -> ClickResult:
     return ClickResult(row.case, row.label, row.method, click, False, None, None, None, None, row.dice,
-                       row.hd95_mm, 0.0, None)
+                       row.hd95_mm, 0.0, None, "none")
 
 
 def simulate_case(
     session, case: Case, num_clicks: int, with_baseline: bool = True, baseline_clicks: str = "shared",
-    label_value: Optional[int] = None, progress: Optional[ProgressCallback] = None,
+    label_value: Optional[int] = None, progress: Optional[ProgressCallback] = None, protocol: str = "clicks",
 ) -> List[ClickResult]:
-    """Run the click protocol on one case.
+    """Run a prompt protocol (clicks by default) on one case.
 
     Args:
         session: an ``InteractiveSession`` (its volume is replaced), or None for the baseline alone.
         case: the case; ``label_value`` overrides its target label value.
-        num_clicks: clicks per method (≥ 1).
+        num_clicks: prompts per method (≥ 1).
         with_baseline: also run the region-growing baseline.
-        baseline_clicks: "shared" (the model's clicks) or "own" (clicks from the baseline's own errors).
+        baseline_clicks: "shared" (the model's prompts) or "own" (prompts from the baseline's own errors).
         progress: ``progress(fraction_of_this_case, message)``.
+        protocol: one of :data:`PROTOCOLS` (see the module's docstring).
     Returns:
         One :class:`ClickResult` per method and click count, in click order.
     """
@@ -404,6 +510,8 @@ def simulate_case(
         raise ValueError("num_clicks must be at least 1")
     if baseline_clicks not in BASELINE_MODES:
         raise ValueError(f"baseline_clicks must be one of {BASELINE_MODES}, got {baseline_clicks!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if session is None and not with_baseline:
         raise ValueError("nothing to evaluate: give a session or keep the baseline")
     image, target, geometry, spacing_kji, label = prepared_target(case, label_value)
@@ -418,10 +526,10 @@ def simulate_case(
     for run_index, (driver, followers) in enumerate(runs):
         def on_click(n: int, run_index: int = run_index, name: str = driver.name) -> None:
             if progress is not None:
-                progress((run_index + n / num_clicks) / len(runs), f"{case.name}: {name} click {n}")
+                progress((run_index + n / num_clicks) / len(runs), f"{case.name}: {name} prompt {n}")
 
         rows.extend(_run_protocol(case.name, label, target, geometry, spacing_kji, driver, followers,
-                                  num_clicks, on_click))
+                                  num_clicks, on_click, protocol))
     rows.sort(key=lambda r: (r.click, r.method != "model"))
     return rows
 
@@ -449,8 +557,9 @@ def evaluate_cases(
     device: str = "cpu",
     model_name: Optional[str] = None,
     session_options: Optional[Dict[str, Any]] = None,
+    protocol: str = "clicks",
 ) -> EvaluationResult:
-    """Evaluate a model and the baseline on labelled cases with simulated clicks.
+    """Evaluate a model and the baseline on labelled cases with simulated clicks (or strokes: ``protocol``).
 
     Args:
         cases: from :func:`discover_cases` (or built directly).
@@ -464,13 +573,17 @@ def evaluate_cases(
         model_name: name recorded in the results (default: the source's name or ``model_id``).
         session_options: keyword arguments of every :class:`~SAMVolSegmentLib.engine.session.InteractiveSession`
             (e.g. ``{"coarse_context": True}``).
+        protocol: "clicks" (default), "lasso" or "scribbles" (:data:`PROTOCOLS`).
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     model, name = resolve_model(model_source, device)
     result = EvaluationResult(model=model_name or name, num_clicks=num_clicks,
-                              baseline_clicks=baseline_clicks if model is not None else "own")
+                              baseline_clicks=baseline_clicks if model is not None else "own", protocol=protocol)
     for rows in for_each_case(cases, model, progress, lambda session, case, case_progress: simulate_case(
             session, case, num_clicks, with_baseline if session is not None else True,
-            baseline_clicks if session is not None else "own", label_value, case_progress), session_options):
+            baseline_clicks if session is not None else "own", label_value, case_progress, protocol),
+            session_options):
         result.rows.extend(rows)
     return result
 
@@ -504,8 +617,18 @@ def for_each_case(cases: Sequence[Case], model: Any, progress: Optional[Progress
 CSV_NAME, JSON_NAME, PNG_NAME = "clicks.csv", "summary.json", "dice_vs_clicks.png"
 
 
+def output_names(protocol: str = "clicks") -> Tuple[str, str, str]:
+    """(CSV, JSON, PNG) file names of a protocol's results: the click protocol's :data:`CSV_NAME` ... ; the
+    stroke protocols' ``<protocol>.csv``, ``<protocol>_summary.json``, ``dice_vs_prompts_<protocol>.png``, so all
+    protocols can share one output folder."""
+    if protocol == "clicks":
+        return CSV_NAME, JSON_NAME, PNG_NAME
+    return f"{protocol}.csv", f"{protocol}_summary.json", f"dice_vs_prompts_{protocol}.png"
+
+
 def write_results(result: EvaluationResult, out_dir: Union[str, Path], plot: bool = True) -> Dict[str, Path]:
-    """Write ``clicks.csv`` (one row per case × method × click), ``summary.json`` and ``dice_vs_clicks.png``.
+    """Write the CSV (one row per case × method × prompt), the JSON summary and the Dice-vs-prompts plot, named
+    by :func:`output_names` (``clicks.csv``, ``summary.json``, ``dice_vs_clicks.png`` for the click protocol).
 
     Every file is written atomically. The plot needs matplotlib (skipped with a note in the JSON otherwise).
     """
@@ -513,16 +636,21 @@ def write_results(result: EvaluationResult, out_dir: Union[str, Path], plot: boo
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    csv_name, json_name, png_name = output_names(result.protocol)
     fields = list(ClickResult.__dataclass_fields__)
-    paths = {"csv": write_csv((asdict(r) for r in result.rows), out_dir / CSV_NAME, fields)}
+    paths = {"csv": write_csv((asdict(r) for r in result.rows), out_dir / csv_name, fields)}
     summary = result.summary()
     if plot and result.rows:
         try:
-            paths["png"] = plot_dice_vs_clicks(result, out_dir / PNG_NAME)
+            paths["png"] = plot_dice_vs_clicks(result, out_dir / png_name)
         except ImportError:
             summary["plot"] = "skipped: matplotlib is not installed (pip install matplotlib)"
-    paths["json"] = write_json(summary, out_dir / JSON_NAME)
+    paths["json"] = write_json(summary, out_dir / json_name)
     return paths
+
+
+#: x-axis label of each protocol's plot.
+PROMPT_AXIS = {"clicks": "clicks", "lasso": "prompts (1: lasso, then clicks)", "scribbles": "scribbles"}
 
 
 #: Up to this many targets, each thin per-target line is labelled with the target's name at its end.
@@ -530,7 +658,7 @@ PLOT_LABELLED_TARGETS = 10
 
 
 def plot_dice_vs_clicks(result: EvaluationResult, path: Union[str, Path]) -> Path:
-    """Mean Dice per click count per method (thick, with markers), each target as a thin line behind it
+    """Mean Dice per click (prompt) count per method (thick, with markers), each target as a thin line behind it
     (named at its end when there are at most :data:`PLOT_LABELLED_TARGETS` targets)."""
     import matplotlib
 
@@ -556,7 +684,7 @@ def plot_dice_vs_clicks(result: EvaluationResult, path: Union[str, Path]) -> Pat
         mean = result.mean_dice(method)
         label = f"model ({result.model})" if method == "model" else f"baseline ({BASELINE_NAME})"
         ax.plot(list(mean), list(mean.values()), color=colour, linewidth=2.5, marker="o", label=label)
-    ax.set_xlabel("clicks")
+    ax.set_xlabel(PROMPT_AXIS.get(result.protocol, "prompts"))
     ax.set_ylabel("Dice")
     ax.set_ylim(0, 1)
     ax.set_xticks(range(1, result.num_clicks + 1))
@@ -565,7 +693,8 @@ def plot_dice_vs_clicks(result: EvaluationResult, path: Union[str, Path]) -> Pat
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     targets = f"{len(per_case)} target" + ("" if len(per_case) == 1 else "s")
-    ax.set_title(f"Dice vs clicks ({targets}: mean thick, each target thin)")
+    what = "clicks" if result.protocol == "clicks" else f"prompts, {result.protocol}"
+    ax.set_title(f"Dice vs {what} ({targets}: mean thick, each target thin)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
