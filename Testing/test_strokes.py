@@ -300,14 +300,14 @@ def test_segment_api_and_cli_apply_lassos_then_scribbles_then_clicks(tiny_model,
 
 def test_drawn_voxels_enter_the_mask_prompt_of_their_roi(session, monkeypatch):
     s, image = session
-    monkeypatch.setattr("SAMVolSegmentLib.engine.session.DRAWN_IN_MASK_PROMPT", True)
+    monkeypatch.setattr(type(s.predictor), "takes_drawn_mask", property(lambda self: True))
     seen = []
     predict = s.predictor.predict
     monkeypatch.setattr(s.predictor, "predict", lambda *a, **k: seen.append(a[3]) or predict(*a, **k))
     s.add_lasso(slice_circle(image, radius_mm=6.0), positive=True)
     prompt = seen[0][0, 0]
     positive = prompt > 0
-    assert positive.any() and (prompt[~positive] < 0).all()
+    assert positive.any() and (prompt[~positive] == 0).all()
     # One low-res slice (the lasso's plane, S = the ROI's third axis) holds the foreground: about π r² / voxel².
     assert len(np.unique(np.argwhere(positive.numpy())[:, 2])) == 1
     voxel_mm = 1.5 * s.predictor.image_size / s.predictor.low_res_size

@@ -430,6 +430,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {}
     if args.box_input:
         overrides["box_input"] = True
+    if args.stroke_fraction > 0:
+        overrides["stroke_prompts"] = True
     if args.normalization:
         overrides["normalization"] = args.normalization
     checkpoint_path = args.output / "checkpoint.pt"
@@ -437,7 +439,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = ClickNet(ClickNetConfig())
     elif args.resume and checkpoint_path.is_file():
         saved = torch.load(str(checkpoint_path), map_location="cpu", weights_only=False)  # our own run's file
-        model = ClickNet2(ClickNet2Config.from_dict(saved.get("config") or {}))
+        config = dict(saved.get("config") or {})
+        if args.stroke_fraction > 0:  # a declaration without weights: a running recipe may add it on resume
+            config["stroke_prompts"] = True
+        model = ClickNet2(ClickNet2Config.from_dict(config))
     elif args.init_from is not None:
         from ..model import read_checkpoint
 
@@ -454,7 +459,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                    checkpoint_every_s=60.0 * args.checkpoint_minutes, box_fraction=args.box_fraction,
                    local_weight=args.local_loss, cvpr_click_fraction=args.cvpr_click_fraction,
                    max_steps=args.max_steps, keep_exports_from_minute=args.keep_exports_from_minute,
-                   seed_fraction=args.seed_fraction)
+                   seed_fraction=args.seed_fraction, stroke_fraction=args.stroke_fraction)
     print(json.dumps(result))
     return 0
 
@@ -533,6 +538,10 @@ def _add_training_commands(sub) -> None:
     v3.add_argument("--seed-fraction", type=float, default=0.0,
                     help="share of no-box episodes starting from a seed mask prompt (an imperfect copy of the target, "
                          "as the session seeds extension and context ROIs)")
+    v3.add_argument("--stroke-fraction", type=float, default=0.0,
+                    help="share of the other episodes that start with a lasso or scribble and correct with scribbles "
+                         "(the model then declares stroke prompts: the session puts strokes in its mask prompt too; "
+                         "may be added when resuming)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("average", formatter_class=_HelpFormatter,

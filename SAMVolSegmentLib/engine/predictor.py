@@ -147,6 +147,12 @@ class Predictor:
         return bool(getattr(self.model, "accepts_box", False))
 
     @property
+    def takes_drawn_mask(self) -> bool:
+        """True for a model trained with scribble/lasso voxels in its mask prompt (``ClickNet2Config.stroke_prompts``);
+        the session then marks them there besides giving their clicks."""
+        return bool(getattr(self.model, "takes_drawn_mask", False))
+
+    @property
     def normalization(self) -> str:
         """The intensity normalisation the model's ROIs take (:func:`~.preprocessing.model_normalization`)."""
         from .preprocessing import model_normalization

@@ -68,10 +68,6 @@ MAX_EXTENSIONS_PER_CLICK = 2
 #: Logit given to the seed mask prompt of a new ROI (binary mask → ±value); the CVPR-branch reference
 #: feeds the previous segmentation as a binary mask.
 SEED_MASK_LOGIT = 1.0
-#: Scribble/lasso voxels also enter the mask prompt of the ROI they are decoded in (besides their clicks). Off:
-#: the shipped models were never trained with such mask prompts (a one-slice mask prompt is out of their
-#: distribution: on a synthetic sphere a lasso gave Dice 0.851 with it, 0.865 without); an experiment of issue 24.
-DRAWN_IN_MASK_PROMPT = False
 #: ``coarse_context``: the context ROI's voxels are this many model voxels (3 mm: a 384 mm field for 128³).
 CONTEXT_SPACING_FACTOR = 2
 #: ``coarse_context``: the context mask is used when it reaches this far (mm) beyond the first ROI's faces.
@@ -738,7 +734,9 @@ class InteractiveSession:
                 if context:
                     label_kji = self._label_with([*base, *context])
             rois[key] = _RoiState(roi, self._seed_logits(roi, label_kji))
-        if drawn is not None and DRAWN_IN_MASK_PROMPT:
+        # Only for a model trained so (Predictor.takes_drawn_mask): a one-slice mask prompt is out of the other
+        # models' distribution (the v2 default on a synthetic sphere: lasso Dice 0.851 with it, 0.865 without).
+        if drawn is not None and self.predictor.takes_drawn_mask:
             rois[key] = replace(rois[key], logits=self._with_drawn(rois[key].roi, rois[key].logits, drawn))
         state = replace(state, clicks=(*state.clicks, *clicks), rois=tuple(rois.items()), active_roi=key)
         state, updates = self._decode_roi(state, key, extend=True, pending=[*base, *context])
@@ -753,10 +751,11 @@ class InteractiveSession:
 
     def _with_drawn(self, roi: RoiWindow, logits: Optional[torch.Tensor], prompt: StrokePrompt) -> torch.Tensor:
         """The ROI's mask prompt (1, 1, L, L, L) with every low-res voxel that holds a drawn voxel's centre set to
-        the prompt's sign (at least ``SEED_MASK_LOGIT`` confident); None (no mask yet) starts as background."""
+        the prompt's sign (at least ``SEED_MASK_LOGIT`` confident); None (no mask yet) starts at zero, as the
+        first click's does (training: :mod:`SAMVolSegmentLib.tools.stroke_training`)."""
         low = self.predictor.low_res_size
         if logits is None:
-            logits = torch.full((1, 1, low, low, low), -SEED_MASK_LOGIT)
+            logits = torch.zeros((1, 1, low, low, low))
         kji = np.argwhere(prompt.voxels_kji) + np.array([lo for lo, _ in prompt.bbox_kji])
         centres_roi = roi.ras_to_roi(self.geometry.ijk_to_ras_points(kji[:, ::-1].astype(np.float64)))
         # Low-res voxel c covers ROI coordinates [c·size/low − 0.5, (c+1)·size/low − 0.5) (RoiWindow.lowres_affine_ras).

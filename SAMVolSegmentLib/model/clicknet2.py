@@ -64,6 +64,9 @@ class ClickNet2Config(ConfigSerialization):
     normalization: str = "zscore_positive"
     #: ``decode_prompts`` takes a box prompt (``boxes_roi``) as an input channel (v3 on).
     box_input: bool = False
+    #: Trained with scribbles and lassos whose voxels enter the mask prompt (no weights of its own): the session
+    #: then gives a stroke's drawn voxels to the mask prompt as well as its clicks.
+    stroke_prompts: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encoder_channels", tuple(self.encoder_channels))
@@ -261,6 +264,11 @@ class ClickNet2(nn.Module):
         """True when ``decode_prompts`` reads a box prompt (the engine then passes the box instead of its centre
         click)."""
         return bool(self.config.box_input)
+
+    @property
+    def takes_drawn_mask(self) -> bool:
+        """True when a scribble's or lasso's voxels belong in the mask prompt (``config.stroke_prompts``)."""
+        return bool(self.config.stroke_prompts)
 
     @staticmethod
     def box_channel(boxes_roi: torch.Tensor, size: int, image_size: int) -> torch.Tensor:

@@ -39,6 +39,7 @@ from ..model.adapters import (
     load_adapter_state_dict,
     save_adapters,
 )
+from .stroke_training import correction_stroke, first_stroke, with_drawn
 from .training_data import SampleSource
 
 #: Development cases of ../shared/data with expert labels: the report set, never trained on.
@@ -184,7 +185,7 @@ def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: in
                  pos_weight: float = 3.0, grad_clicks: Optional[Sequence[int]] = None,
                  boxes_roi: Optional[np.ndarray] = None, local_weight: float = 0.0,
                  click_rule: ClickRule = SAMVOLSEG_CLICKS,
-                 seed_fraction: float = 0.0) -> Tuple[torch.Tensor, List[float]]:
+                 seed_fraction: float = 0.0, stroke_fraction: float = 0.0) -> Tuple[torch.Tensor, List[float]]:
     """Encode once, simulate ``clicks`` clicks; returns the mean loss over the clicks that carry gradients and
     the Dice (low-res grid) after every click.
 
@@ -200,6 +201,10 @@ def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: in
         seed_fraction: share of the items without a box whose first step starts from a seed mask prompt
             (:func:`training_seed`: what the session feeds an extension ROI or the ROI refining a coarse context
             mask) instead of an empty one.
+        stroke_fraction: share of the other items that are stroke episodes: a lasso or positive scribble first,
+            then a correction scribble instead of a click at half the later steps, each given as the session
+            gives it (its clicks, and its voxels in the mask prompt; :mod:`.stroke_training`). A step's items may
+            then add different numbers of clicks: the shorter ones are padded with ignored clicks (label −1).
     """
     batch, image_size = images.shape[0], images.shape[-1]
     device = images.device
@@ -213,10 +218,12 @@ def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: in
         target_coarse = torch.from_numpy(np.stack([low_res_target(label, coarse_size)
                                                    for label in labels_roi]))[:, None].to(device)
     previous = torch.zeros((batch, 1, low, low, low), device=device)
+    seeded = np.zeros(batch, bool)
     if seed_fraction > 0:
         for b in range(batch):
             if (boxes_roi is None or np.isnan(boxes_roi[b]).any()) and rng.random() < seed_fraction:
                 previous[b, 0] = torch.from_numpy(training_seed(targets_low[b], rng))
+                seeded[b] = True
     points: List[List[np.ndarray]] = [[] for _ in range(batch)]
     labels: List[List[int]] = [[] for _ in range(batch)]
     predictions: List[Optional[np.ndarray]] = [None] * batch
@@ -226,14 +233,37 @@ def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: in
     truth = targets_low >= 0.5
     has_box = np.zeros(batch, bool) if boxes_roi is None else ~np.isnan(boxes_roi).reshape(batch, -1).any(1)
     box_kwargs = {} if boxes_roi is None else {"boxes_roi": torch.from_numpy(np.asarray(boxes_roi, np.float32)).to(device)}
+    stroke_items = np.array([stroke_fraction > 0 and not has_box[b] and not seeded[b] and rng.random() < stroke_fraction
+                             for b in range(batch)], dtype=bool)
+    anchors = np.zeros((batch, 3), np.float32)  # per item, the first click of the step (the locality loss's)
     for step in range(clicks):
+        step_points: List[List[np.ndarray]] = []
+        step_labels: List[List[int]] = []
+        previous_is_copy = False  # ``previous`` shares storage with the last step's logits (in the autograd graph)
         for b in range(batch):
-            if step == 0 and has_box[b]:  # the box alone: a padding click (label -1) that the model ignores
-                p, lab = np.zeros(3, np.float32), -1
+            stroke = None
+            if stroke_items[b] and (step == 0 or rng.random() < 0.5):
+                stroke = (first_stroke(targets_low[b], rng, image_size) if step == 0 else
+                          correction_stroke(targets_low[b], predictions[b], rng, image_size))
+            if stroke is not None:
+                if not previous_is_copy:
+                    previous, previous_is_copy = previous.clone(), True
+                previous[b, 0] = with_drawn(previous[b, 0], stroke)
+                step_points.append(list(stroke.points_roi))
+                step_labels.append([int(stroke.positive)] * len(stroke.points_roi))
+            elif step == 0 and has_box[b]:  # the box alone: a padding click (label -1) that the model ignores
+                step_points.append([np.zeros(3, np.float32)])
+                step_labels.append([-1])
             else:
                 p, lab = simulate_click(targets_low[b], predictions[b], rng, image_size, click_rule)
-            points[b].append(p)
-            labels[b].append(lab)
+                step_points.append([p])
+                step_labels.append([lab])
+        width = max(len(p) for p in step_points)
+        for b in range(batch):
+            anchors[b] = step_points[b][0]
+            padding = width - len(step_points[b])
+            points[b].extend(step_points[b] + [np.zeros(3, np.float32)] * padding)
+            labels[b].extend(step_labels[b] + [-1] * padding)
         pts = torch.from_numpy(np.stack([np.stack(p) for p in points])).to(device)
         labs = torch.tensor(labels, dtype=torch.int64, device=device)
         with torch.set_grad_enabled(step in grad_steps and torch.is_grad_enabled()):
@@ -252,7 +282,7 @@ def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: in
                     loss = loss + 0.5 * bce_dice_loss(logits_coarse, target_coarse, pos_weight) + \
                         F.mse_loss(iou.float(), actual_iou)
                 if local_weight > 0 and step > 0:
-                    click_low = (pts[:, -1].float() + 0.5) * low / image_size - 0.5
+                    click_low = (torch.from_numpy(anchors).to(device) + 0.5) * low / image_size - 0.5
                     loss = loss + local_weight * locality_loss(logits, previous, target_t, click_low)
                 total = total + loss
         previous = logits.detach()
@@ -374,7 +404,8 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
           roi_sizes: Optional[Sequence[Tuple[int, float]]] = None, augment: bool = True,
           device: str = "cpu", max_steps: Optional[int] = None, box_fraction: float = 0.0,
           local_weight: float = 0.0, cvpr_click_fraction: float = 0.0,
-          keep_exports_from_minute: Optional[float] = None, seed_fraction: float = 0.0) -> dict:
+          keep_exports_from_minute: Optional[float] = None, seed_fraction: float = 0.0,
+          stroke_fraction: float = 0.0) -> dict:
     """Train until ``minutes`` of (cumulative) wall time; checkpoint + export every ``checkpoint_every_s``.
 
     Args:
@@ -392,6 +423,8 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
         local_weight: weight of the locality loss on correction steps (:func:`locality_loss`).
         cvpr_click_fraction: share of the episodes whose corrective clicks follow the challenge's rule.
         seed_fraction: share of the episodes without a box that start from a seed mask prompt (:func:`training_seed`).
+        stroke_fraction: share of the other episodes that are scribble/lasso episodes (:func:`episode_loss`); the
+            model must declare ``stroke_prompts`` (the session then puts strokes in its mask prompt too).
         keep_exports_from_minute: from this (cumulative) minute on, every checkpoint also keeps a copy of the
             export as ``<export stem>_m<minute>.pt`` beside it (the files a tail weight average needs).
     The ROI is normalised with the model's rule (:func:`~SAMVolSegmentLib.engine.preprocessing.model_normalization`).
@@ -435,6 +468,9 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
     normalization = model_normalization(model)
     if box_fraction > 0 and not getattr(model, "accepts_box", False):
         raise ValueError("box_fraction > 0 needs a model with a box input (ClickNet2Config(box_input=True))")
+    if stroke_fraction > 0 and not getattr(model, "takes_drawn_mask", False):
+        raise ValueError("stroke_fraction > 0 needs a model that declares stroke prompts "
+                         "(ClickNet2Config(stroke_prompts=True)): the session must give it strokes as trained")
     log = (out_dir / "log.jsonl").open("a")
     bar = _progress(minutes, elapsed)
     model.train()
@@ -456,6 +492,8 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
             kinds.append(kind)
         x = torch.from_numpy(np.stack(images))[:, None].to(device)
         episode_kwargs = {"local_weight": local_weight, "seed_fraction": seed_fraction}
+        if stroke_fraction > 0:
+            episode_kwargs["stroke_fraction"] = stroke_fraction
         if box_fraction > 0:
             episode_kwargs["boxes_roi"] = np.stack(boxes)
         if cvpr_click_fraction > 0 and rng.random() < cvpr_click_fraction:
