@@ -248,3 +248,24 @@ def test_average_of_exports_is_the_mean_of_their_weights_and_loads(tmp_path):
     other = export_model(ClickNet(TINY_CLICKNET), tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="same model"):
         average_exports([paths[0], other], tmp_path / "bad.pt")
+
+
+def test_the_cpu_clock_counts_compute_not_waiting(tmp_path, monkeypatch):
+    """clock="cpu": time the process spends not computing (here a 0.4 s sleep per sample) is not training time."""
+    import time
+
+    source = SampleSource([])
+    draw = source.draw_with_inside
+
+    def slow_draw(*args, **kwargs):
+        time.sleep(0.4)
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(source, "draw_with_inside", slow_draw)
+    started = time.perf_counter()
+    train(ClickNet2(TINY_CLICKNET2), source, tmp_path / "run", minutes=5.0, max_steps=2, clicks=2, clock="cpu")
+    wall = time.perf_counter() - started
+    t = [json.loads(line)["t"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert wall > 1.6 and t[-1] < wall - 1.2  # 4 samples slept 1.6 s in all
+    with pytest.raises(ValueError, match="clock"):
+        train(ClickNet2(TINY_CLICKNET2), source, tmp_path / "other", minutes=1.0, max_steps=1, clock="gpu")

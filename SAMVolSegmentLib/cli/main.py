@@ -459,7 +459,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                    checkpoint_every_s=60.0 * args.checkpoint_minutes, box_fraction=args.box_fraction,
                    local_weight=args.local_loss, cvpr_click_fraction=args.cvpr_click_fraction,
                    max_steps=args.max_steps, keep_exports_from_minute=args.keep_exports_from_minute,
-                   seed_fraction=args.seed_fraction, stroke_fraction=args.stroke_fraction)
+                   seed_fraction=args.seed_fraction, stroke_fraction=args.stroke_fraction, clock=args.clock)
     print(json.dumps(result))
     return 0
 
@@ -504,7 +504,7 @@ def _add_training_commands(sub) -> None:
                    help="also train on cases whose meta.json licence is non-commercial (the weights inherit it)")
     p.add_argument("--family", choices=["clicknet2", "clicknet"], default="clicknet2", help="model family")
     _add_output(p, Path("runs/default"), "checkpoint and log folder")
-    p.add_argument("--minutes", type=float, default=90.0, help="wall-clock budget (cumulative over resumes)")
+    p.add_argument("--minutes", type=float, default=90.0, help="budget in minutes of --clock time (cumulative over resumes)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (samples, clicks, init)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
     p.add_argument("--export", type=Path, default=None, help="weights file to (re)write at every checkpoint")
@@ -517,6 +517,9 @@ def _add_training_commands(sub) -> None:
                    help="keep the learning rate constant until this minute, then cosine-decay it (default: half)")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="checkpoint (and export) interval")
     p.add_argument("--max-steps", type=int, default=None, help="also stop after this many (cumulative) steps")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="what --minutes counts: wall time, or this process's CPU time (a run on a shared or paused "
+                        "machine still gets the compute it names; a resumed run may switch)")
     p.add_argument("--keep-exports-from-minute", type=float, default=None,
                    help="from this minute on, keep every checkpoint's export as <export>_m<minute>.pt (for averaging)")
     v3 = p.add_argument_group("v3 options (a new run; a resumed run keeps its checkpoint's architecture)")

@@ -54,6 +54,8 @@ BOX_KINDS = ("challenge", "full")
 #: Locality loss: voxels farther than this many low-res voxels (+ half the target's equivalent radius) from the
 #: new click count as "far".
 LOCALITY_MIN_RADIUS_LOW = 4.0
+#: Clocks a run's budget can count (:func:`train`'s ``clock``).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def low_res_target(label_roi: np.ndarray, low: int) -> np.ndarray:
@@ -405,7 +407,7 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
           device: str = "cpu", max_steps: Optional[int] = None, box_fraction: float = 0.0,
           local_weight: float = 0.0, cvpr_click_fraction: float = 0.0,
           keep_exports_from_minute: Optional[float] = None, seed_fraction: float = 0.0,
-          stroke_fraction: float = 0.0) -> dict:
+          stroke_fraction: float = 0.0, clock: str = "wall") -> dict:
     """Train until ``minutes`` of (cumulative) wall time; checkpoint + export every ``checkpoint_every_s``.
 
     Args:
@@ -425,6 +427,8 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
         seed_fraction: share of the episodes without a box that start from a seed mask prompt (:func:`training_seed`).
         stroke_fraction: share of the other episodes that are scribble/lasso episodes (:func:`episode_loss`); the
             model must declare ``stroke_prompts`` (the session then puts strokes in its mask prompt too).
+        clock: what ``minutes``, the schedule and the log's ``t`` count: "wall" time, or "cpu" time of this process
+            (a run sharing a busy machine, or paused, then gets the compute its budget names, not fewer steps).
         keep_exports_from_minute: from this (cumulative) minute on, every checkpoint also keeps a copy of the
             export as ``<export stem>_m<minute>.pt`` beside it (the files a tail weight average needs).
     The ROI is normalised with the model's rule (:func:`~SAMVolSegmentLib.engine.preprocessing.model_normalization`).
@@ -474,9 +478,12 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
     log = (out_dir / "log.jsonl").open("a")
     bar = _progress(minutes, elapsed)
     model.train()
-    start, last_ckpt = time.perf_counter() - elapsed, time.perf_counter()
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    now = CLOCKS[clock]
+    start, last_ckpt = now() - elapsed, now()
     window: List[float] = []
-    while time.perf_counter() - start < minutes * 60 and (max_steps is None or step < max_steps):
+    while now() - start < minutes * 60 and (max_steps is None or step < max_steps):
         size = sizes[int(rng.choice(len(sizes), p=size_p / size_p.sum()))]
         images, labels_roi, kinds, boxes = [], [], [], []
         for _ in range(batch):
@@ -498,7 +505,7 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
             episode_kwargs["boxes_roi"] = np.stack(boxes)
         if cvpr_click_fraction > 0 and rng.random() < cvpr_click_fraction:
             episode_kwargs["click_rule"] = CVPR25_CLICKS
-        current_lr = learning_rate(time.perf_counter() - start, minutes, lr, decay_from_minute)
+        current_lr = learning_rate(now() - start, minutes, lr, decay_from_minute)
         for group in optimizer.param_groups:
             group["lr"] = current_lr
         grad_clicks = (0, int(rng.integers(1, clicks))) if clicks > 1 else (0,)
@@ -511,22 +518,22 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
         step += 1
         window.append(dices[-1])
         window = window[-100:]
-        log.write(json.dumps({"step": step, "t": round(time.perf_counter() - start, 1), "loss": loss.item(),
+        log.write(json.dumps({"step": step, "t": round(now() - start, 1), "loss": loss.item(),
                               "lr": current_lr, "size": size, "kinds": kinds,
                               "dice_per_click": [round(d, 4) for d in dices]}) + "\n")
         log.flush()
         if bar is not None:
             bar.set_postfix(step=step, loss=f"{loss.item():.3f}", dice=f"{np.mean(window):.3f}", refresh=False)
-            bar.update(max(0, int(time.perf_counter() - start) - bar.n))  # redraws at most every 10 s
-        if time.perf_counter() - last_ckpt > checkpoint_every_s:
-            best = _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, best,
+            bar.update(max(0, int(now() - start) - bar.n))  # redraws at most every 10 s
+        if now() - last_ckpt > checkpoint_every_s:
+            best = _checkpoint(model, optimizer, ckpt_path, export, step, now() - start, rng, window, best,
                                keep_exports_from_minute)
-            last_ckpt = time.perf_counter()
-    best = _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, best, keep_exports_from_minute)
+            last_ckpt = now()
+    best = _checkpoint(model, optimizer, ckpt_path, export, step, now() - start, rng, window, best, keep_exports_from_minute)
     log.close()
     if bar is not None:
         bar.close()
-    return {"steps": step, "minutes": (time.perf_counter() - start) / 60, "train_dice_last100": float(np.mean(window or [0]))}
+    return {"steps": step, "minutes": (now() - start) / 60, "train_dice_last100": float(np.mean(window or [0]))}
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -549,9 +556,8 @@ def _progress(minutes: float, elapsed: float):
     return tqdm(total=int(minutes * 60), initial=int(elapsed), unit="s", desc="training", mininterval=10)
 
 
-def _checkpoint(model, optimizer, ckpt_path, export, step, start, rng, window, best,
+def _checkpoint(model, optimizer, ckpt_path, export, step, elapsed, rng, window, best,
                 keep_exports_from_minute: Optional[float] = None) -> float:
-    elapsed = time.perf_counter() - start
     rng_state = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
     save_checkpoint(ckpt_path, model, optimizer, step, elapsed, rng_state, best)
     score = float(np.mean(window)) if window else 0.0
