@@ -821,7 +821,7 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Place mode ended (right-click, double-click, another mouse mode): a scribble or lasso being drawn is
         finished, one Logic step (``EndPlacementEvent``, see ``SAMVolSegmentSlicerLib/strokes.py``)."""
         curveNode = self.logic.markers.endedStroke() if self._parameterNode else None
-        if curveNode is not None and not slicer.mrmlScene.IsClosing():
+        if curveNode is not None and not (slicer.mrmlScene.IsClosing() or slicer.mrmlScene.IsImporting()):
             self._placed(_("Scribble or lasso failed."), self.logic.addStrokeFromCurve, curveNode)
 
     def _placed(self, failureMessage: str, fn: Callable, *args) -> None:

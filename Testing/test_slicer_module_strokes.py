@@ -10,6 +10,7 @@ module (``real_slicer.segmentArray``) and compared with a reference session give
 
 from __future__ import annotations
 
+import threading
 import types
 
 import numpy as np
@@ -45,12 +46,14 @@ class Counting:
     def __init__(self, session) -> None:
         object.__setattr__(self, "_session", session)
         object.__setattr__(self, "calls", [])
+        object.__setattr__(self, "threads", set())
 
     def __getattr__(self, name):
         attribute = getattr(self._session, name)
         if name in ("add_click", "add_scribble", "add_lasso", "set_box", "propose"):
             def counted(*args, **kwargs):
                 self.calls.append(name)
+                self.threads.add(threading.current_thread())
                 return attribute(*args, **kwargs)
             return counted
         return attribute
@@ -139,6 +142,7 @@ def test_a_scribble_from_a_real_curve_is_one_step_and_undo_redo_restore_exactly(
     assert state().errorDialogs == []
     (session,) = env.sessions
     assert session.calls == ["add_scribble"], "one user action, one session step"
+    assert session.threads == {widget.logic.worker.thread}, "on the module's one worker thread, as clicks"
     after = segment_array(env, pn)
     np.testing.assert_array_equal(after, expected)
     assert after[15, 15, 8:23].all(), "every voxel the stroke passes is in the segment"
@@ -212,6 +216,10 @@ def test_negative_scribble_removes_voxels_of_an_existing_segment_and_polarity_fo
 def test_a_lasso_fills_its_polygon_on_the_slice_and_undo_redo_restore_exactly(env):
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
+    widget.ui.scribbleButton.emit("clicked(bool)", False)
+    assert widget.logic.markers.placingKind() == "scribble"
+    widget.ui.lassoButton.emit("clicked(bool)", False)
+    assert widget.logic.markers.placingKind() == "lasso"
     press_key(widget, "L")
     assert widget.logic.markers.placingKind() == "lasso" and "positive lasso" in widget.ui.statusLabel.text
     curve = pn.lassoCurve
@@ -441,3 +449,32 @@ def test_a_stroke_marker_made_during_point_placement_does_not_take_its_clicks(en
     assert len(stroke_markers(env)) == 1
     assert widget.logic.markers.placingKind() == "positive"
     assert_clean()
+
+
+@pytest.mark.parametrize("bundle", [False, True])
+def test_save_clear_reload_and_draw_again(env, tmp_path, bundle):
+    """The drawing curves and a stroke's marker are saved with the scene (.mrml with .mrk.json, or one .mrb);
+    after loading, the loaded curves are the tools' curves and a new stroke works on the loaded segment."""
+    widget = env.make_widget()
+    pn = widget.logic.getParameterNode()
+    widget.onAction("lasso")
+    real_slicer.drawCurve(pn.lassoCurve, LASSO)
+    saved = segment_array(env, pn)
+    assert saved[15, 12, 12]
+    path = real_slicer.saveScene(tmp_path / ("scene.mrb" if bundle else "scene"))
+    env.scene.Clear(0)
+    real_slicer.loadScene(path)
+    assert_clean()
+    pn = widget.logic.getParameterNode()
+    volume, segmentation = pn.inputVolume, pn.segmentationNode
+    assert pn.scribbleCurve is not None and pn.lassoCurve is not None and pn.lassoCurve.IsA("vtkMRMLMarkupsClosedCurveNode")
+    (loadedMarker,) = stroke_markers(env)
+    assert loadedMarker.GetAttribute("SAMVolSegment.strokeMarker") == "lasso"
+    widget.onAction("scribble")
+    real_slicer.drawCurve(pn.scribbleCurve, [[x, 0.0, 8.0] for x, _y, _z in SCRIBBLE])
+    assert_clean()
+    assert state().errorDialogs == []
+    mask = real_slicer.segmentArray(segmentation, pn.segmentID, volume)
+    assert mask[23, 15, 8:23].all() and mask[15, 12, 12], "the new scribble edits the loaded segment"
+    widget.onAction("accept")
+    assert stroke_markers(env) == [], "a new segment starts without markers, loaded ones included"
