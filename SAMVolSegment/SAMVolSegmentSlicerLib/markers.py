@@ -118,7 +118,7 @@ class PromptMarkers:
         self.adding = False
 
     def ensureNodes(self) -> None:
-        """Point lists and the box ROI, created when missing (or deleted)."""
+        """Point lists, the box ROI and the scribble and lasso drawing curves, created when missing (or deleted)."""
         pn = self._getParameterNode()
         for attribute, name, color in _POINT_LISTS:
             if getattr(pn, attribute) is None:
