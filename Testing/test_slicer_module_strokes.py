@@ -478,3 +478,28 @@ def test_save_clear_reload_and_draw_again(env, tmp_path, bundle):
     assert mask[23, 15, 8:23].all() and mask[15, 12, 12], "the new scribble edits the loaded segment"
     widget.onAction("accept")
     assert stroke_markers(env) == [], "a new segment starts without markers, loaded ones included"
+
+
+def test_a_proposal_hides_stroke_markers_until_it_is_undone(env):
+    """A proposal replaces the prompts before it (markers.py): a stroke's marker is hidden while the proposal
+    stands, shown again when it is undone, and hidden again by its redo."""
+    pytest.importorskip("torch")
+    from test_slicer_module_propose import proposing_session
+
+    widget = env.make_widget()
+    widget.logic.sessionFactory = proposing_session  # BallModel with a proposal head, before the first step
+    pn = widget.logic.getParameterNode()
+    widget.onAction("lasso")
+    real_slicer.drawCurve(pn.lassoCurve, LASSO)
+    (marker,) = stroke_markers(env)
+    widget.logic.loadModel()
+    widget.logic.propose("ball")
+    assert not marker.GetDisplayNode().GetVisibility()
+    widget.onAction("undo")
+    assert marker.GetDisplayNode().GetVisibility() and env.scene.IsNodePresent(marker)
+    widget.onAction("redo")
+    assert not marker.GetDisplayNode().GetVisibility()
+    widget.onAction("undo")
+    widget.onAction("undo")
+    assert stroke_markers(env) == [] and not segment_array(env, pn).any()
+    assert_clean()
