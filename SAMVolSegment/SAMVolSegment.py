@@ -1,15 +1,12 @@
 """SAMVolSegment: click-based 3D segmentation in 3D Slicer with SAM-Med3D-compatible models.
 
 Layers: the widget (``.ui`` + shortcuts) makes one Logic call per user action (``addPointFromMarkup``,
-``setBoxFromROI``, ``propose``, ``undo``, ``redo``, ``reset``, ``acceptSegment``, ...). The Logic reads model, target and
-masking settings from the parameter node and owns the whole step: engine call on one persistent worker thread
-(only through the session protocol, ``SAMVolSegmentLib.engine.session_protocol``, on the local engine or a remote
-server: ``SAMVolSegmentSlicerLib.backend``; secrets and preferences stay in QSettings), the target
-(``SAMVolSegmentSlicerLib.target``), segment write (``segment_io``), markers (``markers``), and one history (its
-segment edits hang on the engine's steps). ``segmentVolume`` (console, scripts) runs a whole prompt set through
-the batch path on the same worker and model (``segment_volume``). The panel's parts live there too
-(``settings_panel``, ``propose``, ``progress_display``, ``shortcuts``); this file keeps the module classes and
-the glue between them. ``Testing/test_slicer_module_*.py`` runs it on Slicer's real core (slicer-core).
+``setBoxFromROI``, ``addStrokeFromCurve``, ``propose``, ``undo``, ...). The Logic reads model, target and masking
+settings from the parameter node and owns the whole step on one persistent worker thread, through the session
+protocol only (``SAMVolSegmentLib.engine.session_protocol``; local or remote: ``SAMVolSegmentSlicerLib.backend``).
+Its parts live in ``SAMVolSegmentSlicerLib`` (``target``, ``segment_io``, ``markers``, ``strokes``,
+``segment_volume``, the panel's ``settings_panel``, ``propose``, ``progress_display``, ``shortcuts``); this file
+keeps the module classes and the glue between them. ``Testing/test_slicer_module_*.py`` runs it on Slicer's core.
 """
 
 from __future__ import annotations
@@ -28,6 +25,8 @@ import slicer
 import vtk
 from SAMVolSegmentSlicerLib import dependencies
 from slicer import (
+    vtkMRMLMarkupsClosedCurveNode,
+    vtkMRMLMarkupsCurveNode,
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLMarkupsROINode,
     vtkMRMLScalarVolumeNode,
@@ -49,11 +48,11 @@ _ENGINE_ROOT = dependencies.engine_import_root(os.path.dirname(os.path.abspath(_
 if _ENGINE_ROOT is not None and _ENGINE_ROOT not in sys.path:
     sys.path.insert(0, _ENGINE_ROOT)
 
-from SAMVolSegmentSlicerLib import backend, coordinates, local_session, progress_display, segment_io  # noqa: E402
+from SAMVolSegmentSlicerLib import backend, coordinates, local_session, progress_display, segment_io, strokes  # noqa: E402
 from SAMVolSegmentSlicerLib.dependencies import InstallError  # noqa: E402
 from SAMVolSegmentSlicerLib.markers import BoxPlacement, PromptMarkers, isProgrammaticPoint  # noqa: E402
 from SAMVolSegmentSlicerLib.progress_display import ProgressDisplay  # noqa: E402
-from SAMVolSegmentSlicerLib.propose import ProposeControl, checkProposalClass, modelReadyStatus  # noqa: E402
+from SAMVolSegmentSlicerLib.propose import ProposalStep, ProposeControl, checkProposalClass, modelReadyStatus  # noqa: E402
 from SAMVolSegmentSlicerLib.segment_merge import OtherSegments  # noqa: E402
 from SAMVolSegmentSlicerLib.segment_selector import SelectorSync  # noqa: E402
 from SAMVolSegmentSlicerLib.segment_volume import VolumeJob  # noqa: E402
@@ -79,11 +78,11 @@ class SAMVolSegment(ScriptedLoadableModule):
         self.parent.dependencies = ["Markups", "Segmentations"]
         self.parent.contributors = ["SAMVolSegment contributors"]
         self.parent.helpText = _(
-            "Click-based 3D segmentation with SAM-Med3D-compatible models. Place positive (A) and negative (S) "
-            "points (T toggles) or a box (X); undo Ctrl+Z, redo Ctrl+Y, accept and start the next segment N, "
-            "reset Shift+R, show/hide the segment V. Selecting an existing segment edits it. A model taught a "
-            "structure (samvolseg teach) proposes it without a click (Propose); clicks then correct it."
-        )
+            "Click-based 3D segmentation with SAM-Med3D-compatible models. Place positive (A) and negative (S) points "
+            "(T toggles), a box (X), a scribble (D) or a lasso (L) (a right-click or double-click finishes it); undo "
+            "Ctrl+Z, redo Ctrl+Y, accept and start the next segment N, reset Shift+R, show/hide the segment V. "
+            "Selecting an existing segment edits it. A model taught a structure (samvolseg teach) proposes it "
+            "without a click (Propose); clicks then correct it.")
         self.parent.acknowledgementText = _(
             "Model architecture from SAM-Med3D (uni-medical, Apache-2.0) and Segment Anything (Meta, Apache-2.0)."
         )
@@ -94,7 +93,8 @@ class SAMVolSegmentParameterNode:
     """Scene state, saved with the scene.
 
     inputVolume: the volume to segment. segmentationNode/segmentID: the target. positivePoints/negativePoints:
-    point lists holding the clicks. boxROI: the optional box. otherSegments: what may happen to other segments.
+    point lists holding the clicks. boxROI: the optional box. scribbleCurve/lassoCurve: the stroke being drawn.
+    positivePolarity: what scribbles and lassos draw (A/S/T). otherSegments: what may happen to other segments.
     useSegmentEditorMasking: follow the Segment Editor's editable area and intensity range.
     """
 
@@ -104,6 +104,9 @@ class SAMVolSegmentParameterNode:
     positivePoints: vtkMRMLMarkupsFiducialNode
     negativePoints: vtkMRMLMarkupsFiducialNode
     boxROI: vtkMRMLMarkupsROINode
+    scribbleCurve: vtkMRMLMarkupsCurveNode
+    lassoCurve: vtkMRMLMarkupsClosedCurveNode
+    positivePolarity: bool = True
     otherSegments: OtherSegments = OtherSegments.PROTECT
     useSegmentEditorMasking: bool = True
 
@@ -255,12 +258,10 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
                                           model=self._localModel(source, device, download, progress))
 
     def setBackend(self, newBackend: backend.Backend) -> bool:
-        """Use another backend from the next step on; returns True when a session was closed for it.
-
-        Switching mid-segment is handled, not refused: the session closes now (a remote one ends on the server),
-        the segment keeps its voxels and seeds the next backend's session (as editing an existing segment), and
-        the prompt markers are removed because their undo history belonged to the closed session.
-        """
+        """Use another backend from the next step on; returns True when a session was closed for it. Switching
+        mid-segment is handled, not refused: the session closes now (a remote one ends on the server), the
+        segment keeps its voxels and seeds the next backend's session (as editing an existing segment), and the
+        prompt markers are removed because their undo history belonged to the closed session."""
         with self._action():
             if newBackend == self.backend:
                 return False
@@ -318,15 +319,16 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
             self.target.sendVolume(self.session, self._runOnWorker, volumeNode)
 
     def setTarget(self, volumeNode, segmentationNode, segmentID: str = "") -> str:
-        """Select the volume and target segment (created when ``segmentID`` is empty); returns the segment ID.
-
-        An existing segment is edited: its voxels seed the engine, so negative clicks can remove them.
-        """
+        """Select the volume and target segment (created when ``segmentID`` is empty; an existing one is edited:
+        its voxels seed the engine, so negative clicks can remove them); returns the segment ID."""
         return self.target.select(self.session, self._runOnWorker, volumeNode, segmentationNode, segmentID)
 
-    def _ensureTargetFromParameterNode(self) -> None:
-        """Model, volume and target from the parameter node; creates the segmentation/segment when empty."""
+    def _ensureTargetFromParameterNode(self, check: Optional[Callable[[SegmentationSession], Any]] = None) -> None:
+        """Model, volume and target from the parameter node; creates the segmentation/segment when empty.
+        ``check(session)`` may refuse the step first, before anything is created."""
         self.loadModel()
+        if check is not None:
+            check(self.session)
         self.target.selectFromParameterNode(self.getParameterNode(), self.session, self._runOnWorker)
 
     def _policy(self):
@@ -362,11 +364,29 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         markupsNode.SetNthControlPointLocked(index, True)
         pointWorld = [0.0, 0.0, 0.0]
         markupsNode.GetNthControlPointPositionWorld(index, pointWorld)
+        return self._placedStep(markerID, lambda: self._pointStep(pointWorld, positive, markerID))
+
+    def addStrokeFromCurve(self, curveNode) -> Optional[MaskUpdate]:
+        """The scribble or lasso curve's placement ended (``strokes.py``): one step with the line it shows, a
+        locked marker of the polarity in place of the emptied curve. On failure the marker is removed and the error
+        raised: nothing changed. While another action runs the stroke is dropped (None)."""
+        kind, pointsWorld = self.markers.takeStroke(curveNode)
+        if not len(pointsWorld) or self._busy:
+            return None
+        positive = self.markers.positive
+        markerID = self.markers.showStroke(kind, positive, pointsWorld)
+        return self._placedStep(markerID, lambda: self._strokeStep(kind, pointsWorld, positive, markerID),
+                                check=lambda session: strokes.strokeCall(session, kind, pointsWorld, positive))
+
+    def _placedStep(self, markerID: str, step: Callable[[], MaskUpdate],
+                    check: Optional[Callable[[SegmentationSession], Any]] = None) -> MaskUpdate:
+        """A prompt the user placed, its marker ``markerID`` shown: target from the parameter node (after
+        ``check(session)``), ``step()``; on failure the marker is removed and the error raised."""
         try:
             with self._action():
                 self._placingMarkerID = markerID
-                self._ensureTargetFromParameterNode()
-                return self._pointStep(pointWorld, positive, markerID)
+                self._ensureTargetFromParameterNode(check)
+                return step()
         except Exception:
             self.markers.remove(markerID)
             raise
@@ -381,32 +401,38 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
             self._ensureTargetFromParameterNode()
             return self._boxStep(box[0], box[1], roiNode.GetID())
 
-    def addPoint(self, pointWorld: Sequence[float], positive: bool = True, markerID: str = "") -> MaskUpdate:
-        """A click at a world RAS position on the current target (console; call ``setTarget`` first)."""
+    def _consoleStep(self, step: Callable[..., MaskUpdate], *args) -> MaskUpdate:
         with self._action():
             self.target.require(self.session, self._runOnWorker)
-            return self._pointStep(pointWorld, positive, markerID)
+            return step(*args)
+
+    def addPoint(self, pointWorld: Sequence[float], positive: bool = True, markerID: str = "") -> MaskUpdate:
+        """A click at a world RAS position on the current target (console; call ``setTarget`` first)."""
+        return self._consoleStep(self._pointStep, pointWorld, positive, markerID)
 
     def setBox(self, minWorld: Sequence[float], maxWorld: Sequence[float], markerID: str = "") -> MaskUpdate:
         """A box prompt (axis-aligned world RAS corners) on the current target (console)."""
-        with self._action():
-            self.target.require(self.session, self._runOnWorker)
-            return self._boxStep(minWorld, maxWorld, markerID)
+        return self._consoleStep(self._boxStep, minWorld, maxWorld, markerID)
+
+    def addScribble(self, pointsWorld, positive: bool = True, markerID: str = "") -> MaskUpdate:
+        """A scribble, an open polyline of (N, 3) world RAS points (mm), on the current target (console): the voxels
+        it passes keep its sign, the model gets clicks along it (``SegmentationSession.add_scribble``)."""
+        return self._consoleStep(self._strokeStep, "scribble", pointsWorld, positive, markerID)
+
+    def addLasso(self, pointsWorld, positive: bool = True, markerID: str = "") -> MaskUpdate:
+        """A lasso, a closed contour of N >= 3 world RAS points on one plane, on the current target (console): its
+        filled polygon keeps its sign (``add_lasso``); points off one plane raise ``InvalidPromptError``."""
+        return self._consoleStep(self._strokeStep, "lasso", pointsWorld, positive, markerID)
 
     def propose(self, className: str) -> MaskUpdate:
-        """The model's prompt-free proposal for ``className`` in the target segment: one step, like a click.
-
-        Model and target come from the parameter node, as for a click (the model is loaded and the target
-        segmentation/segment created when missing). The engine (``SegmentationSession.propose``) replaces the
-        target's mask with the proposal and places one positive click at its deepest point; the segment write
-        follows the *Other segments* and masking settings, so other segments are never damaged under Protect.
-        The step is one entry of the history: undo gives back the segment as it was before, redo the proposal,
-        and further clicks refine it. Its click is shown as a locked positive point labelled with the class; the
-        markers of the prompts it replaced are hidden until it is undone (``markers.py``).
+        """The model's prompt-free proposal for ``className`` in the target segment: one step, like a click
+        (model and target from the parameter node; ``SegmentationSession.propose`` replaces the mask and places one
+        positive click at its deepest point; the write follows *Other segments* and masking). Undo gives back the
+        segment as it was, redo the proposal; clicks refine it. Its click shows as a locked positive point labelled
+        with the class; the markers of the prompts it replaced are hidden until it is undone (``markers.py``).
 
         :raises SAMVolSegmentLib.errors.InvalidPromptError: the model does not know ``className`` (or proposes
-            nothing at all), or found nothing of it in this volume. Nothing changes then: a segmentation or
-            segment created for this call is removed again.
+            nothing), or found none of it here. Nothing changes: what was created for this call is removed.
         """
         className = str(className)
         with self._action():
@@ -416,25 +442,12 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
             node = pn.segmentationNode
             hadSegment = bool(node and pn.segmentID and node.GetSegmentation().GetSegment(pn.segmentID))
             before = (node, pn.segmentID, hadSegment)
-            engineStepped: List[bool] = []
-
-            def call(session: SegmentationSession) -> MaskUpdate:
-                update = session.propose(className)
-                engineStepped.append(True)
-                return update
-
-            def prompt(session: SegmentationSession) -> Prompt:
-                # The proposal's click is the first of the new state (the engine may add more when the mask
-                # continues into a neighbouring region: session.py, _propose_step).
-                clicks = session.clicks
-                position = tuple(float(v) for v in clicks[0].point_ras) if clicks else ()
-                return Prompt("proposal", True, position, "", label=className)
-
+            step = ProposalStep(className)
             try:
                 self._ensureTargetFromParameterNode()
-                return self._step(prompt, call)
+                return self._step(step.prompt, step.call)
             except Exception:
-                if not engineStepped:
+                if not step.stepped:
                     self.target.forgetCreated(pn, *before)
                 raise
 
@@ -445,6 +458,10 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         prompt = Prompt("point", bool(positive), tuple(float(v) for v in pointWorld), markerID)
         point = np.asarray(pointWorld, float)
         return self._step(prompt, lambda session: session.add_click(point, positive=bool(positive)))
+
+    def _strokeStep(self, kind: str, pointsWorld, positive: bool, markerID: str) -> MaskUpdate:
+        points, call = strokes.strokeCall(self.session, kind, pointsWorld, positive)
+        return self._step(Prompt(kind, bool(positive), tuple(float(v) for v in points.ravel()), markerID), call)
 
     def _boxStep(self, minWorld, maxWorld, markerID: str) -> MaskUpdate:
         prompt = Prompt("box", True, tuple(float(v) for v in (*minWorld, *maxWorld)), markerID)
@@ -486,9 +503,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         if prompt.kind == "proposal":  # the user placed no marker for it: show its click, hide what it replaced
             step.prompt = self.markers.restore(step.prompt)
         session.annotate_last_step(step)
-        self.lastTiming = dict(session.last_timing or {})
-        self.lastTiming["write_s"] = time.perf_counter() - writeStart
-        self.lastTiming["total_s"] = time.perf_counter() - start
+        self.lastTiming = progress_display.stepTiming(session.last_timing, start, writeStart)
         return update
 
     @property
@@ -520,30 +535,13 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
     def acceptSegment(self) -> str:
         """Mark the target Completed, start a new empty segment in the same segmentation; returns its ID."""
         with self._action():
-            pn = self.getParameterNode()
-            segmentationNode = pn.segmentationNode or (self.target.io.segmentationNode if self.target.io else None)
             self.markers.clear()
-            self.target.seeded = False
-            if segmentationNode is None:
-                return ""
-            segment = segmentationNode.GetSegmentation().GetSegment(pn.segmentID or self.target.segmentID)
-            if segment is not None:
-                slicer.vtkSlicerSegmentationsModuleLogic.SetSegmentStatus(
-                    segment, slicer.vtkSlicerSegmentationsModuleLogic.Completed)
-            newID = segmentationNode.GetSegmentation().AddEmptySegment("")
-            pn.segmentID = newID
-            return newID
+            return self.target.acceptSegment(self.getParameterNode())
 
     def toggleSegmentVisibility(self) -> bool:
         """Show or hide the target segment (V); returns the new visibility."""
         pn = self.getParameterNode()
-        segmentationNode, segmentID = pn.segmentationNode, pn.segmentID
-        displayNode = segmentationNode.GetDisplayNode() if segmentationNode else None
-        if displayNode is None or not segmentID:
-            return False
-        visible = not displayNode.GetSegmentVisibility(segmentID)
-        displayNode.SetSegmentVisibility(segmentID, visible)
-        return visible
+        return segment_io.toggleSegmentVisibility(pn.segmentationNode, pn.segmentID)
 
     # ------------------------------------------------------------------ markers (user actions)
     def startPlacing(self, kind: str) -> None:
@@ -579,9 +577,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         :raises SAMVolSegmentLib.errors.InvalidPromptError: malformed prompts or labels, no positive point and no box.
         :raises ValueError: no volume / segmentation, a non-linear transform, a model with a remote backend.
         :raises segment_io.SegmentWriteError: not a binary labelmap, or Slicer refused the write.
-
-        Example: ``slicer.util.getModuleLogic("SAMVolSegment").segmentVolume(volume, segmentation,
-        [[10.0, -20.0, 35.0]], [1])``
+        Example: ``logic.segmentVolume(volume, segmentation, [[10.0, -20.0, 35.0]], [1])``
         """
         with self._action():
             job = VolumeJob(volumeNode, segmentationNode, points_ras, labels, box, otherSegments,
@@ -600,9 +596,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
                 maskKji = self._runModelWork(self._segmentLocally, source, device, False, job, onEvent)
             writeStart = time.perf_counter()
             segmentID = job.writeNewSegment(maskKji, segmentName)
-            self.lastTiming = dict(job.timings)
-            self.lastTiming["write_s"] = time.perf_counter() - writeStart
-            self.lastTiming["total_s"] = time.perf_counter() - start
+            self.lastTiming = progress_display.stepTiming(job.timings, start, writeStart)
             self._status(job.summary(maskKji))
             return segmentID
 
@@ -660,6 +654,8 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.positiveButton.connect("clicked(bool)", lambda: self.onAction("positive"))
         self.ui.negativeButton.connect("clicked(bool)", lambda: self.onAction("negative"))
         self.ui.boxButton.connect("clicked(bool)", lambda: self.onAction("box"))
+        self.ui.scribbleButton.connect("clicked(bool)", lambda: self.onAction("scribble"))
+        self.ui.lassoButton.connect("clicked(bool)", lambda: self.onAction("lasso"))
         self.ui.undoButton.connect("clicked(bool)", lambda: self.onAction("undo"))
         self.ui.redoButton.connect("clicked(bool)", lambda: self.onAction("redo"))
         self.ui.acceptButton.connect("clicked(bool)", lambda: self.onAction("accept"))
@@ -671,6 +667,8 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # A loaded scene's parameter node is copied over ours (vtkMRMLScene::AddNode of a singleton), naming
         # its own point lists: observe those (Libs/MRML/Core/vtkMRMLScene.cxx, Import).
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndClose)
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()  # a singleton: kept by Clear
+        self.addObserver(interactionNode, interactionNode.EndPlacementEvent, self.onPlacementEnded)
         self.initializeParameterNode()
         self._updateGUI()
 
@@ -788,25 +786,21 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """A button or shortcut; does nothing while a step runs."""
         if self.logic is None or self.logic.busy:
             return
-        if action in ("positive", "negative", "box", "togglePolarity"):
-            if action == "togglePolarity":
-                self._run(_("Could not switch point polarity."), self.logic.togglePolarity)
-            else:
-                self._run(_("Could not start placing."), self.logic.startPlacing, action)
-            # Said at once, not only after the next step: T flips what the next click places.
-            self.ui.statusLabel.setText(progress_display.placingText(self.logic.markers.placingKind()))
-        elif action == "toggleVisibility":
-            self._run(_("Could not change the segment's visibility."), self.logic.toggleSegmentVisibility)
-        elif action == "undo":
-            self._run(_("Undo failed."), self.logic.undo)
-        elif action == "redo":
-            self._run(_("Redo failed."), self.logic.redo)
-        elif action == "reset":
-            self._run(_("Reset failed."), self.logic.reset)
-        elif action == "accept":
-            self._run(_("Could not start the next segment."), self.logic.acceptSegment)
+        calls = {"togglePolarity": (_("Could not switch polarity."), self.logic.togglePolarity),
+                 "toggleVisibility": (_("Could not change the segment's visibility."),
+                                      self.logic.toggleSegmentVisibility),
+                 "undo": (_("Undo failed."), self.logic.undo), "redo": (_("Redo failed."), self.logic.redo),
+                 "reset": (_("Reset failed."), self.logic.reset),
+                 "accept": (_("Could not start the next segment."), self.logic.acceptSegment)}
+        if action in ("positive", "negative", "box", "scribble", "lasso"):
+            self._run(_("Could not start placing."), self.logic.startPlacing, action)
+        elif action in calls:
+            self._run(*calls[action])
         else:
             raise ValueError(f"Unknown action {action!r}")
+        if action in ("positive", "negative", "box", "scribble", "lasso", "togglePolarity"):
+            # Said at once, not only after the next step: T flips what the next click places.
+            progress_display.showPlacing(self.ui.statusLabel, self.logic.markers)
 
     def onPropose(self) -> None:
         """The Propose button (``propose.ProposeControl``): one Logic step, like a click."""
@@ -815,18 +809,26 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     @vtk.calldata_type(vtk.VTK_INT)
     def onPointDefined(self, caller, event, index=None) -> None:
         """A point was placed (the event carries its index, vtkMRMLMarkupsNode.cxx): one Logic step."""
-        if index is None:  # a deferred event has no call data, and VTK then passes no third argument
-            return
-        if self.logic.busy:  # placed while a step runs: the Logic removes it
-            self.logic.addPointFromMarkup(caller, int(index))
-            return
-        if self._run(_("Segmentation failed."), self.logic.addPointFromMarkup, caller, int(index)) is not None:
-            self._showTiming()
+        if index is not None:  # a deferred event has no call data, and VTK then passes no third argument
+            self._placed(_("Segmentation failed."), self.logic.addPointFromMarkup, caller, int(index))
 
     def onBoxChanged(self, caller, event) -> None:
         """A box corner was placed; the Logic acts once both are, once per placement (``BoxPlacement``)."""
-        if self._boxPlacement.completedBy(caller) and self._run(
-                _("Box prompt failed."), self.logic.setBoxFromROI, caller) is not None:
+        if self._boxPlacement.completedBy(caller):
+            self._placed(_("Box prompt failed."), self.logic.setBoxFromROI, caller)
+
+    def onPlacementEnded(self, caller, event) -> None:
+        """Place mode ended (right-click, double-click, another mouse mode): a scribble or lasso being drawn is
+        finished, one Logic step (``EndPlacementEvent``, see ``SAMVolSegmentSlicerLib/strokes.py``)."""
+        curveNode = self.logic.markers.endedStroke() if self._parameterNode else None
+        if curveNode is not None and not (slicer.mrmlScene.IsClosing() or slicer.mrmlScene.IsImporting()):
+            self._placed(_("Scribble or lasso failed."), self.logic.addStrokeFromCurve, curveNode)
+
+    def _placed(self, failureMessage: str, fn: Callable, *args) -> None:
+        """A prompt placed in a view: one Logic step. Placed while a step runs: the Logic drops it (no dialog)."""
+        if self.logic.busy:
+            fn(*args)
+        elif self._run(failureMessage, fn, *args) is not None:
             self._showTiming()
 
     def _showTiming(self) -> None:
@@ -844,11 +846,9 @@ class SAMVolSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------ target
     def onInputVolumeChanged(self, node) -> None:
-        """Preprocessing starts as soon as a volume is picked and a model is loaded.
-
-        Uses ``node``: the parameter node is updated by a handler connected later (``connectGui`` runs after
-        ``setup`` connects this one, and Qt calls slots in connection order), so it still holds the old volume.
-        """
+        """Preprocessing starts as soon as a volume is picked and a model is loaded. Uses ``node``: the parameter
+        node is updated by a handler connected later (``connectGui`` runs after ``setup`` connects this one, and
+        Qt calls slots in connection order), so it still holds the old volume."""
         if self._parameterNode is not None and node is not None:
             self._parameterNode.inputVolume = node
         self._run(_("Failed to prepare the volume."), self.logic.prepareVolume, node)

@@ -307,6 +307,26 @@ def placeROICorners(roi, cornerA, cornerB) -> None:
     placePoint(roi, cornerB)
 
 
+def drawCurve(node, pointsWorld, finish: bool = True) -> None:
+    """A scribble or lasso drawn in a view with the module's tool active (place mode, the curve the active place
+    node): one click per point (``placePoint``: ``vtkSlicerMarkupsWidget::PlacePoint`` defines the point
+    previewed under the mouse), then a right-click or double-click, which ends the placement:
+    ``WidgetEventStopPlace`` calls ``vtkMRMLInteractionNode::SwitchToViewTransformMode`` (vtkSlicerMarkupsWidget.cxx
+    ``ProcessInteractionEvent``), whose mode change fires ``EndPlacementEvent`` (vtkMRMLInteractionNode.cxx
+    ``SetCurrentInteractionMode``)."""
+    for point in pointsWorld:
+        placePoint(node, point)
+    if finish:
+        finishPlacement()
+
+
+def finishPlacement() -> None:
+    """A right-click or double-click in place mode (see ``drawCurve``)."""
+    import slicer
+
+    slicer.app.applicationLogic().GetInteractionNode().SwitchToViewTransformMode()
+
+
 @contextlib.contextmanager
 def refusingWrites():
     """Slicer refuses every labelmap write meanwhile (``SetBinaryLabelmapToSegment`` returns false, as it does for

@@ -498,8 +498,9 @@ def test_save_clear_reload_and_continue_clicking(env, tmp_path, bundle):
 @pytest.mark.slow
 def test_the_in_slicer_self_test_runs_end_to_end_on_the_real_core(env):
     """SAMVolSegment/Testing/Python/SAMVolSegmentSelfTest.py (Reload and Test) with the bundled model on real MRML:
-    click -> segment -> undo -> redo -> box -> next segment under Protect, edit an existing segment, the console
-    segmentVolume path, propose -> refine -> undo -> redo, on an oblique phantom under a parent transform. Its
+    click -> segment -> undo -> redo -> box -> next segment under Protect, edit an existing segment, lasso and
+    scribble -> undo, the console segmentVolume path, propose -> refine -> undo -> redo, on an oblique phantom
+    under a parent transform. Its
     helpers read and write segments transform-safe (slicer.util's labelmap helpers double the transform)."""
     pytest.importorskip("torch")
     import unittest
@@ -509,7 +510,7 @@ def test_the_in_slicer_self_test_runs_end_to_end_on_the_real_core(env):
     module = load_self_test()
     result = unittest.TestResult()
     unittest.defaultTestLoader.loadTestsFromTestCase(module.SAMVolSegmentSelfTest).run(result)
-    assert result.testsRun == 4 and not result.skipped
+    assert result.testsRun == 5 and not result.skipped
     assert not result.errors and not result.failures, (result.errors + result.failures)[0][1]
     assert real_slicer.state().errorsInCallbacks == []
 

@@ -8,7 +8,8 @@ The status line's texts after a step or a place-mode key (:func:`stepText`, :fun
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import time
+from typing import Dict, Optional, Sequence
 
 import qt
 import slicer
@@ -55,23 +56,46 @@ class ProgressDisplay:
             self.dialog = None
 
 
-def placingText(kind: str) -> str:
-    """The status line's note of what a click in a view places now (``PromptMarkers.placingKind``)."""
+def placingText(kind: str, positive: bool = True) -> str:
+    """The status line's note of what a click in a view places now (``PromptMarkers.placingKind``; ``positive``:
+    the polarity a scribble or lasso draws with, ``PromptMarkers.positive``)."""
+    if kind in ("scribble", "lasso"):
+        text = {("scribble", True): _("Drawing a positive scribble (T: negative)."),
+                ("scribble", False): _("Drawing a negative scribble (T: positive)."),
+                ("lasso", True): _("Drawing a positive lasso (T: negative)."),
+                ("lasso", False): _("Drawing a negative lasso (T: positive).")}[(kind, bool(positive))]
+        return text + " " + _("Click along it; right-click or double-click finishes it.")
     return {"positive": _("Placing positive points (T: negative)."),
             "negative": _("Placing negative points (T: positive)."),
             "box": _("Placing a box.")}.get(kind, "")
 
 
-def stepText(timing: dict, kind: str, imageWarnings: Sequence[str] = ()) -> str:
+def stepText(timing: dict, kind: str, imageWarnings: Sequence[str] = (), positive: bool = True) -> str:
     """The status line after a step: its time (model and segment write) and what a click places now, after the
     engine's warnings about the volume (e.g. it looks like a label map: probably the wrong input volume)."""
     total = 1000 * timing.get("total_s", 0.0)
     write = 1000 * timing.get("write_s", 0.0)
     text = _("Segment updated in {total:.0f} ms (model {model:.0f} ms, write {write:.0f} ms). {placing}").format(
-        total=total, model=total - write, write=write, placing=placingText(kind))
+        total=total, model=total - write, write=write, placing=placingText(kind, positive))
     return " ".join([_("Warning: {text}").format(text=w) for w in imageWarnings] + [text])
+
+
+def stepTiming(engineTiming: Optional[dict], start: float, writeStart: float) -> Dict[str, float]:
+    """A step's times for ``logic.lastTiming``: the engine's (``last_timing``) with ``write_s`` (since
+    ``writeStart``) and ``total_s`` (since ``start``), both ``time.perf_counter()`` values."""
+    timing = dict(engineTiming or {})
+    timing["write_s"] = time.perf_counter() - writeStart
+    timing["total_s"] = time.perf_counter() - start
+    return timing
 
 
 def showStep(label, logic) -> None:
     """Show :func:`stepText` for the Logic's last step in ``label``, with its session's warnings about the volume."""
-    label.setText(stepText(logic.lastTiming, logic.markers.placingKind(), getattr(logic.session, "image_warnings", ())))
+    markers = logic.markers
+    label.setText(stepText(logic.lastTiming, markers.placingKind(), getattr(logic.session, "image_warnings", ()),
+                           markers.positive))
+
+
+def showPlacing(label, markers) -> None:
+    """Show what a click in a view places now (after a place-mode key: A, S, T, X, D, L)."""
+    label.setText(placingText(markers.placingKind(), markers.positive))

@@ -12,6 +12,10 @@ from typing import Callable, Sequence, Tuple
 
 from slicer.i18n import tr as _
 
+from SAMVolSegmentLib.engine.mask_update import MaskUpdate
+
+from .undo_stack import Prompt
+
 
 def checkProposalClass(classes: Sequence[str], modelID: str, className: str) -> None:
     """Raise ``InvalidPromptError`` unless the loaded model (``modelID``, proposing ``classes``) knows
@@ -27,6 +31,26 @@ def checkProposalClass(classes: Sequence[str], modelID: str, className: str) -> 
             "Model > From file...").format(model=modelID))
     raise InvalidPromptError(_("The model {model} cannot propose {name!r}; it proposes {classes}.").format(
         model=modelID, name=className, classes=", ".join(classes)))
+
+
+class ProposalStep:
+    """The engine call and the prompt of one proposal of ``className`` (``SAMVolSegmentLogic.propose`` gives both
+    to its ``_step``); ``stepped`` tells whether the engine made the step (else what was created for it goes)."""
+
+    def __init__(self, className: str) -> None:
+        self.className, self.stepped = className, False
+
+    def call(self, session) -> MaskUpdate:
+        update = session.propose(self.className)
+        self.stepped = True
+        return update
+
+    def prompt(self, session) -> Prompt:
+        # The proposal's click is the first of the new state (the engine may add more when the mask continues
+        # into a neighbouring region: session.py, _propose_step).
+        clicks = session.clicks
+        position = tuple(float(v) for v in clicks[0].point_ras) if clicks else ()
+        return Prompt("proposal", True, position, "", label=self.className)
 
 
 def modelReadyStatus(modelID: str, classes: Sequence[str], adapted: Sequence[str]) -> str:

@@ -453,6 +453,17 @@ def boxFromROI(roiNode) -> Optional[Tuple[np.ndarray, np.ndarray]]:
                                      nodeToWorldMatrix(roiNode))
 
 
+def toggleSegmentVisibility(segmentationNode, segmentID: str) -> bool:
+    """Show or hide a segment in its segmentation's display node (V); returns the new visibility (False when
+    there is no display node or segment)."""
+    displayNode = segmentationNode.GetDisplayNode() if segmentationNode else None
+    if displayNode is None or not segmentID:
+        return False
+    visible = not displayNode.GetSegmentVisibility(segmentID)
+    displayNode.SetSegmentVisibility(segmentID, visible)
+    return visible
+
+
 def firstScalarVolume(scene):
     """The first plain scalar volume of the scene: ``GetFirstNodeByClass`` would also return labelmap and
     vector volumes, which are subclasses of vtkMRMLScalarVolumeNode."""

@@ -11,14 +11,17 @@ from typing import Callable, List
 import qt
 import slicer
 
-#: A/S/X/N match no Segment Editor effect key and avoid the slice views' own keys (b/f step slices, r resets the
-#: view). T and V shadow the views' layer toggles while the module is shown, as in SlicerNNInteractive, whose
-#: users expect them.
+#: A/S/X/N/D/L match no Segment Editor effect key and avoid the slice views' own keys (b/f step slices, r resets
+#: the view, g/t/v layers, s snaps a hovered markup point; vtkMRMLSliceIntersectionWidget.cxx,
+#: vtkSlicerMarkupsWidget.cxx). T and V shadow the views' layer toggles while the module is shown, as in
+#: SlicerNNInteractive, whose users expect them. D draws a scribble, L a lasso, with the polarity A/S/T choose.
 SHORTCUTS = (
     ("A", "positive"),
     ("S", "negative"),
     ("T", "togglePolarity"),
     ("X", "box"),
+    ("D", "scribble"),
+    ("L", "lasso"),
     ("V", "toggleVisibility"),
     ("Ctrl+Z", "undo"),
     ("Ctrl+Y", "redo"),

@@ -166,6 +166,21 @@ class Target:
         self.segmentID = ""
         self.seeded = False
 
+    def acceptSegment(self, pn) -> str:
+        """Mark the target segment Completed (``vtkSlicerSegmentationsModuleLogic::SetSegmentStatus``) and select a
+        new empty segment of the same segmentation in the parameter node; returns its ID ("" without one)."""
+        segmentationNode = pn.segmentationNode or (self.io.segmentationNode if self.io else None)
+        self.seeded = False
+        if segmentationNode is None:
+            return ""
+        segment = segmentationNode.GetSegmentation().GetSegment(pn.segmentID or self.segmentID)
+        if segment is not None:
+            slicer.vtkSlicerSegmentationsModuleLogic.SetSegmentStatus(
+                segment, slicer.vtkSlicerSegmentationsModuleLogic.Completed)
+        newID = segmentationNode.GetSegmentation().AddEmptySegment("")
+        pn.segmentID = newID
+        return newID
+
     # ------------------------------------------------------------------ history (one: the engine's)
     def undo(self, session, runOnWorker: Callable, markers) -> Optional[Prompt]:
         """Undo the engine's last step, restore every segment region it wrote, withdraw its marker."""

@@ -65,13 +65,15 @@ class Prompt:
     """The user action behind a step, so undo can hide its marker and redo can show it again.
 
     Attributes:
-        kind: ``"point"``, ``"box"``, ``"proposal"`` (``propose``: the engine's own positive click, at the
-            proposal's deepest point, stands for it) or ``"prompts"`` (a whole prompt set: ``segmentVolume``, no
-            marker).
-        positive: sign of a point (True for a box or a proposal).
-        position_ras: world RAS of a point or of a proposal's click, or ``(min_ras, max_ras)`` flattened to 6
-            values for a box.
-        marker_id: the markups control point ID (or ROI node ID) that shows it; empty when none.
+        kind: ``"point"``, ``"box"``, ``"scribble"``, ``"lasso"``, ``"proposal"`` (``propose``: the engine's own
+            positive click, at the proposal's deepest point, stands for it) or ``"prompts"`` (a whole prompt set:
+            ``segmentVolume``, no marker).
+        positive: sign of a point, scribble or lasso (True for a box or a proposal).
+        position_ras: world RAS of a point or of a proposal's click, ``(min_ras, max_ras)`` flattened to 6
+            values for a box, or the N points sent for a scribble or lasso flattened to 3N values (its marker is
+            drawn through them again on redo).
+        marker_id: the markups control point ID (or ROI node ID, or a stroke's marker curve node ID) that shows
+            it; empty when none.
         label: the class name of a proposal (its marker's label).
         hidden_markers: the markers a proposal hid: it replaces the mask and every prompt before it, so their
             markers are hidden while it stands and shown again when it is undone.

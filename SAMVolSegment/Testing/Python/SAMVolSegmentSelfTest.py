@@ -1,5 +1,6 @@
-"""In-Slicer self-test: click → segment → undo → redo → box → edit an existing segment → console (segmentVolume,
-the batch path, against ``SAMVolSegmentLib.segment``) → propose (a model with a proposal head) → refine → undo.
+"""In-Slicer self-test: click → segment → undo → redo → box → edit an existing segment → lasso and scribble →
+console (segmentVolume, the batch path, against ``SAMVolSegmentLib.segment``) → propose (a model with a proposal
+head) → refine → undo.
 
 Runs in a real Slicer (ctest ``py_SAMVolSegmentSelfTest``, or *Reload and Test*). Skips itself where torch is
 missing, as SlicerTotalSegmentator's test does, so a CI Slicer without the PyTorch extension stays green.
@@ -170,6 +171,53 @@ class SAMVolSegmentSelfTest(unittest.TestCase):
         self.assertTrue(np.array_equal(self._label(segmentationNode, segmentID, volumeNode), boxed))
         second = self._label(segmentationNode, secondID, volumeNode)
         self.assertFalse(np.any(second & boxed))
+
+    def test_lasso_and_scribble_undo_and_a_lasso_off_one_plane(self) -> None:
+        """A positive lasso on one slice of the ball, drawn in the module's closed curve and sent as the panel does
+        (addStrokeFromCurve), fills its polygon and leaves a locked marker; a negative scribble (console) clears the
+        voxels it passes; undo restores each; a lasso off one plane is refused and changes nothing."""
+        from SAMVolSegment import SAMVolSegmentLogic
+        from SAMVolSegmentLib.errors import InvalidPromptError
+
+        volumeNode, centreWorld, centreKji = self._phantom()
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "strokes")
+        logic = self.logic
+        segmentID = logic.setTarget(volumeNode, segmentationNode, "")
+        pn = logic.getParameterNode()
+        pn.inputVolume, pn.segmentationNode, pn.segmentID = volumeNode, segmentationNode, segmentID
+        pn.useSegmentEditorMasking = False
+        ijkToWorld = SAMVolSegmentLogic.volumeIjkToWorld(volumeNode)
+
+        def world(i, j, k):
+            return (ijkToWorld @ np.array([i, j, k, 1.0]))[:3]
+
+        logic.markers.ensureNodes()
+        lassoCurve = pn.lassoCurve
+        for i, j in ((42, 37), (58, 37), (58, 51), (42, 51)):  # around the ball's centre on its slice k = 22
+            lassoCurve.AddControlPointWorld(vtk.vtkVector3d(*world(i, j, 22)))
+        logic.addStrokeFromCurve(lassoCurve)
+        lasso = self._label(segmentationNode, segmentID, volumeNode)
+        self.assertTrue(lasso[22, 40:49, 45:56].all(), "the lasso's polygon on its slice is in the segment")
+        self.assertTrue(lasso[centreKji])
+        self.assertEqual(lassoCurve.GetNumberOfControlPoints(), 0)
+        markers = [node for node in slicer.util.getNodesByClass("vtkMRMLMarkupsClosedCurveNode")
+                   if node.GetAttribute("SAMVolSegment.strokeMarker") == "lasso"]
+        self.assertEqual(len(markers), 1)
+        self.assertTrue(markers[0].GetLocked())
+
+        logic.addScribble([world(30, 44, 22), world(70, 44, 22)], positive=False)
+        scribbled = self._label(segmentationNode, segmentID, volumeNode)
+        self.assertFalse(scribbled[22, 44, 32:68].any(), "every voxel the negative scribble passes is cleared")
+
+        with self.assertRaises(InvalidPromptError):
+            logic.addLasso([world(42, 37, 18), world(58, 37, 26), world(58, 51, 18), world(42, 51, 26)])
+        self.assertTrue(np.array_equal(self._label(segmentationNode, segmentID, volumeNode), scribbled))
+
+        logic.undo()
+        self.assertTrue(np.array_equal(self._label(segmentationNode, segmentID, volumeNode), lasso))
+        logic.undo()
+        self.assertEqual(int(self._label(segmentationNode, segmentID, volumeNode).sum()), 0)
+        self.assertFalse(slicer.mrmlScene.IsNodePresent(markers[0]), "undo removes the lasso's marker")
 
     def test_edit_existing_segment_negative_click_removes_voxels(self) -> None:
         volumeNode, centreWorld, centreKji = self._phantom()
