@@ -15,6 +15,6 @@ setsid nohup nice -n 10 .venv/bin/samvolseg train \
     --init-from SAMVolSegmentLib/model/weights/samvolseg_default.pt --box-input --normalization robust_zscore_inside \
     --lr 1e-3 --minutes 600 --decay-from-minute 420 --clicks 6 --checkpoint-minutes 5 --keep-exports-from-minute 480 \
     --box-fraction 0.35 --local-loss 1.0 --cvpr-click-fraction 0.3 --large-fraction 0.15 --large-blob-fraction 0.25 \
-    --seed-fraction 0.2 \
+    --seed-fraction 0.2 --stroke-fraction 0.3 --clock cpu \
     "$@" >> "$RUN/stdout.txt" 2>&1 < /dev/null &
 echo "training PID $! (log: $RUN/log.jsonl, $RUN/stdout.txt)"
