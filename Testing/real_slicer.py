@@ -287,6 +287,23 @@ def writeSegment(segmentationNode, segmentID: str, maskKji: np.ndarray, volumeNo
     assert ok, "SetBinaryLabelmapToSegment refused the mask"
 
 
+def selectExistingCube(widget, volumeNode, name: str = "liver"):
+    """A segmentation holding one segment ``name``: a cube 22 voxels wide 4 voxels in from the volume's corner,
+    selected in ``widget`` as the user picks an existing segment to edit. Returns (segmentation, segmentID, cube
+    (k, j, i) uint8)."""
+    import slicer
+
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentID = segmentation.GetSegmentation().AddEmptySegment("", name)
+    shape = tuple(reversed(volumeNode.GetImageData().GetDimensions()))
+    cube = np.zeros(shape, np.uint8)
+    cube[4:26, 4:26, 4:26] = 1
+    writeSegment(segmentation, segmentID, cube, volumeNode)
+    widget.ui.segmentSelector.setCurrentNode(segmentation)
+    widget.ui.segmentSelector.userSelects(segmentID)
+    return segmentation, segmentID, cube
+
+
 # ---------------------------------------------------------------------------------------------- user gestures
 def placePoint(node, positionWorld) -> int:
     """A click in a view in place mode: the markups widget ends with a defined control point, which fires

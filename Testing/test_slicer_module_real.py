@@ -276,13 +276,7 @@ def test_self_test_skips_without_torch_and_is_registered_once(env, monkeypatch):
 def test_editing_an_existing_segment_negative_click_removes_its_voxels(env):
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
-    segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
-    segmentID = segmentation.GetSegmentation().AddEmptySegment("", "liver")
-    cube = np.zeros(SHAPE, np.uint8)
-    cube[4:26, 4:26, 4:26] = 1
-    real_slicer.writeSegment(segmentation, segmentID, cube, env.volume)
-    widget.ui.segmentSelector.setCurrentNode(segmentation)
-    widget.ui.segmentSelector.userSelects(segmentID)
+    segmentation, segmentID, cube = real_slicer.selectExistingCube(widget, env.volume)
     assert pn.segmentID == segmentID
     real_slicer.placePoint(pn.negativePoints, CENTRE)
     assert_clean()

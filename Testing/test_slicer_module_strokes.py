@@ -171,13 +171,7 @@ def test_a_scribble_from_a_real_curve_is_one_step_and_undo_redo_restore_exactly(
 def test_negative_scribble_removes_voxels_of_an_existing_segment_and_polarity_follows_a_s_t(env):
     widget = env.make_widget()
     pn = widget.logic.getParameterNode()
-    segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
-    segmentID = segmentation.GetSegmentation().AddEmptySegment("", "liver")
-    cube = np.zeros(SHAPE, np.uint8)
-    cube[4:26, 4:26, 4:26] = 1
-    real_slicer.writeSegment(segmentation, segmentID, cube, env.volume)
-    widget.ui.segmentSelector.setCurrentNode(segmentation)
-    widget.ui.segmentSelector.userSelects(segmentID)
+    segmentation, segmentID, cube = real_slicer.selectExistingCube(widget, env.volume)
 
     press_key(widget, "S")  # negative points: the include/exclude choice is one for every tool
     press_key(widget, "D")

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_geometry import rotation
 from test_session import TINY, centre_ras, ct_image, tiny_model  # noqa: F401  (fixture)
 
 from SAMVolSegmentLib.batch import segment
@@ -28,14 +29,6 @@ from SAMVolSegmentLib.engine.strokes import (
 )
 from SAMVolSegmentLib.errors import InvalidPromptError
 from SAMVolSegmentLib.model import ModelConfig
-
-
-def rotation(angles) -> np.ndarray:
-    a, b, c = angles
-    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def geometry(spacing=(1.0, 1.0, 1.0), angles=(0.0, 0.0, 0.0), shape_kji=(40, 50, 60)) -> VolumeGeometry:

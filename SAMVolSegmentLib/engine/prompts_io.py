@@ -172,8 +172,8 @@ def check_prompts(positive: Sequence[bool], has_box: bool, where: str = "The pro
     if signs.any() or has_box or positive_strokes:
         return
     if signs.size == 0:
-        raise InvalidPromptError(f"{where} holds no points, no positive scribble or lasso and no box; add at least "
-                                 "one positive point.")
+        raise InvalidPromptError(f"{where} holds no points and no box (and no positive scribble or lasso); add at "
+                                 "least one positive point.")
     raise InvalidPromptError(
         f"{where} holds only negative points ({signs.size}); add at least one positive point on the structure "
         "(or a box): negative points only remove voxels from a mask."
