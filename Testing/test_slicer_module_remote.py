@@ -226,6 +226,16 @@ def test_tls_needs_the_chosen_certificate(env, tiny_model, self_signed):
     assert_clean()
 
 
+def test_https_to_a_plain_http_server_says_to_use_http(env, server):
+    """The hint follows the client's TLSError.cause: here the URL, not a certificate, is what to change."""
+    widget = env.make_widget()
+    choose_remote(widget, server.replace("http://", "https://"), TOKEN)
+    widget.settingsPanel.onTestConnection()
+    assert len(state().errorDialogs) == 1
+    assert "change the URL to http://" in state().errorDialogs[0] and "CA / certificate" not in state().errorDialogs[0]
+    assert_clean()
+
+
 # ------------------------------------------------------------------------------------------ switching
 def test_switching_backend_mid_segment_keeps_the_voxels_and_seeds_the_server(env, server):
     """Decision (docs/SLICER.md): handled, not refused. The old session closes at once, its markers go (their

@@ -111,17 +111,30 @@ def saveBackend(settings: Any, backend: Backend, rememberToken: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- sessions
+#: Where to fix a failed TLS connection in this module, by ``TLSError.cause``.
+TLS_HINTS = {
+    "untrusted": ("In Model and settings > CA / certificate, choose the server's certificate (e.g. cert.pem) or "
+                  "your institution's CA bundle."),
+    "hostname": ("The certificate does not name the host in the URL: in Model and settings, use the host name the "
+                 "certificate was made for (samvolseg serve --self-signed covers localhost, this host and every --san)."),
+    "expired": "The server's certificate has expired: ask its administrator to renew it, then Test connection.",
+    "use-https": "The server speaks HTTPS: in Model and settings, change the URL to https://.",
+    "use-http": "The server has no TLS: in Model and settings, change the URL to http://.",
+    "other": ("In Model and settings > CA / certificate, choose the server's certificate (e.g. cert.pem) or "
+              "your institution's CA bundle; for a server without TLS use an http:// URL."),
+}
+
+
 def _explain(exc: Exception, backend: Backend) -> str:
     """The client's message plus where to fix it in this module (the client names its Python arguments)."""
-    from SAMVolSegmentLib.errors import AuthenticationError, ProtocolMismatchError
+    from SAMVolSegmentLib.errors import AuthenticationError, ProtocolMismatchError, TLSError
 
     text = str(exc)
     if isinstance(exc, AuthenticationError):
         hint = ("Enter the server's token (the value of its --token / --token-file) in Model and settings > "
                 "Token, then Test connection.")
-    elif "TLS" in text:
-        hint = ("In Model and settings > CA / certificate, choose the server's certificate (e.g. cert.pem) or "
-                "your institution's CA bundle; for a server without TLS use an http:// URL.")
+    elif isinstance(exc, TLSError):
+        hint = TLS_HINTS.get(exc.cause, TLS_HINTS["untrusted"])
     elif isinstance(exc, ProtocolMismatchError):
         hint = "Update the SAMVolSegment extension or the server so both run the same version."
     else:
