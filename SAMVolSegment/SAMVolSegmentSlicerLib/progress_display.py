@@ -92,8 +92,8 @@ def stepTiming(engineTiming: Optional[dict], start: float, writeStart: float) ->
 def showStep(label, logic) -> None:
     """Show :func:`stepText` for the Logic's last step in ``label``, with its session's warnings about the volume."""
     markers = logic.markers
-    label.setText(stepText(logic.lastTiming, markers.placingKind(), getattr(logic.session, "image_warnings", ()),
-                           markers.positive))
+    warnings = logic.session.image_warnings if logic.session is not None else ()  # None: cleaned up meanwhile
+    label.setText(stepText(logic.lastTiming, markers.placingKind(), warnings, markers.positive))
 
 
 def showPlacing(label, markers) -> None:

@@ -90,6 +90,12 @@ class SegmentationSession(Protocol):
         """Caller data of the step the last step/undo/redo created or moved (None when it had none)."""
         ...
 
+    @property
+    def image_warnings(self) -> Tuple[str, ...]:
+        """Sentences about the current volume a user should see (e.g. it looks like a label map); empty for an
+        ordinary image."""
+        ...
+
     def set_volume(self, image: Any, ijk_to_ras: Optional[np.ndarray] = None) -> None:
         """Start on a volume (SimpleITK image, or array (k, j, i) + 4×4 ``ijk_to_ras``); clears mask and history."""
         ...
@@ -169,7 +175,8 @@ class SegmentationSession(Protocol):
 
 #: Every member a backend must have; used by tests and by callers that want a clear error for a wrong object.
 REQUIRED_MEMBERS = (
-    "model_id", "is_ready", "can_undo", "can_redo", "clicks", "last_timing", "last_annotation", "set_volume",
+    "model_id", "is_ready", "can_undo", "can_redo", "clicks", "last_timing", "last_annotation", "image_warnings",
+    "set_volume",
     "wait_until_ready", "set_initial_mask", "add_click", "proposal_classes", "adapted_classes", "propose", "set_box", "clear_box", "undo", "redo", "reset",
     "annotate_last_step", "mask_array_kji", "close",
 )
