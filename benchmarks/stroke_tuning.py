@@ -4,7 +4,9 @@
 ``MAX_SCRIBBLE_CLICKS``) and a lasso as ``LASSO_CLICKS`` clicks. Those constants are chosen here, on cases of
 ``../shared/train`` (never on the report set of ``../shared/data``): the ``lasso`` protocol of ``samvolseg
 evaluate`` for each ``LASSO_CLICKS`` in ``--lasso-clicks``, the ``scribbles`` protocol for each spacing in
-``--spacings``, and the click protocol as the reference, all with the region-growing baseline on the same prompts.
+``--spacings``, and the click protocol as the reference, all with the region-growing baseline on the same prompts;
+then, with the engine's defaults, two sloppier simulated lassos (the outline 1 voxel outside / inside the border,
+vertices jittered by 1 mm): how much the lasso's numbers owe to a perfect outline.
 The constants are set on the module for a variant and restored after it (the engine files stay as they are);
 the session and the baseline both read them through ``engine/strokes.py``.
 
@@ -92,6 +94,11 @@ def main(argv=None) -> int:
         with engine_constant("SCRIBBLE_CLICK_SPACING_MM", spacing):
             report["variants"][f"scribbles, spacing {spacing:g} mm"] = run_strokes(
                 targets, predictor, ["scribbles"], args.prompts, {}, f"spacing {spacing:g} mm")["scribbles"]
+    for margin in (1, -1):
+        options = {"margin_voxels": margin, "jitter_mm": 1.0}
+        name = f"lasso, outline {margin:+d} voxel, jitter 1 mm"
+        report["variants"][name] = run_strokes(targets, predictor, ["lasso"], args.prompts, {}, name,
+                                               lasso_options=options)["lasso"]
     report["minutes"] = (time.perf_counter() - start) / 60
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "stroke_tuning.json").write_text(json.dumps(report, indent=2))
