@@ -434,3 +434,14 @@ def test_unknown_protocol_is_refused(tmp_path):
     case, _ = blob_case(tmp_path)
     with pytest.raises(ValueError, match="protocol"):
         simulate_case(None, case, num_clicks=2, protocol="boxes")
+
+
+def test_a_sloppy_lasso_is_reproducible_and_recorded(tmp_path):
+    case, _ = blob_case(tmp_path)
+    options = {"margin_voxels": 1, "jitter_mm": 1.0}
+    rows = simulate_case(None, case, num_clicks=1, protocol="lasso", lasso_options=options)
+    again = simulate_case(None, case, num_clicks=1, protocol="lasso", lasso_options=options)
+    exact = simulate_case(None, case, num_clicks=1, protocol="lasso")
+    assert rows[0].dice == again[0].dice != exact[0].dice
+    result = evaluate_cases([case], None, num_clicks=1, protocol="lasso", lasso_options=options)
+    assert result.summary()["lasso_options"] == options

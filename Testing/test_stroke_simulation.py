@@ -165,3 +165,20 @@ def test_a_thin_region_gets_a_scribble_inside_it():
     scribble = simulate_scribble(region, geometry)
     voxels = drawn(geometry, scribble_prompt(geometry, scribble.points_ras, True))
     assert voxels.any() and not (voxels & ~region).any()
+
+
+def test_lasso_and_scribble_on_an_oblique_volume():
+    region = blob(11, fraction=0.8)
+    angle = np.radians(25)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    rotation = rotation @ np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation @ np.diag([0.8, 0.9, 2.5])
+    geometry = VolumeGeometry(region.shape, matrix)
+    lasso = simulate_lasso(region, geometry)
+    k = lasso.anchor_kji[0]
+    filled = drawn(geometry, lasso_prompt(geometry, lasso.points_ras, True))
+    assert dice(filled[k], section_of(region, k)) >= 0.9 and filled.sum() == filled[k].sum()
+    scribble = simulate_scribble(region, geometry)
+    voxels = drawn(geometry, scribble_prompt(geometry, scribble.points_ras, True))
+    assert voxels.any() and not (voxels & ~region).any()

@@ -140,14 +140,15 @@ def protocol_entry(result: EvaluationResult) -> dict:
             "latency_s": result.summary()["methods"]["model"]["latency_by_prompt_s"]}
 
 
-def run_strokes(targets, model, protocols, clicks: int, session_options: dict, name: str) -> dict:
+def run_strokes(targets, model, protocols, clicks: int, session_options: dict, name: str,
+                lasso_options: Optional[dict] = None) -> dict:
     """{protocol: protocol_entry} of one loaded model (a Predictor: its embeddings are shared across protocols,
     so only the first protocol's first prompt pays the encoder; latencies are compared without it)."""
     out = {}
     for protocol in protocols:
         start = time.perf_counter()
         result = evaluate_cases(targets, model, clicks, model_name=name, session_options=session_options,
-                                protocol=protocol)
+                                protocol=protocol, lasso_options=lasso_options)
         out[protocol] = protocol_entry(result)
         out[protocol]["minutes"] = (time.perf_counter() - start) / 60
         print(f"{name} {protocol}: Dice by prompt model " + " / ".join(f"{v:.3f}" for v in out[protocol]["mean"]["model"])

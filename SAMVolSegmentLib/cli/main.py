@@ -162,7 +162,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             result = evaluate_cases(cases, model, args.clicks, progress=progress, with_baseline=not args.no_baseline,
                                     baseline_clicks=args.baseline_clicks or "shared",
                                     model_name=None if no_model else args.model,
-                                    session_options=_session_options(args), protocol=protocol)
+                                    session_options=_session_options(args), protocol=protocol,
+                                    lasso_options=_lasso_options(args))
         finally:
             close()
         written.extend(write_results(result, args.output, plot=not args.no_plot).values())
@@ -178,6 +179,18 @@ EVALUATE_PROTOCOLS = {"clicks": ("clicks",), "cvpr25": ("cvpr25",), "both": ("cl
 PROTOCOL_LINES = {"clicks": "{n} simulated clicks per target",
                   "lasso": "a simulated lasso on the target's largest axial cross-section, then {rest} clicks",
                   "scribbles": "a simulated scribble inside the target, then {rest} correcting scribbles"}
+
+
+def _lasso_options(args: argparse.Namespace) -> dict:
+    """A sloppier simulated lasso from the command line (empty: the exact outline)."""
+    options: dict = {}
+    if getattr(args, "lasso_margin", 0):
+        options["margin_voxels"] = args.lasso_margin
+    if getattr(args, "lasso_jitter", 0.0):
+        if args.lasso_jitter < 0:
+            raise InvalidPromptError("--lasso-jitter is a standard deviation in mm: give 0 or more.")
+        options["jitter_mm"] = args.lasso_jitter
+    return options
 
 
 def _session_options(args: argparse.Namespace) -> dict:
@@ -734,6 +747,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "in the largest error (scribbles.csv, scribbles_summary.json); strokes: lasso and scribbles; "
                         "all: all four. Region growing gets a stroke's clicks as seeds and its drawn voxels as "
                         "fixed")
+    p.add_argument("--lasso-margin", type=int, default=0,
+                   help="lasso protocol: outline the cross-section dilated (> 0) or eroded (< 0) by this many voxels "
+                        "(a user who draws outside or inside the border; default 0: the exact outline)")
+    p.add_argument("--lasso-jitter", type=float, default=0.0, metavar="MM",
+                   help="lasso protocol: move every vertex by in-plane Gaussian noise of this standard deviation (mm; "
+                        "seeded per target, reproducible; default 0)")
     p.add_argument("--box-mode", choices=["clip", "initial"], default="clip",
                    help="cvpr25: the session clips the mask to the challenge's box; clip: for every step (default; "
                         "the challenge keeps its box in the input), initial: lift the clip before the first click")

@@ -27,8 +27,9 @@ empty prediction scores Dice 0 and HD95 ``None``.
 **Stroke protocols** (issue 24; ``protocol``): prompt 1 is drawn, the rest follow the same errors.
 
 * ``"lasso"``: prompt 1 is a positive lasso around the target's largest axial cross-section
-  (:func:`~.stroke_simulation.simulate_lasso`: the exact outline, ≤ 64 vertices), then clicks as above
-  (:func:`~.clicks.next_click`) — ``num_clicks`` prompts in all;
+  (:func:`~.stroke_simulation.simulate_lasso`: the exact outline, ≤ 64 vertices; ``lasso_options`` gives a
+  sloppier one: ``margin_voxels``, ``jitter_mm``, its seed drawn from the target's name unless given), then
+  clicks as above (:func:`~.clicks.next_click`) — ``num_clicks`` prompts in all;
 * ``"scribbles"``: prompt 1 is a positive scribble inside the target, every later prompt a scribble in the
   largest error component (:func:`~.stroke_simulation.simulate_scribble`,
   :func:`~.stroke_simulation.correction_scribble`: positive in a miss, negative in a false positive).
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import csv
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -121,6 +123,7 @@ class EvaluationResult:
     baseline_clicks: str = "shared"
     rows: List[ClickResult] = field(default_factory=list)
     protocol: str = "clicks"
+    lasso_options: Dict[str, Any] = field(default_factory=dict)  # the lasso protocol's sloppier lasso, if any
 
     @property
     def methods(self) -> List[str]:
@@ -165,6 +168,7 @@ class EvaluationResult:
         return {
             "model": self.model,
             "protocol": self.protocol,
+            **({"lasso_options": self.lasso_options} if self.protocol == "lasso" else {}),
             "num_clicks": self.num_clicks,
             "baseline": BASELINE_NAME,
             "baseline_clicks": self.baseline_clicks,
@@ -433,14 +437,16 @@ class Prompt:
 
 
 def next_prompt(protocol: str, n: int, target: np.ndarray, prediction: np.ndarray, geometry: VolumeGeometry,
-                spacing_kji: Sequence[float]) -> Optional[Prompt]:
+                spacing_kji: Sequence[float], lasso_options: Optional[Dict[str, Any]] = None) -> Optional[Prompt]:
     """Prompt ``n`` (1-based) of a protocol given the driver's current prediction; None when it is exact
-    (never for prompt 1). See the module's docstring for the protocols."""
+    (never for prompt 1). ``lasso_options``: keyword arguments of
+    :func:`~.stroke_simulation.simulate_lasso` (``margin_voxels``, ``jitter_mm``, ``seed``). See the module's
+    docstring for the protocols."""
     if protocol == "clicks" or (protocol == "lasso" and n > 1):
         click = first_click(target, spacing_kji) if n == 1 else next_click(target, prediction, spacing_kji)
         return None if click is None else Prompt("click", click[1], click[0])
     if protocol == "lasso":
-        stroke = simulate_lasso(target, geometry)
+        stroke = simulate_lasso(target, geometry, **(lasso_options or {}))
     elif protocol == "scribbles":
         stroke = (simulate_scribble(target, geometry, True) if n == 1
                   else correction_scribble(target, prediction, geometry))
@@ -452,15 +458,17 @@ def next_prompt(protocol: str, n: int, target: np.ndarray, prediction: np.ndarra
 def _run_protocol(
     case_name: str, label: str, target: np.ndarray, geometry: VolumeGeometry, spacing_kji: Sequence[float],
     driver, followers: Sequence, num_clicks: int, on_click: Optional[Callable[[int], None]] = None,
-    protocol: str = "clicks",
+    protocol: str = "clicks", lasso_options: Optional[Dict[str, Any]] = None,
 ) -> List[ClickResult]:
     """Prompts from the driver's errors; followers get the same prompts. Returns rows of all methods."""
+    if lasso_options and "seed" not in lasso_options:  # a jittered lasso: its own draws per target, reproducible
+        lasso_options = {**lasso_options, "seed": zlib.crc32(case_name.encode())}
     methods = [driver, *followers]
     rows: List[ClickResult] = []
     last: Dict[str, ClickResult] = {}
     prediction = np.zeros_like(target)
     for n in range(1, num_clicks + 1):
-        prompt = next_prompt(protocol, n, target, prediction, geometry, spacing_kji)
+        prompt = next_prompt(protocol, n, target, prediction, geometry, spacing_kji, lasso_options)
         if prompt is None:  # the driver is perfect: no new prompt, every method keeps its scores
             for method in methods:
                 rows.append(_carry_over(last[method.name], n))
@@ -492,6 +500,7 @@ def _carry_over(row: ClickResult, click: int) -> ClickResult:
 def simulate_case(
     session, case: Case, num_clicks: int, with_baseline: bool = True, baseline_clicks: str = "shared",
     label_value: Optional[int] = None, progress: Optional[ProgressCallback] = None, protocol: str = "clicks",
+    lasso_options: Optional[Dict[str, Any]] = None,
 ) -> List[ClickResult]:
     """Run a prompt protocol (clicks by default) on one case.
 
@@ -503,6 +512,7 @@ def simulate_case(
         baseline_clicks: "shared" (the model's prompts) or "own" (prompts from the baseline's own errors).
         progress: ``progress(fraction_of_this_case, message)``.
         protocol: one of :data:`PROTOCOLS` (see the module's docstring).
+        lasso_options: a sloppier simulated lasso (:func:`next_prompt`); None: the exact outline.
     Returns:
         One :class:`ClickResult` per method and click count, in click order.
     """
@@ -529,7 +539,7 @@ def simulate_case(
                 progress((run_index + n / num_clicks) / len(runs), f"{case.name}: {name} prompt {n}")
 
         rows.extend(_run_protocol(case.name, label, target, geometry, spacing_kji, driver, followers,
-                                  num_clicks, on_click, protocol))
+                                  num_clicks, on_click, protocol, lasso_options))
     rows.sort(key=lambda r: (r.click, r.method != "model"))
     return rows
 
@@ -558,6 +568,7 @@ def evaluate_cases(
     model_name: Optional[str] = None,
     session_options: Optional[Dict[str, Any]] = None,
     protocol: str = "clicks",
+    lasso_options: Optional[Dict[str, Any]] = None,
 ) -> EvaluationResult:
     """Evaluate a model and the baseline on labelled cases with simulated clicks (or strokes: ``protocol``).
 
@@ -574,15 +585,17 @@ def evaluate_cases(
         session_options: keyword arguments of every :class:`~SAMVolSegmentLib.engine.session.InteractiveSession`
             (e.g. ``{"coarse_context": True}``).
         protocol: "clicks" (default), "lasso" or "scribbles" (:data:`PROTOCOLS`).
+        lasso_options: ``margin_voxels`` / ``jitter_mm`` (/ ``seed``) of the simulated lasso; None: exact.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     model, name = resolve_model(model_source, device)
     result = EvaluationResult(model=model_name or name, num_clicks=num_clicks,
-                              baseline_clicks=baseline_clicks if model is not None else "own", protocol=protocol)
+                              baseline_clicks=baseline_clicks if model is not None else "own", protocol=protocol,
+                              lasso_options=dict(lasso_options or {}))
     for rows in for_each_case(cases, model, progress, lambda session, case, case_progress: simulate_case(
             session, case, num_clicks, with_baseline if session is not None else True,
-            baseline_clicks if session is not None else "own", label_value, case_progress, protocol),
+            baseline_clicks if session is not None else "own", label_value, case_progress, protocol, lasso_options),
             session_options):
         result.rows.extend(rows)
     return result
