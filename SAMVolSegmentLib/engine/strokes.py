@@ -22,8 +22,9 @@ from ..errors import InvalidPromptError
 from .geometry import BBoxKJI, VolumeGeometry, bbox_shape, clip_bbox
 from .mask_update import MaskUpdate
 
-#: Clicks a scribble gives the model: one per this many mm of its length (at least 1) ...
-SCRIBBLE_CLICK_SPACING_MM = 10.0
+#: Clicks a scribble gives the model: one per this many mm of its length (at least 1) ... Chosen on 14 training
+#: targets (benchmarks/stroke_tuning.py, v2 default): 20 mm beat 5 and 10 mm after every scribble count.
+SCRIBBLE_CLICK_SPACING_MM = 20.0
 #: ... and at most this many (a long stroke along a boundary says "not here" without dominating the decoder).
 MAX_SCRIBBLE_CLICKS = 6
 #: Clicks a lasso gives the model: the deepest point of the filled polygon, then points spread over it
