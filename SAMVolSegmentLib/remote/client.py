@@ -450,11 +450,13 @@ class RemoteSession:
     def _apply_reply(self, reply: Dict[str, Any]) -> MaskUpdate:
         """Apply a step's reply to the mirror and the state; the update to return (with any recovery diff)."""
         assert self._label is not None
+        started = time.perf_counter()
         if self.protocol >= 3:
             update = self._apply_delta(reply)
         else:
             update = decode_update(reply.get("update"), self._shape)
             update.apply_to(self._label)
+        decoded_s = time.perf_counter() - started
         if self._pending_bbox is not None:  # recovery found differences outside this step's box
             update = MaskUpdate.covering(self._label, union_bbox(self._pending_bbox, update.bbox_kji))
             self._pending_bbox = None
@@ -463,6 +465,7 @@ class RemoteSession:
         self.last_timing = {str(k): float(v) for k, v in timing.items() if isinstance(v, (int, float))}
         if "total_s" in self.last_timing:
             self.last_timing["server_total_s"] = self.last_timing["total_s"]
+        self.last_timing["client_decode_s"] = decoded_s  # decoding the reply and updating the mirror
         self.last_timing.update(self._recovery_timing)
         self._recovery_timing = {}
         return update
@@ -492,9 +495,9 @@ class RemoteSession:
             held, self._mask_version = self._mask_version, None
             raise WireFormatError(f"The server's reply applies to mask version {base}, this mirror holds {held}; "
                                   "the whole mask is fetched at the next step (or by mask_array_kji()).")
-        apply_delta(self._label[tuple(slice(lo, hi) for lo, hi in bbox)], form, values)
+        new = apply_delta(self._label[tuple(slice(lo, hi) for lo, hi in bbox)], form, values)
         self._mask_version = version
-        return MaskUpdate.covering(self._label, bbox)
+        return MaskUpdate(bbox, new)
 
     def _fetch_mask(self) -> None:
         """Protocol 3: replace the mirror by the server's whole mask (and its version); what differed goes into

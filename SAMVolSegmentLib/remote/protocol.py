@@ -418,12 +418,17 @@ def decode_delta(meta: Any, body: bytes, shape: Sequence[int]) -> Tuple[str, Opt
     return form, values.reshape(tuple(int(v) for v in shape))
 
 
-def apply_delta(target: np.ndarray, form: str, values: Optional[np.ndarray]) -> None:
-    """Apply :func:`decode_delta`'s output to ``target`` (the mirror's box, a view) in place."""
+def apply_delta(target: np.ndarray, form: str, values: Optional[np.ndarray]) -> np.ndarray:
+    """Apply :func:`decode_delta`'s output to ``target`` (the mirror's box, a view) in place; the box's new content
+    as an array of its own (what a step returns), made in the same pass."""
     if form == "xor":
-        np.bitwise_xor(target, values, out=target)
+        new = np.bitwise_xor(target, values)
     elif form == "set":
-        target[...] = values
+        new = values  # type: ignore[assignment]
+    else:
+        return target.copy()
+    target[...] = new
+    return new
 
 
 def mask_runs(mask: np.ndarray) -> np.ndarray:

@@ -627,12 +627,15 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
             pushed = kind == "step" and session.can_undo and session.last_annotation is None
             if pushed:
                 session.annotate_last_step(_STEP_TAG)
+            timing = dict(session.last_timing)
             if version >= 3:
+                started = time.perf_counter()
                 delta: Optional[_Delta] = track(entry, lambda: _track_step(entry, update, client_version))
+                timing["server_delta_s"] = time.perf_counter() - started  # not in the step's own total_s
             else:  # the mirror no longer matches what a protocol-3 client holds
                 entry.mirror, entry.mask_version, delta = None, entry.mask_version + 1, None
             # The update's mask is the step's own array (the history keeps packed copies): safe to read later.
-            return update, delta, {"timing": dict(session.last_timing), "pushed": pushed, "moved": moved,
+            return update, delta, {"timing": timing, "pushed": pushed, "moved": moved,
                                    "state": session_state(entry)}
 
         update, delta, reply = await worker.run(job)
@@ -652,7 +655,9 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
 
     async def frame_reply(reply: Dict[str, Any], delta: _Delta, codec: str) -> Response:
         """A protocol-3 reply: ``reply`` and the delta's header in the frame's JSON, its run bytes after it."""
+        started = time.perf_counter()
         meta, payload = await run_in_threadpool(encode_delta, delta.xor, delta.new, codec)  # off the worker
+        reply.setdefault("timing", {})["server_encode_s"] = time.perf_counter() - started
         reply["update"] = {"bbox": [list(pair) for pair in delta.bbox], "base": delta.base,
                            "version": delta.version, **meta}
         return Response(encode_frame(reply, payload), media_type=UPDATE_MEDIA_TYPE)
