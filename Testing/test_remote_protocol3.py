@@ -66,8 +66,7 @@ def _round_trip(old: np.ndarray, new: np.ndarray, codec: str) -> dict:
     np.testing.assert_array_equal(mirror, new)  # the server's mirror follows the step
     meta, body = encode_delta(xor, new, codec)
     header, payload = decode_frame(encode_frame({"update": meta}, body))
-    form, values = decode_delta(header["update"], payload, new.shape)
-    apply_delta(client, form, values)
+    apply_delta(client, *decode_delta(header["update"], payload, new.shape))
     np.testing.assert_array_equal(client, new)
     return meta
 
@@ -91,7 +90,7 @@ def test_delta_codec_picks_the_cheaper_form_and_long_runs():
     touched = organ.copy()
     touched[60, 170, 120:126] ^= 1  # a few voxels change: the XOR is tiny
     meta = _round_trip(organ, touched, MASK_CODECS[0])
-    assert meta["form"] == "xor" and meta["runs"] <= 5
+    assert meta["form"] == "xor" and meta["runs"] <= 3 and meta["box"] == [[60, 61], [170, 171], [120, 126]]
     assert _round_trip(organ, organ, "zlib") == {"form": "none"}
     big = np.zeros((300, 300, 300), np.uint8)  # runs beyond 255 and 65535 voxels
     big[100:200, 50:250, 7:290] = 1
@@ -100,8 +99,10 @@ def test_delta_codec_picks_the_cheaper_form_and_long_runs():
     assert runs.sum() == big.size and len(runs) == 2 * 100 * 200 + 1
     whole, body = encode_delta(None, organ, "zlib")  # a whole-mask reply: from empty
     assert whole["form"] == "set"
-    form, values = decode_delta(whole, body, organ.shape)
-    np.testing.assert_array_equal(values, organ)
+    restored = np.zeros_like(organ)
+    apply_delta(restored, *decode_delta(whole, body, organ.shape))
+    np.testing.assert_array_equal(restored, organ)
+    assert encode_delta(None, np.zeros_like(organ), "zlib") == ({"form": "none"}, b"")  # an empty whole mask
 
 
 def test_an_organ_sized_delta_stays_under_20_kb():
@@ -124,7 +125,9 @@ def test_delta_decoder_refuses_corrupt_or_inconsistent_data():
         with pytest.raises(WireFormatError, match=match):
             decode_delta(bad, body, new.shape)
     with pytest.raises(WireFormatError, match="cover"):
-        decode_delta(meta, body, (4, 5, 7))  # runs that do not fill the box
+        decode_delta({**meta, "box": [[0, 4], [0, 5], [0, 6]]}, body, new.shape)  # runs that do not fill it
+    with pytest.raises(WireFormatError, match="outside the volume"):
+        decode_delta({**meta, "box": [[0, 9], [0, 5], [0, 6]]}, body, new.shape)  # a part outside the box
     with pytest.raises(WireFormatError, match="does not match|corrupt"):
         decode_delta(meta, body[:-3], new.shape)
     with pytest.raises(WireFormatError, match="carries bytes"):

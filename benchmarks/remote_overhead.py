@@ -52,7 +52,7 @@ from SAMVolSegmentLib.engine.predictor import Predictor
 from SAMVolSegmentLib.engine.session import InteractiveSession
 from SAMVolSegmentLib.model import build_model, load_model
 from SAMVolSegmentLib.remote import RemoteSession
-from SAMVolSegmentLib.remote.protocol import MASK_CODECS, UPDATE_MEDIA_TYPE, decode_frame
+from SAMVolSegmentLib.remote.protocol import MASK_CODECS, MASK_CODECS_HEADER, UPDATE_MEDIA_TYPE, decode_frame
 from SAMVolSegmentLib.tools.phantom import PHANTOM_LABELS, make_phantom
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -147,9 +147,10 @@ def full_size_checkpoint(folder: Path) -> Path:
 PARTS = ("server_delta_s", "server_encode_s", "client_decode_s")
 
 
-def remote_pass(url, token, image, clicks, protocol):
-    """Warm pass + timed pass of ``clicks`` in a new session speaking ``protocol``; per-click round trips, server
-    step times, reply bytes, protocol 3's delta forms, and the final mask."""
+def remote_pass(url, token, image, clicks, variant):
+    """Warm pass + timed pass of ``clicks`` in a new session speaking ``variant`` (protocol, mask codec); per-click
+    round trips, server step times, reply bytes, protocol 3's delta forms, the final mask, the overhead's parts."""
+    protocol, codec = variant
     sizes, forms = [], []
 
     def seen(response, *args, **kwargs):
@@ -159,6 +160,7 @@ def remote_pass(url, token, image, clicks, protocol):
 
     remote = RemoteSession(url, token=token, protocol=protocol)
     assert remote.protocol == protocol
+    remote._http.headers[MASK_CODECS_HEADER] = codec
     remote._http.hooks["response"].append(seen)
     remote.set_volume(image)
     remote.wait_until_ready()
@@ -224,7 +226,7 @@ def pin_cpus(client_cpu: int, server_cpu: int):
     return {server_cpu}, f"client pinned to CPU {client_cpu}, server to CPU {server_cpu}"
 
 
-def summarise(name, model_id, organ, protocol, local_times, samples, final_local):
+def summarise(name, model_id, organ, variant, local_times, samples, final_local):
     """One row of the results from a protocol's pooled timed passes."""
     round_trips = [v for s in samples for v in s[0]]
     server_s = [v for s in samples for v in s[1]]
@@ -233,7 +235,7 @@ def summarise(name, model_id, organ, protocol, local_times, samples, final_local
     overhead = [rt - srv for rt, srv in zip(round_trips, server_s)]
     return {
         "model": "full (vit_b_ori, random weights)" if name == "full" else name, "model_id": model_id,
-        "organ": organ, "protocol": protocol, "clicks_timed": len(round_trips),
+        "organ": organ, "protocol": variant[0], "codec": variant[1], "clicks_timed": len(round_trips),
         "local_click_ms": summary_ms(local_times), "remote_click_ms": summary_ms(round_trips),
         "server_step_ms": summary_ms(server_s),
         "remote_minus_local_ms_p50": 1e3 * (statistics.median(round_trips) - statistics.median(local_times)),
@@ -254,7 +256,9 @@ def main() -> None:
                         help="comma-separated: registry names or checkpoint paths, and 'full' for the full-size "
                              "architecture with random weights; the first also runs the upload and load tests")
     parser.add_argument("--organs", default="spleen,liver", help="comma-separated phantom organs to click")
-    parser.add_argument("--protocols", default="2,3", help="comma-separated protocol versions to compare")
+    parser.add_argument("--protocols", default=f"2,3,3/{MASK_CODECS[-1]}",
+                        help="comma-separated protocol versions to compare, each optionally with the mask codec the "
+                             f"client asks for (3/lzma); without one: the client's default ({MASK_CODECS[0]})")
     parser.add_argument("--rounds", type=int, default=2,
                         help="timed passes per protocol (the protocols' order alternates between rounds)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server and the local engine")
@@ -268,7 +272,8 @@ def main() -> None:
     server_cpus, pinning = pin_cpus(args.client_cpu, args.server_cpu)
     torch.set_num_threads(args.threads)
     token = secrets.token_urlsafe(24)
-    protocols = [int(v) for v in args.protocols.split(",")]
+    protocols = [(int(v.split("/")[0]), v.split("/")[1] if "/" in v else MASK_CODECS[0])
+                 for v in args.protocols.split(",")]
     organs = [o.strip() for o in args.organs.split(",")]
 
     start = time.perf_counter()
@@ -359,26 +364,29 @@ def main() -> None:
         "Protocol 2: JSON reply, the changed box's foreground as packed bits + bz2, base64; protocol 3: binary "
         "frame, run lengths of the change against the client's mirror (XOR) or of the new content + bz2.",
         "",
-        "| model | organ (voxels) | protocol | local click p50 ms | remote click p50 / p95 ms | server step p50 ms "
-        "| protocol overhead p50 / p95 ms | reply bytes median / max | protocol 3 forms | remote = local |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | organ (voxels) | protocol (codec) | local click p50 ms | remote click p50 / p95 ms "
+        "| server step p50 ms | protocol overhead p50 / p95 ms | of which server delta / encode / client decode "
+        "p50 ms | reply bytes median / max | protocol 3 forms | remote = local |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         forms = ", ".join(f"{k} {v}" for k, v in (row["delta_forms"] or {}).items()) or "-"
+        parts = " / ".join("-" if v is None else f"{v:.1f}" for v in row["overhead_parts_ms_p50"].values())
         md.append(
             f"| {row['model']} (`{row['model_id']}`) | {row['organ']} ({row['foreground_voxels']}) "
-            f"| {row['protocol']} | {row['local_click_ms']['p50']:.1f} "
+            f"| {row['protocol']} ({row['codec']}) | {row['local_click_ms']['p50']:.1f} "
             f"| {row['remote_click_ms']['p50']:.1f} / {row['remote_click_ms']['p95']:.1f} "
             f"| {row['server_step_ms']['p50']:.1f} "
             f"| {row['protocol_overhead_ms']['p50']:.1f} / {row['protocol_overhead_ms']['p95']:.1f} "
-            f"| {row['reply_bytes']['median']:.0f} / {row['reply_bytes']['max']} | {forms} "
+            f"| {parts} | {row['reply_bytes']['median']:.0f} / {row['reply_bytes']['max']} | {forms} "
             f"| {row['remote_equals_local']} |")
     md.append("")
     for organ in organs:
-        by_protocol = {r["protocol"]: r for r in rows if r["organ"] == organ and r["model"] == rows[0]["model"]}
-        if 2 in by_protocol and 3 in by_protocol:
-            old, new = by_protocol[2], by_protocol[3]
-            md.append(f"{organ}: protocol overhead p50 {old['protocol_overhead_ms']['p50']:.1f} → "
+        by_protocol = {(r["protocol"], r["codec"]): r for r in rows
+                       if r["organ"] == organ and r["model"] == rows[0]["model"]}
+        old, new = by_protocol.get((2, MASK_CODECS[0])), by_protocol.get((3, MASK_CODECS[0]))
+        if old is not None and new is not None:
+            md.append(f"{organ} ({MASK_CODECS[0]}): protocol overhead p50 {old['protocol_overhead_ms']['p50']:.1f} → "
                       f"{new['protocol_overhead_ms']['p50']:.1f} ms, reply median {old['reply_bytes']['median']:.0f} "
                       f"→ {new['reply_bytes']['median']:.0f} bytes (max {old['reply_bytes']['max']} → "
                       f"{new['reply_bytes']['max']}).")

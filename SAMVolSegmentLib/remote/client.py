@@ -483,21 +483,23 @@ class RemoteSession:
         if not isinstance(version, int) or isinstance(version, bool):
             raise WireFormatError(f"A protocol-3 reply has mask version {version!r}; expected an integer.")
         shape = tuple(hi - lo for lo, hi in bbox)
-        form, values = decode_delta(meta, reply.get(_PAYLOAD, b""), shape)  # checked before the mirror changes
+        delta = decode_delta(meta, reply.get(_PAYLOAD, b""), shape)  # checked before the mirror changes
         if base is None:  # the whole mask, from empty
             mask = np.zeros(self._shape, np.uint8)
-            apply_delta(mask[tuple(slice(lo, hi) for lo, hi in bbox)], form, values)
+            apply_delta(mask[tuple(slice(lo, hi) for lo, hi in bbox)], *delta)
             changed = _difference_box(self._label, mask)
             self._label = mask
             self._mask_version = version
-            return MaskUpdate.empty() if changed is None else MaskUpdate.covering(mask, changed)
+            return MaskUpdate.empty() if changed is None else MaskUpdate(
+                changed, mask[tuple(slice(lo, hi) for lo, hi in changed)].copy())
         if base != self._mask_version:  # the server answered another version than this mirror's: start over
             held, self._mask_version = self._mask_version, None
             raise WireFormatError(f"The server's reply applies to mask version {base}, this mirror holds {held}; "
                                   "the whole mask is fetched at the next step (or by mask_array_kji()).")
-        new = apply_delta(self._label[tuple(slice(lo, hi) for lo, hi in bbox)], form, values)
+        box = self._label[tuple(slice(lo, hi) for lo, hi in bbox)]
+        apply_delta(box, *delta)
         self._mask_version = version
-        return MaskUpdate(bbox, new)
+        return MaskUpdate(bbox, box.copy())  # one copy (MaskUpdate.covering makes two)
 
     def _fetch_mask(self) -> None:
         """Protocol 3: replace the mirror by the server's whole mask (and its version); what differed goes into

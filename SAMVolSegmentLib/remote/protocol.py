@@ -57,6 +57,10 @@ try:  # part of every CPython build that has libbz2 (Slicer's too); zlib is the 
     import bz2
 except ImportError:  # pragma: no cover - depends on how Python was built
     bz2 = None  # type: ignore[assignment]
+try:  # likewise with liblzma
+    import lzma
+except ImportError:  # pragma: no cover - depends on how Python was built
+    lzma = None  # type: ignore[assignment]
 
 #: Bumped on any incompatible change of endpoints or encodings.
 #: 2: mask updates carry ``codec`` and ``bits_bbox`` (only the foreground's box travels), bz2 negotiable.
@@ -92,8 +96,12 @@ API_PREFIX = api_prefix(PROTOCOL_VERSION)
 CONTENT_ID_VERSION = 2
 
 VOLUME_CODEC = "zlib-shuffle"
-#: Mask codecs this Python can encode and decode, best first.
-MASK_CODECS: Tuple[str, ...] = ("bz2", "zlib") if bz2 is not None else ("zlib",)
+#: Mask codecs this Python can encode and decode, best first (the client offers them in this order). On the run
+#: lengths of a liver-sized mask (benchmarks/results/remote_overhead.md) bz2 is the smallest (about 16 kB, 4-8 ms to
+#: compress), lzma (xz, preset 0) about 20 kB in 3 ms, zlib about 24 kB in 2 ms; on organ-sized masks all three
+#: stay far below 20 kB.
+MASK_CODECS: Tuple[str, ...] = tuple(name for name, module in (("bz2", bz2), ("lzma", lzma), ("zlib", zlib))
+                                     if module is not None)
 #: Voxel types a volume may be uploaded as (anything else is sent as float32); little-endian on the wire.
 VOLUME_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 #: Largest physical extent of a volume along any axis (mm): beyond any scanner, and it keeps the server's
@@ -105,6 +113,9 @@ VOLUME_ZLIB_LEVEL = 1
 MASK_ZLIB_LEVEL = 6
 #: bz2 level for masks (its block size; a foreground box's packed bits fit one 900 kB block).
 MASK_BZ2_LEVEL = 9
+_LZMA_ERRORS: Tuple[type, ...] = (lzma.LZMAError,) if lzma is not None else ()
+#: lzma preset for masks: 0 compresses run lengths nearly as well as 6, several times faster.
+MASK_LZMA_PRESET = 0
 
 #: Error names the server puts in ``{"error": ..., "detail": ...}`` and the client raises again as these classes.
 ERROR_CLASSES = {
@@ -278,11 +289,17 @@ def decode_update(data: Any, volume_shape: Optional[Sequence[int]] = None) -> Ma
 
 def encode_bits(mask: np.ndarray, codec: str = "zlib") -> bytes:
     """Packed (8 voxels a byte), compressed bits of a mask (nonzero = inside)."""
+    return _compress(np.packbits(np.asarray(mask) != 0, axis=None).tobytes(), codec)
+
+
+def _compress(raw: bytes, codec: str) -> bytes:
+    """``raw`` compressed with a mask codec at its level."""
     _check_codec(codec)
-    packed = np.packbits(np.asarray(mask) != 0, axis=None).tobytes()
     if codec == "bz2":
-        return bz2.compress(packed, MASK_BZ2_LEVEL)
-    return zlib.compress(packed, MASK_ZLIB_LEVEL)
+        return bz2.compress(raw, MASK_BZ2_LEVEL)
+    if codec == "lzma":
+        return lzma.compress(raw, preset=MASK_LZMA_PRESET)
+    return zlib.compress(raw, MASK_ZLIB_LEVEL)
 
 
 def decode_bits(body: bytes, shape: Sequence[int], codec: str = "zlib") -> np.ndarray:
@@ -302,13 +319,16 @@ def _check_codec(codec: str) -> None:
 
 
 def _foreground_box(mask: np.ndarray) -> Optional[Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]]:
-    """Half-open box of a 3D mask's nonzero voxels (None when there are none); two reductions over the mask."""
-    columns = np.any(mask, axis=0)  # (j, i)
-    if not columns.any():
+    """Half-open box of a 3D mask's nonzero voxels (None when there are none): one reduction over the mask, one
+    over the planes that hold some (read as booleans: a 0/1 uint8 mask is not converted)."""
+    array = np.asarray(mask)
+    inside = array.view(bool) if array.dtype == np.uint8 and array.flags.c_contiguous else array != 0
+    planes = np.flatnonzero(inside.reshape(inside.shape[0], -1).any(axis=1))
+    if not planes.size:
         return None
-    ks = np.flatnonzero(np.any(np.asarray(mask).reshape(mask.shape[0], -1), axis=1))
+    columns = inside[planes[0]:planes[-1] + 1].any(axis=0)  # (j, i)
     js, is_ = np.flatnonzero(columns.any(axis=1)), np.flatnonzero(columns.any(axis=0))
-    return ((int(ks[0]), int(ks[-1]) + 1), (int(js[0]), int(js[-1]) + 1), (int(is_[0]), int(is_[-1]) + 1))
+    return ((int(planes[0]), int(planes[-1]) + 1), (int(js[0]), int(js[-1]) + 1), (int(is_[0]), int(is_[-1]) + 1))
 
 
 def check_bbox(value: Any, volume_shape: Optional[Sequence[int]]) -> BBoxKJI:
@@ -357,54 +377,63 @@ def mask_delta(mirror: np.ndarray, update: MaskUpdate) -> Optional[np.ndarray]:
 
 def encode_delta(xor: Optional[np.ndarray], new: Optional[np.ndarray], codec: str = "zlib"
                  ) -> Tuple[Dict[str, Any], bytes]:
-    """Header fields and payload of a delta over a box, in the form with fewer runs.
+    """Header fields and payload of a delta over a box: run lengths of the part of the box that changed, in the
+    form that compresses better, compressed.
 
     Args:
         xor: the box's XOR against the mirror (:func:`mask_delta`), or None when the mirror is to be cleared
             first (a whole-mask reply: then ``new`` is the whole mask and the form is ``set``).
-        new: the box's new content (uint8, 1 = inside); None with ``xor`` None: an empty box.
+        new: the box's new content (0/1 uint8); None with ``xor`` None: an empty box.
         codec: one of :data:`MASK_CODECS`.
     Returns:
-        (``{"form", "codec", "runs", "big"}``, compressed run bytes); form ``"none"`` and no bytes when nothing
-        changed.
+        (``{"form", "box", "codec", "runs", "big"}``, compressed run bytes): ``box`` is the changed part, relative
+        to the box (voxels of the box outside it did not change); form ``"none"`` and no bytes when nothing
+        changed (or, for a whole mask, when it is empty).
     """
     _check_codec(codec)
     if new is None or new.size == 0:
         return {"form": "none"}, b""
+    changed = _foreground_box(new if xor is None else xor)
+    if changed is None:
+        return {"form": "none"}, b""
+    part = tuple(slice(lo, hi) for lo, hi in changed)
     if xor is None:
-        form, runs = "set", mask_runs(new)
+        form, runs = "set", mask_runs(new[part])
     else:
-        form, runs = "xor", mask_runs(xor)
-        if len(runs) == 1:  # one run of zeros: nothing changed
-            return {"form": "none"}, b""
+        form, runs = "xor", mask_runs(xor[part])
         if len(runs) > 64:  # not trivially small: the new content may be cheaper (a whole surface moved)
-            set_runs = mask_runs(new)
+            set_runs = mask_runs(new[part])
             if len(set_runs) < _XOR_RUN_COST * len(runs):
                 form, runs = "set", set_runs
     raw, count, big = runs_to_bytes(runs)
-    body = bz2.compress(raw, MASK_BZ2_LEVEL) if codec == "bz2" else zlib.compress(raw, MASK_ZLIB_LEVEL)
-    return {"form": form, "codec": codec, "runs": count, "big": big}, body
+    return ({"form": form, "box": [list(pair) for pair in changed], "codec": codec, "runs": count, "big": big},
+            _compress(raw, codec))
 
 
-def decode_delta(meta: Any, body: bytes, shape: Sequence[int]) -> Tuple[str, Optional[np.ndarray]]:
-    """(form, uint8 values of ``shape``) of :func:`encode_delta`'s output; values None for form ``none``.
+def decode_delta(meta: Any, body: bytes, shape: Sequence[int]
+                 ) -> Tuple[str, Tuple[slice, ...], Optional[np.ndarray]]:
+    """(form, the changed part of a box of ``shape`` as slices, its uint8 values) of :func:`encode_delta`'s output;
+    values None for form ``none``.
 
     Raises:
-        WireFormatError: an unknown form or codec, counts that do not fit the box, or corrupt data.
+        WireFormatError: an unknown form or codec, a part outside the box, counts that do not fit it, or corrupt
+            data.
     """
     if not isinstance(meta, dict):
-        raise WireFormatError("A delta must be a JSON object with form, codec, runs and big.")
+        raise WireFormatError("A delta must be a JSON object with form, box, codec, runs and big.")
     form = meta.get("form")
     if form == "none":
         if body:
             raise WireFormatError("A delta of form 'none' carries bytes.")
-        return "none", None
+        return "none", (), None
     if form not in DELTA_FORMS:
         raise WireFormatError(f"Delta form {form!r} is not one of none, {', '.join(DELTA_FORMS)}.")
     codec = meta.get("codec")
     if codec not in MASK_CODECS:
         raise WireFormatError(f"Mask codec {codec!r} is not one of {', '.join(MASK_CODECS)} (this Python's).")
-    size = math.prod(int(v) for v in shape)
+    part = check_bbox(meta.get("box"), shape)
+    part_shape = tuple(hi - lo for lo, hi in part)
+    size = math.prod(part_shape)
     count, big = meta.get("runs"), meta.get("big")
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (count, big)) \
             or not 1 <= count <= size + 1 or not 0 <= big <= count:
@@ -415,20 +444,16 @@ def decode_delta(meta: Any, body: bytes, shape: Sequence[int]) -> Tuple[str, Opt
         raise WireFormatError(f"The delta's runs cover {int(runs.sum())} voxels, its box {size}; the reply is "
                               "corrupt: fetch the whole mask again.")
     values = np.repeat((np.arange(count) & 1).astype(np.uint8), runs)
-    return form, values.reshape(tuple(int(v) for v in shape))
+    return form, tuple(slice(lo, hi) for lo, hi in part), values.reshape(part_shape)
 
 
-def apply_delta(target: np.ndarray, form: str, values: Optional[np.ndarray]) -> np.ndarray:
-    """Apply :func:`decode_delta`'s output to ``target`` (the mirror's box, a view) in place; the box's new content
-    as an array of its own (what a step returns), made in the same pass."""
+def apply_delta(target: np.ndarray, form: str, part: Tuple[slice, ...], values: Optional[np.ndarray]) -> None:
+    """Apply :func:`decode_delta`'s output to ``target`` (the mirror's box, a view) in place."""
     if form == "xor":
-        new = np.bitwise_xor(target, values)
+        view = target[part]
+        np.bitwise_xor(view, values, out=view)
     elif form == "set":
-        new = values  # type: ignore[assignment]
-    else:
-        return target.copy()
-    target[...] = new
-    return new
+        target[part] = values
 
 
 def mask_runs(mask: np.ndarray) -> np.ndarray:
@@ -530,15 +555,15 @@ def _inflate(body: bytes, expected: int, what: str, codec: str) -> bytes:
     """Decompress exactly ``expected`` bytes; refuse more (a zip bomb), fewer (truncated) or trailing data."""
     _check_codec(codec)
     try:
-        if codec == "bz2":
-            bunzip = bz2.BZ2Decompressor()
-            raw = bunzip.decompress(body, expected)
-            complete = bunzip.eof and not bunzip.unused_data
+        if codec in ("bz2", "lzma"):
+            unpack = bz2.BZ2Decompressor() if codec == "bz2" else lzma.LZMADecompressor(lzma.FORMAT_XZ)
+            raw = unpack.decompress(body, expected)
+            complete = unpack.eof and not unpack.unused_data
         else:
             inflater = zlib.decompressobj()
             raw = inflater.decompress(body, expected)
             complete = inflater.eof and not inflater.unconsumed_tail and not inflater.unused_data
-    except (zlib.error, OSError, EOFError) as exc:  # bz2 reports corrupt data as OSError
+    except (zlib.error, OSError, EOFError, *_LZMA_ERRORS) as exc:  # bz2 reports corrupt data as OSError
         raise WireFormatError(f"The {what} data is corrupt ({exc}); send it again.") from None
     if len(raw) != expected or not complete:
         raise WireFormatError(f"The {what} data does not match its header: expected {expected} bytes after "
