@@ -50,6 +50,7 @@ from SAMVolSegmentLib.remote.protocol import (  # noqa: E402
     decode_frame,
     encode_delta,
     encode_frame,
+    foreground_box,
     mask_delta,
     mask_runs,
 )
@@ -62,9 +63,12 @@ def _round_trip(old: np.ndarray, new: np.ndarray, codec: str) -> dict:
     """Encode ``old`` → ``new`` as the server does, decode and apply it as the client does; the header."""
     mirror, client = old.copy(), old.copy()
     update = MaskUpdate(tuple((0, n) for n in new.shape), new)  # type: ignore[arg-type]
-    xor = mask_delta(mirror, update)
+    whole = tuple((0, n) for n in old.shape) if old.any() else None  # a box holding the mirror's foreground
+    change, bound = mask_delta(mirror, update, whole)
     np.testing.assert_array_equal(mirror, new)  # the server's mirror follows the step
-    meta, body = encode_delta(xor, new, codec)
+    assert (bound is None) == (not old.any() and not new.any())
+    meta, body = ({"form": "none"}, b"") if change is None else encode_delta(
+        change.xor, change.new, codec, [lo for lo, _ in change.region])
     header, payload = decode_frame(encode_frame({"update": meta}, body))
     apply_delta(client, *decode_delta(header["update"], payload, new.shape))
     np.testing.assert_array_equal(client, new)
@@ -103,6 +107,28 @@ def test_delta_codec_picks_the_cheaper_form_and_long_runs():
     apply_delta(restored, *decode_delta(whole, body, organ.shape))
     np.testing.assert_array_equal(restored, organ)
     assert encode_delta(None, np.zeros_like(organ), "zlib") == ({"form": "none"}, b"")  # an empty whole mask
+
+
+def test_only_where_the_mirror_or_the_step_has_foreground_is_compared():
+    organ = organ_in_roi_box().mask
+    (k0, k1), (j0, j1), (i0, i1) = foreground_box(organ)
+    mirror = np.zeros((130, 360, 270), np.uint8)
+    mirror[5:125, 5:355, 5:265] = organ
+    bound = ((k0 + 5, k1 + 5), (j0 + 5, j1 + 5), (i0 + 5, i1 + 5))  # the mirror's foreground box
+    grown = organ.copy()
+    grown[50:60, 10:20, 10:20] = 1  # a new blob outside the organ's box
+    change, bound = mask_delta(mirror, MaskUpdate(((5, 125), (5, 355), (5, 265)), grown), bound)
+    assert change is not None and change.region == ((k0, k1), (10, j1), (10, i1))  # not the whole box
+    assert bound == ((k0 + 5, k1 + 5), (15, j1 + 5), (15, i1 + 5))
+    np.testing.assert_array_equal(mirror[5:125, 5:355, 5:265], grown)
+    meta, body = encode_delta(change.xor, change.new, "zlib", [lo for lo, _ in change.region])
+    assert meta["form"] == "xor" and meta["box"] == [[50, 60], [10, 20], [10, 20]]
+    client = np.zeros_like(mirror)
+    client[5:125, 5:355, 5:265] = organ
+    apply_delta(client[5:125, 5:355, 5:265], *decode_delta(meta, body, grown.shape))
+    np.testing.assert_array_equal(client, mirror)
+    assert mask_delta(mirror, MaskUpdate(((0, 2), (0, 2), (0, 2)), np.zeros((2, 2, 2), np.uint8)), bound) == (
+        None, bound)  # nothing was or is foreground there: nothing compared
 
 
 def test_an_organ_sized_delta_stays_under_20_kb():

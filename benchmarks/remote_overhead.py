@@ -14,7 +14,7 @@ and protocol:
 * the protocol's own overhead per click: the client's round trip minus the server's time in the step (HTTP,
   JSON, mask encoding and decoding, the client's mirror); the targets of issue 23: ≤ 15 ms p50 on the large
   organ, and replies ≤ 20 kB;
-* bytes per click reply on the wire (HTTP body) and, for protocol 3, which delta form the replies used.
+* bytes per click reply on the wire (HTTP body) and, for protocol 3, which delta form and codec the replies used.
 
 And with the first model: upload bytes and seconds for the volume, a second client's set_volume of the same volume
 (no upload), and requests/s with 8 concurrent clients × 20 clicks on 8 different 128×128×64 crops (protocol 3).
@@ -156,7 +156,8 @@ def remote_pass(url, token, image, clicks, variant):
     def seen(response, *args, **kwargs):
         sizes.append(len(response.content))
         if response.headers.get("content-type", "").startswith(UPDATE_MEDIA_TYPE):
-            forms.append(decode_frame(response.content)[0]["update"].get("form"))
+            update = decode_frame(response.content)[0]["update"]
+            forms.append(f"{update.get('form')} {update.get('codec', '')}".strip())
 
     remote = RemoteSession(url, token=token, protocol=protocol)
     assert remote.protocol == protocol
@@ -366,11 +367,11 @@ def main() -> None:
         "",
         "| model | organ (voxels) | protocol (codec) | local click p50 ms | remote click p50 / p95 ms "
         "| server step p50 ms | protocol overhead p50 / p95 ms | of which server delta / encode / client decode "
-        "p50 ms | reply bytes median / max | protocol 3 forms | remote = local |",
+        "p50 ms | reply bytes median / max | protocol 3 replies (form codec: count) | remote = local |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        forms = ", ".join(f"{k} {v}" for k, v in (row["delta_forms"] or {}).items()) or "-"
+        forms = ", ".join(f"{k}: {v}" for k, v in (row["delta_forms"] or {}).items()) or "-"
         parts = " / ".join("-" if v is None else f"{v:.1f}" for v in row["overhead_parts_ms_p50"].values())
         md.append(
             f"| {row['model']} (`{row['model_id']}`) | {row['organ']} ({row['foreground_voxels']}) "

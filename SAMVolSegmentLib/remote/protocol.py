@@ -36,11 +36,12 @@ import ipaddress
 import json
 import math
 import zlib
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..engine.mask_update import BBoxKJI, MaskUpdate
+from ..engine.mask_update import BBoxKJI, MaskUpdate, union_bbox
 from ..errors import (
     AuthenticationError,
     InvalidImageError,
@@ -114,6 +115,9 @@ MASK_ZLIB_LEVEL = 6
 #: bz2 level for masks (its block size; a foreground box's packed bits fit one 900 kB block).
 MASK_BZ2_LEVEL = 9
 _LZMA_ERRORS: Tuple[type, ...] = (lzma.LZMAError,) if lzma is not None else ()
+#: Run bytes up to this size are compressed with zlib whatever the client prefers (every client decodes zlib): an
+#: organ's refinement compresses to a few kB with any codec, and zlib takes a fraction of bz2's time both ways.
+SMALL_DELTA_BYTES = 24 << 10
 #: lzma preset for masks: 0 compresses run lengths nearly as well as 6, several times faster.
 MASK_LZMA_PRESET = 0
 
@@ -245,7 +249,7 @@ def encode_update(update: MaskUpdate, codec: str = "zlib") -> Dict[str, Any]:
     """
     _check_codec(codec)
     bbox = [[int(lo), int(hi)] for lo, hi in update.bbox_kji]
-    inner = None if update.is_empty_box else _foreground_box(update.mask)
+    inner = None if update.is_empty_box else foreground_box(update.mask)
     if inner is None:
         return {"bbox": bbox, "codec": codec, "bits_bbox": [[0, 0], [0, 0], [0, 0]], "bits": ""}
     bits = encode_bits(update.mask[tuple(slice(lo, hi) for lo, hi in inner)], codec)
@@ -318,7 +322,7 @@ def _check_codec(codec: str) -> None:
         raise WireFormatError(f"Mask codec {codec!r} is not one of {', '.join(MASK_CODECS)}.")
 
 
-def _foreground_box(mask: np.ndarray) -> Optional[Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]]:
+def foreground_box(mask: np.ndarray) -> Optional[Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]]:
     """Half-open box of a 3D mask's nonzero voxels (None when there are none): one reduction over the mask, one
     over the planes that hold some (read as booleans: a 0/1 uint8 mask is not converted)."""
     array = np.asarray(mask)
@@ -363,20 +367,60 @@ _XOR_RUN_COST = 2
 _RUN_ESCAPE = 255
 
 
-def mask_delta(mirror: np.ndarray, update: MaskUpdate) -> Optional[np.ndarray]:
-    """Write ``update`` into ``mirror`` (in place) and return what changed in its box: the XOR of the box's old and
-    new content (uint8, the box's shape; None for an empty box). The server calls it in step order, so its mirror
-    stays the mask as of the version it last sent."""
+@dataclass(frozen=True)
+class BoxChange:
+    """What a step changed inside its box, as :func:`mask_delta` finds it: ``region`` (relative to the box) holds
+    every voxel that can differ, ``xor`` and ``new`` are the XOR of its old and new content and its new content."""
+
+    region: BBoxKJI
+    xor: np.ndarray
+    new: np.ndarray
+
+
+def mask_delta(mirror: np.ndarray, update: MaskUpdate, mirror_box: Optional[BBoxKJI]
+               ) -> Tuple[Optional[BoxChange], Optional[BBoxKJI]]:
+    """Write ``update`` into ``mirror`` (in place); (what changed in the update's box, the mirror's new foreground
+    bound). The server calls it in step order, so its mirror stays the mask as of the version it last sent.
+
+    Args:
+        mirror: the full mask as the client holds it (uint8, 0/1).
+        update: the step's box and its new content.
+        mirror_box: a box that holds all of the mirror's foreground (None: the mirror is empty). Only the part of
+            the update's box inside it or inside the new content's foreground box can change, so only that part is
+            compared and written: a small organ in a large region of interest costs its own size.
+    Returns:
+        (None when the box is empty or nothing in it is or was foreground, else the change; a box holding all of
+        the mirror's foreground afterwards, or None when it is empty).
+    """
     if update.is_empty_box:
-        return None
-    box = mirror[update.slices]
-    xor = np.bitwise_xor(box, update.mask)
-    box[...] = update.mask
-    return xor
+        return None, mirror_box
+    new_box = foreground_box(update.mask)
+    origin = [lo for lo, _ in update.bbox_kji]
+    old_box = None if mirror_box is None else _intersect(
+        tuple((lo - o, hi - o) for (lo, hi), o in zip(mirror_box, origin)), update.mask.shape)
+    region = old_box if new_box is None else new_box if old_box is None else union_bbox(old_box, new_box)
+    bound = mirror_box
+    if new_box is not None:
+        shifted = tuple((lo + o, hi + o) for (lo, hi), o in zip(new_box, origin))
+        bound = shifted if bound is None else union_bbox(bound, shifted)  # type: ignore[arg-type]
+    if region is None:
+        return None, bound
+    part = tuple(slice(lo, hi) for lo, hi in region)
+    target = mirror[update.slices][part]
+    new = update.mask[part]
+    xor = np.bitwise_xor(target, new)
+    target[...] = new
+    return BoxChange(region, xor, new), bound  # type: ignore[arg-type]
 
 
-def encode_delta(xor: Optional[np.ndarray], new: Optional[np.ndarray], codec: str = "zlib"
-                 ) -> Tuple[Dict[str, Any], bytes]:
+def _intersect(box: Sequence[Tuple[int, int]], shape: Sequence[int]) -> Optional[BBoxKJI]:
+    """The part of a half-open box inside ``(0, n)`` per axis; None when there is none."""
+    clipped = tuple((max(0, lo), min(int(n), hi)) for (lo, hi), n in zip(box, shape))
+    return None if any(hi <= lo for lo, hi in clipped) else clipped  # type: ignore[return-value]
+
+
+def encode_delta(xor: Optional[np.ndarray], new: Optional[np.ndarray], codec: str = "zlib",
+                 origin: Sequence[int] = (0, 0, 0)) -> Tuple[Dict[str, Any], bytes]:
     """Header fields and payload of a delta over a box: run lengths of the part of the box that changed, in the
     form that compresses better, compressed.
 
@@ -384,16 +428,18 @@ def encode_delta(xor: Optional[np.ndarray], new: Optional[np.ndarray], codec: st
         xor: the box's XOR against the mirror (:func:`mask_delta`), or None when the mirror is to be cleared
             first (a whole-mask reply: then ``new`` is the whole mask and the form is ``set``).
         new: the box's new content (0/1 uint8); None with ``xor`` None: an empty box.
-        codec: one of :data:`MASK_CODECS`.
+        codec: one of :data:`MASK_CODECS`, the client's choice (:func:`choose_mask_codec`); run bytes of at most
+            :data:`SMALL_DELTA_BYTES` use zlib.
+        origin: where ``xor`` and ``new`` start in the step's box (:attr:`BoxChange.region`).
     Returns:
         (``{"form", "box", "codec", "runs", "big"}``, compressed run bytes): ``box`` is the changed part, relative
-        to the box (voxels of the box outside it did not change); form ``"none"`` and no bytes when nothing
+        to the step's box (voxels of the box outside it did not change); form ``"none"`` and no bytes when nothing
         changed (or, for a whole mask, when it is empty).
     """
     _check_codec(codec)
     if new is None or new.size == 0:
         return {"form": "none"}, b""
-    changed = _foreground_box(new if xor is None else xor)
+    changed = foreground_box(new if xor is None else xor)
     if changed is None:
         return {"form": "none"}, b""
     part = tuple(slice(lo, hi) for lo, hi in changed)
@@ -406,8 +452,10 @@ def encode_delta(xor: Optional[np.ndarray], new: Optional[np.ndarray], codec: st
             if len(set_runs) < _XOR_RUN_COST * len(runs):
                 form, runs = "set", set_runs
     raw, count, big = runs_to_bytes(runs)
-    return ({"form": form, "box": [list(pair) for pair in changed], "codec": codec, "runs": count, "big": big},
-            _compress(raw, codec))
+    box = [[lo + o, hi + o] for (lo, hi), o in zip(changed, origin)]
+    if len(raw) <= SMALL_DELTA_BYTES:  # small already: zlib is as good as small, and fastest at both ends
+        codec = "zlib"
+    return {"form": form, "box": box, "codec": codec, "runs": count, "big": big}, _compress(raw, codec)
 
 
 def decode_delta(meta: Any, body: bytes, shape: Sequence[int]

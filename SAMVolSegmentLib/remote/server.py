@@ -97,6 +97,7 @@ from .protocol import (
     encode_frame,
     encode_update,
     error_body,
+    foreground_box,
     mask_delta,
     parse_json,
 )
@@ -233,18 +234,21 @@ class _ServerSession:
     mirror: Optional[np.ndarray] = None
     #: Counts the steps that ran (every protocol); a protocol-3 reply names the version it brings the mirror to.
     mask_version: int = 0
+    #: A box holding all of the mirror's foreground (None: empty), so a step compares only where it can differ.
+    mirror_box: Optional[Tuple[Tuple[int, int], ...]] = None
 
 
 @dataclass
 class _Delta:
     """What a protocol-3 reply brings the client's mirror from ``base`` (None: from an empty mask) to ``version``:
-    ``xor`` (None for a whole-mask reply) and ``new`` over ``bbox``."""
+    ``xor`` (None for a whole-mask reply) and ``new`` over the part of ``bbox`` that starts at ``origin``."""
 
     base: Optional[int]
     version: int
     bbox: Tuple[Tuple[int, int], ...]
     xor: Optional[np.ndarray]
     new: Optional[np.ndarray]
+    origin: Tuple[int, ...] = (0, 0, 0)
 
 
 def _track_step(entry: _ServerSession, update: MaskUpdate, client_version: Optional[int]) -> _Delta:
@@ -252,15 +256,18 @@ def _track_step(entry: _ServerSession, update: MaskUpdate, client_version: Optio
     carries: the change in the step's box when the client holds the server's mirror, else the whole mask."""
     entry.mask_version += 1
     if entry.mirror is not None and client_version == entry.mask_version - 1:
-        xor = mask_delta(entry.mirror, update)
-        return _Delta(client_version, entry.mask_version, update.bbox_kji, xor, None if xor is None else update.mask)
+        change, entry.mirror_box = mask_delta(entry.mirror, update, entry.mirror_box)
+        if change is None:
+            return _Delta(client_version, entry.mask_version, update.bbox_kji, None, None)
+        return _Delta(client_version, entry.mask_version, update.bbox_kji, change.xor, change.new,
+                      tuple(lo for lo, _ in change.region))
     return _whole_mask(entry)
 
 
 def _whole_mask(entry: _ServerSession) -> _Delta:
     """A delta from an empty mask to the session's whole mask at its current version; the mirror restarts from it."""
     mask = entry.session.mask_array_kji()  # a copy, which becomes the mirror; the reply encodes another copy
-    entry.mirror = mask
+    entry.mirror, entry.mirror_box = mask, foreground_box(mask)
     return _Delta(None, entry.mask_version, tuple((0, int(n)) for n in mask.shape), None, mask.copy())
 
 
@@ -633,6 +640,8 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
                 delta: Optional[_Delta] = track(entry, lambda: _track_step(entry, update, client_version))
                 timing["server_delta_s"] = time.perf_counter() - started  # not in the step's own total_s
             else:  # the mirror no longer matches what a protocol-3 client holds
+                if entry.mirror is not None:
+                    store.grow_session(entry.sid, -int(entry.mirror.nbytes))
                 entry.mirror, entry.mask_version, delta = None, entry.mask_version + 1, None
             # The update's mask is the step's own array (the history keeps packed copies): safe to read later.
             return update, delta, {"timing": timing, "pushed": pushed, "moved": moved,
@@ -656,7 +665,7 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
     async def frame_reply(reply: Dict[str, Any], delta: _Delta, codec: str) -> Response:
         """A protocol-3 reply: ``reply`` and the delta's header in the frame's JSON, its run bytes after it."""
         started = time.perf_counter()
-        meta, payload = await run_in_threadpool(encode_delta, delta.xor, delta.new, codec)  # off the worker
+        meta, payload = await run_in_threadpool(encode_delta, delta.xor, delta.new, codec, delta.origin)
         reply.setdefault("timing", {})["server_encode_s"] = time.perf_counter() - started
         reply["update"] = {"bbox": [list(pair) for pair in delta.bbox], "base": delta.base,
                            "version": delta.version, **meta}
