@@ -259,6 +259,27 @@ def test_a_lost_reply_is_detected_and_the_whole_mask_fetched(server, model):  # 
     local.close()
 
 
+def test_a_corrupt_reply_leaves_the_mirror_unknown_and_it_is_fetched_again(server, model):  # noqa: F811
+    image = ct_image(seed=12)
+    c = centre_ras(image)
+    local, remote = _pair(server, model, image)
+
+    def corrupt(response, *args, **kwargs):
+        if response.headers.get("content-type", "").startswith(UPDATE_MEDIA_TYPE):
+            response._content = response.content[:-4]  # the payload loses its last bytes
+        return response
+
+    remote._http.hooks["response"].append(corrupt)
+    with pytest.raises(WireFormatError):
+        remote.add_click(c, True)
+    remote._http.hooks["response"].remove(corrupt)
+    local.add_click(c, True)
+    assert remote._mask_version is None
+    np.testing.assert_array_equal(remote.mask_array_kji(), local.mask_array_kji())
+    remote.close()
+    local.close()
+
+
 def test_a_step_the_client_did_not_see_makes_the_next_reply_the_whole_mask(server, model):  # noqa: F811
     image = ct_image(seed=4)
     c = centre_ras(image)

@@ -452,7 +452,11 @@ class RemoteSession:
         assert self._label is not None
         started = time.perf_counter()
         if self.protocol >= 3:
-            update = self._apply_delta(reply)
+            try:
+                update = self._apply_delta(reply)
+            except Exception:  # a reply that does not decode: the server moved on, this mirror did not
+                self._mask_version = None
+                raise
         else:
             update = decode_update(reply.get("update"), self._shape)
             update.apply_to(self._label)
