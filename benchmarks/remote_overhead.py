@@ -90,13 +90,63 @@ def simulate_clicks(session, image, target: np.ndarray, count: int):
     return clicks
 
 
-def timed_pass(session, clicks):
+def timed_pass(session, clicks, updates=None):
+    """Per-click seconds of ``clicks`` on ``session``; the returned updates are appended to ``updates`` if given."""
     times = []
     for point, positive in clicks:
         start = time.perf_counter()
-        session.add_click(point, positive)
+        update = session.add_click(point, positive)
         times.append(time.perf_counter() - start)
+        if updates is not None:
+            updates.append(update)
     return times
+
+
+def codec_costs(shape, updates, codec, repeats=3):
+    """In-process CPU cost per click of each protocol's mask path, no HTTP, the shortest of ``repeats`` (what a
+    quiet CPU pays; the round trips above also pay for the machine's other load): protocol 2 encodes the box
+    (foreground, packed bits, base64 JSON) and decodes it into the mirror; protocol 3 compares with the server's
+    mirror, encodes the delta in a frame, decodes it into the client's mirror and copies the step's box (what
+    ``add_click`` returns). Milliseconds per click: {protocol: {"p50", "max"}}."""
+    from SAMVolSegmentLib.remote.protocol import (
+        apply_delta,
+        decode_delta,
+        decode_update,
+        encode_delta,
+        encode_frame,
+        encode_update,
+        mask_delta,
+    )
+
+    def v2(update, mirrors):
+        server, client = mirrors
+        data = json.loads(json.dumps({"update": encode_update(update, codec)}))
+        decode_update(data["update"], shape).apply_to(client)
+
+    def v3(update, mirrors):
+        server, client, bound = mirrors
+        change, _ = mask_delta(server, update, bound)
+        meta, body = ({"form": "none"}, b"") if change is None else encode_delta(
+            change.xor, change.new, codec, [lo for lo, _ in change.region])
+        header, payload = decode_frame(encode_frame({"update": {"bbox": update.bbox_kji, **meta}}, body))
+        box = client[update.slices]
+        apply_delta(box, *decode_delta(header["update"], payload, update.mask.shape))
+        box.copy()
+
+    costs = {2: [], 3: []}
+    for protocol, step in ((2, v2), (3, v3)):
+        mirror = np.zeros(shape, np.uint8)
+        bound = None
+        for update in updates:
+            times = []
+            for _ in range(repeats):  # on copies of the mirrors as they were before this click (not timed)
+                mirrors = (mirror.copy(), mirror.copy()) + ((bound,) if protocol == 3 else ())
+                start = time.perf_counter()
+                step(update, mirrors)
+                times.append(time.perf_counter() - start)
+            costs[protocol].append(min(times))
+            _, bound = mask_delta(mirror, update, bound)  # the mirrors as of after this click
+    return {p: {"p50": 1e3 * statistics.median(v), "max": 1e3 * max(v)} for p, v in costs.items()}
 
 
 def free_port() -> int:
@@ -286,7 +336,7 @@ def main() -> None:
           + ", ".join(f"{o} {int(t.sum())} voxels" for o, t in targets.items()), flush=True)
 
     clicks = {}
-    rows, upload, load = [], None, None
+    rows, upload, load, costs = [], None, None, {}
     with tempfile.TemporaryDirectory() as folder:
         for n, name in enumerate(m.strip() for m in args.models.split(",")):
             model_arg = str(full_size_checkpoint(Path(folder))) if name == "full" else name
@@ -302,7 +352,11 @@ def main() -> None:
                 else:
                     timed_pass(local, clicks[organ])  # warm the embeddings as the simulation did
                 local.reset()
-                local_runs[organ] = (timed_pass(local, clicks[organ]), local.mask_array_kji())
+                updates = []
+                local_runs[organ] = (timed_pass(local, clicks[organ], updates), local.mask_array_kji())
+                if n == 0:
+                    costs[organ] = codec_costs(local.geometry.shape_kji, updates, MASK_CODECS[0])
+                    print(f"{organ}: in-process mask path per click {costs[organ]}", flush=True)
             model_id = local.model_id
             local.close()
             del local, model
@@ -348,7 +402,8 @@ def main() -> None:
                    f"{load_before[0]:.2f} before, {load_after[0]:.2f} after",
         "python": sys.version.split()[0], "torch": torch.__version__,
         "volume_size_xyz": list(image.GetSize()), "clicks": {o: len(c) for o, c in clicks.items()},
-        "rounds": args.rounds, "rows": rows, "upload": upload, "load_8_clients": load,
+        "rounds": args.rounds, "rows": rows, "in_process_mask_path_ms": costs, "upload": upload,
+        "load_8_clients": load,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "remote_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -391,6 +446,10 @@ def main() -> None:
                       f"{new['protocol_overhead_ms']['p50']:.1f} ms, reply median {old['reply_bytes']['median']:.0f} "
                       f"→ {new['reply_bytes']['median']:.0f} bytes (max {old['reply_bytes']['max']} → "
                       f"{new['reply_bytes']['max']}).")
+    for organ, cost in costs.items():
+        md.append(f"{organ}, in-process CPU cost of the mask path per click ({MASK_CODECS[0]}, no HTTP, shortest of 3: "
+                  f"what a quiet CPU pays): protocol 2 {cost[2]['p50']:.1f} ms p50 (max {cost[2]['max']:.1f}), "
+                  f"protocol 3 {cost[3]['p50']:.1f} ms p50 (max {cost[3]['max']:.1f}).")
     if upload is not None:
         md.append(f"Upload: {upload['raw_int16_bytes'] / 1e6:.1f} MB raw int16 → {upload['compressed_bytes'] / 1e6:.2f} "
                   f"MB on the wire in {upload['seconds']:.2f} s (compress + send + server decode/validate); the same "
