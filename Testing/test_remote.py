@@ -55,6 +55,7 @@ from SAMVolSegmentLib.remote.protocol import (  # noqa: E402
     META_HEADER,
     PROTOCOL_HEADER,
     WireFormatError,
+    api_prefix,
     choose_mask_codec,
     content_id,
     decode_bits,
@@ -68,6 +69,7 @@ from SAMVolSegmentLib.remote.server import HTTPReplyError, ModelWorker  # noqa: 
 from SAMVolSegmentLib.tools.training import export_model  # noqa: E402
 
 API = API_PREFIX
+API_V2 = api_prefix(2)
 TOKEN = "test-token-0123456789abcdef"
 TINY = ClickNetConfig(image_size=32, stem_channels=(4, 8), context_channels=(8, 8), embed_dim=8, decoder_channels=8)
 
@@ -361,8 +363,10 @@ def test_a_volume_is_uploaded_once_and_same_volume_keeps_the_state(server):
 
 
 def test_replies_come_in_the_codec_the_client_names(server):
+    """Protocol 2's JSON replies, as an older client gets them (protocol 3: test_remote_protocol3.py)."""
     image = ct_image(seed=8)
-    session = RemoteSession(server, token=TOKEN)
+    session = RemoteSession(server, token=TOKEN, protocol=2)
+    assert session.protocol == 2
     codecs = []
     session._http.hooks["response"].append(
         lambda r, *a, **k: codecs.append(r.json().get("update", {}).get("codec")) if r.ok else None)
@@ -372,10 +376,11 @@ def test_replies_come_in_the_codec_the_client_names(server):
     expected = session.mask_array_kji()
     for header, codec in ((None, "zlib"), ("zstd, zlib", "zlib"), (", ".join(MASK_CODECS), MASK_CODECS[0])):
         headers = {} if header is None else {MASK_CODECS_HEADER: header}
-        reply = api(server, "GET", f"{API}/sessions/{session._sid}/mask", headers=headers).json()
+        reply = api(server, "GET", f"{API_V2}/sessions/{session._sid}/mask", headers=headers).json()
         assert reply["update"]["codec"] == codec
         np.testing.assert_array_equal(decode_update(reply["update"], expected.shape).mask, expected)
-    reply = api(server, "POST", f"{API}/sessions/{session._sid}/undo", json={}, headers={MASK_CODECS_HEADER: "zlib"})
+    reply = api(server, "POST", f"{API_V2}/sessions/{session._sid}/undo", json={},
+                headers={MASK_CODECS_HEADER: "zlib"})
     assert reply.json()["update"]["codec"] == "zlib"
     assert not decode_update(reply.json()["update"], expected.shape).mask.any()  # the click undone
     session.close()
@@ -688,7 +693,7 @@ def test_unreachable_server_and_wrong_protocol_say_what_to_check(server, monkeyp
         RemoteSession("ftp://somewhere", token=TOKEN)
     import SAMVolSegmentLib.remote.client as client_module
 
-    monkeypatch.setattr(client_module, "PROTOCOL_VERSION", PROTOCOL_VERSION + 1)
+    monkeypatch.setattr(client_module, "PROTOCOLS", (PROTOCOL_VERSION + 1,))
     with pytest.raises(ProtocolMismatchError, match="same SAMVolSegment version"):
         RemoteSession(server, token=TOKEN)
 

@@ -1,25 +1,28 @@
-"""Remote server overhead on loopback vs the local engine (not a test).
+"""Remote server overhead on loopback, protocol 2 vs protocol 3 in one run (not a test).
 
-For each model (``default``: the bundled model; ``full``: the full-size SAM-Med3D ``vit_b_ori``, random
-weights, saved to a temporary checkpoint the server loads), a ``samvolseg serve`` subprocess on 127.0.0.1 and
-a local ``InteractiveSession`` in this process get the same volume (the CT phantom at 512×512×134, int16 HU)
-and the same clicks (deepest point of the spleen, then of the largest error, simulated once locally with the
-default model). Each backend runs the click sequence twice; the second pass is timed (embeddings cached: what
-a user feels after the first click in a region). Reported per model:
+A ``samvolseg serve`` subprocess on 127.0.0.1 serves the model (``default``: the bundled model; ``full``: the
+full-size SAM-Med3D ``vit_b_ori`` with random weights, saved to a temporary checkpoint) to this process; where the
+machine has two CPUs or more, the server and this process (the client) are pinned to different CPUs
+(``os.sched_setaffinity``), so neither's work shows up in the other's time. Both get the same volume (the CT
+phantom at 512×512×134, int16 HU) and, per organ (``spleen``: typical; ``liver``: the large-organ case, 3.7 M
+voxels), the same clicks (deepest point of the organ, then of the largest error, simulated once with a local
+``InteractiveSession`` of the first model). Each protocol runs the click sequence in a fresh remote session twice
+(embeddings warm, then reset and timed), in rounds that alternate the protocols' order. Reported per model, organ
+and protocol:
 
-* per-click latency p50/p95, local vs remote, and their difference;
-* the protocol's own overhead per click: the client's round trip minus the server's time in the step
-  (HTTP, JSON, mask encoding and decoding, the client's mirror); unlike the local-vs-remote difference this
-  does not depend on two runs of the model getting the same share of a shared CPU;
-* bytes per click reply on the wire (HTTP body) vs the full mask (uint8, and packed + compressed).
+* per-click latency p50/p95: local (this process, same clicks) and remote;
+* the protocol's own overhead per click: the client's round trip minus the server's time in the step (HTTP,
+  JSON, mask encoding and decoding, the client's mirror); the targets of issue 23: ≤ 15 ms p50 on the large
+  organ, and replies ≤ 20 kB;
+* bytes per click reply on the wire (HTTP body) and, for protocol 3, which delta form and codec the replies used.
 
-And with the default model: upload bytes and seconds for the volume, a second client's set_volume of the same
-volume (no upload), and requests/s with 8 concurrent clients × 20 clicks on 8 different 128×128×64 crops.
+And with the first model: upload bytes and seconds for the volume, a second client's set_volume of the same volume
+(no upload), and requests/s with 8 concurrent clients × 20 clicks on 8 different 128×128×64 crops (protocol 3).
 
-Writes ``benchmarks/results/remote_overhead.json`` and ``.md`` (with the command line and the load average
-before and after). Run::
+Writes ``benchmarks/results/remote_overhead.json`` and ``.md`` (with the command line, the CPUs used and the load
+average before and after). Run (on a shared machine, pause other heavy jobs for the minutes it takes)::
 
-    python benchmarks/remote_overhead.py --models default,full --threads 2
+    python benchmarks/remote_overhead.py --models default --organs spleen,liver --threads 1
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from SAMVolSegmentLib.engine.predictor import Predictor
 from SAMVolSegmentLib.engine.session import InteractiveSession
 from SAMVolSegmentLib.model import build_model, load_model
 from SAMVolSegmentLib.remote import RemoteSession
-from SAMVolSegmentLib.remote.protocol import MASK_CODECS, encode_bits
+from SAMVolSegmentLib.remote.protocol import MASK_CODECS, MASK_CODECS_HEADER, UPDATE_MEDIA_TYPE, decode_frame
 from SAMVolSegmentLib.tools.phantom import PHANTOM_LABELS, make_phantom
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -87,13 +90,63 @@ def simulate_clicks(session, image, target: np.ndarray, count: int):
     return clicks
 
 
-def timed_pass(session, clicks):
+def timed_pass(session, clicks, updates=None):
+    """Per-click seconds of ``clicks`` on ``session``; the returned updates are appended to ``updates`` if given."""
     times = []
     for point, positive in clicks:
         start = time.perf_counter()
-        session.add_click(point, positive)
+        update = session.add_click(point, positive)
         times.append(time.perf_counter() - start)
+        if updates is not None:
+            updates.append(update)
     return times
+
+
+def codec_costs(shape, updates, codec, repeats=3):
+    """In-process CPU cost per click of each protocol's mask path, no HTTP, the shortest of ``repeats`` (what a
+    quiet CPU pays; the round trips above also pay for the machine's other load): protocol 2 encodes the box
+    (foreground, packed bits, base64 JSON) and decodes it into the mirror; protocol 3 compares with the server's
+    mirror, encodes the delta in a frame, decodes it into the client's mirror and copies the step's box (what
+    ``add_click`` returns). Milliseconds per click: {protocol: {"p50", "max"}}."""
+    from SAMVolSegmentLib.remote.protocol import (
+        apply_delta,
+        decode_delta,
+        decode_update,
+        encode_delta,
+        encode_frame,
+        encode_update,
+        mask_delta,
+    )
+
+    def v2(update, mirrors):
+        server, client = mirrors
+        data = json.loads(json.dumps({"update": encode_update(update, codec)}))
+        decode_update(data["update"], shape).apply_to(client)
+
+    def v3(update, mirrors):
+        server, client, bound = mirrors
+        change, _ = mask_delta(server, update, bound)
+        meta, body = ({"form": "none"}, b"") if change is None else encode_delta(
+            change.xor, change.new, codec, [lo for lo, _ in change.region])
+        header, payload = decode_frame(encode_frame({"update": {"bbox": update.bbox_kji, **meta}}, body))
+        box = client[update.slices]
+        apply_delta(box, *decode_delta(header["update"], payload, update.mask.shape))
+        box.copy()
+
+    costs = {2: [], 3: []}
+    for protocol, step in ((2, v2), (3, v3)):
+        mirror = np.zeros(shape, np.uint8)
+        bound = None
+        for update in updates:
+            times = []
+            for _ in range(repeats):  # on copies of the mirrors as they were before this click (not timed)
+                mirrors = (mirror.copy(), mirror.copy()) + ((bound,) if protocol == 3 else ())
+                start = time.perf_counter()
+                step(update, mirrors)
+                times.append(time.perf_counter() - start)
+            costs[protocol].append(min(times))
+            _, bound = mask_delta(mirror, update, bound)  # the mirrors as of after this click
+    return {p: {"p50": 1e3 * statistics.median(v), "max": 1e3 * max(v)} for p, v in costs.items()}
 
 
 def free_port() -> int:
@@ -102,12 +155,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model: str, threads: int, token: str):
+def start_server(model: str, threads: int, token: str, cpus=None):
+    """A ``samvolseg serve`` subprocess (pinned to ``cpus`` when given); (process, URL)."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "SAMVOLSEG_SERVER_TOKEN": token}
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     process = subprocess.Popen([sys.executable, "-m", "SAMVolSegmentLib.cli.main", "serve", "--model", model, "--port",
-                                str(port), "--log-level", "warning"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+                                str(port), "--log-level", "warning", "--threads", str(threads)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=pin)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -138,17 +193,33 @@ def full_size_checkpoint(folder: Path) -> Path:
     return path
 
 
-def remote_pass(url, token, image, clicks):
-    """Warm pass + timed pass of ``clicks`` on a server; per-click round trips, server step times, reply
-    bytes, and the final mask."""
-    sizes = []
-    remote = RemoteSession(url, token=token)
-    remote._http.hooks["response"].append(lambda r, *a, **k: sizes.append(len(r.content)))
+#: Parts of the overhead the client and the server report per step (seconds; protocol 3's server parts only).
+PARTS = ("server_delta_s", "server_encode_s", "client_decode_s")
+
+
+def remote_pass(url, token, image, clicks, variant):
+    """Warm pass + timed pass of ``clicks`` in a new session speaking ``variant`` (protocol, mask codec); per-click
+    round trips, server step times, reply bytes, protocol 3's delta forms, the final mask, the overhead's parts."""
+    protocol, codec = variant
+    sizes, forms = [], []
+
+    def seen(response, *args, **kwargs):
+        sizes.append(len(response.content))
+        if response.headers.get("content-type", "").startswith(UPDATE_MEDIA_TYPE):
+            update = decode_frame(response.content)[0]["update"]
+            forms.append(f"{update.get('form')} {update.get('codec', '')}".strip())
+
+    remote = RemoteSession(url, token=token, protocol=protocol)
+    assert remote.protocol == protocol
+    remote._http.headers[MASK_CODECS_HEADER] = codec
+    remote._http.hooks["response"].append(seen)
     remote.set_volume(image)
     remote.wait_until_ready()
     timed_pass(remote, clicks)  # warm the server's embeddings
     remote.reset()
     round_trips, server_s, reply_bytes = [], [], []
+    parts = {name: [] for name in PARTS}
+    forms.clear()
     for point, positive in clicks:
         sizes.clear()
         start = time.perf_counter()
@@ -156,9 +227,11 @@ def remote_pass(url, token, image, clicks):
         round_trips.append(time.perf_counter() - start)
         server_s.append(remote.last_timing["server_total_s"])
         reply_bytes.append(sum(sizes))
+        for name in PARTS:
+            parts[name].append(remote.last_timing.get(name, float("nan")))
     mask = remote.mask_array_kji()
     remote.close()
-    return round_trips, server_s, reply_bytes, mask
+    return round_trips, server_s, reply_bytes, list(forms), mask, parts
 
 
 def load_test(url, token, image, target, clicks_per_client):
@@ -174,7 +247,7 @@ def load_test(url, token, image, target, clicks_per_client):
         crops.append(crop)
 
     def client(n: int) -> int:
-        session = RemoteSession(url, token=token, max_busy_retries=100)
+        session = RemoteSession(url, token=token, max_busy_retries=100)  # the newest protocol
         session.set_volume(crops[n])
         size = crops[n].GetSize()
         rng = np.random.default_rng(n)
@@ -192,28 +265,78 @@ def load_test(url, token, image, target, clicks_per_client):
     return {"clients": 8, "clicks": total, "seconds": seconds, "requests_per_s": total / seconds}
 
 
+def pin_cpus(client_cpu: int, server_cpu: int):
+    """Pin this process (the client) to one CPU and return the set for the server, or (None, why) when the machine
+    cannot give them separate CPUs."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None, "no os.sched_setaffinity on this platform: client and server share the CPUs"
+    available = os.sched_getaffinity(0)
+    if len(available) < 2 or client_cpu not in available or server_cpu not in available or client_cpu == server_cpu:
+        return None, f"CPUs {sorted(available)}: client and server share them"
+    os.sched_setaffinity(0, {client_cpu})
+    return {server_cpu}, f"client pinned to CPU {client_cpu}, server to CPU {server_cpu}"
+
+
+def summarise(name, model_id, organ, variant, local_times, samples, final_local):
+    """One row of the results from a protocol's pooled timed passes."""
+    round_trips = [v for s in samples for v in s[0]]
+    server_s = [v for s in samples for v in s[1]]
+    reply_bytes = [v for s in samples for v in s[2]]
+    forms = [f for s in samples for f in s[3]]
+    overhead = [rt - srv for rt, srv in zip(round_trips, server_s)]
+    return {
+        "model": "full (vit_b_ori, random weights)" if name == "full" else name, "model_id": model_id,
+        "organ": organ, "protocol": variant[0], "codec": variant[1], "clicks_timed": len(round_trips),
+        "local_click_ms": summary_ms(local_times), "remote_click_ms": summary_ms(round_trips),
+        "server_step_ms": summary_ms(server_s),
+        "remote_minus_local_ms_p50": 1e3 * (statistics.median(round_trips) - statistics.median(local_times)),
+        "protocol_overhead_ms": summary_ms(overhead),
+        "reply_bytes": {"median": statistics.median(reply_bytes), "max": max(reply_bytes)},
+        "delta_forms": {form: forms.count(form) for form in sorted(set(forms))} if forms else None,
+        "overhead_parts_ms_p50": {name[:-2]: 1e3 * float(np.nanmedian([v for s in samples for v in s[5][name]]))
+                                  if any(not np.isnan(v) for s in samples for v in s[5][name]) else None
+                                  for name in PARTS},
+        "foreground_voxels": int(final_local.sum()),
+        "remote_equals_local": all(bool(np.array_equal(s[4], final_local)) for s in samples),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="default,full",
+    parser.add_argument("--models", default="default",
                         help="comma-separated: registry names or checkpoint paths, and 'full' for the full-size "
                              "architecture with random weights; the first also runs the upload and load tests")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--organs", default="spleen,liver", help="comma-separated phantom organs to click")
+    parser.add_argument("--protocols", default=f"2,3,3/{MASK_CODECS[-1]}",
+                        help="comma-separated protocol versions to compare, each optionally with the mask codec the "
+                             f"client asks for (3/lzma); without one: the client's default ({MASK_CODECS[0]})")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="timed passes per protocol (the protocols' order alternates between rounds)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server and the local engine")
+    parser.add_argument("--client-cpu", type=int, default=0, help="CPU this process (the client) is pinned to")
+    parser.add_argument("--server-cpu", type=int, default=1, help="CPU the server is pinned to")
     parser.add_argument("--clicks", type=int, default=10)
-    parser.add_argument("--load-clicks", type=int, default=20)
+    parser.add_argument("--load-clicks", type=int, default=20, help="clicks per client of the load test; 0: skip it")
     args = parser.parse_args()
     command = "python benchmarks/remote_overhead.py " + shlex.join(sys.argv[1:])
     load_before = os.getloadavg()
+    server_cpus, pinning = pin_cpus(args.client_cpu, args.server_cpu)
     torch.set_num_threads(args.threads)
     token = secrets.token_urlsafe(24)
+    protocols = [(int(v.split("/")[0]), v.split("/")[1] if "/" in v else MASK_CODECS[0])
+                 for v in args.protocols.split(",")]
+    organs = [o.strip() for o in args.organs.split(",")]
 
     start = time.perf_counter()
     phantom = make_phantom(spacing=(360 / 512, 280 / 512, 160 / 134), seed=0)
     image = phantom.image
-    target = sitk.GetArrayFromImage(phantom.label) == PHANTOM_LABELS["spleen"]
-    print(f"phantom {image.GetSize()} in {time.perf_counter() - start:.0f} s; spleen {int(target.sum())} voxels")
+    labels = sitk.GetArrayFromImage(phantom.label)
+    targets = {organ: labels == PHANTOM_LABELS[organ] for organ in organs}
+    print(f"phantom {image.GetSize()} in {time.perf_counter() - start:.0f} s; "
+          + ", ".join(f"{o} {int(t.sum())} voxels" for o, t in targets.items()), flush=True)
 
-    clicks = None
-    per_model, upload, load = [], None, None
+    clicks = {}
+    rows, upload, load, costs = [], None, None, {}
     with tempfile.TemporaryDirectory() as folder:
         for n, name in enumerate(m.strip() for m in args.models.split(",")):
             model_arg = str(full_size_checkpoint(Path(folder))) if name == "full" else name
@@ -221,18 +344,24 @@ def main() -> None:
             local = InteractiveSession(Predictor(model))
             local.set_volume(image)
             local.wait_until_ready()
-            if clicks is None:  # simulated once, with the first model; every model gets the same clicks
-                clicks = simulate_clicks(local, image, target, args.clicks)
-            else:
-                timed_pass(local, clicks)  # warm the embeddings as the simulation did for the first model
-            local.reset()
-            local_times = timed_pass(local, clicks)
-            final_local = local.mask_array_kji()
+            local_runs = {}
+            for organ, target in targets.items():
+                local.reset()
+                if organ not in clicks:  # simulated once, with the first model; every model gets the same clicks
+                    clicks[organ] = simulate_clicks(local, image, target, args.clicks)
+                else:
+                    timed_pass(local, clicks[organ])  # warm the embeddings as the simulation did
+                local.reset()
+                updates = []
+                local_runs[organ] = (timed_pass(local, clicks[organ], updates), local.mask_array_kji())
+                if n == 0:
+                    costs[organ] = codec_costs(local.geometry.shape_kji, updates, MASK_CODECS[0])
+                    print(f"{organ}: in-process mask path per click {costs[organ]}", flush=True)
             model_id = local.model_id
             local.close()
             del local, model
 
-            process, url = start_server(model_arg, args.threads, token)
+            process, url = start_server(model_arg, args.threads, token, server_cpus)
             try:
                 if n == 0:
                     second = RemoteSession(url, token=token)
@@ -250,73 +379,85 @@ def main() -> None:
                     upload = {"raw_int16_bytes": int(sitk.GetArrayViewFromImage(image).nbytes),
                               "compressed_bytes": upload_bytes, "seconds": upload_s,
                               "same_volume_again_seconds": reuse_s}
-                round_trips, server_s, reply_bytes, final_remote = remote_pass(url, token, image, clicks)
-                if n == 0:
-                    load = load_test(url, token, image, target, args.load_clicks)
+                for organ in organs:
+                    samples = {p: [] for p in protocols}
+                    for r in range(args.rounds):
+                        for protocol in (protocols if r % 2 == 0 else protocols[::-1]):
+                            samples[protocol].append(remote_pass(url, token, image, clicks[organ], protocol))
+                    for protocol in protocols:
+                        local_times, final_local = local_runs[organ]
+                        rows.append(summarise(name, model_id, organ, protocol, local_times, samples[protocol],
+                                              final_local))
+                        print(json.dumps(rows[-1]), flush=True)
+                if n == 0 and args.load_clicks > 0:
+                    load = load_test(url, token, image, targets[organs[0]], args.load_clicks)
             finally:
                 process.terminate()
                 process.wait(30)
-            overhead = [rt - srv for rt, srv in zip(round_trips, server_s)]
-            per_model.append({
-                "model": "full (vit_b_ori, random weights)" if name == "full" else name, "model_id": model_id,
-                "local_click_ms": summary_ms(local_times), "remote_click_ms": summary_ms(round_trips),
-                "server_step_ms": summary_ms(server_s),
-                "remote_minus_local_ms_p50": 1e3 * (statistics.median(round_trips) - statistics.median(local_times)),
-                "protocol_overhead_ms": summary_ms(overhead),
-                "reply_bytes": {"median": statistics.median(reply_bytes), "max": max(reply_bytes)},
-                "full_mask_bytes": {"uint8": int(final_local.size),
-                                    "packed_bz2": len(encode_bits(final_local, MASK_CODECS[0]))},
-                "foreground_voxels": int(final_local.sum()),
-                "remote_equals_local": bool(np.array_equal(final_remote, final_local)),
-            })
-            print(json.dumps(per_model[-1], indent=1))
 
     load_after = os.getloadavg()
     result = {
-        "command": command, "threads": args.threads, "mask_codec": MASK_CODECS[0],
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs shared with other jobs; "
-                   f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after",
+        "command": command, "threads": args.threads, "mask_codec": MASK_CODECS[0], "pinning": pinning,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; load average (1 min) "
+                   f"{load_before[0]:.2f} before, {load_after[0]:.2f} after",
         "python": sys.version.split()[0], "torch": torch.__version__,
-        "volume_size_xyz": list(image.GetSize()), "clicks": len(clicks), "models": per_model,
-        "upload": upload, "load_8_clients": load,
+        "volume_size_xyz": list(image.GetSize()), "clicks": {o: len(c) for o, c in clicks.items()},
+        "rounds": args.rounds, "rows": rows, "in_process_mask_path_ms": costs, "upload": upload,
+        "load_8_clients": load,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "remote_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
     md = [
-        "# Remote overhead on loopback",
+        "# Remote overhead on loopback: protocol 2 vs 3",
         "",
-        f"Command: `{command}`. Machine: {result['machine']}; Python {result['python']}, torch {result['torch']}. "
-        "Client and server share the CPU.",
+        f"Command: `{command}`. Machine: {result['machine']}; {pinning}; Python {result['python']}, torch "
+        f"{result['torch']}, {args.threads} torch thread(s) on each side.",
         "",
-        f"Volume {image.GetSize()} int16 CT phantom, {len(clicks)} simulated clicks on the spleen (second pass, "
-        f"embeddings cached). Server: `samvolseg serve` subprocess on 127.0.0.1; mask codec {MASK_CODECS[0]}. "
-        "Protocol overhead = the client's round trip minus the server's time in the step.",
+        f"Volume {image.GetSize()} int16 CT phantom; per organ {args.clicks} simulated clicks, timed in "
+        f"{args.rounds} fresh sessions per protocol (embeddings cached; the first timed click of each pass starts "
+        f"from an empty mask). Server: `samvolseg serve` subprocess on 127.0.0.1; mask codec {MASK_CODECS[0]} "
+        "(both protocols). Protocol overhead = the client's round trip minus the server's time in the step. "
+        "Protocol 2: JSON reply, the changed box's foreground as packed bits + bz2, base64; protocol 3: binary "
+        "frame, run lengths of the change against the client's mirror (XOR) or of the new content + bz2.",
         "",
-        "| model | local click p50 / p95 ms | remote click p50 / p95 ms | remote − local p50 ms "
-        "| protocol overhead p50 / p95 ms | reply bytes median / max | remote = local |",
-        "|---|---|---|---|---|---|---|",
+        "| model | organ (voxels) | protocol (codec) | local click p50 ms | remote click p50 / p95 ms "
+        "| server step p50 ms | protocol overhead p50 / p95 ms | of which server delta / encode / client decode "
+        "p50 ms | reply bytes median / max | protocol 3 replies (form codec: count) | remote = local |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in per_model:
+    for row in rows:
+        forms = ", ".join(f"{k}: {v}" for k, v in (row["delta_forms"] or {}).items()) or "-"
+        parts = " / ".join("-" if v is None else f"{v:.1f}" for v in row["overhead_parts_ms_p50"].values())
         md.append(
-            f"| {row['model']} (`{row['model_id']}`) "
-            f"| {row['local_click_ms']['p50']:.1f} / {row['local_click_ms']['p95']:.1f} "
+            f"| {row['model']} (`{row['model_id']}`) | {row['organ']} ({row['foreground_voxels']}) "
+            f"| {row['protocol']} ({row['codec']}) | {row['local_click_ms']['p50']:.1f} "
             f"| {row['remote_click_ms']['p50']:.1f} / {row['remote_click_ms']['p95']:.1f} "
-            f"| {row['remote_minus_local_ms_p50']:.1f} "
+            f"| {row['server_step_ms']['p50']:.1f} "
             f"| {row['protocol_overhead_ms']['p50']:.1f} / {row['protocol_overhead_ms']['p95']:.1f} "
-            f"| {row['reply_bytes']['median']:.0f} / {row['reply_bytes']['max']} "
+            f"| {parts} | {row['reply_bytes']['median']:.0f} / {row['reply_bytes']['max']} | {forms} "
             f"| {row['remote_equals_local']} |")
-    first = per_model[0]
-    md += [
-        "",
-        f"Full mask of the {first['model']} model's spleen ({first['foreground_voxels']} voxels): "
-        f"{first['full_mask_bytes']['uint8']} bytes as uint8, {first['full_mask_bytes']['packed_bz2']} packed + "
-        f"{MASK_CODECS[0]}.",
-        f"Upload: {upload['raw_int16_bytes'] / 1e6:.1f} MB raw int16 → {upload['compressed_bytes'] / 1e6:.2f} MB on "
-        f"the wire in {upload['seconds']:.2f} s (compress + send + server decode/validate); the same volume "
-        f"again: {upload['same_volume_again_seconds']:.2f} s (no upload).",
-        f"Load ({first['model']} model): 8 clients × {args.load_clicks} clicks on 8 different 128×128×64 crops: "
-        f"{load['clicks']} clicks in {load['seconds']:.1f} s = {load['requests_per_s']:.1f} requests/s.",
-    ]
+    md.append("")
+    for organ in organs:
+        by_protocol = {(r["protocol"], r["codec"]): r for r in rows
+                       if r["organ"] == organ and r["model"] == rows[0]["model"]}
+        old, new = by_protocol.get((2, MASK_CODECS[0])), by_protocol.get((3, MASK_CODECS[0]))
+        if old is not None and new is not None:
+            md.append(f"{organ} ({MASK_CODECS[0]}): protocol overhead p50 {old['protocol_overhead_ms']['p50']:.1f} → "
+                      f"{new['protocol_overhead_ms']['p50']:.1f} ms, reply median {old['reply_bytes']['median']:.0f} "
+                      f"→ {new['reply_bytes']['median']:.0f} bytes (max {old['reply_bytes']['max']} → "
+                      f"{new['reply_bytes']['max']}).")
+    for organ, cost in costs.items():
+        md.append(f"{organ}, in-process CPU cost of the mask path per click ({MASK_CODECS[0]}, no HTTP, shortest of 3: "
+                  f"what a quiet CPU pays): protocol 2 {cost[2]['p50']:.1f} ms p50 (max {cost[2]['max']:.1f}), "
+                  f"protocol 3 {cost[3]['p50']:.1f} ms p50 (max {cost[3]['max']:.1f}).")
+    if upload is not None:
+        md.append(f"Upload: {upload['raw_int16_bytes'] / 1e6:.1f} MB raw int16 → {upload['compressed_bytes'] / 1e6:.2f} "
+                  f"MB on the wire in {upload['seconds']:.2f} s (compress + send + server decode/validate); the same "
+                  f"volume again: {upload['same_volume_again_seconds']:.2f} s (no upload).")
+    if load is not None:
+        md.append(f"Load ({rows[0]['model']} model, protocol 3): 8 clients × {args.load_clicks} clicks on 8 different "
+                  f"128×128×64 crops: {load['clicks']} clicks in {load['seconds']:.1f} s = "
+                  f"{load['requests_per_s']:.1f} requests/s.")
     (RESULTS / "remote_overhead.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

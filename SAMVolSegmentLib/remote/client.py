@@ -5,9 +5,17 @@ Stands in for :class:`~SAMVolSegmentLib.engine.session.InteractiveSession` where
 (no torch): a laptop without a GPU, or without torch at all, can segment with a model on another machine.
 
 What travels: the volume once (compressed; skipped when the server already holds it, e.g. after a
-reconnect or from another user), then each step as a small JSON request whose reply carries only the box the
-step changed, and of that box only the foreground's part, compressed (bz2 where this Python has it). The
-client keeps a mirror of the full mask, so :meth:`RemoteSession.mask_array_kji` costs no round trip.
+reconnect or from another user), then each step as a small JSON request. With protocol 3 (the default) its reply
+is a binary frame with the change against the client's mirror of the full mask (run lengths, compressed: bz2
+where this Python has it), stamped with a mask version; a server that speaks only protocol 2 gets protocol-2
+requests instead (replies: the changed box's foreground, packed bits in JSON). Thanks to the mirror,
+:meth:`RemoteSession.mask_array_kji` costs no round trip.
+
+Mirror consistency (protocol 3): every request names the version the mirror holds; the server answers a different
+one (a reply that never arrived, a step by someone else) with the whole mask. A step that failed without a clear
+refusal from the server (connection lost, timeout, server error) marks the mirror unknown: the next step asks for
+the whole mask, and :meth:`RemoteSession.mask_array_kji` fetches it first. Whatever the caller missed is then in the
+next returned update's box.
 
 Recovery: a session that expired on the server (idle past its lease, evicted to free memory, server restart)
 is recreated and its steps since ``set_volume`` are replayed, then the failed step runs again; the caller
@@ -49,14 +57,21 @@ from ..errors import (
     TLSError,
 )
 from .protocol import (
-    API_PREFIX,
     ERROR_CLASSES,
     MASK_CODECS,
     MASK_CODECS_HEADER,
+    MASK_VERSION_HEADER,
     META_HEADER,
     PROTOCOL_HEADER,
-    PROTOCOL_VERSION,
+    PROTOCOLS,
+    UPDATE_MEDIA_TYPE,
+    WireFormatError,
+    api_prefix,
+    apply_delta,
+    check_bbox,
     content_id,
+    decode_delta,
+    decode_frame,
     decode_update,
     encode_bits,
     encode_volume,
@@ -73,6 +88,8 @@ UPLOAD_TIMEOUT = (5.0, 600.0)
 MAX_REPLAY_STEPS = 10000
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _GONE = ("SessionExpiredError", "SessionNotFound")
+#: Key under which a protocol-3 reply's binary payload is handed from ``_reply`` to the code that decodes it.
+_PAYLOAD = "_payload"
 
 
 @dataclass(frozen=True)
@@ -96,6 +113,8 @@ class RemoteSession:
         max_busy_retries: how often a request refused with 503 (queue full) is sent again, after the server's
             ``Retry-After``.
         max_undo: history depth the client keeps annotations for (the server reports its own).
+        protocol: speak this protocol version only (2 or 3); None: the newest both sides speak (3, or 2 with a
+            server of an older SAMVolSegment).
 
     Raises:
         ServerUnavailableError: the server cannot be reached (the message names host, port and what to check).
@@ -113,6 +132,7 @@ class RemoteSession:
         progress: Optional[ProgressCallback] = None,
         max_busy_retries: int = 5,
         max_undo: int = 100,
+        protocol: Optional[int] = None,
     ) -> None:
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -127,7 +147,13 @@ class RemoteSession:
         self._progress = progress
         self._http = requests.Session()
         self._http.verify = verify
-        self._http.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
+        if protocol is not None and protocol not in PROTOCOLS:
+            raise ProtocolMismatchError(f"protocol={protocol!r}: this client speaks {', '.join(map(str, PROTOCOLS))}.")
+        self._protocols = PROTOCOLS if protocol is None else (int(protocol),)
+        #: The protocol version spoken with this server (negotiated by :meth:`check_connection`).
+        self.protocol = self._protocols[-1]
+        self._prefix = api_prefix(self.protocol)
+        self._http.headers[PROTOCOL_HEADER] = str(self.protocol)
         self._http.headers[MASK_CODECS_HEADER] = ", ".join(MASK_CODECS)  # bz2 first where this Python has it
         if token:
             self._http.headers["Authorization"] = f"Bearer {token.strip()}"
@@ -135,6 +161,7 @@ class RemoteSession:
             # A proxy from the environment (HTTP_PROXY without NO_PROXY) would otherwise get loopback requests.
             self._http.trust_env = False
         self._lock = threading.RLock()
+        self._last_status: Optional[int] = None
         self.info = self.check_connection()
         self._model_id = str(self.info.get("model_id", "?"))
         self._max_undo = int(max_undo)
@@ -146,21 +173,27 @@ class RemoteSession:
 
     # ------------------------------------------------------------------ connection
     def check_connection(self) -> Dict[str, Any]:
-        """"Test connection": reachable, same protocol, token accepted; the server's ``/info``.
+        """"Test connection": reachable, a protocol both speak (the newest: :attr:`protocol`), token accepted;
+        the server's ``/info``.
 
         Raises:
             ServerUnavailableError, ProtocolMismatchError, AuthenticationError: as for the constructor.
         """
         info = self._request("GET", "/info", idempotent=True)
-        if info.get("protocol") != PROTOCOL_VERSION:
+        offered = info.get("protocols") or [info.get("protocol")]  # a protocol-2 server names only "protocol"
+        common = [v for v in self._protocols if v in offered]
+        if not common:
             raise ProtocolMismatchError(
-                f"The server at {self.url} speaks protocol {info.get('protocol')!r} (samvolseg "
-                f"{info.get('version', '?')}), this client {PROTOCOL_VERSION}; install the same SAMVolSegment "
-                "version on both sides.")
+                f"The server at {self.url} speaks protocol {', '.join(map(str, offered))} (samvolseg "
+                f"{info.get('version', '?')}), this client {', '.join(map(str, self._protocols))}; install the same "
+                "SAMVolSegment version on both sides.")
+        self.protocol = common[-1]
+        self._prefix = api_prefix(self.protocol)
+        self._http.headers[PROTOCOL_HEADER] = str(self.protocol)
         if info.get("auth_required") and "Authorization" not in self._http.headers:
             raise AuthenticationError(f"The server at {self.url} requires a token; pass token=... (the value of "
                                       "its --token / --token-file).")
-        self._request("GET", f"{API_PREFIX}/stats", idempotent=True)  # the token is checked here
+        self._request("GET", f"{self._prefix}/stats", idempotent=True)  # the token is checked here
         return info
 
     # ------------------------------------------------------------------ protocol facts
@@ -221,9 +254,10 @@ class RemoteSession:
                                         f"{limits['max_upload_bytes']}. Crop or resample it first.")
             self._upload(volume_id, body, meta)
             uploaded = self.last_upload_bytes
-            sid, state = self._create_session(volume_id)
+            sid, state, version = self._create_session(volume_id)
             old = self._sid
             self._reset_volume_state()
+            self._mask_version = version
             self.last_upload_bytes = uploaded
             self._volume_id, self._upload_body, self._upload_meta = volume_id, body, meta
             self._shape = tuple(int(v) for v in array.shape)
@@ -320,7 +354,7 @@ class RemoteSession:
                         "the segment's voxels on the input volume's grid.")
                 if array.any():
                     body = encode_bits(array)
-            reply = self._session_call("PUT", "/initial_mask", data=body)
+            reply = self._step_call("PUT", "/initial_mask", data=body)
             update = self._apply_reply(reply)
             self._initial_body = body
             self._ops = []
@@ -342,9 +376,12 @@ class RemoteSession:
 
     # ------------------------------------------------------------------ outputs
     def mask_array_kji(self) -> np.ndarray:
-        """The full mask (uint8, 1 = inside) on the input grid; a copy of the client's mirror (no round trip)."""
+        """The full mask (uint8, 1 = inside) on the input grid; a copy of the client's mirror (no round trip, except
+        after a step that failed without a clear answer: then the mirror is fetched from the server first)."""
         with self._lock:
             self._require_volume()
+            if self.protocol >= 3 and self._mask_version is None:
+                self._fetch_mask()
             assert self._label is not None
             return self._label.copy()
 
@@ -364,6 +401,10 @@ class RemoteSession:
         """The full mask as the server holds it (one round trip; for checks and recovery)."""
         with self._lock:
             self._require_volume()
+            if self.protocol >= 3:
+                self._fetch_mask()  # the mirror becomes the server's mask (what differed is in the next update)
+                assert self._label is not None
+                return self._label.copy()
             reply = self._session_call("GET", "/mask", idempotent=True)
             return decode_update(reply["update"], self._shape).mask
 
@@ -386,7 +427,7 @@ class RemoteSession:
         with self._lock:
             self._require_volume()
             start = time.perf_counter()
-            reply = self._session_call("POST", f"/{op}", json=payload)
+            reply = self._step_call("POST", f"/{op}", json=payload)
             update = self._apply_reply(reply)
             if len(self._ops) >= MAX_REPLAY_STEPS:
                 self._ops_overflow = True
@@ -409,8 +450,17 @@ class RemoteSession:
     def _apply_reply(self, reply: Dict[str, Any]) -> MaskUpdate:
         """Apply a step's reply to the mirror and the state; the update to return (with any recovery diff)."""
         assert self._label is not None
-        update = decode_update(reply.get("update"), self._shape)
-        update.apply_to(self._label)
+        started = time.perf_counter()
+        if self.protocol >= 3:
+            try:
+                update = self._apply_delta(reply)
+            except Exception:  # a reply that does not decode: the server moved on, this mirror did not
+                self._mask_version = None
+                raise
+        else:
+            update = decode_update(reply.get("update"), self._shape)
+            update.apply_to(self._label)
+        decoded_s = time.perf_counter() - started
         if self._pending_bbox is not None:  # recovery found differences outside this step's box
             update = MaskUpdate.covering(self._label, union_bbox(self._pending_bbox, update.bbox_kji))
             self._pending_bbox = None
@@ -419,9 +469,50 @@ class RemoteSession:
         self.last_timing = {str(k): float(v) for k, v in timing.items() if isinstance(v, (int, float))}
         if "total_s" in self.last_timing:
             self.last_timing["server_total_s"] = self.last_timing["total_s"]
+        self.last_timing["client_decode_s"] = decoded_s  # decoding the reply and updating the mirror
         self.last_timing.update(self._recovery_timing)
         self._recovery_timing = {}
         return update
+
+    def _apply_delta(self, reply: Dict[str, Any]) -> MaskUpdate:
+        """Apply a protocol-3 reply's delta to the mirror; the step's box with its new content (as the local
+        session returns it). A whole-mask reply (the server found another version) replaces the mirror and
+        returns the box of everything that differed."""
+        assert self._label is not None
+        meta = reply.get("update")
+        if not isinstance(meta, dict):
+            raise WireFormatError("A protocol-3 reply lacks its update header; is the URL a samvolseg server?")
+        bbox = check_bbox(meta.get("bbox"), self._shape)
+        base, version = meta.get("base"), meta.get("version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise WireFormatError(f"A protocol-3 reply has mask version {version!r}; expected an integer.")
+        shape = tuple(hi - lo for lo, hi in bbox)
+        delta = decode_delta(meta, reply.get(_PAYLOAD, b""), shape)  # checked before the mirror changes
+        if base is None:  # the whole mask, from empty
+            mask = np.zeros(self._shape, np.uint8)
+            apply_delta(mask[tuple(slice(lo, hi) for lo, hi in bbox)], *delta)
+            changed = _difference_box(self._label, mask)
+            self._label = mask
+            self._mask_version = version
+            return MaskUpdate.empty() if changed is None else MaskUpdate(
+                changed, mask[tuple(slice(lo, hi) for lo, hi in changed)].copy())
+        if base != self._mask_version:  # the server answered another version than this mirror's: start over
+            held, self._mask_version = self._mask_version, None
+            raise WireFormatError(f"The server's reply applies to mask version {base}, this mirror holds {held}; "
+                                  "the whole mask is fetched at the next step (or by mask_array_kji()).")
+        box = self._label[tuple(slice(lo, hi) for lo, hi in bbox)]
+        apply_delta(box, *delta)
+        self._mask_version = version
+        return MaskUpdate(bbox, box.copy())  # one copy (MaskUpdate.covering makes two)
+
+    def _fetch_mask(self) -> None:
+        """Protocol 3: replace the mirror by the server's whole mask (and its version); what differed goes into
+        the next returned update."""
+        reply = self._session_call("GET", "/mask", idempotent=True)
+        update = self._apply_delta(reply)
+        if not update.is_empty_box:
+            self._pending_bbox = update.bbox_kji if self._pending_bbox is None else union_bbox(
+                self._pending_bbox, update.bbox_kji)
 
     def _apply_state(self, state: Dict[str, Any]) -> None:
         self._can_undo = bool(state.get("can_undo", False))
@@ -431,13 +522,35 @@ class RemoteSession:
 
     # ------------------------------------------------------------------ internals: sessions and recovery
     def _session_call(self, method: str, suffix: str, **kwargs: Any) -> Dict[str, Any]:
-        """A request on the current server session; an expired session is recreated and replayed once."""
+        """A request on the current server session (naming the mirror's mask version); an expired session is
+        recreated and replayed once."""
         assert self._sid is not None
         try:
-            return self._request(method, f"{API_PREFIX}/sessions/{self._sid}{suffix}", **kwargs)
+            return self._request(method, f"{self._prefix}/sessions/{self._sid}{suffix}",
+                                 **self._with_version(kwargs, self._mask_version))
         except SessionExpiredError:
             self._recover()
-            return self._request(method, f"{API_PREFIX}/sessions/{self._sid}{suffix}", **kwargs)
+            return self._request(method, f"{self._prefix}/sessions/{self._sid}{suffix}",
+                                 **self._with_version(kwargs, self._mask_version))
+
+    def _step_call(self, method: str, suffix: str, **kwargs: Any) -> Dict[str, Any]:
+        """:meth:`_session_call` for a step: unless the server clearly refused it (a 4xx or 503 answer: nothing
+        ran), a failure marks the mirror unknown, since the step may have run."""
+        self._last_status = None
+        try:
+            return self._session_call(method, suffix, **kwargs)
+        except Exception:
+            status = self._last_status
+            if status is None or not (400 <= status < 500 or status == 503):
+                self._mask_version = None
+            raise
+
+    def _with_version(self, kwargs: Dict[str, Any], version: Optional[int]) -> Dict[str, Any]:
+        """``kwargs`` with the mask version header (protocol 3, known version); without it the server answers
+        with the whole mask."""
+        if self.protocol < 3 or version is None:
+            return kwargs
+        return {**kwargs, "headers": {**kwargs.get("headers", {}), MASK_VERSION_HEADER: str(version)}}
 
     def _recover(self) -> None:
         """New server session on the same volume, the initial mask and every step since; mirror checked."""
@@ -447,46 +560,55 @@ class RemoteSession:
         start = time.perf_counter()
         assert self._volume_id is not None and self._label is not None
         self._report(0.0, "The server session expired; restoring it")
-        sid, _ = self._create_session(self._volume_id)
+        sid, _, version = self._create_session(self._volume_id)
         self._sid = sid
         self._ready = False
-        prefix = f"{API_PREFIX}/sessions/{sid}"
+        self._mask_version = None  # the mirror is of the old session until the new one's mask is fetched
+        prefix = f"{self._prefix}/sessions/{sid}"
         try:
+            # Replayed steps name the new session's versions, so their (ignored) replies stay small deltas.
             if self._initial_body:
-                self._request("PUT", f"{prefix}/initial_mask", data=self._initial_body)
+                version = _reply_version(self._request("PUT", f"{prefix}/initial_mask", data=self._initial_body,
+                                                       **self._with_version({}, version)))
             for op, payload in self._ops:
-                self._request("POST", f"{prefix}/{op}", json=payload)
+                version = _reply_version(self._request("POST", f"{prefix}/{op}", json=payload,
+                                                       **self._with_version({}, version)))
             reply = self._request("GET", f"{prefix}/mask", idempotent=True)
         except SessionExpiredError:
             raise SessionExpiredError("The server session expired again while it was being restored; the server "
                                       "is short of memory or its lease is very short. Try again later.") from None
-        server = decode_update(reply["update"], self._shape).mask
-        different = np.nonzero(server != self._label)
-        if different[0].size:
-            bbox: BBoxKJI = tuple((int(a.min()), int(a.max()) + 1) for a in different)  # type: ignore[assignment]
-            self._pending_bbox = bbox if self._pending_bbox is None else union_bbox(self._pending_bbox, bbox)
+        if self.protocol >= 3:
+            changed = self._apply_delta(reply)
+            bbox: Optional[BBoxKJI] = None if changed.is_empty_box else changed.bbox_kji
+        else:
+            server = decode_update(reply["update"], self._shape).mask
+            bbox = _difference_box(self._label, server)
             self._label = server.astype(np.uint8)
+        if bbox is not None:
+            self._pending_bbox = bbox if self._pending_bbox is None else union_bbox(self._pending_bbox, bbox)
         self._apply_state(reply.get("state", {}))
         self._recovery_timing = {"recovery_s": time.perf_counter() - start, "replayed_steps": float(len(self._ops))}
         self._report(1.0, "Server session restored")
 
-    def _create_session(self, volume_id: str) -> Tuple[str, Dict[str, Any]]:
+    def _create_session(self, volume_id: str) -> Tuple[str, Dict[str, Any], Optional[int]]:
+        """(session id, state, mask version: 0, the empty mask, with protocol 3; else None)."""
         try:
-            reply = self._request("POST", f"{API_PREFIX}/sessions", json={"volume": volume_id})
+            reply = self._request("POST", f"{self._prefix}/sessions", json={"volume": volume_id})
         except _VolumeNotFoundError:
             # Evicted from the server's memory (or the server restarted): send it again.
             if self._upload_body is None or volume_id != self._volume_id:
                 raise
             self._upload(volume_id, self._upload_body, self._upload_meta)
-            reply = self._request("POST", f"{API_PREFIX}/sessions", json={"volume": volume_id})
+            reply = self._request("POST", f"{self._prefix}/sessions", json={"volume": volume_id})
         self._max_undo = int(reply.get("max_undo", self._max_undo))
         self._model_id = str(reply.get("model_id", self._model_id))
-        return str(reply["session"]), reply.get("state", {})
+        version = reply.get("mask_version") if self.protocol >= 3 else None
+        return str(reply["session"]), reply.get("state", {}), version if isinstance(version, int) else None
 
     def _upload(self, volume_id: str, body: bytes, meta: Dict[str, Any]) -> None:
         import json
 
-        path = f"{API_PREFIX}/volumes/{volume_id}"
+        path = f"{self._prefix}/volumes/{volume_id}"
         try:
             self._request("GET", path, idempotent=True)
             self.last_upload_bytes = 0  # the server already holds it
@@ -501,7 +623,7 @@ class RemoteSession:
 
     def _delete_quietly(self, sid: str) -> None:
         try:
-            self._request("DELETE", f"{API_PREFIX}/sessions/{sid}", timeout=(2.0, 5.0))
+            self._request("DELETE", f"{self._prefix}/sessions/{sid}", timeout=(2.0, 5.0))
         except RemoteError:
             pass  # it expires by its lease anyway
 
@@ -513,6 +635,8 @@ class RemoteSession:
         self._shape: Tuple[int, int, int] = (0, 0, 0)
         self._ijk_to_ras = np.eye(4)
         self._label: Optional[np.ndarray] = None
+        #: Protocol 3: the mask version the mirror holds; None when unknown (the server then sends the whole mask).
+        self._mask_version: Optional[int] = None
         self._ready = False
         self._can_undo = self._can_redo = False
         self._clicks: Tuple[RemoteClick, ...] = ()
@@ -574,6 +698,11 @@ class RemoteSession:
             return self._reply(response)
 
     def _reply(self, response: requests.Response) -> Dict[str, Any]:
+        self._last_status = response.status_code
+        if response.ok and response.headers.get("content-type", "").startswith(UPDATE_MEDIA_TYPE):
+            header, payload = decode_frame(response.content)  # protocol 3: JSON header + raw bytes
+            header[_PAYLOAD] = payload
+            return header
         try:
             data = response.json()
         except ValueError:
@@ -754,3 +883,22 @@ def _tls_reason(exc: Exception) -> str:
 def _as_list_point(value: Sequence[float], what: str) -> List[float]:
     """:func:`as_point_ras` as a JSON-ready list."""
     return [float(v) for v in as_point_ras(value, what)]
+
+
+def _reply_version(reply: Dict[str, Any]) -> Optional[int]:
+    """The mask version a protocol-3 step reply brings the mirror to (None for protocol 2)."""
+    update = reply.get("update")
+    version = update.get("version") if isinstance(update, dict) else None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+def _difference_box(a: np.ndarray, b: np.ndarray) -> Optional[BBoxKJI]:
+    """Half-open box of the voxels where two masks of one shape differ; None when they are equal."""
+    different = np.not_equal(a, b)
+    planes = np.flatnonzero(different.any(axis=(1, 2)))
+    if not planes.size:
+        return None
+    columns = different[planes[0]:planes[-1] + 1].any(axis=0)
+    rows, cols = np.flatnonzero(columns.any(axis=1)), np.flatnonzero(columns.any(axis=0))
+    return ((int(planes[0]), int(planes[-1]) + 1), (int(rows[0]), int(rows[-1]) + 1),
+            (int(cols[0]), int(cols[-1]) + 1))

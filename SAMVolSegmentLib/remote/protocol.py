@@ -14,6 +14,17 @@ box is what keeps a reply small. The compressor is negotiated per request: the c
 decode in :data:`MASK_CODECS_HEADER`, best first, and the server uses the first it has too: ``bz2`` (about a
 third of zlib's size on organ masks, at the same speed on a foreground box) or ``zlib`` (always available).
 
+Protocol 3 (the default; a server serves protocol 2 beside it, under ``/v2``, exactly as before): a step's reply
+is binary (:func:`encode_frame`: a small JSON header, then the raw compressed bytes; no base64) and carries the
+change against the client's mirror of the mask, not the box's new content. Client and server count the mask's
+versions: the client names the version its mirror holds in :data:`MASK_VERSION_HEADER`; the server keeps the mask
+as of each version it sent and answers with the difference (:func:`mask_delta`), or with the whole mask when the
+client names another version (a reply was lost, a protocol-2 request changed the mask). The difference travels as
+run lengths of the step's box (:func:`encode_delta`): of the XOR against the mirror, or of the box's new content,
+whichever has fewer runs (an early click on a large organ moves its whole surface, and the XOR of two surfaces
+has more runs than either), then compressed. Measured on a liver-sized mask (benchmarks/results/remote_overhead.md):
+run lengths + bz2 are 14-17 kB in about 6 ms where packed bits + bz2 were about 20 kB in 30-50 ms.
+
 Pure numpy + stdlib: importable without torch, FastAPI or requests.
 """
 
@@ -25,11 +36,12 @@ import ipaddress
 import json
 import math
 import zlib
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..engine.mask_update import BBoxKJI, MaskUpdate
+from ..engine.mask_update import BBoxKJI, MaskUpdate, union_bbox
 from ..errors import (
     AuthenticationError,
     InvalidImageError,
@@ -46,22 +58,51 @@ try:  # part of every CPython build that has libbz2 (Slicer's too); zlib is the 
     import bz2
 except ImportError:  # pragma: no cover - depends on how Python was built
     bz2 = None  # type: ignore[assignment]
+try:  # likewise with liblzma
+    import lzma
+except ImportError:  # pragma: no cover - depends on how Python was built
+    lzma = None  # type: ignore[assignment]
 
-#: Bumped on any incompatible change of endpoints or encodings; client and server must agree exactly.
+#: Bumped on any incompatible change of endpoints or encodings.
 #: 2: mask updates carry ``codec`` and ``bits_bbox`` (only the foreground's box travels), bz2 negotiable.
-PROTOCOL_VERSION = 2
-#: Every client request names its protocol version here; the server refuses another one (400).
+#: 3: binary step replies carrying the change against the client's mirror, with mask versions.
+PROTOCOL_VERSION = 3
+#: The versions this package speaks, oldest first: a server serves each under ``/v{N}``, and a client falls back
+#: to the newest one a server offers (``/info``'s ``protocols``; a protocol-2 server has only ``protocol``: 2).
+PROTOCOLS: Tuple[int, ...] = (2, 3)
+#: Every client request names its protocol version here; a request to another version's endpoints gets 400.
 PROTOCOL_HEADER = "X-SAMVolSeg-Protocol"
+#: Protocol 3: the mask version the client's mirror holds (the ``version`` of the last reply it applied).
+MASK_VERSION_HEADER = "X-SAMVolSeg-Mask-Version"
+#: Content type of a protocol-3 step reply (:func:`encode_frame`); errors stay JSON.
+UPDATE_MEDIA_TYPE = "application/vnd.samvolseg.update"
+#: First bytes of a protocol-3 frame.
+FRAME_MAGIC = b"SVU3"
 #: JSON metadata of a binary body (volume upload, initial mask).
 META_HEADER = "X-SAMVolSeg-Meta"
 #: The mask codecs a client can decode, comma-separated, best first (``bz2, zlib``); without it: ``zlib``.
 MASK_CODECS_HEADER = "X-SAMVolSeg-Mask-Codecs"
-#: URL prefix of the versioned API (``/health`` and ``/info`` stay outside it so any version can read them).
-API_PREFIX = f"/v{PROTOCOL_VERSION}"
+
+
+def api_prefix(version: int) -> str:
+    """URL prefix of a protocol version's API (``/health`` and ``/info`` stay outside it so any version can read
+    them)."""
+    return f"/v{int(version)}"
+
+
+#: URL prefix of this version's API.
+API_PREFIX = api_prefix(PROTOCOL_VERSION)
+#: Volumes are encoded as in protocol 2 in every version, so content ids keep that number and both protocols
+#: share one volume store.
+CONTENT_ID_VERSION = 2
 
 VOLUME_CODEC = "zlib-shuffle"
-#: Mask codecs this Python can encode and decode, best first.
-MASK_CODECS: Tuple[str, ...] = ("bz2", "zlib") if bz2 is not None else ("zlib",)
+#: Mask codecs this Python can encode and decode, best first (the client offers them in this order). On the run
+#: lengths of a liver-sized mask (benchmarks/results/remote_overhead.md) bz2 is the smallest (about 16 kB, 4-8 ms to
+#: compress), lzma (xz, preset 0) about 20 kB in 3 ms, zlib about 24 kB in 2 ms; on organ-sized masks all three
+#: stay far below 20 kB.
+MASK_CODECS: Tuple[str, ...] = tuple(name for name, module in (("bz2", bz2), ("lzma", lzma), ("zlib", zlib))
+                                     if module is not None)
 #: Voxel types a volume may be uploaded as (anything else is sent as float32); little-endian on the wire.
 VOLUME_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 #: Largest physical extent of a volume along any axis (mm): beyond any scanner, and it keeps the server's
@@ -73,6 +114,12 @@ VOLUME_ZLIB_LEVEL = 1
 MASK_ZLIB_LEVEL = 6
 #: bz2 level for masks (its block size; a foreground box's packed bits fit one 900 kB block).
 MASK_BZ2_LEVEL = 9
+_LZMA_ERRORS: Tuple[type, ...] = (lzma.LZMAError,) if lzma is not None else ()
+#: Run bytes up to this size are compressed with zlib whatever the client prefers (every client decodes zlib): an
+#: organ's refinement compresses to a few kB with any codec, and zlib takes a fraction of bz2's time both ways.
+SMALL_DELTA_BYTES = 24 << 10
+#: lzma preset for masks: 0 compresses run lengths nearly as well as 6, several times faster.
+MASK_LZMA_PRESET = 0
 
 #: Error names the server puts in ``{"error": ..., "detail": ...}`` and the client raises again as these classes.
 ERROR_CLASSES = {
@@ -91,7 +138,8 @@ ERROR_CLASSES[WireFormatError.__name__] = WireFormatError
 
 # ---------------------------------------------------------------- volumes
 def content_id(array_kji: np.ndarray, ijk_to_ras: np.ndarray) -> str:
-    """Content id of a volume as uploaded: BLAKE2b-128 of the protocol version, dtype, shape, matrix and voxels.
+    """Content id of a volume as uploaded: BLAKE2b-128 of :data:`CONTENT_ID_VERSION`, dtype, shape, matrix and
+    voxels.
 
     The server stores volumes under this id, so a second upload of the same volume (by any client) is
     skipped, and it recomputes the id of every upload to verify it. A cryptographic hash, unlike the engine's
@@ -101,7 +149,7 @@ def content_id(array_kji: np.ndarray, ijk_to_ras: np.ndarray) -> str:
     name = array.dtype.name if array.dtype.name in VOLUME_DTYPES else "float32"
     wire = np.ascontiguousarray(array, dtype=np.dtype(name).newbyteorder("<"))
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"samvolseg-volume/{PROTOCOL_VERSION}/{name}/{wire.shape}".encode())
+    digest.update(f"samvolseg-volume/{CONTENT_ID_VERSION}/{name}/{wire.shape}".encode())
     digest.update(np.asarray(ijk_to_ras, dtype="<f8").reshape(-1).tobytes())
     digest.update(memoryview(wire).cast("B"))
     return digest.hexdigest()
@@ -201,7 +249,7 @@ def encode_update(update: MaskUpdate, codec: str = "zlib") -> Dict[str, Any]:
     """
     _check_codec(codec)
     bbox = [[int(lo), int(hi)] for lo, hi in update.bbox_kji]
-    inner = None if update.is_empty_box else _foreground_box(update.mask)
+    inner = None if update.is_empty_box else foreground_box(update.mask)
     if inner is None:
         return {"bbox": bbox, "codec": codec, "bits_bbox": [[0, 0], [0, 0], [0, 0]], "bits": ""}
     bits = encode_bits(update.mask[tuple(slice(lo, hi) for lo, hi in inner)], codec)
@@ -218,7 +266,7 @@ def decode_update(data: Any, volume_shape: Optional[Sequence[int]] = None) -> Ma
     """
     if not isinstance(data, dict):
         raise WireFormatError("A mask update must be a JSON object with bbox, codec, bits_bbox and bits.")
-    bbox = _check_bbox(data.get("bbox"), volume_shape)
+    bbox = check_bbox(data.get("bbox"), volume_shape)
     shape = tuple(hi - lo for lo, hi in bbox)
     codec = data.get("codec")
     if codec not in MASK_CODECS:
@@ -229,7 +277,7 @@ def decode_update(data: Any, volume_shape: Optional[Sequence[int]] = None) -> Ma
     mask = np.zeros(shape, np.uint8)
     if math.prod(shape) == 0:
         return MaskUpdate(bbox, mask)
-    inner = _check_bbox(data.get("bits_bbox"), shape)
+    inner = check_bbox(data.get("bits_bbox"), shape)
     inner_shape = tuple(hi - lo for lo, hi in inner)
     if math.prod(inner_shape) == 0:
         if bits:
@@ -245,11 +293,17 @@ def decode_update(data: Any, volume_shape: Optional[Sequence[int]] = None) -> Ma
 
 def encode_bits(mask: np.ndarray, codec: str = "zlib") -> bytes:
     """Packed (8 voxels a byte), compressed bits of a mask (nonzero = inside)."""
+    return _compress(np.packbits(np.asarray(mask) != 0, axis=None).tobytes(), codec)
+
+
+def _compress(raw: bytes, codec: str) -> bytes:
+    """``raw`` compressed with a mask codec at its level."""
     _check_codec(codec)
-    packed = np.packbits(np.asarray(mask) != 0, axis=None).tobytes()
     if codec == "bz2":
-        return bz2.compress(packed, MASK_BZ2_LEVEL)
-    return zlib.compress(packed, MASK_ZLIB_LEVEL)
+        return bz2.compress(raw, MASK_BZ2_LEVEL)
+    if codec == "lzma":
+        return lzma.compress(raw, preset=MASK_LZMA_PRESET)
+    return zlib.compress(raw, MASK_ZLIB_LEVEL)
 
 
 def decode_bits(body: bytes, shape: Sequence[int], codec: str = "zlib") -> np.ndarray:
@@ -268,17 +322,25 @@ def _check_codec(codec: str) -> None:
         raise WireFormatError(f"Mask codec {codec!r} is not one of {', '.join(MASK_CODECS)}.")
 
 
-def _foreground_box(mask: np.ndarray) -> Optional[Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]]:
-    """Half-open box of a 3D mask's nonzero voxels (None when there are none); two reductions over the mask."""
-    columns = np.any(mask, axis=0)  # (j, i)
-    if not columns.any():
+def foreground_box(mask: np.ndarray) -> Optional[Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]]:
+    """Half-open box of a 3D mask's nonzero voxels (None when there are none): one reduction over the mask, one
+    over the planes that hold some (read as booleans: a 0/1 uint8 mask is not converted)."""
+    array = np.asarray(mask)
+    inside = array.view(bool) if array.dtype == np.uint8 and array.flags.c_contiguous else array != 0
+    planes = np.flatnonzero(inside.reshape(inside.shape[0], -1).any(axis=1))
+    if not planes.size:
         return None
-    ks = np.flatnonzero(np.any(np.asarray(mask).reshape(mask.shape[0], -1), axis=1))
+    columns = inside[planes[0]:planes[-1] + 1].any(axis=0)  # (j, i)
     js, is_ = np.flatnonzero(columns.any(axis=1)), np.flatnonzero(columns.any(axis=0))
-    return ((int(ks[0]), int(ks[-1]) + 1), (int(js[0]), int(js[-1]) + 1), (int(is_[0]), int(is_[-1]) + 1))
+    return ((int(planes[0]), int(planes[-1]) + 1), (int(js[0]), int(js[-1]) + 1), (int(is_[0]), int(is_[-1]) + 1))
 
 
-def _check_bbox(value: Any, volume_shape: Optional[Sequence[int]]) -> BBoxKJI:
+def check_bbox(value: Any, volume_shape: Optional[Sequence[int]]) -> BBoxKJI:
+    """A half-open box from JSON, inside ``volume_shape`` (when given) unless all-empty.
+
+    Raises:
+        WireFormatError: not three integer pairs, inverted, negative, or outside the volume.
+    """
     try:
         bbox = tuple((int(lo), int(hi)) for lo, hi in value)
         ok = len(bbox) == 3 and all(
@@ -293,6 +355,210 @@ def _check_bbox(value: Any, volume_shape: Optional[Sequence[int]]) -> BBoxKJI:
     if volume_shape is not None and not empty and any(hi > n for (_, hi), n in zip(bbox, volume_shape)):
         raise WireFormatError(f"Mask box {value!r} reaches outside the volume {tuple(volume_shape)}.")
     return bbox  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- protocol 3: mask deltas and frames
+#: Forms of a delta: runs of the XOR against the mirror, or runs of the box's new content.
+DELTA_FORMS = ("xor", "set")
+#: A run of the XOR costs about twice the bytes of a run of the new content once compressed (its lengths are
+#: more random; measured on liver-sized masks), so ``set`` is chosen unless the XOR has under half its runs.
+_XOR_RUN_COST = 2
+#: A run this long or longer is an escape byte in the run bytes plus a little-endian uint32 after them.
+_RUN_ESCAPE = 255
+
+
+@dataclass(frozen=True)
+class BoxChange:
+    """What a step changed inside its box, as :func:`mask_delta` finds it: ``region`` (relative to the box) holds
+    every voxel that can differ, ``xor`` and ``new`` are the XOR of its old and new content and its new content."""
+
+    region: BBoxKJI
+    xor: np.ndarray
+    new: np.ndarray
+
+
+def mask_delta(mirror: np.ndarray, update: MaskUpdate, mirror_box: Optional[BBoxKJI]
+               ) -> Tuple[Optional[BoxChange], Optional[BBoxKJI]]:
+    """Write ``update`` into ``mirror`` (in place); (what changed in the update's box, the mirror's new foreground
+    bound). The server calls it in step order, so its mirror stays the mask as of the version it last sent.
+
+    Args:
+        mirror: the full mask as the client holds it (uint8, 0/1).
+        update: the step's box and its new content.
+        mirror_box: a box that holds all of the mirror's foreground (None: the mirror is empty). Only the part of
+            the update's box inside it or inside the new content's foreground box can change, so only that part is
+            compared and written: a small organ in a large region of interest costs its own size.
+    Returns:
+        (None when the box is empty or nothing in it is or was foreground, else the change; a box holding all of
+        the mirror's foreground afterwards, or None when it is empty).
+    """
+    if update.is_empty_box:
+        return None, mirror_box
+    new_box = foreground_box(update.mask)
+    origin = [lo for lo, _ in update.bbox_kji]
+    old_box = None if mirror_box is None else _intersect(
+        tuple((lo - o, hi - o) for (lo, hi), o in zip(mirror_box, origin)), update.mask.shape)
+    region = old_box if new_box is None else new_box if old_box is None else union_bbox(old_box, new_box)
+    bound = mirror_box
+    if new_box is not None:
+        shifted = tuple((lo + o, hi + o) for (lo, hi), o in zip(new_box, origin))
+        bound = shifted if bound is None else union_bbox(bound, shifted)  # type: ignore[arg-type]
+    if region is None:
+        return None, bound
+    part = tuple(slice(lo, hi) for lo, hi in region)
+    target = mirror[update.slices][part]
+    new = update.mask[part]
+    xor = np.bitwise_xor(target, new)
+    target[...] = new
+    return BoxChange(region, xor, new), bound  # type: ignore[arg-type]
+
+
+def _intersect(box: Sequence[Tuple[int, int]], shape: Sequence[int]) -> Optional[BBoxKJI]:
+    """The part of a half-open box inside ``(0, n)`` per axis; None when there is none."""
+    clipped = tuple((max(0, lo), min(int(n), hi)) for (lo, hi), n in zip(box, shape))
+    return None if any(hi <= lo for lo, hi in clipped) else clipped  # type: ignore[return-value]
+
+
+def encode_delta(xor: Optional[np.ndarray], new: Optional[np.ndarray], codec: str = "zlib",
+                 origin: Sequence[int] = (0, 0, 0)) -> Tuple[Dict[str, Any], bytes]:
+    """Header fields and payload of a delta over a box: run lengths of the part of the box that changed, in the
+    form that compresses better, compressed.
+
+    Args:
+        xor: the box's XOR against the mirror (:func:`mask_delta`), or None when the mirror is to be cleared
+            first (a whole-mask reply: then ``new`` is the whole mask and the form is ``set``).
+        new: the box's new content (0/1 uint8); None with ``xor`` None: an empty box.
+        codec: one of :data:`MASK_CODECS`, the client's choice (:func:`choose_mask_codec`); run bytes of at most
+            :data:`SMALL_DELTA_BYTES` use zlib.
+        origin: where ``xor`` and ``new`` start in the step's box (:attr:`BoxChange.region`).
+    Returns:
+        (``{"form", "box", "codec", "runs", "big"}``, compressed run bytes): ``box`` is the changed part, relative
+        to the step's box (voxels of the box outside it did not change); form ``"none"`` and no bytes when nothing
+        changed (or, for a whole mask, when it is empty).
+    """
+    _check_codec(codec)
+    if new is None or new.size == 0:
+        return {"form": "none"}, b""
+    changed = foreground_box(new if xor is None else xor)
+    if changed is None:
+        return {"form": "none"}, b""
+    part = tuple(slice(lo, hi) for lo, hi in changed)
+    if xor is None:
+        form, runs = "set", mask_runs(new[part])
+    else:
+        form, runs = "xor", mask_runs(xor[part])
+        if len(runs) > 64:  # not trivially small: the new content may be cheaper (a whole surface moved)
+            set_runs = mask_runs(new[part])
+            if len(set_runs) < _XOR_RUN_COST * len(runs):
+                form, runs = "set", set_runs
+    raw, count, big = runs_to_bytes(runs)
+    box = [[lo + o, hi + o] for (lo, hi), o in zip(changed, origin)]
+    if len(raw) <= SMALL_DELTA_BYTES:  # small already: zlib is as good as small, and fastest at both ends
+        codec = "zlib"
+    return {"form": form, "box": box, "codec": codec, "runs": count, "big": big}, _compress(raw, codec)
+
+
+def decode_delta(meta: Any, body: bytes, shape: Sequence[int]
+                 ) -> Tuple[str, Tuple[slice, ...], Optional[np.ndarray]]:
+    """(form, the changed part of a box of ``shape`` as slices, its uint8 values) of :func:`encode_delta`'s output;
+    values None for form ``none``.
+
+    Raises:
+        WireFormatError: an unknown form or codec, a part outside the box, counts that do not fit it, or corrupt
+            data.
+    """
+    if not isinstance(meta, dict):
+        raise WireFormatError("A delta must be a JSON object with form, box, codec, runs and big.")
+    form = meta.get("form")
+    if form == "none":
+        if body:
+            raise WireFormatError("A delta of form 'none' carries bytes.")
+        return "none", (), None
+    if form not in DELTA_FORMS:
+        raise WireFormatError(f"Delta form {form!r} is not one of none, {', '.join(DELTA_FORMS)}.")
+    codec = meta.get("codec")
+    if codec not in MASK_CODECS:
+        raise WireFormatError(f"Mask codec {codec!r} is not one of {', '.join(MASK_CODECS)} (this Python's).")
+    part = check_bbox(meta.get("box"), shape)
+    part_shape = tuple(hi - lo for lo, hi in part)
+    size = math.prod(part_shape)
+    count, big = meta.get("runs"), meta.get("big")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (count, big)) \
+            or not 1 <= count <= size + 1 or not 0 <= big <= count:
+        raise WireFormatError(f"A delta over {size} voxels cannot have {count!r} runs ({big!r} long ones).")
+    raw = _inflate(body, count + 4 * big, "mask delta", codec)
+    runs = bytes_to_runs(raw, count, big)
+    if int(runs.sum()) != size:
+        raise WireFormatError(f"The delta's runs cover {int(runs.sum())} voxels, its box {size}; the reply is "
+                              "corrupt: fetch the whole mask again.")
+    values = np.repeat((np.arange(count) & 1).astype(np.uint8), runs)
+    return form, tuple(slice(lo, hi) for lo, hi in part), values.reshape(part_shape)
+
+
+def apply_delta(target: np.ndarray, form: str, part: Tuple[slice, ...], values: Optional[np.ndarray]) -> None:
+    """Apply :func:`decode_delta`'s output to ``target`` (the mirror's box, a view) in place."""
+    if form == "xor":
+        view = target[part]
+        np.bitwise_xor(view, values, out=view)
+    elif form == "set":
+        target[part] = values
+
+
+def mask_runs(mask: np.ndarray) -> np.ndarray:
+    """Lengths of the alternating runs of a 0/1 mask in C order, zeros first (that run may be 0 long); int64.
+    Two passes over the mask (compare neighbours, then collect the boundaries)."""
+    flat = np.ascontiguousarray(mask, dtype=np.uint8).reshape(-1)
+    edges = np.empty(flat.size, bool)
+    edges[0] = flat[0] != 0
+    np.not_equal(flat[1:], flat[:-1], out=edges[1:])
+    return np.diff(np.flatnonzero(edges), prepend=0, append=flat.size)
+
+
+def runs_to_bytes(runs: np.ndarray) -> Tuple[bytes, int, int]:
+    """(bytes, run count, long runs): one byte a run, runs of 255 or more as the escape 255 and a little-endian
+    uint32 after all run bytes."""
+    runs = np.asarray(runs, dtype=np.int64)
+    if runs.size and int(runs.max()) >= 1 << 32:
+        raise WireFormatError("A run longer than 2**32 voxels; the box is too large for this protocol.")
+    small = np.minimum(runs, _RUN_ESCAPE).astype(np.uint8)
+    long_runs = runs[runs >= _RUN_ESCAPE].astype("<u4")
+    return small.tobytes() + long_runs.tobytes(), int(runs.size), int(long_runs.size)
+
+
+def bytes_to_runs(raw: bytes, count: int, big: int) -> np.ndarray:
+    """Inverse of :func:`runs_to_bytes`.
+
+    Raises:
+        WireFormatError: the escapes and the long runs do not match.
+    """
+    small = np.frombuffer(raw, np.uint8, count=count)
+    runs = small.astype(np.int64)
+    escaped = small == _RUN_ESCAPE
+    if int(np.count_nonzero(escaped)) != big:
+        raise WireFormatError("The delta's run bytes do not match its count of long runs; the reply is corrupt.")
+    runs[escaped] = np.frombuffer(raw, "<u4", count=big, offset=count)
+    return runs
+
+
+def encode_frame(header: Dict[str, Any], payload: bytes = b"") -> bytes:
+    """A protocol-3 reply body: :data:`FRAME_MAGIC`, the JSON header's length (uint32, big-endian), the header
+    (UTF-8 JSON), then the payload's raw bytes."""
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    return FRAME_MAGIC + len(text).to_bytes(4, "big") + text + payload
+
+
+def decode_frame(body: bytes) -> Tuple[Dict[str, Any], bytes]:
+    """(header, payload) of :func:`encode_frame`'s bytes.
+
+    Raises:
+        WireFormatError: not a frame, truncated, or a header that is not a JSON object.
+    """
+    if len(body) < 8 or body[:4] != FRAME_MAGIC:
+        raise WireFormatError("The reply is not a protocol-3 frame; is the URL a samvolseg server of this version?")
+    length = int.from_bytes(body[4:8], "big")
+    if 8 + length > len(body):
+        raise WireFormatError("The reply frame is truncated (its header is longer than the reply); send it again.")
+    return parse_json(bytes(body[8:8 + length]), "reply header"), bytes(body[8 + length:])
 
 
 # ---------------------------------------------------------------- errors
@@ -337,15 +603,15 @@ def _inflate(body: bytes, expected: int, what: str, codec: str) -> bytes:
     """Decompress exactly ``expected`` bytes; refuse more (a zip bomb), fewer (truncated) or trailing data."""
     _check_codec(codec)
     try:
-        if codec == "bz2":
-            bunzip = bz2.BZ2Decompressor()
-            raw = bunzip.decompress(body, expected)
-            complete = bunzip.eof and not bunzip.unused_data
+        if codec in ("bz2", "lzma"):
+            unpack = bz2.BZ2Decompressor() if codec == "bz2" else lzma.LZMADecompressor(lzma.FORMAT_XZ)
+            raw = unpack.decompress(body, expected)
+            complete = unpack.eof and not unpack.unused_data
         else:
             inflater = zlib.decompressobj()
             raw = inflater.decompress(body, expected)
             complete = inflater.eof and not inflater.unconsumed_tail and not inflater.unused_data
-    except (zlib.error, OSError, EOFError) as exc:  # bz2 reports corrupt data as OSError
+    except (zlib.error, OSError, EOFError, *_LZMA_ERRORS) as exc:  # bz2 reports corrupt data as OSError
         raise WireFormatError(f"The {what} data is corrupt ({exc}); send it again.") from None
     if len(raw) != expected or not complete:
         raise WireFormatError(f"The {what} data does not match its header: expected {expected} bytes after "

@@ -1,7 +1,8 @@
 """The inference server: one model on one device, many clients, each click a small JSON request.
 
-Endpoints (``/health`` and ``/info`` are open; everything under ``/v2`` (:data:`protocol.API_PREFIX`) needs
-``Authorization: Bearer TOKEN`` when the server has a token):
+Endpoints (``/health`` and ``/info`` are open; everything under ``/v3`` (:data:`protocol.API_PREFIX`) and ``/v2``
+(protocol 2, for older clients) needs ``Authorization: Bearer TOKEN`` when the server has a token; the table
+names ``/v2``, and ``/v3`` has the same endpoints):
 
 ===========================================  =====================================================================
 ``GET /health``                              ``{"ok": true}`` (load balancers, "Test connection")
@@ -19,14 +20,21 @@ Endpoints (``/health`` and ``/info`` are open; everything under ``/v2`` (:data:`
 ``GET /v2/stats``                            memory, sessions, queue depth
 ===========================================  =====================================================================
 
+Protocol 3 differs only in the replies of steps and of ``mask``: binary frames (:func:`protocol.encode_frame`) that
+carry the change against the client's mirror, with mask versions (``X-SAMVolSeg-Mask-Version``; see
+:mod:`.protocol`). ``/info`` lists the versions in ``protocols`` and answers ``protocol`` with the one the client
+named in ``X-SAMVolSeg-Protocol`` when the server speaks it (a protocol-2 client checks that field), else the
+newest.
+
 Design:
 
 * **One worker thread owns the model.** Every step (and session creation) is a job in a bounded queue; a full
   queue answers 503 with ``Retry-After`` at once instead of letting requests pile up until clients time out.
   Uploads are decoded and validated, and replies compressed, outside the worker, so neither stalls other
   users' clicks.
-* **Small replies.** A step's reply is its changed box with only the foreground's part of it compressed, in
-  the codec the client asked for (:func:`protocol.choose_mask_codec`).
+* **Small replies.** A protocol-3 step's reply is the change against the mask the client holds (the server keeps
+  that mask, one byte a voxel, per session), as run lengths compressed in the codec the client asked for
+  (:func:`protocol.choose_mask_codec`); protocol 2 sends the changed box's foreground box as packed bits.
 * **Memory is bounded in bytes.** Uploaded volumes and sessions share one LRU budget (``max_memory_bytes``);
   the least recently used go first. Embeddings live in the predictor's own byte-bounded cache. An evicted or
   expired session answers 410 with the reason; the client recreates it and replays its steps.
@@ -72,19 +80,25 @@ from ..errors import (
 )
 from ..model.proposal_head import click_adapted_classes, proposal_classes
 from .protocol import (
-    API_PREFIX,
     MASK_CODECS_HEADER,
+    MASK_VERSION_HEADER,
     META_HEADER,
     PROTOCOL_HEADER,
-    PROTOCOL_VERSION,
+    PROTOCOLS,
+    UPDATE_MEDIA_TYPE,
     WireFormatError,
+    api_prefix,
     check_volume_meta,
     choose_mask_codec,
     content_id,
     decode_bits,
     decode_volume,
+    encode_delta,
+    encode_frame,
     encode_update,
     error_body,
+    foreground_box,
+    mask_delta,
     parse_json,
 )
 
@@ -113,6 +127,8 @@ class ServerConfig:
         queue_size: model jobs that may wait; one more gets 503.
         retry_after_s: what a 503 tells the client to wait.
         max_wait_s: longest ``?wait=`` a readiness query may block.
+        protocols: the protocol versions served (each under ``/v{N}``); all of :data:`protocol.PROTOCOLS` unless
+            a test or a staged roll-out needs fewer.
     """
 
     token: Optional[str] = None
@@ -128,6 +144,7 @@ class ServerConfig:
     queue_size: int = 32
     retry_after_s: int = 1
     max_wait_s: float = 30.0
+    protocols: Tuple[int, ...] = PROTOCOLS
 
 
 class HTTPReplyError(Exception):
@@ -212,6 +229,46 @@ class _ServerSession:
     volume_id: str
     nbytes: int
     last_used: float
+    #: Protocol 3: the mask as of ``mask_version``, as the client's mirror holds it; None when unknown (a
+    #: protocol-2 step changed the mask): the next protocol-3 reply then carries the whole mask.
+    mirror: Optional[np.ndarray] = None
+    #: Counts the steps that ran (every protocol); a protocol-3 reply names the version it brings the mirror to.
+    mask_version: int = 0
+    #: A box holding all of the mirror's foreground (None: empty), so a step compares only where it can differ.
+    mirror_box: Optional[Tuple[Tuple[int, int], ...]] = None
+
+
+@dataclass
+class _Delta:
+    """What a protocol-3 reply brings the client's mirror from ``base`` (None: from an empty mask) to ``version``:
+    ``xor`` (None for a whole-mask reply) and ``new`` over the part of ``bbox`` that starts at ``origin``."""
+
+    base: Optional[int]
+    version: int
+    bbox: Tuple[Tuple[int, int], ...]
+    xor: Optional[np.ndarray]
+    new: Optional[np.ndarray]
+    origin: Tuple[int, ...] = (0, 0, 0)
+
+
+def _track_step(entry: _ServerSession, update: MaskUpdate, client_version: Optional[int]) -> _Delta:
+    """Advance a session's mask version after a step (on the worker, so in step order) and say what the reply
+    carries: the change in the step's box when the client holds the server's mirror, else the whole mask."""
+    entry.mask_version += 1
+    if entry.mirror is not None and client_version == entry.mask_version - 1:
+        change, entry.mirror_box = mask_delta(entry.mirror, update, entry.mirror_box)
+        if change is None:
+            return _Delta(client_version, entry.mask_version, update.bbox_kji, None, None)
+        return _Delta(client_version, entry.mask_version, update.bbox_kji, change.xor, change.new,
+                      tuple(lo for lo, _ in change.region))
+    return _whole_mask(entry)
+
+
+def _whole_mask(entry: _ServerSession) -> _Delta:
+    """A delta from an empty mask to the session's whole mask at its current version; the mirror restarts from it."""
+    mask = entry.session.mask_array_kji()  # a copy, which becomes the mirror; the reply encodes another copy
+    entry.mirror, entry.mirror_box = mask, foreground_box(mask)
+    return _Delta(None, entry.mask_version, tuple((0, int(n)) for n in mask.shape), None, mask.copy())
 
 
 class ResourceStore:
@@ -469,8 +526,9 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         name = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
-        detail = (f"No endpoint {request.method} {request.url.path}; this server speaks protocol "
-                  f"{PROTOCOL_VERSION} (GET /info)." if exc.status_code in (404, 405) else str(exc.detail))
+        spoken = ", ".join(str(v) for v in protocols)
+        detail = (f"No endpoint {request.method} {request.url.path}; this server speaks protocol {spoken} "
+                  "(GET /info)." if exc.status_code in (404, 405) else str(exc.detail))
         return JSONResponse(error_body(name, detail), status_code=exc.status_code)
 
     @app.exception_handler(Exception)
@@ -485,9 +543,16 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
     async def health() -> Dict[str, Any]:
         return {"ok": True}
 
+    protocols = tuple(sorted(int(v) for v in cfg.protocols))
+    if not protocols or any(v not in PROTOCOLS for v in protocols):
+        raise ValueError(f"ServerConfig.protocols {cfg.protocols!r}: give some of {PROTOCOLS}.")
+
     @app.get("/info")
-    async def info() -> Dict[str, Any]:
-        return {"service": "samvolseg", "version": __version__, "protocol": PROTOCOL_VERSION,
+    async def info(request: Request) -> Dict[str, Any]:
+        asked = request.headers.get(PROTOCOL_HEADER, "")
+        # A protocol-2 client refuses any other "protocol"; newer clients read "protocols".
+        protocol = int(asked) if asked.isdigit() and int(asked) in protocols else protocols[-1]
+        return {"service": "samvolseg", "version": __version__, "protocol": protocol, "protocols": list(protocols),
                 "model_id": predictor.model_id, "device": cfg.device, "auth_required": token is not None,
                 "proposal_classes": list(proposal_classes(predictor.model)),
                 "adapted_classes": list(click_adapted_classes(predictor.model)),
@@ -496,12 +561,20 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
                            "max_json_bytes": cfg.max_json_bytes}}
 
     # ---------------------------------------------------------------- authenticated API
-    async def authorize(request: Request) -> None:
-        version = request.headers.get(PROTOCOL_HEADER)
-        if version is not None and version != str(PROTOCOL_VERSION):
-            raise HTTPReplyError(400, "ProtocolMismatchError",
-                              f"The client speaks protocol {version}, this server {PROTOCOL_VERSION}; install the "
-                              "same SAMVolSegment version on both sides.")
+    def authorize_for(version: int) -> Callable[[Request], Any]:
+        async def authorize(request: Request) -> None:
+            asked = request.headers.get(PROTOCOL_HEADER)
+            if asked is not None and asked != str(version):
+                others = ", ".join(str(v) for v in protocols)
+                raise HTTPReplyError(400, "ProtocolMismatchError",
+                                     f"The client speaks protocol {asked} but called {api_prefix(version)}; this "
+                                     f"server speaks {others} (each under /v<N>). Install the same SAMVolSegment "
+                                     "version on both sides.")
+            check_token(request)
+
+        return authorize
+
+    def check_token(request: Request) -> None:
         if token is None:
             return
         header = request.headers.get("authorization", "")
@@ -512,8 +585,6 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
                               "Missing or wrong token: send 'Authorization: Bearer <token>' with the token the "
                               "server was started with (--token / --token-file).",
                               {"WWW-Authenticate": 'Bearer realm="samvolseg"'})
-
-    api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorize)])
 
     async def read_body(request: Request, limit: int, what: str) -> bytes:
         declared = request.headers.get("content-length")
@@ -540,14 +611,16 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
         return {"can_undo": session.can_undo, "can_redo": session.can_redo,
                 "clicks": [[*(float(v) for v in c.point_ras), bool(c.positive)] for c in session.clicks]}
 
-    async def run_step(sid: str, step: Callable[[Any], MaskUpdate], request: Request,
-                       kind: str = "step") -> Dict[str, Any]:
+    async def run_step(sid: str, step: Callable[[Any], MaskUpdate], request: Request, version: int,
+                       kind: str = "step") -> Any:
         """Run a step on the worker; the reply says whether it created a history step (``pushed``) or moved
-        one (``moved``), so the client keeps its callers' annotations aligned with the server's history."""
+        one (``moved``), so the client keeps its callers' annotations aligned with the server's history.
+        Protocol 2: a JSON reply with the changed box; 3: a frame with the change against the client's mirror."""
         entry = store.session(sid)
         codec = choose_mask_codec(request.headers.get(MASK_CODECS_HEADER))
+        client_version = _mask_version(request) if version >= 3 else None
 
-        def job() -> Tuple[MaskUpdate, Dict[str, Any]]:
+        def job() -> Tuple[MaskUpdate, Optional[_Delta], Dict[str, Any]]:
             store.require_live(entry)  # it may have ended while this job waited in the queue: 410, not 409
             session = entry.session
             moved = session.can_undo if kind == "undo" else session.can_redo if kind == "redo" else False
@@ -561,46 +634,42 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
             pushed = kind == "step" and session.can_undo and session.last_annotation is None
             if pushed:
                 session.annotate_last_step(_STEP_TAG)
+            timing = dict(session.last_timing)
+            if version >= 3:
+                started = time.perf_counter()
+                delta: Optional[_Delta] = track(entry, lambda: _track_step(entry, update, client_version))
+                timing["server_delta_s"] = time.perf_counter() - started  # not in the step's own total_s
+            else:  # the mirror no longer matches what a protocol-3 client holds
+                if entry.mirror is not None:
+                    store.grow_session(entry.sid, -int(entry.mirror.nbytes))
+                entry.mirror, entry.mask_version, delta = None, entry.mask_version + 1, None
             # The update's mask is the step's own array (the history keeps packed copies): safe to read later.
-            return update, {"timing": dict(session.last_timing), "pushed": pushed, "moved": moved,
-                            "state": session_state(entry)}
+            return update, delta, {"timing": timing, "pushed": pushed, "moved": moved,
+                                   "state": session_state(entry)}
 
-        update, reply = await worker.run(job)
+        update, delta, reply = await worker.run(job)
         entry.last_used = time.monotonic()  # a long step must not count as idle time
-        reply["update"] = await run_in_threadpool(encode_update, update, codec)  # off the model worker
-        return reply
+        if delta is None:
+            reply["update"] = await run_in_threadpool(encode_update, update, codec)  # off the model worker
+            return reply
+        return await frame_reply(reply, delta, codec)
 
-    # volumes
-    @api.get("/volumes/{volume_id}")
-    async def volume_status(volume_id: str) -> Dict[str, Any]:
-        stored = store.volume(_check_id(volume_id))
-        if stored is None:
-            raise HTTPReplyError(404, "VolumeNotFound", "The server does not hold this volume; upload it "
-                                                     f"(PUT {API_PREFIX}/volumes/{volume_id}).")
-        return {"volume": volume_id, "shape": list(stored.array_kji.shape)}
+    def track(entry: _ServerSession, advance: Callable[[], _Delta]) -> _Delta:
+        """Run ``advance`` and count a newly allocated mirror against the memory budget."""
+        had_mirror = entry.mirror is not None
+        delta = advance()
+        if not had_mirror and entry.mirror is not None:
+            store.grow_session(entry.sid, int(entry.mirror.nbytes))
+        return delta
 
-    @api.put("/volumes/{volume_id}")
-    async def upload_volume(volume_id: str, request: Request) -> Response:
-        _check_id(volume_id)
-        if store.volume(volume_id) is not None:  # uploaded before (by anyone): nothing to do
-            return JSONResponse({"volume": volume_id, "stored": False}, status_code=200)
-        meta = _header_json(request)
-        shape, dtype, matrix = check_volume_meta(meta, cfg.max_voxels)
-        # Before the body is read or inflated: what decoding it holds at its peak (the inflated bytes and the
-        # voxels, then the voxels and the engine's float32 copy, and the body) counts against the budget, so an
-        # upload that cannot fit is refused at once and uploads at once cannot add up beyond it.
-        voxels = math.prod(shape)
-        declared = request.headers.get("content-length", "")
-        peak = 2 * voxels * dtype.itemsize + 4 * voxels + (int(declared) if declared.isdigit() else 0)
-        reservation = store.reserve(peak, "volume upload (while it is decoded)", cfg.retry_after_s)
-        try:
-            body = await read_body(request, cfg.max_upload_bytes, "volume upload")
-            stored = await run_in_threadpool(decode_upload, body, volume_id, shape, dtype, matrix)
-        finally:
-            store.release(reservation)
-            _return_freed_memory()
-        store.add_volume(volume_id, stored)
-        return JSONResponse({"volume": volume_id, "stored": True}, status_code=201)
+    async def frame_reply(reply: Dict[str, Any], delta: _Delta, codec: str) -> Response:
+        """A protocol-3 reply: ``reply`` and the delta's header in the frame's JSON, its run bytes after it."""
+        started = time.perf_counter()
+        meta, payload = await run_in_threadpool(encode_delta, delta.xor, delta.new, codec, delta.origin)
+        reply.setdefault("timing", {})["server_encode_s"] = time.perf_counter() - started
+        reply["update"] = {"bbox": [list(pair) for pair in delta.bbox], "base": delta.base,
+                           "version": delta.version, **meta}
+        return Response(encode_frame(reply, payload), media_type=UPDATE_MEDIA_TYPE)
 
     def decode_upload(body: bytes, volume_id: str, shape: Tuple[int, int, int], dtype: np.dtype,
                       matrix: np.ndarray) -> _StoredVolume:
@@ -629,120 +698,169 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
         array.setflags(write=False)
         return _StoredVolume(array, matrix, int(array.nbytes), model_voxels)
 
-    # sessions
-    @api.post("/sessions")
-    async def create_session(request: Request) -> Response:
-        data = await read_json(request, "session")
-        volume_id = data.get("volume")
-        if not isinstance(volume_id, str):
-            raise WireFormatError('Send {"volume": "<content id>"} to create a session.')
-        stored = store.volume(_check_id(volume_id))
-        if stored is None:
-            raise HTTPReplyError(404, "VolumeNotFound", "The server does not hold this volume (never uploaded, or "
-                                                     "evicted to free memory); upload it again.")
+    def add_api(version: int) -> None:
+        """The authenticated endpoints of one protocol version, under ``/v{version}``."""
+        api = APIRouter(prefix=api_prefix(version), dependencies=[Depends(authorize_for(version))])
 
-        def job() -> _ServerSession:
-            session = InteractiveSession(predictor, max_undo=cfg.max_undo, max_undo_bytes=cfg.history_bytes)
+        # volumes
+        @api.get("/volumes/{volume_id}")
+        async def volume_status(volume_id: str) -> Dict[str, Any]:
+            stored = store.volume(_check_id(volume_id))
+            if stored is None:
+                raise HTTPReplyError(404, "VolumeNotFound", "The server does not hold this volume; upload it "
+                                                         f"(PUT {api_prefix(version)}/volumes/{volume_id}).")
+            return {"volume": volume_id, "shape": list(stored.array_kji.shape)}
+
+        @api.put("/volumes/{volume_id}")
+        async def upload_volume(volume_id: str, request: Request) -> Response:
+            _check_id(volume_id)
+            if store.volume(volume_id) is not None:  # uploaded before (by anyone): nothing to do
+                return JSONResponse({"volume": volume_id, "stored": False}, status_code=200)
+            meta = _header_json(request)
+            shape, dtype, matrix = check_volume_meta(meta, cfg.max_voxels)
+            # Before the body is read or inflated: what decoding it holds at its peak (the inflated bytes and the
+            # voxels, then the voxels and the engine's float32 copy, and the body) counts against the budget, so an
+            # upload that cannot fit is refused at once and uploads at once cannot add up beyond it.
+            voxels = math.prod(shape)
+            declared = request.headers.get("content-length", "")
+            peak = 2 * voxels * dtype.itemsize + 4 * voxels + (int(declared) if declared.isdigit() else 0)
+            reservation = store.reserve(peak, "volume upload (while it is decoded)", cfg.retry_after_s)
             try:
-                session.set_volume(stored.array_kji, stored.ijk_to_ras)
-            except BaseException:
-                session.close()
-                raise
-            voxels = int(stored.array_kji.size)
-            # float32 copy + float32 model-grid copy + uint8 label + the history bound.
-            nbytes = voxels * 4 + stored.model_voxels * 4 + voxels + cfg.history_bytes
-            entry = _ServerSession(secrets.token_urlsafe(16), session, volume_id, nbytes, time.monotonic())
-            try:
-                store.add_session(entry)
-            except BaseException:
-                session.close()
-                raise
-            return entry
+                body = await read_body(request, cfg.max_upload_bytes, "volume upload")
+                stored = await run_in_threadpool(decode_upload, body, volume_id, shape, dtype, matrix)
+            finally:
+                store.release(reservation)
+                _return_freed_memory()
+            store.add_volume(volume_id, stored)
+            return JSONResponse({"volume": volume_id, "stored": True}, status_code=201)
 
-        entry = await worker.run(job)
-        return JSONResponse({"session": entry.sid, "lease_s": cfg.lease_s, "model_id": predictor.model_id,
-                             "max_undo": cfg.max_undo, "state": session_state(entry)}, status_code=201)
+        # sessions
+        @api.post("/sessions")
+        async def create_session(request: Request) -> Response:
+            data = await read_json(request, "session")
+            volume_id = data.get("volume")
+            if not isinstance(volume_id, str):
+                raise WireFormatError('Send {"volume": "<content id>"} to create a session.')
+            stored = store.volume(_check_id(volume_id))
+            if stored is None:
+                raise HTTPReplyError(404, "VolumeNotFound", "The server does not hold this volume (never uploaded, or "
+                                                         "evicted to free memory); upload it again.")
 
-    @api.get("/sessions/{sid}")
-    async def get_session(sid: str, wait: float = 0.0) -> Dict[str, Any]:
-        entry = store.session(sid)
-        if not math.isfinite(wait) or wait < 0:
-            raise WireFormatError("wait must be a number of seconds ≥ 0.")
-        if wait > 0:
-            try:
-                await run_in_threadpool(entry.session.wait_until_ready, min(wait, cfg.max_wait_s))
-            except FutureTimeout:
-                pass
-        elif entry.session.is_ready:
-            entry.session.wait_until_ready(0)  # re-raises a preprocessing error as a 4xx
-        return {"session": sid, "ready": entry.session.is_ready, "state": session_state(entry)}
+            def job() -> _ServerSession:
+                session = InteractiveSession(predictor, max_undo=cfg.max_undo, max_undo_bytes=cfg.history_bytes)
+                try:
+                    session.set_volume(stored.array_kji, stored.ijk_to_ras)
+                except BaseException:
+                    session.close()
+                    raise
+                voxels = int(stored.array_kji.size)
+                # float32 copy + float32 model-grid copy + uint8 label + the history bound (+ protocol 3's mirror,
+                # which starts as the empty mask at version 0, as the client's).
+                mirror = np.zeros(stored.array_kji.shape, np.uint8) if version >= 3 else None
+                nbytes = voxels * 4 + stored.model_voxels * 4 + voxels + cfg.history_bytes + (
+                    0 if mirror is None else voxels)
+                entry = _ServerSession(secrets.token_urlsafe(16), session, volume_id, nbytes, time.monotonic(),
+                                       mirror)
+                try:
+                    store.add_session(entry)
+                except BaseException:
+                    session.close()
+                    raise
+                return entry
 
-    @api.delete("/sessions/{sid}")
-    async def delete_session(sid: str) -> Dict[str, Any]:
-        store.session(sid)  # 404/410 for an unknown one
-        return {"session": sid, "closed": store.remove_session(sid)}
+            entry = await worker.run(job)
+            return JSONResponse({"session": entry.sid, "lease_s": cfg.lease_s, "model_id": predictor.model_id,
+                                 "max_undo": cfg.max_undo, "state": session_state(entry),
+                                 "mask_version": entry.mask_version}, status_code=201)
 
-    @api.post("/sessions/{sid}/click")
-    async def click(sid: str, request: Request) -> Dict[str, Any]:
-        data = await read_json(request, "click")
-        point = _point(data.get("point_ras"), "point_ras")
-        positive = as_click_sign(data.get("positive", True))  # the engine's rule: JSON true/false only
-        return await run_step(sid, lambda s: s.add_click(point, positive), request)
+        @api.get("/sessions/{sid}")
+        async def get_session(sid: str, wait: float = 0.0) -> Dict[str, Any]:
+            entry = store.session(sid)
+            if not math.isfinite(wait) or wait < 0:
+                raise WireFormatError("wait must be a number of seconds ≥ 0.")
+            if wait > 0:
+                try:
+                    await run_in_threadpool(entry.session.wait_until_ready, min(wait, cfg.max_wait_s))
+                except FutureTimeout:
+                    pass
+            elif entry.session.is_ready:
+                entry.session.wait_until_ready(0)  # re-raises a preprocessing error as a 4xx
+            return {"session": sid, "ready": entry.session.is_ready, "state": session_state(entry)}
 
-    @api.post("/sessions/{sid}/box")
-    async def box(sid: str, request: Request) -> Dict[str, Any]:
-        data = await read_json(request, "box")
-        low, high = _point(data.get("min_ras"), "min_ras"), _point(data.get("max_ras"), "max_ras")
-        return await run_step(sid, lambda s: s.set_box(low, high), request)
+        @api.delete("/sessions/{sid}")
+        async def delete_session(sid: str) -> Dict[str, Any]:
+            store.session(sid)  # 404/410 for an unknown one
+            return {"session": sid, "closed": store.remove_session(sid)}
 
-    @api.post("/sessions/{sid}/propose")
-    async def propose(sid: str, request: Request) -> Dict[str, Any]:
-        data = await read_json(request, "propose")
-        class_name = data.get("class")
-        if not isinstance(class_name, str) or not class_name:
-            raise InvalidPromptError("propose needs {\"class\": NAME}, one of the classes /info lists.")
-        return await run_step(sid, lambda s: s.propose(class_name), request)
+        @api.post("/sessions/{sid}/click")
+        async def click(sid: str, request: Request) -> Any:
+            data = await read_json(request, "click")
+            point = _point(data.get("point_ras"), "point_ras")
+            positive = as_click_sign(data.get("positive", True))  # the engine's rule: JSON true/false only
+            return await run_step(sid, lambda s: s.add_click(point, positive), request, version)
 
-    steps = {"clear_box": lambda s: s.clear_box(), "undo": lambda s: s.undo(), "redo": lambda s: s.redo(),
-             "reset": lambda s: s.reset()}
-    kinds = {"undo": "undo", "redo": "redo"}
+        @api.post("/sessions/{sid}/box")
+        async def box(sid: str, request: Request) -> Any:
+            data = await read_json(request, "box")
+            low, high = _point(data.get("min_ras"), "min_ras"), _point(data.get("max_ras"), "max_ras")
+            return await run_step(sid, lambda s: s.set_box(low, high), request, version)
 
-    @api.post("/sessions/{sid}/{op}")
-    async def simple_step(sid: str, op: str, request: Request) -> Dict[str, Any]:
-        if op not in steps:
-            raise HTTPReplyError(404, "NotFound", f"No step {op!r}; use click, box, {', '.join(steps)}.")
-        await read_json(request, op)  # bounded and well-formed even when empty
-        return await run_step(sid, steps[op], request, kinds.get(op, "step"))
+        @api.post("/sessions/{sid}/propose")
+        async def propose(sid: str, request: Request) -> Any:
+            data = await read_json(request, "propose")
+            class_name = data.get("class")
+            if not isinstance(class_name, str) or not class_name:
+                raise InvalidPromptError("propose needs {\"class\": NAME}, one of the classes /info lists.")
+            return await run_step(sid, lambda s: s.propose(class_name), request, version)
 
-    @api.put("/sessions/{sid}/initial_mask")
-    async def initial_mask(sid: str, request: Request) -> Dict[str, Any]:
-        entry = store.session(sid)
-        shape = tuple(int(v) for v in entry.session.geometry.shape_kji)
-        limit = min(cfg.max_upload_bytes, int(np.prod(shape)) // 8 + (1 << 20))  # ≥ packed bits, incompressible
-        body = await read_body(request, limit, "initial mask")
-        mask = await run_in_threadpool(decode_bits, body, shape) if body else None
-        return await run_step(sid, lambda s: s.set_initial_mask(mask), request, "initial")
+        steps = {"clear_box": lambda s: s.clear_box(), "undo": lambda s: s.undo(), "redo": lambda s: s.redo(),
+                 "reset": lambda s: s.reset()}
+        kinds = {"undo": "undo", "redo": "redo"}
 
-    @api.get("/sessions/{sid}/mask")
-    async def full_mask(sid: str, request: Request) -> Dict[str, Any]:
-        entry = store.session(sid)
-        codec = choose_mask_codec(request.headers.get(MASK_CODECS_HEADER))
+        @api.post("/sessions/{sid}/{op}")
+        async def simple_step(sid: str, op: str, request: Request) -> Any:
+            if op not in steps:
+                raise HTTPReplyError(404, "NotFound", f"No step {op!r}; use click, box, {', '.join(steps)}.")
+            await read_json(request, op)  # bounded and well-formed even when empty
+            return await run_step(sid, steps[op], request, version, kinds.get(op, "step"))
 
-        def job() -> Tuple[np.ndarray, Dict[str, Any]]:  # on the worker: never a copy torn by a running step
-            return entry.session.mask_array_kji(), session_state(entry)
+        @api.put("/sessions/{sid}/initial_mask")
+        async def initial_mask(sid: str, request: Request) -> Any:
+            entry = store.session(sid)
+            shape = tuple(int(v) for v in entry.session.geometry.shape_kji)
+            limit = min(cfg.max_upload_bytes, int(np.prod(shape)) // 8 + (1 << 20))  # ≥ packed bits, incompressible
+            body = await read_body(request, limit, "initial mask")
+            mask = await run_in_threadpool(decode_bits, body, shape) if body else None
+            return await run_step(sid, lambda s: s.set_initial_mask(mask), request, version, "initial")
 
-        mask, state = await worker.run(job)
-        update = MaskUpdate(tuple((0, int(n)) for n in mask.shape), mask)  # type: ignore[arg-type]
-        return {"update": await run_in_threadpool(encode_update, update, codec), "state": state}
+        @api.get("/sessions/{sid}/mask")
+        async def full_mask(sid: str, request: Request) -> Any:
+            entry = store.session(sid)
+            codec = choose_mask_codec(request.headers.get(MASK_CODECS_HEADER))
 
-    @api.get("/stats")
-    async def stats() -> Dict[str, Any]:
-        store.reap()
-        cache = predictor.cache
-        return {"store": store.counts(), "queue_depth": worker.depth, "jobs_done": worker.jobs_done,
-                "embedding_cache": {"entries": len(cache), "bytes": cache.nbytes, "max_bytes": cache.max_bytes}}
+            if version >= 3:  # the whole mask, and the mirror restarts from it (the client's resynchronisation)
+                delta, state = await worker.run(lambda: (track(entry, lambda: _whole_mask(entry)),
+                                                         session_state(entry)))
+                return await frame_reply({"state": state}, delta, codec)
 
-    app.include_router(api)
+            def job() -> Tuple[np.ndarray, Dict[str, Any]]:  # on the worker: never a copy torn by a running step
+                return entry.session.mask_array_kji(), session_state(entry)
+
+            mask, state = await worker.run(job)
+            update = MaskUpdate(tuple((0, int(n)) for n in mask.shape), mask)  # type: ignore[arg-type]
+            return {"update": await run_in_threadpool(encode_update, update, codec), "state": state}
+
+        @api.get("/stats")
+        async def stats() -> Dict[str, Any]:
+            store.reap()
+            cache = predictor.cache
+            return {"store": store.counts(), "queue_depth": worker.depth, "jobs_done": worker.jobs_done,
+                    "embedding_cache": {"entries": len(cache), "bytes": cache.nbytes, "max_bytes": cache.max_bytes}}
+
+        app.include_router(api)
+
+    for version in protocols:
+        add_api(version)
     return app
 
 
@@ -762,6 +880,21 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # musl and other C libraries
         pass
+
+
+def _mask_version(request: Request) -> Optional[int]:
+    """The mask version a protocol-3 client's mirror holds (None without the header: the reply is the whole mask).
+
+    Raises:
+        WireFormatError: the header is not a non-negative integer.
+    """
+    value = request.headers.get(MASK_VERSION_HEADER)
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise WireFormatError(f"{MASK_VERSION_HEADER} must be the mask version of the last reply applied (an integer "
+                              "≥ 0); leave it out to get the whole mask.")
+    return int(value)
 
 
 def _check_id(volume_id: str) -> str:
