@@ -277,12 +277,21 @@ def _sequence(image: sitk.Image):
         ("undo", ()), ("undo", ()), ("redo", ()), ("box", (c - [12, 12, 8], c + [12, 12, 8])),
         ("click", (c + [2.0, 2.0, -2.0], True)), ("clear_box", ()), ("reset", ()), ("undo", ()),
         ("click", (c + [-3.0, -3.0, 1.0], True)), ("undo", ()), ("undo", ()), ("undo", ()), ("redo", ()),
+        ("lasso", (_circle(c, 7.0), True)), ("scribble", (np.round(c + [[-9.0, 1, 2], [9.0, 2, 2]], 3), False)),
+        ("undo", ()), ("redo", ()),
     ]
+
+
+def _circle(centre, radius_mm):
+    """A lasso on the axial plane through ``centre`` (rounded as the client sends it)."""
+    t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    return np.round(centre + radius_mm * np.stack([np.cos(t), np.sin(t), np.zeros_like(t)], axis=1), 3)
 
 
 def _run(session, op, args):
     return {"click": session.add_click, "box": session.set_box, "undo": session.undo, "redo": session.redo,
-            "reset": session.reset, "clear_box": session.clear_box}[op](*args)
+            "reset": session.reset, "clear_box": session.clear_box, "lasso": session.add_lasso,
+            "scribble": session.add_scribble}[op](*args)
 
 
 def test_remote_masks_equal_local_masks_voxel_for_voxel(server, model):
@@ -416,8 +425,11 @@ def test_bad_requests_get_clear_4xx_errors(server):
     for point in (b"[NaN, 0, 0]", b"[true, 0, 0]", b"[0, 0]"):  # JSON the engine's rule or the shape refuses
         assert_clean_error(api(server, "POST", base + "/click", data=b'{"point_ras": ' + point + b"}"), 422,
                            "InvalidPromptError")
-    assert_clean_error(api(server, "POST", base + "/click", data=b"{" + b" " * 70_000 + b"}"), 413,
-                       "PayloadTooLarge")
+    too_large = b"{" + b" " * ServerConfig().max_json_bytes + b"}"
+    assert_clean_error(api(server, "POST", base + "/click", data=too_large), 413, "PayloadTooLarge")
+    assert_clean_error(api(server, "POST", base + "/scribble", json={"points_ras": "here"}), 422, "InvalidPromptError")
+    assert_clean_error(api(server, "POST", base + "/lasso", json={"points_ras": [[0, 0, 0], [1, 0, 0], [0, 1, 9],
+                                                                               [1, 1, 0]]}), 422, "InvalidPromptError")
     deep = b"[" * 20_000 + b"]" * 20_000  # deeper than the JSON parser's stack, within the size limit
     assert_clean_error(api(server, "POST", base + "/click", data=deep), 422, "WireFormatError")
     assert_clean_error(api(server, "POST", base + "/explode", json={}), 404, "NotFound")
@@ -804,3 +816,20 @@ def test_segment_and_batch_run_on_a_server_and_write_the_local_masks(server, che
     assert cli.main(["batch", str(manifest), "--server", server, "--token-file", str(token_file),
                      "--workers", "2", "--overwrite"]) != 0
     assert "serially" in capsys.readouterr().err
+
+
+def test_a_server_without_strokes_is_told_apart_before_any_request(server):
+    """A server of an earlier version lists no "prompts" in /info: the client refuses a stroke with the fix and
+    sends nothing (the mask and history stay)."""
+    image = ct_image()
+    remote = RemoteSession(server, token=TOKEN)
+    remote.set_volume(image)
+    remote.add_click(centre_ras(image), True)
+    before = remote.mask_array_kji()
+    remote.info = {k: v for k, v in remote.info.items() if k != "prompts"}
+    with pytest.raises(ProtocolMismatchError, match="does not take lassos; update it"):
+        remote.add_lasso(_circle(centre_ras(image), 5.0))
+    np.testing.assert_array_equal(remote.mask_array_kji(), before)
+    remote.undo()
+    assert not remote.can_undo
+    remote.close()

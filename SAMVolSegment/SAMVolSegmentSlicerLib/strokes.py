@@ -29,13 +29,12 @@ import slicer
 from slicer.i18n import tr as _
 
 from SAMVolSegmentLib.engine.mask_update import MaskUpdate
-from SAMVolSegmentLib.engine.strokes import as_polyline_ras
+from SAMVolSegmentLib.engine.strokes import STROKE_METHODS, as_polyline_ras
 
 #: The two stroke tools, as ``Prompt.kind`` and the place-mode names of ``PromptMarkers``.
 STROKE_KINDS = ("scribble", "lasso")
 #: Markups class of each tool's curve (its drawing curve and the markers of its finished strokes).
 CURVE_CLASSES = {"scribble": "vtkMRMLMarkupsCurveNode", "lasso": "vtkMRMLMarkupsClosedCurveNode"}
-_SESSION_METHODS = {"scribble": "add_scribble", "lasso": "add_lasso"}
 
 
 class StrokesNotSupportedError(RuntimeError):
@@ -67,9 +66,9 @@ def strokeCall(session, kind: str, pointsWorld: Sequence[Sequence[float]], posit
     protocol's older implementations, e.g. a remote server of an earlier version), and
     ``InvalidPromptError`` for points that are not (N, 3) finite numbers; both before anything changes.
     """
-    if kind not in _SESSION_METHODS:
+    if kind not in STROKE_METHODS:
         raise ValueError(f"Unknown stroke {kind!r}; expected one of {STROKE_KINDS}")
-    method = _SESSION_METHODS[kind]
+    method = STROKE_METHODS[kind]
     if not hasattr(session, method):
         raise StrokesNotSupportedError(
             _("This backend ({name}) does not take scribbles or lassos yet; update it (a remote server: its "

@@ -30,6 +30,8 @@ MAX_SCRIBBLE_CLICKS = 6
 #: Clicks a lasso gives the model: the deepest point of the filled polygon, then points spread over it
 #: (:func:`_spread_deepest`).
 LASSO_CLICKS = 3
+#: The session method of each stroke kind (what the remote API and the Slicer module call).
+STROKE_METHODS = {"scribble": "add_scribble", "lasso": "add_lasso"}
 #: Most control points a scribble or lasso may have (Slicer's curves have tens to a few hundred).
 MAX_STROKE_POINTS = 10_000
 #: A lasso's points may lie this far from their best-fit plane (mm), or half the largest voxel spacing if

@@ -44,6 +44,7 @@ from ..engine.geometry import VolumeGeometry
 from ..engine.image_checks import warn_about_image
 from ..engine.mask_update import BBoxKJI, MaskUpdate, union_bbox
 from ..engine.session_protocol import as_click_sign, as_point_ras
+from ..engine.strokes import as_polyline_ras
 from ..errors import (
     AuthenticationError,
     InvalidImageError,
@@ -298,6 +299,29 @@ class RemoteSession:
             InvalidPromptError: not three finite numbers, or outside the volume (the server's check).
         """
         return self._step("click", {"point_ras": _as_list_point(point_ras, "click"), "positive": as_click_sign(positive)})
+
+    def add_scribble(self, points_ras: Sequence[Sequence[float]], positive: bool = True) -> MaskUpdate:
+        """Add a scribble ((N, 3) RAS mm, an open polyline) on the server (see ``InteractiveSession.add_scribble``).
+
+        Raises:
+            InvalidPromptError: not a list of finite points, or what the server's session refuses.
+            ProtocolMismatchError: the server is a version without scribbles and lassos.
+        """
+        return self._stroke("scribble", points_ras, positive)
+
+    def add_lasso(self, points_ras: Sequence[Sequence[float]], positive: bool = True) -> MaskUpdate:
+        """Add a lasso ((N ≥ 3, 3) RAS mm, a closed contour on one plane) on the server (see
+        ``InteractiveSession.add_lasso``); raises as :meth:`add_scribble`, and for points off one plane."""
+        return self._stroke("lasso", points_ras, positive)
+
+    def _stroke(self, kind: str, points_ras: Sequence[Sequence[float]], positive: bool) -> MaskUpdate:
+        points = as_polyline_ras(points_ras, kind, min_points=1)
+        if kind not in self.info.get("prompts", ()):
+            raise ProtocolMismatchError(
+                f"The server at {self.url} (samvolseg {self.info.get('version', '?')}) does not take {kind}s; update "
+                "it to this client's version, or use clicks and boxes. Nothing was changed.")
+        # Micrometres are plenty: rounding keeps a long stroke's JSON well inside the server's request limit.
+        return self._step(kind, {"points_ras": np.round(points, 3).tolist(), "positive": as_click_sign(positive)})
 
     def proposal_classes(self) -> Tuple[str, ...]:
         """Class names the server's model can propose (from ``/info``)."""

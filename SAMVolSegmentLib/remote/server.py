@@ -14,6 +14,8 @@ names ``/v2``, and ``/v3`` has the same endpoints):
 ``DELETE /v2/sessions/{id}``                 close the session
 ``POST /v2/sessions/{id}/click``             ``{"point_ras": [r, a, s], "positive": true}`` → the changed box
 ``POST /v2/sessions/{id}/box``               ``{"min_ras": [...], "max_ras": [...]}``
+``POST /v2/sessions/{id}/scribble``          ``{"points_ras": [[r, a, s], ...], "positive": true}`` (an open polyline)
+``POST /v2/sessions/{id}/lasso``             ``{"points_ras": [[r, a, s], ...], "positive": true}`` (a closed contour)
 ``POST /v2/sessions/{id}/{op}``              ``clear_box``, ``undo``, ``redo``, ``reset``
 ``PUT /v2/sessions/{id}/initial_mask``       body: :func:`protocol.encode_bits` of the full mask; empty = none
 ``GET /v2/sessions/{id}/mask``               the full mask (packed bits)
@@ -70,6 +72,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..engine.mask_update import MaskUpdate
 from ..engine.session_protocol import as_click_sign, as_point_ras
+from ..engine.strokes import STROKE_METHODS, as_polyline_ras
 from ..errors import (
     AuthenticationError,
     InvalidImageError,
@@ -140,7 +143,7 @@ class ServerConfig:
     max_undo: int = 100
     max_upload_bytes: int = 2 << 30
     max_voxels: int = 512 * 512 * 1024
-    max_json_bytes: int = 64 << 10
+    max_json_bytes: int = 256 << 10  # a scribble or lasso of a few thousand points
     queue_size: int = 32
     retry_after_s: int = 1
     max_wait_s: float = 30.0
@@ -556,7 +559,7 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
                 "model_id": predictor.model_id, "device": cfg.device, "auth_required": token is not None,
                 "proposal_classes": list(proposal_classes(predictor.model)),
                 "adapted_classes": list(click_adapted_classes(predictor.model)),
-                "lease_s": cfg.lease_s,
+                "lease_s": cfg.lease_s, "prompts": ["click", "box", *STROKE_METHODS],
                 "limits": {"max_upload_bytes": cfg.max_upload_bytes, "max_voxels": cfg.max_voxels,
                            "max_json_bytes": cfg.max_json_bytes}}
 
@@ -804,6 +807,18 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
             data = await read_json(request, "box")
             low, high = _point(data.get("min_ras"), "min_ras"), _point(data.get("max_ras"), "max_ras")
             return await run_step(sid, lambda s: s.set_box(low, high), request, version)
+
+        def add_stroke_route(kind: str) -> None:
+            @api.post(f"/sessions/{{sid}}/{kind}", name=kind)
+            async def stroke(sid: str, request: Request) -> Any:
+                data = await read_json(request, kind)
+                points = as_polyline_ras(data.get("points_ras"), kind, min_points=1)  # the engine checks again
+                positive = as_click_sign(data.get("positive", True))
+                method = STROKE_METHODS[kind]
+                return await run_step(sid, lambda s: getattr(s, method)(points, positive), request, version)
+
+        for kind in STROKE_METHODS:  # before the catch-all /{op} route below
+            add_stroke_route(kind)
 
         @api.post("/sessions/{sid}/propose")
         async def propose(sid: str, request: Request) -> Any:
