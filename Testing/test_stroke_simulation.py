@@ -182,3 +182,25 @@ def test_lasso_and_scribble_on_an_oblique_volume():
     scribble = simulate_scribble(region, geometry)
     voxels = drawn(geometry, scribble_prompt(geometry, scribble.points_ras, True))
     assert voxels.any() and not (voxels & ~region).any()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), SPACINGS)
+def test_correction_scribble_lies_in_the_largest_error_with_its_sign(seed, spacing):
+    from SAMVolSegmentLib.engine.clicks import largest_error
+
+    target = blob(seed, fraction=0.8)
+    prediction = blob(seed + 1, fraction=0.8)  # another random prediction: misses and false positives
+    geometry = geometry_of(target.shape, spacing)
+    scribble = correction_scribble(target, prediction, geometry)
+    if np.array_equal(target, prediction):
+        assert scribble is None
+        return
+    component, box = largest_error(target, prediction)
+    error = np.zeros(target.shape, bool)
+    error[box] = component
+    assert scribble.positive == bool(target[error].all()) and scribble.positive != bool(prediction[error].any())
+    index_kji = np.rint(geometry.ras_to_ijk(scribble.points_ras)[:, ::-1]).astype(int)
+    assert error[tuple(index_kji.T)].all()
+    voxels = drawn(geometry, scribble_prompt(geometry, scribble.points_ras, scribble.positive))
+    assert voxels.any() and not (voxels & ~error).any()

@@ -128,11 +128,11 @@ def markdown(report: Dict[str, Any]) -> str:
                 kinds.append(f"{kind} {value * 1000:.0f}")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {', '.join(kinds)} |")
     lines.append("")
-    for family in ("lasso", "scribbles"):
+    for family in ("lasso, LASSO_CLICKS", "scribbles"):
         variants = {n: e["mean"]["model"] for n, e in report["variants"].items() if n.startswith(family)}
         if variants:
             best = [max(variants, key=lambda n, k=k: variants[n][k - 1]) for k in (1, 3) if k <= prompts]
-            lines.append(f"Best {family} variant by the model's mean Dice: after 1 prompt `{best[0]}`"
+            lines.append(f"Best {family.split(',')[0]} variant by the model's mean Dice: after 1 prompt `{best[0]}`"
                          + (f", after 3 prompts `{best[1]}`." if len(best) > 1 else "."))
     lines += ["", "Per target, model Dice after 1 / 3 / 5 prompts:", "",
               "| target | " + " | ".join(report["variants"]) + " |", "|---" * (len(report["variants"]) + 1) + "|"]
