@@ -443,15 +443,14 @@ def encode_delta(xor: Optional[np.ndarray], new: Optional[np.ndarray], codec: st
     if changed is None:
         return {"form": "none"}, b""
     part = tuple(slice(lo, hi) for lo, hi in changed)
-    if xor is None:
-        form, runs = "set", mask_runs(new[part])
-    else:
-        form, runs = "xor", mask_runs(xor[part])
-        if len(runs) > 64:  # not trivially small: the new content may be cheaper (a whole surface moved)
-            set_runs = mask_runs(new[part])
-            if len(set_runs) < _XOR_RUN_COST * len(runs):
-                form, runs = "set", set_runs
-    raw, count, big = runs_to_bytes(runs)
+    form, edges = ("set", _run_edges(new[part])) if xor is None else ("xor", _run_edges(xor[part]))
+    if form == "xor":
+        count = int(np.count_nonzero(edges))  # runs - 1, counted before any run is collected
+        if count > 64:  # not trivially small: the new content may be cheaper (a whole surface moved)
+            set_edges = _run_edges(new[part])
+            if int(np.count_nonzero(set_edges)) < _XOR_RUN_COST * count:
+                form, edges = "set", set_edges
+    raw, count, big = runs_to_bytes(_runs_from_edges(edges))
     box = [[lo + o, hi + o] for (lo, hi), o in zip(changed, origin)]
     if len(raw) <= SMALL_DELTA_BYTES:  # small already: zlib is as good as small, and fastest at both ends
         codec = "zlib"
@@ -507,11 +506,21 @@ def apply_delta(target: np.ndarray, form: str, part: Tuple[slice, ...], values: 
 def mask_runs(mask: np.ndarray) -> np.ndarray:
     """Lengths of the alternating runs of a 0/1 mask in C order, zeros first (that run may be 0 long); int64.
     Two passes over the mask (compare neighbours, then collect the boundaries)."""
+    return _runs_from_edges(_run_edges(mask))
+
+
+def _run_edges(mask: np.ndarray) -> np.ndarray:
+    """Where a run of a 0/1 mask starts, in C order (bool, flat; the first voxel starts one if it is 1)."""
     flat = np.ascontiguousarray(mask, dtype=np.uint8).reshape(-1)
     edges = np.empty(flat.size, bool)
     edges[0] = flat[0] != 0
     np.not_equal(flat[1:], flat[:-1], out=edges[1:])
-    return np.diff(np.flatnonzero(edges), prepend=0, append=flat.size)
+    return edges
+
+
+def _runs_from_edges(edges: np.ndarray) -> np.ndarray:
+    """Run lengths from :func:`_run_edges`."""
+    return np.diff(np.flatnonzero(edges), prepend=0, append=edges.size)
 
 
 def runs_to_bytes(runs: np.ndarray) -> Tuple[bytes, int, int]:
