@@ -551,7 +551,7 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
     async def info(request: Request) -> Dict[str, Any]:
         asked = request.headers.get(PROTOCOL_HEADER, "")
         # A protocol-2 client refuses any other "protocol"; newer clients read "protocols".
-        protocol = int(asked) if asked.isdigit() and int(asked) in protocols else protocols[-1]
+        protocol = int(asked) if _is_count(asked) and int(asked) in protocols else protocols[-1]
         return {"service": "samvolseg", "version": __version__, "protocol": protocol, "protocols": list(protocols),
                 "model_id": predictor.model_id, "device": cfg.device, "auth_required": token is not None,
                 "proposal_classes": list(proposal_classes(predictor.model)),
@@ -882,6 +882,12 @@ def _return_freed_memory() -> None:
         pass
 
 
+def _is_count(text: str) -> bool:
+    """True for a non-negative decimal integer in ASCII digits (``str.isdigit`` also accepts "²", which ``int``
+    refuses)."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
 def _mask_version(request: Request) -> Optional[int]:
     """The mask version a protocol-3 client's mirror holds (None without the header: the reply is the whole mask).
 
@@ -891,7 +897,7 @@ def _mask_version(request: Request) -> Optional[int]:
     value = request.headers.get(MASK_VERSION_HEADER)
     if value is None:
         return None
-    if not value.strip().isdigit():
+    if not _is_count(value.strip()):
         raise WireFormatError(f"{MASK_VERSION_HEADER} must be the mask version of the last reply applied (an integer "
                               "≥ 0); leave it out to get the whole mask.")
     return int(value)
