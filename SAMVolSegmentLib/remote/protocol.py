@@ -6,24 +6,26 @@ byte, which then compresses to almost nothing) and zlib-compressed, with the sha
 ``ijk_to_ras`` in a JSON header. The server rebuilds the exact float32 volume the client fingerprinted, so the
 fingerprint in the URL verifies the upload end to end.
 
-A step's reply carries only the box the step changed: the half-open box ``((k0, k1), (j0, j1), (i0, i1))``
-plus ``bits_bbox``, the part of the box that holds foreground (every voxel of the box outside it is 0), whose
-voxels travel as packed bits (``np.packbits``, 8 voxels a byte), compressed, base64 in JSON. A click's box is
-the model's whole region of interest (often 5-10× the organ's bounding box), so sending only the foreground's
-box is what keeps a reply small. The compressor is negotiated per request: the client names those it can
-decode in :data:`MASK_CODECS_HEADER`, best first, and the server uses the first it has too: ``bz2`` (about a
-third of zlib's size on organ masks, at the same speed on a foreground box) or ``zlib`` (always available).
+Protocol 2 (still served under ``/v2``, exactly as before): a step's reply carries only the box the step
+changed: the half-open box ``((k0, k1), (j0, j1), (i0, i1))`` plus ``bits_bbox``, the part of the box that holds
+foreground (every voxel of the box outside it is 0), whose voxels travel as packed bits (``np.packbits``, 8 voxels
+a byte), compressed, base64 in JSON. A click's box is the model's whole region of interest (often 5-10× the
+organ's bounding box), so sending only the foreground's box is what keeps a reply small. The compressor is
+negotiated per request: the client names those it can decode in :data:`MASK_CODECS_HEADER`, best first, and the
+server uses the first it has too (:data:`MASK_CODECS`; ``zlib`` is always available).
 
-Protocol 3 (the default; a server serves protocol 2 beside it, under ``/v2``, exactly as before): a step's reply
-is binary (:func:`encode_frame`: a small JSON header, then the raw compressed bytes; no base64) and carries the
-change against the client's mirror of the mask, not the box's new content. Client and server count the mask's
-versions: the client names the version its mirror holds in :data:`MASK_VERSION_HEADER`; the server keeps the mask
-as of each version it sent and answers with the difference (:func:`mask_delta`), or with the whole mask when the
-client names another version (a reply was lost, a protocol-2 request changed the mask). The difference travels as
-run lengths of the step's box (:func:`encode_delta`): of the XOR against the mirror, or of the box's new content,
-whichever has fewer runs (an early click on a large organ moves its whole surface, and the XOR of two surfaces
-has more runs than either), then compressed. Measured on a liver-sized mask (benchmarks/results/remote_overhead.md):
-run lengths + bz2 are 14-17 kB in about 6 ms where packed bits + bz2 were about 20 kB in 30-50 ms.
+Protocol 3 (the default): a step's reply is binary (:func:`encode_frame`: a small JSON header, then the raw
+compressed bytes; no base64) and carries the change against the client's mirror of the mask. Client and server
+count the mask's versions: the client names the version its mirror holds in :data:`MASK_VERSION_HEADER`; the
+server keeps the mask as of the version it last sent (one byte a voxel per session) and answers with the
+difference (:func:`mask_delta`), or with the whole mask when the client names another version (a reply was lost,
+a protocol-2 request changed the mask). The difference covers only the part of the step's box that changed and
+travels as run lengths (:func:`encode_delta`): of the XOR against the mirror, or of the new content, whichever
+compresses better by its count of runs (a refinement of a large organ moves its whole surface, and the XOR of two
+surfaces has more runs than either; a small correction is a few runs of XOR), then compressed. Measured on the
+phantom's liver (``benchmarks/results/remote_overhead.md``): run lengths + bz2 are 15-18 kB in about 4 ms where
+packed bits + bz2 of the foreground box were 29 kB in 10-50 ms; run bytes of at most
+:data:`SMALL_DELTA_BYTES` go as zlib, which is as small there and faster.
 
 Pure numpy + stdlib: importable without torch, FastAPI or requests.
 """
