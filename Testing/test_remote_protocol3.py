@@ -332,6 +332,10 @@ def test_bad_input_changes_neither_the_mask_nor_its_version(server, model):  # n
     body = assert_clean_error(api(server, "POST", f"{V3}/sessions/{remote._sid}/undo", json={},
                                   headers={MASK_VERSION_HEADER: "not-a-number"}), 422, "WireFormatError")
     assert MASK_VERSION_HEADER in body["detail"]
+    for odd in ("²", "-1", "1e3", "9" * 40):  # a digit str.isdigit accepts but int refuses, a sign, too long
+        assert_clean_error(api(server, "POST", f"{V3}/sessions/{remote._sid}/undo", json={},
+                               headers={MASK_VERSION_HEADER: odd.encode()}), 422, "WireFormatError")
+    assert api(server, "GET", "/info", headers={PROTOCOL_HEADER: "²".encode()}).json()["protocol"] == 3
     remote.undo()  # still a delta against the same version: the bad requests moved nothing
     assert remote._mask_version == version + 1 and not remote.mask_array_kji().any()
     remote.close()

@@ -6,24 +6,26 @@ byte, which then compresses to almost nothing) and zlib-compressed, with the sha
 ``ijk_to_ras`` in a JSON header. The server rebuilds the exact float32 volume the client fingerprinted, so the
 fingerprint in the URL verifies the upload end to end.
 
-A step's reply carries only the box the step changed: the half-open box ``((k0, k1), (j0, j1), (i0, i1))``
-plus ``bits_bbox``, the part of the box that holds foreground (every voxel of the box outside it is 0), whose
-voxels travel as packed bits (``np.packbits``, 8 voxels a byte), compressed, base64 in JSON. A click's box is
-the model's whole region of interest (often 5-10× the organ's bounding box), so sending only the foreground's
-box is what keeps a reply small. The compressor is negotiated per request: the client names those it can
-decode in :data:`MASK_CODECS_HEADER`, best first, and the server uses the first it has too: ``bz2`` (about a
-third of zlib's size on organ masks, at the same speed on a foreground box) or ``zlib`` (always available).
+Protocol 2 (still served under ``/v2``, exactly as before): a step's reply carries only the box the step
+changed: the half-open box ``((k0, k1), (j0, j1), (i0, i1))`` plus ``bits_bbox``, the part of the box that holds
+foreground (every voxel of the box outside it is 0), whose voxels travel as packed bits (``np.packbits``, 8 voxels
+a byte), compressed, base64 in JSON. A click's box is the model's whole region of interest (often 5-10× the
+organ's bounding box), so sending only the foreground's box is what keeps a reply small. The compressor is
+negotiated per request: the client names those it can decode in :data:`MASK_CODECS_HEADER`, best first, and the
+server uses the first it has too (:data:`MASK_CODECS`; ``zlib`` is always available).
 
-Protocol 3 (the default; a server serves protocol 2 beside it, under ``/v2``, exactly as before): a step's reply
-is binary (:func:`encode_frame`: a small JSON header, then the raw compressed bytes; no base64) and carries the
-change against the client's mirror of the mask, not the box's new content. Client and server count the mask's
-versions: the client names the version its mirror holds in :data:`MASK_VERSION_HEADER`; the server keeps the mask
-as of each version it sent and answers with the difference (:func:`mask_delta`), or with the whole mask when the
-client names another version (a reply was lost, a protocol-2 request changed the mask). The difference travels as
-run lengths of the step's box (:func:`encode_delta`): of the XOR against the mirror, or of the box's new content,
-whichever has fewer runs (an early click on a large organ moves its whole surface, and the XOR of two surfaces
-has more runs than either), then compressed. Measured on a liver-sized mask (benchmarks/results/remote_overhead.md):
-run lengths + bz2 are 14-17 kB in about 6 ms where packed bits + bz2 were about 20 kB in 30-50 ms.
+Protocol 3 (the default): a step's reply is binary (:func:`encode_frame`: a small JSON header, then the raw
+compressed bytes; no base64) and carries the change against the client's mirror of the mask. Client and server
+count the mask's versions: the client names the version its mirror holds in :data:`MASK_VERSION_HEADER`; the
+server keeps the mask as of the version it last sent (one byte a voxel per session) and answers with the
+difference (:func:`mask_delta`), or with the whole mask when the client names another version (a reply was lost,
+a protocol-2 request changed the mask). The difference covers only the part of the step's box that changed and
+travels as run lengths (:func:`encode_delta`): of the XOR against the mirror, or of the new content, whichever
+compresses better by its count of runs (a refinement of a large organ moves its whole surface, and the XOR of two
+surfaces has more runs than either; a small correction is a few runs of XOR), then compressed. Measured on the
+phantom's liver (``benchmarks/results/remote_overhead.md``): run lengths + bz2 are 15-18 kB in about 4 ms where
+packed bits + bz2 of the foreground box were 29 kB in 10-50 ms; run bytes of at most
+:data:`SMALL_DELTA_BYTES` go as zlib, which is as small there and faster.
 
 Pure numpy + stdlib: importable without torch, FastAPI or requests.
 """
@@ -443,15 +445,14 @@ def encode_delta(xor: Optional[np.ndarray], new: Optional[np.ndarray], codec: st
     if changed is None:
         return {"form": "none"}, b""
     part = tuple(slice(lo, hi) for lo, hi in changed)
-    if xor is None:
-        form, runs = "set", mask_runs(new[part])
-    else:
-        form, runs = "xor", mask_runs(xor[part])
-        if len(runs) > 64:  # not trivially small: the new content may be cheaper (a whole surface moved)
-            set_runs = mask_runs(new[part])
-            if len(set_runs) < _XOR_RUN_COST * len(runs):
-                form, runs = "set", set_runs
-    raw, count, big = runs_to_bytes(runs)
+    form, edges = ("set", _run_edges(new[part])) if xor is None else ("xor", _run_edges(xor[part]))
+    if form == "xor":
+        count = int(np.count_nonzero(edges))  # runs - 1, counted before any run is collected
+        if count > 64:  # not trivially small: the new content may be cheaper (a whole surface moved)
+            set_edges = _run_edges(new[part])
+            if int(np.count_nonzero(set_edges)) < _XOR_RUN_COST * count:
+                form, edges = "set", set_edges
+    raw, count, big = runs_to_bytes(_runs_from_edges(edges))
     box = [[lo + o, hi + o] for (lo, hi), o in zip(changed, origin)]
     if len(raw) <= SMALL_DELTA_BYTES:  # small already: zlib is as good as small, and fastest at both ends
         codec = "zlib"
@@ -507,11 +508,21 @@ def apply_delta(target: np.ndarray, form: str, part: Tuple[slice, ...], values: 
 def mask_runs(mask: np.ndarray) -> np.ndarray:
     """Lengths of the alternating runs of a 0/1 mask in C order, zeros first (that run may be 0 long); int64.
     Two passes over the mask (compare neighbours, then collect the boundaries)."""
+    return _runs_from_edges(_run_edges(mask))
+
+
+def _run_edges(mask: np.ndarray) -> np.ndarray:
+    """Where a run of a 0/1 mask starts, in C order (bool, flat; the first voxel starts one if it is 1)."""
     flat = np.ascontiguousarray(mask, dtype=np.uint8).reshape(-1)
     edges = np.empty(flat.size, bool)
     edges[0] = flat[0] != 0
     np.not_equal(flat[1:], flat[:-1], out=edges[1:])
-    return np.diff(np.flatnonzero(edges), prepend=0, append=flat.size)
+    return edges
+
+
+def _runs_from_edges(edges: np.ndarray) -> np.ndarray:
+    """Run lengths from :func:`_run_edges`."""
+    return np.diff(np.flatnonzero(edges), prepend=0, append=edges.size)
 
 
 def runs_to_bytes(runs: np.ndarray) -> Tuple[bytes, int, int]:

@@ -554,7 +554,7 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
     async def info(request: Request) -> Dict[str, Any]:
         asked = request.headers.get(PROTOCOL_HEADER, "")
         # A protocol-2 client refuses any other "protocol"; newer clients read "protocols".
-        protocol = int(asked) if asked.isdigit() and int(asked) in protocols else protocols[-1]
+        protocol = int(asked) if _is_count(asked) and int(asked) in protocols else protocols[-1]
         return {"service": "samvolseg", "version": __version__, "protocol": protocol, "protocols": list(protocols),
                 "model_id": predictor.model_id, "device": cfg.device, "auth_required": token is not None,
                 "proposal_classes": list(proposal_classes(predictor.model)),
@@ -564,20 +564,26 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
                            "max_json_bytes": cfg.max_json_bytes}}
 
     # ---------------------------------------------------------------- authenticated API
-    def authorize_for(version: int) -> Callable[[Request], Any]:
-        async def authorize(request: Request) -> None:
-            asked = request.headers.get(PROTOCOL_HEADER)
-            if asked is not None and asked != str(version):
-                others = ", ".join(str(v) for v in protocols)
-                raise HTTPReplyError(400, "ProtocolMismatchError",
-                                     f"The client speaks protocol {asked} but called {api_prefix(version)}; this "
-                                     f"server speaks {others} (each under /v<N>). Install the same SAMVolSegment "
-                                     "version on both sides.")
-            check_token(request)
+    def request_version(request: Request) -> int:
+        """The protocol version of the ``/v{version}`` the request called.
 
-        return authorize
+        Raises:
+            HTTPReplyError: 404 for a version this server does not serve.
+        """
+        text = str(request.path_params.get("version", ""))
+        if not (_is_count(text) and int(text) in protocols):
+            raise HTTPReplyError(404, "NotFound", f"No endpoint {request.method} {request.url.path}; this server "
+                                                  f"speaks protocol {', '.join(map(str, protocols))} (GET /info).")
+        return int(text)
 
-    def check_token(request: Request) -> None:
+    async def authorize(request: Request) -> None:
+        version = request_version(request)
+        asked = request.headers.get(PROTOCOL_HEADER)
+        if asked is not None and asked != str(version):
+            raise HTTPReplyError(400, "ProtocolMismatchError",
+                                 f"The client speaks protocol {asked} but called {api_prefix(version)}; this server "
+                                 f"speaks {', '.join(map(str, protocols))} (each under /v<N>). Install the same "
+                                 "SAMVolSegment version on both sides.")
         if token is None:
             return
         header = request.headers.get("authorization", "")
@@ -588,6 +594,9 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
                               "Missing or wrong token: send 'Authorization: Bearer <token>' with the token the "
                               "server was started with (--token / --token-file).",
                               {"WWW-Authenticate": 'Bearer realm="samvolseg"'})
+
+    # One router serves every version (``/v2``, ``/v3``): the endpoints are the same, only some replies differ.
+    api = APIRouter(prefix="/v{version}", dependencies=[Depends(authorize)])
 
     async def read_body(request: Request, limit: int, what: str) -> bytes:
         declared = request.headers.get("content-length")
@@ -614,13 +623,13 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
         return {"can_undo": session.can_undo, "can_redo": session.can_redo,
                 "clicks": [[*(float(v) for v in c.point_ras), bool(c.positive)] for c in session.clicks]}
 
-    async def run_step(sid: str, step: Callable[[Any], MaskUpdate], request: Request, version: int,
-                       kind: str = "step") -> Any:
+    async def run_step(sid: str, step: Callable[[Any], MaskUpdate], request: Request, kind: str = "step") -> Any:
         """Run a step on the worker; the reply says whether it created a history step (``pushed``) or moved
         one (``moved``), so the client keeps its callers' annotations aligned with the server's history.
         Protocol 2: a JSON reply with the changed box; 3: a frame with the change against the client's mirror."""
         entry = store.session(sid)
         codec = choose_mask_codec(request.headers.get(MASK_CODECS_HEADER))
+        version = request_version(request)
         client_version = _mask_version(request) if version >= 3 else None
 
         def job() -> Tuple[MaskUpdate, Optional[_Delta], Dict[str, Any]]:
@@ -674,6 +683,38 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
                            "version": delta.version, **meta}
         return Response(encode_frame(reply, payload), media_type=UPDATE_MEDIA_TYPE)
 
+    # volumes
+    @api.get("/volumes/{volume_id}")
+    async def volume_status(volume_id: str, request: Request) -> Dict[str, Any]:
+        stored = store.volume(_check_id(volume_id))
+        if stored is None:
+            raise HTTPReplyError(404, "VolumeNotFound", "The server does not hold this volume; upload it "
+                                                     f"(PUT {request.url.path}).")
+        return {"volume": volume_id, "shape": list(stored.array_kji.shape)}
+
+    @api.put("/volumes/{volume_id}")
+    async def upload_volume(volume_id: str, request: Request) -> Response:
+        _check_id(volume_id)
+        if store.volume(volume_id) is not None:  # uploaded before (by anyone): nothing to do
+            return JSONResponse({"volume": volume_id, "stored": False}, status_code=200)
+        meta = _header_json(request)
+        shape, dtype, matrix = check_volume_meta(meta, cfg.max_voxels)
+        # Before the body is read or inflated: what decoding it holds at its peak (the inflated bytes and the
+        # voxels, then the voxels and the engine's float32 copy, and the body) counts against the budget, so an
+        # upload that cannot fit is refused at once and uploads at once cannot add up beyond it.
+        voxels = math.prod(shape)
+        declared = request.headers.get("content-length", "")
+        peak = 2 * voxels * dtype.itemsize + 4 * voxels + (int(declared) if declared.isdigit() else 0)
+        reservation = store.reserve(peak, "volume upload (while it is decoded)", cfg.retry_after_s)
+        try:
+            body = await read_body(request, cfg.max_upload_bytes, "volume upload")
+            stored = await run_in_threadpool(decode_upload, body, volume_id, shape, dtype, matrix)
+        finally:
+            store.release(reservation)
+            _return_freed_memory()
+        store.add_volume(volume_id, stored)
+        return JSONResponse({"volume": volume_id, "stored": True}, status_code=201)
+
     def decode_upload(body: bytes, volume_id: str, shape: Tuple[int, int, int], dtype: np.dtype,
                       matrix: np.ndarray) -> _StoredVolume:
         """Inflate, verify and validate an upload (a thread of the pool, never the model worker)."""
@@ -701,181 +742,142 @@ def create_app(model: Any, config: Optional[ServerConfig] = None) -> FastAPI:
         array.setflags(write=False)
         return _StoredVolume(array, matrix, int(array.nbytes), model_voxels)
 
-    def add_api(version: int) -> None:
-        """The authenticated endpoints of one protocol version, under ``/v{version}``."""
-        api = APIRouter(prefix=api_prefix(version), dependencies=[Depends(authorize_for(version))])
+    # sessions
+    @api.post("/sessions")
+    async def create_session(request: Request) -> Response:
+        data = await read_json(request, "session")
+        volume_id = data.get("volume")
+        if not isinstance(volume_id, str):
+            raise WireFormatError('Send {"volume": "<content id>"} to create a session.')
+        stored = store.volume(_check_id(volume_id))
+        if stored is None:
+            raise HTTPReplyError(404, "VolumeNotFound", "The server does not hold this volume (never uploaded, or "
+                                                     "evicted to free memory); upload it again.")
 
-        # volumes
-        @api.get("/volumes/{volume_id}")
-        async def volume_status(volume_id: str) -> Dict[str, Any]:
-            stored = store.volume(_check_id(volume_id))
-            if stored is None:
-                raise HTTPReplyError(404, "VolumeNotFound", "The server does not hold this volume; upload it "
-                                                         f"(PUT {api_prefix(version)}/volumes/{volume_id}).")
-            return {"volume": volume_id, "shape": list(stored.array_kji.shape)}
-
-        @api.put("/volumes/{volume_id}")
-        async def upload_volume(volume_id: str, request: Request) -> Response:
-            _check_id(volume_id)
-            if store.volume(volume_id) is not None:  # uploaded before (by anyone): nothing to do
-                return JSONResponse({"volume": volume_id, "stored": False}, status_code=200)
-            meta = _header_json(request)
-            shape, dtype, matrix = check_volume_meta(meta, cfg.max_voxels)
-            # Before the body is read or inflated: what decoding it holds at its peak (the inflated bytes and the
-            # voxels, then the voxels and the engine's float32 copy, and the body) counts against the budget, so an
-            # upload that cannot fit is refused at once and uploads at once cannot add up beyond it.
-            voxels = math.prod(shape)
-            declared = request.headers.get("content-length", "")
-            peak = 2 * voxels * dtype.itemsize + 4 * voxels + (int(declared) if declared.isdigit() else 0)
-            reservation = store.reserve(peak, "volume upload (while it is decoded)", cfg.retry_after_s)
+        def job() -> _ServerSession:
+            session = InteractiveSession(predictor, max_undo=cfg.max_undo, max_undo_bytes=cfg.history_bytes)
             try:
-                body = await read_body(request, cfg.max_upload_bytes, "volume upload")
-                stored = await run_in_threadpool(decode_upload, body, volume_id, shape, dtype, matrix)
-            finally:
-                store.release(reservation)
-                _return_freed_memory()
-            store.add_volume(volume_id, stored)
-            return JSONResponse({"volume": volume_id, "stored": True}, status_code=201)
+                session.set_volume(stored.array_kji, stored.ijk_to_ras)
+            except BaseException:
+                session.close()
+                raise
+            voxels = int(stored.array_kji.size)
+            # float32 copy + float32 model-grid copy + uint8 label + the history bound (+ protocol 3's mirror,
+            # which starts as the empty mask at version 0, as the client's).
+            mirror = np.zeros(stored.array_kji.shape, np.uint8) if request_version(request) >= 3 else None
+            nbytes = voxels * 4 + stored.model_voxels * 4 + voxels + cfg.history_bytes + (
+                0 if mirror is None else voxels)
+            entry = _ServerSession(secrets.token_urlsafe(16), session, volume_id, nbytes, time.monotonic(),
+                                   mirror)
+            try:
+                store.add_session(entry)
+            except BaseException:
+                session.close()
+                raise
+            return entry
 
-        # sessions
-        @api.post("/sessions")
-        async def create_session(request: Request) -> Response:
-            data = await read_json(request, "session")
-            volume_id = data.get("volume")
-            if not isinstance(volume_id, str):
-                raise WireFormatError('Send {"volume": "<content id>"} to create a session.')
-            stored = store.volume(_check_id(volume_id))
-            if stored is None:
-                raise HTTPReplyError(404, "VolumeNotFound", "The server does not hold this volume (never uploaded, or "
-                                                         "evicted to free memory); upload it again.")
+        entry = await worker.run(job)
+        return JSONResponse({"session": entry.sid, "lease_s": cfg.lease_s, "model_id": predictor.model_id,
+                             "max_undo": cfg.max_undo, "state": session_state(entry),
+                             "mask_version": entry.mask_version}, status_code=201)
 
-            def job() -> _ServerSession:
-                session = InteractiveSession(predictor, max_undo=cfg.max_undo, max_undo_bytes=cfg.history_bytes)
-                try:
-                    session.set_volume(stored.array_kji, stored.ijk_to_ras)
-                except BaseException:
-                    session.close()
-                    raise
-                voxels = int(stored.array_kji.size)
-                # float32 copy + float32 model-grid copy + uint8 label + the history bound (+ protocol 3's mirror,
-                # which starts as the empty mask at version 0, as the client's).
-                mirror = np.zeros(stored.array_kji.shape, np.uint8) if version >= 3 else None
-                nbytes = voxels * 4 + stored.model_voxels * 4 + voxels + cfg.history_bytes + (
-                    0 if mirror is None else voxels)
-                entry = _ServerSession(secrets.token_urlsafe(16), session, volume_id, nbytes, time.monotonic(),
-                                       mirror)
-                try:
-                    store.add_session(entry)
-                except BaseException:
-                    session.close()
-                    raise
-                return entry
+    @api.get("/sessions/{sid}")
+    async def get_session(sid: str, wait: float = 0.0) -> Dict[str, Any]:
+        entry = store.session(sid)
+        if not math.isfinite(wait) or wait < 0:
+            raise WireFormatError("wait must be a number of seconds ≥ 0.")
+        if wait > 0:
+            try:
+                await run_in_threadpool(entry.session.wait_until_ready, min(wait, cfg.max_wait_s))
+            except FutureTimeout:
+                pass
+        elif entry.session.is_ready:
+            entry.session.wait_until_ready(0)  # re-raises a preprocessing error as a 4xx
+        return {"session": sid, "ready": entry.session.is_ready, "state": session_state(entry)}
 
-            entry = await worker.run(job)
-            return JSONResponse({"session": entry.sid, "lease_s": cfg.lease_s, "model_id": predictor.model_id,
-                                 "max_undo": cfg.max_undo, "state": session_state(entry),
-                                 "mask_version": entry.mask_version}, status_code=201)
+    @api.delete("/sessions/{sid}")
+    async def delete_session(sid: str) -> Dict[str, Any]:
+        store.session(sid)  # 404/410 for an unknown one
+        return {"session": sid, "closed": store.remove_session(sid)}
 
-        @api.get("/sessions/{sid}")
-        async def get_session(sid: str, wait: float = 0.0) -> Dict[str, Any]:
-            entry = store.session(sid)
-            if not math.isfinite(wait) or wait < 0:
-                raise WireFormatError("wait must be a number of seconds ≥ 0.")
-            if wait > 0:
-                try:
-                    await run_in_threadpool(entry.session.wait_until_ready, min(wait, cfg.max_wait_s))
-                except FutureTimeout:
-                    pass
-            elif entry.session.is_ready:
-                entry.session.wait_until_ready(0)  # re-raises a preprocessing error as a 4xx
-            return {"session": sid, "ready": entry.session.is_ready, "state": session_state(entry)}
+    @api.post("/sessions/{sid}/click")
+    async def click(sid: str, request: Request) -> Any:
+        data = await read_json(request, "click")
+        point = _point(data.get("point_ras"), "point_ras")
+        positive = as_click_sign(data.get("positive", True))  # the engine's rule: JSON true/false only
+        return await run_step(sid, lambda s: s.add_click(point, positive), request)
 
-        @api.delete("/sessions/{sid}")
-        async def delete_session(sid: str) -> Dict[str, Any]:
-            store.session(sid)  # 404/410 for an unknown one
-            return {"session": sid, "closed": store.remove_session(sid)}
+    @api.post("/sessions/{sid}/box")
+    async def box(sid: str, request: Request) -> Any:
+        data = await read_json(request, "box")
+        low, high = _point(data.get("min_ras"), "min_ras"), _point(data.get("max_ras"), "max_ras")
+        return await run_step(sid, lambda s: s.set_box(low, high), request)
 
-        @api.post("/sessions/{sid}/click")
-        async def click(sid: str, request: Request) -> Any:
-            data = await read_json(request, "click")
-            point = _point(data.get("point_ras"), "point_ras")
-            positive = as_click_sign(data.get("positive", True))  # the engine's rule: JSON true/false only
-            return await run_step(sid, lambda s: s.add_click(point, positive), request, version)
+    @api.post("/sessions/{sid}/propose")
+    async def propose(sid: str, request: Request) -> Any:
+        data = await read_json(request, "propose")
+        class_name = data.get("class")
+        if not isinstance(class_name, str) or not class_name:
+            raise InvalidPromptError("propose needs {\"class\": NAME}, one of the classes /info lists.")
+        return await run_step(sid, lambda s: s.propose(class_name), request)
 
-        @api.post("/sessions/{sid}/box")
-        async def box(sid: str, request: Request) -> Any:
-            data = await read_json(request, "box")
-            low, high = _point(data.get("min_ras"), "min_ras"), _point(data.get("max_ras"), "max_ras")
-            return await run_step(sid, lambda s: s.set_box(low, high), request, version)
+    steps = {"clear_box": lambda s: s.clear_box(), "undo": lambda s: s.undo(), "redo": lambda s: s.redo(),
+             "reset": lambda s: s.reset()}
+    kinds = {"undo": "undo", "redo": "redo"}
 
-        def add_stroke_route(kind: str) -> None:
-            @api.post(f"/sessions/{{sid}}/{kind}", name=kind)
-            async def stroke(sid: str, request: Request) -> Any:
-                data = await read_json(request, kind)
-                points = as_polyline_ras(data.get("points_ras"), kind, min_points=1)  # the engine checks again
-                positive = as_click_sign(data.get("positive", True))
-                method = STROKE_METHODS[kind]
-                return await run_step(sid, lambda s: getattr(s, method)(points, positive), request, version)
+    def add_stroke_route(kind: str) -> None:
+        @api.post(f"/sessions/{{sid}}/{kind}", name=kind)
+        async def stroke(sid: str, request: Request) -> Any:
+            data = await read_json(request, kind)
+            points = as_polyline_ras(data.get("points_ras"), kind, min_points=1)  # the engine checks again
+            positive = as_click_sign(data.get("positive", True))
+            method = STROKE_METHODS[kind]
+            return await run_step(sid, lambda s: getattr(s, method)(points, positive), request)
 
-        for kind in STROKE_METHODS:  # before the catch-all /{op} route below
-            add_stroke_route(kind)
+    for kind in STROKE_METHODS:  # before the catch-all /{op} route below
+        add_stroke_route(kind)
 
-        @api.post("/sessions/{sid}/propose")
-        async def propose(sid: str, request: Request) -> Any:
-            data = await read_json(request, "propose")
-            class_name = data.get("class")
-            if not isinstance(class_name, str) or not class_name:
-                raise InvalidPromptError("propose needs {\"class\": NAME}, one of the classes /info lists.")
-            return await run_step(sid, lambda s: s.propose(class_name), request, version)
+    @api.post("/sessions/{sid}/{op}")
+    async def simple_step(sid: str, op: str, request: Request) -> Any:
+        if op not in steps:
+            raise HTTPReplyError(404, "NotFound", f"No step {op!r}; use click, box, {', '.join(steps)}.")
+        await read_json(request, op)  # bounded and well-formed even when empty
+        return await run_step(sid, steps[op], request, kinds.get(op, "step"))
 
-        steps = {"clear_box": lambda s: s.clear_box(), "undo": lambda s: s.undo(), "redo": lambda s: s.redo(),
-                 "reset": lambda s: s.reset()}
-        kinds = {"undo": "undo", "redo": "redo"}
+    @api.put("/sessions/{sid}/initial_mask")
+    async def initial_mask(sid: str, request: Request) -> Any:
+        entry = store.session(sid)
+        shape = tuple(int(v) for v in entry.session.geometry.shape_kji)
+        limit = min(cfg.max_upload_bytes, int(np.prod(shape)) // 8 + (1 << 20))  # ≥ packed bits, incompressible
+        body = await read_body(request, limit, "initial mask")
+        mask = await run_in_threadpool(decode_bits, body, shape) if body else None
+        return await run_step(sid, lambda s: s.set_initial_mask(mask), request, "initial")
 
-        @api.post("/sessions/{sid}/{op}")
-        async def simple_step(sid: str, op: str, request: Request) -> Any:
-            if op not in steps:
-                raise HTTPReplyError(404, "NotFound", f"No step {op!r}; use click, box, {', '.join(steps)}.")
-            await read_json(request, op)  # bounded and well-formed even when empty
-            return await run_step(sid, steps[op], request, version, kinds.get(op, "step"))
+    @api.get("/sessions/{sid}/mask")
+    async def full_mask(sid: str, request: Request) -> Any:
+        entry = store.session(sid)
+        codec = choose_mask_codec(request.headers.get(MASK_CODECS_HEADER))
 
-        @api.put("/sessions/{sid}/initial_mask")
-        async def initial_mask(sid: str, request: Request) -> Any:
-            entry = store.session(sid)
-            shape = tuple(int(v) for v in entry.session.geometry.shape_kji)
-            limit = min(cfg.max_upload_bytes, int(np.prod(shape)) // 8 + (1 << 20))  # ≥ packed bits, incompressible
-            body = await read_body(request, limit, "initial mask")
-            mask = await run_in_threadpool(decode_bits, body, shape) if body else None
-            return await run_step(sid, lambda s: s.set_initial_mask(mask), request, version, "initial")
+        if request_version(request) >= 3:  # the whole mask; the mirror restarts from it (the client resynchronises)
+            delta, state = await worker.run(lambda: (track(entry, lambda: _whole_mask(entry)),
+                                                     session_state(entry)))
+            return await frame_reply({"state": state}, delta, codec)
 
-        @api.get("/sessions/{sid}/mask")
-        async def full_mask(sid: str, request: Request) -> Any:
-            entry = store.session(sid)
-            codec = choose_mask_codec(request.headers.get(MASK_CODECS_HEADER))
+        def job() -> Tuple[np.ndarray, Dict[str, Any]]:  # on the worker: never a copy torn by a running step
+            return entry.session.mask_array_kji(), session_state(entry)
 
-            if version >= 3:  # the whole mask, and the mirror restarts from it (the client's resynchronisation)
-                delta, state = await worker.run(lambda: (track(entry, lambda: _whole_mask(entry)),
-                                                         session_state(entry)))
-                return await frame_reply({"state": state}, delta, codec)
+        mask, state = await worker.run(job)
+        update = MaskUpdate(tuple((0, int(n)) for n in mask.shape), mask)  # type: ignore[arg-type]
+        return {"update": await run_in_threadpool(encode_update, update, codec), "state": state}
 
-            def job() -> Tuple[np.ndarray, Dict[str, Any]]:  # on the worker: never a copy torn by a running step
-                return entry.session.mask_array_kji(), session_state(entry)
+    @api.get("/stats")
+    async def stats() -> Dict[str, Any]:
+        store.reap()
+        cache = predictor.cache
+        return {"store": store.counts(), "queue_depth": worker.depth, "jobs_done": worker.jobs_done,
+                "embedding_cache": {"entries": len(cache), "bytes": cache.nbytes, "max_bytes": cache.max_bytes}}
 
-            mask, state = await worker.run(job)
-            update = MaskUpdate(tuple((0, int(n)) for n in mask.shape), mask)  # type: ignore[arg-type]
-            return {"update": await run_in_threadpool(encode_update, update, codec), "state": state}
-
-        @api.get("/stats")
-        async def stats() -> Dict[str, Any]:
-            store.reap()
-            cache = predictor.cache
-            return {"store": store.counts(), "queue_depth": worker.depth, "jobs_done": worker.jobs_done,
-                    "embedding_cache": {"entries": len(cache), "bytes": cache.nbytes, "max_bytes": cache.max_bytes}}
-
-        app.include_router(api)
-
-    for version in protocols:
-        add_api(version)
+    app.include_router(api)
     return app
 
 
@@ -897,6 +899,12 @@ def _return_freed_memory() -> None:
         pass
 
 
+def _is_count(text: str) -> bool:
+    """True for a non-negative decimal integer in ASCII digits (``str.isdigit`` also accepts "²", which ``int``
+    refuses)."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
 def _mask_version(request: Request) -> Optional[int]:
     """The mask version a protocol-3 client's mirror holds (None without the header: the reply is the whole mask).
 
@@ -906,7 +914,7 @@ def _mask_version(request: Request) -> Optional[int]:
     value = request.headers.get(MASK_VERSION_HEADER)
     if value is None:
         return None
-    if not value.strip().isdigit():
+    if not _is_count(value.strip()):
         raise WireFormatError(f"{MASK_VERSION_HEADER} must be the mask version of the last reply applied (an integer "
                               "≥ 0); leave it out to get the whole mask.")
     return int(value)
