@@ -132,9 +132,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         self.session: Optional[SegmentationSession] = None
         self.modelKey: Optional[Tuple[str, ...]] = None
         self.modelSource = backend.SETTING_DEFAULTS["model"]
-        self.device = backend.SETTING_DEFAULTS["device"]
-        #: The *CPU threads* setting of local sessions ("auto" or N: ``local_session.slicerThreads``).
-        self.threads = backend.SETTING_DEFAULTS["threads"]
+        self.device, self.threads = backend.SETTING_DEFAULTS["device"], backend.SETTING_DEFAULTS["threads"]
         #: Where sessions run (``setBackend``); the token is kept here and in QSettings, never in the scene.
         self.backend = backend.Backend()
         #: The local backend's ``factory(source, device, download, progress) -> session``; tests replace it.
@@ -253,9 +251,8 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
 
     def _sessionOnKeptModel(self, source: str, device: str, download: bool, progress) -> SegmentationSession:
         """On the worker: an interactive session on the kept local model (``segmentVolume`` shares it)."""
-        return local_session.localSession(source, device, download, progress,
-                                          model=self._localModel(source, device, download, progress),
-                                          threads=self.threads)
+        model = self._localModel(source, device, download, progress)
+        return local_session.localSession(source, device, download, progress, model=model, threads=self.threads)
 
     def setBackend(self, newBackend: backend.Backend) -> bool:
         """Use another backend from the next step on; returns True when a session was closed for it.
@@ -611,8 +608,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
 
     def _segmentLocally(self, source, device, download, job: VolumeJob, onEvent) -> np.ndarray:
         """On the worker: the batch path on the kept local model; the (k, j, i) mask."""
-        model = self._localModel(source, device, download, self.worker.progress)
-        return job.segmentLocally(local_session.localPredictor(model, self.threads), onEvent)
+        return job.segmentLocally(self._localModel(source, device, download, self.worker.progress), onEvent, self.threads)
 
 
 #
