@@ -41,7 +41,10 @@ def test_the_settings_choice_wins_over_the_environment(choice, expected):
     assert local_session.slicerThreads(environ={ENV_THREADS: "1"}, cpus=8, choice=choice) == expected
 
 
-def test_the_choices_are_automatic_then_one_to_the_cpus():
+def test_the_choices_are_automatic_then_one_to_the_cpus(monkeypatch):
+    monkeypatch.setenv(ENV_THREADS, "all")  # malformed: the panel still opens (a session reports it)
+    assert local_session.threadChoices(cpus=2)[0] == ("auto", "Automatic")
+    monkeypatch.delenv(ENV_THREADS)
     choices = local_session.threadChoices(cpus=4)
     assert [value for value, _label in choices] == ["auto", "1", "2", "3", "4"]
     assert choices[0][1].startswith("Automatic (") and choices[1][1] == "1 thread, 1 per click"

@@ -48,7 +48,11 @@ def threadChoices(cpus: Optional[int] = None) -> List[Tuple[str, str]]:
         return f"{policy.encoder} thread{'s' if policy.encoder > 1 else ''}, {policy.decoder} per click"
 
     cpus = available_cpus() if cpus is None else int(cpus)
-    choices = [(AUTOMATIC_THREADS, f"Automatic ({label(ThreadPolicy.parse(slicerThreads(cpus=cpus)))})")]
+    try:
+        automatic = f"Automatic ({label(ThreadPolicy.parse(slicerThreads(cpus=cpus)))})"
+    except ValueError:  # a malformed $SAMVOLSEG_THREADS: the panel still opens; a session names the problem
+        automatic = "Automatic"
+    choices = [(AUTOMATIC_THREADS, automatic)]
     choices += [(str(n), label(ThreadPolicy.parse(str(n)))) for n in range(1, min(max(1, cpus), 16) + 1)]
     return choices
 
