@@ -135,7 +135,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         self.session: Optional[SegmentationSession] = None
         self.modelKey: Optional[Tuple[str, ...]] = None
         self.modelSource = backend.SETTING_DEFAULTS["model"]
-        self.device = backend.SETTING_DEFAULTS["device"]
+        self.device, self.threads = backend.SETTING_DEFAULTS["device"], backend.SETTING_DEFAULTS["threads"]
         #: Where sessions run (``setBackend``); the token is kept here and in QSettings, never in the scene.
         self.backend = backend.Backend()
         #: The local backend's ``factory(source, device, download, progress) -> session``; tests replace it.
@@ -205,7 +205,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
         """
         source = self.modelSource if source is None else str(source)
         device = self.device if device is None else str(device)
-        key = self.backend.sessionKey(source, device)
+        key = self.backend.sessionKey(source, device, self.threads)
         if self.session is not None and key == self.modelKey:
             return self.session.model_id
         factory = backend.sessionFactory(self.backend, self.sessionFactory)
@@ -254,8 +254,8 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
 
     def _sessionOnKeptModel(self, source: str, device: str, download: bool, progress) -> SegmentationSession:
         """On the worker: an interactive session on the kept local model (``segmentVolume`` shares it)."""
-        return local_session.localSession(source, device, download, progress,
-                                          model=self._localModel(source, device, download, progress))
+        model = self._localModel(source, device, download, progress)
+        return local_session.localSession(source, device, download, progress, model=model, threads=self.threads)
 
     def setBackend(self, newBackend: backend.Backend) -> bool:
         """Use another backend from the next step on; returns True when a session was closed for it. Switching
@@ -602,7 +602,7 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
 
     def _segmentLocally(self, source, device, download, job: VolumeJob, onEvent) -> np.ndarray:
         """On the worker: the batch path on the kept local model; the (k, j, i) mask."""
-        return job.segmentLocally(self._localModel(source, device, download, self.worker.progress), onEvent)
+        return job.segmentLocally(self._localModel(source, device, download, self.worker.progress), onEvent, self.threads)
 
 
 #

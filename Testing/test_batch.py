@@ -388,3 +388,40 @@ def test_a_worker_started_by_a_dask_nanny_gets_glibc_thresholds_back():
                            capture_output=True, text=True, check=True)
     assert plain.stdout.split() == ["False", "False"]
     assert nanny.stdout.split() == ["True", "True"]
+
+
+# ---------------------------------------------------------------- Dask settings (benchmarks/batch_throughput.py)
+def _worker_state(dask_worker=None):
+    """On a Dask worker: whether its profiler runs, and the glibc variable its nanny exported."""
+    running = [dask_worker.periodic_callbacks[name].is_running() for name in ("profile", "profile-cycle")
+               if name in dask_worker.periodic_callbacks]
+    return {"profiling": any(running), "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
+
+
+def test_local_cluster_workers_run_without_profiler_and_leave_this_process_alone():
+    distributed = pytest.importorskip("distributed")
+    from SAMVolSegmentLib.batch import local_cluster
+
+    environ = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}  # as a fresh process has it
+    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)  # (an earlier test's default cluster may have left it)
+    with local_cluster(1) as cluster, distributed.Client(cluster) as client:
+        # Dask's malloc variable stays: the worker's relax_malloc_trimming then sets the thresholds it measured best.
+        assert list(client.run(_worker_state).values()) == [{"profiling": False, "malloc_trim": "65536"}]
+    assert dict(os.environ) == environ  # the nannies' pre-spawn environment did not stay in this process
+
+
+def test_a_dask_batch_pauses_the_profiler_of_a_default_cluster_and_restarts_it():
+    distributed = pytest.importorskip("distributed")
+    from SAMVolSegmentLib.batch import _profiler_paused
+
+    environ = dict(os.environ)
+    try:
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, \
+                distributed.Client(cluster) as client:
+            assert [s["profiling"] for s in client.run(_worker_state).values()] == [True]
+            with _profiler_paused(client):
+                assert [s["profiling"] for s in client.run(_worker_state).values()] == [False]
+            assert [s["profiling"] for s in client.run(_worker_state).values()] == [True]
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)

@@ -4,8 +4,9 @@ Each thread policy runs in a fresh worker process (OpenMP reads its settings onc
 
 * ``today``: the engine before the thread policy: torch's own default (every CPU for encoder and decoder) and
   libgomp's default idle spinning (torch is imported before SAMVolSegmentLib, so nothing is changed);
-* ``E,D`` or ``E,D/passive``: encoder E threads, decoder D threads, with libgomp's default spinning or with
-  ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep); ``default``: what the engine picks with no settings.
+* ``E,D``, ``E,D/passive`` or ``E,D/spinN``: encoder E threads, decoder D threads, with libgomp's default
+  spinning (300,000 iterations), ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep at once) or
+  ``GOMP_SPINCOUNT=N`` (spin N iterations, then sleep); ``default``: what the engine picks with no settings.
 
 Every policy's worker loads the model and encodes its ROI once; then, for each number of competing processes
 (pure-Python busy loops, started and stopped here), the policies take turns (``--rounds`` rounds, the order
@@ -54,10 +55,12 @@ def worker_env(policy: str) -> dict:
     if policy not in ("today", "default"):
         threads, _, wait = policy.partition("/")
         env["SAMVOLSEG_THREADS"] = threads
-        env["OMP_WAIT_POLICY"] = "PASSIVE" if wait == "passive" else ""
-        if wait != "passive":
+        if wait == "passive":
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+        elif wait.startswith("spin"):
+            env["GOMP_SPINCOUNT"] = str(int(wait[len("spin"):]))
+        else:
             env["GOMP_SPINCOUNT"] = "300000"  # libgomp's own default when OMP_WAIT_POLICY is not set
-            del env["OMP_WAIT_POLICY"]
     return env
 
 
@@ -173,7 +176,8 @@ def load_average() -> list:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--policies", default=DEFAULT_POLICIES, help="comma list: today, default, E,D or E,D/passive")
+    parser.add_argument("--policies", default=DEFAULT_POLICIES,
+                        help="comma list: today, default, E,D, E,D/passive or E,D/spinN")
     parser.add_argument("--loads", default="0,1,2", help="numbers of competing busy processes")
     parser.add_argument("--clicks", type=int, default=10, help="clicks per turn (after a reset of the mask)")
     parser.add_argument("--rounds", type=int, default=4, help="turns of every policy per load level")

@@ -26,8 +26,8 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 #: QSettings keys and defaults (user preferences; scene state lives in the parameter node).
 SETTINGS_PREFIX = "SAMVolSegment/"
-SETTING_DEFAULTS = {"model": "default", "modelPath": "", "device": "auto", "backend": LOCAL, "serverURL": "",
-                    "serverCAFile": "", "rememberServerToken": False}
+SETTING_DEFAULTS = {"model": "default", "modelPath": "", "device": "auto", "threads": "auto", "backend": LOCAL,
+                    "serverURL": "", "serverCAFile": "", "rememberServerToken": False}
 TOKEN_KEY = SETTINGS_PREFIX + "serverToken"
 
 
@@ -52,11 +52,12 @@ class Backend:
         """
         return self.caFile or True
 
-    def sessionKey(self, source: str, device: str) -> Tuple[str, ...]:
-        """What identifies a session: a new one is needed when this changes (a server has its own model)."""
+    def sessionKey(self, source: str, device: str, threads: str = "auto") -> Tuple[str, ...]:
+        """What identifies a session: a new one is needed when this changes (a server has its own model and
+        threads)."""
         if self.isRemote:
             return (REMOTE, self.url, self.token, self.caFile)
-        return (LOCAL, str(source), str(device))
+        return (LOCAL, str(source), str(device), str(threads))
 
     def describe(self) -> str:
         return f"server {self.url}" if self.isRemote else "this computer"
@@ -92,10 +93,11 @@ def loadRememberedToken(settings: Any) -> str:
     return str(settings.value(TOKEN_KEY) or "")
 
 
-def savePreferences(settings: Any, model: str, modelPath: str, device: str) -> None:
+def savePreferences(settings: Any, model: str, modelPath: str, device: str, threads: str = "auto") -> None:
     settings.setValue(SETTINGS_PREFIX + "model", model)
     settings.setValue(SETTINGS_PREFIX + "modelPath", modelPath)
     settings.setValue(SETTINGS_PREFIX + "device", device)
+    settings.setValue(SETTINGS_PREFIX + "threads", threads)
 
 
 def saveBackend(settings: Any, backend: Backend, rememberToken: bool) -> None:

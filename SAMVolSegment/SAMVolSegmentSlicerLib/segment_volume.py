@@ -21,7 +21,7 @@ from slicer.i18n import tr as _
 
 from SAMVolSegmentLib import batch  # numpy only at import; torch on first use
 
-from . import backend, segment_io
+from . import backend, local_session, segment_io
 from .segment_merge import EditPolicy, OtherSegments
 
 
@@ -75,10 +75,12 @@ class VolumeJob:
 
         return onEvent
 
-    def segmentLocally(self, model, onEvent) -> np.ndarray:
-        """On the worker: ``batch.segment_volume`` on ``model``; the (k, j, i) mask."""
-        return batch.segment_volume(model, self.arrayKji, self.points, self.signs, self.box,
-                                    ijk_to_ras=self.io.ijkToWorld, timings=self.timings, on_event=onEvent)[0]
+    def segmentLocally(self, model, onEvent, threads: str = local_session.AUTOMATIC_THREADS) -> np.ndarray:
+        """On the worker: ``batch.segment_volume`` on ``model`` with the *CPU threads* setting ``threads`` (the
+        interactive sessions' threads, ``local_session.localPredictor``); the (k, j, i) mask."""
+        return batch.segment_volume(local_session.localPredictor(model, threads), self.arrayKji, self.points,
+                                    self.signs, self.box, ijk_to_ras=self.io.ijkToWorld, timings=self.timings,
+                                    on_event=onEvent)[0]
 
     def segmentRemotely(self, choice: backend.Backend, progress: Optional[Callable[[float, str], None]],
                         onEvent) -> np.ndarray:

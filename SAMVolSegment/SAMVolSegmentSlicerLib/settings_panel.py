@@ -1,5 +1,5 @@
-"""The *Model and settings* panel: model, device and backend preferences (QSettings), *Test connection* and
-*Install dependencies*.
+"""The *Model and settings* panel: model, device, CPU threads and backend preferences (QSettings), *Test
+connection* and *Install dependencies*.
 
 Qt glue moved out of ``SAMVolSegment.py`` (imports ``qt`` and ``slicer``), so it follows Slicer's camelCase.
 Like the widget, it makes one Logic call per user action, through the widget's ``run(failureMessage, fn,
@@ -14,7 +14,7 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 
-from . import backend, dependencies
+from . import backend, dependencies, local_session
 from .dependencies import InstallError
 
 
@@ -30,12 +30,16 @@ class SettingsPanel:
             ui.modelComboBox.addItem(_(label), name)
         for device in backend.DEVICE_CHOICES:
             ui.deviceComboBox.addItem(device, device)
+        for value, label in local_session.threadChoices():
+            ui.threadsComboBox.addItem(_(label), value)
         for kind, label in backend.BACKEND_CHOICES:
             ui.backendComboBox.addItem(_(label), kind)
         prefs = backend.loadPreferences(qt.QSettings())
         ui.modelComboBox.setCurrentIndex(max(0, ui.modelComboBox.findData(prefs["model"])))
         ui.modelPathLineEdit.currentPath = prefs["modelPath"]
         ui.deviceComboBox.setCurrentIndex(max(0, ui.deviceComboBox.findData(prefs["device"])))
+        # A stored count this computer no longer has (or an unknown value) falls back to Automatic.
+        ui.threadsComboBox.setCurrentIndex(max(0, ui.threadsComboBox.findData(str(prefs["threads"]))))
         ui.backendComboBox.setCurrentIndex(max(0, ui.backendComboBox.findData(prefs["backend"])))
         ui.serverURLLineEdit.setText(prefs["serverURL"])
         ui.serverCAFileLineEdit.currentPath = prefs["serverCAFile"]
@@ -47,6 +51,7 @@ class SettingsPanel:
 
         ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSettingsChanged)
         ui.deviceComboBox.connect("currentIndexChanged(int)", self.onModelSettingsChanged)
+        ui.threadsComboBox.connect("currentIndexChanged(int)", self.onModelSettingsChanged)
         ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelSettingsChanged)
         ui.backendComboBox.connect("currentIndexChanged(int)", self.onBackendChanged)
         ui.serverURLLineEdit.connect("textChanged(QString)", self.onBackendChanged)
@@ -62,11 +67,14 @@ class SettingsPanel:
         self.ui.modelPathLineEdit.setVisible(choice == "file")
         self.logic.modelSource = self.ui.modelPathLineEdit.currentPath if choice == "file" else choice
         self.logic.device = self.ui.deviceComboBox.currentData
+        self.logic.threads = self.ui.threadsComboBox.currentData or local_session.AUTOMATIC_THREADS
 
     def onModelSettingsChanged(self, *_args) -> None:
-        """Store the preferences; the model is (re)loaded on the next click or 'Load model'."""
+        """Store the preferences; the model is (re)loaded, or the session remade with the new threads, on the next
+        click or 'Load model'."""
         backend.savePreferences(qt.QSettings(), self.ui.modelComboBox.currentData,
-                                self.ui.modelPathLineEdit.currentPath, self.ui.deviceComboBox.currentData)
+                                self.ui.modelPathLineEdit.currentPath, self.ui.deviceComboBox.currentData,
+                                self.ui.threadsComboBox.currentData or local_session.AUTOMATIC_THREADS)
         self._applyModelSettings()
 
     def backendFromUI(self) -> backend.Backend:
@@ -78,8 +86,9 @@ class SettingsPanel:
     def _applyBackend(self) -> None:
         chosen = self.backendFromUI()
         self.ui.serverGroupBox.setVisible(chosen.isRemote)
-        # A server runs its own model on its own device.
-        for widget in (self.ui.modelComboBox, self.ui.modelPathLineEdit, self.ui.deviceComboBox):
+        # A server runs its own model on its own device and threads.
+        for widget in (self.ui.modelComboBox, self.ui.modelPathLineEdit, self.ui.deviceComboBox,
+                       self.ui.threadsComboBox):
             widget.enabled = not chosen.isRemote
         # Directly, not through ``run``: that disables this panel, which would take the focus from the line
         # edit being typed in. The panel is disabled while a step runs, so the Logic is never busy here.

@@ -11,7 +11,12 @@ the click p50 from 4.2x to 1.3x its quiet value; one decoder thread instead of t
 ~20 % on a quiet machine and doubles the click time at click 100 of one mask, so the decoder keeps two threads
 where there are two cores (Slicer's default, ``SAMVolSegment/SAMVolSegmentSlicerLib/local_session.py``, leaves
 a core to its GUI thread instead). The encoder (a few large convolutions, once per region) uses every CPU up
-to eight.
+to eight. Sleeping costs 8–15 % of a click on a quiet machine (threads take a moment to wake); a short spin
+before sleeping instead (``GOMP_SPINCOUNT``, ``benchmarks/results/under_load_spincount.md``) only trades that
+for the busy-machine time: 3,000 spins matched the old spinning when quiet (44.0 against PASSIVE's 49.3 ms) and
+took 73.0 ms against 57.4 beside one busy process; 1,000 gained 4 % and lost 6 %; 10,000–100,000 were 1.6–4.3x
+slower than PASSIVE on a shared machine. So PASSIVE stays the default; a user's ``GOMP_SPINCOUNT`` or
+``OMP_WAIT_POLICY`` is left alone.
 
 Resolution order: an explicit ``threads`` argument (``Predictor``, ``InteractiveSession``, ``--threads``), then
 the environment variable ``SAMVOLSEG_THREADS``, then :meth:`ThreadPolicy.default`. Each is ``"N"`` (encoder N
