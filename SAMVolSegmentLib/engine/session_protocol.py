@@ -174,9 +174,11 @@ class SegmentationSession(Protocol):
 
 
 #: Every member a backend must have; used by tests and by callers that want a clear error for a wrong object.
+#: ``add_scribble`` and ``add_lasso`` are not required: a backend written before them still serves clicks and
+#: boxes, and callers check for them when a stroke comes (the Slicer module says the backend lacks strokes).
 REQUIRED_MEMBERS = (
     "model_id", "is_ready", "can_undo", "can_redo", "clicks", "last_timing", "last_annotation", "image_warnings",
-    "set_volume", "wait_until_ready", "set_initial_mask", "add_click", "add_scribble", "add_lasso",
+    "set_volume", "wait_until_ready", "set_initial_mask", "add_click",
     "proposal_classes", "adapted_classes", "propose", "set_box", "clear_box", "undo", "redo", "reset",
     "annotate_last_step", "mask_array_kji", "close",
 )
