@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -70,8 +72,10 @@ def test_stroke_episodes_train_and_need_a_model_that_declares_them(tmp_path):
                                stroke_fraction=1.0, local_weight=1.0)
     assert len(dices) == 4 and torch.isfinite(loss)
     loss.backward()
-    assert train(ClickNet2(TINY), SampleSource([]), tmp_path / "run", minutes=5.0, max_steps=2,
-                 stroke_fraction=0.5)["steps"] == 2
+    assert train(ClickNet2(TINY), SampleSource([]), tmp_path / "run", minutes=5.0, max_steps=4, clicks=3,
+                 stroke_fraction=1.0)["steps"] == 4
+    kinds = [k for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines() for k in json.loads(line)["kinds"]]
+    assert any("+lasso" in k or "+scribble" in k for k in kinds), kinds  # the log says which episodes drew
     with pytest.raises(ValueError, match="stroke prompts"):
         train(ClickNet2(ClickNet2Config(image_size=32)), SampleSource([]), tmp_path / "other", minutes=1.0,
               max_steps=1, stroke_fraction=0.5)

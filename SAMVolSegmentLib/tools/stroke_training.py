@@ -35,11 +35,13 @@ LOW_RES_MM = 2 * MODEL_SPACING_MM
 @dataclass(frozen=True)
 class LowResStroke:
     """A simulated stroke as the decoder gets it: ``points_roi`` (n, 3) float32 clicks (ROI voxel indices), their
-    sign ``positive``, and ``drawn_low`` (L, L, L) bool: the low-res voxels it draws."""
+    sign ``positive``, ``drawn_low`` (L, L, L) bool: the low-res voxels it draws, and its ``kind`` ("lasso" or
+    "scribble")."""
 
     points_roi: np.ndarray
     positive: bool
     drawn_low: np.ndarray
+    kind: str = "scribble"
 
 
 def _permuted(axis: int, low: int):
@@ -71,7 +73,7 @@ def _on_low_grid(stroke: Optional[SimulatedStroke], axis: int, low: int, image_s
     drawn[tuple(slice(lo, hi) for lo, hi in prompt.bbox_kji)] = prompt.voxels_kji
     points_low = to_tensor_order(prompt.clicks_ras)
     points_roi = (points_low + 0.5) * image_size / low - 0.5
-    return LowResStroke(points_roi.astype(np.float32), bool(stroke.positive), np.moveaxis(drawn, 0, axis))
+    return LowResStroke(points_roi.astype(np.float32), bool(stroke.positive), np.moveaxis(drawn, 0, axis), stroke.kind)
 
 
 def first_stroke(target_low: np.ndarray, rng: np.random.Generator, image_size: int) -> Optional[LowResStroke]:

@@ -187,7 +187,8 @@ def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: in
                  pos_weight: float = 3.0, grad_clicks: Optional[Sequence[int]] = None,
                  boxes_roi: Optional[np.ndarray] = None, local_weight: float = 0.0,
                  click_rule: ClickRule = SAMVOLSEG_CLICKS,
-                 seed_fraction: float = 0.0, stroke_fraction: float = 0.0) -> Tuple[torch.Tensor, List[float]]:
+                 seed_fraction: float = 0.0, stroke_fraction: float = 0.0,
+                 stroke_log: Optional[List[List[str]]] = None) -> Tuple[torch.Tensor, List[float]]:
     """Encode once, simulate ``clicks`` clicks; returns the mean loss over the clicks that carry gradients and
     the Dice (low-res grid) after every click.
 
@@ -207,6 +208,8 @@ def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: in
             then a correction scribble instead of a click at half the later steps, each given as the session
             gives it (its clicks, and its voxels in the mask prompt; :mod:`.stroke_training`). A step's items may
             then add different numbers of clicks: the shorter ones are padded with ignored clicks (label −1).
+        stroke_log: when given (one list per item), each stroke step appends its kind ("lasso", "scribble",
+            "-scribble" for a negative one) to its item's list (the training log records them).
     """
     batch, image_size = images.shape[0], images.shape[-1]
     device = images.device
@@ -251,6 +254,8 @@ def episode_loss(model, images: torch.Tensor, labels_roi: np.ndarray, clicks: in
                 if not previous_is_copy:
                     previous, previous_is_copy = previous.clone(), True
                 previous[b, 0] = with_drawn(previous[b, 0], stroke)
+                if stroke_log is not None:
+                    stroke_log[b].append(stroke.kind if stroke.positive else f"-{stroke.kind}")
                 step_points.append(list(stroke.points_roi))
                 step_labels.append([int(stroke.positive)] * len(stroke.points_roi))
             elif step == 0 and has_box[b]:  # the box alone: a padding click (label -1) that the model ignores
@@ -499,8 +504,10 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
             kinds.append(kind)
         x = torch.from_numpy(np.stack(images))[:, None].to(device)
         episode_kwargs = {"local_weight": local_weight, "seed_fraction": seed_fraction}
+        stroke_log: List[List[str]] = [[] for _ in range(batch)]
         if stroke_fraction > 0:
             episode_kwargs["stroke_fraction"] = stroke_fraction
+            episode_kwargs["stroke_log"] = stroke_log
         if box_fraction > 0:
             episode_kwargs["boxes_roi"] = np.stack(boxes)
         if cvpr_click_fraction > 0 and rng.random() < cvpr_click_fraction:
@@ -519,7 +526,8 @@ def train(model, source: SampleSource, out_dir: Path, minutes: float, seed: int 
         window.append(dices[-1])
         window = window[-100:]
         log.write(json.dumps({"step": step, "t": round(now() - start, 1), "loss": loss.item(),
-                              "lr": current_lr, "size": size, "kinds": kinds,
+                              "lr": current_lr, "size": size,
+                              "kinds": [kind + "".join(f"+{s}" for s in log) for kind, log in zip(kinds, stroke_log)],
                               "dice_per_click": [round(d, 4) for d in dices]}) + "\n")
         log.flush()
         if bar is not None:
