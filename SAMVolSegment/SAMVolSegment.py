@@ -555,33 +555,30 @@ class SAMVolSegmentLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------ console
     def segmentVolume(self, volumeNode, segmentationNode, points_ras, labels, box=None, segmentName: str = "",
                       model: Optional[str] = None, device: Optional[str] = None,
-                      otherSegments: OtherSegments = OtherSegments.OVERLAP) -> str:
+                      otherSegments: OtherSegments = OtherSegments.OVERLAP, scribbles=(), lassos=()) -> str:
         """Segment one structure from a whole prompt set without the GUI; returns the new segment's ID.
 
-        The batch path (``SAMVolSegmentSlicerLib.segment_volume``): the mask is the one ``SAMVolSegmentLib.segment``
-        or ``samvolseg batch`` gives for the same voxels, world geometry (parent transforms included) and prompts,
-        computed on the Logic's worker with the model it keeps, and written into a NEW segment; other segments
-        never change. The interactive session, its target and its history are not touched; the result has no
-        undo (delete the segment). Remote backend: a fresh server session with the server's model, so ``model``
-        and ``device`` must be left unset. Whatever fails, the segmentation is left as it was.
+        The batch path (``SAMVolSegmentSlicerLib.segment_volume``): the mask ``SAMVolSegmentLib.segment`` or
+        ``samvolseg batch`` gives for the same voxels, world geometry and prompts, computed on the Logic's worker
+        with the model it keeps, written into a NEW segment; other segments, the interactive session and its
+        history are not touched (no undo: delete the segment). Remote backend: a fresh server session, so
+        ``model`` and ``device`` must be left unset. Whatever fails, the segmentation is left as it was.
 
-        :param points_ras: (N, 3) world RAS points (mm), as ``slicer.util.arrayFromMarkupsControlPoints(node,
-            world=True)`` gives them (Base/Python/slicer/util.py). N may be 0 with a box.
-        :param labels: N values, 1 or True = positive, 0 or False = negative (anything else is refused).
-        :param box: optional ``(min_ras, max_ras)`` world box (corners in any order).
-        :param segmentName: the new segment's name (empty: Slicer's, ``vtkSegmentation::AddEmptySegment``).
-        :param model: registry name or checkpoint path; device: ``auto``/``cpu``/``cuda``/``mps``. None: the
-            module's settings (``modelSource``, ``device``).
-        :param otherSegments: ``OtherSegments.OVERLAP``/``"overlap"`` (default: exactly the model's mask) or
-            ``PROTECT``/``"protect"`` (leaves out voxels other segments hold); ``OVERWRITE`` is refused.
-        :raises SAMVolSegmentLib.errors.InvalidPromptError: malformed prompts or labels, no positive point and no box.
+        :param points_ras: (N, 3) world RAS points (mm), e.g. ``slicer.util.arrayFromMarkupsControlPoints(node,
+            world=True)``; N may be 0 with a box or a positive stroke. labels: N values, 1/True = positive.
+        :param box: optional ``(min_ras, max_ras)``; scribbles, lassos: ``(points_ras (M, 3), positive)`` pairs
+            (``slicer.util.arrayFromMarkupsCurvePoints(curve, world=True)``), applied box, lassos, scribbles, points.
+        :param model: registry name or checkpoint path; device: ``auto``/``cpu``/``cuda``/``mps``; None: the
+            module's settings. otherSegments: ``OVERLAP`` (default) or ``PROTECT``; ``OVERWRITE`` is refused.
+        :raises SAMVolSegmentLib.errors.InvalidPromptError: malformed prompts, no positive prompt and no box.
         :raises ValueError: no volume / segmentation, a non-linear transform, a model with a remote backend.
         :raises segment_io.SegmentWriteError: not a binary labelmap, or Slicer refused the write.
         Example: ``logic.segmentVolume(volume, segmentation, [[10.0, -20.0, 35.0]], [1])``
         """
         with self._action():
             job = VolumeJob(volumeNode, segmentationNode, points_ras, labels, box, otherSegments,
-                            remoteWithModel=self.backend.isRemote and (model is not None or device is not None))
+                            remoteWithModel=self.backend.isRemote and (model is not None or device is not None),
+                            scribbles=scribbles, lassos=lassos)
             start = time.perf_counter()
             onEvent = job.progressReporter(self.worker.progress)
             if self.backend.isRemote:

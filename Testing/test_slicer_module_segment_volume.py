@@ -181,6 +181,23 @@ def test_segment_volume_writes_the_batch_api_mask_on_a_transformed_volume(env, e
     assert not logic.busy and logic.session is None, "no interactive session was started"
 
 
+def test_segment_volume_takes_lassos_and_scribbles_as_the_batch_api_does(env, model):
+    """A lasso alone (no points) and a negative scribble, on the transformed volume: the engine API's mask."""
+    t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    axes = IJK_TO_WORLD[:3, :2] / np.linalg.norm(IJK_TO_WORLD[:3, :2], axis=0)  # the volume's i and j directions
+    lasso = CENTRE_WORLD + 0.8 * RADIUS_MM * (np.cos(t)[:, None] * axes[:, 0] + np.sin(t)[:, None] * axes[:, 1])
+    scribble = CENTRE_WORLD + np.outer([-4.0, 4.0], axes[:, 0]) + 6.0 * axes[:, 1]
+    prompts = dict(lassos=[(lasso, True)], scribbles=[(scribble, False)])
+    expected = segment(phantom(), [], [], model=model, ijk_to_ras=IJK_TO_WORLD, **prompts) > 0
+    assert expected.sum() > 100
+    logic = env.make_logic()
+    segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentID = logic.segmentVolume(env.volume, segmentation, [], [], device="cpu", **prompts)
+    np.testing.assert_array_equal(segment_mask(segmentation, segmentID), expected)
+    with pytest.raises(InvalidPromptError, match="no points and no box"):
+        logic.segmentVolume(env.volume, segmentation, [], [], device="cpu", scribbles=[(scribble, False)])
+
+
 def test_other_segments_never_change_overlap_and_protect(env, expected):
     logic = env.make_logic()
     segmentation = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")

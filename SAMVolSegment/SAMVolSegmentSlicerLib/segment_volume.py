@@ -20,6 +20,7 @@ import slicer
 from slicer.i18n import tr as _
 
 from SAMVolSegmentLib import batch  # numpy only at import; torch on first use
+from SAMVolSegmentLib.engine.prompts_io import as_strokes
 
 from . import backend, local_session, segment_io
 from .segment_merge import EditPolicy, OtherSegments
@@ -43,12 +44,14 @@ class VolumeJob:
     """One checked ``segmentVolume`` call: the volume's voxels and geometry, the prompts, the write policy."""
 
     def __init__(self, volumeNode, segmentationNode, points_ras, labels, box, otherSegments,
-                 remoteWithModel: bool) -> None:
+                 remoteWithModel: bool, scribbles=(), lassos=()) -> None:
         if volumeNode is None or volumeNode.GetImageData() is None:
             raise ValueError(_("Give an input volume that has image data."))
         if segmentationNode is None:
             raise ValueError(_("Give a segmentation node to add the segment to."))
-        self.points, self.signs, self.box = batch.check_prompt_arrays(points_ras, labels, box)
+        self.scribbles, self.lassos = as_strokes(scribbles, "scribble"), as_strokes(lassos, "lasso")
+        self.points, self.signs, self.box = batch.check_prompt_arrays(
+            points_ras, labels, box, positive_strokes=any(s.positive for s in (*self.scribbles, *self.lassos)))
         self.policy = newSegmentPolicy(otherSegments)
         if remoteWithModel:
             raise ValueError(_("The remote server segments with its own model: leave model and device unset, "
@@ -64,7 +67,7 @@ class VolumeJob:
     def progressReporter(self, progress: Callable[[float, str], None]) -> Callable[[str, Dict[str, Any]], None]:
         """The batch path's ``on_event`` (called on the worker): fills the worker's progress cell, which the
         waiting main thread shows through ``slowCallback``. Texts are translated here, on the main thread."""
-        steps = len(self.signs) + (self.box is not None)
+        steps = len(self.signs) + (self.box is not None) + len(self.scribbles) + len(self.lassos)
         readyText, stepText = _("Volume ready"), _("Prompt {n} of {total} done")
         done = [0]
 
@@ -80,7 +83,7 @@ class VolumeJob:
         interactive sessions' threads, ``local_session.localPredictor``); the (k, j, i) mask."""
         return batch.segment_volume(local_session.localPredictor(model, threads), self.arrayKji, self.points,
                                     self.signs, self.box, ijk_to_ras=self.io.ijkToWorld, timings=self.timings,
-                                    on_event=onEvent)[0]
+                                    on_event=onEvent, scribbles=self.scribbles, lassos=self.lassos)[0]
 
     def segmentRemotely(self, choice: backend.Backend, progress: Optional[Callable[[float, str], None]],
                         onEvent) -> np.ndarray:
@@ -88,7 +91,8 @@ class VolumeJob:
         session = backend.remoteSession(choice, progress)
         try:
             return batch.run_prompts(session, self.arrayKji, self.points, self.signs, self.box,
-                                     ijk_to_ras=self.io.ijkToWorld, timings=self.timings, on_event=onEvent)
+                                     ijk_to_ras=self.io.ijkToWorld, timings=self.timings, on_event=onEvent,
+                                     scribbles=self.scribbles, lassos=self.lassos)
         finally:
             session.close()
 
