@@ -425,6 +425,7 @@ def run_prompts(
     :func:`segment_volume`. Returns the uint8 (k, j, i) mask on the input grid.
     """
     from .engine.prompts_io import as_strokes
+    from .engine.strokes import STROKE_METHODS
 
     timings = {} if timings is None else timings
     start = time.perf_counter()
@@ -440,9 +441,12 @@ def run_prompts(
     if box_ras is not None:
         lo, hi = np.asarray(box_ras[0], dtype=np.float64), np.asarray(box_ras[1], dtype=np.float64)
         steps.append(("box", lambda lo=lo, hi=hi: session.set_box(lo, hi), {"min_ras": lo, "max_ras": hi}))
-    for kind, strokes, method in (("lasso", lassos, "add_lasso"), ("scribble", scribbles, "add_scribble")):
+    for kind, strokes in (("lasso", lassos), ("scribble", scribbles)):
         for stroke in as_strokes(strokes, kind):
-            add = getattr(session, method)
+            add = getattr(session, STROKE_METHODS[kind], None)
+            if add is None:  # an optional member of the session protocol: refused before any step runs
+                raise InvalidPromptError(f"This backend ({type(session).__name__}) takes no {kind}s; use clicks and "
+                                         "a box, or a local model / an up-to-date server.")
             steps.append((kind, lambda add=add, st=stroke: add(st.points_ras, st.positive),
                           {"points_ras": stroke.points_ras, "positive": stroke.positive}))
     for point, sign in zip(np.asarray(points_ras, dtype=np.float64).reshape(-1, 3),

@@ -307,3 +307,25 @@ def test_drawn_voxels_enter_the_mask_prompt_of_their_roi(session, monkeypatch):
     assert len(np.unique(np.argwhere(positive.numpy())[:, 2])) == 1
     voxel_mm = 1.5 * s.predictor.image_size / s.predictor.low_res_size
     assert np.pi * 36 / voxel_mm ** 2 / 2 <= int(positive.sum()) <= np.pi * (6 + voxel_mm) ** 2 / voxel_mm ** 2
+
+
+def test_the_batch_path_refuses_strokes_for_a_backend_without_them(tiny_model):  # noqa: F811
+    """add_scribble/add_lasso are optional members of the session protocol: a backend written before them gets
+    a clear refusal before any step runs, not an AttributeError."""
+    from SAMVolSegmentLib.batch import run_prompts
+
+    class ClicksOnly:
+        def __init__(self, session):
+            self._session = session
+
+        def __getattr__(self, name):
+            if name in ("add_scribble", "add_lasso"):
+                raise AttributeError(name)
+            return getattr(self._session, name)
+
+    image = ct_image()
+    with InteractiveSession(tiny_model) as session:
+        backend = ClicksOnly(session)
+        with pytest.raises(InvalidPromptError, match="takes no lassos"):
+            run_prompts(backend, image, [centre_ras(image)], [True], lassos=[(slice_circle(image), True)])
+        assert not session.can_undo and not session.mask_array_kji().any()
