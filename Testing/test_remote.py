@@ -782,7 +782,11 @@ def test_segment_and_batch_run_on_a_server_and_write_the_local_masks(server, che
     centre = centre_ras(image)
     points = tmp_path / "p.json"
     points.write_text(json.dumps({"points": [{"ras": centre.tolist(), "positive": True},
-                                             {"ras": (centre + [-15.0, 0.0, 0.0]).tolist(), "positive": False}]}))
+                                             {"ras": (centre + [-15.0, 0.0, 0.0]).tolist(), "positive": False}],
+                                  # strokes too (rounded as the client sends them): the same mask either way
+                                  "lassos": [{"ras": _circle(centre + [0.0, 0.0, 2.0], 6.0).tolist()}],
+                                  "scribbles": [{"ras": np.round(centre + [[-9.0, 4, 0], [9.0, 4, 0]], 3).tolist(),
+                                                 "positive": False}]}))
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     ct, out_local, out_remote = (str(tmp_path / n) for n in ("ct.nii.gz", "local.nii.gz", "remote.nii.gz"))
@@ -791,6 +795,7 @@ def test_segment_and_batch_run_on_a_server_and_write_the_local_masks(server, che
                      "-o", out_remote]) == 0
     printed = capsys.readouterr().out
     assert f"server {server}: model clicknet:" in printed and TOKEN not in printed
+    assert printed.count("+ lasso of 24 points") == 2 and printed.count("- scribble of 2 points") == 2
     local = sitk.GetArrayFromImage(sitk.ReadImage(out_local))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(out_remote)), local)
     assert local.any()
