@@ -34,21 +34,6 @@ TRANSPARENT_MODEL = (f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
                      "cli.load_model_verbose = lambda model, device: BallModel()\n")
 
 
-@pytest.fixture()
-def image(tmp_path) -> Path:
-    array = np.random.default_rng(0).normal(0, 1, (10, 11, 12)).astype(np.float32)
-    path = tmp_path / "ct.nii.gz"
-    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
-    return path
-
-
-@pytest.fixture()
-def points(tmp_path) -> Path:
-    path = tmp_path / "p.csv"
-    path.write_text("-5,-5,5,1\n")
-    return path
-
-
 def run_segment(capsys, image, points, output, *extra):
     code = main(["segment", str(image), "--points", str(points), "--output", str(output), *NO_MODEL, *extra])
     return code, capsys.readouterr().err

@@ -41,23 +41,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------- shared parts
 @pytest.fixture()
-def image(tmp_path) -> Path:
-    """A small real image (12 × 11 × 10 voxels of 1 mm, origin 0)."""
-    array = np.random.default_rng(0).normal(0, 1, (10, 11, 12)).astype(np.float32)
-    path = tmp_path / "ct.nii.gz"
-    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
-    return path
-
-
-@pytest.fixture()
-def points(tmp_path) -> Path:
-    """One positive click inside the image (RAS -5, -5, 5 is LPS 5, 5, 5)."""
-    path = tmp_path / "p.csv"
-    path.write_text("-5,-5,5,1\n")
-    return path
-
-
-@pytest.fixture()
 def ball_model(monkeypatch):
     """The CLI and serial batches load the transparent test model for any --model."""
     monkeypatch.setattr(cli, "load_model_verbose", lambda model, device: BallModel())
