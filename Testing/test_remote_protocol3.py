@@ -8,6 +8,7 @@ nothing; a protocol-3 client falls back to a protocol-2 server, and protocol-2 c
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -194,167 +195,157 @@ def _step(session, op, args):
     return _run(session, op, args)
 
 
+@contextlib.contextmanager
+def _pair(server_url, model, image, protocol=None):  # noqa: F811
+    """A local session and a remote one (``protocol`` None: negotiated) on ``image``; both closed afterwards."""
+    with InteractiveSession(Predictor(model)) as local:
+        remote = RemoteSession(server_url, token=TOKEN, protocol=protocol)
+        try:
+            local.set_volume(image)
+            remote.set_volume(image)
+            yield local, remote
+        finally:
+            remote.close()
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_mirror_equals_the_local_mask_through_random_steps(server, model, seed):  # noqa: F811
     image = ct_image(seed=seed)
-    local = InteractiveSession(Predictor(model))
-    remote = RemoteSession(server, token=TOKEN)
-    assert remote.protocol == 3
-    local.set_volume(image)
-    remote.set_volume(image)
-    bases = []
-    remote._http.hooks["response"].append(
-        lambda r, *a, **k: bases.append(decode_frame(r.content)[0]["update"]["base"])
-        if r.headers.get("content-type", "").startswith(UPDATE_MEDIA_TYPE) else None)
-    caller_copy = np.zeros(image.GetSize()[::-1], np.uint8)  # what a caller applying each update holds
-    for op, args in _random_ops(image, np.random.default_rng(seed), 24):
-        expected, got = _step(local, op, args), _step(remote, op, args)
-        assert got.bbox_kji == expected.bbox_kji, op
-        np.testing.assert_array_equal(got.mask, expected.mask, err_msg=op)
-        got.apply_to(caller_copy)
-        np.testing.assert_array_equal(remote.mask_array_kji(), local.mask_array_kji(), err_msg=op)
-        assert (remote.can_undo, remote.can_redo, len(remote.clicks)) == (
-            local.can_undo, local.can_redo, len(local.clicks)), op
-    assert local.mask_array_kji().any()
-    np.testing.assert_array_equal(caller_copy, local.mask_array_kji())
-    assert None not in bases, "every reply was a delta against the mirror (no whole mask needed)"
-    assert bases == list(range(len(bases))), "versions advance by one a step"
-    np.testing.assert_array_equal(remote.server_mask_array_kji(), local.mask_array_kji())
-    remote.close()
-    local.close()
+    with _pair(server, model, image) as (local, remote):
+        assert remote.protocol == 3
+        bases = []
+        remote._http.hooks["response"].append(
+            lambda r, *a, **k: bases.append(decode_frame(r.content)[0]["update"]["base"])
+            if r.headers.get("content-type", "").startswith(UPDATE_MEDIA_TYPE) else None)
+        caller_copy = np.zeros(image.GetSize()[::-1], np.uint8)  # what a caller applying each update holds
+        for op, args in _random_ops(image, np.random.default_rng(seed), 24):
+            expected, got = _step(local, op, args), _step(remote, op, args)
+            assert got.bbox_kji == expected.bbox_kji, op
+            np.testing.assert_array_equal(got.mask, expected.mask, err_msg=op)
+            got.apply_to(caller_copy)
+            np.testing.assert_array_equal(remote.mask_array_kji(), local.mask_array_kji(), err_msg=op)
+            assert (remote.can_undo, remote.can_redo, len(remote.clicks)) == (
+                local.can_undo, local.can_redo, len(local.clicks)), op
+        assert local.mask_array_kji().any()
+        np.testing.assert_array_equal(caller_copy, local.mask_array_kji())
+        assert None not in bases, "every reply was a delta against the mirror (no whole mask needed)"
+        assert bases == list(range(len(bases))), "versions advance by one a step"
+        np.testing.assert_array_equal(remote.server_mask_array_kji(), local.mask_array_kji())
 
 
 # ---------------------------------------------------------------- versions: mismatch detected, mirror repaired
-def _pair(server_url, model, image):  # noqa: F811
-    local = InteractiveSession(Predictor(model))
-    local.set_volume(image)
-    remote = RemoteSession(server_url, token=TOKEN)
-    remote.set_volume(image)
-    return local, remote
 
 
 def test_a_lost_reply_is_detected_and_the_whole_mask_fetched(server, model):  # noqa: F811
     image = ct_image(seed=3)
     c = centre_ras(image)
-    local, remote = _pair(server, model, image)
-    for session in (local, remote):
-        session.add_click(c, True)
-    real = remote._http.request
+    with _pair(server, model, image) as (local, remote):
+        for session in (local, remote):
+            session.add_click(c, True)
+        real = remote._http.request
 
-    def lose_the_reply(*args, **kwargs):
-        real(*args, **kwargs)  # the server runs the step...
-        raise requests.exceptions.ConnectionError("connection reset by peer")  # ...its reply never arrives
+        def lose_the_reply(*args, **kwargs):
+            real(*args, **kwargs)  # the server runs the step...
+            raise requests.exceptions.ConnectionError("connection reset by peer")  # ...its reply never arrives
 
-    remote._http.request = lose_the_reply
-    with pytest.raises(ServerUnavailableError):
-        remote.add_click(c + [4.0, 0.0, 0.0], True)
-    remote._http.request = real
-    local.add_click(c + [4.0, 0.0, 0.0], True)
-    assert remote._mask_version is None  # the mirror is unknown now
-    np.testing.assert_array_equal(remote.mask_array_kji(), local.mask_array_kji())  # fetched first
-    expected, got = local.add_click(c + [0.0, 4.0, 0.0], False), remote.add_click(c + [0.0, 4.0, 0.0], False)
-    np.testing.assert_array_equal(remote.mask_array_kji(), local.mask_array_kji())
-    assert got.bbox_kji == expected.bbox_kji or got.mask.size >= expected.mask.size
-    remote.close()
-    local.close()
+        remote._http.request = lose_the_reply
+        with pytest.raises(ServerUnavailableError):
+            remote.add_click(c + [4.0, 0.0, 0.0], True)
+        remote._http.request = real
+        local.add_click(c + [4.0, 0.0, 0.0], True)
+        assert remote._mask_version is None  # the mirror is unknown now
+        np.testing.assert_array_equal(remote.mask_array_kji(), local.mask_array_kji())  # fetched first
+        expected, got = local.add_click(c + [0.0, 4.0, 0.0], False), remote.add_click(c + [0.0, 4.0, 0.0], False)
+        np.testing.assert_array_equal(remote.mask_array_kji(), local.mask_array_kji())
+        assert got.bbox_kji == expected.bbox_kji or got.mask.size >= expected.mask.size
 
 
 def test_a_corrupt_reply_leaves_the_mirror_unknown_and_it_is_fetched_again(server, model):  # noqa: F811
     image = ct_image(seed=12)
     c = centre_ras(image)
-    local, remote = _pair(server, model, image)
+    with _pair(server, model, image) as (local, remote):
 
-    def corrupt(response, *args, **kwargs):
-        if response.headers.get("content-type", "").startswith(UPDATE_MEDIA_TYPE):
-            response._content = response.content[:-4]  # the payload loses its last bytes
-        return response
+        def corrupt(response, *args, **kwargs):
+            if response.headers.get("content-type", "").startswith(UPDATE_MEDIA_TYPE):
+                response._content = response.content[:-4]  # the payload loses its last bytes
+            return response
 
-    remote._http.hooks["response"].append(corrupt)
-    with pytest.raises(WireFormatError):
-        remote.add_click(c, True)
-    remote._http.hooks["response"].remove(corrupt)
-    local.add_click(c, True)
-    assert remote._mask_version is None
-    np.testing.assert_array_equal(remote.mask_array_kji(), local.mask_array_kji())
-    remote.close()
-    local.close()
+        remote._http.hooks["response"].append(corrupt)
+        with pytest.raises(WireFormatError):
+            remote.add_click(c, True)
+        remote._http.hooks["response"].remove(corrupt)
+        local.add_click(c, True)
+        assert remote._mask_version is None
+        np.testing.assert_array_equal(remote.mask_array_kji(), local.mask_array_kji())
 
 
 def test_a_step_the_client_did_not_see_makes_the_next_reply_the_whole_mask(server, model):  # noqa: F811
     image = ct_image(seed=4)
     c = centre_ras(image)
-    local, remote = _pair(server, model, image)
-    caller_copy = np.zeros(image.GetSize()[::-1], np.uint8)
-    for session in (local, remote):
-        session.add_click(c, True)
-    remote.mask_array_kji()
-    caller_copy[...] = remote.mask_array_kji()
-    # Another client (or a retried request) steps the same server session: the server's version moves on.
-    other = api(server, "POST", f"{V3}/sessions/{remote._sid}/click", headers={PROTOCOL_HEADER: "3"},
-                json={"point_ras": [float(v) for v in c + [5.0, 0.0, 0.0]], "positive": True})
-    assert other.ok and decode_frame(other.content)[0]["update"]["base"] is None  # no version named: whole mask
-    local.add_click(c + [5.0, 0.0, 0.0], True)
-    local.undo()
-    got = remote.undo()  # the client names its old version: the server sends everything
-    got.apply_to(caller_copy)
-    np.testing.assert_array_equal(remote.mask_array_kji(), local.mask_array_kji())
-    np.testing.assert_array_equal(caller_copy, local.mask_array_kji())  # the update covered the unseen step too
-    remote.close()
-    local.close()
+    with _pair(server, model, image) as (local, remote):
+        caller_copy = np.zeros(image.GetSize()[::-1], np.uint8)
+        for session in (local, remote):
+            session.add_click(c, True)
+        remote.mask_array_kji()
+        caller_copy[...] = remote.mask_array_kji()
+        # Another client (or a retried request) steps the same server session: the server's version moves on.
+        other = api(server, "POST", f"{V3}/sessions/{remote._sid}/click", headers={PROTOCOL_HEADER: "3"},
+                    json={"point_ras": [float(v) for v in c + [5.0, 0.0, 0.0]], "positive": True})
+        assert other.ok and decode_frame(other.content)[0]["update"]["base"] is None  # no version named: whole mask
+        local.add_click(c + [5.0, 0.0, 0.0], True)
+        local.undo()
+        got = remote.undo()  # the client names its old version: the server sends everything
+        got.apply_to(caller_copy)
+        np.testing.assert_array_equal(remote.mask_array_kji(), local.mask_array_kji())
+        np.testing.assert_array_equal(caller_copy, local.mask_array_kji())  # the update covered the unseen step too
 
 
 def test_a_protocol_2_step_in_between_invalidates_the_servers_mirror(server, model):  # noqa: F811
     image = ct_image(seed=5)
     c = centre_ras(image)
-    local, remote = _pair(server, model, image)
-    for session in (local, remote):
-        session.add_click(c, True)
-    reply = api(server, "POST", f"{V2}/sessions/{remote._sid}/click",
-                json={"point_ras": [float(v) for v in c + [0.0, -5.0, 0.0]], "positive": True})
-    assert reply.ok and "bits" in reply.json()["update"]  # protocol 2: JSON, as before
-    local.add_click(c + [0.0, -5.0, 0.0], True)
-    local.add_click(c + [3.0, 3.0, 0.0], True)
-    remote.add_click(c + [3.0, 3.0, 0.0], True)
-    np.testing.assert_array_equal(remote.mask_array_kji(), local.mask_array_kji())
-    remote.close()
-    local.close()
+    with _pair(server, model, image) as (local, remote):
+        for session in (local, remote):
+            session.add_click(c, True)
+        reply = api(server, "POST", f"{V2}/sessions/{remote._sid}/click",
+                    json={"point_ras": [float(v) for v in c + [0.0, -5.0, 0.0]], "positive": True})
+        assert reply.ok and "bits" in reply.json()["update"]  # protocol 2: JSON, as before
+        local.add_click(c + [0.0, -5.0, 0.0], True)
+        local.add_click(c + [3.0, 3.0, 0.0], True)
+        remote.add_click(c + [3.0, 3.0, 0.0], True)
+        np.testing.assert_array_equal(remote.mask_array_kji(), local.mask_array_kji())
 
 
 def test_bad_input_changes_neither_the_mask_nor_its_version(server, model):  # noqa: F811
     image = ct_image(seed=6)
-    local, remote = _pair(server, model, image)
-    remote.add_click(centre_ras(image), True)
-    version, before = remote._mask_version, remote.mask_array_kji()
-    with pytest.raises(InvalidPromptError):
-        remote.add_click((1e4, 1e4, 1e4), True)  # outside the volume: refused by the server
-    assert remote._mask_version == version  # a clear refusal: the mirror is still known
-    np.testing.assert_array_equal(remote.mask_array_kji(), before)
-    body = assert_clean_error(api(server, "POST", f"{V3}/sessions/{remote._sid}/undo", json={},
-                                  headers={MASK_VERSION_HEADER: "not-a-number"}), 422, "WireFormatError")
-    assert MASK_VERSION_HEADER in body["detail"]
-    for odd in ("²", "-1", "1e3", "9" * 40):  # a digit str.isdigit accepts but int refuses, a sign, too long
-        assert_clean_error(api(server, "POST", f"{V3}/sessions/{remote._sid}/undo", json={},
-                               headers={MASK_VERSION_HEADER: odd.encode()}), 422, "WireFormatError")
-    assert api(server, "GET", "/info", headers={PROTOCOL_HEADER: "²".encode()}).json()["protocol"] == 3
-    remote.undo()  # still a delta against the same version: the bad requests moved nothing
-    assert remote._mask_version == version + 1 and not remote.mask_array_kji().any()
-    remote.close()
-    local.close()
+    with _pair(server, model, image) as (local, remote):
+        remote.add_click(centre_ras(image), True)
+        version, before = remote._mask_version, remote.mask_array_kji()
+        with pytest.raises(InvalidPromptError):
+            remote.add_click((1e4, 1e4, 1e4), True)  # outside the volume: refused by the server
+        assert remote._mask_version == version  # a clear refusal: the mirror is still known
+        np.testing.assert_array_equal(remote.mask_array_kji(), before)
+        body = assert_clean_error(api(server, "POST", f"{V3}/sessions/{remote._sid}/undo", json={},
+                                      headers={MASK_VERSION_HEADER: "not-a-number"}), 422, "WireFormatError")
+        assert MASK_VERSION_HEADER in body["detail"]
+        for odd in ("²", "-1", "1e3", "9" * 40):  # a digit str.isdigit accepts but int refuses, a sign, too long
+            assert_clean_error(api(server, "POST", f"{V3}/sessions/{remote._sid}/undo", json={},
+                                   headers={MASK_VERSION_HEADER: odd.encode()}), 422, "WireFormatError")
+        assert api(server, "GET", "/info", headers={PROTOCOL_HEADER: "²".encode()}).json()["protocol"] == 3
+        remote.undo()  # still a delta against the same version: the bad requests moved nothing
+        assert remote._mask_version == version + 1 and not remote.mask_array_kji().any()
 
 
 def test_a_reply_for_another_version_is_refused_and_repaired(server, model):  # noqa: F811
     image = ct_image(seed=9)
     c = centre_ras(image)
-    local, remote = _pair(server, model, image)
-    for session in (local, remote):
-        session.add_click(c, True)
-    remote._mask_version += 7  # as if the mirror had applied replies the server never sent
-    expected = local.add_click(c + [2.0, 2.0, 0.0], True)
-    got = remote.add_click(c + [2.0, 2.0, 0.0], True)  # the server sees a version it never sent: whole mask
-    np.testing.assert_array_equal(remote.mask_array_kji(), local.mask_array_kji())
-    assert got.mask.size > 0 and expected.mask.size > 0
-    remote.close()
-    local.close()
+    with _pair(server, model, image) as (local, remote):
+        for session in (local, remote):
+            session.add_click(c, True)
+        remote._mask_version += 7  # as if the mirror had applied replies the server never sent
+        expected = local.add_click(c + [2.0, 2.0, 0.0], True)
+        got = remote.add_click(c + [2.0, 2.0, 0.0], True)  # the server sees a version it never sent: whole mask
+        np.testing.assert_array_equal(remote.mask_array_kji(), local.mask_array_kji())
+        assert got.mask.size > 0 and expected.mask.size > 0
 
 
 # ---------------------------------------------------------------- negotiation
@@ -384,17 +375,15 @@ def test_a_protocol_3_client_falls_back_to_a_protocol_2_server(model, monkeypatc
                 self.hooks["response"].append(_strip_protocols)
 
         monkeypatch.setattr("SAMVolSegmentLib.remote.client.requests.Session", OldInfo)
-        local, remote = _pair(url, model, image)
-        assert remote.protocol == 2
-        for op, args in (("click", (c, True)), ("click", (c + [3.0, 0.0, 0.0], False)), ("undo", ()),
-                         ("redo", ()), ("reset", ())):
-            expected, got = _run(local, op, args), _run(remote, op, args)
-            assert got.bbox_kji == expected.bbox_kji
-            np.testing.assert_array_equal(remote.mask_array_kji(), local.mask_array_kji())
-        with pytest.raises(ProtocolMismatchError, match="speaks protocol 2.*this client 3"):
-            RemoteSession(url, token=TOKEN, protocol=3)
-        remote.close()
-        local.close()
+        with _pair(url, model, image) as (local, remote):
+            assert remote.protocol == 2
+            for op, args in (("click", (c, True)), ("click", (c + [3.0, 0.0, 0.0], False)), ("undo", ()),
+                             ("redo", ()), ("reset", ())):
+                expected, got = _run(local, op, args), _run(remote, op, args)
+                assert got.bbox_kji == expected.bbox_kji
+                np.testing.assert_array_equal(remote.mask_array_kji(), local.mask_array_kji())
+            with pytest.raises(ProtocolMismatchError, match="speaks protocol 2.*this client 3"):
+                RemoteSession(url, token=TOKEN, protocol=3)
 
 
 def test_protocol_2_clients_are_served_as_before(server, model):  # noqa: F811
@@ -402,18 +391,14 @@ def test_protocol_2_clients_are_served_as_before(server, model):  # noqa: F811
     c = centre_ras(image)
     info = api(server, "GET", "/info", headers={PROTOCOL_HEADER: "2"}).json()
     assert info["protocol"] == 2 and info["protocols"] == [2, 3]  # what a protocol-2 client checks
-    local, remote = InteractiveSession(Predictor(model)), RemoteSession(server, token=TOKEN, protocol=2)
-    local.set_volume(image)
-    remote.set_volume(image)
-    assert remote.protocol == 2 and remote._prefix == V2
-    for op, args in (("click", (c, True)), ("click", (c + [-3.0, 2.0, 0.0], True)), ("undo", ()), ("redo", ())):
-        expected, got = _run(local, op, args), _run(remote, op, args)
-        assert got.bbox_kji == expected.bbox_kji
-        np.testing.assert_array_equal(got.mask, expected.mask)
-    np.testing.assert_array_equal(remote.server_mask_array_kji(), local.mask_array_kji())
-    # a protocol-2 request to the protocol-3 endpoints (or the reverse) is refused clearly
-    body = assert_clean_error(api(server, "GET", f"{V3}/stats", headers={PROTOCOL_HEADER: "2"}), 400,
-                              "ProtocolMismatchError")
-    assert "/v3" in body["detail"] and "same SAMVolSegment version" in body["detail"]
-    remote.close()
-    local.close()
+    with _pair(server, model, image, protocol=2) as (local, remote):
+        assert remote.protocol == 2 and remote._prefix == V2
+        for op, args in (("click", (c, True)), ("click", (c + [-3.0, 2.0, 0.0], True)), ("undo", ()), ("redo", ())):
+            expected, got = _run(local, op, args), _run(remote, op, args)
+            assert got.bbox_kji == expected.bbox_kji
+            np.testing.assert_array_equal(got.mask, expected.mask)
+        np.testing.assert_array_equal(remote.server_mask_array_kji(), local.mask_array_kji())
+        # a protocol-2 request to the protocol-3 endpoints (or the reverse) is refused clearly
+        body = assert_clean_error(api(server, "GET", f"{V3}/stats", headers={PROTOCOL_HEADER: "2"}), 400,
+                                  "ProtocolMismatchError")
+        assert "/v3" in body["detail"] and "same SAMVolSegment version" in body["detail"]
