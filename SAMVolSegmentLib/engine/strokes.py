@@ -94,20 +94,16 @@ def as_polyline_ras(points_ras: Sequence[Sequence[float]], what: str, min_points
     return points
 
 
-def resample_polyline(points_ras: np.ndarray, step_mm: float, closed: bool = False) -> np.ndarray:
-    """Points every ``step_mm`` (or closer) along a polyline, vertices included; (M, 3) RAS mm.
-
-    ``closed``: the segment from the last point back to the first belongs to it.
-    """
-    points = np.vstack([points_ras, points_ras[:1]]) if closed and len(points_ras) > 2 else points_ras
-    if len(points) == 1:
-        return points.copy()
+def resample_polyline(points_ras: np.ndarray, step_mm: float) -> np.ndarray:
+    """Points every ``step_mm`` (or closer) along an open polyline, vertices included; (M, 3) RAS mm."""
+    if len(points_ras) == 1:
+        return points_ras.copy()
     pieces = []
-    for start, end in zip(points[:-1], points[1:]):
+    for start, end in zip(points_ras[:-1], points_ras[1:]):
         count = max(1, int(np.ceil(np.linalg.norm(end - start) / step_mm)))
         t = np.arange(count)[:, None] / count
         pieces.append(start + t * (end - start))
-    pieces.append(points[-1:])
+    pieces.append(points_ras[-1:])
     return np.vstack(pieces)
 
 
@@ -162,24 +158,19 @@ class Plane:
         offset = points_ras - self.origin_ras
         return np.stack([offset @ self.u_ras, offset @ self.v_ras], axis=1)
 
-    def from_uv(self, points_uv: np.ndarray) -> np.ndarray:
-        """(N, 2) in-plane mm → (N, 3) RAS on the plane."""
-        return self.origin_ras + points_uv[:, :1] * self.u_ras + points_uv[:, 1:2] * self.v_ras
-
     def distance_mm(self, points_ras: np.ndarray) -> np.ndarray:
         """Signed distance (N,) of points from the plane along the normal."""
         return (points_ras - self.origin_ras) @ self.normal_ras
 
 
 def fit_plane(points_ras: np.ndarray, tolerance_mm: float) -> Plane:
-    """The best-fit plane of a lasso's points; refuses points that span no area or lie off one plane."""
+    """The best-fit plane of a lasso's (N ≥ 3, 3) points; refuses points that span no area or lie off one plane."""
     origin = points_ras.mean(axis=0)
-    _, singular, vt = np.linalg.svd(points_ras - origin, full_matrices=False)
-    extent = float(singular[0]) if len(singular) else 0.0
-    if len(singular) < 2 or singular[1] <= 1e-6 * max(extent, 1.0):
+    _, singular, vt = np.linalg.svd(points_ras - origin, full_matrices=False)  # N ≥ 3: three singular values
+    if singular[1] <= 1e-6 * max(float(singular[0]), 1.0):
         raise InvalidPromptError("The lasso encloses no area (its points lie on a line); draw a closed contour "
                                  "around the structure.")
-    plane = Plane(origin, vt[2], vt[0], vt[1]) if len(vt) > 2 else Plane(origin, np.cross(vt[0], vt[1]), vt[0], vt[1])
+    plane = Plane(origin, vt[2], vt[0], vt[1])
     off = float(np.abs(plane.distance_mm(points_ras)).max())
     if off > tolerance_mm:
         raise InvalidPromptError(
