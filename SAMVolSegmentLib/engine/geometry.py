@@ -121,6 +121,16 @@ def union_bbox(a: BBoxKJI, b: BBoxKJI) -> BBoxKJI:
     return tuple((min(la, lb), max(ha, hb)) for (la, ha), (lb, hb) in zip(a, b))  # type: ignore[return-value]
 
 
+def overlap_slices(a: BBoxKJI, b: BBoxKJI) -> Optional[Tuple[Tuple[slice, ...], Tuple[slice, ...]]]:
+    """Where two half-open boxes overlap, as slices into an array of box ``a`` and into one of box ``b``; None
+    when they do not overlap."""
+    common = [(max(la, lb), min(ha, hb)) for (la, ha), (lb, hb) in zip(a, b)]
+    if any(lo >= hi for lo, hi in common):
+        return None
+    return (tuple(slice(lo - la, hi - la) for (lo, hi), (la, _) in zip(common, a)),
+            tuple(slice(lo - lb, hi - lb) for (lo, hi), (lb, _) in zip(common, b)))
+
+
 def index_in_shape(index: Sequence[int], shape: Sequence[int]) -> bool:
     """True when an integer voxel index lies inside an array of ``shape`` (same axis order)."""
     return all(0 <= int(v) < int(n) for v, n in zip(index, shape))

@@ -38,6 +38,7 @@ from .geometry import (
     lps_to_ras,
     mask_bbox,
     ordered_box,
+    overlap_slices,
 )
 from .image_checks import warn_about_image
 from .mask_update import BBoxKJI, MaskUpdate, union_bbox
@@ -746,7 +747,12 @@ class InteractiveSession:
                      ) -> Tuple[_Snapshot, List[MaskUpdate]]:
         """A scribble's or lasso's clicks decoded as one step, then its voxels written over the result."""
         state, updates = self._click_step(state, clicks, drawn=prompt)
-        drawn = MaskUpdate.covering(self._label_with(updates), prompt.bbox_kji)
+        # The stroke's box as the model's updates leave it (only that box: a stroke step never copies the label).
+        drawn = MaskUpdate.covering(self._label_kji, prompt.bbox_kji)
+        for update in updates:
+            overlap = overlap_slices(prompt.bbox_kji, update.bbox_kji)
+            if overlap is not None:
+                drawn.mask[overlap[0]] = update.mask[overlap[1]]
         return state, [*updates, apply_drawn(drawn, (prompt,))]
 
     def _with_drawn(self, roi: RoiWindow, logits: Optional[torch.Tensor], prompt: StrokePrompt) -> torch.Tensor:
